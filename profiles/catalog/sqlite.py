@@ -1,0 +1,288 @@
+"""The embedded catalog: one SQLite file in WAL mode, with versioned schema migrations.
+
+Several processes may open the same file: writers are serialised by ``BEGIN IMMEDIATE``
+and wait up to ``busy_timeout`` for each other. The schema version lives in
+``PRAGMA user_version``; opening a file runs the migrations it lacks, each in its own
+transaction, and refuses a file written by a newer release.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+from pydantic import BaseModel
+
+from profiles.catalog.base import Catalog, CatalogTransaction
+from profiles.errors import Conflict, ProfileError, ValidationFailed
+from profiles.models import AuditEvent, Profile, Snapshot, format_timestamp
+
+__all__ = ["MIGRATIONS", "SQLiteCatalog"]
+
+log = logging.getLogger(__name__)
+
+MIGRATIONS: tuple[str, ...] = (
+    # 1: profiles, snapshots, audit events
+    """
+    CREATE TABLE profiles (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL UNIQUE,
+        description TEXT,
+        archetype TEXT NOT NULL,
+        browser_name TEXT NOT NULL,
+        browser_version TEXT,
+        labels TEXT NOT NULL DEFAULT '{}',
+        status TEXT NOT NULL CHECK (status IN ('empty', 'uploading', 'ready')),
+        blob_size INTEGER,
+        checksum TEXT,
+        blob_uploaded_at TEXT,
+        usage_count INTEGER NOT NULL DEFAULT 0,
+        last_used_at TEXT,
+        cookie_domains TEXT NOT NULL DEFAULT '[]',
+        created_at TEXT NOT NULL,
+        updated_at TEXT NOT NULL
+    );
+    CREATE INDEX profiles_order ON profiles (created_at DESC, id DESC);
+    CREATE INDEX profiles_checksum ON profiles (checksum);
+    CREATE TABLE snapshots (
+        id TEXT PRIMARY KEY,
+        parent_profile_id TEXT REFERENCES profiles (id) ON DELETE SET NULL,
+        parent_name TEXT NOT NULL,
+        parent_archetype TEXT NOT NULL,
+        browser_name TEXT NOT NULL,
+        browser_version TEXT,
+        label TEXT,
+        description TEXT,
+        captured_at TEXT NOT NULL,
+        blob_size INTEGER,
+        checksum TEXT,
+        cookie_domains TEXT NOT NULL DEFAULT '[]'
+    );
+    CREATE INDEX snapshots_order ON snapshots (captured_at DESC, id DESC);
+    CREATE INDEX snapshots_parent ON snapshots (parent_profile_id, captured_at DESC, id DESC);
+    CREATE INDEX snapshots_checksum ON snapshots (checksum);
+    CREATE TABLE audit_events (
+        id TEXT PRIMARY KEY,
+        type TEXT NOT NULL,
+        profile_id TEXT,
+        at TEXT NOT NULL,
+        payload TEXT NOT NULL DEFAULT '{}'
+    );
+    CREATE INDEX audit_order ON audit_events (at DESC, id DESC);
+    CREATE INDEX audit_profile ON audit_events (profile_id, at DESC, id DESC);
+    """,
+)
+
+_JSON_FIELDS = {"labels", "cookie_domains", "payload"}
+M = TypeVar("M", bound=BaseModel)
+
+
+def _to_row(record: BaseModel) -> dict[str, Any]:
+    row: dict[str, Any] = {}
+    for key, value in dict(record).items():
+        if key in _JSON_FIELDS:
+            row[key] = json.dumps(value, sort_keys=True)
+        elif isinstance(value, datetime):
+            row[key] = format_timestamp(value)
+        else:
+            row[key] = value
+    return row
+
+
+def _from_row(model: type[M], row: sqlite3.Row) -> M:
+    data = {key: row[key] for key in row.keys()}  # noqa: SIM118 - sqlite3.Row is no mapping
+    for key in _JSON_FIELDS & data.keys():
+        data[key] = json.loads(data[key])
+    return model.model_validate(data)
+
+
+def _insert_sql(table: str, row: dict[str, Any]) -> str:
+    return f"INSERT INTO {table} ({', '.join(row)}) VALUES ({', '.join(':' + k for k in row)})"
+
+
+class _SQLiteTransaction(CatalogTransaction):
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn = conn
+
+    def _one(self, model: type[M], sql: str, *args: object) -> M | None:
+        row = self._conn.execute(sql, args).fetchone()
+        return None if row is None else _from_row(model, row)
+
+    def _page(
+        self,
+        model: type[M],
+        table: str,
+        order: str,
+        *,
+        where: tuple[str, tuple[object, ...]] | None,
+        limit: int,
+        after: str | None,
+    ) -> list[M]:
+        clauses: list[str] = []
+        args: list[object] = []
+        if where is not None:
+            clauses.append(where[0])
+            args.extend(where[1])
+        if after is not None:
+            anchor = self._conn.execute(
+                f"SELECT {order} FROM {table} WHERE id = ?", (after,)
+            ).fetchone()
+            if anchor is None:
+                raise ValidationFailed(
+                    f"Cursor {after!r} does not name a record of this listing (it may have been "
+                    "deleted); start again without a cursor.",
+                    field="cursor",
+                )
+            clauses.append(f"({order}, id) < (?, ?)")
+            args.extend((anchor[0], after))
+        sql = f"SELECT * FROM {table}"
+        if clauses:
+            sql += " WHERE " + " AND ".join(clauses)
+        sql += f" ORDER BY {order} DESC, id DESC LIMIT ?"
+        args.append(limit)
+        return [_from_row(model, row) for row in self._conn.execute(sql, args)]
+
+    def _write(self, sql: str, row: dict[str, Any], name: str | None = None) -> None:
+        try:
+            self._conn.execute(sql, row)
+        except sqlite3.IntegrityError as exc:
+            if name is not None and "profiles.name" in str(exc):
+                raise Conflict(
+                    f"A profile named {name!r} already exists; choose another name.",
+                    field="name",
+                ) from exc
+            raise
+
+    # profiles
+    def get_profile(self, profile_id: str) -> Profile | None:
+        return self._one(Profile, "SELECT * FROM profiles WHERE id = ?", profile_id)
+
+    def get_profile_by_name(self, name: str) -> Profile | None:
+        return self._one(Profile, "SELECT * FROM profiles WHERE name = ?", name)
+
+    def count_profiles(self) -> int:
+        return int(self._conn.execute("SELECT count(*) FROM profiles").fetchone()[0])
+
+    def insert_profile(self, profile: Profile) -> None:
+        row = _to_row(profile)
+        self._write(_insert_sql("profiles", row), row, profile.name)
+
+    def update_profile(self, profile: Profile) -> None:
+        row = _to_row(profile)
+        sets = ", ".join(f"{k} = :{k}" for k in row if k != "id")
+        self._write(f"UPDATE profiles SET {sets} WHERE id = :id", row, profile.name)
+
+    def delete_profile(self, profile_id: str) -> None:
+        self._conn.execute("DELETE FROM profiles WHERE id = ?", (profile_id,))
+
+    def list_profiles(self, *, limit: int, after: str | None) -> list[Profile]:
+        return self._page(Profile, "profiles", "created_at", where=None, limit=limit, after=after)
+
+    # snapshots
+    def get_snapshot(self, snapshot_id: str) -> Snapshot | None:
+        return self._one(Snapshot, "SELECT * FROM snapshots WHERE id = ?", snapshot_id)
+
+    def insert_snapshot(self, snapshot: Snapshot) -> None:
+        row = _to_row(snapshot)
+        self._write(_insert_sql("snapshots", row), row)
+
+    def delete_snapshot(self, snapshot_id: str) -> None:
+        self._conn.execute("DELETE FROM snapshots WHERE id = ?", (snapshot_id,))
+
+    def list_snapshots(
+        self, *, profile_id: str | None, limit: int, after: str | None
+    ) -> list[Snapshot]:
+        where = None if profile_id is None else ("parent_profile_id = ?", (profile_id,))
+        return self._page(
+            Snapshot, "snapshots", "captured_at", where=where, limit=limit, after=after
+        )
+
+    # audit
+    def insert_event(self, event: AuditEvent) -> None:
+        row = _to_row(event)
+        self._write(_insert_sql("audit_events", row), row)
+
+    def list_events(
+        self, *, profile_id: str | None, limit: int, after: str | None
+    ) -> list[AuditEvent]:
+        where = None if profile_id is None else ("profile_id = ?", (profile_id,))
+        return self._page(AuditEvent, "audit_events", "at", where=where, limit=limit, after=after)
+
+    # state bytes
+    def checksum_in_use(self, checksum: str) -> bool:
+        row = self._conn.execute(
+            "SELECT EXISTS (SELECT 1 FROM profiles WHERE checksum = ?) "
+            "OR EXISTS (SELECT 1 FROM snapshots WHERE checksum = ?)",
+            (checksum, checksum),
+        ).fetchone()
+        return bool(row[0])
+
+    def checksums_in_use(self) -> set[str]:
+        rows = self._conn.execute(
+            "SELECT checksum FROM profiles WHERE checksum IS NOT NULL "
+            "UNION SELECT checksum FROM snapshots WHERE checksum IS NOT NULL"
+        )
+        return {row[0] for row in rows}
+
+
+class SQLiteCatalog(Catalog):
+    """The catalog in one SQLite file (``catalog.sqlite3`` in the store's home)."""
+
+    def __init__(self, path: Path | str, *, busy_timeout: float = 30.0) -> None:
+        self.path = Path(path)
+        self._lock = threading.RLock()
+        self._conn = sqlite3.connect(
+            self.path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
+        )
+        self._conn.row_factory = sqlite3.Row
+        self._conn.execute("PRAGMA journal_mode = WAL")
+        self._conn.execute("PRAGMA synchronous = FULL")
+        self._conn.execute("PRAGMA foreign_keys = ON")
+        self._migrate()
+
+    @property
+    def schema_version(self) -> int:
+        return int(self._conn.execute("PRAGMA user_version").fetchone()[0])
+
+    def _migrate(self) -> None:
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                version = self.schema_version
+                if version > len(MIGRATIONS):
+                    raise ProfileError(
+                        f"The catalog {self.path} has schema version {version}, newer than "
+                        f"this release knows ({len(MIGRATIONS)}). Upgrade playwright-profiles."
+                    )
+                for number in range(version + 1, len(MIGRATIONS) + 1):
+                    log.info("migrating catalog %s to schema version %d", self.path, number)
+                    for statement in MIGRATIONS[number - 1].split(";"):
+                        if statement.strip():
+                            self._conn.execute(statement)
+                    self._conn.execute(f"PRAGMA user_version = {number}")
+                self._conn.execute("COMMIT")
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+
+    @contextmanager
+    def transaction(self, *, write: bool = True) -> Iterator[CatalogTransaction]:
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE" if write else "BEGIN DEFERRED")
+            try:
+                yield _SQLiteTransaction(self._conn)
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            self._conn.execute("COMMIT")
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()

@@ -1,0 +1,132 @@
+"""The error tree of the profile store.
+
+Every error the library raises on purpose is a :class:`ProfileError`. Each class
+carries a machine-readable ``code`` and an HTTP-like ``status`` that match the
+hosted profile APIs we follow (see ``shared/reference``), so a service built on
+top can map them one to one::
+
+    ProfileError                       (500, "ProfileError")
+    ├── ValidationFailed               (400, "ValidationFailed")
+    │   ├── ArchiveInvalid             (400, "ArchiveInvalid")
+    │   └── NoStateData                (400, "NoStateData")
+    ├── NotFound                       (404, "NotFound")
+    ├── Conflict                       (409, "Conflict")
+    │   ├── ProfileBusy                (409, "ProfileBusy")
+    │   └── BrowserDowngrade           (409, "BrowserDowngrade")
+    ├── TierLimit                      (429, "TierLimit")
+    ├── BrowserNotFound                (503, "BrowserNotFound")
+    └── StateCommitFailed              (500, "StateCommitFailed")
+
+Messages say what went wrong and what to do about it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = [
+    "ArchiveInvalid",
+    "BrowserDowngrade",
+    "BrowserNotFound",
+    "Conflict",
+    "NoStateData",
+    "NotFound",
+    "ProfileBusy",
+    "ProfileError",
+    "StateCommitFailed",
+    "TierLimit",
+    "ValidationFailed",
+]
+
+
+class ProfileError(Exception):
+    """Base of every error this library raises on purpose."""
+
+    code: str = "ProfileError"
+    status: int = 500
+
+    def __init__(self, message: str, **details: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details: dict[str, Any] = details
+
+    def to_dict(self) -> dict[str, Any]:
+        """The error as a JSON-ready body: ``{"code", "status", "message", ...details}``."""
+        return {"code": self.code, "status": self.status, "message": self.message, **self.details}
+
+
+class ValidationFailed(ProfileError):
+    """A value broke a rule (name shape, description length, archetype, ...)."""
+
+    code = "ValidationFailed"
+    status = 400
+
+    def __init__(self, message: str, *, field: str | None = None, **details: Any) -> None:
+        super().__init__(message, field=field, **details)
+        self.field = field
+
+
+class ArchiveInvalid(ValidationFailed):
+    """A state archive is not a safe, complete tar.gz / tar.zst of a browser profile."""
+
+    code = "ArchiveInvalid"
+
+
+class NoStateData(ValidationFailed):
+    """The profile has no committed state (status is not ``ready``)."""
+
+    code = "NoStateData"
+
+
+class NotFound(ProfileError):
+    """No profile or snapshot with that id or name."""
+
+    code = "NotFound"
+    status = 404
+
+
+class Conflict(ProfileError):
+    """The request clashes with the current state (a name already taken, ...)."""
+
+    code = "Conflict"
+    status = 409
+
+
+class ProfileBusy(Conflict):
+    """Another writer holds the profile's lock and did not release it in time."""
+
+    code = "ProfileBusy"
+
+
+class BrowserDowngrade(Conflict):
+    """The profile's state was written by a newer browser major than the one at hand."""
+
+    code = "BrowserDowngrade"
+
+
+class TierLimit(ProfileError):
+    """The store is at its profile cap (``max_profiles``)."""
+
+    code = "TierLimit"
+    status = 429
+
+    def __init__(self, message: str, *, limit: int, current: int, tier: str = "local") -> None:
+        super().__init__(message, limit=limit, current=current, resource="profile", tier=tier)
+        self.limit = limit
+        self.current = current
+        self.resource = "profile"
+        self.tier = tier
+
+
+class BrowserNotFound(ProfileError):
+    """No browser build for the profile's engine could be found on this machine."""
+
+    code = "BrowserNotFound"
+    status = 503
+
+
+class StateCommitFailed(ProfileError):
+    """The session could not write the profile's state back; the previous state is kept."""
+
+    code = "StateCommitFailed"
+    status = 500

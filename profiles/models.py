@@ -1,0 +1,122 @@
+"""The records the store hands out: Profile, Snapshot, AuditEvent and Page.
+
+They are pydantic models, frozen, and serialise timestamps as ISO 8601 UTC with a ``Z``
+(``2026-05-09T22:00:00.000000Z``), as the reference APIs do.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Annotated, Any, Generic, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, PlainSerializer
+
+from profiles.state_rules import Engine
+
+__all__ = [
+    "AuditEvent",
+    "AuditType",
+    "Page",
+    "Profile",
+    "ProfileStatus",
+    "Snapshot",
+    "format_timestamp",
+    "new_id",
+    "utcnow",
+]
+
+ProfileStatus = Literal["empty", "uploading", "ready"]
+AuditType = Literal[
+    "profile.created",
+    "profile.updated",
+    "profile.deleted",
+    "snapshot.created",
+    "snapshot.deleted",
+    "state.uploaded",
+    "session.created",
+    "session.ended",
+]
+
+
+def utcnow() -> datetime:
+    """Now, timezone-aware UTC, at the microsecond."""
+    return datetime.now(UTC)
+
+
+def format_timestamp(value: datetime) -> str:
+    """Fixed-width ISO 8601 UTC with ``Z``: sorts as text in time order."""
+    return value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def new_id(prefix: str) -> str:
+    """``prof_<uuid>``, ``psnap_<uuid>``, ``evt_<uuid>``."""
+    return f"{prefix}_{uuid.uuid4()}"
+
+
+Timestamp = Annotated[datetime, PlainSerializer(format_timestamp, return_type=str)]
+
+
+class _Record(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class Profile(_Record):
+    """A named, persistent browser identity."""
+
+    id: str
+    name: str
+    description: str | None = None
+    archetype: str
+    browser_name: Engine
+    browser_version: str | None = None
+    labels: dict[str, str] = Field(default_factory=dict)
+    status: ProfileStatus = "empty"
+    blob_size: int | None = None
+    checksum: str | None = None
+    blob_uploaded_at: Timestamp | None = None
+    usage_count: int = 0
+    last_used_at: Timestamp | None = None
+    cookie_domains: list[str] = Field(default_factory=list)
+    created_at: Timestamp
+    updated_at: Timestamp
+
+
+class Snapshot(_Record):
+    """An immutable point-in-time copy of a profile's committed state and identity."""
+
+    id: str
+    parent_profile_id: str | None
+    parent_name: str
+    parent_archetype: str
+    browser_name: Engine
+    browser_version: str | None = None
+    label: str | None = None
+    description: str | None = None
+    captured_at: Timestamp
+    blob_size: int | None = None
+    checksum: str | None = None
+    cookie_domains: list[str] = Field(default_factory=list)
+
+
+class AuditEvent(_Record):
+    """One entry of the audit log: what happened to which profile, and when."""
+
+    id: str
+    type: AuditType
+    profile_id: str | None
+    at: Timestamp
+    payload: dict[str, Any] = Field(default_factory=dict)
+
+
+T = TypeVar("T", Profile, Snapshot, AuditEvent)
+
+
+class Page(BaseModel, Generic[T]):
+    """One page of a listing. Pass ``next_cursor`` as ``cursor`` to get the next one."""
+
+    model_config = ConfigDict(frozen=True)
+
+    data: list[T]
+    has_more: bool
+    next_cursor: str | None
