@@ -1,0 +1,21 @@
+"""The session manager: Playwright persistent contexts on named profiles.
+
+>>> from driver import Session
+>>> with Session(profile="production") as page:
+...     page.goto("https://example.com")
+"""
+
+from driver.browsers import BrowserInstall, find_browser
+from driver.session import AsyncSession, Session
+from profiles.errors import BrowserDowngrade, BrowserNotFound, ProfileBusy, ProfileError
+
+__all__ = [
+    "AsyncSession",
+    "BrowserDowngrade",
+    "BrowserInstall",
+    "BrowserNotFound",
+    "ProfileBusy",
+    "ProfileError",
+    "Session",
+    "find_browser",
+]

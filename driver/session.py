@@ -1,0 +1,330 @@
+"""``Session`` and ``AsyncSession``: a Playwright persistent context on a named profile.
+
+::
+
+    with Session(profile="production") as page:
+        page.goto("https://example.com")        # state from last time, written back on exit
+
+    async with AsyncSession(profile="production") as page:
+        await page.goto("https://example.com")
+
+Both share :class:`_SessionBase` (options, lifecycle, once-only use) and differ only in
+the Playwright calls. Teardown runs on normal exit, on an exception, on Ctrl-C and on
+SIGTERM (turned into ``SystemExit(143)`` while a sync session is open in the main thread).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import threading
+from collections.abc import Mapping, Sequence
+from types import FrameType, TracebackType
+from typing import Any
+
+from playwright.async_api import BrowserContext as AsyncBrowserContext
+from playwright.async_api import Page as AsyncPage
+from playwright.async_api import Playwright as AsyncPlaywright
+from playwright.async_api import async_playwright
+from playwright.sync_api import BrowserContext, Page, Playwright, sync_playwright
+from playwright.sync_api import Error as PlaywrightError
+
+from driver.lifecycle import SaveMode, SessionLifecycle, SessionOptions
+from profiles.models import Profile
+from profiles.store import ProfileStore
+
+__all__ = ["AsyncSession", "Session"]
+
+log = logging.getLogger(__name__)
+
+
+class _SessionBase:
+    def __init__(
+        self,
+        profile: str,
+        *,
+        store: ProfileStore | None = None,
+        headless: bool = True,
+        readonly: bool = False,
+        lock_timeout: float = 600.0,
+        start_url: str | None = None,
+        viewport: Mapping[str, int] | None = None,
+        proxy: Mapping[str, str] | None = None,
+        locale: str | None = None,
+        timezone_id: str | None = None,
+        user_agent: str | None = None,
+        args: Sequence[str] = (),
+        create: bool = True,
+        archetype: str | None = None,
+        save: SaveMode = "always",
+        allow_downgrade: bool = False,
+        keep_session_cookies: bool = True,
+        launch_options: Mapping[str, Any] | None = None,
+    ) -> None:
+        """Open ``profile`` (an id or a name) when entered.
+
+        ``readonly`` opens a private copy, takes no lock and writes nothing back.
+        ``save`` decides what happens on exit: ``"always"`` commits the state even after an
+        exception (a login that happened is real), ``"on_success"`` only after a clean exit,
+        ``"never"`` discards it. Options given here override the archetype's device.
+        ``launch_options`` go to ``launch_persistent_context`` as they are.
+        """
+        self.options = SessionOptions(
+            headless=headless,
+            readonly=readonly,
+            lock_timeout=lock_timeout,
+            start_url=start_url,
+            viewport=dict(viewport) if viewport else None,
+            proxy=dict(proxy) if proxy else None,
+            locale=locale,
+            timezone_id=timezone_id,
+            user_agent=user_agent,
+            args=tuple(args),
+            create=create,
+            archetype=archetype,
+            save=save,
+            allow_downgrade=allow_downgrade,
+            keep_session_cookies=keep_session_cookies,
+            launch_options=dict(launch_options or {}),
+        )
+        self._owns_store = store is None
+        self.store = store if store is not None else ProfileStore()
+        self._life = SessionLifecycle(profile, self.store, self.options)
+        self._state = "new"  # new -> open -> closed
+        self._closing = False
+        self._crashed = False
+
+    @property
+    def profile(self) -> Profile:
+        """The profile record (as of the last commit once the session has ended)."""
+        if self._life.profile is None:
+            raise RuntimeError("The session has not started yet: enter it first.")
+        return self._life.profile
+
+    def _claim(self) -> None:
+        if self._state != "new":
+            raise RuntimeError(
+                f"This {type(self).__name__} has already been used; create a new one for "
+                "another session on the profile."
+            )
+        self._state = "starting"
+
+    def _on_close(self, *_: object) -> None:
+        if not self._closing:
+            self._crashed = True
+            log.warning("the browser of the session on %s went away", self._life.ref)
+
+    def _finish(self, exc: BaseException | None) -> None:
+        try:
+            self._life.finish(
+                failed=exc is not None,
+                crashed=self._crashed,
+                error=f"{type(exc).__name__}: {exc}" if exc is not None else None,
+            )
+        finally:
+            if self._owns_store:
+                self.store.close()
+
+
+class Session(_SessionBase):
+    """A synchronous session: ``with Session(profile="name") as page: ...``."""
+
+    _playwright: Playwright | None = None
+    _context: BrowserContext | None = None
+    _page: Page | None = None
+    _previous_sigterm: Any = None
+
+    @property
+    def context(self) -> BrowserContext:
+        if self._context is None:
+            raise RuntimeError("The session is not open.")
+        return self._context
+
+    @property
+    def page(self) -> Page:
+        if self._page is None:
+            raise RuntimeError("The session is not open.")
+        return self._page
+
+    def __enter__(self) -> Page:
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            pass
+        else:
+            raise RuntimeError(
+                "Session cannot run inside a running asyncio event loop; use "
+                "'async with AsyncSession(...) as page' there."
+            )
+        self._claim()
+        plan = self._life.prepare()
+        try:
+            self._playwright = sync_playwright().start()
+            browser_type = getattr(self._playwright, plan.engine)
+            self._context = browser_type.launch_persistent_context(
+                str(plan.user_data_dir), **plan.options
+            )
+            self._context.on("close", self._on_close)
+            if plan.session_cookies:
+                self._context.add_cookies(plan.session_cookies)  # type: ignore[arg-type]
+            browser = self._context.browser
+            self._life.started(browser.version if browser else None)
+            pages = self._context.pages
+            self._page = pages[0] if pages else self._context.new_page()
+            if self.options.start_url:
+                self._page.goto(self.options.start_url)
+        except BaseException:
+            self._stop_browser()
+            self._life.abort()
+            self._state = "closed"
+            if self._owns_store:
+                self.store.close()
+            raise
+        self._install_sigterm()
+        self._state = "open"
+        return self._page
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._state != "open":
+            return
+        self._state = "closed"
+        self._restore_sigterm()
+        if self._context is not None and not self._crashed and self.options.keep_session_cookies:
+            try:
+                self._life.save_session_cookies(list(self._context.cookies()))  # type: ignore[arg-type]
+            except PlaywrightError:
+                self._crashed = True
+        self._stop_browser()
+        self._finish(exc)
+
+    def close(self) -> None:
+        """End the session as a clean exit would."""
+        self.__exit__(None, None, None)
+
+    def _stop_browser(self) -> None:
+        self._closing = True
+        try:
+            if self._context is not None:
+                try:
+                    self._context.close()
+                except PlaywrightError as err:
+                    log.warning("closing the browser failed: %s", err)
+                    self._crashed = True
+        finally:
+            self._context = None
+            self._page = None
+            if self._playwright is not None:
+                self._playwright.stop()
+                self._playwright = None
+
+    def _install_sigterm(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return
+        if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+            return
+
+        def terminate(signum: int, frame: FrameType | None) -> None:
+            raise SystemExit(128 + signum)
+
+        self._previous_sigterm = signal.signal(signal.SIGTERM, terminate)
+
+    def _restore_sigterm(self) -> None:
+        if self._previous_sigterm is not None:
+            signal.signal(signal.SIGTERM, self._previous_sigterm)
+            self._previous_sigterm = None
+
+
+class AsyncSession(_SessionBase):
+    """An asynchronous session: ``async with AsyncSession(profile="name") as page: ...``.
+
+    The blocking parts (locking, unpacking, packing, committing) run in a worker thread so
+    the event loop keeps serving other tasks.
+    """
+
+    _playwright: AsyncPlaywright | None = None
+    _context: AsyncBrowserContext | None = None
+    _page: AsyncPage | None = None
+
+    @property
+    def context(self) -> AsyncBrowserContext:
+        if self._context is None:
+            raise RuntimeError("The session is not open.")
+        return self._context
+
+    @property
+    def page(self) -> AsyncPage:
+        if self._page is None:
+            raise RuntimeError("The session is not open.")
+        return self._page
+
+    async def __aenter__(self) -> AsyncPage:
+        self._claim()
+        plan = await asyncio.to_thread(self._life.prepare)
+        try:
+            self._playwright = await async_playwright().start()
+            browser_type = getattr(self._playwright, plan.engine)
+            self._context = await browser_type.launch_persistent_context(
+                str(plan.user_data_dir), **plan.options
+            )
+            self._context.on("close", self._on_close)
+            if plan.session_cookies:
+                await self._context.add_cookies(plan.session_cookies)  # type: ignore[arg-type]
+            browser = self._context.browser
+            await asyncio.to_thread(self._life.started, browser.version if browser else None)
+            pages = self._context.pages
+            self._page = pages[0] if pages else await self._context.new_page()
+            if self.options.start_url:
+                await self._page.goto(self.options.start_url)
+        except BaseException:
+            await self._stop_browser()
+            self._life.abort()
+            self._state = "closed"
+            if self._owns_store:
+                self.store.close()
+            raise
+        self._state = "open"
+        return self._page
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._state != "open":
+            return
+        self._state = "closed"
+        if self._context is not None and not self._crashed and self.options.keep_session_cookies:
+            try:
+                cookies = await self._context.cookies()
+                self._life.save_session_cookies(list(cookies))  # type: ignore[arg-type]
+            except PlaywrightError:
+                self._crashed = True
+        await self._stop_browser()
+        await asyncio.to_thread(self._finish, exc)
+
+    async def close(self) -> None:
+        """End the session as a clean exit would."""
+        await self.__aexit__(None, None, None)
+
+    async def _stop_browser(self) -> None:
+        self._closing = True
+        try:
+            if self._context is not None:
+                try:
+                    await self._context.close()
+                except PlaywrightError as err:
+                    log.warning("closing the browser failed: %s", err)
+                    self._crashed = True
+        finally:
+            self._context = None
+            self._page = None
+            if self._playwright is not None:
+                await self._playwright.stop()
+                self._playwright = None

@@ -1,0 +1,606 @@
+"""State archives: engine-aware packing, safe unpacking of hostile input, and inspection.
+
+An archive is a tar stream of a browser's user-data-dir, compressed with gzip (``.tar.gz``,
+the documented interchange format) or zstd (``.tar.zst``). Readers tell the codec from the
+magic bytes, never from a file name.
+
+Unpacking assumes the archive came from anyone: only regular files and directories are
+accepted (Python's ``data`` filter first, then our own allow-list), every size is capped
+(compressed, total, per member, member count, expansion ratio) so a bomb stops early, and
+the tree is built in a temporary sibling that is renamed into place only when complete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import io
+import logging
+import os
+import shutil
+import sqlite3
+import stat
+import tarfile
+import tempfile
+import zlib
+from collections.abc import Iterator
+from pathlib import Path, PurePosixPath
+from typing import IO, BinaryIO, Literal
+
+import zstandard
+from pydantic import BaseModel, ConfigDict
+
+from profiles.errors import ArchiveInvalid, ValidationFailed
+from profiles.fsutil import fsync_dir, remove_tree
+from profiles.state_rules import RULES, Engine
+
+__all__ = [
+    "CODECS",
+    "ArchiveLimits",
+    "Codec",
+    "PackStats",
+    "UnpackStats",
+    "detect_codec",
+    "detect_engine",
+    "pack_dir",
+    "read_browser_version",
+    "read_cookie_domains",
+    "remove_engine_locks",
+    "tree_digest",
+    "unpack_archive",
+]
+
+log = logging.getLogger(__name__)
+
+Codec = Literal["gzip", "zstd"]
+CODECS: tuple[Codec, ...] = ("gzip", "zstd")
+GZIP_MAGIC = b"\x1f\x8b"
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+# gzip -6 is what `tar czf` does; zstd -3 is zstd's own default and much faster for the size.
+DEFAULT_LEVEL: dict[Codec, int] = {"gzip": 6, "zstd": 3}
+CHUNK = 1024 * 1024
+SMALL_FILE = 8 * 1024 * 1024  # read whole, so a file changing under us cannot break the tar
+MiB = 1024 * 1024
+
+
+class ArchiveLimits(BaseModel):
+    """Caps that stop a hostile or broken archive early."""
+
+    model_config = ConfigDict(frozen=True)
+
+    max_compressed_bytes: int = 500 * MiB  # the documented upload limit
+    max_uncompressed_bytes: int = 4 * 1024 * MiB
+    max_members: int = 100_000
+    max_member_bytes: int = 2 * 1024 * MiB
+    max_ratio: int = 200  # uncompressed / compressed, checked past ratio_floor
+    ratio_floor: int = 64 * MiB
+
+
+class PackStats(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    files: int
+    directories: int
+    uncompressed_bytes: int
+    compressed_bytes: int
+    excluded_files: int
+    excluded_bytes: int
+
+
+class UnpackStats(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    files: int
+    directories: int
+    uncompressed_bytes: int
+    codec: Codec
+
+
+# ---------------------------------------------------------------------------- packing
+
+
+class _CountingWriter(io.RawIOBase):
+    def __init__(self, target: IO[bytes] | BinaryIO) -> None:
+        self._target = target
+        self.count = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:  # type: ignore[override]
+        self._target.write(data)
+        n = len(data)
+        self.count += n
+        return n
+
+
+def _walk(
+    root: Path, engine: Engine, apply_excludes: bool
+) -> Iterator[tuple[str, os.DirEntry[str] | None, int]]:
+    """Yield (relative path, entry, excluded bytes) in sorted order; entry None = excluded."""
+    rules = RULES[engine]
+
+    def visit(directory: Path, rel: str) -> Iterator[tuple[str, os.DirEntry[str] | None, int]]:
+        try:
+            entries = sorted(os.scandir(directory), key=lambda e: e.name)
+        except OSError as exc:
+            log.warning("cannot list %s: %s", directory, exc)
+            return
+        for entry in entries:
+            relpath = f"{rel}{entry.name}"
+            try:
+                is_dir = entry.is_dir(follow_symlinks=False)
+                is_file = entry.is_file(follow_symlinks=False)
+            except OSError:
+                continue
+            if not (is_dir or is_file):
+                log.debug("skipping %s: not a regular file or directory", relpath)
+                continue
+            if apply_excludes and rules.excludes(relpath):
+                yield relpath, None, _tree_size(Path(entry.path)) if is_dir else _size(entry)
+                continue
+            yield relpath, entry, 0
+            if is_dir:
+                yield from visit(Path(entry.path), relpath + "/")
+
+    yield from visit(root, "")
+
+
+def _size(entry: os.DirEntry[str]) -> int:
+    try:
+        return entry.stat(follow_symlinks=False).st_size
+    except OSError:
+        return 0
+
+
+def _tree_size(path: Path) -> int:
+    total = 0
+    for dirpath, _dirs, files in os.walk(path):
+        for name in files:
+            with contextlib.suppress(OSError):
+                total += os.lstat(os.path.join(dirpath, name)).st_size
+    return total
+
+
+def pack_dir(
+    src: Path,
+    dest: IO[bytes] | BinaryIO,
+    *,
+    engine: Engine,
+    codec: Codec = "zstd",
+    apply_excludes: bool = True,
+    level: int | None = None,
+) -> PackStats:
+    """Write ``src`` as a compressed tar to ``dest`` (left open), without the engine's caches
+    and lock files. Members are relative, sorted, owner-less, with their mtimes kept."""
+    if codec not in CODECS:
+        raise ValidationFailed(f"Unknown codec {codec!r}; use gzip or zstd.", field="codec")
+    src = Path(src)
+    if not src.is_dir():
+        raise ValidationFailed(f"{src} is not a directory.", field="directory")
+    out = _CountingWriter(dest)
+    files = directories = total = excluded_files = excluded_bytes = 0
+    with contextlib.ExitStack() as stack:
+        compressed: IO[bytes]
+        if codec == "zstd":
+            cctx = zstandard.ZstdCompressor(level=level or DEFAULT_LEVEL["zstd"], threads=-1)
+            compressed = stack.enter_context(cctx.stream_writer(out, closefd=False))  # type: ignore[arg-type]
+        else:
+            compressed = stack.enter_context(
+                gzip.GzipFile(  # type: ignore[arg-type]
+                    fileobj=out, mode="wb", compresslevel=level or DEFAULT_LEVEL["gzip"], mtime=0
+                )
+            )
+        tar = stack.enter_context(_tar_stream(compressed, "w|"))
+        for relpath, entry, skipped in _walk(src, engine, apply_excludes):
+            if entry is None:
+                excluded_files += 1
+                excluded_bytes += skipped
+                continue
+            info = tarfile.TarInfo(relpath)
+            try:
+                st = entry.stat(follow_symlinks=False)
+            except OSError:
+                continue
+            info.mtime = int(st.st_mtime)
+            if stat.S_ISDIR(st.st_mode):
+                info.type = tarfile.DIRTYPE
+                info.mode = 0o755
+                tar.addfile(info)
+                directories += 1
+                continue
+            info.mode = 0o644
+            try:
+                with open(entry.path, "rb") as f:
+                    size = os.fstat(f.fileno()).st_size
+                    if size <= SMALL_FILE:
+                        data = f.read()
+                        info.size = len(data)
+                        tar.addfile(info, io.BytesIO(data))
+                    else:
+                        info.size = size
+                        tar.addfile(info, _ExactReader(f, size))
+            except (FileNotFoundError, PermissionError) as exc:
+                log.warning("skipping %s: %s", relpath, exc)
+                continue
+            files += 1
+            total += info.size
+    return PackStats(
+        files=files,
+        directories=directories,
+        uncompressed_bytes=total,
+        compressed_bytes=out.count,
+        excluded_files=excluded_files,
+        excluded_bytes=excluded_bytes,
+    )
+
+
+def _tar_stream(fileobj: IO[bytes], mode: Literal["r|", "w|"]) -> tarfile.TarFile:
+    """A streaming tar over ``fileobj`` with large buffers (the defaults are 10-16 KiB)."""
+    tar = tarfile.open(fileobj=fileobj, mode=mode, format=tarfile.PAX_FORMAT, bufsize=CHUNK)  # noqa: SIM115
+    tar.copybufsize = CHUNK  # type: ignore[attr-defined]
+    return tar
+
+
+class _ExactReader:
+    """Reads exactly ``size`` bytes, padding with zeros if the file shrank meanwhile."""
+
+    def __init__(self, raw: IO[bytes], size: int) -> None:
+        self._raw = raw
+        self._left = size
+
+    def read(self, n: int = -1) -> bytes:
+        n = self._left if n < 0 else min(n, self._left)
+        data = self._raw.read(n)
+        if len(data) < n:
+            log.warning("a file shrank while being packed; padding it")
+            data += b"\0" * (n - len(data))
+        self._left -= len(data)
+        return data
+
+
+# ---------------------------------------------------------------------------- unpacking
+
+
+def detect_codec(head: bytes) -> Codec:
+    """The codec of an archive from its first bytes; ``ArchiveInvalid`` otherwise."""
+    if head.startswith(GZIP_MAGIC):
+        return "gzip"
+    if head.startswith(ZSTD_MAGIC):
+        return "zstd"
+    if not head:
+        what = "the file is empty"
+    elif head.startswith(b"PK"):
+        what = "it looks like a ZIP file"
+    elif head.startswith((b"BZh", b"\xfd7zXZ")):
+        what = "it is bzip2/xz compressed"
+    else:
+        what = f"it starts with {head[:8]!r}"
+    raise ArchiveInvalid(
+        f"Only .tar.gz (or .tar.zst) files are allowed: {what}. Pack the browser's "
+        "user-data-dir with 'tar czf state.tar.gz -C <dir> .' or export it from a store.",
+        field="file",
+    )
+
+
+class _SourceReader(io.RawIOBase):
+    """Counts compressed bytes read and stops past the compressed-size cap."""
+
+    def __init__(self, raw: IO[bytes] | BinaryIO, prefix: bytes, limit: int) -> None:
+        self._raw = raw
+        self._prefix = prefix
+        self._limit = limit
+        self.count = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: memoryview | bytearray) -> int:  # type: ignore[override]
+        view = memoryview(buffer).cast("B")
+        if self._prefix:
+            n = min(len(view), len(self._prefix))
+            view[:n] = self._prefix[:n]
+            self._prefix = self._prefix[n:]
+        else:
+            data = self._raw.read(len(view))
+            n = len(data)
+            view[:n] = data
+        self.count += n
+        if self.count > self._limit:
+            raise ArchiveInvalid(
+                f"The archive is larger than {self._limit // MiB} MB, the upload limit.",
+                field="file",
+            )
+        return n
+
+
+def _known_size(source: IO[bytes] | BinaryIO) -> int | None:
+    try:
+        return os.fstat(source.fileno()).st_size - source.tell()
+    except (OSError, AttributeError, ValueError, io.UnsupportedOperation):
+        return None
+
+
+def _check_member(member: tarfile.TarInfo, staging: Path) -> tarfile.TarInfo:
+    name = member.name
+    if not (member.isreg() or member.isdir()):
+        kind = {
+            tarfile.SYMTYPE: "a symbolic link",
+            tarfile.LNKTYPE: "a hard link",
+            tarfile.CHRTYPE: "a character device",
+            tarfile.BLKTYPE: "a block device",
+            tarfile.FIFOTYPE: "a FIFO",
+        }.get(member.type, f"of tar type {member.type!r}")
+        raise ArchiveInvalid(
+            f"Archive member {name!r} is {kind}; only regular files and directories are allowed.",
+            field="file",
+            member=name,
+        )
+    pure = PurePosixPath(name)
+    if not name or pure.is_absolute() or name.startswith(("/", "\\")) or ".." in pure.parts:
+        raise ArchiveInvalid(
+            f"Archive member {name!r} points outside the profile (absolute path or '..').",
+            field="file",
+            member=name,
+        )
+    try:
+        filtered = tarfile.data_filter(member, str(staging))
+    except tarfile.FilterError as exc:
+        raise ArchiveInvalid(
+            f"Archive member {name!r} is unsafe: {exc}.", field="file", member=name
+        ) from exc
+    return filtered
+
+
+def unpack_archive(
+    source: Path | str | IO[bytes] | BinaryIO,
+    target: Path,
+    *,
+    limits: ArchiveLimits | None = None,
+    replace: bool = False,
+) -> UnpackStats:
+    """Unpack a ``.tar.gz`` / ``.tar.zst`` into ``target``, all or nothing.
+
+    ``target`` must not exist unless ``replace``: then the old tree is swapped out only
+    after the new one is complete. Any problem with the archive raises ``ArchiveInvalid``
+    and leaves ``target`` as it was.
+    """
+    limits = limits or ArchiveLimits()
+    target = Path(target)
+    if target.exists() and not replace:
+        raise ValueError(f"{target} exists; pass replace=True to swap it")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}.unpack-"))
+    try:
+        with contextlib.ExitStack() as stack:
+            raw: IO[bytes] | BinaryIO = (
+                stack.enter_context(open(source, "rb"))
+                if isinstance(source, str | Path)
+                else source
+            )
+            stats = _extract(raw, staging, limits)
+        _swap_into_place(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return stats
+
+
+def _extract(raw: IO[bytes] | BinaryIO, staging: Path, limits: ArchiveLimits) -> UnpackStats:
+    known = _known_size(raw)
+    if known is not None and known > limits.max_compressed_bytes:
+        raise ArchiveInvalid(
+            f"The archive is {known // MiB} MB; the upload limit is "
+            f"{limits.max_compressed_bytes // MiB} MB.",
+            field="file",
+        )
+    head = raw.read(4)
+    codec = detect_codec(head)
+    counted = _SourceReader(raw, head, limits.max_compressed_bytes)
+    source = io.BufferedReader(counted, CHUNK)
+    budget = limits.max_uncompressed_bytes
+    if known is not None:
+        budget = min(budget, max(limits.ratio_floor, known * limits.max_ratio))
+    files = directories = total = members = 0
+    try:
+        stream: IO[bytes]
+        if codec == "gzip":
+            stream = gzip.GzipFile(fileobj=source, mode="rb")  # type: ignore[assignment]
+        else:
+            stream = zstandard.ZstdDecompressor().stream_reader(source, read_across_frames=True)
+        with (
+            stream,
+            _tar_stream(stream, "r|") as tar,
+        ):
+            for member in tar:
+                members += 1
+                if members > limits.max_members:
+                    raise ArchiveInvalid(
+                        f"The archive has more than {limits.max_members} members.", field="file"
+                    )
+                member = _check_member(member, staging)
+                if member.size > limits.max_member_bytes:
+                    raise ArchiveInvalid(
+                        f"Archive member {member.name!r} is {member.size // MiB} MB; at most "
+                        f"{limits.max_member_bytes // MiB} MB per file is allowed.",
+                        field="file",
+                    )
+                if total + member.size > budget:
+                    raise ArchiveInvalid(
+                        f"The archive expands to more than {budget // MiB} MB "
+                        f"(member {member.name!r}); it looks like a decompression bomb.",
+                        field="file",
+                    )
+                dest = staging.joinpath(*PurePosixPath(member.name).parts)
+                if member.isdir():
+                    dest.mkdir(mode=0o700, parents=True, exist_ok=True)
+                    directories += 1
+                    continue
+                dest.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+                payload = tar.extractfile(member)
+                assert payload is not None
+                total += _write_member(payload, dest, member, counted, total, limits)
+                files += 1
+            # Read to the end so a truncated or corrupt trailer is noticed.
+            while stream.read(CHUNK):
+                pass
+    except ArchiveInvalid:
+        raise
+    except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile, zstandard.ZstdError) as exc:
+        raise ArchiveInvalid(
+            f"The archive is not a complete {'gzip' if codec == 'gzip' else 'zstd'}-compressed "
+            f"tar: {exc or type(exc).__name__}.",
+            field="file",
+        ) from exc
+    except IsADirectoryError as exc:
+        raise ArchiveInvalid(f"The archive has conflicting members: {exc}.", field="file") from exc
+    except NotADirectoryError as exc:
+        raise ArchiveInvalid(f"The archive has conflicting members: {exc}.", field="file") from exc
+    return UnpackStats(files=files, directories=directories, uncompressed_bytes=total, codec=codec)
+
+
+def _write_member(
+    payload: IO[bytes],
+    dest: Path,
+    member: tarfile.TarInfo,
+    counted: _SourceReader,
+    total_before: int,
+    limits: ArchiveLimits,
+) -> int:
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0)
+    fd = os.open(dest, flags, 0o600)
+    written = 0
+    with os.fdopen(fd, "wb") as out:
+        while chunk := payload.read(CHUNK):
+            written += len(chunk)
+            if written > member.size:
+                raise ArchiveInvalid(f"Archive member {member.name!r} overruns its size.")
+            expanded = total_before + written
+            if expanded > limits.ratio_floor and expanded > limits.max_ratio * counted.count:
+                raise ArchiveInvalid(
+                    f"The archive expands more than {limits.max_ratio} times its compressed "
+                    "size; it looks like a decompression bomb.",
+                    field="file",
+                )
+            out.write(chunk)
+    os.utime(dest, (member.mtime, member.mtime))
+    return written
+
+
+def _swap_into_place(staging: Path, target: Path) -> None:
+    if target.exists():
+        old = target.parent / f".{target.name}.old-{os.getpid()}-{id(staging)}"
+        os.rename(target, old)
+        os.rename(staging, target)
+        fsync_dir(target.parent)
+        remove_tree(old)
+    else:
+        os.rename(staging, target)
+        fsync_dir(target.parent)
+
+
+# ---------------------------------------------------------------------------- inspection
+
+
+def detect_engine(root: Path) -> Engine | None:
+    """Which engine made the profile directory ``root``, judged by its files."""
+    root = Path(root)
+    if (root / "Local State").is_file() or (root / "Default" / "Preferences").is_file():
+        return "chromium"
+    if any((root / name).is_file() for name in ("prefs.js", "times.json", "compatibility.ini")):
+        return "firefox"
+    if (root / "cookies.sqlite").is_file():
+        return "firefox"
+    # Playwright's WebKit keeps its persistent data in WebsiteData and LocalStorage folders.
+    if any((root / name).exists() for name in ("WebsiteData", "LocalStorage", "Databases")):
+        return "webkit"
+    return None
+
+
+def _cookie_db(root: Path, engine: Engine) -> tuple[Path, str, str] | None:
+    candidates: list[tuple[Path, str, str]] = {
+        "chromium": [
+            (root / "Default" / "Network" / "Cookies", "cookies", "host_key"),
+            (root / "Default" / "Cookies", "cookies", "host_key"),
+        ],
+        "firefox": [(root / "cookies.sqlite", "moz_cookies", "host")],
+        "webkit": [],
+    }[engine]
+    return next((c for c in candidates if c[0].is_file()), None)
+
+
+def read_cookie_domains(root: Path, engine: Engine) -> list[str]:
+    """The domains the profile holds cookies for: sorted, unique, no leading dot."""
+    found = _cookie_db(Path(root), engine)
+    if found is None:
+        return []
+    db, table, column = found
+    with tempfile.TemporaryDirectory(prefix="cookies-") as tmp:
+        copy = Path(tmp) / db.name
+        try:
+            shutil.copyfile(db, copy)
+            for suffix in ("-wal", "-journal"):
+                side = db.with_name(db.name + suffix)
+                if side.is_file():
+                    shutil.copyfile(side, copy.with_name(copy.name + suffix))
+            conn = sqlite3.connect(copy)
+            try:
+                rows = conn.execute(f"SELECT DISTINCT {column} FROM {table}").fetchall()
+            finally:
+                conn.close()
+        except (OSError, sqlite3.Error) as exc:
+            log.warning("cannot read cookie domains from %s: %s", db, exc)
+            return []
+    return sorted({str(row[0]).lstrip(".") for row in rows if row[0]})
+
+
+def read_browser_version(root: Path, engine: Engine) -> str | None:
+    """The version of the browser that last wrote the profile, from its own files."""
+    root = Path(root)
+    try:
+        if engine == "chromium":
+            version = (root / "Last Version").read_text("utf-8").strip()
+            return version or None
+        if engine == "firefox":
+            for line in (root / "compatibility.ini").read_text("utf-8").splitlines():
+                if line.startswith("LastVersion="):
+                    return line.split("=", 1)[1].split("_", 1)[0].strip() or None
+    except (OSError, UnicodeDecodeError):
+        return None
+    return None
+
+
+def remove_engine_locks(root: Path, engine: Engine) -> list[str]:
+    """Delete the lock files a dead browser left (``Singleton*`` are dangling symlinks)."""
+    rules = RULES[engine]
+    removed: list[str] = []
+    for directory in (Path(root), Path(root) / "Default"):
+        try:
+            entries = list(os.scandir(directory))
+        except OSError:
+            continue
+        for entry in entries:
+            if rules.is_engine_lock(entry.name) and not entry.is_dir(follow_symlinks=False):
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(entry.path)
+                    removed.append(os.path.relpath(entry.path, root))
+    return sorted(removed)
+
+
+def tree_digest(root: Path, *, engine: Engine | None = None) -> dict[str, str]:
+    """``relpath -> sha256`` of every regular file kept (by ``engine``'s rules, if given)."""
+    import hashlib
+
+    root = Path(root)
+    digest: dict[str, str] = {}
+    for dirpath, dirs, names in os.walk(root):
+        dirs.sort()
+        for name in sorted(names):
+            path = Path(dirpath) / name
+            rel = path.relative_to(root).as_posix()
+            if not path.is_file() or path.is_symlink():
+                continue
+            if engine is not None and RULES[engine].excludes(rel):
+                continue
+            digest[rel] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return digest

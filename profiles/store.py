@@ -1,0 +1,847 @@
+"""ProfileStore: the documented profile and snapshot semantics over a catalog and a blob store.
+
+Every operation is one catalog transaction. State bytes are written before the catalog is
+changed to point at them (data first, metadata last), so a crash at any point leaves the
+last committed state readable; bytes no record points at any more are freed.
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import gzip
+import logging
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import IO, Any, BinaryIO, Final, TypeVar
+
+import platformdirs
+import zstandard
+
+from profiles.archetypes import DEFAULT_ARCHETYPE, get_archetype
+from profiles.archive import (
+    ArchiveLimits,
+    Codec,
+    detect_codec,
+    detect_engine,
+    pack_dir,
+    read_browser_version,
+    read_cookie_domains,
+    unpack_archive,
+)
+from profiles.blobs import BlobStore, LocalBlobStore
+from profiles.catalog import Catalog, CatalogTransaction, SQLiteCatalog
+from profiles.errors import (
+    ArchiveInvalid,
+    Conflict,
+    NoStateData,
+    NotFound,
+    TierLimit,
+    ValidationFailed,
+)
+from profiles.locks import ProfileLock
+from profiles.models import (
+    AuditEvent,
+    AuditType,
+    Page,
+    Profile,
+    Snapshot,
+    new_id,
+    utcnow,
+)
+from profiles.state_rules import ENGINES
+from profiles.validation import (
+    MAX_NAME_LENGTH,
+    check_description,
+    check_labels,
+    check_limit,
+    check_name,
+)
+from profiles.workdir import EMPTY_STATE, WorkingCopies
+
+__all__ = ["DEFAULT_CODEC", "UNSET", "ProfileStore", "Unset", "default_home"]
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CODEC: Final[Codec] = "zstd"
+MAX_DERIVED_NAMES = 99
+MAX_LABEL_LENGTH = 128
+ORPHAN_MIN_AGE = 3600.0  # seconds an unreferenced blob may be a commit in flight
+
+R = TypeVar("R", Profile, Snapshot, AuditEvent)
+Progress = Callable[[int], None]
+
+
+class Unset:
+    """The type of :data:`UNSET`: "not passed", as opposed to ``None``."""
+
+    _instance: Unset | None = None
+
+    def __new__(cls) -> Unset:
+        if cls._instance is None:
+            cls._instance = super().__new__(cls)
+        return cls._instance
+
+    def __repr__(self) -> str:
+        return "UNSET"
+
+    def __bool__(self) -> bool:
+        return False
+
+
+UNSET: Final = Unset()
+
+
+def default_home() -> Path:
+    """``$PROFILES_HOME`` if set, else the platform's user data dir for this library."""
+    env = os.environ.get("PROFILES_HOME")
+    if env:
+        return Path(env).expanduser()
+    return Path(platformdirs.user_data_dir("playwright-profiles", appauthor=False))
+
+
+def derive_name(base: str, suffix: str, taken: Callable[[str], bool]) -> str:
+    """``<base>-<suffix>``, then ``-<suffix>-2`` ... ``-<suffix>-99``; ``Conflict`` after that.
+
+    The base is shortened so the result fits the name length limit.
+    """
+    for n in range(1, MAX_DERIVED_NAMES + 1):
+        tail = f"-{suffix}" if n == 1 else f"-{suffix}-{n}"
+        candidate = base[: MAX_NAME_LENGTH - len(tail)] + tail
+        if not taken(candidate):
+            return candidate
+    raise Conflict(
+        f"Could not derive a free name from {base!r}: '-{suffix}' up to '-{suffix}-"
+        f"{MAX_DERIVED_NAMES}' are all taken. Pass a name explicitly.",
+        field="name",
+    )
+
+
+def _page(records: list[R], limit: int) -> Page[R]:
+    has_more = len(records) > limit
+    data = records[:limit]
+    return Page[R](data=data, has_more=has_more, next_cursor=data[-1].id if has_more else None)
+
+
+class _CountingReader:
+    """Wraps a binary source and reports how many bytes have been read."""
+
+    def __init__(self, raw: IO[bytes], progress: Progress) -> None:
+        self._raw = raw
+        self._progress = progress
+        self._count = 0
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._raw.read(size)
+        self._count += len(data)
+        self._progress(self._count)
+        return data
+
+    def readable(self) -> bool:
+        return True
+
+
+class ProfileStore:
+    """Named, persistent browser profiles with snapshots and an audit log.
+
+    ``home`` defaults to ``$PROFILES_HOME``, else the platform's user data dir. The embedded
+    default keeps the catalog in ``<home>/catalog.sqlite3`` and state archives under
+    ``<home>/blobs``; pass ``catalog`` and ``blobs`` to use other backends.
+    ``max_profiles`` caps the number of profiles (``TierLimit`` past it).
+    """
+
+    def __init__(
+        self,
+        home: Path | str | None = None,
+        *,
+        max_profiles: int | None = None,
+        codec: Codec = DEFAULT_CODEC,
+        limits: ArchiveLimits | None = None,
+        catalog: Catalog | None = None,
+        blobs: BlobStore | None = None,
+    ) -> None:
+        if max_profiles is not None and max_profiles < 0:
+            raise ValidationFailed("max_profiles cannot be negative.", field="max_profiles")
+        self.home = Path(home).expanduser() if home is not None else default_home()
+        self.home.mkdir(parents=True, exist_ok=True)
+        self.max_profiles = max_profiles
+        self.codec: Codec = codec
+        self.limits = limits or ArchiveLimits()
+        self.catalog = catalog or SQLiteCatalog(self.home / "catalog.sqlite3")
+        self.blobs = blobs or LocalBlobStore(self.home / "blobs")
+        self.working_copies = WorkingCopies(self.home / "work")
+        self._locks_dir = self.home / "locks"
+        self._tmp = self.home / "tmp"
+        self._tmp.mkdir(exist_ok=True)
+
+    def __repr__(self) -> str:
+        return f"ProfileStore(home={str(self.home)!r})"
+
+    def close(self) -> None:
+        self.catalog.close()
+
+    def __enter__(self) -> ProfileStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ------------------------------------------------------------------ helpers
+
+    @staticmethod
+    def _find(tx: CatalogTransaction, ref: str) -> Profile:
+        if not isinstance(ref, str) or not ref:
+            raise ValidationFailed("A profile id or name is required.", field="profile")
+        found = tx.get_profile(ref) or tx.get_profile_by_name(ref)
+        if found is None:
+            raise NotFound(
+                f"Profile {ref!r} not found. Run 'profiles list' to see this store's profiles.",
+                resource="profile",
+                ref=ref,
+            )
+        return found
+
+    @staticmethod
+    def _event(
+        tx: CatalogTransaction,
+        type_: AuditType,
+        profile_id: str | None,
+        **payload: Any,
+    ) -> None:
+        tx.insert_event(
+            AuditEvent(
+                id=new_id("evt"), type=type_, profile_id=profile_id, at=utcnow(), payload=payload
+            )
+        )
+
+    def _check_cap(self, tx: CatalogTransaction) -> None:
+        if self.max_profiles is None:
+            return
+        current = tx.count_profiles()
+        if current >= self.max_profiles:
+            raise TierLimit(
+                f"This store allows at most {self.max_profiles} profiles and has {current}. "
+                "Delete a profile or raise max_profiles.",
+                limit=self.max_profiles,
+                current=current,
+            )
+
+    def _free_blobs(self, *checksums: str | None) -> None:
+        """Delete state bytes that no profile or snapshot references any more."""
+        wanted = {c for c in checksums if c}
+        if not wanted:
+            return
+        with self.catalog.transaction() as tx:
+            for checksum in wanted:
+                if not tx.checksum_in_use(checksum):
+                    self.blobs.delete(checksum)
+
+    def lock(self, ref: str, *, timeout: float = 600.0) -> ProfileLock:
+        """The writer lock of a profile (not yet acquired)."""
+        profile = self.get(ref)
+        return ProfileLock(self._locks_dir, profile.id, timeout=timeout, name=profile.name)
+
+    # ------------------------------------------------------------------ profiles
+
+    def create(
+        self,
+        name: str,
+        *,
+        archetype: str | None = None,
+        description: str | None = None,
+        labels: dict[str, str] | None = None,
+    ) -> Profile:
+        """Create an empty profile pinned to ``archetype`` (default ``desktop-chromium``)."""
+        name = check_name(name)
+        arch = get_archetype(archetype if archetype is not None else DEFAULT_ARCHETYPE)
+        description = check_description(description)
+        clean_labels = check_labels(labels)
+        now = utcnow()
+        profile = Profile(
+            id=new_id("prof"),
+            name=name,
+            description=description,
+            archetype=arch.name,
+            browser_name=arch.engine,
+            labels=clean_labels,
+            created_at=now,
+            updated_at=now,
+        )
+        with self.catalog.transaction() as tx:
+            self._check_cap(tx)
+            tx.insert_profile(profile)
+            self._event(tx, "profile.created", profile.id, name=name, archetype=arch.name)
+        log.info("created profile %s (%s)", name, profile.id)
+        return profile
+
+    def get(self, ref: str) -> Profile:
+        """A profile by id or name; ``NotFound`` if there is none."""
+        with self.catalog.transaction(write=False) as tx:
+            return self._find(tx, ref)
+
+    def list(self, *, limit: int = 50, cursor: str | None = None) -> Page[Profile]:
+        """Profiles, newest first (``created_at`` desc, then ``id`` desc)."""
+        limit = check_limit(limit)
+        with self.catalog.transaction(write=False) as tx:
+            return _page(tx.list_profiles(limit=limit + 1, after=cursor), limit)
+
+    def iter_profiles(self, *, page_size: int = 100) -> Iterator[Profile]:
+        """Every profile, newest first, fetched a page at a time."""
+        cursor: str | None = None
+        while True:
+            page = self.list(limit=page_size, cursor=cursor)
+            yield from page.data
+            if not page.has_more:
+                return
+            cursor = page.next_cursor
+
+    def update(
+        self,
+        ref: str,
+        *,
+        name: str | Unset = UNSET,
+        description: str | Unset | None = UNSET,
+        labels: dict[str, str] | Unset = UNSET,
+        archetype: str | Unset = UNSET,
+    ) -> Profile:
+        """Change only what is passed. ``description=None`` clears it. The archetype is
+        sticky: passing a different one raises ``ValidationFailed`` (clone instead)."""
+        changes: dict[str, Any] = {}
+        if not isinstance(name, Unset):
+            changes["name"] = check_name(name)
+        if not isinstance(description, Unset):
+            changes["description"] = check_description(description)
+        if not isinstance(labels, Unset):
+            changes["labels"] = check_labels(labels)
+        with self.catalog.transaction() as tx:
+            current = self._find(tx, ref)
+            if not isinstance(archetype, Unset) and archetype != current.archetype:
+                raise ValidationFailed(
+                    f"The archetype of profile {current.name!r} is {current.archetype!r} and "
+                    "cannot be changed. To repin, clone it with the new archetype "
+                    f"(profiles clone {current.name} --archetype {archetype}) and delete "
+                    "the old profile after migrating.",
+                    field="archetype",
+                )
+            changed = {k: v for k, v in changes.items() if getattr(current, k) != v}
+            if not changed:
+                return current
+            updated = current.model_copy(update={**changed, "updated_at": utcnow()})
+            tx.update_profile(updated)
+            self._event(tx, "profile.updated", current.id, changed=sorted(changed))
+        return updated
+
+    def delete(self, ref: str) -> None:
+        """Delete a profile and its state. Snapshots stay (restorable) with
+        ``parent_profile_id`` set to null. A second delete raises ``NotFound``."""
+        with self.catalog.transaction() as tx:
+            profile = self._find(tx, ref)
+            tx.delete_profile(profile.id)
+            self._event(tx, "profile.deleted", profile.id, name=profile.name)
+        self._free_blobs(profile.checksum)
+        lock = ProfileLock(self._locks_dir, profile.id, name=profile.name)
+        try:
+            lock.acquire(timeout=0)
+        except Conflict:
+            log.info("profile %s is in a session; it removes its working copy", profile.id)
+        else:
+            try:
+                self.working_copies.remove(profile.id)
+            finally:
+                lock.release()
+            for path in (lock.path, lock.holder_path):
+                path.unlink(missing_ok=True)
+        log.info("deleted profile %s (%s)", profile.name, profile.id)
+
+    def clone(
+        self,
+        ref: str,
+        *,
+        name: str | None = None,
+        with_state: bool = False,
+        archetype: str | None = None,
+    ) -> Profile:
+        """A new profile with the source's archetype, description and labels.
+
+        State is not copied unless ``with_state``. Without a name one is derived:
+        ``<source>-copy``, ``<source>-copy-2``, ... ``-copy-99``, then ``Conflict``. Pass
+        ``archetype`` to repin (state can only come along within the same engine).
+        """
+        if name is not None:
+            name = check_name(name)
+        with self.catalog.transaction() as tx:
+            source = self._find(tx, ref)
+            arch = get_archetype(archetype if archetype is not None else source.archetype)
+            if with_state and arch.engine != source.browser_name:
+                raise ValidationFailed(
+                    f"Cannot clone {source.browser_name} state into a {arch.engine} archetype "
+                    f"({arch.name!r}); clone without with_state.",
+                    field="archetype",
+                )
+            self._check_cap(tx)
+            if name is None:
+                name = derive_name(
+                    source.name, "copy", lambda n: tx.get_profile_by_name(n) is not None
+                )
+            now = utcnow()
+            state: dict[str, Any] = {}
+            if with_state and source.checksum is not None:
+                state = {
+                    k: getattr(source, k)
+                    for k in (
+                        "status",
+                        "checksum",
+                        "blob_size",
+                        "blob_uploaded_at",
+                        "browser_version",
+                        "cookie_domains",
+                    )
+                }
+            profile = Profile(
+                id=new_id("prof"),
+                name=name,
+                description=source.description,
+                archetype=arch.name,
+                browser_name=arch.engine,
+                labels=dict(source.labels),
+                created_at=now,
+                updated_at=now,
+                **state,
+            )
+            tx.insert_profile(profile)
+            self._event(
+                tx,
+                "profile.created",
+                profile.id,
+                name=name,
+                archetype=arch.name,
+                cloned_from=source.id,
+                with_state=bool(state),
+            )
+        return profile
+
+    # ------------------------------------------------------------------ snapshots
+
+    def snapshot(
+        self, ref: str, *, label: str | None = None, description: str | None = None
+    ) -> Snapshot:
+        """Capture the profile's committed state, name and archetype, frozen."""
+        if label is not None and (
+            not isinstance(label, str) or len(label) > MAX_LABEL_LENGTH or not label.isprintable()
+        ):
+            raise ValidationFailed(
+                f"Snapshot label must be printable text of at most {MAX_LABEL_LENGTH} characters.",
+                field="label",
+            )
+        description = check_description(description)
+        with self.catalog.transaction() as tx:
+            profile = self._find(tx, ref)
+            snap = Snapshot(
+                id=new_id("psnap"),
+                parent_profile_id=profile.id,
+                parent_name=profile.name,
+                parent_archetype=profile.archetype,
+                browser_name=profile.browser_name,
+                browser_version=profile.browser_version,
+                label=label,
+                description=description,
+                captured_at=utcnow(),
+                blob_size=profile.blob_size,
+                checksum=profile.checksum,
+                cookie_domains=list(profile.cookie_domains),
+            )
+            tx.insert_snapshot(snap)
+            self._event(tx, "snapshot.created", profile.id, snapshot_id=snap.id, label=label)
+        return snap
+
+    def snapshots(
+        self, ref: str | None = None, *, limit: int = 50, cursor: str | None = None
+    ) -> Page[Snapshot]:
+        """One profile's snapshots (or every snapshot), newest first."""
+        limit = check_limit(limit)
+        with self.catalog.transaction(write=False) as tx:
+            profile_id = None if ref is None else self._find(tx, ref).id
+            rows = tx.list_snapshots(profile_id=profile_id, limit=limit + 1, after=cursor)
+            return _page(rows, limit)
+
+    def get_snapshot(self, snapshot_id: str) -> Snapshot:
+        with self.catalog.transaction(write=False) as tx:
+            snap = tx.get_snapshot(snapshot_id)
+        if snap is None:
+            raise NotFound(
+                f"Snapshot {snapshot_id!r} not found. Run 'profiles snapshot list' to see them.",
+                resource="snapshot",
+                ref=snapshot_id,
+            )
+        return snap
+
+    def delete_snapshot(self, snapshot_id: str) -> None:
+        snap = self.get_snapshot(snapshot_id)
+        with self.catalog.transaction() as tx:
+            if tx.get_snapshot(snapshot_id) is None:
+                raise NotFound(f"Snapshot {snapshot_id!r} not found.", resource="snapshot")
+            tx.delete_snapshot(snapshot_id)
+            self._event(tx, "snapshot.deleted", snap.parent_profile_id, snapshot_id=snapshot_id)
+        self._free_blobs(snap.checksum)
+
+    def restore(self, snapshot_id: str, *, name: str | None = None) -> Profile:
+        """A new profile from a snapshot: its archetype, description and state. The parent
+        is never touched. Without a name: ``<parent_name>-restored``, ``-restored-2``, ..."""
+        if name is not None:
+            name = check_name(name)
+        with self.catalog.transaction() as tx:
+            snap = tx.get_snapshot(snapshot_id)
+            if snap is None:
+                raise NotFound(f"Snapshot {snapshot_id!r} not found.", resource="snapshot")
+            self._check_cap(tx)
+            if name is None:
+                name = derive_name(
+                    snap.parent_name, "restored", lambda n: tx.get_profile_by_name(n) is not None
+                )
+            now = utcnow()
+            profile = Profile(
+                id=new_id("prof"),
+                name=name,
+                description=snap.description,
+                archetype=snap.parent_archetype,
+                browser_name=snap.browser_name,
+                browser_version=snap.browser_version,
+                status="ready" if snap.checksum else "empty",
+                checksum=snap.checksum,
+                blob_size=snap.blob_size,
+                blob_uploaded_at=snap.captured_at if snap.checksum else None,
+                cookie_domains=list(snap.cookie_domains),
+                created_at=now,
+                updated_at=now,
+            )
+            tx.insert_profile(profile)
+            self._event(
+                tx,
+                "profile.created",
+                profile.id,
+                name=name,
+                archetype=profile.archetype,
+                restored_from_snapshot=snap.id,
+            )
+        return profile
+
+    # ------------------------------------------------------------------ audit
+
+    def audit(
+        self, *, profile: str | None = None, limit: int = 50, cursor: str | None = None
+    ) -> Page[AuditEvent]:
+        """Audit events, newest first; ``profile`` (id or name) narrows to one profile.
+        A deleted profile's events stay readable by its id."""
+        limit = check_limit(limit)
+        with self.catalog.transaction(write=False) as tx:
+            profile_id: str | None = None
+            if profile is not None:
+                found = tx.get_profile(profile) or tx.get_profile_by_name(profile)
+                if found is not None:
+                    profile_id = found.id
+                elif profile.startswith("prof_"):
+                    profile_id = profile
+                else:
+                    self._find(tx, profile)
+            rows = tx.list_events(profile_id=profile_id, limit=limit + 1, after=cursor)
+            return _page(rows, limit)
+
+    def record_event(self, type_: AuditType, profile_id: str | None, **payload: Any) -> None:
+        """Append one audit event (used by sessions)."""
+        with self.catalog.transaction() as tx:
+            self._event(tx, type_, profile_id, **payload)
+
+    def record_use(self, ref: str, **payload: Any) -> Profile:
+        """Count one session on the profile: ``usage_count`` + 1, ``last_used_at`` = now,
+        and a ``session.created`` event."""
+        with self.catalog.transaction() as tx:
+            current = self._find(tx, ref)
+            now = utcnow()
+            updated = current.model_copy(
+                update={"usage_count": current.usage_count + 1, "last_used_at": now}
+            )
+            tx.update_profile(updated)
+            self._event(tx, "session.created", current.id, **payload)
+        return updated
+
+    # ------------------------------------------------------------------ state
+
+    def commit_state(
+        self,
+        ref: str,
+        directory: Path,
+        *,
+        browser_version: str | None = None,
+        event: AuditType = "state.uploaded",
+        **payload: Any,
+    ) -> Profile:
+        """Pack ``directory`` (a user-data-dir of the profile's engine, with its browser
+        closed) and make it the profile's committed state.
+
+        The archive is written first and the catalog changed last, in one transaction; a
+        profile deleted meanwhile raises ``NotFound`` and leaves no orphan bytes behind.
+        """
+        profile = self.get(ref)
+        engine = profile.browser_name
+        started = time.perf_counter()
+        for _attempt in range(2):
+            with self.blobs.writer() as sink:
+                stats = pack_dir(directory, sink, engine=engine, codec=self.codec)  # type: ignore[arg-type]
+            checksum = sink.checksum
+            assert checksum is not None
+            version = browser_version or read_browser_version(directory, engine)
+            domains = read_cookie_domains(directory, engine)
+            try:
+                with self.catalog.transaction() as tx:
+                    if not self.blobs.exists(checksum):
+                        continue  # freed by a concurrent delete between write and commit
+                    current = tx.get_profile(profile.id)
+                    if current is None:
+                        raise NotFound(
+                            f"Profile {profile.name!r} ({profile.id}) was deleted while its "
+                            "state was being written; the state was discarded.",
+                            resource="profile",
+                            ref=profile.id,
+                        )
+                    now = utcnow()
+                    updated = current.model_copy(
+                        update={
+                            "status": "ready",
+                            "checksum": checksum,
+                            "blob_size": sink.size,
+                            "blob_uploaded_at": now,
+                            "browser_version": version or current.browser_version,
+                            "cookie_domains": domains,
+                            "updated_at": now,
+                        }
+                    )
+                    tx.update_profile(updated)
+                    self._event(
+                        tx,
+                        event,
+                        profile.id,
+                        checksum=checksum,
+                        blob_size=sink.size,
+                        files=stats.files,
+                        seconds=round(time.perf_counter() - started, 3),
+                        **payload,
+                    )
+            except NotFound:
+                self._free_blobs(checksum)
+                raise
+            if current.checksum != checksum:
+                self._free_blobs(current.checksum)
+            if directory == self.working_copies.path(profile.id):
+                self.working_copies.mark_clean(profile.id, checksum)
+            return updated
+        raise ValidationFailed("The state blob vanished twice while committing; try again.")
+
+    def checkout(self, ref: str, *, lock: ProfileLock) -> tuple[Profile, Path]:
+        """The profile's working copy, identical to its committed state, ready to launch.
+
+        Reuses the kept copy when it is known to match the committed checksum, else unpacks
+        the committed archive. The caller must hold the profile's writer ``lock``; the copy
+        is marked dirty until the next :meth:`commit_state` of it.
+        """
+        if not lock.is_locked:
+            raise ValidationFailed("checkout needs the profile's writer lock held.")
+        profile = self.get(ref)
+        path = self.working_copies.path(profile.id)
+        wanted = profile.checksum or EMPTY_STATE
+        if self.working_copies.clean_state(profile.id) != wanted:
+            self.working_copies.mark_dirty(profile.id)
+            if profile.checksum is None:
+                shutil.rmtree(path, ignore_errors=True)
+                path.mkdir(parents=True)
+            else:
+                with self.blobs.open(profile.checksum) as src:
+                    unpack_archive(src, path, limits=self.limits, replace=True)
+            self.working_copies.mark_clean(profile.id, wanted)
+        self.working_copies.mark_dirty(profile.id)
+        return profile, path
+
+    def unpack_private_copy(self, ref: str, target: Path) -> Profile:
+        """Unpack the committed state into ``target`` (which must not exist), for a
+        read-only session. Takes no lock: committed archives are immutable."""
+        profile = self.get(ref)
+        if profile.checksum is None:
+            target.mkdir(parents=True)
+            return profile
+        with self.blobs.open(profile.checksum) as src:
+            unpack_archive(src, target, limits=self.limits)
+        return profile
+
+    def import_state(
+        self,
+        ref: str,
+        source: Path | str | BinaryIO | None,
+        *,
+        browser_name: str | None = None,
+        browser_version: str | None = None,
+        lock_timeout: float = 600.0,
+        progress: Progress | None = None,
+    ) -> Profile:
+        """Replace the profile's state with an uploaded ``.tar.gz`` / ``.tar.zst`` archive.
+
+        The archive is unpacked safely (hostile input is expected), its engine detected and
+        checked against the profile's archetype, then packed again as the committed state.
+        Status is ``uploading`` meanwhile; on failure it returns to what it was.
+        """
+        if source is None or (isinstance(source, str | Path) and not Path(source).is_file()):
+            where = "" if source is None else f": {str(source)!r} is not a file"
+            raise ValidationFailed(f"No file provided{where}.", field="file")
+        if browser_name is not None and browser_name not in ENGINES:
+            raise ValidationFailed(
+                f"Unsupported browser_name {browser_name!r}; use one of {', '.join(ENGINES)}.",
+                field="browser_name",
+            )
+        profile = self.get(ref)
+        if browser_name is not None and browser_name != profile.browser_name:
+            raise ValidationFailed(
+                f"browser_name {browser_name!r} does not match profile {profile.name!r}, "
+                f"whose archetype {profile.archetype!r} runs {profile.browser_name}.",
+                field="browser_name",
+            )
+        with ProfileLock(self._locks_dir, profile.id, timeout=lock_timeout, name=profile.name):
+            previous = self._set_status(profile.id, "uploading")
+            try:
+                with contextlib.ExitStack() as stack:
+                    raw: IO[bytes] = (
+                        stack.enter_context(Path(source).open("rb"))
+                        if isinstance(source, str | Path)
+                        else source
+                    )
+                    reader: Any = _CountingReader(raw, progress) if progress else raw
+                    staging = Path(tempfile.mkdtemp(dir=self._tmp, prefix="import-"))
+                    stack.callback(shutil.rmtree, staging, True)
+                    state = staging / "state"
+                    unpack_archive(reader, state, limits=self.limits)
+                    engine = detect_engine(state)
+                    if engine is None:
+                        raise ArchiveInvalid(
+                            "The archive holds no Chromium, Firefox or WebKit profile at its "
+                            "top level; pack the browser's user-data-dir itself.",
+                            field="file",
+                        )
+                    if engine != profile.browser_name:
+                        raise ValidationFailed(
+                            f"The archive holds a {engine} profile but {profile.name!r} is "
+                            f"pinned to {profile.archetype!r} ({profile.browser_name}). Create "
+                            f"a profile with a {engine} archetype for it.",
+                            field="file",
+                        )
+                    self.working_copies.mark_dirty(profile.id)
+                    updated = self.commit_state(profile.id, state, browser_version=browser_version)
+                    work = self.working_copies.path(profile.id)
+                    shutil.rmtree(work, ignore_errors=True)
+                    state.rename(work)
+                    if updated.checksum:
+                        self.working_copies.mark_clean(profile.id, updated.checksum)
+                    return updated
+            except BaseException:
+                with contextlib.suppress(NotFound):
+                    self._set_status(profile.id, previous)
+                raise
+
+    def _set_status(self, profile_id: str, status: str) -> str:
+        with self.catalog.transaction() as tx:
+            current = tx.get_profile(profile_id)
+            if current is None:
+                raise NotFound(f"Profile {profile_id!r} not found.", resource="profile")
+            tx.update_profile(current.model_copy(update={"status": status}))
+        return current.status
+
+    def export_state(
+        self,
+        ref: str,
+        dest: Path | str | BinaryIO,
+        *,
+        codec: Codec = "gzip",
+        progress: Progress | None = None,
+    ) -> int:
+        """Write the committed state as ``.tar.gz`` (or ``.tar.zst``) to ``dest``; return
+        the number of bytes written. ``NoStateData`` if the profile has none."""
+        profile = self.get(ref)
+        if profile.status != "ready" or profile.checksum is None:
+            raise NoStateData(
+                f"Profile has no data to download: {profile.name!r} is {profile.status}. "
+                "Run a session on it or import a state archive first.",
+                field="profile",
+            )
+        if codec not in ("gzip", "zstd"):
+            raise ValidationFailed(f"Unknown codec {codec!r}; use gzip or zstd.", field="codec")
+        with self.blobs.open(profile.checksum) as src:
+            if isinstance(dest, str | Path):
+                target = Path(dest)
+                fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
+                try:
+                    with os.fdopen(fd, "wb") as out:
+                        written = _copy_as(src, out, codec, progress)
+                        out.flush()
+                        os.fsync(out.fileno())
+                    os.replace(tmp, target)
+                finally:
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(tmp)
+            else:
+                written = _copy_as(src, dest, codec, progress)
+        return written
+
+    def collect_garbage(self, *, min_age: float = ORPHAN_MIN_AGE) -> builtins.list[str]:
+        """Delete state blobs no record references that are older than ``min_age``
+        seconds (left by a crash between writing bytes and committing them)."""
+        now = time.time()
+        freed: builtins.list[str] = []
+        with self.catalog.transaction() as tx:
+            in_use = tx.checksums_in_use()
+            for blob in self.blobs.list():
+                if blob.checksum not in in_use and now - blob.modified >= min_age:
+                    self.blobs.delete(blob.checksum)
+                    freed.append(blob.checksum)
+        return freed
+
+
+class _CountingWriter:
+    def __init__(self, raw: IO[bytes] | BinaryIO, progress: Progress | None) -> None:
+        self._raw = raw
+        self._progress = progress
+        self.count = 0
+
+    def write(self, data: bytes) -> int:
+        self._raw.write(data)
+        self.count += len(data)
+        if self._progress:
+            self._progress(self.count)
+        return len(data)
+
+    def flush(self) -> None:
+        self._raw.flush()
+
+
+def _copy_as(
+    src: BinaryIO, dest: IO[bytes] | BinaryIO, codec: Codec, progress: Progress | None
+) -> int:
+    """Copy an archive, converting its compression to ``codec`` if it differs."""
+    out = _CountingWriter(dest, progress)
+    head = src.read(4)
+    src.seek(0)
+    if detect_codec(head) == codec:
+        shutil.copyfileobj(src, out, 1024 * 1024)
+        return out.count
+    decompressed: IO[bytes] = (
+        gzip.GzipFile(fileobj=src, mode="rb")
+        if detect_codec(head) == "gzip"
+        else zstandard.ZstdDecompressor().stream_reader(src)  # type: ignore[assignment]
+    )
+    with decompressed:
+        if codec == "gzip":
+            with gzip.GzipFile(fileobj=out, mode="wb", compresslevel=6, mtime=0) as z:
+                shutil.copyfileobj(decompressed, z, 1024 * 1024)
+        else:
+            with zstandard.ZstdCompressor(level=3).stream_writer(out, closefd=False) as zw:  # type: ignore[arg-type]
+                shutil.copyfileobj(decompressed, zw, 1024 * 1024)
+    return out.count

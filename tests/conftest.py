@@ -1,0 +1,101 @@
+"""Shared fixtures: an isolated store home per test, a local HTTP server, browser checks.
+
+Browser tests never skip for Chromium or Firefox: a missing browser is a failure (CI must
+have them). WebKit tests skip with the reason when Playwright's WebKit is not installed.
+"""
+
+from __future__ import annotations
+
+import http.server
+import os
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from profiles.state_rules import Engine
+
+from profiles import BrowserNotFound, ProfileStore
+
+PAGES = Path(__file__).parent / "pages"
+
+
+@pytest.fixture(autouse=True)
+def _isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every test gets its own store home; nothing touches the user's real one."""
+    home = tmp_path / "home"
+    monkeypatch.setenv("PROFILES_HOME", str(home))
+    return home
+
+
+@pytest.fixture
+def home(_isolated_home: Path) -> Path:
+    return _isolated_home
+
+
+@pytest.fixture
+def store(home: Path) -> Iterator[ProfileStore]:
+    with ProfileStore(home) as s:
+        yield s
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, directory=str(PAGES), **kwargs)  # type: ignore[arg-type]
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+    def end_headers(self) -> None:
+        if self.path.startswith("/set-cookie"):
+            self.send_header("Set-Cookie", "persistent=kept; Max-Age=86400; Path=/")
+            self.send_header("Set-Cookie", "sessiononly=kept; Path=/")
+        if self.path.endswith("sw.js"):
+            self.send_header("Content-Type", "application/javascript")
+        self.send_header("Cache-Control", "max-age=3600")
+        super().end_headers()
+
+    def do_GET(self) -> None:
+        if self.path.startswith("/set-cookie"):
+            self.path = "/index.html"
+        super().do_GET()
+
+
+@pytest.fixture(scope="session")
+def http_server() -> Iterator[str]:
+    """Base URL of a local server for tests/pages (``/set-cookie`` also sets two cookies)."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _QuietHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def require_engine(engine: Engine) -> None:
+    """Fail (Chromium, Firefox) or skip (WebKit) when the engine has no browser here."""
+    from driver.browsers import find_browser
+
+    try:
+        find_browser(engine)
+    except BrowserNotFound as exc:
+        if engine == "webkit" or os.environ.get("PROFILES_ALLOW_MISSING_BROWSERS") == "1":
+            pytest.skip(f"{engine} is not installed here: {exc.message}")
+        pytest.fail(f"{engine} is required for this test and missing: {exc.message}")
+
+
+@pytest.fixture(params=["chromium", "firefox"])
+def engine(request: pytest.FixtureRequest) -> Engine:
+    """Chromium and Firefox; both must be installed."""
+    value: Engine = request.param
+    require_engine(value)
+    return value
+
+
+ARCHETYPE_OF: dict[Engine, str] = {
+    "chromium": "desktop-chromium",
+    "firefox": "desktop-firefox",
+    "webkit": "desktop-webkit",
+}
