@@ -21,11 +21,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from profiles.archive import remove_engine_locks
 from pydantic import BaseModel, ConfigDict, Field
 
 from driver.browsers import BrowserInstall, find_browser, major_version, probe_version
 from profiles.archetypes import Archetype, get_archetype
+from profiles.archive import remove_engine_locks
 from profiles.errors import BrowserDowngrade, NotFound, ProfileError, ValidationFailed
 from profiles.locks import ProfileLock
 from profiles.models import Profile
@@ -245,11 +245,16 @@ class SessionLifecycle:
                         source="session",
                     )
                     committed = True
-                except NotFound:
+                except NotFound as exc:
                     assert self.profile is not None
                     self.store.working_copies.remove(self.profile.id)
                     reason = "the profile was deleted during the session"
-                    raise
+                    raise NotFound(
+                        f"Profile {self.profile.name!r} ({self.profile.id}) was deleted "
+                        "during the session; its state was discarded.",
+                        resource="profile",
+                        ref=self.profile.id,
+                    ) from exc
             else:
                 reason = f"save={self.options.save!r}" if not self.options.readonly else "readonly"
         finally:

@@ -39,6 +39,43 @@ __all__ = ["AsyncSession", "Session"]
 log = logging.getLogger(__name__)
 
 
+class _ThreadPlaywright(threading.local):
+    """One sync Playwright per thread, shared by the sessions open in it.
+
+    Playwright's sync API allows a single running instance per thread, so a second
+    ``Session`` opened inside the first (two profiles side by side) borrows the first one's.
+    It stops when the last session in the thread ends.
+    """
+
+    playwright: Playwright | None = None
+    users: int = 0
+
+    def acquire(self) -> Playwright:
+        if self.playwright is None:
+            self.playwright = sync_playwright().start()
+        self.users += 1
+        return self.playwright
+
+    def release(self) -> None:
+        self.users -= 1
+        if self.users == 0 and self.playwright is not None:
+            playwright, self.playwright = self.playwright, None
+            playwright.stop()
+
+
+_thread_playwright = _ThreadPlaywright()
+
+
+def _loop_running() -> bool:
+    """Whether an asyncio loop runs in this thread (the sync API cannot run inside one;
+    a sync session already open here runs Playwright's own loop, which is fine)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
 class _SessionBase:
     def __init__(
         self,
@@ -148,11 +185,7 @@ class Session(_SessionBase):
         return self._page
 
     def __enter__(self) -> Page:
-        try:
-            asyncio.get_running_loop()
-        except RuntimeError:
-            pass
-        else:
+        if _thread_playwright.playwright is None and _loop_running():
             raise RuntimeError(
                 "Session cannot run inside a running asyncio event loop; use "
                 "'async with AsyncSession(...) as page' there."
@@ -160,7 +193,7 @@ class Session(_SessionBase):
         self._claim()
         plan = self._life.prepare()
         try:
-            self._playwright = sync_playwright().start()
+            self._playwright = _thread_playwright.acquire()
             browser_type = getattr(self._playwright, plan.engine)
             self._context = browser_type.launch_persistent_context(
                 str(plan.user_data_dir), **plan.options
@@ -220,8 +253,8 @@ class Session(_SessionBase):
             self._context = None
             self._page = None
             if self._playwright is not None:
-                self._playwright.stop()
                 self._playwright = None
+                _thread_playwright.release()
 
     def _install_sigterm(self) -> None:
         if threading.current_thread() is not threading.main_thread():

@@ -13,9 +13,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from profiles.state_rules import Engine
 
 from profiles import BrowserNotFound, ProfileStore
+from profiles.state_rules import Engine
 
 PAGES = Path(__file__).parent / "pages"
 
@@ -46,8 +46,10 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
     def log_message(self, format: str, *args: object) -> None:
         pass
 
+    set_cookies = False
+
     def end_headers(self) -> None:
-        if self.path.startswith("/set-cookie"):
+        if self.set_cookies:
             self.send_header("Set-Cookie", "persistent=kept; Max-Age=86400; Path=/")
             self.send_header("Set-Cookie", "sessiononly=kept; Path=/")
         if self.path.endswith("sw.js"):
@@ -57,6 +59,7 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
 
     def do_GET(self) -> None:
         if self.path.startswith("/set-cookie"):
+            self.set_cookies = True
             self.path = "/index.html"
         super().do_GET()
 

@@ -1,0 +1,460 @@
+"""Sessions on real Chromium and Firefox: state survives, writers serialise, crashes are safe."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from driver import AsyncSession, Session
+from driver.browsers import find_browser
+from driver.lifecycle import SESSION_COOKIES_FILE
+from profiles import (
+    BrowserDowngrade,
+    BrowserNotFound,
+    NotFound,
+    ProfileBusy,
+    ProfileStore,
+)
+from profiles.state_rules import Engine
+
+from conftest import ARCHETYPE_OF, require_engine
+
+pytestmark = pytest.mark.browser
+
+
+def _fill_state(page: object, base: str, *, worker: bool = True) -> None:
+    """Visit the test page and leave every kind of state a profile should keep."""
+    from playwright.sync_api import Page
+
+    assert isinstance(page, Page)
+    page.goto(f"{base}/set-cookie")
+    page.wait_for_function("document.getElementById('status').textContent === 'ready'")
+    page.evaluate("window.bumpCounter()")
+    page.evaluate("window.idbPut('answer', 42)")
+    if worker:
+        page.evaluate("window.registerWorker()")
+
+
+def _read_state(page: object, base: str) -> dict[str, object]:
+    from playwright.sync_api import Page
+
+    assert isinstance(page, Page)
+    page.goto(f"{base}/")
+    page.wait_for_function("document.getElementById('status').textContent === 'ready'")
+    cookies = {c["name"]: c["value"] for c in page.context.cookies()}
+    return {
+        "cookies": cookies,
+        "counter": page.evaluate("window.readCounter()"),
+        "idb": page.evaluate("window.idbGet('answer')"),
+        "workers": page.evaluate("window.workerScopes()"),
+    }
+
+
+def test_state_survives_close_and_reopen(
+    store: ProfileStore, engine: Engine, http_server: str
+) -> None:
+    name = f"keep-{engine}"
+    with Session(profile=name, store=store, archetype=ARCHETYPE_OF[engine]) as page:
+        _fill_state(page, http_server)
+    profile = store.get(name)
+    assert profile.status == "ready"
+    assert profile.browser_name == engine
+    assert profile.browser_version
+    assert profile.checksum and profile.blob_size
+    assert "127.0.0.1" in profile.cookie_domains
+    assert profile.usage_count == 1
+
+    store.working_copies.remove(profile.id)  # force a cold start from the committed archive
+    with Session(profile=name, store=store) as page:
+        state = _read_state(page, http_server)
+    assert state["cookies"] == {"persistent": "kept", "sessiononly": "kept"}
+    assert state["counter"] == 1
+    assert state["idb"] == 42
+    assert state["workers"] == [f"{http_server}/"]
+    assert store.get(name).usage_count == 2
+
+
+def test_state_survives_export_and_import_into_another_store(
+    tmp_path: Path, store: ProfileStore, engine: Engine, http_server: str
+) -> None:
+    with Session(profile="origin", store=store, archetype=ARCHETYPE_OF[engine]) as page:
+        _fill_state(page, http_server)
+    archive = tmp_path / "state.tar.gz"
+    store.export_state("origin", archive)
+
+    with ProfileStore(tmp_path / "other-home") as other:
+        other.create("copy", archetype=ARCHETYPE_OF[engine])
+        imported = other.import_state("copy", archive)
+        assert imported.status == "ready"
+        assert "127.0.0.1" in imported.cookie_domains
+        with Session(profile="copy", store=other) as page:
+            state = _read_state(page, http_server)
+    assert state["cookies"] == {"persistent": "kept", "sessiononly": "kept"}
+    assert state["counter"] == 1
+    assert state["idb"] == 42
+    assert state["workers"] == [f"{http_server}/"]
+
+
+def test_warm_start_reuses_the_working_copy(store: ProfileStore, http_server: str) -> None:
+    require_engine("chromium")
+    with Session(profile="warm", store=store) as page:
+        page.goto(f"{http_server}/")
+    profile = store.get("warm")
+    work = store.working_copies.path(profile.id)
+    marker = work / "marker-from-the-last-session"
+    marker.write_text("still here")
+    # A file the browser does not know stays in the working copy, so the warm start reused it
+    # (a cold start would unpack the archive committed before the file existed).
+    store.working_copies.mark_clean(profile.id, profile.checksum or "")
+    with Session(profile="warm", store=store) as page:
+        page.goto(f"{http_server}/")
+    assert marker.exists()
+
+
+def test_session_cookies_can_be_dropped(store: ProfileStore, http_server: str) -> None:
+    require_engine("chromium")
+    with Session(profile="nokeep", store=store, keep_session_cookies=False) as page:
+        page.goto(f"{http_server}/set-cookie")
+    with Session(profile="nokeep", store=store, keep_session_cookies=False) as page:
+        page.goto(f"{http_server}/")
+        names = {c["name"] for c in page.context.cookies()}
+    assert names == {"persistent"}
+
+
+def test_save_modes(store: ProfileStore, http_server: str) -> None:
+    require_engine("chromium")
+    with Session(profile="modes", store=store) as page:
+        page.goto(f"{http_server}/")
+        page.evaluate("window.bumpCounter()")
+    committed = store.get("modes").checksum
+
+    with (
+        pytest.raises(ValueError),
+        Session(profile="modes", store=store, save="on_success") as page,
+    ):
+        page.goto(f"{http_server}/")
+        page.evaluate("window.bumpCounter()")
+        raise ValueError("scrape failed")
+    assert store.get("modes").checksum == committed
+
+    with Session(profile="modes", store=store, save="never") as page:
+        page.goto(f"{http_server}/")
+        page.evaluate("window.bumpCounter()")
+    assert store.get("modes").checksum == committed
+
+    with pytest.raises(ValueError), Session(profile="modes", store=store) as page:
+        page.goto(f"{http_server}/")
+        assert page.evaluate("window.bumpCounter()") == 2  # the failed runs were discarded
+        raise ValueError("after the login")
+    assert store.get("modes").checksum != committed  # save="always" keeps what happened
+
+    with Session(profile="modes", store=store, readonly=True) as page:
+        page.goto(f"{http_server}/")
+        assert page.evaluate("window.readCounter()") == 2
+    ended = [e for e in store.audit(profile="modes", limit=100).data if e.type == "session.ended"]
+    assert [e.payload["committed"] for e in ended] == [False, True, False, False, True]
+    assert ended[-1].payload["reason"] is None
+
+
+def _writer_process(home: str, base: str, rounds: int, engine: str) -> None:
+    store = ProfileStore(home)
+    for _ in range(rounds):
+        with Session(profile="counter", store=store, archetype=ARCHETYPE_OF[engine]) as page:  # type: ignore[index]
+            page.goto(f"{base}/")
+            page.wait_for_function("document.getElementById('status').textContent === 'ready'")
+            value = page.evaluate("window.readCounter()")
+            page.evaluate(f"localStorage.setItem('counter', String({value} + 1))")
+    store.close()
+
+
+def test_no_lost_update_between_two_writer_processes(
+    home: Path, http_server: str, engine: Engine
+) -> None:
+    ProfileStore(home).create("counter", archetype=ARCHETYPE_OF[engine])
+    ctx = multiprocessing.get_context("spawn")
+    procs = [
+        ctx.Process(target=_writer_process, args=(str(home), http_server, 10, engine))
+        for _ in range(2)
+    ]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=600)
+        assert p.exitcode == 0
+    with (
+        ProfileStore(home) as store,
+        Session(profile="counter", store=store, readonly=True) as page,
+    ):
+        page.goto(f"{http_server}/")
+        assert page.evaluate("window.readCounter()") == 20
+        assert store.get("counter").usage_count == 21
+
+
+def test_readonly_sessions_run_in_parallel_and_change_nothing(
+    store: ProfileStore, http_server: str
+) -> None:
+    require_engine("chromium")
+    with Session(profile="shared", store=store) as page:
+        page.goto(f"{http_server}/")
+        page.evaluate("window.bumpCounter()")
+    before = store.get("shared")
+    writer_lock = store.lock("shared", timeout=0)
+    writer_lock.acquire()  # a writer is busy: readers must not care
+    try:
+        with (
+            Session(profile="shared", store=store, readonly=True) as a,
+            Session(profile="shared", store=store, readonly=True) as b,
+        ):
+            for page in (a, b):
+                page.goto(f"{http_server}/")
+                assert page.evaluate("window.bumpCounter()") == 2
+    finally:
+        writer_lock.release()
+    after = store.get("shared")
+    assert after.checksum == before.checksum
+    assert after.usage_count == before.usage_count + 2
+    assert not list((store.home / "tmp").iterdir())
+
+
+def test_profile_busy_names_the_holder(store: ProfileStore) -> None:
+    require_engine("chromium")
+    store.create("busy")
+    holder = store.lock("busy")
+    holder.acquire()
+    try:
+        with (
+            pytest.raises(ProfileBusy) as err,
+            Session(profile="busy", store=store, lock_timeout=0.2),
+        ):
+            pass
+    finally:
+        holder.release()
+    assert f"pid {os.getpid()}" in err.value.message
+    assert err.value.status == 409
+
+
+KILLED_CHILD = textwrap.dedent(
+    """
+    import sys, time
+    from driver import Session
+    from profiles import ProfileStore
+    store = ProfileStore(sys.argv[1])
+    with Session(profile="victim", store=store) as page:
+        page.goto(sys.argv[2] + "/")
+        page.evaluate("localStorage.setItem('counter', '99')")
+        print("ready", flush=True)
+        time.sleep(600)
+    """
+)
+
+
+def test_killed_session_frees_the_lock_and_keeps_the_last_commit(
+    home: Path, http_server: str
+) -> None:
+    require_engine("chromium")
+    with ProfileStore(home) as store, Session(profile="victim", store=store) as page:
+        page.goto(f"{http_server}/")
+        page.evaluate("localStorage.setItem('counter', '7')")
+    child = subprocess.Popen(
+        [sys.executable, "-c", KILLED_CHILD, str(home), http_server],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert child.stdout is not None
+    assert child.stdout.readline().strip() == "ready"
+    child.send_signal(signal.SIGKILL)
+    child.wait(timeout=30)
+    child.stdout.close()
+    with (
+        ProfileStore(home) as store,
+        Session(profile="victim", store=store, lock_timeout=30) as page,
+    ):
+        page.goto(f"{http_server}/")
+        assert page.evaluate("window.readCounter()") == 7
+
+
+def test_sigterm_commits_like_a_normal_exit(home: Path, http_server: str) -> None:
+    require_engine("chromium")
+    child = subprocess.Popen(
+        [sys.executable, "-c", KILLED_CHILD, str(home), http_server],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert child.stdout is not None
+    assert child.stdout.readline().strip() == "ready"
+    child.send_signal(signal.SIGTERM)
+    assert child.wait(timeout=60) == 128 + signal.SIGTERM
+    child.stdout.close()
+    with ProfileStore(home) as store, Session(profile="victim", store=store) as page:
+        page.goto(f"{http_server}/")
+        assert page.evaluate("window.readCounter()") == 99
+
+
+def test_crashed_browser_keeps_the_previous_state(store: ProfileStore, http_server: str) -> None:
+    require_engine("chromium")
+    with Session(profile="crash", store=store) as page:
+        page.goto(f"{http_server}/")
+        page.evaluate("localStorage.setItem('counter', '5')")
+    committed = store.get("crash").checksum
+    with Session(profile="crash", store=store) as page:
+        page.goto(f"{http_server}/")
+        page.evaluate("localStorage.setItem('counter', '6')")
+        pid = _browser_pid(store, "crash")
+        os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 20
+        while page.context.pages and time.monotonic() < deadline:
+            time.sleep(0.1)
+    assert store.get("crash").checksum == committed
+    ended = store.audit(profile="crash", limit=1).data[0]
+    assert ended.type == "session.ended"
+    assert ended.payload["outcome"] == "crashed"
+    assert ended.payload["committed"] is False
+    with Session(profile="crash", store=store) as page:
+        page.goto(f"{http_server}/")
+        assert page.evaluate("window.readCounter()") == 5
+
+
+def _browser_pid(store: ProfileStore, name: str) -> int:
+    """The pid of the browser process whose command line names the profile's working copy."""
+    work = str(store.working_copies.path(store.get(name).id))
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if any(work.encode() in arg for arg in cmdline) and not any(
+            b"--type=" in arg for arg in cmdline
+        ):
+            return int(entry.name)
+    raise AssertionError("no browser process found for the profile")
+
+
+def test_profile_deleted_during_session_fails_loudly(store: ProfileStore, http_server: str) -> None:
+    require_engine("chromium")
+    with pytest.raises(NotFound, match="deleted"), Session(profile="doomed", store=store) as page:
+        page.goto(f"{http_server}/")
+        profile_id = store.get("doomed").id
+        store.delete("doomed")
+    assert not store.working_copies.path(profile_id).exists()
+    assert not list(store.blobs.list())
+
+
+def test_downgrade_guard(store: ProfileStore, http_server: str) -> None:
+    require_engine("chromium")
+    with Session(profile="newer", store=store) as page:
+        page.goto(f"{http_server}/")
+    profile = store.get("newer")
+    # Pretend the state was last written by a far newer Chromium.
+    with store.catalog.transaction() as tx:
+        tx.update_profile(profile.model_copy(update={"browser_version": "999.0.0.0"}))
+    with (
+        pytest.raises(BrowserDowngrade, match=r"999\.0\.0\.0"),
+        Session(profile="newer", store=store),
+    ):
+        pass
+    assert not store.lock("newer").is_locked
+    with Session(profile="newer", store=store, allow_downgrade=True) as page:
+        page.goto(f"{http_server}/")
+    assert store.get("newer").browser_version != "999.0.0.0"
+
+
+def test_missing_engine_says_what_to_install(
+    store: ProfileStore, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("PATH", str(tmp_path))
+    monkeypatch.setenv("PLAYWRIGHT_BROWSERS_PATH", str(tmp_path / "none"))
+    for engine, hint in [("chromium", "apt-get install chromium"), ("firefox", "firefox-esr")]:
+        with pytest.raises(BrowserNotFound, match=hint):
+            find_browser(engine)  # type: ignore[arg-type]
+    with (
+        pytest.raises(BrowserNotFound, match="playwright install"),
+        Session(profile="nobrowser", store=store),
+    ):
+        pass
+    assert not store.lock("nobrowser").is_locked
+
+
+def test_session_is_single_use_and_exit_is_idempotent(store: ProfileStore) -> None:
+    require_engine("chromium")
+    session = Session(profile="once", store=store)
+    with session as page:
+        assert session.context is page.context
+        assert session.profile.name == "once"
+    session.__exit__(None, None, None)
+    with pytest.raises(RuntimeError, match="already been used"), session:
+        pass
+
+
+def test_session_refuses_a_running_event_loop(store: ProfileStore) -> None:
+    import asyncio
+
+    async def inside() -> None:
+        with Session(profile="loop", store=store):
+            pass
+
+    with pytest.raises(RuntimeError, match="AsyncSession"):
+        asyncio.run(inside())
+    with pytest.raises(NotFound):  # refused before anything was created or locked
+        store.get("loop")
+
+
+def test_create_false_and_archetype_device(store: ProfileStore, http_server: str) -> None:
+    require_engine("chromium")
+    with pytest.raises(NotFound), Session(profile="absent", store=store, create=False):
+        pass
+    with Session(profile="phone", store=store, archetype="pixel-7") as page:
+        page.goto(f"{http_server}/")
+        width = page.evaluate("screen.width")
+        agent = page.evaluate("navigator.userAgent")
+        touch = page.evaluate("navigator.maxTouchPoints")
+    assert width == 412
+    assert "Android" in agent
+    assert touch > 0
+    with Session(profile="phone", store=store, viewport={"width": 800, "height": 600}) as page:
+        assert page.evaluate("screen.width") == 800
+
+
+@pytest.mark.asyncio
+async def test_async_session(store: ProfileStore, http_server: str) -> None:
+    require_engine("firefox")
+    async with AsyncSession(profile="async", store=store, archetype="desktop-firefox") as page:
+        await page.goto(f"{http_server}/set-cookie")
+        await page.wait_for_function("document.getElementById('status').textContent === 'ready'")
+        await page.evaluate("window.bumpCounter()")
+    async with AsyncSession(profile="async", store=store) as page:
+        await page.goto(f"{http_server}/")
+        await page.wait_for_function("document.getElementById('status').textContent === 'ready'")
+        assert await page.evaluate("window.readCounter()") == 1
+        names = {c["name"] for c in await page.context.cookies()}
+    assert names == {"persistent", "sessiononly"}
+    assert store.get("async").browser_name == "firefox"
+
+
+def test_session_cookie_file_travels_with_the_state(store: ProfileStore, http_server: str) -> None:
+    require_engine("chromium")
+    with Session(profile="jar", store=store) as page:
+        page.goto(f"{http_server}/set-cookie")
+    work = store.working_copies.path(store.get("jar").id)
+    saved = json.loads((work / SESSION_COOKIES_FILE).read_text())
+    assert [c["name"] for c in saved] == ["sessiononly"]
+
+
+def test_webkit_session(store: ProfileStore, http_server: str) -> None:
+    require_engine("webkit")
+    with Session(profile="safari", store=store, archetype="desktop-webkit") as page:
+        page.goto(f"{http_server}/set-cookie")
+        page.evaluate("window.bumpCounter()")
+    with Session(profile="safari", store=store) as page:
+        page.goto(f"{http_server}/")
+        assert page.evaluate("window.readCounter()") == 1
