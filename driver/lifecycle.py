@@ -120,17 +120,12 @@ class SessionLifecycle:
         self._check_downgrade(profile, at_hand)
         self._started_at = time.monotonic()
         if self.options.readonly:
-            parent = Path(tempfile.mkdtemp(dir=self.store.home / "tmp", prefix="readonly-"))
+            parent = Path(tempfile.mkdtemp(dir=self.store.tmp_dir, prefix="readonly-"))
             self._private_dir = parent
             self.profile = self.store.unpack_private_copy(profile.id, parent / "state")
             self.user_data_dir = parent / "state"
         else:
-            self.lock = ProfileLock(
-                self.store.home / "locks",
-                profile.id,
-                timeout=self.options.lock_timeout,
-                name=profile.name,
-            )
+            self.lock = self.store.lock(profile, timeout=self.options.lock_timeout)
             self.lock.acquire()
             self.profile, self.user_data_dir = self.store.checkout(profile.id, lock=self.lock)
         removed = remove_engine_locks(self.user_data_dir, profile.browser_name)

@@ -240,10 +240,15 @@ class ProfileStore:
                 if not tx.checksum_in_use(checksum):
                     self.blobs.delete(checksum)
 
-    def lock(self, ref: str, *, timeout: float = 600.0) -> ProfileLock:
+    def lock(self, ref: str | Profile, *, timeout: float = 600.0) -> ProfileLock:
         """The writer lock of a profile (not yet acquired)."""
-        profile = self.get(ref)
+        profile = ref if isinstance(ref, Profile) else self.get(ref)
         return ProfileLock(self._locks_dir, profile.id, timeout=timeout, name=profile.name)
+
+    @property
+    def tmp_dir(self) -> Path:
+        """Scratch space on the store's file system (so renames into place are atomic)."""
+        return self._tmp
 
     # ------------------------------------------------------------------ profiles
 
@@ -343,7 +348,7 @@ class ProfileStore:
             tx.delete_profile(profile.id)
             self._event(tx, "profile.deleted", profile.id, name=profile.name)
         self._free_blobs(profile.checksum)
-        lock = ProfileLock(self._locks_dir, profile.id, name=profile.name)
+        lock = self.lock(profile)
         try:
             lock.acquire(timeout=0)
         except Conflict:
@@ -650,6 +655,9 @@ class ProfileStore:
         if not lock.is_locked:
             raise ValidationFailed("checkout needs the profile's writer lock held.")
         profile = self.get(ref)
+        if profile.status == "uploading":
+            # We hold the writer lock, so no import is running: one died half-way.
+            profile = self._repair_status(profile)
         path = self.working_copies.path(profile.id)
         wanted = profile.checksum or EMPTY_STATE
         if self.working_copies.clean_state(profile.id) != wanted:
@@ -706,8 +714,11 @@ class ProfileStore:
                 f"whose archetype {profile.archetype!r} runs {profile.browser_name}.",
                 field="browser_name",
             )
-        with ProfileLock(self._locks_dir, profile.id, timeout=lock_timeout, name=profile.name):
-            previous = self._set_status(profile.id, "uploading")
+        with self.lock(profile.id, timeout=lock_timeout):
+            # Whatever the record says, the committed state decides what status to go back to
+            # (a status left at "uploading" by an import that died is repaired this way).
+            previous = "ready" if profile.checksum else "empty"
+            self._set_status(profile.id, "uploading")
             try:
                 with contextlib.ExitStack() as stack:
                     raw: IO[bytes] = (
@@ -747,13 +758,24 @@ class ProfileStore:
                     self._set_status(profile.id, previous)
                 raise
 
-    def _set_status(self, profile_id: str, status: str) -> str:
+    def _set_status(self, profile_id: str, status: str) -> Profile:
         with self.catalog.transaction() as tx:
             current = tx.get_profile(profile_id)
             if current is None:
                 raise NotFound(f"Profile {profile_id!r} not found.", resource="profile")
-            tx.update_profile(current.model_copy(update={"status": status}))
-        return current.status
+            updated = current.model_copy(update={"status": status})
+            tx.update_profile(updated)
+        return updated
+
+    def _repair_status(self, profile: Profile) -> Profile:
+        status = "ready" if profile.checksum else "empty"
+        log.warning(
+            "profile %s was left %r by an import that died; now %r",
+            profile.name,
+            profile.status,
+            status,
+        )
+        return self._set_status(profile.id, status)
 
     def export_state(
         self,
