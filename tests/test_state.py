@@ -1,0 +1,202 @@
+"""Import, export and the lifecycle of committed state, through the ProfileStore."""
+
+from __future__ import annotations
+
+import io
+import os
+import tarfile
+import time
+import zipfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from driver import Session
+from profiles import (
+    ArchiveInvalid,
+    NoStateData,
+    ProfileBusy,
+    ProfileStore,
+    ValidationFailed,
+)
+from profiles.archive import detect_codec, tree_digest, unpack_archive
+
+from conftest import require_engine
+
+
+@pytest.fixture(scope="module")
+def chromium_state(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A .tar.gz exported from a real Chromium session that logged in to a local page."""
+    require_engine("chromium")
+    import http.server
+    import threading
+
+    from conftest import _QuietHandler
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _QuietHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    home = tmp_path_factory.mktemp("source-home")
+    archive = home / "state.tar.gz"
+    with ProfileStore(home) as store:
+        with Session(profile="source", store=store) as page:
+            page.goto(f"{base}/set-cookie")
+            page.evaluate("window.bumpCounter()")
+        store.export_state("source", archive)
+    server.shutdown()
+    server.server_close()
+    yield archive
+
+
+def test_import_then_export_round_trip(
+    store: ProfileStore, chromium_state: Path, tmp_path: Path
+) -> None:
+    store.create("target")
+    profile = store.import_state("target", chromium_state, browser_version="156.0.1.2")
+    assert profile.status == "ready"
+    assert profile.browser_version == "156.0.1.2"
+    assert profile.cookie_domains == ["127.0.0.1"]
+    assert profile.checksum and profile.blob_size
+    assert [e.type for e in store.audit(profile="target").data][:1] == ["state.uploaded"]
+
+    for codec, suffix in (("gzip", ".tar.gz"), ("zstd", ".tar.zst")):
+        out = tmp_path / f"out{suffix}"
+        written = store.export_state("target", out, codec=codec)  # type: ignore[arg-type]
+        assert written == out.stat().st_size
+        assert detect_codec(out.read_bytes()[:4]) == codec
+        unpack_archive(out, tmp_path / codec)
+    assert tree_digest(tmp_path / "gzip") == tree_digest(tmp_path / "zstd")
+    assert (tmp_path / "gzip" / "Local State").is_file()
+
+    # A file object works as well as a path, both ways.
+    buffer = io.BytesIO()
+    store.export_state("target", buffer)
+    buffer.seek(0)
+    store.create("again")
+    assert store.import_state("again", buffer).cookie_domains == ["127.0.0.1"]
+
+
+def test_import_errors_leave_the_profile_as_it_was(
+    store: ProfileStore, chromium_state: Path, tmp_path: Path
+) -> None:
+    store.create("kept")
+    before = store.import_state("kept", chromium_state)
+
+    with pytest.raises(ValidationFailed, match="No file provided"):
+        store.import_state("kept", None)
+    with pytest.raises(ValidationFailed, match="No file provided"):
+        store.import_state("kept", tmp_path / "missing.tar.gz")
+
+    zipped = tmp_path / "state.tar.gz"
+    with zipfile.ZipFile(zipped, "w") as z:
+        z.writestr("Local State", "{}")
+    with pytest.raises(ArchiveInvalid, match=r"Only \.tar\.gz .*ZIP") as err:
+        store.import_state("kept", zipped)
+    assert err.value.status == 400
+
+    not_a_profile = tmp_path / "notes.tar.gz"
+    with tarfile.open(not_a_profile, "w:gz") as tar:
+        data = b"hello"
+        info = tarfile.TarInfo("notes.txt")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    with pytest.raises(ArchiveInvalid, match="no Chromium, Firefox or WebKit profile"):
+        store.import_state("kept", not_a_profile)
+
+    truncated = tmp_path / "truncated.tar.gz"
+    truncated.write_bytes(chromium_state.read_bytes()[: chromium_state.stat().st_size // 2])
+    with pytest.raises(ArchiveInvalid, match="not a complete"):
+        store.import_state("kept", truncated)
+
+    store.create("firefox-one", archetype="desktop-firefox")
+    with pytest.raises(ValidationFailed, match=r"chromium profile.*desktop-firefox"):
+        store.import_state("firefox-one", chromium_state)
+    with pytest.raises(ValidationFailed, match="browser_name"):
+        store.import_state("kept", chromium_state, browser_name="firefox")
+    with pytest.raises(ValidationFailed, match="Unsupported browser_name"):
+        store.import_state("kept", chromium_state, browser_name="netscape")
+
+    after = store.get("kept")
+    assert after == before
+    assert store.get("firefox-one").status == "empty"
+    assert not list(store.tmp_dir.iterdir())
+
+
+def test_status_is_uploading_during_an_import(store: ProfileStore, chromium_state: Path) -> None:
+    store.create("watched")
+    seen: set[str] = set()
+
+    def progress(done: int) -> None:
+        seen.add(store.get("watched").status)
+
+    store.import_state("watched", chromium_state, progress=progress)
+    assert seen == {"uploading"}
+    assert store.get("watched").status == "ready"
+
+
+def test_an_import_that_died_is_repaired(store: ProfileStore, chromium_state: Path) -> None:
+    profile = store.create("interrupted")
+    with store.catalog.transaction() as tx:  # what a process killed mid-import leaves
+        tx.update_profile(profile.model_copy(update={"status": "uploading"}))
+    lock = store.lock("interrupted")
+    lock.acquire()
+    try:
+        repaired, _ = store.checkout("interrupted", lock=lock)
+    finally:
+        lock.release()
+    assert repaired.status == "empty"
+
+
+def test_import_waits_for_the_writer_lock(store: ProfileStore, chromium_state: Path) -> None:
+    store.create("locked")
+    holder = store.lock("locked")
+    holder.acquire()
+    try:
+        with pytest.raises(ProfileBusy):
+            store.import_state("locked", chromium_state, lock_timeout=0.1)
+    finally:
+        holder.release()
+    assert store.get("locked").status == "empty"
+
+
+def test_export_without_state_is_the_documented_error(store: ProfileStore, tmp_path: Path) -> None:
+    store.create("blank")
+    with pytest.raises(NoStateData, match="Profile has no data to download") as err:
+        store.export_state("blank", tmp_path / "x.tar.gz")
+    assert err.value.status == 400
+    assert not (tmp_path / "x.tar.gz").exists()
+
+
+def test_state_bytes_are_shared_and_freed(store: ProfileStore, chromium_state: Path) -> None:
+    store.create("one")
+    checksum = store.import_state("one", chromium_state).checksum
+    assert checksum is not None
+    store.clone("one", name="two", with_state=True)
+    snap = store.snapshot("one")
+    store.delete("one")
+    assert store.blobs.exists(checksum)  # the clone and the snapshot still use it
+    store.delete("two")
+    assert store.blobs.exists(checksum)  # the snapshot still does
+    restored = store.restore(snap.id)
+    assert restored.checksum == checksum and restored.status == "ready"
+    store.delete_snapshot(snap.id)
+    store.delete(restored.id)
+    assert not store.blobs.exists(checksum)
+    assert not list(store.blobs.list())
+
+
+def test_collect_garbage_frees_only_old_orphans(store: ProfileStore, chromium_state: Path) -> None:
+    store.create("live")
+    live = store.import_state("live", chromium_state).checksum
+    with store.blobs.writer() as sink:  # bytes written by a commit that then crashed
+        sink.write(b"orphan")
+    orphan = sink.checksum
+    assert orphan is not None
+    assert store.collect_garbage() == []  # too young: could be a commit in flight
+    path = store.blobs.local_path(orphan)
+    assert path is not None
+    old = time.time() - 7200
+    os.utime(path, (old, old))
+    assert store.collect_garbage() == [orphan]
+    assert live is not None and store.blobs.exists(live)
