@@ -686,7 +686,7 @@ class ProfileStore:
     def import_state(
         self,
         ref: str,
-        source: Path | str | BinaryIO | None,
+        source: Path | str | IO[bytes] | None,
         *,
         browser_name: str | None = None,
         browser_version: str | None = None,
@@ -780,7 +780,7 @@ class ProfileStore:
     def export_state(
         self,
         ref: str,
-        dest: Path | str | BinaryIO,
+        dest: Path | str | IO[bytes],
         *,
         codec: Codec = "gzip",
         progress: Progress | None = None,

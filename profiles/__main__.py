@@ -1,0 +1,7 @@
+"""``python -m profiles``: the same as the ``profiles`` command."""
+
+import sys
+
+from profiles.cli import main
+
+sys.exit(main())
