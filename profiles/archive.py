@@ -136,7 +136,7 @@ def _walk(
             if not (is_dir or is_file):
                 log.debug("skipping %s: not a regular file or directory", relpath)
                 continue
-            if apply_excludes and rules.excludes(relpath):
+            if apply_excludes and rules.excludes_entry(relpath, entry.name):
                 yield relpath, None, _tree_size(Path(entry.path)) if is_dir else _size(entry)
                 continue
             yield relpath, entry, 0

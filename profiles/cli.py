@@ -116,8 +116,15 @@ def _show_fields(record: BaseModel) -> None:
 
 def _profile_rows(profiles: Iterable[Profile]) -> Iterable[list[object]]:
     for p in profiles:
-        yield [p.name, p.id, p.archetype, p.status, _size(p.blob_size), p.usage_count,
-               _when(p.last_used_at)]  # fmt: skip
+        yield [
+            p.name,
+            p.id,
+            p.archetype,
+            p.status,
+            _size(p.blob_size),
+            p.usage_count,
+            _when(p.last_used_at),
+        ]
 
 
 PROFILE_HEADERS = ("name", "id", "archetype", "status", "size", "used", "last used")
@@ -125,8 +132,14 @@ PROFILE_HEADERS = ("name", "id", "archetype", "status", "size", "used", "last us
 
 def _snapshot_rows(snaps: Iterable[Snapshot]) -> Iterable[list[object]]:
     for s in snaps:
-        yield [s.id, s.parent_name, s.label or "-", s.parent_archetype, _size(s.blob_size),
-               _when(s.captured_at)]  # fmt: skip
+        yield [
+            s.id,
+            s.parent_name,
+            s.label or "-",
+            s.parent_archetype,
+            _size(s.blob_size),
+            _when(s.captured_at),
+        ]
 
 
 SNAPSHOT_HEADERS = ("id", "parent", "label", "archetype", "size", "captured")

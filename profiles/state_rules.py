@@ -8,8 +8,10 @@ it dies; they are removed before launch and never packed.
 
 from __future__ import annotations
 
+import fnmatch
+import re
 from dataclasses import dataclass
-from fnmatch import fnmatchcase
+from functools import cached_property
 from pathlib import PurePosixPath
 from typing import Literal, get_args
 
@@ -25,23 +27,37 @@ class StateRules:
     exclude: tuple[str, ...]
     engine_locks: tuple[str, ...]
 
-    def _matches(self, parts: tuple[str, ...], patterns: tuple[str, ...]) -> bool:
-        path = "/".join(parts)
-        for pattern in patterns:
-            if "/" in pattern:
-                if path == pattern or path.startswith(pattern + "/"):
-                    return True
-            elif any(fnmatchcase(part, pattern) for part in parts):
-                return True
-        return False
+    @cached_property
+    def _name_pattern(self) -> re.Pattern[str]:
+        names = [p for p in self.exclude if "/" not in p] + list(self.engine_locks)
+        return re.compile("|".join(f"(?:{fnmatch.translate(p)})" for p in names))
+
+    @cached_property
+    def _prefixes(self) -> tuple[str, ...]:
+        return tuple(p for p in self.exclude if "/" in p)
+
+    @cached_property
+    def _lock_pattern(self) -> re.Pattern[str] | None:
+        if not self.engine_locks:
+            return None
+        return re.compile("|".join(f"(?:{fnmatch.translate(p)})" for p in self.engine_locks))
+
+    def excludes_entry(self, relpath: str, name: str) -> bool:
+        """Whether the entry ``name`` at ``relpath`` is left out, given that its parent
+        directory is not (what a top-down walk knows)."""
+        if self._name_pattern.match(name):
+            return True
+        return any(relpath == p or relpath.startswith(p + "/") for p in self._prefixes)
 
     def excludes(self, relpath: PurePosixPath | str) -> bool:
         """Whether ``relpath`` (relative to the profile root) is left out of a pack."""
         parts = PurePosixPath(relpath).parts
-        return self._matches(parts, self.exclude) or self._matches(parts[-1:], self.engine_locks)
+        return any(
+            self.excludes_entry("/".join(parts[: i + 1]), part) for i, part in enumerate(parts)
+        )
 
     def is_engine_lock(self, name: str) -> bool:
-        return any(fnmatchcase(name, pattern) for pattern in self.engine_locks)
+        return self._lock_pattern is not None and self._lock_pattern.match(name) is not None
 
 
 RULES: dict[Engine, StateRules] = {

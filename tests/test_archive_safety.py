@@ -234,23 +234,54 @@ def test_codec_is_read_from_magic_bytes_not_names(tmp_path: Path) -> None:
 
 def test_exclude_rules_are_data() -> None:
     chromium = RULES["chromium"]
-    for kept in ("Local State", "Last Version", "Default/Cookies", "Default/Network/Cookies",
-                 "Default/Local Storage/leveldb/000003.log", "Default/IndexedDB/x/1.ldb",
-                 "Default/Service Worker/Database/CURRENT", "Default/Service Worker/CacheStorage/a",
-                 "Default/Preferences", "Default/Login Data", "Default/Web Data"):  # fmt: skip
+    for kept in (
+        "Local State",
+        "Last Version",
+        "Default/Cookies",
+        "Default/Network/Cookies",
+        "Default/Local Storage/leveldb/000003.log",
+        "Default/IndexedDB/x/1.ldb",
+        "Default/Service Worker/Database/CURRENT",
+        "Default/Service Worker/CacheStorage/a",
+        "Default/Preferences",
+        "Default/Login Data",
+        "Default/Web Data",
+    ):
         assert not chromium.excludes(kept), kept
-    for dropped in ("Default/Cache/Cache_Data/data_0", "Default/Code Cache/js/index",
-                    "GrShaderCache/data_0", "Default/GPUCache/index", "Safe Browsing/x",
-                    "SingletonLock", "Default/blob_storage/x", "component_crx_cache/a",
-                    "optimization_guide_model_store/x", "Crashpad/settings.dat"):  # fmt: skip
+    for dropped in (
+        "Default/Cache/Cache_Data/data_0",
+        "Default/Code Cache/js/index",
+        "GrShaderCache/data_0",
+        "Default/GPUCache/index",
+        "Safe Browsing/x",
+        "SingletonLock",
+        "Default/blob_storage/x",
+        "component_crx_cache/a",
+        "optimization_guide_model_store/x",
+        "Crashpad/settings.dat",
+    ):
         assert chromium.excludes(dropped), dropped
     firefox = RULES["firefox"]
-    for kept in ("cookies.sqlite", "cookies.sqlite-wal", "places.sqlite-journal", "prefs.js",
-                 "storage/default/http+++127.0.0.1/ls/data.sqlite", "storage.sqlite"):  # fmt: skip
+    for kept in (
+        "cookies.sqlite",
+        "cookies.sqlite-wal",
+        "places.sqlite-journal",
+        "prefs.js",
+        "storage/default/http+++127.0.0.1/ls/data.sqlite",
+        "storage.sqlite",
+    ):
         assert not firefox.excludes(kept), kept
-    for dropped in ("cache2/entries/A", "startupCache/scriptCache.bin", "lock", ".parentlock",
-                    "storage/temporary/x", "storage/to-be-removed/x", "cookies.sqlite-shm",
-                    "datareporting/state.json", "minidumps/x.dmp"):  # fmt: skip
+    for dropped in (
+        "cache2/entries/A",
+        "startupCache/scriptCache.bin",
+        "lock",
+        ".parentlock",
+        "storage/temporary/x",
+        "storage/to-be-removed/x",
+        "cookies.sqlite-shm",
+        "datareporting/state.json",
+        "minidumps/x.dmp",
+    ):
         assert firefox.excludes(dropped), dropped
     assert RULES["webkit"].excludes("NetworkCache/Records/x")
 

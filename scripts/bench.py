@@ -1,0 +1,546 @@
+"""Benchmark: what the library costs next to bare Playwright, measured in one run.
+
+    python scripts/bench.py [--quick] [--json FILE] [--engines chromium,firefox]
+                            [--repeats N] [--profiles N] [--writers N]
+
+Sections (each prints a markdown table):
+
+1. Session overhead: ``with Session(...) as page: page.goto(url)`` against the same work in
+   bare Playwright (``launch_persistent_context`` on an unpacked directory), warm (working
+   copy reused) and cold (unpacked from the committed archive), medians of interleaved runs.
+2. Teardown: pack + commit time and archive size of a realistic profile, gzip and zstd,
+   with and without the engine-aware excludes, next to ``tar | gzip`` and ``tar | zstd``.
+3. Lock hand-off: writers queueing for one profile; release-to-acquire gaps, overlaps.
+4. Catalog scale: create, get by name, and walking ``list`` pages with many profiles.
+
+Everything runs in a temporary store home and against a local HTTP server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.server
+import itertools
+import json
+import multiprocessing
+import os
+import platform
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from driver import Session
+from driver.browsers import find_browser, probe_version
+from profiles import ProfileStore, get_archetype
+from profiles.archive import pack_dir
+from profiles.locks import ProfileLock
+from profiles.state_rules import Engine
+
+PAGE = b"""<!doctype html><title>bench</title><body>bench<script>
+localStorage.setItem("visits", String(Number(localStorage.getItem("visits") || 0) + 1));
+const open = indexedDB.open("bench", 1);
+open.onupgradeneeded = () => open.result.createObjectStore("kv");
+open.onsuccess = () => { const tx = open.result.transaction("kv", "readwrite");
+  tx.objectStore("kv").put("x".repeat(100000), "blob"); };
+Promise.all([0, 1, 2, 3].map((i) => fetch("/asset-" + i + ".bin").then((r) => r.arrayBuffer())))
+  .then(() => { document.title = "loaded"; });
+</script></body>"""
+ASSET = os.urandom(1024 * 1024)  # 4 of these make "a few MB of cache"
+
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        body = ASSET if self.path.startswith("/asset-") else PAGE
+        self.send_response(200)
+        self.send_header(
+            "Content-Type", "application/octet-stream" if body is ASSET else "text/html"
+        )
+        self.send_header("Cache-Control", "max-age=86400")
+        if body is PAGE:
+            self.send_header("Set-Cookie", "bench=1; Max-Age=86400; Path=/")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+
+@contextmanager
+def local_server() -> Iterator[str]:
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def timed(fn: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def ms(seconds: float) -> str:
+    return f"{seconds * 1000:.0f} ms"
+
+
+def size(n: float) -> str:
+    return f"{n / 1024 / 1024:.2f} MB" if n >= 1024 * 1024 else f"{n / 1024:.0f} KB"
+
+
+def table(headers: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def du(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file() and not p.is_symlink())
+
+
+# ---------------------------------------------------------------------------- 1. sessions
+
+
+def visit(page: Any, url: str) -> None:
+    page.goto(url)
+    page.wait_for_function("document.title === 'loaded'")
+
+
+def bench_sessions(engine: Engine, repeats: int, url: str, home: Path) -> dict[str, Any]:
+    from playwright.sync_api import sync_playwright
+
+    store = ProfileStore(home / f"sessions-{engine}")
+    archetype = f"desktop-{engine}"
+    with Session(profile="bench", store=store, archetype=archetype) as page:  # fill it once
+        visit(page, url)
+    profile = store.get("bench")
+    bare_dir = home / f"bare-{engine}"
+    shutil.copytree(store.working_copies.path(profile.id), bare_dir, symlinks=True)
+    browser = find_browser(engine)
+    viewport = get_archetype(archetype).viewport.model_dump()
+    options: dict[str, Any] = {**browser.launch_options(), "headless": True, "viewport": viewport}
+
+    def bare() -> None:
+        with sync_playwright() as p:
+            ctx = getattr(p, engine).launch_persistent_context(str(bare_dir), **options)
+            page = ctx.pages[0] if ctx.pages else ctx.new_page()
+            visit(page, url)
+            ctx.close()
+
+    def ours() -> None:
+        with Session(profile="bench", store=store) as page:
+            visit(page, url)
+
+    def cold() -> None:
+        store.working_copies.remove(profile.id)
+        ours()
+
+    phases = {"prepare": [], "commit": []}
+    from driver.lifecycle import SessionLifecycle
+
+    original_prepare, original_commit = SessionLifecycle.prepare, ProfileStore.commit_state
+
+    def timed_prepare(self: SessionLifecycle) -> Any:
+        start = time.perf_counter()
+        try:
+            return original_prepare(self)
+        finally:
+            phases["prepare"].append(time.perf_counter() - start)
+
+    def timed_commit(self: ProfileStore, *args: Any, **kwargs: Any) -> Any:
+        start = time.perf_counter()
+        try:
+            return original_commit(self, *args, **kwargs)
+        finally:
+            phases["commit"].append(time.perf_counter() - start)
+
+    runs: dict[str, list[float]] = {"bare": [], "warm": [], "cold": []}
+    bare()  # warm the page cache for everyone
+    SessionLifecycle.prepare = timed_prepare  # type: ignore[method-assign]
+    ProfileStore.commit_state = timed_commit  # type: ignore[method-assign]
+    try:
+        for _ in range(repeats):
+            runs["bare"].append(timed(bare))
+            phases["prepare"].clear()
+            runs["warm"].append(timed(ours))
+            warm_phases = (phases["prepare"][-1], phases["commit"][-1])
+            runs["cold"].append(timed(cold))
+    finally:
+        SessionLifecycle.prepare = original_prepare  # type: ignore[method-assign]
+        ProfileStore.commit_state = original_commit  # type: ignore[method-assign]
+    med = {k: statistics.median(v) for k, v in runs.items()}
+    store.close()
+    return {
+        "engine": engine,
+        "repeats": repeats,
+        "median_s": med,
+        "ratio_warm": med["warm"] / med["bare"],
+        "ratio_cold": med["cold"] / med["bare"],
+        "last_warm_prepare_s": warm_phases[0],
+        "last_warm_commit_s": warm_phases[1],
+        "archive_bytes": store_profile_size(home / f"sessions-{engine}"),
+    }
+
+
+def store_profile_size(home: Path) -> int:
+    with ProfileStore(home) as store:
+        return store.get("bench").blob_size or 0
+
+
+# ---------------------------------------------------------------------------- 2. teardown
+
+
+def cli_pipe(directory: Path, compressor: list[str]) -> tuple[float, int] | None:
+    if shutil.which(compressor[0]) is None:
+        return None
+    start = time.perf_counter()
+    tar = subprocess.Popen(["tar", "-cf", "-", "-C", str(directory), "."], stdout=subprocess.PIPE)
+    out = subprocess.run(compressor, stdin=tar.stdout, capture_output=True, check=True).stdout
+    tar.wait()
+    return time.perf_counter() - start, len(out)
+
+
+def bench_teardown(engine: Engine, repeats: int, url: str, home: Path) -> dict[str, Any]:
+    store = ProfileStore(home / f"teardown-{engine}")
+    with Session(profile="real", store=store, archetype=f"desktop-{engine}") as page:
+        visit(page, url)
+    directory = store.working_copies.path(store.get("real").id)
+    rows: dict[str, dict[str, float]] = {}
+    for codec in ("zstd", "gzip"):
+        for excludes in (True, False):
+            times, sizes = [], []
+            for _ in range(repeats):
+                with open(os.devnull, "wb") as sink:
+                    start = time.perf_counter()
+                    stats = pack_dir(
+                        directory, sink, engine=engine, codec=codec, apply_excludes=excludes
+                    )  # type: ignore[arg-type]
+                    times.append(time.perf_counter() - start)
+                sizes.append(stats.compressed_bytes)
+            key = f"{codec}{'' if excludes else ' (no excludes)'}"
+            rows[key] = {
+                "seconds": statistics.median(times),
+                "bytes": sizes[-1],
+                "packed_input_bytes": stats.uncompressed_bytes,
+            }
+    commits = []
+    for _ in range(repeats):
+        store.working_copies.mark_dirty(store.get("real").id)
+        commits.append(timed(lambda: store.commit_state("real", directory)))
+    cli: dict[str, dict[str, float] | None] = {}
+    for name, command in (
+        ("tar \\| zstd -3", ["zstd", "-3", "-q", "-T0", "-c"]),
+        ("tar \\| gzip -6", ["gzip", "-6", "-c"]),
+    ):
+        results = [cli_pipe(directory, command) for _ in range(repeats)]
+        ok = [r for r in results if r is not None]
+        cli[name] = (
+            {"seconds": statistics.median(r[0] for r in ok), "bytes": ok[-1][1]} if ok else None
+        )
+    store.close()
+    commit = statistics.median(commits)
+    zstd_cli = cli["tar \\| zstd -3"]
+    return {
+        "engine": engine,
+        "dir_bytes": du(directory),
+        "pack": rows,
+        "commit_s": commit,
+        "cli": cli,
+        "commit_vs_cli_zstd": commit / zstd_cli["seconds"] if zstd_cli else None,
+    }
+
+
+# ---------------------------------------------------------------------------- 3. locks
+
+
+def _writer(locks_dir: str, log_path: str, rounds: int, hold: float) -> None:
+    lock = ProfileLock(Path(locks_dir), "prof_bench", timeout=120)
+    for _ in range(rounds):
+        lock.acquire()
+        acquired = time.time()
+        time.sleep(hold)
+        released = time.time()
+        with open(log_path, "a") as log:
+            log.write(f"{os.getpid()} {acquired} {released}\n")
+        lock.release()
+
+
+def bench_locks(writers: int, rounds: int, home: Path) -> dict[str, Any]:
+    locks_dir, log_path = home / "locks", home / "lock-log.txt"
+    ctx = multiprocessing.get_context("spawn")
+    procs = [
+        ctx.Process(target=_writer, args=(str(locks_dir), str(log_path), rounds, 0.02))
+        for _ in range(writers)
+    ]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join()
+    spans = sorted(
+        (float(a), float(b))
+        for _pid, a, b in (line.split() for line in log_path.read_text().splitlines())
+    )
+    gaps = [nxt[0] - cur[1] for cur, nxt in itertools.pairwise(spans)]
+    overlaps = sum(1 for g in gaps if g < 0)
+    return {
+        "writers": writers,
+        "acquisitions": len(spans),
+        "handoff_median_s": statistics.median(gaps),
+        "handoff_max_s": max(gaps),
+        "overlaps": overlaps,
+    }
+
+
+# ---------------------------------------------------------------------------- 4. catalog
+
+
+def bench_catalog(count: int, home: Path) -> dict[str, Any]:
+    store = ProfileStore(home / "catalog", max_profiles=None)
+    creates: list[float] = []
+    first_page: dict[int, float] = {}
+    checkpoints = sorted({min(1000, count), count})
+    for i in range(count):
+        creates.append(timed(lambda i=i: store.create(f"p-{i:06d}", labels={"n": str(i)})))  # type: ignore[misc]
+        if i + 1 in checkpoints:
+            first_page[i + 1] = statistics.median(
+                timed(lambda: store.list(limit=100)) for _ in range(20)
+            )
+    names = [f"p-{random.randrange(count):06d}" for _ in range(1000)]
+    gets = [timed(lambda n=n: store.get(n)) for n in names]  # type: ignore[misc]
+    pages: list[float] = []
+    seen = 0
+    cursor = None
+    walk_start = time.perf_counter()
+    while True:
+        start = time.perf_counter()
+        page = store.list(limit=100, cursor=cursor)
+        pages.append(time.perf_counter() - start)
+        seen += len(page.data)
+        if not page.has_more:
+            break
+        cursor = page.next_cursor
+    walk = time.perf_counter() - walk_start
+    store.close()
+    quantile = statistics.quantiles
+    return {
+        "profiles": count,
+        "create_median_s": statistics.median(creates),
+        "create_p95_s": quantile(creates, n=20)[-1],
+        "get_by_name_median_s": statistics.median(gets),
+        "walk_all_pages_s": walk,
+        "pages": len(pages),
+        "seen": seen,
+        "page_first_s": statistics.median(pages[:5]),
+        "page_last_s": statistics.median(pages[-5:]),
+        "first_page_at": {str(k): v for k, v in first_page.items()},
+    }
+
+
+# ---------------------------------------------------------------------------- report
+
+
+def machine() -> dict[str, Any]:
+    model = "?"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") if hasattr(os, "sysconf") else 0
+    from importlib.metadata import version
+
+    browsers = {}
+    for engine in ("chromium", "firefox"):
+        try:
+            b = find_browser(engine)  # type: ignore[arg-type]
+            browsers[engine] = f"{probe_version(b)} ({b.source}: {b.executable_path})"
+        except Exception as exc:
+            browsers[engine] = f"missing: {exc}"
+    return {
+        "cpus": os.cpu_count(),
+        "cpu": model,
+        "memory_gib": round(mem / 1024**3, 1),
+        "python": platform.python_version(),
+        "playwright": version("playwright"),
+        "os": platform.platform(),
+        "browsers": browsers,
+    }
+
+
+def report(results: dict[str, Any]) -> str:
+    m = results["machine"]
+    out = [
+        "### Machine",
+        f"{m['cpus']} x {m['cpu']}, {m['memory_gib']} GiB, {m['os']}, Python {m['python']}, "
+        f"Playwright {m['playwright']}; " + "; ".join(f"{k} {v}" for k, v in m["browsers"].items()),
+        "",
+    ]
+    if results.get("sessions"):
+        out += ["### 1. Session overhead (median wall time of a full open → goto → close)", ""]
+        rows = []
+        for r in results["sessions"]:
+            med = r["median_s"]
+            rows.append(
+                [
+                    r["engine"],
+                    ms(med["bare"]),
+                    ms(med["warm"]),
+                    f"{r['ratio_warm']:.2f}",
+                    ms(med["cold"]),
+                    f"{r['ratio_cold']:.2f}",
+                    ms(r["last_warm_prepare_s"]),
+                    ms(r["last_warm_commit_s"]),
+                    size(r["archive_bytes"]),
+                    str(r["repeats"]),
+                ]
+            )
+        out += [
+            table(
+                [
+                    "engine",
+                    "bare Playwright",
+                    "warm",
+                    "warm ratio (≤ 1.10)",
+                    "cold",
+                    "cold ratio (≤ 1.30)",
+                    "warm prepare",
+                    "warm commit",
+                    "archive",
+                    "runs",
+                ],
+                rows,
+            ),
+            "",
+        ]
+    if results.get("teardown"):
+        out += ["### 2. Teardown: pack and commit a realistic profile", ""]
+        rows = []
+        for r in results["teardown"]:
+            for name, v in r["pack"].items():
+                rows.append(
+                    [
+                        r["engine"],
+                        f"library {name}",
+                        ms(v["seconds"]),
+                        size(v["bytes"]),
+                        size(v["packed_input_bytes"]),
+                    ]
+                )
+            for name, v in r["cli"].items():
+                rows.append(
+                    [
+                        r["engine"],
+                        name,
+                        ms(v["seconds"]) if v else "n/a",
+                        size(v["bytes"]) if v else "n/a",
+                        size(r["dir_bytes"]),
+                    ]
+                )
+            ratio = r["commit_vs_cli_zstd"]
+            rows.append(
+                [
+                    r["engine"],
+                    "**commit** (pack zstd + fsync + catalog)",
+                    ms(r["commit_s"]),
+                    "",
+                    f"{ratio:.2f}x tar\\|zstd (≤ 1.5)" if ratio else "n/a",
+                ]
+            )
+        out += [table(["engine", "what", "time", "archive", "input"], rows), ""]
+    if results.get("locks"):
+        r = results["locks"]
+        out += [
+            "### 3. Lock hand-off",
+            "",
+            table(
+                ["writers", "acquisitions", "hand-off median", "hand-off max", "overlaps"],
+                [
+                    [
+                        str(r["writers"]),
+                        str(r["acquisitions"]),
+                        ms(r["handoff_median_s"]),
+                        ms(r["handoff_max_s"]),
+                        str(r["overlaps"]),
+                    ]
+                ],
+            ),
+            "",
+        ]
+    if results.get("catalog"):
+        r = results["catalog"]
+        at = r["first_page_at"]
+        out += [
+            "### 4. Catalog scale",
+            "",
+            table(
+                [
+                    "profiles",
+                    "create (median / p95)",
+                    "get by name",
+                    "walk all pages",
+                    "first page at " + " / ".join(at),
+                    "page at start / end of walk",
+                ],
+                [
+                    [
+                        str(r["profiles"]),
+                        f"{r['create_median_s'] * 1000:.2f} / {r['create_p95_s'] * 1000:.2f} ms",
+                        f"{r['get_by_name_median_s'] * 1000:.3f} ms",
+                        f"{r['walk_all_pages_s'] * 1000:.0f} ms ({r['pages']} pages)",
+                        " / ".join(f"{v * 1000:.2f} ms" for v in at.values()),
+                        f"{r['page_first_s'] * 1000:.2f} / {r['page_last_s'] * 1000:.2f} ms",
+                    ]
+                ],
+            ),
+            "",
+        ]
+    return "\n".join(out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
+    parser.add_argument("--json", type=Path, help="also write the figures as JSON here")
+    parser.add_argument("--engines", default="chromium,firefox")
+    parser.add_argument("--repeats", type=int)
+    parser.add_argument("--profiles", type=int)
+    parser.add_argument("--writers", type=int)
+    args = parser.parse_args(argv)
+    repeats = args.repeats or (2 if args.quick else 7)
+    count = args.profiles or (500 if args.quick else 10_000)
+    writers = args.writers or (2 if args.quick else 4)
+    engines: list[Engine] = [e.strip() for e in args.engines.split(",") if e.strip()]  # type: ignore[misc]
+    results: dict[str, Any] = {"machine": machine()}
+    with tempfile.TemporaryDirectory(prefix="profiles-bench-") as tmp, local_server() as base:
+        home = Path(tmp)
+        url = f"{base}/page"
+        results["sessions"] = [bench_sessions(e, repeats, url, home) for e in engines]
+        results["teardown"] = [bench_teardown(e, repeats, url, home) for e in engines]
+        results["locks"] = bench_locks(writers, 3 if args.quick else 10, home)
+        results["catalog"] = bench_catalog(count, home)
+    text = report(results)
+    sys.stdout.write(text + "\n")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
