@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+from playwright.sync_api import Error as PlaywrightError
 
 from driver import AsyncSession, Session
 from driver.browsers import find_browser
@@ -458,3 +459,24 @@ def test_webkit_session(store: ProfileStore, http_server: str) -> None:
     with Session(profile="safari", store=store) as page:
         page.goto(f"{http_server}/")
         assert page.evaluate("window.readCounter()") == 1
+
+
+def test_a_launch_that_fails_half_way_cleans_up(store: ProfileStore, http_server: str) -> None:
+    require_engine("chromium")
+    with Session(profile="halfway", store=store) as page:
+        page.goto(f"{http_server}/")
+    committed = store.get("halfway").checksum
+    # The browser "executable" exits at once: launch fails after the lock and working copy
+    # were taken.
+    bad = Session(profile="halfway", store=store, launch_options={"executable_path": "/bin/false"})
+    with pytest.raises(PlaywrightError), bad:
+        pass
+    assert not store.lock("halfway").is_locked
+    holder = store.lock("halfway", timeout=0)
+    holder.acquire()  # nobody holds it: the failed start-up released it
+    holder.release()
+    assert store.get("halfway").checksum == committed
+    ended = [e.type for e in store.audit(profile="halfway", limit=3).data]
+    assert ended[0] != "session.created"  # the failed launch recorded no use
+    with pytest.raises(RuntimeError, match="already been used"), bad:
+        pass
