@@ -122,7 +122,7 @@ class SessionLifecycle:
         if self.options.readonly:
             parent = Path(tempfile.mkdtemp(dir=self.store.tmp_dir, prefix="readonly-"))
             self._private_dir = parent
-            self.profile = self.store.unpack_private_copy(profile.id, parent / "state")
+            self.profile = self.store.private_copy(profile.id, parent / "state")
             self.user_data_dir = parent / "state"
         else:
             self.lock = self.store.lock(profile, timeout=self.options.lock_timeout)

@@ -20,6 +20,7 @@ import logging
 import signal
 import threading
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Any
 
@@ -138,6 +139,13 @@ class _SessionBase:
         if self._life.profile is None:
             raise RuntimeError("The session has not started yet: enter it first.")
         return self._life.profile
+
+    @property
+    def user_data_dir(self) -> Path:
+        """The directory the browser runs on (a private copy for a read-only session)."""
+        if self._life.user_data_dir is None:
+            raise RuntimeError("The session has not started yet: enter it first.")
+        return self._life.user_data_dir
 
     def _claim(self) -> None:
         if self._state != "new":

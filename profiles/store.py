@@ -672,10 +672,32 @@ class ProfileStore:
         self.working_copies.mark_dirty(profile.id)
         return profile, path
 
-    def unpack_private_copy(self, ref: str, target: Path) -> Profile:
-        """Unpack the committed state into ``target`` (which must not exist), for a
-        read-only session. Takes no lock: committed archives are immutable."""
+    def private_copy(self, ref: str, target: Path) -> Profile:
+        """A private copy of the committed state in ``target`` (which must not exist), for a
+        read-only session.
+
+        When no writer holds the profile and the kept working copy is known to match the
+        committed state, it is copied with its caches (under the writer lock, for the
+        moment the copy takes), so the browser starts warm; otherwise the committed archive
+        is unpacked, which needs no lock because archives are immutable.
+        """
         profile = self.get(ref)
+        lock = self.lock(profile)
+        try:
+            lock.acquire(timeout=0)
+        except Conflict:
+            log.debug("profile %s has a writer; unpacking its archive", profile.name)
+        else:
+            try:
+                current = self.get(profile.id)
+                work = self.working_copies.path(profile.id)
+                if self.working_copies.clean_state(profile.id) == (current.checksum or EMPTY_STATE):
+                    staging = target.with_name(f".{target.name}.copy")
+                    shutil.copytree(work, staging, symlinks=True)
+                    staging.rename(target)
+                    return current
+            finally:
+                lock.release()
         if profile.checksum is None:
             target.mkdir(parents=True)
             return profile

@@ -146,6 +146,10 @@ def bench_sessions(engine: Engine, repeats: int, url: str, home: Path) -> dict[s
         with Session(profile="bench", store=store) as page:
             visit(page, url)
 
+    def readonly() -> None:
+        with Session(profile="bench", store=store, readonly=True) as page:
+            visit(page, url)
+
     def cold() -> None:
         store.working_copies.remove(profile.id)
         ours()
@@ -169,7 +173,7 @@ def bench_sessions(engine: Engine, repeats: int, url: str, home: Path) -> dict[s
         finally:
             phases["commit"].append(time.perf_counter() - start)
 
-    runs: dict[str, list[float]] = {"bare": [], "warm": [], "cold": []}
+    runs: dict[str, list[float]] = {"bare": [], "warm": [], "cold": [], "readonly": []}
     bare()  # warm the page cache for everyone
     SessionLifecycle.prepare = timed_prepare  # type: ignore[method-assign]
     ProfileStore.commit_state = timed_commit  # type: ignore[method-assign]
@@ -179,6 +183,7 @@ def bench_sessions(engine: Engine, repeats: int, url: str, home: Path) -> dict[s
             phases["prepare"].clear()
             runs["warm"].append(timed(ours))
             warm_phases = (phases["prepare"][-1], phases["commit"][-1])
+            runs["readonly"].append(timed(readonly))
             runs["cold"].append(timed(cold))
     finally:
         SessionLifecycle.prepare = original_prepare  # type: ignore[method-assign]
@@ -191,6 +196,7 @@ def bench_sessions(engine: Engine, repeats: int, url: str, home: Path) -> dict[s
         "median_s": med,
         "ratio_warm": med["warm"] / med["bare"],
         "ratio_cold": med["cold"] / med["bare"],
+        "ratio_readonly": med["readonly"] / med["bare"],
         "last_warm_prepare_s": warm_phases[0],
         "last_warm_commit_s": warm_phases[1],
         "archive_bytes": store_profile_size(home / f"sessions-{engine}"),
@@ -405,6 +411,7 @@ def report(results: dict[str, Any]) -> str:
                     f"{r['ratio_warm']:.2f}",
                     ms(med["cold"]),
                     f"{r['ratio_cold']:.2f}",
+                    f"{ms(med['readonly'])} ({r['ratio_readonly']:.2f})",
                     ms(r["last_warm_prepare_s"]),
                     ms(r["last_warm_commit_s"]),
                     size(r["archive_bytes"]),
@@ -420,6 +427,7 @@ def report(results: dict[str, Any]) -> str:
                     "warm ratio (≤ 1.10)",
                     "cold",
                     "cold ratio (≤ 1.30)",
+                    "read-only (ratio)",
                     "warm prepare",
                     "warm commit",
                     "archive",

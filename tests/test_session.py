@@ -480,3 +480,21 @@ def test_a_launch_that_fails_half_way_cleans_up(store: ProfileStore, http_server
     assert ended[0] != "session.created"  # the failed launch recorded no use
     with pytest.raises(RuntimeError, match="already been used"), bad:
         pass
+
+
+def test_readonly_copies_a_clean_working_copy_with_its_caches(
+    store: ProfileStore, http_server: str
+) -> None:
+    require_engine("chromium")
+    with Session(profile="warmread", store=store) as page:
+        page.goto(f"{http_server}/")
+    profile = store.get("warmread")
+    work = store.working_copies.path(profile.id)
+    assert (work / "Default" / "Cache").is_dir()  # a cache the archive leaves out
+    session = Session(profile="warmread", store=store, readonly=True)
+    with session as page:
+        assert (session.user_data_dir / "Default" / "Cache").is_dir()
+        assert session.user_data_dir != work
+        page.goto(f"{http_server}/")
+    assert store.get("warmread").checksum == profile.checksum
+    assert store.working_copies.clean_state(profile.id) == profile.checksum
