@@ -26,7 +26,13 @@ from pydantic import BaseModel, ConfigDict, Field
 from driver.browsers import BrowserInstall, find_browser, major_version, probe_version
 from profiles.archetypes import Archetype, get_archetype
 from profiles.archive import remove_engine_locks
-from profiles.errors import BrowserDowngrade, NotFound, ProfileError, ValidationFailed
+from profiles.errors import (
+    BrowserDowngrade,
+    Conflict,
+    NotFound,
+    ProfileError,
+    ValidationFailed,
+)
 from profiles.locks import ProfileLock
 from profiles.models import Profile
 from profiles.store import ProfileStore
@@ -104,20 +110,30 @@ class SessionLifecycle:
 
     def _resolve_profile(self) -> Profile:
         try:
-            return self.store.get(self.ref)
+            profile = self.store.get(self.ref)
         except NotFound:
             if not self.options.create:
                 raise
-        with contextlib.suppress(ProfileError):
-            return self.store.create(self.ref, archetype=self.options.archetype)
-        return self.store.get(self.ref)  # created by someone else meanwhile
+            try:
+                return self.store.create(self.ref, archetype=self.options.archetype)
+            except Conflict:
+                profile = self.store.get(self.ref)  # created by someone else meanwhile
+        wanted = self.options.archetype
+        if wanted is not None and wanted != profile.archetype:
+            raise ValidationFailed(
+                f"Profile {profile.name!r} is pinned to {profile.archetype!r}; archetype="
+                f"{wanted!r} only applies to a profile the session creates. Clone it with "
+                "the new archetype to repin.",
+                field="archetype",
+            )
+        return profile
 
     def _prepare(self) -> LaunchPlan:
         profile = self._resolve_profile()
         self.archetype = get_archetype(profile.archetype)
         self.browser = find_browser(profile.browser_name)
         at_hand = probe_version(self.browser, self.store.home / "browser-versions.json")
-        self._check_downgrade(profile, at_hand)
+        self._check_downgrade(profile, at_hand)  # fail before waiting for the lock...
         self._started_at = time.monotonic()
         if self.options.readonly:
             parent = Path(tempfile.mkdtemp(dir=self.store.tmp_dir, prefix="readonly-"))
@@ -128,6 +144,7 @@ class SessionLifecycle:
             self.lock = self.store.lock(profile, timeout=self.options.lock_timeout)
             self.lock.acquire()
             self.profile, self.user_data_dir = self.store.checkout(profile.id, lock=self.lock)
+        self._check_downgrade(self.profile, at_hand)  # ...and again on what was committed since
         removed = remove_engine_locks(self.user_data_dir, profile.browser_name)
         if removed:
             log.info("removed stale engine locks from %s: %s", profile.name, removed)

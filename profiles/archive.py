@@ -25,7 +25,7 @@ import tempfile
 import zlib
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
-from typing import IO, BinaryIO, Literal
+from typing import IO, BinaryIO, Literal, Protocol
 
 import zstandard
 from pydantic import BaseModel, ConfigDict
@@ -37,6 +37,7 @@ from profiles.state_rules import RULES, Engine
 __all__ = [
     "CODECS",
     "ArchiveLimits",
+    "BinarySink",
     "Codec",
     "PackStats",
     "UnpackStats",
@@ -99,8 +100,14 @@ class UnpackStats(BaseModel):
 # ---------------------------------------------------------------------------- packing
 
 
+class BinarySink(Protocol):
+    """Anything bytes can be written to: a file, a socket wrapper, a blob store writer."""
+
+    def write(self, data: bytes | bytearray | memoryview, /) -> int | None: ...
+
+
 class _CountingWriter(io.RawIOBase):
-    def __init__(self, target: IO[bytes] | BinaryIO) -> None:
+    def __init__(self, target: BinarySink) -> None:
         self._target = target
         self.count = 0
 
@@ -164,7 +171,7 @@ def _tree_size(path: Path) -> int:
 
 def pack_dir(
     src: Path,
-    dest: IO[bytes] | BinaryIO,
+    dest: BinarySink,
     *,
     engine: Engine,
     codec: Codec = "zstd",

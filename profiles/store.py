@@ -595,7 +595,7 @@ class ProfileStore:
         started = time.perf_counter()
         for _attempt in range(2):
             with self.blobs.writer() as sink:
-                stats = pack_dir(directory, sink, engine=engine, codec=self.codec)  # type: ignore[arg-type]
+                stats = pack_dir(directory, sink, engine=engine, codec=self.codec)
             checksum = sink.checksum
             assert checksum is not None
             version = browser_version or read_browser_version(directory, engine)
@@ -668,8 +668,8 @@ class ProfileStore:
             else:
                 with self.blobs.open(profile.checksum) as src:
                     unpack_archive(src, path, limits=self.limits, replace=True)
-            self.working_copies.mark_clean(profile.id, wanted)
-        self.working_copies.mark_dirty(profile.id)
+        else:
+            self.working_copies.mark_dirty(profile.id)  # a browser is about to change it
         return profile, path
 
     def private_copy(self, ref: str, target: Path) -> Profile:

@@ -24,6 +24,7 @@ from profiles import (
     NotFound,
     ProfileBusy,
     ProfileStore,
+    ValidationFailed,
 )
 from profiles.state_rules import Engine
 
@@ -498,3 +499,18 @@ def test_readonly_copies_a_clean_working_copy_with_its_caches(
         page.goto(f"{http_server}/")
     assert store.get("warmread").checksum == profile.checksum
     assert store.working_copies.clean_state(profile.id) == profile.checksum
+
+
+def test_session_archetype_mistakes_are_reported(store: ProfileStore) -> None:
+    with (
+        pytest.raises(ValidationFailed, match="iphone-15-pro"),
+        Session(profile="new", store=store, archetype="iphone-15-por"),
+    ):
+        pass
+    store.create("pinned")
+    with (
+        pytest.raises(ValidationFailed, match="pinned to 'desktop-chromium'"),
+        Session(profile="pinned", store=store, archetype="pixel-7"),
+    ):
+        pass
+    assert [p.name for p in store.list().data] == ["pinned"]
