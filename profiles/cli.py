@@ -1,53 +1,67 @@
-"""The ``profiles`` command: the ProfileStore (and sessions) from a shell.
+"""The ``profiles`` command: the ProfileStore (and browser sessions) from a shell.
 
-Thin on purpose: it parses, calls :class:`~profiles.store.ProfileStore` or
-:class:`driver.Session`, and prints a table (or JSON with ``--json``).
+Thin on purpose: it parses, calls :class:`~profiles.store.ProfileStore` (or
+:class:`driver.Session` for ``open``) and prints. Tables by default; ``--json`` (accepted
+before or after the command) prints one JSON document on stdout instead: a record as
+``model_dump(mode="json")``, a listing as ``{"data": [...], "has_more": ..., "next_cursor": ...}``.
+
+Errors go to stderr as ``error: <message>``; with ``--json`` as one line
+``{"error": {"code": ..., "status": ..., "message": ..., ...}}`` (the last line of stderr,
+after any log lines), and nothing is printed on stdout.
 
 Exit codes:
 
-==  =========================================================
-0   success
-1   any other ProfileError
-2   ValidationFailed (ArchiveInvalid, NoStateData), bad usage
-3   NotFound
-4   Conflict (ProfileBusy, BrowserDowngrade)
-5   TierLimit
-6   BrowserNotFound
-130 interrupted (Ctrl-C)
-==  =========================================================
+===  ===================================================================================
+0    success
+1    any other ProfileError (StateCommitFailed, ...), a file error, deletion declined
+2    ValidationFailed (and ArchiveInvalid, NoStateData), command-line usage errors
+3    NotFound
+4    Conflict (and ProfileBusy, BrowserDowngrade)
+5    TierLimit
+6    BrowserNotFound
+130  interrupted (Ctrl-C) outside ``profiles open``
+141  stdout closed early (``profiles list | head``)
+===  ===================================================================================
+
+``profiles open`` ends with Ctrl-C and still exits 0: that is how a session is saved.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
-import signal
 import sys
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import IO, Any, BinaryIO
+from typing import IO, TYPE_CHECKING, Any, NoReturn, TextIO
 
 from pydantic import BaseModel
 
-from profiles.archetypes import all_archetypes
+from profiles.archetypes import all_archetypes, get_archetype
 from profiles.errors import (
     BrowserNotFound,
     Conflict,
     NotFound,
     ProfileError,
+    StateCommitFailed,
     TierLimit,
     ValidationFailed,
 )
 from profiles.models import AuditEvent, Page, Profile, Snapshot
 from profiles.state_rules import ENGINES
-from profiles.store import UNSET, ProfileStore
+from profiles.store import UNSET, ProfileStore, Unset
 
-__all__ = ["EXIT_CODES", "build_parser", "main"]
+if TYPE_CHECKING:
+    from driver import Session
+
+__all__ = ["EXIT_CODES", "UsageError", "build_parser", "exit_code", "main"]
 
 log = logging.getLogger("profiles.cli")
 
+#: The exit code of each error class; the first match (most specific first) wins.
 EXIT_CODES: tuple[tuple[type[ProfileError], int], ...] = (
     (ValidationFailed, 2),
     (NotFound, 3),
@@ -56,21 +70,45 @@ EXIT_CODES: tuple[tuple[type[ProfileError], int], ...] = (
     (BrowserNotFound, 6),
     (ProfileError, 1),
 )
+EXIT_USAGE = 2
+EXIT_DECLINED = 1
+EXIT_OS_ERROR = 1
+EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 141
+PROGRESS_MIN_BYTES = 1024 * 1024
 
 
 class UsageError(Exception):
-    """A command-line mistake that argparse cannot see (exit code 2)."""
+    """A command-line mistake (argparse's, or one argparse cannot see): exit code 2."""
+
+    def __init__(self, message: str, usage: str = "", prog: str = "profiles") -> None:
+        super().__init__(message)
+        self.message = message
+        self.usage = usage
+        self.prog = prog
 
 
-# ---------------------------------------------------------------------------- output
+class Declined(Exception):
+    """The user answered no at a confirmation prompt: exit code 1."""
+
+
+def exit_code(error: ProfileError) -> int:
+    """The exit code for a :class:`ProfileError` (see the module docstring)."""
+    return next(code for cls, code in EXIT_CODES if isinstance(error, cls))
+
+
+# ------------------------------------------------------------------------------- output
 
 
 def _out(text: str = "") -> None:
+    """One line of the command's output, on stdout."""
     sys.stdout.write(text + "\n")
 
 
 def _err(text: str) -> None:
+    """One line for the person at the terminal (prompts, hints, errors), on stderr."""
     sys.stderr.write(text + "\n")
+    sys.stderr.flush()
 
 
 def _json(value: Any) -> None:
@@ -79,42 +117,73 @@ def _json(value: Any) -> None:
     _out(json.dumps(value, indent=2, ensure_ascii=False))
 
 
+def _fail(as_json: bool, code: str, status: int, message: str, **details: Any) -> None:
+    if as_json:
+        body = {"code": code, "status": status, "message": message, **details}
+        _err(json.dumps({"error": body}, ensure_ascii=False, default=str))
+    else:
+        _err(f"error: {message}")
+
+
 def _size(n: int | None) -> str:
+    """Bytes for people: ``512 B``, ``35.5 KiB``, ``1.2 GiB``."""
     if n is None:
         return "-"
-    size = float(n)
-    for unit in ("B", "KB", "MB", "GB"):
-        if size < 1024 or unit == "GB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{n} B"
+    if n < 1024:
+        return f"{n} B"
+    value = float(n)
+    for unit in ("KiB", "MiB", "GiB", "TiB"):
+        value /= 1024
+        if value < 1024 or unit == "TiB":
+            break
+    return f"{value:.1f} {unit}"
 
 
 def _when(value: Any) -> str:
-    return "-" if value is None else value.strftime("%Y-%m-%d %H:%M:%S")
+    """A timestamp in a table: UTC to the second."""
+    return "-" if value is None else str(value.strftime("%Y-%m-%d %H:%M:%SZ"))
 
 
-def _table(headers: Sequence[str], rows: Iterable[Sequence[object]]) -> None:
+def _short(value: object, width: int = 40) -> str:
+    text = str(value)
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _table(headers: Sequence[str], rows: Iterable[Sequence[object]], empty: str) -> None:
+    """Aligned plain-text columns with an upper-case header; ``empty`` when no rows."""
     cells = [[str(c) for c in row] for row in rows]
     if not cells:
-        _out("(none)")
+        _out(empty)
         return
     widths = [max(len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(headers)]
-    _out("  ".join(h.upper().ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip())
-    for row in cells:
+    for row in [[h.upper() for h in headers], *cells]:
         _out("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
 
 
-def _show_fields(record: BaseModel) -> None:
+def _show(record: BaseModel) -> None:
+    """One record as ``key  value`` lines (labels, lists and sizes made readable)."""
     data = record.model_dump(mode="json")
     width = max(len(k) for k in data)
     for key, value in data.items():
-        if isinstance(value, dict | list):
-            value = json.dumps(value, ensure_ascii=False) if value else "-"
-        _out(f"{key.ljust(width)}  {'-' if value is None else value}")
+        if key == "blob_size" and value is not None:
+            text = f"{value} ({_size(value)})"
+        elif isinstance(value, dict):
+            text = ", ".join(f"{k}={v}" for k, v in value.items()) or "-"
+        elif isinstance(value, list):
+            text = ", ".join(str(v) for v in value) or "-"
+        else:
+            text = "-" if value is None else str(value)
+        _out(f"{key.ljust(width)}  {text}")
 
 
-def _profile_rows(profiles: Iterable[Profile]) -> Iterable[list[object]]:
+def _emit(args: argparse.Namespace, record: BaseModel) -> None:
+    _json(record) if args.json else _show(record)
+
+
+PROFILE_HEADERS = ("name", "id", "archetype", "status", "size", "usage", "last used")
+
+
+def _profile_rows(profiles: Iterable[Profile]) -> Iterator[list[object]]:
     for p in profiles:
         yield [
             p.name,
@@ -127,10 +196,10 @@ def _profile_rows(profiles: Iterable[Profile]) -> Iterable[list[object]]:
         ]
 
 
-PROFILE_HEADERS = ("name", "id", "archetype", "status", "size", "used", "last used")
+SNAPSHOT_HEADERS = ("id", "parent", "label", "archetype", "size", "captured")
 
 
-def _snapshot_rows(snaps: Iterable[Snapshot]) -> Iterable[list[object]]:
+def _snapshot_rows(snaps: Iterable[Snapshot]) -> Iterator[list[object]]:
     for s in snaps:
         yield [
             s.id,
@@ -142,16 +211,15 @@ def _snapshot_rows(snaps: Iterable[Snapshot]) -> Iterable[list[object]]:
         ]
 
 
-SNAPSHOT_HEADERS = ("id", "parent", "label", "archetype", "size", "captured")
-
-
-def _event_rows(events: Iterable[AuditEvent]) -> Iterable[list[object]]:
-    for e in events:
-        payload = ", ".join(f"{k}={v}" for k, v in e.payload.items() if v is not None)
-        yield [_when(e.at), e.type, e.profile_id or "-", payload]
-
-
 EVENT_HEADERS = ("at", "type", "profile", "details")
+
+
+def _event_rows(events: Iterable[AuditEvent]) -> Iterator[list[object]]:
+    for e in events:
+        details = ", ".join(
+            f"{k}={_short(v, 24)}" for k, v in sorted(e.payload.items()) if v is not None
+        )
+        yield [_when(e.at), e.type, e.profile_id or "-", details or "-"]
 
 
 def _listing(
@@ -159,8 +227,9 @@ def _listing(
     fetch: Callable[[str | None], Page[Any]],
     headers: Sequence[str],
     rows: Callable[[Iterable[Any]], Iterable[Sequence[object]]],
+    empty: str,
 ) -> None:
-    """Print one page (or with --all, every page) of a listing."""
+    """One page of a listing (every page with ``--all``), then the next-page hint."""
     page = fetch(args.cursor)
     data = list(page.data)
     while args.all and page.has_more:
@@ -175,51 +244,57 @@ def _listing(
             }
         )
         return
-    _table(headers, rows(data))
+    _table(headers, rows(data), empty)
     if page.has_more:
-        _err(f"more: pass --cursor {page.next_cursor} for the next page, or --all")
-
-
-# ---------------------------------------------------------------------------- helpers
-
-
-def _labels(pairs: Sequence[str] | None) -> dict[str, str] | None:
-    if pairs is None:
-        return None
-    labels: dict[str, str] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep:
-            raise UsageError(f"--label takes KEY=VALUE, got {pair!r}.")
-        labels[key] = value
-    return labels
+        _err(f"more: add --cursor {page.next_cursor} for the next page, or --all for every page")
 
 
 class _Progress:
-    """A byte progress bar on stderr, shown only on a terminal and for large files."""
+    """A byte progress bar on ``stream``: only on a terminal, and only past 1 MiB."""
 
-    def __init__(self, total: int | None, verb: str) -> None:
-        self.total = total
+    def __init__(self, total: int | None, verb: str, stream: TextIO | None = None) -> None:
+        self.stream = stream if stream is not None else sys.stderr
+        self.total = total or 0
         self.verb = verb
-        self.enabled = sys.stderr.isatty() and (total or 0) > 1024 * 1024
-        self._last = -1
+        self.enabled = self.total > PROGRESS_MIN_BYTES and self.stream.isatty()
+        self._shown = -1
 
     def __call__(self, done: int) -> None:
-        if not self.enabled or not self.total:
+        if not self.enabled:
             return
         percent = min(100, done * 100 // self.total)
-        if percent != self._last:
-            self._last = percent
+        if percent != self._shown:
+            self._shown = percent
             bar = "#" * (percent // 4)
-            sys.stderr.write(f"\r{self.verb} [{bar:<25}] {percent:3d}% {_size(done)}")
-            sys.stderr.flush()
+            self.stream.write(f"\r{self.verb} [{bar:<25}] {percent:3d}% {_size(done)}")
+            self.stream.flush()
 
     def finish(self) -> None:
-        if self.enabled and self._last >= 0:
-            sys.stderr.write("\n")
+        if self._shown >= 0:
+            self.stream.write("\n")
+            self.stream.flush()
 
 
-# ---------------------------------------------------------------------------- commands
+# ------------------------------------------------------------------------------- parsing
+
+
+def _label(text: str) -> tuple[str, str]:
+    """argparse type of ``--label``: ``KEY=VALUE`` (the value may be empty)."""
+    key, sep, value = text.partition("=")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key, value
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser that raises :class:`UsageError` instead of exiting, so that
+    :func:`main` reports it (as JSON with ``--json``) and returns 2."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(message, usage=self.format_usage(), prog=self.prog)
+
+
+# ------------------------------------------------------------------------------- commands
 
 
 def cmd_create(store: ProfileStore, args: argparse.Namespace) -> None:
@@ -227,9 +302,9 @@ def cmd_create(store: ProfileStore, args: argparse.Namespace) -> None:
         args.name,
         archetype=args.archetype,
         description=args.description,
-        labels=_labels(args.label),
+        labels=dict(args.label) if args.label else None,
     )
-    _json(profile) if args.json else _show_fields(profile)
+    _emit(args, profile)
 
 
 def cmd_list(store: ProfileStore, args: argparse.Namespace) -> None:
@@ -238,29 +313,40 @@ def cmd_list(store: ProfileStore, args: argparse.Namespace) -> None:
         lambda cursor: store.list(limit=args.limit, cursor=cursor),
         PROFILE_HEADERS,
         _profile_rows,
+        "(no profiles)",
     )
 
 
 def cmd_show(store: ProfileStore, args: argparse.Namespace) -> None:
-    profile = store.get(args.ref)
-    _json(profile) if args.json else _show_fields(profile)
+    _emit(args, store.get(args.ref))
 
 
 def cmd_update(store: ProfileStore, args: argparse.Namespace) -> None:
-    if args.description is not None and args.clear_description:
-        raise UsageError("Pass --description or --clear-description, not both.")
-    if args.label is not None and args.clear_labels:
-        raise UsageError("Pass --label or --clear-labels, not both.")
-    description: Any = UNSET
+    if not any(
+        (
+            args.name is not None,
+            args.description is not None,
+            args.clear_description,
+            args.label,
+            args.clear_labels,
+            args.archetype is not None,
+        )
+    ):
+        raise UsageError(
+            "Nothing to change: pass --name, --description, --clear-description, --label or "
+            "--clear-labels."
+        )
+    description: str | Unset | None = UNSET
     if args.clear_description:
         description = None
     elif args.description is not None:
         description = args.description
-    labels: Any = UNSET
+    labels: dict[str, str] | Unset = UNSET
     if args.clear_labels:
-        labels = {}
-    elif args.label is not None:
-        labels = {**store.get(args.ref).labels, **(_labels(args.label) or {})}
+        labels = dict(args.label or ())  # --clear-labels --label k=v: exactly these
+    elif args.label:
+        # ProfileStore.update replaces the whole map; --label adds to what is there.
+        labels = {**store.get(args.ref).labels, **dict(args.label)}
     profile = store.update(
         args.ref,
         name=args.name if args.name is not None else UNSET,
@@ -268,7 +354,13 @@ def cmd_update(store: ProfileStore, args: argparse.Namespace) -> None:
         labels=labels,
         archetype=args.archetype if args.archetype is not None else UNSET,
     )
-    _json(profile) if args.json else _show_fields(profile)
+    _emit(args, profile)
+
+
+def _confirm(question: str) -> bool:
+    sys.stderr.write(f"{question} [y/N] ")
+    sys.stderr.flush()
+    return sys.stdin.readline().strip().lower() in ("y", "yes")
 
 
 def cmd_delete(store: ProfileStore, args: argparse.Namespace) -> None:
@@ -276,13 +368,12 @@ def cmd_delete(store: ProfileStore, args: argparse.Namespace) -> None:
     if not args.yes:
         if not sys.stdin.isatty():
             raise UsageError(
-                f"Refusing to delete {profile.name!r} without confirmation: stdin is not a "
-                "terminal. Pass --yes."
+                f"Not deleting {profile.name!r}: stdin is not a terminal, so there is no one "
+                "to confirm. Pass --yes to delete without asking."
             )
-        sys.stderr.write(f"Delete profile {profile.name!r} ({profile.id}) and its state? [y/N] ")
-        sys.stderr.flush()
-        if sys.stdin.readline().strip().lower() not in ("y", "yes"):
-            raise UsageError("Not deleted.")
+        question = f"Delete profile {profile.name!r} ({profile.id}) and its state?"
+        if not _confirm(question):
+            raise Declined(f"Not deleted: {profile.name!r} is unchanged.")
     store.delete(profile.id)
     if args.json:
         _json({"deleted": profile.id, "name": profile.name})
@@ -294,12 +385,11 @@ def cmd_clone(store: ProfileStore, args: argparse.Namespace) -> None:
     profile = store.clone(
         args.ref, name=args.name, with_state=args.with_state, archetype=args.archetype
     )
-    _json(profile) if args.json else _show_fields(profile)
+    _emit(args, profile)
 
 
 def cmd_snapshot_create(store: ProfileStore, args: argparse.Namespace) -> None:
-    snap = store.snapshot(args.ref, label=args.label, description=args.description)
-    _json(snap) if args.json else _show_fields(snap)
+    _emit(args, store.snapshot(args.ref, label=args.label, description=args.description))
 
 
 def cmd_snapshot_list(store: ProfileStore, args: argparse.Namespace) -> None:
@@ -308,12 +398,12 @@ def cmd_snapshot_list(store: ProfileStore, args: argparse.Namespace) -> None:
         lambda cursor: store.snapshots(args.ref, limit=args.limit, cursor=cursor),
         SNAPSHOT_HEADERS,
         _snapshot_rows,
+        "(no snapshots)",
     )
 
 
 def cmd_snapshot_show(store: ProfileStore, args: argparse.Namespace) -> None:
-    snap = store.get_snapshot(args.id)
-    _json(snap) if args.json else _show_fields(snap)
+    _emit(args, store.get_snapshot(args.id))
 
 
 def cmd_snapshot_delete(store: ProfileStore, args: argparse.Namespace) -> None:
@@ -322,8 +412,7 @@ def cmd_snapshot_delete(store: ProfileStore, args: argparse.Namespace) -> None:
 
 
 def cmd_snapshot_restore(store: ProfileStore, args: argparse.Namespace) -> None:
-    profile = store.restore(args.id, name=args.name)
-    _json(profile) if args.json else _show_fields(profile)
+    _emit(args, store.restore(args.id, name=args.name))
 
 
 def cmd_audit(store: ProfileStore, args: argparse.Namespace) -> None:
@@ -332,13 +421,20 @@ def cmd_audit(store: ProfileStore, args: argparse.Namespace) -> None:
         lambda cursor: store.audit(profile=args.profile, limit=args.limit, cursor=cursor),
         EVENT_HEADERS,
         _event_rows,
+        "(no events)",
     )
 
 
-def cmd_archetypes(store: ProfileStore, args: argparse.Namespace) -> None:
+def cmd_archetypes(store: ProfileStore | None, args: argparse.Namespace) -> None:
     found = [a for a in all_archetypes().values() if args.engine in (None, a.engine)]
     if args.json:
-        _json([a.model_dump(mode="json") for a in found])
+        _json(
+            {
+                "data": [a.model_dump(mode="json") for a in found],
+                "has_more": False,
+                "next_cursor": None,
+            }
+        )
         return
     _table(
         ("name", "engine", "device", "viewport", "mobile"),
@@ -352,21 +448,27 @@ def cmd_archetypes(store: ProfileStore, args: argparse.Namespace) -> None:
             ]
             for a in found
         ),
+        "(no archetypes)",
     )
 
 
 def cmd_import(store: ProfileStore, args: argparse.Namespace) -> None:
-    source: Path | BinaryIO
+    source: Path | IO[bytes]
     if args.file == "-":
-        source = sys.stdin.buffer
-        total = None
+        if sys.stdin.isatty():
+            raise UsageError("FILE is '-' but stdin is a terminal: pipe an archive in.")
+        source, total = sys.stdin.buffer, None
     else:
         source = Path(args.file)
         total = source.stat().st_size if source.is_file() else None
     bar = _Progress(total, "importing")
     try:
         profile = store.import_state(
-            args.ref, source, browser_version=args.browser_version, progress=bar
+            args.ref,
+            source,
+            browser_version=args.browser_version,
+            lock_timeout=args.lock_timeout,
+            progress=bar,
         )
     finally:
         bar.finish()
@@ -377,244 +479,447 @@ def cmd_import(store: ProfileStore, args: argparse.Namespace) -> None:
 
 
 def cmd_export(store: ProfileStore, args: argparse.Namespace) -> None:
+    to_stdout = args.file == "-"
+    if to_stdout and sys.stdout.isatty():
+        raise UsageError("FILE is '-' but stdout is a terminal: redirect it to a file.")
     profile = store.get(args.ref)
-    bar = _Progress(profile.blob_size, "exporting")
-    dest: Path | IO[bytes] = sys.stdout.buffer if args.file == "-" else Path(args.file)
+    bar = _Progress(profile.blob_size, "exporting")  # the stored size: close enough
+    dest: Path | IO[bytes]
+    if to_stdout:
+        sys.stdout.flush()
+        dest = sys.stdout.buffer
+    else:
+        dest = Path(args.file)
     try:
         written = store.export_state(profile.id, dest, codec=args.codec, progress=bar)
     finally:
         bar.finish()
-    if args.file == "-":
-        return
+    if to_stdout:
+        sys.stdout.buffer.flush()
+        return  # the archive is the output
     if args.json:
         _json({"profile": profile.id, "file": str(dest), "bytes": written, "codec": args.codec})
     else:
         _out(f"exported {profile.name} to {dest} ({_size(written)}, {args.codec})")
 
 
-def cmd_open(store: ProfileStore, args: argparse.Namespace) -> None:
+def _check_display(args: argparse.Namespace) -> None:
     if (
         args.headed
         and sys.platform.startswith("linux")
         and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
     ):
         raise UsageError(
-            "--headed needs a display and neither DISPLAY nor WAYLAND_DISPLAY is set. Run it "
-            "under a virtual one ('xvfb-run profiles open ...') or drop --headed."
+            "--headed needs a display, and neither DISPLAY nor WAYLAND_DISPLAY is set. Run "
+            f"it under a virtual one (xvfb-run profiles open {args.ref} --headed ...) or drop "
+            "--headed to open the browser headless."
         )
-    from driver import Session  # the CLI is the one place profiles reaches up to the driver
 
+
+def _wait_until_closed(session: Session) -> bool:
+    """Block until the browser goes away (True) or Ctrl-C (False)."""
+    from playwright.sync_api import Error as PlaywrightError
+
+    try:
+        # Playwright raises a Ctrl-C that arrives during a sync wait in the caller and
+        # keeps its loop intact, so the session can still close the browser and commit.
+        session.context.wait_for_event("close", timeout=0)
+    except KeyboardInterrupt:
+        return False
+    except PlaywrightError as exc:  # the driver connection went away
+        log.warning("lost the browser: %s", exc)
+    return True
+
+
+def cmd_open(store: ProfileStore, args: argparse.Namespace) -> None:
+    _check_display(args)
+    from driver import Session  # the one place the profiles package reaches up to the driver
+
+    # Resolve (or create) the profile here, not inside Session: Session turns a failed
+    # create (bad name, unknown archetype, TierLimit) into NotFound and ignores an
+    # archetype that differs from an existing profile's.
+    try:
+        profile = store.get(args.ref)
+    except NotFound:
+        if args.no_create:
+            raise
+        profile = store.create(args.ref, archetype=args.archetype)
+        log.info("created profile %s (%s)", profile.name, profile.id)
+    else:
+        if args.archetype is not None and get_archetype(args.archetype).name != profile.archetype:
+            raise ValidationFailed(
+                f"Profile {profile.name!r} is pinned to {profile.archetype!r}, not "
+                f"{args.archetype!r}; archetypes cannot change. Drop --archetype, or clone it "
+                f"(profiles clone {profile.name} --archetype {args.archetype}).",
+                field="archetype",
+            )
     session = Session(
-        profile=args.ref,
+        profile=profile.name,
         store=store,
         headless=not args.headed,
         readonly=args.readonly,
+        lock_timeout=args.lock_timeout,
         start_url=args.url,
-        create=not args.no_create,
-        archetype=args.archetype,
+        create=False,
+        # Ctrl-C in a terminal reaches the whole process group, Playwright's driver too;
+        # by default the driver then closes the browser itself, the session sees the
+        # browser vanish and keeps the old state. Leave Ctrl-C to this process.
+        launch_options={"handle_sigint": False},
     )
+    browser_went_away = False
     with session:
+        before = session.profile
         if not args.exit:
-            how = "close the browser window or press Ctrl-C" if args.headed else "press Ctrl-C"
-            verb = "discards" if args.readonly else "commits"
-            _err(f"profile {session.profile.name} is open; {how} to end (that {verb} it).")
-            _wait_until_closed_or_interrupted(session)
-    profile = session.profile
+            saves = "nothing is saved: read-only" if args.readonly else "that saves the profile"
+            if args.headed:
+                hint = (
+                    f"Press Ctrl-C here to close the browser ({saves}). Closing the browser "
+                    "window instead ends the session without saving."
+                )
+            else:
+                hint = f"Press Ctrl-C to close the browser ({saves})."
+            where = f" at {args.url}" if args.url else ""
+            _err(f"Browser open on profile {profile.name}{where}. {hint}")
+            browser_went_away = _wait_until_closed(session)
+            if not browser_went_away:
+                _err("closing the browser" + ("" if args.readonly else " and saving the profile"))
+    after = session.profile
+    saved = after.blob_uploaded_at != before.blob_uploaded_at
+    if not args.readonly and not saved:
+        why = (
+            "the browser closed on its own (window closed, or the browser exited)"
+            if browser_went_away
+            else "the session did not commit"
+        )
+        raise StateCommitFailed(
+            f"Nothing was saved to {profile.name!r}: {why}, and the session keeps the previous "
+            "state then. End 'profiles open' with Ctrl-C in the terminal to save.",
+            profile_id=profile.id,
+        )
     if args.json:
-        _json(profile)
+        _json(after)
+    elif args.readonly:
+        _out(f"closed {after.name} (read-only, nothing saved)")
     else:
-        _out(f"session ended: {profile.name} {profile.status}, {_size(profile.blob_size)}")
+        size, domains = _size(after.blob_size), len(after.cookie_domains)
+        _out(f"saved {after.name}: {after.status}, {size}, cookies of {domains} domains")
 
 
-# ---------------------------------------------------------------------------- parser
+# ------------------------------------------------------------------------------- parser
+
+Handler = Callable[[Any, argparse.Namespace], None]
+
+OPEN_DESCRIPTION = """\
+Open a browser on a profile, to log in by hand or to refresh it; saving it when it ends.
+
+The profile is created (with --archetype, default desktop-chromium) if it does not exist,
+unless --no-create. Press Ctrl-C in this terminal to close the browser and commit its state.
+With --headed a window is shown (Linux needs DISPLAY or WAYLAND_DISPLAY: use
+'xvfb-run profiles open ...' on a server); closing that window ends the session WITHOUT
+saving, because the session cannot tell it from a crash. Without --headed the browser runs
+headless: useful to refresh a profile (visit --url so cookies renew) and, with --exit, to do
+that in a script: 'profiles open REF --url URL --exit' visits and commits right away.
+--readonly opens a private copy and saves nothing."""
+
+EPILOG = """\
+exit codes: 0 ok; 1 other error (StateCommitFailed, file error, deletion declined);
+2 ValidationFailed / usage; 3 NotFound; 4 Conflict (ProfileBusy, BrowserDowngrade);
+5 TierLimit; 6 BrowserNotFound; 130 interrupted; 141 stdout closed early."""
 
 
-def _wait_until_closed_or_interrupted(session: Any) -> None:
-    """Block until the browser is closed or Ctrl-C / SIGTERM arrives.
+def _common_options(parser: argparse.ArgumentParser) -> None:
+    """The global options. Their default is SUPPRESS so that, given again after the
+    command, they do not reset what was given before it (main's defaults fill the rest)."""
+    s = argparse.SUPPRESS
+    parser.add_argument(
+        "--json", action="store_true", default=s, help="print JSON on stdout instead of a table"
+    )
+    parser.add_argument(
+        "--home",
+        metavar="PATH",
+        default=s,
+        help="the store's home (default: $PROFILES_HOME, else the user data dir)",
+    )
+    parser.add_argument(
+        "--max-profiles",
+        metavar="N",
+        type=int,
+        default=s,
+        help="refuse to create, clone or restore past N profiles (TierLimit)",
+    )
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=s,
+        help="log to stderr (-v info, -vv debug)",
+    )
 
-    A KeyboardInterrupt raised inside Playwright's sync event loop is swallowed there, so the
-    signals only set a flag and the wait runs in short slices that look at it.
-    """
-    from playwright.sync_api import Error as PlaywrightError
 
-    stop: list[int] = []
-    wanted = (signal.SIGINT, signal.SIGTERM)
-    previous = {
-        sig: signal.signal(sig, lambda signum, frame: stop.append(signum)) for sig in wanted
-    }
-    try:
-        while not stop:
-            try:
-                session.context.wait_for_event("close", timeout=250)
-                return
-            except PlaywrightError as exc:  # TimeoutError is one; a closed context ends it
-                if "Timeout" not in type(exc).__name__ and "Timeout" not in str(exc):
-                    return
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-
-
-def _add_page_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--limit", type=int, default=50, help="records per page, 1 to 100")
-    parser.add_argument("--cursor", help="the next_cursor of the previous page")
+def _page_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--limit", metavar="N", type=int, default=50, help="records per page, 1 to 100 (50)"
+    )
+    parser.add_argument("--cursor", metavar="C", help="the next_cursor of the previous page")
     parser.add_argument("--all", action="store_true", help="walk every page")
 
 
-def _common_options(default: Any) -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
-        "--json", action="store_true", default=default, help="print JSON instead of a table"
+def _lock_timeout_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--lock-timeout",
+        metavar="SECONDS",
+        type=float,
+        default=600.0,
+        help="how long to wait for another writer of the profile, then ProfileBusy (600)",
     )
-    common.add_argument(
-        "--home", default=default, help="store home (default: $PROFILES_HOME or user data dir)"
-    )
-    common.add_argument(
-        "--max-profiles", type=int, default=default, help="refuse to grow past N profiles"
-    )
-    common.add_argument(
-        "-v", "--verbose", action="store_true", default=default, help="log to stderr"
-    )
-    return common
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    """The ``profiles`` argument parser (every command; see ``profiles --help``)."""
+    parser = _Parser(
         prog="profiles",
         description="Named, persistent browser profiles for Playwright.",
-        parents=[_common_options(argparse.SUPPRESS)],
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    parser.set_defaults(json=False, home=None, max_profiles=None, verbose=False)
-    # The global options are accepted after the command too; there they must not reset what
-    # was given before it, hence SUPPRESS as their default in both places.
-    common = _common_options(argparse.SUPPRESS)
+    _common_options(parser)
+    parser.set_defaults(json=False, home=None, max_profiles=None, verbose=0, needs_store=True)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     def command(
-        name: str, handler: Callable[[ProfileStore, argparse.Namespace], None], help: str
+        group: Any, name: str, handler: Handler | None, help: str, description: str = ""
     ) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help, description=help, parents=[common])
-        p.set_defaults(handler=handler)
+        p: argparse.ArgumentParser = group.add_parser(
+            name,
+            help=help,
+            description=description or help,
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        _common_options(p)
+        if handler is not None:
+            p.set_defaults(handler=handler)
         return p
 
-    p = command("create", cmd_create, "Create an empty profile.")
-    p.add_argument("name")
-    p.add_argument("--archetype", help="engine + device (see 'profiles archetypes')")
-    p.add_argument("--description")
-    p.add_argument("--label", action="append", metavar="KEY=VALUE", help="repeatable")
+    ref_help = "profile id or name"
 
-    p = command("list", cmd_list, "List profiles, newest first.")
-    _add_page_options(p)
-
-    p = command("show", cmd_show, "Show one profile.")
-    p.add_argument("ref", help="profile id or name")
-
-    p = command("update", cmd_update, "Rename a profile or change its description or labels.")
-    p.add_argument("ref", help="profile id or name")
-    p.add_argument("--name")
-    p.add_argument("--description")
-    p.add_argument("--clear-description", action="store_true")
-    p.add_argument("--label", action="append", metavar="KEY=VALUE", help="add or replace a label")
-    p.add_argument("--clear-labels", action="store_true")
-    p.add_argument("--archetype", help="refused: archetypes are sticky (clone to repin)")
-
-    p = command("delete", cmd_delete, "Delete a profile and its state (snapshots stay).")
-    p.add_argument("ref", help="profile id or name")
-    p.add_argument("--yes", "-y", action="store_true", help="do not ask for confirmation")
-
-    p = command("clone", cmd_clone, "Copy a profile's archetype, description and labels.")
-    p.add_argument("ref", help="profile id or name")
-    p.add_argument("--name", help="default: <source>-copy, -copy-2, ...")
-    p.add_argument("--with-state", action="store_true", help="copy the committed state too")
-    p.add_argument("--archetype", help="repin the copy to another archetype")
-
-    snap = sub.add_parser(
-        "snapshot",
-        help="Immutable point-in-time copies of a profile.",
-        description="Immutable point-in-time copies of a profile.",
-        parents=[common],
+    p = command(sub, "create", cmd_create, "Create an empty profile.")
+    p.add_argument("name", metavar="NAME", help="1 to 64 characters, no whitespace; unique in the store")
+    p.add_argument(
+        "--archetype", metavar="A", help="engine + device for life (default desktop-chromium)"
     )
-    snap_sub = snap.add_subparsers(dest="snapshot_command", required=True, metavar="COMMAND")
+    p.add_argument("--description", metavar="D", help="free text, up to 2048 characters")
+    p.add_argument("--label", metavar="KEY=VALUE", type=_label, action="append", help="repeatable")
 
-    def snap_command(
-        name: str, handler: Callable[[ProfileStore, argparse.Namespace], None], help: str
-    ) -> argparse.ArgumentParser:
-        p = snap_sub.add_parser(name, help=help, description=help, parents=[common])
-        p.set_defaults(handler=handler)
-        return p
+    p = command(sub, "list", cmd_list, "List profiles, newest first.")
+    _page_options(p)
 
-    p = snap_command("create", cmd_snapshot_create, "Capture a profile's committed state.")
-    p.add_argument("ref", help="profile id or name")
-    p.add_argument("--label")
-    p.add_argument("--description")
-    p = snap_command("list", cmd_snapshot_list, "List snapshots (of one profile, or all).")
-    p.add_argument("ref", nargs="?", help="profile id or name (default: every profile)")
-    _add_page_options(p)
-    p = snap_command("show", cmd_snapshot_show, "Show one snapshot.")
-    p.add_argument("id")
-    p = snap_command("delete", cmd_snapshot_delete, "Delete a snapshot.")
-    p.add_argument("id")
-    p = snap_command("restore", cmd_snapshot_restore, "Create a new profile from a snapshot.")
-    p.add_argument("id")
-    p.add_argument("--name", help="default: <parent>-restored, -restored-2, ...")
-
-    p = command("audit", cmd_audit, "Show the audit log, newest first.")
-    p.add_argument("--profile", help="only this profile (id or name; deleted ones by id)")
-    _add_page_options(p)
-
-    p = command("archetypes", cmd_archetypes, "List the archetypes a profile can be pinned to.")
-    p.add_argument("--engine", choices=ENGINES)
-
-    p = command("import", cmd_import, "Replace a profile's state with a .tar.gz/.tar.zst file.")
-    p.add_argument("ref", help="profile id or name")
-    p.add_argument("file", help="archive path, or - for stdin")
-    p.add_argument("--browser-version", help="browser version the state was made with")
-
-    p = command("export", cmd_export, "Write a profile's state as .tar.gz (or .tar.zst).")
-    p.add_argument("ref", help="profile id or name")
-    p.add_argument("file", help="archive path, or - for stdout")
-    p.add_argument("--codec", choices=["gzip", "zstd"], default="gzip")
+    p = command(sub, "show", cmd_show, "Show one profile.")
+    p.add_argument("ref", metavar="REF", help=ref_help)
 
     p = command(
-        "open", cmd_open, "Open a browser on a profile (to log in by hand); commits when it ends."
+        sub,
+        "update",
+        cmd_update,
+        "Rename a profile or change its description or labels.",
+        "Rename a profile or change its description or labels; only what is given changes.\n"
+        "--label adds or replaces one label; --clear-labels removes all of them first.\n"
+        "The archetype cannot change: --archetype with another value is refused (clone).",
     )
-    p.add_argument("ref", help="profile id or name (created if missing)")
-    p.add_argument("--url", help="page to open first")
+    p.add_argument("ref", metavar="REF", help=ref_help)
+    p.add_argument("--name", metavar="N", help="the new name")
+    desc = p.add_mutually_exclusive_group()
+    desc.add_argument("--description", metavar="D", help="the new description")
+    desc.add_argument("--clear-description", action="store_true", help="remove the description")
+    p.add_argument(
+        "--label",
+        metavar="KEY=VALUE",
+        type=_label,
+        action="append",
+        help="add or replace a label (repeatable)",
+    )
+    p.add_argument("--clear-labels", action="store_true", help="remove every label first")
+    p.add_argument(
+        "--archetype", metavar="A", help="accepted only if unchanged (archetypes are sticky)"
+    )
+
+    p = command(
+        sub,
+        "delete",
+        cmd_delete,
+        "Delete a profile and its state (its snapshots stay).",
+        "Delete a profile and its state; its snapshots stay restorable.\n"
+        "Asks first on a terminal; when stdin is not a terminal, --yes is required.",
+    )
+    p.add_argument("ref", metavar="REF", help=ref_help)
+    p.add_argument("-y", "--yes", action="store_true", help="delete without asking")
+
+    p = command(
+        sub,
+        "clone",
+        cmd_clone,
+        "Copy a profile's archetype, description and labels (and state with --with-state).",
+    )
+    p.add_argument("ref", metavar="REF", help=ref_help)
+    p.add_argument("--name", metavar="N", help="default: <source>-copy, <source>-copy-2, ...")
+    p.add_argument("--with-state", action="store_true", help="share the committed state too")
+    p.add_argument("--archetype", metavar="A", help="pin the copy to another archetype")
+
+    snap = command(sub, "snapshot", None, "Immutable point-in-time copies of a profile.")
+    snap_sub = snap.add_subparsers(dest="snapshot_command", required=True, metavar="COMMAND")
+
+    p = command(snap_sub, "create", cmd_snapshot_create, "Capture a profile's committed state.")
+    p.add_argument("ref", metavar="REF", help=ref_help)
+    p.add_argument("--label", metavar="L", help="a short tag, up to 128 characters")
+    p.add_argument("--description", metavar="D", help="free text, up to 2048 characters")
+
+    p = command(snap_sub, "list", cmd_snapshot_list, "List snapshots, newest first.")
+    p.add_argument("ref", metavar="REF", nargs="?", help="only this profile's (default: all)")
+    _page_options(p)
+
+    p = command(snap_sub, "show", cmd_snapshot_show, "Show one snapshot.")
+    p.add_argument("id", metavar="ID", help="snapshot id (psnap_...)")
+
+    p = command(snap_sub, "delete", cmd_snapshot_delete, "Delete a snapshot.")
+    p.add_argument("id", metavar="ID", help="snapshot id (psnap_...)")
+
+    p = command(
+        snap_sub,
+        "restore",
+        cmd_snapshot_restore,
+        "Create a new profile from a snapshot (the parent is not touched).",
+    )
+    p.add_argument("id", metavar="ID", help="snapshot id (psnap_...)")
+    p.add_argument("--name", metavar="N", help="default: <parent>-restored, -restored-2, ...")
+
+    p = command(sub, "audit", cmd_audit, "Show the audit log, newest first.")
+    p.add_argument(
+        "--profile", metavar="REF", help="only this profile's events (a deleted one by id)"
+    )
+    _page_options(p)
+
+    p = command(
+        sub, "archetypes", cmd_archetypes, "List the archetypes a profile can be pinned to."
+    )
+    p.add_argument("--engine", choices=ENGINES, help="only this engine's")
+    p.set_defaults(needs_store=False)
+
+    p = command(
+        sub,
+        "import",
+        cmd_import,
+        "Replace a profile's state with a .tar.gz or .tar.zst archive.",
+        "Replace a profile's state with a .tar.gz or .tar.zst archive of a browser\n"
+        "user-data-dir of the profile's engine. FILE '-' reads stdin.",
+    )
+    p.add_argument("ref", metavar="REF", help=ref_help)
+    p.add_argument("file", metavar="FILE", help="the archive, or - for stdin")
+    p.add_argument(
+        "--browser-version", metavar="V", help="the browser version that wrote the state"
+    )
+    _lock_timeout_option(p)
+
+    p = command(
+        sub,
+        "export",
+        cmd_export,
+        "Write a profile's state as a .tar.gz (or .tar.zst) archive.",
+        "Write a profile's committed state as a .tar.gz (or .tar.zst) archive.\n"
+        "FILE '-' writes the archive to stdout (and nothing else).",
+    )
+    p.add_argument("ref", metavar="REF", help=ref_help)
+    p.add_argument("file", metavar="FILE", help="where to write, or - for stdout")
+    p.add_argument("--codec", choices=("gzip", "zstd"), default="gzip", help="compression (gzip)")
+
+    p = command(
+        sub,
+        "open",
+        cmd_open,
+        "Open a browser on a profile (log in by hand, refresh it); Ctrl-C saves.",
+        OPEN_DESCRIPTION,
+    )
+    p.add_argument("ref", metavar="REF", help="profile id or name (created if missing)")
+    p.add_argument("--url", metavar="URL", help="the page to open")
     p.add_argument("--headed", action="store_true", help="show the window (needs a display)")
     p.add_argument("--readonly", action="store_true", help="a private copy; nothing is saved")
-    p.add_argument("--archetype", help="for a profile created here")
-    p.add_argument("--no-create", action="store_true", help="fail if the profile is missing")
-    p.add_argument("--exit", action="store_true", help="end (and commit) right after --url")
+    p.add_argument("--archetype", metavar="A", help="for a profile created here")
+    p.add_argument("--no-create", action="store_true", help="NotFound if the profile is missing")
+    p.add_argument("--exit", action="store_true", help="close and save right after --url loads")
+    _lock_timeout_option(p)
     return parser
 
 
-def exit_code(error: ProfileError) -> int:
-    return next(code for cls, code in EXIT_CODES if isinstance(error, cls))
+# ------------------------------------------------------------------------------- main
+
+
+@contextlib.contextmanager
+def _logging_to_stderr(verbosity: int) -> Iterator[None]:
+    """Log records to the current stderr for the duration of one command."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    previous = root.level
+    root.addHandler(handler)
+    root.setLevel({0: logging.WARNING, 1: logging.INFO}.get(verbosity, logging.DEBUG))
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(previous)
+
+
+def _run(args: argparse.Namespace) -> None:
+    if not args.needs_store:
+        args.handler(None, args)
+        return
+    with ProfileStore(args.home, max_profiles=args.max_profiles) as store:
+        args.handler(store, args)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``profiles`` command with ``argv`` (default ``sys.argv[1:]``); return the
+    exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
-    args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING,
-        format="%(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
     try:
-        with ProfileStore(args.home, max_profiles=args.max_profiles) as store:
-            args.handler(store, args)
-    except ProfileError as error:
-        if args.json:
-            _err(json.dumps({"error": error.to_dict()}, default=str))
-        else:
-            _err(f"error: {error.message}")
-        return exit_code(error)
+        args = parser.parse_args(argv)
     except UsageError as error:
-        _err(f"error: {error}")
-        return 2
-    except KeyboardInterrupt:
-        _err("interrupted")
-        return 130
+        if "--json" in argv:
+            _fail(True, "UsageError", 400, error.message)
+        else:
+            _err(f"{error.usage}{error.prog}: error: {error.message}")
+        return EXIT_USAGE
+    except SystemExit as done:  # --help
+        return done.code if isinstance(done.code, int) else 0
+    with _logging_to_stderr(args.verbose):
+        try:
+            _run(args)
+        except ProfileError as error:
+            if args.json:
+                _err(json.dumps({"error": error.to_dict()}, ensure_ascii=False, default=str))
+            else:
+                _err(f"error: {error.message}")
+            return exit_code(error)
+        except UsageError as error:
+            _fail(args.json, "UsageError", 400, error.message)
+            return EXIT_USAGE
+        except Declined as declined:
+            _fail(args.json, "Declined", 400, str(declined))
+            return EXIT_DECLINED
+        except BrokenPipeError:
+            # The reader went away (| head). Point stdout at /dev/null so the interpreter's
+            # final flush does not complain again.
+            with contextlib.suppress(OSError, ValueError):
+                devnull = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(devnull, sys.stdout.fileno())
+            return EXIT_BROKEN_PIPE
+        except OSError as error:
+            where = f": {error.filename}" if error.filename else ""
+            message = f"{error.strerror or error}{where}"
+            _fail(args.json, "OSError", 500, message, errno=error.errno)
+            return EXIT_OS_ERROR
+        except KeyboardInterrupt:
+            _err("interrupted")
+            return EXIT_INTERRUPTED
     return 0
 
 

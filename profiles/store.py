@@ -218,6 +218,18 @@ class ProfileStore:
             )
         )
 
+    def _add_profile(self, tx: CatalogTransaction, profile: Profile, **provenance: Any) -> None:
+        """Insert a new profile and its ``profile.created`` event (with where it came from)."""
+        tx.insert_profile(profile)
+        self._event(
+            tx,
+            "profile.created",
+            profile.id,
+            name=profile.name,
+            archetype=profile.archetype,
+            **provenance,
+        )
+
     def _check_cap(self, tx: CatalogTransaction) -> None:
         if self.max_profiles is None:
             return
@@ -278,8 +290,7 @@ class ProfileStore:
         )
         with self.catalog.transaction() as tx:
             self._check_cap(tx)
-            tx.insert_profile(profile)
-            self._event(tx, "profile.created", profile.id, name=name, archetype=arch.name)
+            self._add_profile(tx, profile)
         log.info("created profile %s (%s)", name, profile.id)
         return profile
 
@@ -417,16 +428,7 @@ class ProfileStore:
                 updated_at=now,
                 **state,
             )
-            tx.insert_profile(profile)
-            self._event(
-                tx,
-                "profile.created",
-                profile.id,
-                name=name,
-                archetype=arch.name,
-                cloned_from=source.id,
-                with_state=bool(state),
-            )
+            self._add_profile(tx, profile, cloned_from=source.id, with_state=bool(state))
         return profile
 
     # ------------------------------------------------------------------ snapshots
@@ -523,15 +525,7 @@ class ProfileStore:
                 created_at=now,
                 updated_at=now,
             )
-            tx.insert_profile(profile)
-            self._event(
-                tx,
-                "profile.created",
-                profile.id,
-                name=name,
-                archetype=profile.archetype,
-                restored_from_snapshot=snap.id,
-            )
+            self._add_profile(tx, profile, restored_from_snapshot=snap.id)
         return profile
 
     # ------------------------------------------------------------------ audit

@@ -259,6 +259,17 @@ KILLED_CHILD = textwrap.dedent(
 )
 
 
+def _signal_session_child(home: Path, base: str, signum: int) -> int:
+    """Run KILLED_CHILD until its session is open, send it ``signum``, return its exit code."""
+    with subprocess.Popen(
+        [sys.executable, "-c", KILLED_CHILD, str(home), base], stdout=subprocess.PIPE, text=True
+    ) as child:
+        assert child.stdout is not None
+        assert child.stdout.readline().strip() == "ready"
+        child.send_signal(signum)
+        return child.wait(timeout=60)
+
+
 def test_killed_session_frees_the_lock_and_keeps_the_last_commit(
     home: Path, http_server: str
 ) -> None:
@@ -266,16 +277,7 @@ def test_killed_session_frees_the_lock_and_keeps_the_last_commit(
     with ProfileStore(home) as store, Session(profile="victim", store=store) as page:
         page.goto(f"{http_server}/")
         page.evaluate("localStorage.setItem('counter', '7')")
-    child = subprocess.Popen(
-        [sys.executable, "-c", KILLED_CHILD, str(home), http_server],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert child.stdout is not None
-    assert child.stdout.readline().strip() == "ready"
-    child.send_signal(signal.SIGKILL)
-    child.wait(timeout=30)
-    child.stdout.close()
+    assert _signal_session_child(home, http_server, signal.SIGKILL) == -signal.SIGKILL
     with (
         ProfileStore(home) as store,
         Session(profile="victim", store=store, lock_timeout=30) as page,
@@ -286,16 +288,7 @@ def test_killed_session_frees_the_lock_and_keeps_the_last_commit(
 
 def test_sigterm_commits_like_a_normal_exit(home: Path, http_server: str) -> None:
     require_engine("chromium")
-    child = subprocess.Popen(
-        [sys.executable, "-c", KILLED_CHILD, str(home), http_server],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert child.stdout is not None
-    assert child.stdout.readline().strip() == "ready"
-    child.send_signal(signal.SIGTERM)
-    assert child.wait(timeout=60) == 128 + signal.SIGTERM
-    child.stdout.close()
+    assert _signal_session_child(home, http_server, signal.SIGTERM) == 128 + signal.SIGTERM
     with ProfileStore(home) as store, Session(profile="victim", store=store) as page:
         page.goto(f"{http_server}/")
         assert page.evaluate("window.readCounter()") == 99
