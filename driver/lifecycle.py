@@ -67,6 +67,7 @@ class SessionOptions(BaseModel):
     save: SaveMode = "always"
     allow_downgrade: bool = False
     keep_session_cookies: bool = True
+    commit_on_browser_close: bool = False
     launch_options: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -193,6 +194,11 @@ class SessionLifecycle:
                 launch[key] = value
         if opts.args:
             launch["args"] = list(opts.args)
+        # Ctrl-C in a terminal (and a SIGTERM or SIGHUP to the process group) reaches
+        # Playwright's driver too, which by default closes the browser at once: the session
+        # would see it vanish and keep the old state. Leave the signals to this process, whose
+        # teardown closes the browser and commits.
+        launch.update(handle_sigint=False, handle_sigterm=False, handle_sighup=False)
         launch.update(opts.launch_options)
         return launch
 

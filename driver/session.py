@@ -37,6 +37,11 @@ from profiles.store import ProfileStore
 
 __all__ = ["AsyncSession", "Session"]
 
+try:  # what Playwright raises once the browser is gone; not exported publicly
+    from playwright._impl._errors import TargetClosedError
+except ImportError:  # pragma: no cover - a Playwright that moved it
+    TargetClosedError = PlaywrightError  # type: ignore[assignment,misc]
+
 log = logging.getLogger(__name__)
 
 
@@ -98,6 +103,7 @@ class _SessionBase:
         save: SaveMode = "always",
         allow_downgrade: bool = False,
         keep_session_cookies: bool = True,
+        commit_on_browser_close: bool = False,
         launch_options: Mapping[str, Any] | None = None,
     ) -> None:
         """Open ``profile`` (an id or a name) when entered.
@@ -106,6 +112,9 @@ class _SessionBase:
         ``save`` decides what happens on exit: ``"always"`` commits the state even after an
         exception (a login that happened is real), ``"on_success"`` only after a clean exit,
         ``"never"`` discards it. Options given here override the archetype's device.
+        ``commit_on_browser_close`` treats a browser that closes by itself (a person
+        closing the window of a headed session) as the end of the session, and commits;
+        otherwise that counts as a crash and the previous state is kept.
         ``launch_options`` go to ``launch_persistent_context`` as they are.
         """
         self.options = SessionOptions(
@@ -124,6 +133,7 @@ class _SessionBase:
             save=save,
             allow_downgrade=allow_downgrade,
             keep_session_cookies=keep_session_cookies,
+            commit_on_browser_close=commit_on_browser_close,
             launch_options=dict(launch_options or {}),
         )
         self._owns_store = store is None
@@ -132,6 +142,7 @@ class _SessionBase:
         self._state = "new"  # new -> open -> closed
         self._closing = False
         self._crashed = False
+        self._closed_by_itself = False
 
     @property
     def profile(self) -> Profile:
@@ -155,10 +166,35 @@ class _SessionBase:
             )
         self._state = "starting"
 
-    def _on_close(self, *_: object) -> None:
-        if not self._closing:
+    def _browser_went_away(self) -> None:
+        """The browser exited without being asked: a person closed its window, or it
+        crashed. Only ``commit_on_browser_close`` makes that a clean end."""
+        if self._closed_by_itself:
+            return
+        self._closed_by_itself = True
+        if self.options.commit_on_browser_close:
+            log.info("the browser of the session on %s was closed", self._life.ref)
+        else:
             self._crashed = True
             log.warning("the browser of the session on %s went away", self._life.ref)
+
+    def _on_close(self, *_: object) -> None:
+        if not self._closing:
+            self._browser_went_away()
+
+    def _can_read_cookies(self) -> bool:
+        return (
+            self.options.keep_session_cookies and not self._crashed and not self._closed_by_itself
+        )
+
+    def _note_teardown_error(self, what: str, err: Exception) -> None:
+        """A teardown call failed: because the browser was already gone, or because
+        Playwright's driver died (a crash: the previous state is kept)."""
+        if isinstance(err, TargetClosedError):
+            self._browser_went_away()
+            return
+        log.warning("%s failed: %s", what, err)
+        self._crashed = True
 
     def _finish(self, exc: BaseException | None) -> None:
         try:
@@ -236,13 +272,15 @@ class Session(_SessionBase):
             return
         self._state = "closed"
         self._restore_sigterm()
-        if self._context is not None and not self._crashed and self.options.keep_session_cookies:
-            try:
-                self._life.save_session_cookies(list(self._context.cookies()))  # type: ignore[arg-type]
-            except PlaywrightError:
-                self._crashed = True
-        self._stop_browser()
-        self._finish(exc)
+        try:
+            if self._context is not None and self._can_read_cookies():
+                try:
+                    self._life.save_session_cookies(list(self._context.cookies()))  # type: ignore[arg-type]
+                except Exception as err:  # a dead driver raises plain Exception
+                    self._note_teardown_error("reading the session cookies", err)
+            self._stop_browser()
+        finally:
+            self._finish(exc)
 
     def close(self) -> None:
         """End the session as a clean exit would."""
@@ -254,15 +292,17 @@ class Session(_SessionBase):
             if self._context is not None:
                 try:
                     self._context.close()
-                except PlaywrightError as err:
-                    log.warning("closing the browser failed: %s", err)
-                    self._crashed = True
+                except Exception as err:
+                    self._note_teardown_error("closing the browser", err)
         finally:
             self._context = None
             self._page = None
             if self._playwright is not None:
                 self._playwright = None
-                _thread_playwright.release()
+                try:
+                    _thread_playwright.release()
+                except Exception as err:
+                    log.warning("stopping Playwright failed: %s", err)
 
     def _install_sigterm(self) -> None:
         if threading.current_thread() is not threading.main_thread():
@@ -341,14 +381,16 @@ class AsyncSession(_SessionBase):
         if self._state != "open":
             return
         self._state = "closed"
-        if self._context is not None and not self._crashed and self.options.keep_session_cookies:
-            try:
-                cookies = await self._context.cookies()
-                self._life.save_session_cookies(list(cookies))  # type: ignore[arg-type]
-            except PlaywrightError:
-                self._crashed = True
-        await self._stop_browser()
-        await asyncio.to_thread(self._finish, exc)
+        try:
+            if self._context is not None and self._can_read_cookies():
+                try:
+                    cookies = await self._context.cookies()
+                    self._life.save_session_cookies(list(cookies))  # type: ignore[arg-type]
+                except Exception as err:  # a dead driver raises plain Exception
+                    self._note_teardown_error("reading the session cookies", err)
+            await self._stop_browser()
+        finally:
+            await asyncio.to_thread(self._finish, exc)
 
     async def close(self) -> None:
         """End the session as a clean exit would."""
@@ -360,12 +402,14 @@ class AsyncSession(_SessionBase):
             if self._context is not None:
                 try:
                     await self._context.close()
-                except PlaywrightError as err:
-                    log.warning("closing the browser failed: %s", err)
-                    self._crashed = True
+                except Exception as err:
+                    self._note_teardown_error("closing the browser", err)
         finally:
             self._context = None
             self._page = None
             if self._playwright is not None:
-                await self._playwright.stop()
-                self._playwright = None
+                playwright, self._playwright = self._playwright, None
+                try:
+                    await playwright.stop()
+                except Exception as err:
+                    log.warning("stopping Playwright failed: %s", err)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import multiprocessing
 import os
@@ -507,3 +508,55 @@ def test_session_archetype_mistakes_are_reported(store: ProfileStore) -> None:
     ):
         pass
     assert [p.name for p in store.list().data] == ["pinned"]
+
+
+def _close_browser_from_inside(page: object) -> None:
+    """Make Chromium shut itself down gracefully, as when a person closes its last window."""
+    from playwright.sync_api import Page
+
+    assert isinstance(page, Page)
+    cdp = page.context.new_cdp_session(page)
+    with contextlib.suppress(PlaywrightError):
+        cdp.send("Browser.close")
+    deadline = time.monotonic() + 20
+    while page.context.pages and time.monotonic() < deadline:
+        time.sleep(0.1)
+
+
+@pytest.mark.parametrize("commit", [True, False])
+def test_a_browser_closed_by_hand(store: ProfileStore, http_server: str, commit: bool) -> None:
+    require_engine("chromium")
+    name = f"byhand-{commit}"
+    with Session(profile=name, store=store) as page:
+        page.goto(f"{http_server}/")
+        page.evaluate("localStorage.setItem('counter', '1')")
+    with Session(profile=name, store=store, commit_on_browser_close=commit) as page:
+        page.goto(f"{http_server}/")
+        page.evaluate("localStorage.setItem('counter', '2')")
+        _close_browser_from_inside(page)
+    ended = store.audit(profile=name, limit=1).data[0]
+    assert ended.type == "session.ended"
+    assert ended.payload["committed"] is commit
+    assert ended.payload["outcome"] == ("ok" if commit else "crashed")
+    with Session(profile=name, store=store, readonly=True) as page:
+        page.goto(f"{http_server}/")
+        assert page.evaluate("window.readCounter()") == (2 if commit else 1)
+
+
+def test_ctrl_c_in_a_terminal_commits(home: Path, http_server: str) -> None:
+    """Ctrl-C reaches the whole process group, Playwright's driver and browser included."""
+    require_engine("chromium")
+    with subprocess.Popen(
+        [sys.executable, "-c", KILLED_CHILD, str(home), http_server],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        start_new_session=True,
+    ) as child:
+        assert child.stdout is not None
+        assert child.stdout.readline().strip() == "ready"
+        os.killpg(child.pid, signal.SIGINT)
+        assert child.wait(timeout=60) != 0  # KeyboardInterrupt, after the session ended
+    with ProfileStore(home) as store, Session(profile="victim", store=store) as page:
+        page.goto(f"{http_server}/")
+        assert page.evaluate("window.readCounter()") == 99
