@@ -23,7 +23,9 @@ Exit codes:
 141  stdout closed early (``profiles list | head``)
 ===  ===================================================================================
 
-``profiles open`` ends with Ctrl-C and still exits 0: that is how a session is saved.
+``profiles open`` ends with Ctrl-C (or SIGTERM), or, headed, when the browser window is
+closed, and exits 0 once the state is committed. A headless browser that exits on its own
+(a crash) is not committed, and ``open`` says so and exits 1 (StateCommitFailed).
 """
 
 from __future__ import annotations
@@ -33,14 +35,17 @@ import contextlib
 import json
 import logging
 import os
+import signal
 import sys
+import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
+from types import FrameType
 from typing import IO, TYPE_CHECKING, Any, NoReturn, TextIO
 
 from pydantic import BaseModel
 
-from profiles.archetypes import all_archetypes, get_archetype
+from profiles.archetypes import all_archetypes
 from profiles.errors import (
     BrowserNotFound,
     Conflict,
@@ -516,15 +521,39 @@ def _check_display(args: argparse.Namespace) -> None:
         )
 
 
-def _wait_until_closed(session: Session) -> bool:
-    """Block until the browser goes away (True) or Ctrl-C (False)."""
+class _Terminated(BaseException):
+    """SIGTERM during ``profiles open``: end the session as Ctrl-C does. A BaseException,
+    like KeyboardInterrupt, so that asyncio and Playwright hand it to the waiting caller."""
+
+
+def _raise_terminated(signum: int, frame: FrameType | None) -> None:
+    raise _Terminated
+
+
+@contextlib.contextmanager
+def _sigterm_ends_the_wait() -> Iterator[None]:
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _wait_until_closed(session: Session, banner: str) -> bool:
+    """Print ``banner``, then block until the browser goes away (True), or Ctrl-C or
+    SIGTERM (False)."""
     from playwright.sync_api import Error as PlaywrightError
 
     try:
-        # Playwright raises a Ctrl-C that arrives during a sync wait in the caller and
-        # keeps its loop intact, so the session can still close the browser and commit.
-        session.context.wait_for_event("close", timeout=0)
-    except KeyboardInterrupt:
+        with _sigterm_ends_the_wait():
+            _err(banner)  # inside the try: a Ctrl-C right after it must not escape
+            # Playwright raises a signal's exception that arrives during a sync wait in the
+            # caller and keeps its loop intact, so the session can still close and commit.
+            session.context.wait_for_event("close", timeout=0)
+    except (KeyboardInterrupt, _Terminated):
         return False
     except PlaywrightError as exc:  # the driver connection went away
         log.warning("lost the browser: %s", exc)
@@ -535,67 +564,45 @@ def cmd_open(store: ProfileStore, args: argparse.Namespace) -> None:
     _check_display(args)
     from driver import Session  # the one place the profiles package reaches up to the driver
 
-    # Resolve (or create) the profile here, not inside Session: Session turns a failed
-    # create (bad name, unknown archetype, TierLimit) into NotFound and ignores an
-    # archetype that differs from an existing profile's.
-    try:
-        profile = store.get(args.ref)
-    except NotFound:
-        if args.no_create:
-            raise
-        profile = store.create(args.ref, archetype=args.archetype)
-        log.info("created profile %s (%s)", profile.name, profile.id)
-    else:
-        if args.archetype is not None and get_archetype(args.archetype).name != profile.archetype:
-            raise ValidationFailed(
-                f"Profile {profile.name!r} is pinned to {profile.archetype!r}, not "
-                f"{args.archetype!r}; archetypes cannot change. Drop --archetype, or clone it "
-                f"(profiles clone {profile.name} --archetype {args.archetype}).",
-                field="archetype",
-            )
     session = Session(
-        profile=profile.name,
+        profile=args.ref,
         store=store,
         headless=not args.headed,
         readonly=args.readonly,
         lock_timeout=args.lock_timeout,
         start_url=args.url,
-        create=False,
-        # Ctrl-C in a terminal reaches the whole process group, Playwright's driver too;
-        # by default the driver then closes the browser itself, the session sees the
-        # browser vanish and keeps the old state. Leave Ctrl-C to this process.
-        launch_options={"handle_sigint": False},
+        create=not args.no_create,
+        archetype=args.archetype,
+        # A person closing the window is how a headed session ends: commit then.
+        commit_on_browser_close=args.headed,
     )
     browser_went_away = False
     with session:
         before = session.profile
+        name = before.name
         if not args.exit:
             saves = "nothing is saved: read-only" if args.readonly else "that saves the profile"
             if args.headed:
-                hint = (
-                    f"Press Ctrl-C here to close the browser ({saves}). Closing the browser "
-                    "window instead ends the session without saving."
-                )
+                hint = f"Close the browser window or press Ctrl-C here ({saves})."
             else:
                 hint = f"Press Ctrl-C to close the browser ({saves})."
             where = f" at {args.url}" if args.url else ""
-            _err(f"Browser open on profile {profile.name}{where}. {hint}")
-            browser_went_away = _wait_until_closed(session)
+            banner = f"Browser open on profile {name}{where}. {hint}"
+            browser_went_away = _wait_until_closed(session, banner)
             if not browser_went_away:
                 _err("closing the browser" + ("" if args.readonly else " and saving the profile"))
     after = session.profile
     saved = after.blob_uploaded_at != before.blob_uploaded_at
     if not args.readonly and not saved:
-        why = (
-            "the browser closed on its own (window closed, or the browser exited)"
-            if browser_went_away
-            else "the session did not commit"
-        )
-        raise StateCommitFailed(
-            f"Nothing was saved to {profile.name!r}: {why}, and the session keeps the previous "
-            "state then. End 'profiles open' with Ctrl-C in the terminal to save.",
-            profile_id=profile.id,
-        )
+        if browser_went_away:
+            message = (
+                f"Nothing was saved to {name!r}: the browser exited on its own, and a "
+                "session keeps the previous state then. End 'profiles open' with Ctrl-C in "
+                "the terminal to save."
+            )
+        else:
+            message = f"Nothing was saved to {name!r}: the session did not commit."
+        raise StateCommitFailed(message, profile_id=before.id)
     if args.json:
         _json(after)
     elif args.readonly:
@@ -613,7 +620,8 @@ OPEN_DESCRIPTION = """\
 Open a browser on a profile, to log in by hand or to refresh it; saving it when it ends.
 
 The profile is created (with --archetype, default desktop-chromium) if it does not exist,
-unless --no-create. Press Ctrl-C in this terminal to close the browser and commit its state.
+unless --no-create. Press Ctrl-C in this terminal (or send SIGTERM to this process) to close
+the browser and commit its state.
 With --headed a window is shown (Linux needs DISPLAY or WAYLAND_DISPLAY: use
 'xvfb-run profiles open ...' on a server); closing that window ends the session WITHOUT
 saving, because the session cannot tell it from a crash. Without --headed the browser runs
@@ -703,7 +711,9 @@ def build_parser() -> argparse.ArgumentParser:
     ref_help = "profile id or name"
 
     p = command(sub, "create", cmd_create, "Create an empty profile.")
-    p.add_argument("name", metavar="NAME", help="1 to 64 characters, no whitespace; unique in the store")
+    p.add_argument(
+        "name", metavar="NAME", help="1 to 64 characters, no whitespace; unique in the store"
+    )
     p.add_argument(
         "--archetype", metavar="A", help="engine + device for life (default desktop-chromium)"
     )
@@ -870,9 +880,10 @@ def _logging_to_stderr(verbosity: int) -> Iterator[None]:
 def _run(args: argparse.Namespace) -> None:
     if not args.needs_store:
         args.handler(None, args)
-        return
-    with ProfileStore(args.home, max_profiles=args.max_profiles) as store:
-        args.handler(store, args)
+    else:
+        with ProfileStore(args.home, max_profiles=args.max_profiles) as store:
+            args.handler(store, args)
+    sys.stdout.flush()  # here, so that a closed pipe is reported like any other error
 
 
 def main(argv: Sequence[str] | None = None) -> int:

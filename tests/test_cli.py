@@ -1,21 +1,41 @@
-"""The ``profiles`` command: every command, JSON output, exit codes, and the README."""
+"""The ``profiles`` command: every command, JSON shapes, exit codes, real sessions, the README.
+
+Most tests call :func:`profiles.cli.main` in-process; a few run the real entry points
+(``python -m profiles.cli``, ``python -m profiles``, the ``profiles`` script) as subprocesses.
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import gzip
+import io
 import json
+import os
+import signal
 import subprocess
 import sys
+import tarfile
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from playwright.sync_api import Error as PlaywrightError
+from playwright.sync_api import Page
 
+import driver
+from driver import Session
 from profiles import ProfileStore
-from profiles.cli import build_parser, main
+from profiles.cli import _Progress, build_parser, main
 
 from conftest import require_engine
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+ROOT = Path(__file__).resolve().parent.parent
+README = ROOT / "README.md"
+PYTHON = sys.executable  # the project's .venv/bin/python under the test run
+GZIP_MAGIC = b"\x1f\x8b"
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
@@ -24,89 +44,274 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
     return code, out, err
 
 
-def run_json(capsys: pytest.CaptureFixture[str], *argv: str) -> object:
+def run_json(capsys: pytest.CaptureFixture[str], *argv: str) -> Any:
     code, out, err = run(capsys, *argv, "--json")
     assert code == 0, err
     return json.loads(out)
 
 
-def test_profile_commands_and_json_shapes(capsys: pytest.CaptureFixture[str]) -> None:
+def cli(*argv: str, **kwargs: Any) -> subprocess.CompletedProcess[bytes]:
+    """``python -m profiles.cli ARGV`` in a subprocess (PROFILES_HOME is inherited)."""
+    return subprocess.run(
+        [PYTHON, "-m", "profiles.cli", *argv], capture_output=True, check=False, **kwargs
+    )
+
+
+class _Terminal(io.StringIO):
+    """Text that claims to be a terminal (stdin for the delete prompt, stderr for the bar)."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.fixture
+def no_tty_stdin(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    with open(os.devnull) as devnull:
+        monkeypatch.setattr(sys, "stdin", devnull)
+        yield
+
+
+@pytest.fixture
+def state_archive(store: ProfileStore, http_server: str, tmp_path: Path) -> Path:
+    """A .tar.gz of a real Chromium profile that holds the /set-cookie cookies."""
+    require_engine("chromium")
+    with Session(profile="source", store=store) as page:
+        page.goto(f"{http_server}/set-cookie")
+    archive = tmp_path / "source.tar.gz"
+    store.export_state("source", archive)
+    return archive
+
+
+# ---------------------------------------------------------------------------- profiles
+
+
+def test_profile_commands_and_their_json(capsys: pytest.CaptureFixture[str]) -> None:
     created = run_json(
         capsys, "create", "prod", "--description", "main", "--label", "team=qa", "--label", "a=b"
     )
-    assert isinstance(created, dict)
     assert created["name"] == "prod" and created["labels"] == {"a": "b", "team": "qa"}
+    assert created["archetype"] == "desktop-chromium" and created["status"] == "empty"
     assert created["created_at"].endswith("Z")
 
-    code, out, _ = run(capsys, "list")
-    assert code == 0 and "prod" in out and "desktop-chromium" in out
+    # --json (and the other global options) work before the command as well as after it
+    code, out, _ = run(capsys, "--json", "show", "prod")
+    assert code == 0 and json.loads(out)["id"] == created["id"]
+    assert run_json(capsys, "show", created["id"])["name"] == "prod"
 
-    listing = run_json(capsys, "list", "--limit", "1")
-    assert isinstance(listing, dict)
-    assert set(listing) == {"data", "has_more", "next_cursor"}
-    # --json works before the command as well as after it
-    assert json.loads(run(capsys, "--json", "show", "prod")[1])["id"] == created["id"]
+    code, out, _ = run(capsys, "show", "prod")
+    assert code == 0
+    assert "labels" in out and "a=b, team=qa" in out and "description       main" in out
 
     updated = run_json(capsys, "update", "prod", "--name", "prod-eu", "--clear-description")
-    assert isinstance(updated, dict)
     assert updated["name"] == "prod-eu" and updated["description"] is None
-    relabelled = run_json(capsys, "update", "prod-eu", "--label", "team=data")
-    assert isinstance(relabelled, dict)
-    assert relabelled["labels"] == {"a": "b", "team": "data"}
-    assert run_json(capsys, "update", "prod-eu", "--clear-labels")["labels"] == {}  # type: ignore[index]
+    # --label adds to the labels there are; --clear-labels --label replaces them
+    relabelled = run_json(capsys, "update", "prod-eu", "--label", "team=data", "--label", "x=")
+    assert relabelled["labels"] == {"a": "b", "team": "data", "x": ""}
+    replaced = run_json(capsys, "update", "prod-eu", "--clear-labels", "--label", "only=1")
+    assert replaced["labels"] == {"only": "1"}
+    assert run_json(capsys, "update", "prod-eu", "--clear-labels")["labels"] == {}
+    # the archetype is accepted when it does not change
+    assert run_json(capsys, "update", "prod-eu", "--archetype", "desktop-chromium")["id"]
 
     clone = run_json(capsys, "clone", "prod-eu")
-    assert isinstance(clone, dict) and clone["name"] == "prod-eu-copy"
+    assert clone["name"] == "prod-eu-copy" and clone["id"] != created["id"]
+    mobile = run_json(capsys, "clone", "prod-eu", "--name", "phone", "--archetype", "pixel-7")
+    assert mobile["archetype"] == "pixel-7"
 
     code, out, _ = run(capsys, "delete", "prod-eu-copy", "--yes")
-    assert code == 0 and "deleted prod-eu-copy" in out
-    assert [p["name"] for p in run_json(capsys, "list", "--all")["data"]] == ["prod-eu"]  # type: ignore[index]
+    assert code == 0 and out.startswith("deleted prod-eu-copy (prof_")
+    gone = run_json(capsys, "delete", "phone", "-y")
+    assert gone == {"deleted": mobile["id"], "name": "phone"}
+    listing = run_json(capsys, "list", "--all")
+    assert [p["name"] for p in listing["data"]] == ["prod-eu"]
 
 
-def test_snapshot_commands(capsys: pytest.CaptureFixture[str]) -> None:
-    run_json(capsys, "create", "base", "--description", "kept")
-    snap = run_json(capsys, "snapshot", "create", "base", "--label", "v1")
-    assert isinstance(snap, dict) and snap["id"].startswith("psnap_")
-    assert run_json(capsys, "snapshot", "show", snap["id"])["label"] == "v1"  # type: ignore[index]
-    every = run_json(capsys, "snapshot", "list")
-    one = run_json(capsys, "snapshot", "list", "base")
-    assert every == one
+def test_list_pages_and_table(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "list")
+    assert code == 0 and out == "(no profiles)\n"
+    for name in ("one", "two", "three"):
+        run_json(capsys, "create", name)
+
+    first = run_json(capsys, "list", "--limit", "2")
+    assert set(first) == {"data", "has_more", "next_cursor"}
+    assert [p["name"] for p in first["data"]] == ["three", "two"]
+    assert first["has_more"] is True and first["next_cursor"] == first["data"][-1]["id"]
+    rest = run_json(capsys, "list", "--limit", "2", "--cursor", first["next_cursor"])
+    assert [p["name"] for p in rest["data"]] == ["one"] and rest["has_more"] is False
+    every = run_json(capsys, "list", "--limit", "1", "--all")
+    assert [p["name"] for p in every["data"]] == ["three", "two", "one"]
+    assert every["has_more"] is False and every["next_cursor"] is None
+
+    code, out, err = run(capsys, "list", "--limit", "2")
+    assert code == 0
+    header, *rows = out.splitlines()
+    assert header.split() == ["NAME", "ID", "ARCHETYPE", "STATUS", "SIZE", "USAGE", "LAST", "USED"]
+    assert [r.split()[0] for r in rows] == ["three", "two"]
+    # aligned columns: every row's id starts under the ID header
+    column = header.index("ID")
+    assert all(r[column:].startswith("prof_") for r in rows)
+    assert f"--cursor {first['next_cursor']}" in err  # the next-page hint, not on stdout
+
+
+def test_delete_asks_on_a_terminal(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run_json(capsys, "create", "keep")
+    monkeypatch.setattr(sys, "stdin", _Terminal("n\n"))
+    code, out, err = run(capsys, "delete", "keep")
+    assert code == 1 and not out
+    assert "Delete profile 'keep'" in err and "Not deleted" in err
+    assert run_json(capsys, "show", "keep")["name"] == "keep"
+
+    monkeypatch.setattr(sys, "stdin", _Terminal("yes\n"))
+    code, out, _ = run(capsys, "delete", "keep")
+    assert code == 0 and "deleted keep" in out
+    assert run(capsys, "show", "keep")[0] == 3
+
+
+def test_delete_without_a_terminal_needs_yes(
+    capsys: pytest.CaptureFixture[str], no_tty_stdin: None
+) -> None:
+    run_json(capsys, "create", "keep")
+    for extra in ((), ("--json",)):
+        code, out, err = run(capsys, "delete", "keep", *extra)
+        assert code == 2 and not out
+        assert "stdin is not a terminal" in err and "--yes" in err
+    assert run_json(capsys, "show", "keep")["name"] == "keep"
+
+
+# ---------------------------------------------------------------------------- snapshots
+
+
+def test_snapshot_lifecycle(capsys: pytest.CaptureFixture[str]) -> None:
+    base = run_json(capsys, "create", "base", "--description", "kept", "--archetype", "pixel-7")
+    run_json(capsys, "create", "other")
+    snap = run_json(capsys, "snapshot", "create", "base", "--label", "v1", "--description", "d")
+    assert snap["id"].startswith("psnap_") and snap["parent_profile_id"] == base["id"]
+    assert snap["label"] == "v1" and snap["parent_archetype"] == "pixel-7"
+    run_json(capsys, "snapshot", "create", "other")
+
+    shown = run_json(capsys, "snapshot", "show", snap["id"])
+    assert shown == snap
+    mine = run_json(capsys, "snapshot", "list", "base")
+    assert [s["id"] for s in mine["data"]] == [snap["id"]] and mine["has_more"] is False
+    assert len(run_json(capsys, "snapshot", "list")["data"]) == 2
+    assert len(run_json(capsys, "snapshot", "list", "--limit", "1", "--all")["data"]) == 2
+    code, out, _ = run(capsys, "snapshot", "list", "base")
+    assert code == 0 and out.split()[:6] == [
+        "ID",
+        "PARENT",
+        "LABEL",
+        "ARCHETYPE",
+        "SIZE",
+        "CAPTURED",
+    ]
+    assert snap["id"] in out and "v1" in out
+
+    # restore: a new profile, the parent untouched; the parent may even be gone
     restored = run_json(capsys, "snapshot", "restore", snap["id"])
-    assert isinstance(restored, dict) and restored["name"] == "base-restored"
+    assert restored["name"] == "base-restored" and restored["archetype"] == "pixel-7"
+    assert restored["description"] == "d"  # the snapshot's description, not the parent's
+    assert run_json(capsys, "delete", "base", "--yes")["deleted"] == base["id"]
+    again = run_json(capsys, "snapshot", "restore", snap["id"], "--name", "base-again")
+    assert again["name"] == "base-again"
+    code, _, err = run(capsys, "--max-profiles", "3", "snapshot", "restore", snap["id"])
+    assert code == 5 and "at most 3" in err
+
     code, out, _ = run(capsys, "snapshot", "delete", snap["id"])
-    assert code == 0 and snap["id"] in out
+    assert code == 0 and out == f"deleted {snap['id']}\n"
     assert run(capsys, "snapshot", "show", snap["id"])[0] == 3
+    assert run(capsys, "snapshot", "delete", snap["id"])[0] == 3
+    assert run(capsys, "snapshot", "restore", snap["id"])[0] == 3
+    assert run(capsys, "snapshot", "list", "nobody")[0] == 3
+    code, out, _ = run(capsys, "snapshot", "list", "base-again")
+    assert code == 0 and out == "(no snapshots)\n"
 
 
-def test_audit_and_archetypes(capsys: pytest.CaptureFixture[str]) -> None:
-    run_json(capsys, "create", "one")
+# ---------------------------------------------------------------------------- audit, archetypes
+
+
+def test_audit_filters_by_profile(capsys: pytest.CaptureFixture[str]) -> None:
+    one = run_json(capsys, "create", "one")
     run_json(capsys, "create", "two")
-    events = run_json(capsys, "audit", "--profile", "one")
-    assert isinstance(events, dict)
-    assert [e["type"] for e in events["data"]] == ["profile.created"]
-    assert len(run_json(capsys, "audit")["data"]) == 2  # type: ignore[index]
+    run_json(capsys, "update", "one", "--description", "changed")
 
+    events = run_json(capsys, "audit", "--profile", "one")
+    assert set(events) == {"data", "has_more", "next_cursor"}
+    assert [e["type"] for e in events["data"]] == ["profile.updated", "profile.created"]
+    assert {e["profile_id"] for e in events["data"]} == {one["id"]}
+    assert len(run_json(capsys, "audit")["data"]) == 3
+    page = run_json(capsys, "audit", "--limit", "1")
+    assert len(page["data"]) == 1 and page["has_more"] is True
+
+    # a deleted profile's events stay readable by its id
+    run_json(capsys, "delete", "one", "--yes")
+    kept = run_json(capsys, "audit", "--profile", one["id"])
+    assert [e["type"] for e in kept["data"]] == [
+        "profile.deleted",
+        "profile.updated",
+        "profile.created",
+    ]
+    assert run(capsys, "audit", "--profile", "nobody")[0] == 3
+
+    code, out, _ = run(capsys, "audit", "--profile", "two")
+    assert code == 0 and out.split()[:4] == ["AT", "TYPE", "PROFILE", "DETAILS"]
+    assert "profile.created" in out and "name=two" in out
+
+
+def test_archetypes_filter_by_engine(capsys: pytest.CaptureFixture[str], home: Path) -> None:
     firefox = run_json(capsys, "archetypes", "--engine", "firefox")
-    assert isinstance(firefox, list)
-    assert {a["name"] for a in firefox} == {"desktop-firefox", "desktop-firefox-hidpi"}
-    code, out, _ = run(capsys, "archetypes")
-    assert code == 0 and "iphone-15-pro" in out and "pixel-7" in out
+    assert set(firefox) == {"data", "has_more", "next_cursor"} and firefox["has_more"] is False
+    assert {a["engine"] for a in firefox["data"]} == {"firefox"}
+    assert "desktop-firefox" in {a["name"] for a in firefox["data"]}
+
+    code, out, _ = run(capsys, "archetypes", "--engine", "chromium")
+    assert code == 0
+    header, *rows = out.splitlines()
+    assert header.split() == ["NAME", "ENGINE", "DEVICE", "VIEWPORT", "MOBILE"]
+    by_name = {r.split()[0]: r for r in rows}
+    assert "pixel-7" in by_name and "iphone-15-pro" not in by_name
+    assert by_name["pixel-7"].rstrip().endswith("yes")
+    assert "1280x720" in by_name["desktop-chromium"]
+    assert run(capsys, "archetypes", "--engine", "opera")[0] == 2
+    assert not home.exists()  # listing archetypes needs no store
+
+
+# ---------------------------------------------------------------------------- errors
 
 
 @pytest.mark.parametrize(
     ("argv", "code", "message"),
     [
-        (["create", "bad name"], 2, "whitespace"),
-        (["create", "x" * 65], 2, "65 characters"),
-        (["create", "ok", "--archetype", "iphone-15-por"], 2, "iphone-15-pro"),
-        (["create", "ok", "--label", "novalue"], 2, "KEY=VALUE"),
-        (["show", "missing"], 3, "not found"),
-        (["create", "taken"], 4, "already exists"),
-        (["--max-profiles", "1", "create", "more"], 5, "at most 1"),
-        (["update", "taken", "--archetype", "pixel-7"], 2, "clone"),
-        (["export", "taken", "out.tar.gz"], 2, "no data to download"),
-        (["delete", "taken"], 2, "--yes"),
-        (["list", "--limit", "101"], 2, "1 to 100"),
+        pytest.param(["create", "bad name"], 2, "whitespace", id="validation-name"),
+        pytest.param(["create", "x" * 65], 2, "65 characters", id="validation-length"),
+        pytest.param(
+            ["create", "ok", "--archetype", "iphone-15-por"], 2, "iphone-15-pro", id="archetype"
+        ),
+        pytest.param(["create", "ok", "--label", "novalue"], 2, "KEY=VALUE", id="label-syntax"),
+        pytest.param(["create", "ok", "--label", "=v"], 2, "Label key ''", id="label-key"),
+        pytest.param(["update", "taken", "--archetype", "pixel-7"], 2, "clone", id="sticky"),
+        pytest.param(["update", "taken"], 2, "Nothing to change", id="update-nothing"),
+        pytest.param(
+            ["update", "taken", "--description", "d", "--clear-description"],
+            2,
+            "not allowed with",
+            id="update-exclusive",
+        ),
+        pytest.param(["export", "taken", "out.tar.gz"], 2, "no data to download", id="no-state"),
+        pytest.param(["list", "--limit", "101"], 2, "1 to 100", id="limit"),
+        pytest.param(["list", "--limit", "many"], 2, "invalid int", id="limit-type"),
+        pytest.param(["list", "--cursor", "prof_gone"], 2, "cursor", id="cursor"),
+        pytest.param(["frobnicate"], 2, "invalid choice", id="unknown-command"),
+        pytest.param([], 2, "required", id="no-command"),
+        pytest.param(["snapshot"], 2, "required", id="no-snapshot-command"),
+        pytest.param(["show", "missing"], 3, "not found", id="not-found"),
+        pytest.param(["delete", "missing", "--yes"], 3, "not found", id="delete-missing"),
+        pytest.param(["create", "taken"], 4, "already exists", id="conflict"),
+        pytest.param(["clone", "taken", "--name", "taken"], 4, "already exists", id="clone"),
+        pytest.param(["--max-profiles", "1", "create", "more"], 5, "at most 1", id="tier"),
+        pytest.param(["clone", "taken", "--max-profiles", "1"], 5, "at most 1", id="tier-clone"),
+        pytest.param(["--max-profiles", "-1", "list"], 2, "negative", id="max-profiles"),
     ],
 )
 def test_errors_map_to_exit_codes(
@@ -118,41 +323,94 @@ def test_errors_map_to_exit_codes(
     message: str,
 ) -> None:
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(sys, "stdin", open("/dev/null"))  # noqa: SIM115 - not a terminal
     assert main(["create", "taken"]) == 0
     capsys.readouterr()
     got, out, err = run(capsys, *argv)
-    sys.stdin.close()
-    assert got == code, err
-    assert message in err
+    assert (got, message in err) == (code, True), err
     assert not out
 
 
-def test_json_errors_are_machine_readable(capsys: pytest.CaptureFixture[str]) -> None:
+def test_json_errors_go_to_stderr_as_one_document(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, err = run(capsys, "show", "ghost", "--json")
     assert code == 3 and not out
     body = json.loads(err)["error"]
-    assert body["code"] == "NotFound" and body["status"] == 404
+    assert body["code"] == "NotFound" and body["status"] == 404 and body["ref"] == "ghost"
+
+    run_json(capsys, "create", "one")
+    code, out, err = run(capsys, "--json", "--max-profiles", "1", "create", "two")
+    assert code == 5 and not out
+    body = json.loads(err)["error"]
+    assert body["code"] == "TierLimit" and (body["limit"], body["current"]) == (1, 1)
+
+    code, out, err = run(capsys, "create", "x", "--label", "novalue", "--json")
+    assert code == 2 and not out
+    assert json.loads(err)["error"]["code"] == "UsageError"
 
 
-def test_import_export_and_open(
-    capsys: pytest.CaptureFixture[str], tmp_path: Path, http_server: str
+def test_file_errors_and_a_closed_pipe(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    require_engine("chromium")
-    opened = run_json(capsys, "open", "web", "--url", f"{http_server}/set-cookie", "--exit")
-    assert isinstance(opened, dict)
-    assert opened["status"] == "ready" and opened["cookie_domains"] == ["127.0.0.1"]
+    run_json(capsys, "create", "one")
+    code, out, err = run(capsys, "import", "one", str(tmp_path / "missing.tar.gz"))
+    assert code == 2 and "No file provided" in err and not out
+    garbage = tmp_path / "garbage.tar.gz"
+    garbage.write_bytes(b"not an archive at all")
+    code, _, err = run(capsys, "import", "one", str(garbage), "--json")
+    assert code == 2 and json.loads(err)["error"]["code"] == "ArchiveInvalid"
+    assert run_json(capsys, "show", "one")["status"] == "empty"
 
-    archive = tmp_path / "web.tar.zst"
-    exported = run_json(capsys, "export", "web", str(archive), "--codec", "zstd")
-    assert isinstance(exported, dict) and exported["bytes"] == archive.stat().st_size
+    class ClosedPipe(io.StringIO):
+        def write(self, text: str) -> int:
+            raise BrokenPipeError
 
-    run_json(capsys, "create", "copy")
-    imported = run_json(capsys, "import", "copy", str(archive))
-    assert isinstance(imported, dict) and imported["cookie_domains"] == ["127.0.0.1"]
+    monkeypatch.setattr(sys, "stdout", ClosedPipe())
+    assert main(["list"]) == 141
 
-    code, _, err = run(capsys, "import", "copy", str(tmp_path / "nothing.tar.gz"))
-    assert code == 2 and "No file provided" in err
+
+def test_import_waits_for_the_writer_lock(
+    capsys: pytest.CaptureFixture[str], store: ProfileStore, tmp_path: Path
+) -> None:
+    store.create("busy")
+    archive = tmp_path / "any.tar.gz"
+    archive.write_bytes(b"whatever")
+    with store.lock("busy"):
+        code, _, err = run(capsys, "import", "busy", str(archive), "--lock-timeout", "0")
+    assert code == 4 and "is in use by pid" in err
+
+
+def test_verbose_logs_to_stderr_for_one_command_only(capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(capsys, "-v", "create", "one")
+    assert code == 0 and "INFO profiles.store: created profile one" in err
+    code, _, err = run(capsys, "create", "two")
+    assert code == 0 and not err
+
+
+def test_help(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "--help")
+    assert code == 0 and "exit codes" in out and "snapshot" in out
+    code, out, _ = run(capsys, "open", "--help")
+    assert code == 0 and "xvfb-run" in out and "--exit" in out
+
+
+def test_progress_bar_only_on_a_terminal_and_for_big_files() -> None:
+    big = 8 * 1024 * 1024
+    terminal = _Terminal()
+    bar = _Progress(big, "importing", stream=terminal)
+    for done in range(0, big + 1, big // 4):
+        bar(done)
+    bar.finish()
+    shown = terminal.getvalue()
+    assert "importing [" in shown and "100%" in shown and " 50%" in shown
+    assert shown.endswith("\n")
+
+    for total, stream in ((1024 * 1024, _Terminal()), (big, io.StringIO()), (None, _Terminal())):
+        quiet = _Progress(total, "exporting", stream=stream)
+        quiet(1024)
+        quiet.finish()
+        assert stream.getvalue() == ""
+
+
+# ---------------------------------------------------------------------------- open, no browser
 
 
 def test_open_headed_without_a_display(
@@ -161,50 +419,263 @@ def test_open_headed_without_a_display(
     monkeypatch.delenv("DISPLAY", raising=False)
     monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
     monkeypatch.setattr(sys, "platform", "linux")
-    code, _, err = run(capsys, "open", "someone", "--headed")
-    assert code == 2 and "xvfb-run" in err
+    code, out, err = run(capsys, "open", "someone", "--headed", "--url", "https://example.com")
+    assert code == 2 and not out
+    assert "DISPLAY" in err and "xvfb-run profiles open someone" in err and "drop --headed" in err
     with ProfileStore() as store:
         assert store.list().data == []  # refused before anything was created
 
 
-def test_the_console_entry_point_runs(tmp_path: Path) -> None:
+def test_open_refuses_before_launching(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run_json(capsys, "create", "phone", "--archetype", "pixel-7")
+    cases = [
+        (["open", "ghost", "--no-create"], 3, "not found"),
+        (["open", "bad name"], 2, "whitespace"),
+        (["open", "new", "--archetype", "iphone-15-por"], 2, "iphone-15-pro"),
+        (["open", "phone", "--archetype", "desktop-firefox"], 2, "pinned to 'pixel-7'"),
+        (["--max-profiles", "1", "open", "another"], 5, "at most 1"),
+    ]
+    for argv, code, message in cases:
+        got, out, err = run(capsys, *argv)
+        assert (got, message in err, out) == (code, True, ""), (argv, err)
+    monkeypatch.setenv("PROFILES_CHROMIUM_PATH", "/nonexistent/chromium")
+    code, _, err = run(capsys, "open", "phone", "--exit")
+    assert code == 6 and "PROFILES_CHROMIUM_PATH" in err
+    assert [p["name"] for p in run_json(capsys, "list")["data"]] == ["phone"]
+
+
+# ---------------------------------------------------------------------------- real browser
+
+
+@pytest.mark.browser
+def test_open_with_url_and_exit_commits(
+    capsys: pytest.CaptureFixture[str], store: ProfileStore, http_server: str
+) -> None:
+    require_engine("chromium")
+    opened = run_json(capsys, "open", "web", "--url", f"{http_server}/set-cookie", "--exit")
+    assert opened["name"] == "web" and opened["status"] == "ready"
+    assert opened["cookie_domains"] == ["127.0.0.1"] and opened["usage_count"] == 1
+
+    # the state it committed is what the next session starts from
+    with Session(profile="web", store=store, readonly=True) as page:
+        cookies = {c["name"] for c in page.context.cookies()}
+    assert {"persistent", "sessiononly"} <= cookies
+
+    code, out, err = run(capsys, "open", "web", "--readonly", "--exit")
+    assert code == 0 and out == "closed web (read-only, nothing saved)\n", err
+    code, out, _ = run(capsys, "open", "web", "--url", f"{http_server}/", "--exit")
+    assert code == 0 and out.startswith("saved web: ready, ") and "1 domains" in out
+    assert store.get("web").usage_count == 4  # three opens and the read-only check
+    assert run(capsys, "open", "web", "--exit", "--no-create", "--archetype", "pixel-7")[0] == 2
+
+
+@pytest.mark.browser
+@pytest.mark.parametrize(
+    ("sig", "to_group"),
+    [
+        # Ctrl-C in a terminal signals the whole process group, Playwright's driver included
+        pytest.param(signal.SIGINT, True, id="ctrl-c"),
+        pytest.param(signal.SIGTERM, False, id="sigterm"),
+    ],
+)
+def test_open_waits_for_a_signal_and_commits(
+    http_server: str, home: Path, sig: signal.Signals, to_group: bool
+) -> None:
+    require_engine("chromium")
+    proc = subprocess.Popen(
+        [PYTHON, "-m", "profiles.cli", "open", "typed", "--url", f"{http_server}/set-cookie"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        assert proc.stderr is not None
+        banner = proc.stderr.readline()
+        assert "Browser open on profile typed" in banner and "Ctrl-C" in banner
+        if to_group:
+            os.killpg(proc.pid, sig)
+        else:
+            proc.send_signal(sig)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    assert out.startswith("saved typed: ready")
+    with ProfileStore(home) as store:
+        profile = store.get("typed")
+        assert profile.status == "ready" and profile.cookie_domains == ["127.0.0.1"]
+
+
+class _BrowserQuits(Session):
+    """A real session whose browser quits on its own right after it started, as it does
+    when the user closes the last window."""
+
+    def __enter__(self) -> Page:
+        page = super().__enter__()
+        with contextlib.suppress(PlaywrightError):
+            self.context.new_cdp_session(page).send("Browser.close")
+        return page
+
+
+@pytest.mark.browser
+def test_open_says_so_when_the_browser_closes_on_its_own(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, store: ProfileStore
+) -> None:
+    require_engine("chromium")
+    store.create("quits")
+    monkeypatch.setattr(driver, "Session", _BrowserQuits)
+    code, out, err = run(capsys, "open", "quits", "--json")
+    assert code == 1 and not out
+    body = json.loads(err.strip().splitlines()[-1])["error"]
+    assert body["code"] == "StateCommitFailed" and "Nothing was saved to 'quits'" in body["message"]
+    assert store.get("quits").status == "empty"
+
+
+@pytest.mark.browser
+def test_import_export_round_trip(
+    capsys: pytest.CaptureFixture[str], store: ProfileStore, state_archive: Path, tmp_path: Path
+) -> None:
+    run_json(capsys, "create", "copy")
+    imported = run_json(capsys, "import", "copy", str(state_archive))
+    assert imported["status"] == "ready" and imported["cookie_domains"] == ["127.0.0.1"]
+
+    zst = tmp_path / "copy.tar.zst"
+    exported = run_json(capsys, "export", "copy", str(zst), "--codec", "zstd")
+    assert exported == {
+        "profile": imported["id"],
+        "file": str(zst),
+        "bytes": zst.stat().st_size,
+        "codec": "zstd",
+    }
+    assert zst.read_bytes()[:4] == ZSTD_MAGIC
+    gz = tmp_path / "copy.tar.gz"
+    code, out, _ = run(capsys, "export", "copy", str(gz))
+    assert code == 0 and out.startswith(f"exported copy to {gz} (") and "gzip" in out
+    assert gz.read_bytes()[:2] == GZIP_MAGIC
+    with tarfile.open(fileobj=gzip.open(gz)) as tar:
+        assert any(name.endswith("Cookies") for name in tar.getnames())
+
+    run_json(capsys, "create", "again")
+    code, out, _ = run(capsys, "import", "again", str(zst))
+    assert code == 0 and out.startswith("imported ") and out.endswith(" into again (ready)\n")
+    assert store.get("again").cookie_domains == ["127.0.0.1"]
+
+    # a Chromium state does not go into a Firefox profile
+    run_json(capsys, "create", "fox", "--archetype", "desktop-firefox")
+    code, _, err = run(capsys, "import", "fox", str(gz))
+    assert code == 2 and "chromium profile" in err
+    assert store.get("fox").status == "empty"
+    # file system errors are reported, not raised
+    code, _, err = run(capsys, "export", "copy", str(tmp_path / "no" / "such" / "dir.tar.gz"))
+    assert code == 1 and "No such file or directory" in err
+
+    # state stamped by a newer browser major is refused by open (BrowserDowngrade)
+    stamped = run_json(capsys, "import", "again", str(gz), "--browser-version", "9999.0.0.1")
+    assert stamped["browser_version"] == "9999.0.0.1"
+    code, _, err = run(capsys, "open", "again", "--exit")
+    assert code == 4 and "newer than" in err
+
+
+@pytest.mark.browser
+def test_open_waits_for_the_writer_lock(
+    capsys: pytest.CaptureFixture[str], store: ProfileStore
+) -> None:
+    require_engine("chromium")
+    store.create("busy")
+    with store.lock("busy"):
+        code, _, err = run(capsys, "open", "busy", "--exit", "--lock-timeout", "0")
+    assert code == 4 and "in use" in err
+
+
+@pytest.mark.browser
+def test_import_and_export_through_pipes(state_archive: Path, home: Path) -> None:
+    assert cli("create", "piped").returncode == 0
+    result = cli("import", "piped", "-", "--json", input=state_archive.read_bytes())
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["cookie_domains"] == ["127.0.0.1"]
+
+    exported = cli("export", "piped", "-", "--codec", "zstd")
+    assert exported.returncode == 0, exported.stderr
+    assert exported.stdout[:4] == ZSTD_MAGIC and not exported.stderr
+    assert cli("create", "piped-2").returncode == 0
+    again = cli("import", "piped-2", "-", input=exported.stdout)
+    assert again.returncode == 0, again.stderr
+    with ProfileStore(home) as store:
+        assert store.get("piped-2").cookie_domains == ["127.0.0.1"]
+
+
+# ---------------------------------------------------------------------------- entry points
+
+
+def test_the_entry_points_run(tmp_path: Path) -> None:
     env_home = tmp_path / "sub-home"
-    result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "profiles",
-            "--home",
-            str(env_home),
-            "create",
-            "via-module",
-            "--json",
-        ],
+    made = cli("--home", str(env_home), "create", "via-cli", "--json")
+    assert made.returncode == 0, made.stderr
+    assert json.loads(made.stdout)["name"] == "via-cli"
+
+    package = subprocess.run(
+        [PYTHON, "-m", "profiles", "show", "via-cli", "--home", str(env_home)],
         capture_output=True,
         text=True,
         check=False,
     )
-    assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout)["name"] == "via-module"
-    assert ProfileStore(env_home).get("via-module").name == "via-module"
+    assert package.returncode == 0 and "via-cli" in package.stdout
+
+    script = Path(PYTHON).parent / "profiles"
+    assert script.is_file(), "the 'profiles' console script is not installed in the venv"
+    listed = subprocess.run(
+        [str(script), "list", "--home", str(env_home)], capture_output=True, text=True, check=False
+    )
+    assert listed.returncode == 0 and "via-cli" in listed.stdout
+
+    missing = cli("--home", str(env_home), "show", "ghost")
+    assert missing.returncode == 3 and missing.stderr.startswith(b"error: ") and not missing.stdout
+    with ProfileStore(env_home) as store:
+        assert store.get("via-cli").name == "via-cli"
 
 
-def _commands(
-    parser: argparse.ArgumentParser, prefix: str = ""
-) -> dict[str, argparse.ArgumentParser]:
-    found: dict[str, argparse.ArgumentParser] = {}
+# ---------------------------------------------------------------------------- documentation
+
+
+def _commands(parser: argparse.ArgumentParser, prefix: str = "") -> dict[str, str]:
+    """Every command and subcommand, with the help it shows in its parent's listing."""
+    found: dict[str, str] = {}
     for action in parser._actions:
         if isinstance(action, argparse._SubParsersAction):
+            listed = {a.dest: a.help or "" for a in action._choices_actions}
             for name, sub in action.choices.items():
-                found[f"{prefix}{name}"] = sub
+                assert sub.description, f"'profiles {prefix}{name}' has no description"
+                found[f"{prefix}{name}"] = listed.get(name, "")
                 found.update(_commands(sub, f"{prefix}{name} "))
     return found
 
 
 def test_every_command_has_help_and_is_in_the_readme() -> None:
-    readme = README.read_text("utf-8")
     commands = _commands(build_parser())
-    assert len(commands) == 17
-    for name, sub in commands.items():
-        assert sub.description, f"'profiles {name}' has no help text"
+    assert set(commands) >= {
+        "create",
+        "list",
+        "show",
+        "update",
+        "delete",
+        "clone",
+        "snapshot",
+        "snapshot create",
+        "snapshot list",
+        "snapshot show",
+        "snapshot delete",
+        "snapshot restore",
+        "audit",
+        "archetypes",
+        "import",
+        "export",
+        "open",
+    }
+    readme = README.read_text("utf-8")
+    for name, help_text in commands.items():
+        assert help_text.strip(), f"'profiles {name}' has no help text"
         assert f"profiles {name}" in readme, f"'profiles {name}' is missing from README.md"
