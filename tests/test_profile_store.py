@@ -557,3 +557,13 @@ def test_error_tree(error: type[ProfileError], code: str, status: int) -> None:
     assert issubclass(error, ProfileError)
     assert (error.code, error.status) == (code, status)
     assert f"{code}" in (profiles.errors.__doc__ or "")
+
+
+def test_the_profiles_package_does_not_import_playwright() -> None:
+    """profiles/ is the metadata and state layer: it must load where no browser runs."""
+    code = (
+        "import sys, profiles, profiles.cli, profiles.store, profiles.archive; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('playwright', 'driver')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
