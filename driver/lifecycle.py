@@ -31,6 +31,7 @@ from profiles.errors import (
     Conflict,
     NotFound,
     ProfileError,
+    StateCommitFailed,
     ValidationFailed,
 )
 from profiles.locks import ProfileLock
@@ -272,6 +273,14 @@ class SessionLifecycle:
                         "during the session; its state was discarded.",
                         resource="profile",
                         ref=self.profile.id,
+                    ) from exc
+                except OSError as exc:  # the disk is full, the home went away, ...
+                    reason = f"writing the state failed: {exc}"
+                    raise StateCommitFailed(
+                        f"Could not write the state of profile {self.profile.name!r} back: "
+                        f"{exc}. The previous committed state is kept; free space or fix the "
+                        f"store home ({self.store.home}) and run the session again.",
+                        profile_id=self.profile.id,
                     ) from exc
             else:
                 reason = f"save={self.options.save!r}" if not self.options.readonly else "readonly"

@@ -6,6 +6,7 @@ import contextlib
 import json
 import multiprocessing
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -25,6 +26,7 @@ from profiles import (
     NotFound,
     ProfileBusy,
     ProfileStore,
+    StateCommitFailed,
     ValidationFailed,
 )
 from profiles.state_rules import Engine
@@ -560,3 +562,30 @@ def test_ctrl_c_in_a_terminal_commits(home: Path, http_server: str) -> None:
     with ProfileStore(home) as store, Session(profile="victim", store=store) as page:
         page.goto(f"{http_server}/")
         assert page.evaluate("window.readCounter()") == 99
+
+
+def test_a_commit_that_cannot_write_keeps_the_previous_state(
+    store: ProfileStore, http_server: str
+) -> None:
+    require_engine("chromium")
+    with Session(profile="nospace", store=store) as page:
+        page.goto(f"{http_server}/")
+    committed = store.get("nospace").checksum
+    scratch = store.home / "blobs" / "tmp"
+    with (
+        pytest.raises(StateCommitFailed, match="previous committed state is kept"),
+        Session(profile="nospace", store=store) as page,
+    ):
+        page.goto(f"{http_server}/")
+        page.evaluate("window.bumpCounter()")
+        shutil.rmtree(scratch)
+        scratch.write_text("a file where the blob store writes: every write fails")
+    scratch.unlink()
+    scratch.mkdir()
+    assert store.get("nospace").checksum == committed
+    ended = store.audit(profile="nospace", limit=1).data[0]
+    assert ended.type == "session.ended" and ended.payload["committed"] is False
+    assert ended.payload["reason"].startswith("writing the state failed")
+    with Session(profile="nospace", store=store, lock_timeout=0) as page:  # lock is free
+        page.goto(f"{http_server}/")
+        assert page.evaluate("window.readCounter()") == 0
