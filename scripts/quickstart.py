@@ -1,6 +1,6 @@
 """The main job, end to end on the embedded default store: two sessions on one profile.
 
-The first session logs in to a local page (a cookie and a localStorage counter); the second
+The first session logs in to a local page (a login cookie and a visit counter); the second
 opens the same profile and finds both there. Run it again and the counter keeps growing:
 the profile lives in ``$PROFILES_HOME`` (or your user data dir) between runs.
 
@@ -17,9 +17,11 @@ import threading
 from driver import Session
 from profiles import ProfileStore
 
+# The visit counter lives in a cookie: the server's port changes from run to run, and
+# localStorage belongs to an origin (port included) while cookies do not.
 PAGE = b"""<!doctype html><title>quickstart</title><script>
-const n = Number(localStorage.getItem("visits") || "0") + 1;
-localStorage.setItem("visits", String(n));
+const n = Number((document.cookie.match(/(?:^|; )visits=(\d+)/) || [0, 0])[1]) + 1;
+document.cookie = "visits=" + n + "; max-age=31536000; path=/";
 document.title = "visit " + n;
 </script>"""
 
