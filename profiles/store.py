@@ -27,10 +27,7 @@ from profiles.archive import (
     ArchiveLimits,
     Codec,
     detect_codec,
-    detect_engine,
     pack_dir,
-    read_browser_version,
-    read_cookie_domains,
     unpack_archive,
 )
 from profiles.blobs import BlobStore, LocalBlobStore
@@ -43,6 +40,7 @@ from profiles.errors import (
     TierLimit,
     ValidationFailed,
 )
+from profiles.inspection import detect_engine, read_browser_version, read_cookie_domains
 from profiles.locks import ProfileLock
 from profiles.models import (
     AuditEvent,

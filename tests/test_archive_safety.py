@@ -18,14 +18,12 @@ from profiles import ArchiveInvalid, ProfileStore
 from profiles.archive import (
     ArchiveLimits,
     detect_codec,
-    detect_engine,
     pack_dir,
-    read_browser_version,
-    read_cookie_domains,
     remove_engine_locks,
     tree_digest,
     unpack_archive,
 )
+from profiles.inspection import detect_engine, read_browser_version, read_cookie_domains
 from profiles.state_rules import RULES, Engine
 
 from conftest import ARCHETYPE_OF
