@@ -19,6 +19,7 @@ from profiles.errors import (
     ProfileBusy,
     ProfileError,
     StateCommitFailed,
+    StorageUnavailable,
     TierLimit,
     ValidationFailed,
 )
@@ -50,6 +51,7 @@ __all__ = [
     "ProfileStore",
     "Snapshot",
     "StateCommitFailed",
+    "StorageUnavailable",
     "TierLimit",
     "ValidationFailed",
     "__version__",

@@ -15,6 +15,7 @@ top can map them one to one::
     │   └── BrowserDowngrade           (409, "BrowserDowngrade")
     ├── TierLimit                      (429, "TierLimit")
     ├── BrowserNotFound                (503, "BrowserNotFound")
+    ├── StorageUnavailable             (503, "StorageUnavailable")
     └── StateCommitFailed              (500, "StateCommitFailed")
 
 Messages say what went wrong and what to do about it.
@@ -34,6 +35,7 @@ __all__ = [
     "ProfileBusy",
     "ProfileError",
     "StateCommitFailed",
+    "StorageUnavailable",
     "TierLimit",
     "ValidationFailed",
 ]
@@ -130,3 +132,20 @@ class StateCommitFailed(ProfileError):
 
     code = "StateCommitFailed"
     status = 500
+
+
+class StorageUnavailable(ProfileError):
+    """The store's storage failed: a full disk, a read-only or missing home, an I/O error.
+
+    ``home`` names the store (its home directory, or later a backend URL); ``cause`` says
+    what the operating system or the database reported. Nothing was changed: the last
+    committed state is still there.
+    """
+
+    code = "StorageUnavailable"
+    status = 503
+
+    def __init__(self, message: str, *, home: str, cause: str, **details: Any) -> None:
+        super().__init__(message, home=home, cause=cause, **details)
+        self.home = home
+        self.cause = cause

@@ -512,6 +512,7 @@ def test_exported_members() -> None:
             "ProfileStore",
             "Snapshot",
             "StateCommitFailed",
+            "StorageUnavailable",
             "TierLimit",
             "ValidationFailed",
             "__version__",
@@ -551,6 +552,7 @@ def test_exported_members() -> None:
         (profiles.TierLimit, "TierLimit", 429),
         (profiles.BrowserNotFound, "BrowserNotFound", 503),
         (profiles.StateCommitFailed, "StateCommitFailed", 500),
+        (profiles.StorageUnavailable, "StorageUnavailable", 503),
     ],
 )
 def test_error_tree(error: type[ProfileError], code: str, status: int) -> None:
