@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import difflib
+import errno
 import gzip
 import logging
 import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any, BinaryIO, Final, TypeVar
 
@@ -37,35 +39,57 @@ from profiles.errors import (
     Conflict,
     NoStateData,
     NotFound,
+    ProfileError,
+    StorageUnavailable,
     TierLimit,
     ValidationFailed,
 )
+from profiles.fsutil import remove_tree, tighten_tree
 from profiles.inspection import detect_engine, read_browser_version, read_cookie_domains
-from profiles.locks import ProfileLock
+from profiles.locks import (
+    Activity,
+    Holder,
+    HolderKind,
+    ProfileLock,
+    ReaderMark,
+    read_holder,
+)
 from profiles.models import (
     AuditEvent,
     AuditType,
     Page,
     Profile,
+    ProfileStatus,
     Snapshot,
     new_id,
     utcnow,
 )
+from profiles.scratch import owned_dir, sweep
 from profiles.state_rules import ENGINES
 from profiles.validation import (
     MAX_NAME_LENGTH,
+    check_browser_version,
     check_description,
     check_labels,
     check_limit,
     check_name,
 )
-from profiles.workdir import EMPTY_STATE, WorkingCopies
+from profiles.workdir import EMPTY_STATE, CachePrune, WorkingCopies
 
-__all__ = ["DEFAULT_CODEC", "UNSET", "ProfileStore", "Unset", "default_home"]
+__all__ = [
+    "DEFAULT_CACHE_MAX_BYTES",
+    "DEFAULT_CODEC",
+    "UNSET",
+    "ProfileStore",
+    "Unset",
+    "default_home",
+]
 
 log = logging.getLogger(__name__)
 
 DEFAULT_CODEC: Final[Codec] = "zstd"
+DEFAULT_CACHE_MAX_BYTES: Final = 2 * 1024**3  # working copies kept on disk, all profiles
+SCRATCH_PREFIXES = ("import-", "inspect-")
 MAX_DERIVED_NAMES = 99
 MAX_LABEL_LENGTH = 128
 ORPHAN_MIN_AGE = 3600.0  # seconds an unreferenced blob may be a commit in flight
@@ -119,6 +143,34 @@ def derive_name(base: str, suffix: str, taken: Callable[[str], bool]) -> str:
     )
 
 
+def _close_names(name: str, names: Iterable[str], *, limit: int = 3) -> list[str]:
+    candidates = [n for n in names if n != name]
+    close = difflib.get_close_matches(name, candidates, n=limit, cutoff=0.75)
+    folded = [n for n in candidates if n.casefold() == name.casefold() and n not in close]
+    return (folded + close)[:limit]
+
+
+def _unpack_leftovers(root: Path) -> list[str]:
+    """Names of half-unpacked or half-swapped working copies (``.<id>.unpack-*``,
+    ``.<id>.old-*``) in ``root``."""
+    try:
+        names = os.listdir(root)
+    except OSError:
+        return []
+    return [n for n in names if n.startswith(".") and (".unpack-" in n or ".old-" in n)]
+
+
+def _committed_status(profile: Profile) -> ProfileStatus:
+    return "ready" if profile.checksum else "empty"
+
+
+def _is_within(path: Path, root: Path) -> bool:
+    try:
+        return path.resolve().is_relative_to(root.resolve())
+    except OSError:
+        return False
+
+
 def _page(records: list[R], limit: int) -> Page[R]:
     has_more = len(records) > limit
     data = records[:limit]
@@ -161,26 +213,131 @@ class ProfileStore:
         limits: ArchiveLimits | None = None,
         catalog: Catalog | None = None,
         blobs: BlobStore | None = None,
+        create: bool = True,
+        cache_max_bytes: int | None = DEFAULT_CACHE_MAX_BYTES,
     ) -> None:
-        if max_profiles is not None and max_profiles < 0:
-            raise ValidationFailed("max_profiles cannot be negative.", field="max_profiles")
+        if max_profiles is not None and (not isinstance(max_profiles, int) or max_profiles < 0):
+            raise ValidationFailed(
+                "max_profiles must be a whole number of at least 0.", field="max_profiles"
+            )
+        if cache_max_bytes is not None and (
+            not isinstance(cache_max_bytes, int) or cache_max_bytes < 0
+        ):
+            raise ValidationFailed(
+                "cache_max_bytes must be a number of bytes of at least 0, or None for no cap.",
+                field="cache_max_bytes",
+            )
+        if codec not in ("gzip", "zstd"):
+            raise ValidationFailed(f"Unknown codec {codec!r}; use gzip or zstd.", field="codec")
         self.home = Path(home).expanduser() if home is not None else default_home()
-        self.home.mkdir(parents=True, exist_ok=True)
         self.max_profiles = max_profiles
+        self.cache_max_bytes = cache_max_bytes
         self.codec: Codec = codec
         self.limits = limits or ArchiveLimits()
-        self.catalog = catalog or SQLiteCatalog(self.home / "catalog.sqlite3")
-        self.blobs = blobs or LocalBlobStore(self.home / "blobs")
-        self.working_copies = WorkingCopies(self.home / "work")
+        self.read_only = False
+        with self._storage_faults("opening the store"):
+            self._open_home(create=create)
+        catalog_path = self.home / "catalog.sqlite3"
+        if catalog is None and not create and not catalog_path.is_file():
+            raise NotFound(
+                f"No profile store at {self.home}: it has no catalog. Check --home or "
+                "$PROFILES_HOME, or create a profile there first (profiles create NAME).",
+                resource="store",
+                home=str(self.home),
+            )
+        writable = not self.read_only
+        self.catalog = catalog or SQLiteCatalog(catalog_path, read_only=self.read_only)
+        self.blobs = blobs or LocalBlobStore(self.home / "blobs", create=writable)
+        self.working_copies = WorkingCopies(self.home / "work", create=writable)
         self._locks_dir = self.home / "locks"
-        self._tmp = self.home / "tmp"
-        self._tmp.mkdir(exist_ok=True)
+        self._readers_dir = self.home / "readers"
+        if writable:
+            self._tmp = self.home / "tmp"
+            with self._storage_faults("opening the store"):
+                self._tmp.mkdir(mode=0o700, exist_ok=True)
+                self.sweep_scratch()
+        else:
+            # Nothing can be written under a read-only home; read-only sessions and exports
+            # still need scratch space: a private directory of the system's.
+            self._tmp = Path(tempfile.mkdtemp(prefix="playwright-profiles-ro-"))
+            log.info("the store at %s is read-only here: reads only", self.home)
+
+    def _open_home(self, *, create: bool) -> None:
+        if not self.home.exists():
+            if not create:
+                raise NotFound(
+                    f"No profile store at {self.home}: the directory does not exist. Check "
+                    "--home or $PROFILES_HOME, or create a profile there first "
+                    "(profiles create NAME).",
+                    resource="store",
+                    home=str(self.home),
+                )
+            self.home.mkdir(mode=0o700, parents=True)
+            return
+        if not self.home.is_dir():
+            raise ValidationFailed(
+                f"The store's home {self.home} is not a directory.", field="home"
+            )
+        mode = self.home.stat().st_mode
+        if mode & 0o077:
+            log.warning(
+                "the store's home %s is readable by other users (mode %o): it holds cookies "
+                "and logins; run 'chmod 700 %s'",
+                self.home,
+                mode & 0o777,
+                self.home,
+            )
+        if not os.access(self.home, os.W_OK | os.X_OK):
+            self.read_only = True
+
+    @contextlib.contextmanager
+    def _storage_faults(self, doing: str) -> Iterator[None]:
+        """Turn an ``OSError`` of the store's own files into :class:`StorageUnavailable`."""
+        try:
+            yield
+        except OSError as exc:
+            cause = exc.strerror or type(exc).__name__
+            if exc.errno is not None:
+                cause = f"{errno.errorcode.get(exc.errno, exc.errno)}: {cause}"
+            hint = (
+                "Free some space"
+                if exc.errno in (errno.ENOSPC, errno.EDQUOT)
+                else "Check that the home exists and is writable by this user"
+            )
+            raise StorageUnavailable(
+                f"The store at {self.home} failed while {doing}: {cause}. The last committed "
+                f"state is kept. {hint}, then try again.",
+                home=str(self.home),
+                cause=cause,
+            ) from exc
+
+    def sweep_scratch(self) -> list[str]:
+        """Remove scratch left by processes that died: half-done imports, read-only session
+        copies, partial blobs, half-unpacked working copies. Owners still alive keep theirs."""
+        if self.read_only:
+            return []
+        removed = sweep(self._tmp, SCRATCH_PREFIXES)
+        if isinstance(self.blobs, LocalBlobStore):
+            removed += self.blobs.sweep_scratch()
+        for name in _unpack_leftovers(self.working_copies.root):
+            profile_id = name[1:].split(".", 1)[0]
+            release = self._try_lock(profile_id)
+            if release is None:
+                continue
+            try:
+                remove_tree(self.working_copies.root / name)
+                removed.append(name)
+            finally:
+                release()
+        return removed
 
     def __repr__(self) -> str:
         return f"ProfileStore(home={str(self.home)!r})"
 
     def close(self) -> None:
         self.catalog.close()
+        if self.read_only:
+            shutil.rmtree(self._tmp, ignore_errors=True)
 
     def __enter__(self) -> ProfileStore:
         return self
@@ -196,12 +353,25 @@ class ProfileStore:
             raise ValidationFailed("A profile id or name is required.", field="profile")
         found = tx.get_profile(ref) or tx.get_profile_by_name(ref)
         if found is None:
+            close = _close_names(ref, tx.profile_names())
+            hint = (
+                f"Did you mean {' or '.join(repr(n) for n in close)}?"
+                if close
+                else "Run 'profiles list' to see this store's profiles."
+            )
             raise NotFound(
-                f"Profile {ref!r} not found. Run 'profiles list' to see this store's profiles.",
+                f"Profile {ref!r} not found. {hint}",
                 resource="profile",
                 ref=ref,
+                suggestions=close,
             )
         return found
+
+    def similar_names(self, name: str, *, limit: int = 3) -> builtins.list[str]:
+        """Names of existing profiles that look like ``name`` (a typo of it), closest first;
+        ``name`` itself is not among them."""
+        with self.catalog.transaction(write=False) as tx:
+            return _close_names(name, tx.profile_names(), limit=limit)
 
     @staticmethod
     def _event(
@@ -250,10 +420,90 @@ class ProfileStore:
                 if not tx.checksum_in_use(checksum):
                     self.blobs.delete(checksum)
 
-    def lock(self, ref: str | Profile, *, timeout: float = 600.0) -> ProfileLock:
-        """The writer lock of a profile (not yet acquired)."""
+    def lock(
+        self, ref: str | Profile, *, timeout: float = 600.0, kind: HolderKind = "session"
+    ) -> ProfileLock:
+        """The writer lock of a profile (not yet acquired). ``kind`` says what the holder
+        does with it (shown by :meth:`holder` and :meth:`activity`)."""
         profile = ref if isinstance(ref, Profile) else self.get(ref)
-        return ProfileLock(self._locks_dir, profile.id, timeout=timeout, name=profile.name)
+        return ProfileLock(
+            self._locks_dir, profile.id, timeout=timeout, name=profile.name, kind=kind
+        )
+
+    def _try_lock(self, profile_id: str) -> Callable[[], None] | None:
+        """Take a profile's writer lock without waiting: its release, or ``None`` if held."""
+        lock = ProfileLock(self._locks_dir, profile_id, kind="maintenance")
+        try:
+            lock.acquire(timeout=0)
+        except (Conflict, OSError):
+            return None
+        return lock.release
+
+    def holder(self, ref: str | Profile) -> Holder | None:
+        """Who holds the profile's writer lock right now (a session or an import), if any."""
+        profile = ref if isinstance(ref, Profile) else self.get(ref)
+        return read_holder(self._locks_dir / f"{profile.id}.lock")
+
+    def activity(self) -> builtins.list[Activity]:
+        """What runs on this store's profiles right now, on this machine: writer sessions
+        and imports (from the writer locks) and read-only sessions, oldest first."""
+        found: builtins.list[tuple[str, Holder]] = []
+        for path in sorted(self._locks_dir.glob("*.lock")):
+            holder = read_holder(path)
+            if holder is not None:
+                found.append((path.name.removesuffix(".lock"), holder))
+        found += [(pid, h) for pid, h in ReaderMark.list(self._readers_dir)]
+        names: dict[str, str] = {}
+        with self.catalog.transaction(write=False) as tx:
+            for profile_id, _ in found:
+                if profile_id not in names:
+                    record = tx.get_profile(profile_id)
+                    names[profile_id] = record.name if record else "(deleted)"
+        rows = [
+            Activity(profile_id=pid, profile_name=names[pid], **h.model_dump()) for pid, h in found
+        ]
+        return sorted(rows, key=lambda a: a.since)
+
+    def reader_mark(self, profile_id: str) -> ReaderMark | None:
+        """Register a read-only session on ``profile_id`` for :meth:`activity` until the
+        mark is released (``None`` on a read-only home, where nothing can be registered)."""
+        if self.read_only:
+            return None
+        try:
+            return ReaderMark(self._readers_dir, profile_id)
+        except OSError as exc:
+            log.debug("cannot register a read-only session: %s", exc)
+            return None
+
+    def prune_cache(self, max_bytes: int | None = None, *, keep: str | None = None) -> CachePrune:
+        """Evict least recently used working copies until they take at most ``max_bytes``
+        (default: the store's ``cache_max_bytes``). Copies in use stay; an evicted copy is
+        unpacked again from the committed state when it is next needed."""
+        cap = self.cache_max_bytes if max_bytes is None else max_bytes
+        if cap is None:
+            cap = 2**63
+        if not isinstance(cap, int) or cap < 0:
+            raise ValidationFailed(
+                "max_bytes must be a number of bytes of at least 0.", field="max_bytes"
+            )
+        if self.read_only:
+            raise StorageUnavailable(
+                f"The store at {self.home} is read-only here; its cache cannot be pruned.",
+                home=str(self.home),
+                cause="read-only",
+            )
+        with self._storage_faults("pruning working copies"):
+            result = self.working_copies.prune(
+                cap, try_lock=self._try_lock, keep=frozenset({keep} if keep else set())
+            )
+        if result.removed:
+            log.info(
+                "evicted %d working copies (%s bytes) to keep the cache under %s bytes",
+                len(result.removed),
+                result.freed_bytes,
+                cap,
+            )
+        return result
 
     @property
     def tmp_dir(self) -> Path:
@@ -295,13 +545,24 @@ class ProfileStore:
     def get(self, ref: str) -> Profile:
         """A profile by id or name; ``NotFound`` if there is none."""
         with self.catalog.transaction(write=False) as tx:
-            return self._find(tx, ref)
+            return self._visible(self._find(tx, ref))
 
     def list(self, *, limit: int = 50, cursor: str | None = None) -> Page[Profile]:
         """Profiles, newest first (``created_at`` desc, then ``id`` desc)."""
         limit = check_limit(limit)
         with self.catalog.transaction(write=False) as tx:
-            return _page(tx.list_profiles(limit=limit + 1, after=cursor), limit)
+            rows = tx.list_profiles(limit=limit + 1, after=cursor)
+        return _page([self._visible(p) for p in rows], limit)
+
+    def _visible(self, profile: Profile) -> Profile:
+        """The record as readers should see it: ``uploading`` only while an import really
+        runs; a status left behind by an import that died reads as the committed state."""
+        if profile.status != "uploading":
+            return profile
+        holder = read_holder(self._locks_dir / f"{profile.id}.lock")
+        if holder is not None and holder.kind == "import":
+            return profile
+        return profile.model_copy(update={"status": _committed_status(profile)})
 
     def iter_profiles(self, *, page_size: int = 100) -> Iterator[Profile]:
         """Every profile, newest first, fetched a page at a time."""
@@ -321,9 +582,16 @@ class ProfileStore:
         description: str | Unset | None = UNSET,
         labels: dict[str, str] | Unset = UNSET,
         archetype: str | Unset = UNSET,
+        add_labels: Mapping[str, str] | None = None,
+        remove_labels: Iterable[str] | None = None,
     ) -> Profile:
         """Change only what is passed. ``description=None`` clears it. The archetype is
-        sticky: passing a different one raises ``ValidationFailed`` (clone instead)."""
+        sticky: passing a different one raises ``ValidationFailed`` (clone instead).
+
+        ``labels`` replaces every label; ``add_labels`` (add or replace these) and
+        ``remove_labels`` (drop these keys) merge into the labels as they are when the
+        change is written, inside one transaction, so concurrent edits of different labels
+        all survive."""
         changes: dict[str, Any] = {}
         if not isinstance(name, Unset):
             changes["name"] = check_name(name)
@@ -331,8 +599,23 @@ class ProfileStore:
             changes["description"] = check_description(description)
         if not isinstance(labels, Unset):
             changes["labels"] = check_labels(labels)
+        adding = dict(check_labels(dict(add_labels))) if add_labels else {}
+        if isinstance(remove_labels, str):
+            raise ValidationFailed(
+                "remove_labels must be a list of label keys, not one string.",
+                field="remove_labels",
+            )
+        removing = set(remove_labels or ())
+        if not all(isinstance(k, str) for k in removing):
+            raise ValidationFailed("remove_labels must hold label keys.", field="remove_labels")
         with self.catalog.transaction() as tx:
             current = self._find(tx, ref)
+            if adding or removing:
+                base = dict(changes.get("labels", current.labels))
+                for key in removing:
+                    base.pop(key, None)
+                base.update(adding)
+                changes["labels"] = check_labels(base)
             if not isinstance(archetype, Unset) and archetype != current.archetype:
                 raise ValidationFailed(
                     f"The archetype of profile {current.name!r} is {current.archetype!r} and "
@@ -356,19 +639,19 @@ class ProfileStore:
             profile = self._find(tx, ref)
             tx.delete_profile(profile.id)
             self._event(tx, "profile.deleted", profile.id, name=profile.name)
-        self._free_blobs(profile.checksum)
-        lock = self.lock(profile)
-        try:
-            lock.acquire(timeout=0)
-        except Conflict:
-            log.info("profile %s is in a session; it removes its working copy", profile.id)
-        else:
+        with self._storage_faults("deleting a profile"):
+            self._free_blobs(profile.checksum)
+            lock = self.lock(profile, kind="maintenance")
             try:
-                self.working_copies.remove(profile.id)
-            finally:
-                lock.release()
-            for path in (lock.path, lock.holder_path):
-                path.unlink(missing_ok=True)
+                lock.acquire(timeout=0)
+            except Conflict:
+                log.info("profile %s is in a session; it removes its working copy", profile.id)
+            else:
+                try:
+                    self.working_copies.remove(profile.id)
+                    lock.remove_file()
+                finally:
+                    lock.release()
         log.info("deleted profile %s (%s)", profile.name, profile.id)
 
     def clone(
@@ -404,10 +687,9 @@ class ProfileStore:
             now = utcnow()
             state: dict[str, Any] = {}
             if with_state and source.checksum is not None:
-                state = {
+                state = {"status": "ready"} | {
                     k: getattr(source, k)
                     for k in (
-                        "status",
                         "checksum",
                         "blob_size",
                         "blob_uploaded_at",
@@ -579,63 +861,87 @@ class ProfileStore:
         """Pack ``directory`` (a user-data-dir of the profile's engine, with its browser
         closed) and make it the profile's committed state.
 
-        The archive is written first and the catalog changed last, in one transaction; a
-        profile deleted meanwhile raises ``NotFound`` and leaves no orphan bytes behind.
+        A directory inside the store's home is first made private to the owner (what the
+        browser wrote under the process umask included). The archive is written first and
+        the catalog changed last, in one transaction; a profile deleted meanwhile raises
+        ``NotFound`` and leaves no orphan bytes behind. A storage fault raises
+        ``StorageUnavailable`` and leaves the previous state committed.
         """
+        if browser_version is not None:
+            browser_version = check_browser_version(browser_version)
         profile = self.get(ref)
         engine = profile.browser_name
         started = time.perf_counter()
-        for _attempt in range(2):
-            with self.blobs.writer() as sink:
-                stats = pack_dir(directory, sink, engine=engine, codec=self.codec)
-            checksum = sink.checksum
-            assert checksum is not None
-            version = browser_version or read_browser_version(directory, engine)
-            domains = read_cookie_domains(directory, engine)
-            try:
-                with self.catalog.transaction() as tx:
-                    if not self.blobs.exists(checksum):
-                        continue  # freed by a concurrent delete between write and commit
-                    current = tx.get_profile(profile.id)
-                    if current is None:
-                        raise NotFound(
-                            f"Profile {profile.name!r} ({profile.id}) was deleted while its "
-                            "state was being written; the state was discarded.",
-                            resource="profile",
-                            ref=profile.id,
+        directory = Path(directory)
+        with self._storage_faults("committing a state"):
+            size = tighten_tree(directory) if _is_within(directory, self.home) else None
+            for _attempt in range(2):
+                with self.blobs.writer() as sink:
+                    stats = pack_dir(directory, sink, engine=engine, codec=self.codec)
+                checksum = sink.checksum
+                assert checksum is not None
+                version = browser_version or read_browser_version(directory, engine)
+                domains = read_cookie_domains(directory, engine)
+                try:
+                    with self.catalog.transaction() as tx:
+                        if not self.blobs.exists(checksum):
+                            continue  # freed by a concurrent delete between write and commit
+                        current = tx.get_profile(profile.id)
+                        if current is None:
+                            raise NotFound(
+                                f"Profile {profile.name!r} ({profile.id}) was deleted while "
+                                "its state was being written; the state was discarded.",
+                                resource="profile",
+                                ref=profile.id,
+                            )
+                        now = utcnow()
+                        updated = current.model_copy(
+                            update={
+                                "status": "ready",
+                                "checksum": checksum,
+                                "blob_size": sink.size,
+                                "blob_uploaded_at": now,
+                                "browser_version": version or current.browser_version,
+                                "cookie_domains": domains,
+                                "updated_at": now,
+                            }
                         )
-                    now = utcnow()
-                    updated = current.model_copy(
-                        update={
-                            "status": "ready",
-                            "checksum": checksum,
-                            "blob_size": sink.size,
-                            "blob_uploaded_at": now,
-                            "browser_version": version or current.browser_version,
-                            "cookie_domains": domains,
-                            "updated_at": now,
-                        }
-                    )
-                    tx.update_profile(updated)
-                    self._event(
-                        tx,
-                        event,
-                        profile.id,
-                        checksum=checksum,
-                        blob_size=sink.size,
-                        files=stats.files,
-                        seconds=round(time.perf_counter() - started, 3),
-                        **payload,
-                    )
-            except NotFound:
-                self._free_blobs(checksum)
-                raise
-            if current.checksum != checksum:
-                self._free_blobs(current.checksum)
-            if directory == self.working_copies.path(profile.id):
-                self.working_copies.mark_clean(profile.id, checksum)
-            return updated
-        raise ValidationFailed("The state blob vanished twice while committing; try again.")
+                        tx.update_profile(updated)
+                        self._event(
+                            tx,
+                            event,
+                            profile.id,
+                            checksum=checksum,
+                            blob_size=sink.size,
+                            files=stats.files,
+                            seconds=round(time.perf_counter() - started, 3),
+                            **payload,
+                        )
+                except BaseException:
+                    with contextlib.suppress(ProfileError, OSError):
+                        self._free_blobs(checksum)
+                    raise
+                if current.checksum != checksum:
+                    with contextlib.suppress(ProfileError, OSError):
+                        self._free_blobs(current.checksum)
+                if directory == self.working_copies.path(profile.id):
+                    self.working_copies.mark_clean(profile.id, checksum, size=size)
+                    self._keep_cache_under_cap(keep=profile.id)
+                return updated
+        raise StorageUnavailable(
+            f"The state of {profile.name!r} vanished twice from {self.home} while being "
+            "committed (a concurrent delete or garbage collection); try again.",
+            home=str(self.home),
+            cause="state blob vanished",
+        )
+
+    def _keep_cache_under_cap(self, *, keep: str) -> None:
+        if self.cache_max_bytes is None:
+            return
+        try:
+            self.prune_cache(keep=keep)
+        except ProfileError as exc:  # the cache is a cache: never fail a commit over it
+            log.warning("could not prune working copies: %s", exc)
 
     def checkout(self, ref: str, *, lock: ProfileLock) -> tuple[Profile, Path]:
         """The profile's working copy, identical to its committed state, ready to launch.
@@ -647,21 +953,22 @@ class ProfileStore:
         if not lock.is_locked:
             raise ValidationFailed("checkout needs the profile's writer lock held.")
         profile = self.get(ref)
-        if profile.status == "uploading":
-            # We hold the writer lock, so no import is running: one died half-way.
-            profile = self._repair_status(profile)
-        path = self.working_copies.path(profile.id)
-        wanted = profile.checksum or EMPTY_STATE
-        if self.working_copies.clean_state(profile.id) != wanted:
-            self.working_copies.mark_dirty(profile.id)
-            if profile.checksum is None:
-                shutil.rmtree(path, ignore_errors=True)
-                path.mkdir(parents=True)
+        with self._storage_faults("preparing the working copy"):
+            if profile.status == "uploading":
+                # We hold the writer lock, so no import is running: one died half-way.
+                profile = self._repair_status(profile)
+            path = self.working_copies.path(profile.id)
+            wanted = profile.checksum or EMPTY_STATE
+            if self.working_copies.clean_state(profile.id) != wanted:
+                self.working_copies.mark_dirty(profile.id)
+                if profile.checksum is None:
+                    remove_tree(path)
+                    path.mkdir(mode=0o700, parents=True)
+                else:
+                    with self.blobs.open(profile.checksum) as src:
+                        unpack_archive(src, path, limits=self.limits, replace=True)
             else:
-                with self.blobs.open(profile.checksum) as src:
-                    unpack_archive(src, path, limits=self.limits, replace=True)
-        else:
-            self.working_copies.mark_dirty(profile.id)  # a browser is about to change it
+                self.working_copies.mark_dirty(profile.id)  # a browser is about to change it
         return profile, path
 
     def private_copy(self, ref: str, target: Path) -> Profile:
@@ -674,27 +981,28 @@ class ProfileStore:
         is unpacked, which needs no lock because archives are immutable.
         """
         profile = self.get(ref)
-        lock = self.lock(profile)
-        try:
-            lock.acquire(timeout=0)
-        except Conflict:
-            log.debug("profile %s has a writer; unpacking its archive", profile.name)
-        else:
-            try:
-                current = self.get(profile.id)
-                work = self.working_copies.path(profile.id)
-                if self.working_copies.clean_state(profile.id) == (current.checksum or EMPTY_STATE):
-                    staging = target.with_name(f".{target.name}.copy")
-                    shutil.copytree(work, staging, symlinks=True)
-                    staging.rename(target)
-                    return current
-            finally:
-                lock.release()
-        if profile.checksum is None:
-            target.mkdir(parents=True)
-            return profile
-        with self.blobs.open(profile.checksum) as src:
-            unpack_archive(src, target, limits=self.limits)
+        with self._storage_faults("copying a profile for a read-only session"):
+            release = None if self.read_only else self._try_lock(profile.id)
+            if release is None:
+                log.debug("profile %s has a writer; unpacking its archive", profile.name)
+            else:
+                try:
+                    current = self.get(profile.id)
+                    work = self.working_copies.path(profile.id)
+                    clean = self.working_copies.clean_state(profile.id)
+                    if clean == (current.checksum or EMPTY_STATE):
+                        staging = target.with_name(f".{target.name}.copy")
+                        shutil.copytree(work, staging, symlinks=True)
+                        staging.rename(target)
+                        self.working_copies.touch(profile.id)
+                        return current
+                finally:
+                    release()
+            if profile.checksum is None:
+                target.mkdir(mode=0o700, parents=True)
+                return profile
+            with self.blobs.open(profile.checksum) as src:
+                unpack_archive(src, target, limits=self.limits)
         return profile
 
     def import_state(
@@ -711,7 +1019,9 @@ class ProfileStore:
 
         The archive is unpacked safely (hostile input is expected), its engine detected and
         checked against the profile's archetype, then packed again as the committed state.
-        Status is ``uploading`` meanwhile; on failure it returns to what it was.
+        Status is ``uploading`` while the import runs; whatever happens, it then reflects
+        the committed state, read under the profile's writer lock. A state replaces the
+        committed one only when it was read completely and validated.
         """
         if source is None or (isinstance(source, str | Path) and not Path(source).is_file()):
             where = "" if source is None else f": {str(source)!r} is not a file"
@@ -721,6 +1031,8 @@ class ProfileStore:
                 f"Unsupported browser_name {browser_name!r}; use one of {', '.join(ENGINES)}.",
                 field="browser_name",
             )
+        if browser_version is not None:
+            browser_version = check_browser_version(browser_version)
         profile = self.get(ref)
         if browser_name is not None and browser_name != profile.browser_name:
             raise ValidationFailed(
@@ -728,51 +1040,60 @@ class ProfileStore:
                 f"whose archetype {profile.archetype!r} runs {profile.browser_name}.",
                 field="browser_name",
             )
-        with self.lock(profile.id, timeout=lock_timeout):
-            # Whatever the record says, the committed state decides what status to go back to
-            # (a status left at "uploading" by an import that died is repaired this way).
-            previous = "ready" if profile.checksum else "empty"
+        with contextlib.ExitStack() as stack:
+            if isinstance(source, str | Path):
+                try:
+                    raw: IO[bytes] = stack.enter_context(Path(source).open("rb"))
+                except OSError as exc:
+                    raise ValidationFailed(
+                        f"Cannot read {str(source)!r}: {exc.strerror or exc}.", field="file"
+                    ) from exc
+            else:
+                raw = source
+            reader: Any = _CountingReader(raw, progress) if progress else raw
+            stack.enter_context(self.lock(profile.id, timeout=lock_timeout, kind="import"))
             self._set_status(profile.id, "uploading")
             try:
-                with contextlib.ExitStack() as stack:
-                    raw: IO[bytes] = (
-                        stack.enter_context(Path(source).open("rb"))
-                        if isinstance(source, str | Path)
-                        else source
-                    )
-                    reader: Any = _CountingReader(raw, progress) if progress else raw
-                    staging = Path(tempfile.mkdtemp(dir=self._tmp, prefix="import-"))
-                    stack.callback(shutil.rmtree, staging, True)
-                    state = staging / "state"
-                    unpack_archive(reader, state, limits=self.limits)
-                    engine = detect_engine(state)
-                    if engine is None:
-                        raise ArchiveInvalid(
-                            "The archive holds no Chromium, Firefox or WebKit profile at its "
-                            "top level; pack the browser's user-data-dir itself.",
-                            field="file",
-                        )
-                    if engine != profile.browser_name:
-                        raise ValidationFailed(
-                            f"The archive holds a {engine} profile but {profile.name!r} is "
-                            f"pinned to {profile.archetype!r} ({profile.browser_name}). Create "
-                            f"a profile with a {engine} archetype for it.",
-                            field="file",
-                        )
-                    self.working_copies.mark_dirty(profile.id)
-                    updated = self.commit_state(profile.id, state, browser_version=browser_version)
-                    work = self.working_copies.path(profile.id)
-                    shutil.rmtree(work, ignore_errors=True)
-                    state.rename(work)
-                    if updated.checksum:
-                        self.working_copies.mark_clean(profile.id, updated.checksum)
-                    return updated
+                return self._import_locked(profile, reader, browser_version)
             except BaseException:
-                with contextlib.suppress(NotFound):
-                    self._set_status(profile.id, previous)
+                with contextlib.suppress(ProfileError):
+                    self._settle_status(profile.id)
                 raise
+        raise AssertionError("unreachable")  # pragma: no cover - the with block returns
 
-    def _set_status(self, profile_id: str, status: str) -> Profile:
+    def _import_locked(
+        self, profile: Profile, reader: IO[bytes], browser_version: str | None
+    ) -> Profile:
+        with (
+            self._storage_faults("importing a state"),
+            owned_dir(self._tmp, "import-") as staging,
+        ):
+            state = staging / "state"
+            unpack_archive(reader, state, limits=self.limits)
+            engine = detect_engine(state)
+            if engine is None:
+                raise ArchiveInvalid(
+                    "The archive holds no Chromium, Firefox or WebKit profile at its "
+                    "top level; pack the browser's user-data-dir itself.",
+                    field="file",
+                )
+            if engine != profile.browser_name:
+                raise ValidationFailed(
+                    f"The archive holds a {engine} profile but {profile.name!r} is "
+                    f"pinned to {profile.archetype!r} ({profile.browser_name}). Create "
+                    f"a profile with a {engine} archetype for it.",
+                    field="file",
+                )
+            self.working_copies.mark_dirty(profile.id)
+            updated = self.commit_state(profile.id, state, browser_version=browser_version)
+            work = self.working_copies.path(profile.id)
+            remove_tree(work)
+            state.rename(work)
+            if updated.checksum:
+                self.working_copies.mark_clean(profile.id, updated.checksum)
+            return updated
+
+    def _set_status(self, profile_id: str, status: ProfileStatus) -> Profile:
         with self.catalog.transaction() as tx:
             current = tx.get_profile(profile_id)
             if current is None:
@@ -781,8 +1102,15 @@ class ProfileStore:
             tx.update_profile(updated)
         return updated
 
+    def _settle_status(self, profile_id: str) -> None:
+        """Set the status from the committed state as read now (under the writer lock)."""
+        with self.catalog.transaction() as tx:
+            current = tx.get_profile(profile_id)
+            if current is not None and current.status != _committed_status(current):
+                tx.update_profile(current.model_copy(update={"status": _committed_status(current)}))
+
     def _repair_status(self, profile: Profile) -> Profile:
-        status = "ready" if profile.checksum else "empty"
+        status = _committed_status(profile)
         log.warning(
             "profile %s was left %r by an import that died; now %r",
             profile.name,
@@ -800,9 +1128,10 @@ class ProfileStore:
         progress: Progress | None = None,
     ) -> int:
         """Write the committed state as ``.tar.gz`` (or ``.tar.zst``) to ``dest``; return
-        the number of bytes written. ``NoStateData`` if the profile has none."""
+        the number of bytes written. ``NoStateData`` if the profile has none. An import in
+        flight does not hide the state committed before it."""
         profile = self.get(ref)
-        if profile.status != "ready" or profile.checksum is None:
+        if profile.checksum is None:
             raise NoStateData(
                 f"Profile has no data to download: {profile.name!r} is {profile.status}. "
                 "Run a session on it or import a state archive first.",
@@ -810,9 +1139,26 @@ class ProfileStore:
             )
         if codec not in ("gzip", "zstd"):
             raise ValidationFailed(f"Unknown codec {codec!r}; use gzip or zstd.", field="codec")
-        with self.blobs.open(profile.checksum) as src:
-            if isinstance(dest, str | Path):
-                target = Path(dest)
+        target = Path(dest) if isinstance(dest, str | Path) else None
+        if target is not None:
+            if not target.parent.is_dir():
+                raise ValidationFailed(
+                    f"Cannot export to {str(target)!r}: the directory {str(target.parent)!r} "
+                    "does not exist.",
+                    field="file",
+                )
+            if target.is_dir():
+                raise ValidationFailed(
+                    f"Cannot export to {str(target)!r}: it is a directory; name a file.",
+                    field="file",
+                )
+        with self._storage_faults("reading a state"):
+            src = self.blobs.open(profile.checksum)
+        with src:
+            if target is None:
+                assert not isinstance(dest, str | Path)
+                return _copy_as(src, dest, codec, progress)
+            try:
                 fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
                 try:
                     with os.fdopen(fd, "wb") as out:
@@ -823,21 +1169,29 @@ class ProfileStore:
                 finally:
                     with contextlib.suppress(FileNotFoundError):
                         os.unlink(tmp)
-            else:
-                written = _copy_as(src, dest, codec, progress)
+            except OSError as exc:
+                raise ProfileError(
+                    f"Could not write the export to {str(target)!r}: "
+                    f"{exc.strerror or type(exc).__name__}. Nothing was written there; free "
+                    "space or choose another file.",
+                    file=str(target),
+                ) from exc
         return written
 
     def collect_garbage(self, *, min_age: float = ORPHAN_MIN_AGE) -> builtins.list[str]:
         """Delete state blobs no record references that are older than ``min_age``
-        seconds (left by a crash between writing bytes and committing them)."""
+        seconds (left by a crash between writing bytes and committing them), and sweep
+        scratch whose owner is gone. Returns the checksums freed."""
         now = time.time()
         freed: builtins.list[str] = []
-        with self.catalog.transaction() as tx:
-            in_use = tx.checksums_in_use()
-            for blob in self.blobs.list():
-                if blob.checksum not in in_use and now - blob.modified >= min_age:
-                    self.blobs.delete(blob.checksum)
-                    freed.append(blob.checksum)
+        with self._storage_faults("collecting garbage"):
+            self.sweep_scratch()
+            with self.catalog.transaction() as tx:
+                in_use = tx.checksums_in_use()
+                for blob in self.blobs.list():
+                    if blob.checksum not in in_use and now - blob.modified >= min_age:
+                        self.blobs.delete(blob.checksum)
+                        freed.append(blob.checksum)
         return freed
 
 

@@ -6,6 +6,7 @@ naming the field and what to do.
 
 from __future__ import annotations
 
+import re
 import unicodedata
 from collections.abc import Mapping
 
@@ -18,6 +19,7 @@ __all__ = [
     "MAX_LABEL_VALUE_LENGTH",
     "MAX_NAME_LENGTH",
     "MAX_PAGE_SIZE",
+    "check_browser_version",
     "check_description",
     "check_labels",
     "check_limit",
@@ -58,6 +60,13 @@ def check_name(name: object, *, field: str = "name") -> str:
     if len(name) > MAX_NAME_LENGTH:
         raise ValidationFailed(
             f"Profile {field} is {len(name)} characters long; the maximum is {MAX_NAME_LENGTH}.",
+            field=field,
+        )
+    if _ID.fullmatch(name):
+        raise ValidationFailed(
+            f"Profile {field} {name!r} looks like an id (prof_..., psnap_..., evt_...); a "
+            "name that could be mistaken for another record's id is not allowed. Choose "
+            "another name.",
             field=field,
         )
     bad = _bad_char(name)
@@ -129,3 +138,19 @@ def check_limit(limit: object) -> int:
             field="limit",
         )
     return limit
+
+
+_VERSION = re.compile(r"\d{1,5}(\.\d{1,6}){0,4}([a-z]{1,5}\d{0,4})?")
+_ID = re.compile(r"(prof|psnap|evt)_[0-9A-Fa-f-]+")
+
+
+def check_browser_version(version: object, *, field: str = "browser_version") -> str:
+    """A browser version: digits and dots, an optional short suffix (``153.7.0esr``)."""
+    if not isinstance(version, str) or not _VERSION.fullmatch(version):
+        shown = repr(version)[:40] if isinstance(version, str) else type(version).__name__
+        raise ValidationFailed(
+            f"{field} must look like a browser version such as 156.0.8078.73 or 153.7.0, "
+            f"not {shown}.",
+            field=field,
+        )
+    return version

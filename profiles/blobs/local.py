@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
 import os
 import tempfile
@@ -13,12 +14,14 @@ from typing import BinaryIO
 from profiles.blobs.base import BlobInfo, BlobSink, BlobStore
 from profiles.errors import NotFound, ValidationFailed
 from profiles.fsutil import fsync_dir
+from profiles.scratch import sweep
 
 __all__ = ["LocalBlobStore"]
 
 log = logging.getLogger(__name__)
 
 _HEX = frozenset("0123456789abcdef")
+PART_PREFIX = "blob-"
 
 
 def _check(checksum: str) -> str:
@@ -30,12 +33,18 @@ def _check(checksum: str) -> str:
 class LocalBlobStore(BlobStore):
     """Content-addressed files, written through a temp file, fsync and rename."""
 
-    def __init__(self, root: Path | str) -> None:
+    def __init__(self, root: Path | str, *, create: bool = True) -> None:
         self.root = Path(root)
         self._objects = self.root / "sha256"
         self._tmp = self.root / "tmp"
-        self._objects.mkdir(parents=True, exist_ok=True)
-        self._tmp.mkdir(parents=True, exist_ok=True)
+        if create:
+            self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+            self._objects.mkdir(mode=0o700, exist_ok=True)
+            self._tmp.mkdir(mode=0o700, parents=True, exist_ok=True)
+
+    def sweep_scratch(self) -> list[str]:
+        """Remove partial blobs whose writer died (the writer holds a lock on its file)."""
+        return sweep(self._tmp, (PART_PREFIX,))
 
     def _path(self, checksum: str) -> Path:
         _check(checksum)
@@ -43,8 +52,12 @@ class LocalBlobStore(BlobStore):
 
     @contextlib.contextmanager
     def writer(self) -> Iterator[BlobSink]:
-        fd, tmp_name = tempfile.mkstemp(dir=self._tmp, prefix="blob-", suffix=".part")
+        fd, tmp_name = tempfile.mkstemp(dir=self._tmp, prefix=PART_PREFIX, suffix=".part")
         tmp = Path(tmp_name)
+        # A sweeper takes parts it can lock: hold the lock (on a duplicate, so it outlives
+        # the file object) until the part has been renamed into place or removed.
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        held = os.dup(fd)
         try:
             with os.fdopen(fd, "wb", buffering=1024 * 1024) as raw:
                 sink = BlobSink(raw)
@@ -53,12 +66,13 @@ class LocalBlobStore(BlobStore):
                 os.fsync(raw.fileno())
             checksum = sink.hexdigest()
             final = self._path(checksum)
-            final.parent.mkdir(exist_ok=True)
+            final.parent.mkdir(mode=0o700, exist_ok=True)
             os.replace(tmp, final)  # same content under the same name: replacing is harmless
             fsync_dir(final.parent)
             sink.checksum = checksum
         finally:
             tmp.unlink(missing_ok=True)
+            os.close(held)
 
     def open(self, checksum: str) -> BinaryIO:
         try:

@@ -30,6 +30,10 @@ class CatalogTransaction(ABC):
     @abstractmethod
     def count_profiles(self) -> int: ...
     @abstractmethod
+    def profile_names(self) -> list[str]:
+        """Every profile name, sorted (for "did you mean" suggestions)."""
+
+    @abstractmethod
     def insert_profile(self, profile: Profile) -> None:
         """Insert; raises :class:`~profiles.errors.Conflict` if the name is taken."""
 

@@ -8,8 +8,10 @@ transaction, and refuses a file written by a newer release.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+import os
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -21,7 +23,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel
 
 from profiles.catalog.base import Catalog, CatalogTransaction
-from profiles.errors import Conflict, ProfileError, ValidationFailed
+from profiles.errors import Conflict, ProfileError, StorageUnavailable, ValidationFailed
 from profiles.models import AuditEvent, Profile, Snapshot, format_timestamp
 
 __all__ = ["MIGRATIONS", "SQLiteCatalog"]
@@ -170,6 +172,9 @@ class _SQLiteTransaction(CatalogTransaction):
     def count_profiles(self) -> int:
         return int(self._conn.execute("SELECT count(*) FROM profiles").fetchone()[0])
 
+    def profile_names(self) -> list[str]:
+        return [row[0] for row in self._conn.execute("SELECT name FROM profiles ORDER BY name")]
+
     def insert_profile(self, profile: Profile) -> None:
         row = _to_row(profile)
         self._write(_insert_sql("profiles", row), row, profile.name)
@@ -232,20 +237,89 @@ class _SQLiteTransaction(CatalogTransaction):
         return {row[0] for row in rows}
 
 
-class SQLiteCatalog(Catalog):
-    """The catalog in one SQLite file (``catalog.sqlite3`` in the store's home)."""
+def _storage_error(path: Path, exc: BaseException, doing: str) -> StorageUnavailable:
+    cause = str(exc) or type(exc).__name__
+    hint = "Free some space" if "full" in cause else "Check that it exists and is writable"
+    return StorageUnavailable(
+        f"The store's catalog at {path} failed while {doing}: {cause}. Nothing was changed. "
+        f"{hint}, then try again.",
+        home=str(path.parent),
+        cause=cause,
+    )
 
-    def __init__(self, path: Path | str, *, busy_timeout: float = 30.0) -> None:
+
+class SQLiteCatalog(Catalog):
+    """The catalog in one SQLite file (``catalog.sqlite3`` in the store's home).
+
+    Every ``sqlite3`` error that is not a rule of the data (a full disk, a read-only or
+    missing file, an I/O error, a corrupt file) becomes :class:`StorageUnavailable`
+    naming the file. ``read_only`` opens an existing catalog without writing anything
+    (for a home on a read-only file system or owned by someone else); write
+    transactions then fail with ``StorageUnavailable``.
+    """
+
+    def __init__(
+        self, path: Path | str, *, busy_timeout: float = 30.0, read_only: bool = False
+    ) -> None:
         self.path = Path(path)
+        self.read_only = read_only
         self._lock = threading.RLock()
-        self._conn = sqlite3.connect(
-            self.path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
+        try:
+            self._conn = self._connect(busy_timeout)
+            if not read_only:
+                self._migrate()
+            elif self.schema_version > len(MIGRATIONS):
+                raise self._too_new(self.schema_version)
+        except sqlite3.Error as exc:
+            raise _storage_error(self.path, exc, "opening it") from exc
+
+    def _connect(self, busy_timeout: float) -> sqlite3.Connection:
+        if self.read_only:
+            conn = self._connect_read_only(busy_timeout)
+        else:
+            if not self.path.exists():
+                # SQLite gives its -wal and -shm files the mode of the database file.
+                os.close(os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
+            conn = sqlite3.connect(
+                self.path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
+            )
+            conn.execute("PRAGMA journal_mode = WAL")
+            conn.execute("PRAGMA synchronous = FULL")
+        conn.row_factory = sqlite3.Row
+        conn.execute("PRAGMA foreign_keys = ON")
+        return conn
+
+    def _connect_read_only(self, busy_timeout: float) -> sqlite3.Connection:
+        if not self.path.is_file():
+            raise sqlite3.OperationalError("unable to open database file")
+        uri = self.path.resolve().as_uri()
+        try:
+            conn = sqlite3.connect(
+                f"{uri}?mode=ro",
+                uri=True,
+                timeout=busy_timeout,
+                isolation_level=None,
+                check_same_thread=False,
+            )
+            conn.execute("SELECT count(*) FROM sqlite_schema").fetchone()
+            return conn
+        except sqlite3.OperationalError:
+            # WAL needs a writable -shm beside the file; on a read-only file system nobody
+            # can be writing it, so read it as an immutable file.
+            conn = sqlite3.connect(
+                f"{uri}?mode=ro&immutable=1",
+                uri=True,
+                isolation_level=None,
+                check_same_thread=False,
+            )
+            conn.execute("SELECT count(*) FROM sqlite_schema").fetchone()
+            return conn
+
+    def _too_new(self, version: int) -> ProfileError:
+        return ProfileError(
+            f"The catalog {self.path} has schema version {version}, newer than "
+            f"this release knows ({len(MIGRATIONS)}). Upgrade playwright-profiles."
         )
-        self._conn.row_factory = sqlite3.Row
-        self._conn.execute("PRAGMA journal_mode = WAL")
-        self._conn.execute("PRAGMA synchronous = FULL")
-        self._conn.execute("PRAGMA foreign_keys = ON")
-        self._migrate()
 
     @property
     def schema_version(self) -> int:
@@ -257,10 +331,7 @@ class SQLiteCatalog(Catalog):
             try:
                 version = self.schema_version
                 if version > len(MIGRATIONS):
-                    raise ProfileError(
-                        f"The catalog {self.path} has schema version {version}, newer than "
-                        f"this release knows ({len(MIGRATIONS)}). Upgrade playwright-profiles."
-                    )
+                    raise self._too_new(version)
                 for number in range(version + 1, len(MIGRATIONS) + 1):
                     log.info("migrating catalog %s to schema version %d", self.path, number)
                     for statement in MIGRATIONS[number - 1].split(";"):
@@ -269,20 +340,46 @@ class SQLiteCatalog(Catalog):
                     self._conn.execute(f"PRAGMA user_version = {number}")
                 self._conn.execute("COMMIT")
             except BaseException:
-                self._conn.execute("ROLLBACK")
+                self._rollback()
                 raise
+
+    def _rollback(self) -> None:
+        """Roll back if a transaction is open; never mask the error that led here."""
+        with contextlib.suppress(sqlite3.Error):
+            if self._conn.in_transaction:
+                self._conn.execute("ROLLBACK")
 
     @contextmanager
     def transaction(self, *, write: bool = True) -> Iterator[CatalogTransaction]:
         with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE" if write else "BEGIN DEFERRED")
+            if write and self.read_only:
+                raise StorageUnavailable(
+                    f"The store at {self.path.parent} is read-only here (its catalog cannot be "
+                    "written by this user or on this file system): reads work, changes do not.",
+                    home=str(self.path.parent),
+                    cause="read-only",
+                )
+            try:
+                self._conn.execute("BEGIN IMMEDIATE" if write else "BEGIN DEFERRED")
+            except sqlite3.Error as exc:
+                raise _storage_error(self.path, exc, "starting a transaction") from exc
             try:
                 yield _SQLiteTransaction(self._conn)
-            except BaseException:
-                self._conn.execute("ROLLBACK")
+            except sqlite3.IntegrityError:
+                self._rollback()
                 raise
-            self._conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                self._rollback()
+                raise _storage_error(self.path, exc, "writing" if write else "reading") from exc
+            except BaseException:
+                self._rollback()
+                raise
+            try:
+                self._conn.execute("COMMIT")
+            except sqlite3.Error as exc:
+                self._rollback()
+                raise _storage_error(self.path, exc, "committing a change") from exc
 
     def close(self) -> None:
-        with self._lock:
+        with self._lock, contextlib.suppress(sqlite3.Error):
             self._conn.close()
