@@ -12,6 +12,7 @@ top can map them one to one::
     ├── NotFound                       (404, "NotFound")
     ├── Conflict                       (409, "Conflict")
     │   ├── ProfileBusy                (409, "ProfileBusy")
+    │   ├── LeaseLost                  (409, "LeaseLost")
     │   └── BrowserDowngrade           (409, "BrowserDowngrade")
     ├── TierLimit                      (429, "TierLimit")
     ├── BrowserNotFound                (503, "BrowserNotFound")
@@ -30,6 +31,7 @@ __all__ = [
     "BrowserDowngrade",
     "BrowserNotFound",
     "Conflict",
+    "LeaseLost",
     "NoStateData",
     "NotFound",
     "ProfileBusy",
@@ -98,6 +100,13 @@ class ProfileBusy(Conflict):
     """Another writer holds the profile's lock and did not release it in time."""
 
     code = "ProfileBusy"
+
+
+class LeaseLost(Conflict):
+    """The writer's lease on the profile expired and another writer took it (a newer
+    epoch): this writer's state is refused, and the newer state stands."""
+
+    code = "LeaseLost"
 
 
 class BrowserDowngrade(Conflict):

@@ -34,6 +34,7 @@ from profiles.archive import (
 )
 from profiles.blobs import BlobStore, LocalBlobStore
 from profiles.catalog import Catalog, CatalogTransaction, SQLiteCatalog
+from profiles.catalog.base import StateUpdate
 from profiles.errors import (
     ArchiveInvalid,
     Conflict,
@@ -41,7 +42,6 @@ from profiles.errors import (
     NotFound,
     ProfileError,
     StorageUnavailable,
-    TierLimit,
     ValidationFailed,
 )
 from profiles.fsutil import remove_tree, tighten_tree
@@ -67,6 +67,7 @@ from profiles.models import (
 from profiles.scratch import owned_dir, sweep
 from profiles.state_rules import ENGINES
 from profiles.validation import (
+    MAX_LABELS,
     MAX_NAME_LENGTH,
     check_browser_version,
     check_description,
@@ -388,7 +389,7 @@ class ProfileStore:
 
     def _add_profile(self, tx: CatalogTransaction, profile: Profile, **provenance: Any) -> None:
         """Insert a new profile and its ``profile.created`` event (with where it came from)."""
-        tx.insert_profile(profile)
+        tx.insert_profile(profile, max_profiles=self.max_profiles)
         self._event(
             tx,
             "profile.created",
@@ -397,18 +398,6 @@ class ProfileStore:
             archetype=profile.archetype,
             **provenance,
         )
-
-    def _check_cap(self, tx: CatalogTransaction) -> None:
-        if self.max_profiles is None:
-            return
-        current = tx.count_profiles()
-        if current >= self.max_profiles:
-            raise TierLimit(
-                f"This store allows at most {self.max_profiles} profiles and has {current}. "
-                "Delete a profile or raise max_profiles.",
-                limit=self.max_profiles,
-                current=current,
-            )
 
     def _free_blobs(self, *checksums: str | None) -> None:
         """Delete state bytes that no profile or snapshot references any more."""
@@ -537,7 +526,6 @@ class ProfileStore:
             updated_at=now,
         )
         with self.catalog.transaction() as tx:
-            self._check_cap(tx)
             self._add_profile(tx, profile)
         log.info("created profile %s (%s)", name, profile.id)
         return profile
@@ -610,12 +598,6 @@ class ProfileStore:
             raise ValidationFailed("remove_labels must hold label keys.", field="remove_labels")
         with self.catalog.transaction() as tx:
             current = self._find(tx, ref)
-            if adding or removing:
-                base = dict(changes.get("labels", current.labels))
-                for key in removing:
-                    base.pop(key, None)
-                base.update(adding)
-                changes["labels"] = check_labels(base)
             if not isinstance(archetype, Unset) and archetype != current.archetype:
                 raise ValidationFailed(
                     f"The archetype of profile {current.name!r} is {current.archetype!r} and "
@@ -624,12 +606,31 @@ class ProfileStore:
                     "the old profile after migrating.",
                     field="archetype",
                 )
-            changed = {k: v for k, v in changes.items() if getattr(current, k) != v}
+            changed = sorted(k for k, v in changes.items() if getattr(current, k) != v)
+            if adding or removing:
+                changed = sorted({*changed, "labels"})
             if not changed:
                 return current
-            updated = current.model_copy(update={**changed, "updated_at": utcnow()})
-            tx.update_profile(updated)
-            self._event(tx, "profile.updated", current.id, changed=sorted(changed))
+            now = utcnow()
+            fields = {k: v for k, v in changes.items() if k != "labels" and k in changed}
+            updated = tx.update_fields(current.id, {**fields, "updated_at": now})
+            if "labels" in changed:
+                updated = tx.merge_labels(
+                    current.id,
+                    add=adding,
+                    remove=frozenset(removing),
+                    replace=changes.get("labels"),
+                    updated_at=now,
+                )
+                assert updated is not None
+                if len(updated.labels) > MAX_LABELS:
+                    raise ValidationFailed(
+                        f"A profile can have at most {MAX_LABELS} labels; this change would "
+                        f"give {current.name!r} {len(updated.labels)}. Remove some first.",
+                        field="labels",
+                    )
+            assert updated is not None
+            self._event(tx, "profile.updated", current.id, changed=changed)
         return updated
 
     def delete(self, ref: str) -> None:
@@ -637,7 +638,7 @@ class ProfileStore:
         ``parent_profile_id`` set to null. A second delete raises ``NotFound``."""
         with self.catalog.transaction() as tx:
             profile = self._find(tx, ref)
-            tx.delete_profile(profile.id)
+            profile = tx.delete_profile(profile.id) or profile
             self._event(tx, "profile.deleted", profile.id, name=profile.name)
         with self._storage_faults("deleting a profile"):
             self._free_blobs(profile.checksum)
@@ -671,7 +672,8 @@ class ProfileStore:
         if name is not None:
             name = check_name(name)
         with self.catalog.transaction() as tx:
-            source = self._find(tx, ref)
+            found = self._find(tx, ref)
+            source = tx.get_profile_for_share(found.id) or found
             arch = get_archetype(archetype if archetype is not None else source.archetype)
             if with_state and arch.engine != source.browser_name:
                 raise ValidationFailed(
@@ -679,7 +681,6 @@ class ProfileStore:
                     f"({arch.name!r}); clone without with_state.",
                     field="archetype",
                 )
-            self._check_cap(tx)
             if name is None:
                 name = derive_name(
                     source.name, "copy", lambda n: tx.get_profile_by_name(n) is not None
@@ -726,7 +727,8 @@ class ProfileStore:
             )
         description = check_description(description)
         with self.catalog.transaction() as tx:
-            profile = self._find(tx, ref)
+            found = self._find(tx, ref)
+            profile = tx.get_profile_for_share(found.id) or found
             snap = Snapshot(
                 id=new_id("psnap"),
                 parent_profile_id=profile.id,
@@ -784,7 +786,6 @@ class ProfileStore:
             snap = tx.get_snapshot(snapshot_id)
             if snap is None:
                 raise NotFound(f"Snapshot {snapshot_id!r} not found.", resource="snapshot")
-            self._check_cap(tx)
             if name is None:
                 name = derive_name(
                     snap.parent_name, "restored", lambda n: tx.get_profile_by_name(n) is not None
@@ -839,11 +840,9 @@ class ProfileStore:
         and a ``session.created`` event."""
         with self.catalog.transaction() as tx:
             current = self._find(tx, ref)
-            now = utcnow()
-            updated = current.model_copy(
-                update={"usage_count": current.usage_count + 1, "last_used_at": now}
-            )
-            tx.update_profile(updated)
+            updated = tx.bump_usage(current.id, utcnow())
+            if updated is None:
+                raise NotFound(f"Profile {current.name!r} was deleted.", resource="profile")
             self._event(tx, "session.created", current.id, **payload)
         return updated
 
@@ -856,6 +855,7 @@ class ProfileStore:
         *,
         browser_version: str | None = None,
         event: AuditType = "state.uploaded",
+        epoch: int | None = None,
         **payload: Any,
     ) -> Profile:
         """Pack ``directory`` (a user-data-dir of the profile's engine, with its browser
@@ -865,7 +865,9 @@ class ProfileStore:
         browser wrote under the process umask included). The archive is written first and
         the catalog changed last, in one transaction; a profile deleted meanwhile raises
         ``NotFound`` and leaves no orphan bytes behind. A storage fault raises
-        ``StorageUnavailable`` and leaves the previous state committed.
+        ``StorageUnavailable`` and leaves the previous state committed. With ``epoch`` (the
+        fencing token of the caller's writer lease) the state lands only while that lease
+        is still the current one, else ``LeaseLost`` and the newer state stands.
         """
         if browser_version is not None:
             browser_version = check_browser_version(browser_version)
@@ -886,27 +888,25 @@ class ProfileStore:
                     with self.catalog.transaction() as tx:
                         if not self.blobs.exists(checksum):
                             continue  # freed by a concurrent delete between write and commit
-                        current = tx.get_profile(profile.id)
-                        if current is None:
+                        try:
+                            updated, replaced = tx.set_state(
+                                profile.id,
+                                StateUpdate(
+                                    checksum=checksum,
+                                    blob_size=sink.size,
+                                    uploaded_at=utcnow(),
+                                    browser_version=version,
+                                    cookie_domains=domains,
+                                ),
+                                epoch=epoch,
+                            )
+                        except NotFound:
                             raise NotFound(
                                 f"Profile {profile.name!r} ({profile.id}) was deleted while "
                                 "its state was being written; the state was discarded.",
                                 resource="profile",
                                 ref=profile.id,
-                            )
-                        now = utcnow()
-                        updated = current.model_copy(
-                            update={
-                                "status": "ready",
-                                "checksum": checksum,
-                                "blob_size": sink.size,
-                                "blob_uploaded_at": now,
-                                "browser_version": version or current.browser_version,
-                                "cookie_domains": domains,
-                                "updated_at": now,
-                            }
-                        )
-                        tx.update_profile(updated)
+                            ) from None
                         self._event(
                             tx,
                             event,
@@ -921,9 +921,9 @@ class ProfileStore:
                     with contextlib.suppress(ProfileError, OSError):
                         self._free_blobs(checksum)
                     raise
-                if current.checksum != checksum:
+                if replaced != checksum:
                     with contextlib.suppress(ProfileError, OSError):
-                        self._free_blobs(current.checksum)
+                        self._free_blobs(replaced)
                 if directory == self.working_copies.path(profile.id):
                     self.working_copies.mark_clean(profile.id, checksum, size=size)
                     self._keep_cache_under_cap(keep=profile.id)
@@ -1095,19 +1095,15 @@ class ProfileStore:
 
     def _set_status(self, profile_id: str, status: ProfileStatus) -> Profile:
         with self.catalog.transaction() as tx:
-            current = tx.get_profile(profile_id)
-            if current is None:
-                raise NotFound(f"Profile {profile_id!r} not found.", resource="profile")
-            updated = current.model_copy(update={"status": status})
-            tx.update_profile(updated)
+            updated = tx.set_status(profile_id, status)
+        if updated is None:
+            raise NotFound(f"Profile {profile_id!r} not found.", resource="profile")
         return updated
 
     def _settle_status(self, profile_id: str) -> None:
-        """Set the status from the committed state as read now (under the writer lock)."""
+        """Set the status from the committed state as it is now (under the writer lock)."""
         with self.catalog.transaction() as tx:
-            current = tx.get_profile(profile_id)
-            if current is not None and current.status != _committed_status(current):
-                tx.update_profile(current.model_copy(update={"status": _committed_status(current)}))
+            tx.settle_status(profile_id)
 
     def _repair_status(self, profile: Profile) -> Profile:
         status = _committed_status(profile)

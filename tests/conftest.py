@@ -13,11 +13,16 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 from profiles import BrowserNotFound, ProfileStore
 from profiles.state_rules import Engine
 
 PAGES = Path(__file__).parent / "pages"
+
+# No timing in tests: a loaded CI machine must not fail a property for being slow.
+settings.register_profile("no-deadline", deadline=None)
+settings.load_profile("no-deadline")
 
 
 @pytest.fixture(autouse=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -163,6 +164,7 @@ NAME_CHARS = st.characters(
 @given(
     name=st.text(NAME_CHARS, min_size=1, max_size=64).filter(
         lambda s: not any(c.isspace() for c in s)
+        and not re.fullmatch(r"(prof|psnap|evt)_[0-9A-Fa-f-]+", s)
     )
 )
 def test_any_printable_name_round_trips(
@@ -503,6 +505,7 @@ def test_exported_members() -> None:
             "Codec",
             "Conflict",
             "Engine",
+            "LeaseLost",
             "NoStateData",
             "NotFound",
             "Page",
@@ -548,6 +551,7 @@ def test_exported_members() -> None:
         (profiles.NotFound, "NotFound", 404),
         (profiles.Conflict, "Conflict", 409),
         (profiles.ProfileBusy, "ProfileBusy", 409),
+        (profiles.LeaseLost, "LeaseLost", 409),
         (profiles.BrowserDowngrade, "BrowserDowngrade", 409),
         (profiles.TierLimit, "TierLimit", 429),
         (profiles.BrowserNotFound, "BrowserNotFound", 503),

@@ -138,7 +138,7 @@ def test_status_is_uploading_during_an_import(store: ProfileStore, chromium_stat
 def test_an_import_that_died_is_repaired(store: ProfileStore, chromium_state: Path) -> None:
     profile = store.create("interrupted")
     with store.catalog.transaction() as tx:  # what a process killed mid-import leaves
-        tx.update_profile(profile.model_copy(update={"status": "uploading"}))
+        tx.set_status(profile.id, "uploading")
     lock = store.lock("interrupted")
     lock.acquire()
     try:

@@ -1,8 +1,49 @@
-"""The catalog interface: where profile, snapshot and audit records persist.
+"""The catalog interface: where profile, snapshot, audit and lease records persist.
 
-A catalog hands out transactions. Everything the store does for one operation happens in one
-transaction, so a crash between steps leaves no half-made record. The interface is small on
-purpose: SQLite is the embedded default, PostgreSQL will implement the same methods.
+A catalog hands out transactions. The store groups each operation's reads and writes in one
+transaction, so a crash between steps leaves no half-made record. SQLite is the embedded
+default; PostgreSQL implements the same methods for a fleet of machines.
+
+The contract
+============
+
+Every backend MUST keep these rules, and ``profiles.testing.catalog_contract`` checks them
+(run it against any new backend, from many threads and processes at once):
+
+1. **Atomic transactions.** A write transaction commits all of its writes or none. A read
+   transaction (``write=False``) sees one consistent state and never waits for writers.
+2. **Narrow writes.** No write replaces a whole record from a copy read earlier: writes name
+   the columns they change and compute new values inside the database, so two concurrent
+   transactions that change different things both survive, whatever the isolation level:
+
+   - :meth:`CatalogTransaction.update_fields` sets only the columns given;
+   - :meth:`CatalogTransaction.merge_labels` adds and removes label keys against the labels
+     as they are when the write lands (two concurrent edits of different keys both stay);
+   - :meth:`CatalogTransaction.bump_usage` increments ``usage_count`` in the database;
+   - :meth:`CatalogTransaction.set_state` replaces the committed state only while the
+     caller's lease epoch is still the profile's current one (the fencing token; see 5).
+3. **Rules enforced by the database under concurrency.** Names are unique (``Conflict``);
+   :meth:`CatalogTransaction.insert_profile` with ``max_profiles`` never lets the count pass
+   the cap, even when many transactions insert at once (``TierLimit``): two creates at
+   ``cap - 1`` cannot both succeed.
+4. **References are stable while they are read for copying.**
+   :meth:`CatalogTransaction.get_profile_for_share` keeps the row's state from changing
+   until the transaction ends, so a snapshot or a clone that copies a checksum inserts its
+   reference before any commit can replace (and free) the bytes it points at.
+5. **Leases with fencing.** A writer lease per profile: :meth:`acquire_lease` grants it only
+   when it is free or expired, and then increments the profile's ``lease_epoch``, which
+   never decreases; :meth:`renew_lease` extends it only for the current epoch;
+   :meth:`set_state` with an ``epoch`` applies only if that epoch is still current, else it
+   raises :class:`~profiles.errors.LeaseLost` and changes nothing. Expiry is judged by the
+   database's clock where it has one, so machines with skewed clocks agree.
+6. **No blob I/O inside a transaction.** Transactions hold no state bytes; the store writes
+   bytes before the transaction that references them and frees them after the one that
+   stops referencing them (data first, metadata last).
+7. **Migrations.** Each backend has one ordered migration history; opening a catalog runs
+   the migrations it lacks and refuses a schema newer than the code (``ProfileError``).
+8. **Faults.** Connection and storage faults raise
+   :class:`~profiles.errors.StorageUnavailable` naming the catalog (never its password);
+   nothing else escapes but :class:`~profiles.errors.ProfileError`.
 
 Listings are keyset-paginated: ``created_at`` (``captured_at``, ``at``) descending, then
 ``id`` descending, starting after the record whose id is ``after``. They return up to
@@ -12,21 +53,86 @@ Listings are keyset-paginated: ``created_at`` (``captured_at``, ``at``) descendi
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from contextlib import AbstractContextManager
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
 
-from profiles.models import AuditEvent, Profile, Snapshot
+from profiles.errors import LeaseLost, TierLimit
+from profiles.locks import Holder
+from profiles.models import AuditEvent, Profile, ProfileStatus, Snapshot
 
-__all__ = ["Catalog", "CatalogTransaction"]
+__all__ = [
+    "UPDATABLE_FIELDS",
+    "Catalog",
+    "CatalogTransaction",
+    "LeaseGrant",
+    "StateUpdate",
+    "cap_reached",
+    "lease_lost",
+]
+
+#: Columns :meth:`CatalogTransaction.update_fields` may set.
+UPDATABLE_FIELDS = frozenset({"name", "description", "updated_at"})
+
+
+@dataclass(frozen=True)
+class StateUpdate:
+    """A new committed state for :meth:`CatalogTransaction.set_state`."""
+
+    checksum: str
+    blob_size: int
+    uploaded_at: datetime
+    browser_version: str | None  # None keeps the recorded one
+    cookie_domains: list[str]
+
+
+@dataclass(frozen=True)
+class LeaseGrant:
+    """A writer lease granted by :meth:`CatalogTransaction.acquire_lease`."""
+
+    profile_id: str
+    epoch: int
+    expires_at: datetime | None  # None: held until released (the embedded file lock)
+
+
+def cap_reached(limit: int, current: int) -> TierLimit:
+    """The ``TierLimit`` every backend raises when an insert would pass the cap."""
+    return TierLimit(
+        f"This store allows at most {limit} profiles and has {current}. "
+        "Delete a profile or raise max_profiles.",
+        limit=limit,
+        current=current,
+    )
+
+
+def lease_lost(profile_id: str, epoch: int, current: int) -> LeaseLost:
+    """The ``LeaseLost`` every backend raises when a fenced write comes too late."""
+    return LeaseLost(
+        f"The writer lease on profile {profile_id} was lost (this writer had epoch {epoch}, "
+        f"the profile is now at epoch {current}): another writer took it after it expired. "
+        "This session's state was not written; the newer state stands. Renew leases in "
+        "time (a paused or partitioned worker loses them), or raise the lease expiry.",
+        profile_id=profile_id,
+        epoch=epoch,
+        current_epoch=current,
+    )
 
 
 class CatalogTransaction(ABC):
     """The operations available inside one catalog transaction."""
 
-    # profiles
+    # ---------------------------------------------------------------- profiles: reads
     @abstractmethod
     def get_profile(self, profile_id: str) -> Profile | None: ...
     @abstractmethod
     def get_profile_by_name(self, name: str) -> Profile | None: ...
+    @abstractmethod
+    def get_profile_for_share(self, profile_id: str) -> Profile | None:
+        """Read a profile and keep its state (checksum) from changing until this
+        transaction ends (rule 4). Only in write transactions."""
+
     @abstractmethod
     def count_profiles(self) -> int: ...
     @abstractmethod
@@ -34,33 +140,70 @@ class CatalogTransaction(ABC):
         """Every profile name, sorted (for "did you mean" suggestions)."""
 
     @abstractmethod
-    def insert_profile(self, profile: Profile) -> None:
-        """Insert; raises :class:`~profiles.errors.Conflict` if the name is taken."""
-
-    @abstractmethod
-    def update_profile(self, profile: Profile) -> None:
-        """Replace the record with the same id; ``Conflict`` if the new name is taken."""
-
-    @abstractmethod
-    def delete_profile(self, profile_id: str) -> None:
-        """Delete; snapshots keep living with ``parent_profile_id`` set to null."""
-
-    @abstractmethod
     def list_profiles(self, *, limit: int, after: str | None) -> list[Profile]: ...
 
-    # snapshots
+    # ---------------------------------------------------------------- profiles: writes
+    @abstractmethod
+    def insert_profile(self, profile: Profile, *, max_profiles: int | None = None) -> None:
+        """Insert; ``Conflict`` if the name is taken; ``TierLimit`` if the store already
+        holds ``max_profiles`` profiles (enforced against concurrent inserts, rule 3)."""
+
+    @abstractmethod
+    def update_fields(self, profile_id: str, fields: Mapping[str, Any]) -> Profile | None:
+        """Set only these columns (a subset of :data:`UPDATABLE_FIELDS`); ``Conflict`` if a
+        new name is taken. Returns the updated record, ``None`` if there is none."""
+
+    @abstractmethod
+    def merge_labels(
+        self,
+        profile_id: str,
+        *,
+        add: Mapping[str, str],
+        remove: frozenset[str],
+        replace: Mapping[str, str] | None,
+        updated_at: datetime,
+    ) -> Profile | None:
+        """Labels become ``replace`` (if given, else the current ones) minus ``remove`` plus
+        ``add``, computed against the row as it is when the write lands (rule 2)."""
+
+    @abstractmethod
+    def bump_usage(self, profile_id: str, at: datetime) -> Profile | None:
+        """``usage_count + 1`` and ``last_used_at = at``, in the database."""
+
+    @abstractmethod
+    def set_state(
+        self, profile_id: str, state: StateUpdate, *, epoch: int | None
+    ) -> tuple[Profile, str | None]:
+        """Make ``state`` the committed state (status ``ready``) and return the updated
+        record with the checksum it replaced. With ``epoch``, only while it is the
+        profile's current lease epoch, else ``LeaseLost`` (rule 5). ``NotFound`` if the
+        profile is gone."""
+
+    @abstractmethod
+    def set_status(self, profile_id: str, status: ProfileStatus) -> Profile | None: ...
+
+    @abstractmethod
+    def settle_status(self, profile_id: str) -> Profile | None:
+        """Set the status from the committed state as it is now: ``ready`` with a
+        checksum, else ``empty`` (after an import ends, whatever happened to it)."""
+
+    @abstractmethod
+    def delete_profile(self, profile_id: str) -> Profile | None:
+        """Delete and return the record; snapshots stay with ``parent_profile_id`` null."""
+
+    # ---------------------------------------------------------------- snapshots
     @abstractmethod
     def get_snapshot(self, snapshot_id: str) -> Snapshot | None: ...
     @abstractmethod
     def insert_snapshot(self, snapshot: Snapshot) -> None: ...
     @abstractmethod
-    def delete_snapshot(self, snapshot_id: str) -> None: ...
+    def delete_snapshot(self, snapshot_id: str) -> Snapshot | None: ...
     @abstractmethod
     def list_snapshots(
         self, *, profile_id: str | None, limit: int, after: str | None
     ) -> list[Snapshot]: ...
 
-    # audit
+    # ---------------------------------------------------------------- audit
     @abstractmethod
     def insert_event(self, event: AuditEvent) -> None: ...
     @abstractmethod
@@ -68,7 +211,7 @@ class CatalogTransaction(ABC):
         self, *, profile_id: str | None, limit: int, after: str | None
     ) -> list[AuditEvent]: ...
 
-    # state bytes
+    # ---------------------------------------------------------------- state bytes
     @abstractmethod
     def checksum_in_use(self, checksum: str) -> bool:
         """Whether any profile or snapshot still references these state bytes."""
@@ -76,17 +219,43 @@ class CatalogTransaction(ABC):
     @abstractmethod
     def checksums_in_use(self) -> set[str]: ...
 
+    # ---------------------------------------------------------------- leases
+    @abstractmethod
+    def acquire_lease(
+        self, profile_id: str, holder: Holder, *, ttl: float | None, force: bool = False
+    ) -> LeaseGrant | None:
+        """Grant the writer lease if it is free or expired (or ``force``: the caller holds
+        a stronger lock, the embedded file lock), incrementing ``lease_epoch``. ``None``
+        when a live holder has it; ``NotFound`` if there is no such profile. ``ttl`` None
+        means no expiry."""
+
+    @abstractmethod
+    def renew_lease(self, profile_id: str, epoch: int, *, ttl: float | None) -> bool:
+        """Extend the lease; ``False`` if ``epoch`` is no longer current (it was lost)."""
+
+    @abstractmethod
+    def release_lease(self, profile_id: str, epoch: int) -> None:
+        """Free the lease if ``epoch`` still holds it (else nothing)."""
+
+    @abstractmethod
+    def lease_holder(self, profile_id: str) -> tuple[Holder, int] | None:
+        """The live holder of the lease and its epoch, if any."""
+
+    @abstractmethod
+    def leases(self) -> list[tuple[str, Holder, int]]:
+        """``(profile_id, holder, epoch)`` of every live lease."""
+
 
 class Catalog(ABC):
     """A metadata store. Safe to share between threads; other processes may use it too."""
 
+    #: Where it lives, for messages: a path or a URL without its password.
+    location: str
+
     @abstractmethod
     def transaction(self, *, write: bool = True) -> AbstractContextManager[CatalogTransaction]:
-        """A transaction: with ``write`` serialised against every other writer, else a
-        consistent read that does not wait for writers.
-
-        Committed when the block exits normally, rolled back when it raises.
-        """
+        """A transaction: committed when the block exits normally, rolled back when it
+        raises (see the module's contract)."""
 
     @abstractmethod
     def close(self) -> None: ...

@@ -14,17 +14,33 @@ import logging
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
 from pydantic import BaseModel
 
-from profiles.catalog.base import Catalog, CatalogTransaction
-from profiles.errors import Conflict, ProfileError, StorageUnavailable, ValidationFailed
-from profiles.models import AuditEvent, Profile, Snapshot, format_timestamp
+from profiles.catalog.base import (
+    UPDATABLE_FIELDS,
+    Catalog,
+    CatalogTransaction,
+    LeaseGrant,
+    StateUpdate,
+    cap_reached,
+    lease_lost,
+)
+from profiles.errors import (
+    Conflict,
+    NotFound,
+    ProfileError,
+    StorageUnavailable,
+    ValidationFailed,
+)
+from profiles.locks import Holder
+from profiles.models import AuditEvent, Profile, ProfileStatus, Snapshot, format_timestamp
 
 __all__ = ["MIGRATIONS", "SQLiteCatalog"]
 
@@ -80,7 +96,15 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX audit_order ON audit_events (at DESC, id DESC);
     CREATE INDEX audit_profile ON audit_events (profile_id, at DESC, id DESC);
     """,
+    # 2: writer leases with a fencing epoch
+    """
+    ALTER TABLE profiles ADD COLUMN lease_epoch INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE profiles ADD COLUMN lease_holder TEXT;
+    ALTER TABLE profiles ADD COLUMN lease_expires_at REAL;
+    """,
 )
+# Columns of the profiles table that are not fields of a Profile record.
+_LEASE_COLUMNS = ("lease_epoch", "lease_holder", "lease_expires_at")
 
 _JSON_FIELDS = {"labels", "cookie_domains", "payload"}
 M = TypeVar("M", bound=BaseModel)
@@ -99,7 +123,7 @@ def _to_row(record: BaseModel) -> dict[str, Any]:
 
 
 def _from_row(model: type[M], row: sqlite3.Row) -> M:
-    data = {key: row[key] for key in row.keys()}  # noqa: SIM118 - sqlite3.Row is no mapping
+    data = {key: row[key] for key in row.keys() if key not in _LEASE_COLUMNS}  # noqa: SIM118
     for key in _JSON_FIELDS & data.keys():
         data[key] = json.loads(data[key])
     return model.model_validate(data)
@@ -169,23 +193,114 @@ class _SQLiteTransaction(CatalogTransaction):
     def get_profile_by_name(self, name: str) -> Profile | None:
         return self._one(Profile, "SELECT * FROM profiles WHERE name = ?", name)
 
+    def get_profile_for_share(self, profile_id: str) -> Profile | None:
+        # A write transaction (BEGIN IMMEDIATE) already excludes every other writer.
+        return self.get_profile(profile_id)
+
     def count_profiles(self) -> int:
         return int(self._conn.execute("SELECT count(*) FROM profiles").fetchone()[0])
 
     def profile_names(self) -> list[str]:
         return [row[0] for row in self._conn.execute("SELECT name FROM profiles ORDER BY name")]
 
-    def insert_profile(self, profile: Profile) -> None:
+    def insert_profile(self, profile: Profile, *, max_profiles: int | None = None) -> None:
+        if max_profiles is not None:
+            current = self.count_profiles()  # safe: BEGIN IMMEDIATE serialises writers
+            if current >= max_profiles:
+                raise cap_reached(max_profiles, current)
         row = _to_row(profile)
         self._write(_insert_sql("profiles", row), row, profile.name)
 
-    def update_profile(self, profile: Profile) -> None:
-        row = _to_row(profile)
-        sets = ", ".join(f"{k} = :{k}" for k in row if k != "id")
-        self._write(f"UPDATE profiles SET {sets} WHERE id = :id", row, profile.name)
+    def update_fields(self, profile_id: str, fields: Mapping[str, Any]) -> Profile | None:
+        unknown = set(fields) - UPDATABLE_FIELDS
+        if unknown:
+            raise ValueError(f"update_fields cannot set {sorted(unknown)}")
+        if fields:
+            row = {
+                k: format_timestamp(v) if isinstance(v, datetime) else v for k, v in fields.items()
+            }
+            sets = ", ".join(f"{k} = :{k}" for k in row)
+            self._write(
+                f"UPDATE profiles SET {sets} WHERE id = :id",
+                {**row, "id": profile_id},
+                row.get("name"),
+            )
+        return self.get_profile(profile_id)
 
-    def delete_profile(self, profile_id: str) -> None:
+    def merge_labels(
+        self,
+        profile_id: str,
+        *,
+        add: Mapping[str, str],
+        remove: frozenset[str],
+        replace: Mapping[str, str] | None,
+        updated_at: datetime,
+    ) -> Profile | None:
+        current = self.get_profile(profile_id)  # BEGIN IMMEDIATE: no writer in between
+        if current is None:
+            return None
+        labels = dict(current.labels if replace is None else replace)
+        for key in remove:
+            labels.pop(key, None)
+        labels.update(add)
+        self._conn.execute(
+            "UPDATE profiles SET labels = ?, updated_at = ? WHERE id = ?",
+            (json.dumps(labels, sort_keys=True), format_timestamp(updated_at), profile_id),
+        )
+        return self.get_profile(profile_id)
+
+    def bump_usage(self, profile_id: str, at: datetime) -> Profile | None:
+        self._conn.execute(
+            "UPDATE profiles SET usage_count = usage_count + 1, last_used_at = ? WHERE id = ?",
+            (format_timestamp(at), profile_id),
+        )
+        return self.get_profile(profile_id)
+
+    def set_state(
+        self, profile_id: str, state: StateUpdate, *, epoch: int | None
+    ) -> tuple[Profile, str | None]:
+        row = self._conn.execute(
+            "SELECT checksum, lease_epoch FROM profiles WHERE id = ?", (profile_id,)
+        ).fetchone()
+        if row is None:
+            raise NotFound(f"Profile {profile_id!r} not found.", resource="profile", ref=profile_id)
+        if epoch is not None and row["lease_epoch"] != epoch:
+            raise lease_lost(profile_id, epoch, int(row["lease_epoch"]))
+        stamp = format_timestamp(state.uploaded_at)
+        self._conn.execute(
+            "UPDATE profiles SET status = 'ready', checksum = ?, blob_size = ?, "
+            "blob_uploaded_at = ?, browser_version = coalesce(?, browser_version), "
+            "cookie_domains = ?, updated_at = ? WHERE id = ?",
+            (
+                state.checksum,
+                state.blob_size,
+                stamp,
+                state.browser_version,
+                json.dumps(state.cookie_domains),
+                stamp,
+                profile_id,
+            ),
+        )
+        updated = self.get_profile(profile_id)
+        assert updated is not None
+        return updated, row["checksum"]
+
+    def set_status(self, profile_id: str, status: ProfileStatus) -> Profile | None:
+        self._conn.execute("UPDATE profiles SET status = ? WHERE id = ?", (status, profile_id))
+        return self.get_profile(profile_id)
+
+    def settle_status(self, profile_id: str) -> Profile | None:
+        self._conn.execute(
+            "UPDATE profiles SET status = CASE WHEN checksum IS NULL THEN 'empty' "
+            "ELSE 'ready' END WHERE id = ?",
+            (profile_id,),
+        )
+        return self.get_profile(profile_id)
+
+    def delete_profile(self, profile_id: str) -> Profile | None:
+        current = self.get_profile(profile_id)
         self._conn.execute("DELETE FROM profiles WHERE id = ?", (profile_id,))
+        return current
 
     def list_profiles(self, *, limit: int, after: str | None) -> list[Profile]:
         return self._page(Profile, "profiles", "created_at", where=None, limit=limit, after=after)
@@ -198,8 +313,10 @@ class _SQLiteTransaction(CatalogTransaction):
         row = _to_row(snapshot)
         self._write(_insert_sql("snapshots", row), row)
 
-    def delete_snapshot(self, snapshot_id: str) -> None:
+    def delete_snapshot(self, snapshot_id: str) -> Snapshot | None:
+        current = self.get_snapshot(snapshot_id)
         self._conn.execute("DELETE FROM snapshots WHERE id = ?", (snapshot_id,))
+        return current
 
     def list_snapshots(
         self, *, profile_id: str | None, limit: int, after: str | None
@@ -235,6 +352,75 @@ class _SQLiteTransaction(CatalogTransaction):
             "UNION SELECT checksum FROM snapshots WHERE checksum IS NOT NULL"
         )
         return {row[0] for row in rows}
+
+    # leases
+    def acquire_lease(
+        self, profile_id: str, holder: Holder, *, ttl: float | None, force: bool = False
+    ) -> LeaseGrant | None:
+        now = time.time()
+        expires = None if ttl is None else now + ttl
+        condition = (
+            ""
+            if force
+            else (
+                " AND (lease_holder IS NULL OR (lease_expires_at IS NOT NULL "
+                "AND lease_expires_at < :now))"
+            )
+        )
+        cursor = self._conn.execute(
+            "UPDATE profiles SET lease_epoch = lease_epoch + 1, lease_holder = :holder, "
+            f"lease_expires_at = :expires WHERE id = :id{condition}",
+            {"holder": holder.model_dump_json(), "expires": expires, "now": now, "id": profile_id},
+        )
+        if cursor.rowcount == 0:
+            if self.get_profile(profile_id) is None:
+                raise NotFound(
+                    f"Profile {profile_id!r} not found.", resource="profile", ref=profile_id
+                )
+            return None
+        epoch = self._conn.execute(
+            "SELECT lease_epoch FROM profiles WHERE id = ?", (profile_id,)
+        ).fetchone()[0]
+        return LeaseGrant(
+            profile_id=profile_id,
+            epoch=int(epoch),
+            expires_at=None if expires is None else datetime.fromtimestamp(expires, UTC),
+        )
+
+    def renew_lease(self, profile_id: str, epoch: int, *, ttl: float | None) -> bool:
+        expires = None if ttl is None else time.time() + ttl
+        cursor = self._conn.execute(
+            "UPDATE profiles SET lease_expires_at = ? WHERE id = ? AND lease_epoch = ? "
+            "AND lease_holder IS NOT NULL",
+            (expires, profile_id, epoch),
+        )
+        return cursor.rowcount == 1
+
+    def release_lease(self, profile_id: str, epoch: int) -> None:
+        self._conn.execute(
+            "UPDATE profiles SET lease_holder = NULL, lease_expires_at = NULL "
+            "WHERE id = ? AND lease_epoch = ?",
+            (profile_id, epoch),
+        )
+
+    def _live_leases(self, where: str, args: tuple[object, ...]) -> list[tuple[str, Holder, int]]:
+        rows = self._conn.execute(
+            "SELECT id, lease_holder, lease_epoch FROM profiles WHERE lease_holder IS NOT NULL "
+            f"AND (lease_expires_at IS NULL OR lease_expires_at >= ?){where}",
+            (time.time(), *args),
+        ).fetchall()
+        found = []
+        for row in rows:
+            with contextlib.suppress(ValueError):
+                found.append((row[0], Holder.model_validate_json(row[1]), int(row[2])))
+        return found
+
+    def lease_holder(self, profile_id: str) -> tuple[Holder, int] | None:
+        found = self._live_leases(" AND id = ?", (profile_id,))
+        return (found[0][1], found[0][2]) if found else None
+
+    def leases(self) -> list[tuple[str, Holder, int]]:
+        return self._live_leases("", ())
 
 
 def _storage_error(path: Path, exc: BaseException, doing: str) -> StorageUnavailable:
