@@ -19,6 +19,7 @@ Exit codes:
 4    Conflict (and ProfileBusy, BrowserDowngrade)
 5    TierLimit
 6    BrowserNotFound
+7    StorageUnavailable (a full disk, a read-only or missing home, an I/O error)
 130  interrupted (Ctrl-C) outside ``profiles open``
 141  stdout closed early (``profiles list | head``)
 ===  ===================================================================================
@@ -26,19 +27,29 @@ Exit codes:
 ``profiles open`` ends with Ctrl-C (or SIGTERM), or, headed, when the browser window is
 closed, and exits 0 once the state is committed. A headless browser that exits on its own
 (a crash) is not committed, and ``open`` says so and exits 1 (StateCommitFailed).
+
+Commands that only read (and those that change an existing profile) never create a store:
+when the home has none they fail with NotFound naming the home and where it came from.
+Nothing read from the store or an archive reaches the terminal raw: control characters
+and bidi overrides are shown escaped (``\\x1b``) in tables, and as JSON escapes in JSON.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
+import importlib.metadata
+import inspect
 import json
 import logging
 import os
+import re
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, NoReturn, TextIO
+from typing import IO, Any, NoReturn, TextIO
 
 from pydantic import BaseModel
 
@@ -48,17 +59,23 @@ from profiles.errors import (
     Conflict,
     NotFound,
     ProfileError,
+    StorageUnavailable,
     TierLimit,
     ValidationFailed,
 )
 from profiles.models import AuditEvent, Page, Profile, Snapshot
 from profiles.state_rules import ENGINES
-from profiles.store import UNSET, ProfileStore, Unset
+from profiles.store import UNSET, ProfileStore, Unset, default_home
 
-if TYPE_CHECKING:
-    pass
-
-__all__ = ["EXIT_CODES", "UsageError", "build_parser", "exit_code", "main"]
+__all__ = [
+    "CLI_WORDING",
+    "EXIT_CODES",
+    "UsageError",
+    "build_parser",
+    "cli_message",
+    "exit_code",
+    "main",
+]
 
 log = logging.getLogger("profiles.cli")
 
@@ -69,6 +86,7 @@ EXIT_CODES: tuple[tuple[type[ProfileError], int], ...] = (
     (Conflict, 4),
     (TierLimit, 5),
     (BrowserNotFound, 6),
+    (StorageUnavailable, 7),
     (ProfileError, 1),
 )
 EXIT_USAGE = 2
@@ -77,6 +95,31 @@ EXIT_OS_ERROR = 1
 EXIT_INTERRUPTED = 130
 EXIT_BROKEN_PIPE = 141
 PROGRESS_MIN_BYTES = 1024 * 1024
+PACKAGE = "playwright-profiles"
+CATALOG_FILE = "catalog.sqlite3"  # what makes a directory a store (ProfileStore's default)
+
+#: The library's messages name Python parameters; the CLI's name its flags. Each pair is
+#: (what the library says, what the CLI says instead), applied in order to the message of
+#: every ProfileError the CLI prints (see :func:`cli_message`). Phrases, not bare words, so
+#: that a profile name quoted in a message is never rewritten.
+CLI_WORDING: tuple[tuple[str, str], ...] = (
+    (
+        "raise lock_timeout, or open it with readonly=True",
+        "raise --lock-timeout, or use --readonly",
+    ),
+    ("open it with readonly=True", "use --readonly"),
+    ("raise lock_timeout", "raise --lock-timeout"),
+    ("raise max_profiles", "raise --max-profiles"),
+    ("max_profiles must", "--max-profiles must"),
+    ("clone without with_state", "clone without --with-state"),
+    ("Pass a name explicitly", "Pass --name"),
+    (
+        "or pass allow_downgrade=True",
+        "or, knowing the risk, open it from Python with allow_downgrade=True",
+    ),
+    ("; archetype=", "; --archetype "),
+    ("a profile the session creates", "a profile that 'profiles open' creates"),
+)
 
 
 class UsageError(Exception):
@@ -98,30 +141,90 @@ def exit_code(error: ProfileError) -> int:
     return next(code for cls, code in EXIT_CODES if isinstance(error, cls))
 
 
+def cli_message(message: str) -> str:
+    """A library message in the CLI's words: Python parameters become flags (CLI_WORDING)."""
+    for python, flag in CLI_WORDING:
+        message = message.replace(python, flag)
+    return message
+
+
+def _plural(n: int, singular: str, plural: str | None = None) -> str:
+    """``1 domain``, ``2 domains``, ``0 working copies`` (with ``plural`` given)."""
+    return f"{n} {singular if n == 1 else (plural or singular + 's')}"
+
+
+def _duration(seconds: float) -> str:
+    """How long, for people: ``42s``, ``3m 05s``, ``2h 03m``, ``3d 04h``."""
+    s = int(max(0.0, seconds))
+    if s < 60:
+        return f"{s}s"
+    m, s = divmod(s, 60)
+    if m < 60:
+        return f"{m}m {s:02d}s"
+    h, m = divmod(m, 60)
+    if h < 24:
+        return f"{h}h {m:02d}m"
+    d, h = divmod(h, 24)
+    return f"{d}d {h:02d}h"
+
+
+# ------------------------------------------------------------------------------- terminal safety
+
+# C0 controls, DEL, C1 controls, and the bidi embeddings, overrides and isolates: what can
+# move the cursor, clear the screen, retitle the window or reorder what a line shows.
+_DEL_C1_BIDI = r"\x7f-\x9f\u202a-\u202e\u2066-\u2069"
+_UNSAFE_CHAR = re.compile(rf"[\x00-\x1f{_DEL_C1_BIDI}]")
+_UNSAFE_IN_LINES = re.compile(rf"[\x00-\x09\x0b-\x1f{_DEL_C1_BIDI}]")  # all but \n
+# json.dumps escapes C0 itself; with ensure_ascii=False it lets these through.
+_UNSAFE_FOR_JSON = re.compile(rf"[{_DEL_C1_BIDI}]")
+
+
+def _escape_char(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def visible(text: str) -> str:
+    """``text`` with every control character and bidi override escaped (``\\x1b``)."""
+    return _UNSAFE_CHAR.sub(_escape_char, text)
+
+
+def _visible_lines(text: str) -> str:
+    """:func:`visible`, but newlines stay: the last guard of everything printed."""
+    return _UNSAFE_IN_LINES.sub(_escape_char, text)
+
+
+def _dumps(value: Any, indent: int | None = None) -> str:
+    """JSON with non-ASCII text kept, but DEL, C1 controls and bidi overrides escaped as
+    ``\\uXXXX`` too (json.dumps escapes only C0): the same value, safe on a terminal."""
+    text = json.dumps(value, indent=indent, ensure_ascii=False, default=str)
+    return _UNSAFE_FOR_JSON.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
+
+
 # ------------------------------------------------------------------------------- output
 
 
 def _out(text: str = "") -> None:
-    """One line of the command's output, on stdout."""
-    sys.stdout.write(text + "\n")
+    """One line of the command's output, on stdout (control characters escaped)."""
+    sys.stdout.write(_visible_lines(text) + "\n")
 
 
 def _err(text: str) -> None:
     """One line for the person at the terminal (prompts, hints, errors), on stderr."""
-    sys.stderr.write(text + "\n")
+    sys.stderr.write(_visible_lines(text) + "\n")
     sys.stderr.flush()
 
 
 def _json(value: Any) -> None:
     if isinstance(value, BaseModel):
         value = value.model_dump(mode="json")
-    _out(json.dumps(value, indent=2, ensure_ascii=False))
+    _out(_dumps(value, indent=2))
 
 
 def _fail(as_json: bool, code: str, status: int, message: str, **details: Any) -> None:
     if as_json:
         body = {"code": code, "status": status, "message": message, **details}
-        _err(json.dumps({"error": body}, ensure_ascii=False, default=str))
+        _err(_dumps({"error": body}))
     else:
         _err(f"error: {message}")
 
@@ -152,7 +255,7 @@ def _short(value: object, width: int = 40) -> str:
 
 def _table(headers: Sequence[str], rows: Iterable[Sequence[object]], empty: str) -> None:
     """Aligned plain-text columns with an upper-case header; ``empty`` when no rows."""
-    cells = [[str(c) for c in row] for row in rows]
+    cells = [[visible(str(c)) for c in row] for row in rows]
     if not cells:
         _out(empty)
         return
@@ -161,9 +264,10 @@ def _table(headers: Sequence[str], rows: Iterable[Sequence[object]], empty: str)
         _out("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
 
 
-def _show(record: BaseModel) -> None:
-    """One record as ``key  value`` lines (labels, lists and sizes made readable)."""
-    data = record.model_dump(mode="json")
+def _show(record: BaseModel, extra: dict[str, str] | None = None) -> None:
+    """One record as ``key  value`` lines (labels, lists and sizes made readable), then
+    the ``extra`` lines; control characters in values are shown escaped."""
+    data = {**record.model_dump(mode="json"), **(extra or {})}
     width = max(len(k) for k in data)
     for key, value in data.items():
         if key == "blob_size" and value is not None:
@@ -174,7 +278,7 @@ def _show(record: BaseModel) -> None:
             text = ", ".join(str(v) for v in value) or "-"
         else:
             text = "-" if value is None else str(value)
-        _out(f"{key.ljust(width)}  {text}")
+        _out(f"{key.ljust(width)}  {visible(text)}")
 
 
 def _emit(args: argparse.Namespace, record: BaseModel) -> None:
@@ -212,22 +316,78 @@ def _snapshot_rows(snaps: Iterable[Snapshot]) -> Iterator[list[object]]:
         ]
 
 
-EVENT_HEADERS = ("at", "type", "profile", "details")
+EVENT_HEADERS = ("at", "type", "name", "profile", "details")
+DELETED = "(deleted)"
 
 
-def _event_rows(events: Iterable[AuditEvent]) -> Iterator[list[object]]:
+def _event_rows(
+    events: Iterable[AuditEvent], names: dict[str, str] | None = None
+) -> Iterator[list[object]]:
     for e in events:
         details = ", ".join(
             f"{k}={_short(v, 24)}" for k, v in sorted(e.payload.items()) if v is not None
         )
-        yield [_when(e.at), e.type, e.profile_id or "-", details or "-"]
+        name = (names or {}).get(e.profile_id, "-") if e.profile_id else "-"
+        yield [_when(e.at), e.type, name, e.profile_id or "-", details or "-"]
+
+
+def _profile_names(store: ProfileStore, events: Sequence[AuditEvent]) -> dict[str, str]:
+    """The name of each profile the events are about: its current one, or for a deleted
+    profile the name its profile.deleted (or profile.created) event recorded."""
+    names: dict[str, str] = {}
+    for e in events:
+        if e.profile_id is None or e.profile_id in names:
+            continue
+        try:
+            names[e.profile_id] = store.get(e.profile_id).name
+            continue
+        except NotFound:
+            pass
+        recorded = next(
+            (
+                str(x.payload["name"])
+                for x in events
+                if x.profile_id == e.profile_id
+                and x.type in ("profile.deleted", "profile.created")
+                and x.payload.get("name")
+            ),
+            None,
+        )
+        if recorded is None:  # its profile.deleted event is its newest: look it up
+            newest = store.audit(profile=e.profile_id, limit=1).data
+            if newest and newest[0].type == "profile.deleted" and newest[0].payload.get("name"):
+                recorded = str(newest[0].payload["name"])
+        names[e.profile_id] = f"{recorded} {DELETED}" if recorded else DELETED
+    return names
+
+
+PS_HEADERS = ("name", "id", "kind", "host", "pid", "since", "for")
+
+
+def _held_for(since: datetime) -> str:
+    return _duration((datetime.now(UTC) - since).total_seconds())
+
+
+def _describe_holder(holder: Any) -> str:
+    """``session, pid 4242 on build-7, since 2026-05-09 22:00:00Z (for 3m 05s)``."""
+    return (
+        f"{holder.kind}, pid {holder.pid} on {holder.host}, since {_when(holder.since)} "
+        f"(for {_held_for(holder.since)})"
+    )
+
+
+def _holder(store: ProfileStore, profile: Profile) -> Any | None:
+    """Who holds the profile's writer lock right now, where the store can tell."""
+    if not hasattr(store, "holder"):
+        return None
+    return store.holder(profile)
 
 
 def _listing(
     args: argparse.Namespace,
     fetch: Callable[[str | None], Page[Any]],
     headers: Sequence[str],
-    rows: Callable[[Iterable[Any]], Iterable[Sequence[object]]],
+    rows: Callable[[list[Any]], Iterable[Sequence[object]]],
     empty: str,
 ) -> None:
     """One page of a listing (every page with ``--all``), then the next-page hint."""
@@ -287,6 +447,21 @@ def _label(text: str) -> tuple[str, str]:
     return key, value
 
 
+_SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([kmgt]?)(?:i?b)?", re.IGNORECASE)
+
+
+def byte_size(text: str) -> int:
+    """argparse type of ``--max-size``: bytes, or a number with K, M, G or T (powers of
+    1024, an optional ``B`` / ``iB`` after it): ``500M``, ``2G``, ``1.5GiB``, ``0``."""
+    match = _SIZE.fullmatch(text.strip())
+    if match is None:
+        raise argparse.ArgumentTypeError(
+            f"expected a size such as 500M, 2G or a number of bytes, got {text!r}"
+        )
+    number, unit = match.groups()
+    return int(float(number) * 1024 ** " KMGT".index(unit.upper() or " "))
+
+
 class _Parser(argparse.ArgumentParser):
     """An ArgumentParser that raises :class:`UsageError` instead of exiting, so that
     :func:`main` reports it (as JSON with ``--json``) and returns 2."""
@@ -319,41 +494,94 @@ def cmd_list(store: ProfileStore, args: argparse.Namespace) -> None:
 
 
 def cmd_show(store: ProfileStore, args: argparse.Namespace) -> None:
-    _emit(args, store.get(args.ref))
+    profile = store.get(args.ref)
+    if args.json:  # the record as it is; 'profiles ps --json' says who holds what
+        _json(profile)
+        return
+    extra: dict[str, str] = {}
+    if hasattr(store, "holder"):
+        holder = _holder(store, profile)
+        extra["held by"] = "-" if holder is None else _describe_holder(holder)
+    _show(profile, extra)
+
+
+def cmd_ps(store: ProfileStore, args: argparse.Namespace) -> None:
+    if not hasattr(store, "activity"):
+        raise ProfileError("This version of the profile store cannot list what is in use.")
+    found = store.activity()
+    if args.json:
+        _json(
+            {
+                "data": [a.model_dump(mode="json") for a in found],
+                "has_more": False,
+                "next_cursor": None,
+            }
+        )
+        return
+    _table(
+        PS_HEADERS,
+        (
+            [
+                a.profile_name,
+                a.profile_id,
+                a.kind,
+                a.host,
+                a.pid,
+                _when(a.since),
+                _held_for(a.since),
+            ]
+            for a in found
+        ),
+        "(no profile is in use)",
+    )
 
 
 def cmd_update(store: ProfileStore, args: argparse.Namespace) -> None:
+    adding: dict[str, str] = dict(args.label or ())
+    removing: list[str] = list(args.remove_label or ())
     if not any(
         (
             args.name is not None,
             args.description is not None,
             args.clear_description,
-            args.label,
+            adding,
+            removing,
             args.clear_labels,
             args.archetype is not None,
         )
     ):
         raise UsageError(
-            "Nothing to change: pass --name, --description, --clear-description, --label or "
-            "--clear-labels."
+            "Nothing to change: pass --name, --description, --clear-description, --label, "
+            "--remove-label or --clear-labels."
         )
+    both = sorted(set(adding) & set(removing))
+    if both:
+        raise UsageError(f"--label and --remove-label both name {', '.join(both)}: which one?")
     description: str | Unset | None = UNSET
     if args.clear_description:
         description = None
     elif args.description is not None:
         description = args.description
-    labels: dict[str, str] | Unset = UNSET
+    update: Callable[..., Profile] = store.update  # add_labels / remove_labels are newer
+    changes: dict[str, Any] = {}
     if args.clear_labels:
-        labels = dict(args.label or ())  # --clear-labels --label k=v: exactly these
-    elif args.label:
-        # ProfileStore.update replaces the whole map; --label adds to what is there.
-        labels = {**store.get(args.ref).labels, **dict(args.label)}
-    profile = store.update(
+        changes["labels"] = adding  # --clear-labels --label k=v: exactly these
+    elif (adding or removing) and "add_labels" in inspect.signature(update).parameters:
+        # merged with the labels there are inside the store's transaction
+        changes.update(add_labels=adding, remove_labels=removing)
+    elif adding or removing:
+        # an older store replaces the whole map: read, merge, write
+        current = store.get(args.ref).labels
+        changes["labels"] = {
+            **{k: v for k, v in current.items() if k not in removing},
+            **adding,
+        }
+    profile = update(
         args.ref,
         name=args.name if args.name is not None else UNSET,
         description=description,
-        labels=labels,
         archetype=args.archetype if args.archetype is not None else UNSET,
+        **changes,
     )
     _emit(args, profile)
 
@@ -366,12 +594,25 @@ def _confirm(question: str) -> bool:
 
 def cmd_delete(store: ProfileStore, args: argparse.Namespace) -> None:
     profile = store.get(args.ref)
-    if not args.yes:
+    holder = _holder(store, profile)
+    in_use = (
+        ""
+        if holder is None
+        else f"{profile.name!r} is in use right now: {_describe_holder(holder)}. Deleting it "
+        "loses what that session has not saved yet, and its save will fail."
+    )
+    if args.yes:
+        if in_use:
+            _err(f"warning: {in_use} Deleting it anyway (--yes).")
+    else:
         if not sys.stdin.isatty():
             raise UsageError(
                 f"Not deleting {profile.name!r}: stdin is not a terminal, so there is no one "
-                "to confirm. Pass --yes to delete without asking."
+                f"to confirm. {in_use + ' ' if in_use else ''}Pass --yes to delete without "
+                "asking."
             )
+        if in_use:
+            _err(f"warning: {in_use}")
         question = f"Delete profile {profile.name!r} ({profile.id}) and its state?"
         if not _confirm(question):
             raise Declined(f"Not deleted: {profile.name!r} is unchanged.")
@@ -421,9 +662,26 @@ def cmd_audit(store: ProfileStore, args: argparse.Namespace) -> None:
         args,
         lambda cursor: store.audit(profile=args.profile, limit=args.limit, cursor=cursor),
         EVENT_HEADERS,
-        _event_rows,
+        lambda events: _event_rows(events, _profile_names(store, events)),
         "(no events)",
     )
+
+
+def cmd_cache_prune(store: ProfileStore, args: argparse.Namespace) -> None:
+    if not hasattr(store, "prune_cache"):
+        raise ProfileError("This version of the profile store cannot prune its cache.")
+    result = store.prune_cache(args.max_size)
+    if args.json:
+        _json(
+            {
+                "removed": list(result.removed),
+                "freed_bytes": result.freed_bytes,
+                "kept_bytes": result.kept_bytes,
+            }
+        )
+        return
+    copies = _plural(len(result.removed), "working copy", "working copies")
+    _out(f"removed {copies}, freed {_size(result.freed_bytes)}; {_size(result.kept_bytes)} kept")
 
 
 def cmd_archetypes(store: ProfileStore | None, args: argparse.Namespace) -> None:
@@ -453,6 +711,38 @@ def cmd_archetypes(store: ProfileStore | None, args: argparse.Namespace) -> None
     )
 
 
+_ENGINE_MISMATCH = re.compile(r"holds an? (chromium|firefox|webkit) profile")
+
+
+def _archetype_for(engine: str) -> str:
+    """The archetype to suggest for an archive of ``engine``: its desktop one."""
+    names = [a.name for a in all_archetypes().values() if a.engine == engine]
+    return f"desktop-{engine}" if f"desktop-{engine}" in names else (names or ["?"])[0]
+
+
+def _import_target(store: ProfileStore, args: argparse.Namespace) -> Profile | None:
+    """With ``--create``: the profile to import into, created when missing (returned then,
+    so that a failed import can take it back). ``None`` when it already existed."""
+    if not args.create:
+        if args.archetype is not None:
+            raise UsageError("--archetype applies only with --create (to the profile it creates).")
+        return None
+    try:
+        existing = store.get(args.ref)
+    except NotFound:
+        try:
+            return store.create(args.ref, archetype=args.archetype)
+        except Conflict:  # created by someone else meanwhile
+            existing = store.get(args.ref)
+    if args.archetype is not None and args.archetype != existing.archetype:
+        raise ValidationFailed(
+            f"Profile {existing.name!r} exists and is pinned to {existing.archetype!r}; "
+            f"--archetype {args.archetype} applies only to a profile that --create creates.",
+            field="archetype",
+        )
+    return None
+
+
 def cmd_import(store: ProfileStore, args: argparse.Namespace) -> None:
     source: Path | IO[bytes]
     if args.file == "-":
@@ -462,21 +752,52 @@ def cmd_import(store: ProfileStore, args: argparse.Namespace) -> None:
     else:
         source = Path(args.file)
         total = source.stat().st_size if source.is_file() else None
+    created = _import_target(store, args)
     bar = _Progress(total, "importing")
     try:
         profile = store.import_state(
-            args.ref,
+            created.id if created else args.ref,
             source,
             browser_version=args.browser_version,
             lock_timeout=args.lock_timeout,
             progress=bar,
         )
+    except ValidationFailed as error:
+        if created is not None:  # take back what --create made: a retry starts clean
+            with contextlib.suppress(ProfileError):
+                store.delete(created.id)
+        mismatch = _ENGINE_MISMATCH.search(error.message)
+        if mismatch is None:
+            raise
+        engine = mismatch.group(1)
+        archetype = _archetype_for(engine)
+        if created is not None:
+            advice = (
+                f"{created.name!r} was not kept. Run the import again with --create "
+                f"--archetype {archetype} (or another {engine} archetype: profiles archetypes "
+                f"--engine {engine})."
+            )
+        else:
+            advice = (
+                f"Import it into a new profile: profiles import NEW-NAME FILE --create "
+                f"--archetype {archetype}."
+            )
+        raise ValidationFailed(
+            f"{error.message} {advice}",
+            **{**error.details, "suggested_archetype": archetype},
+        ) from error
+    except BaseException:
+        if created is not None:
+            with contextlib.suppress(ProfileError):
+                store.delete(created.id)
+        raise
     finally:
         bar.finish()
     if args.json:
         _json(profile)
     else:
-        _out(f"imported {_size(profile.blob_size)} into {profile.name} ({profile.status})")
+        made = "created and " if created else ""
+        _out(f"{made}imported {_size(profile.blob_size)} into {profile.name} ({profile.status})")
 
 
 def cmd_export(store: ProfileStore, args: argparse.Namespace) -> None:
@@ -484,13 +805,26 @@ def cmd_export(store: ProfileStore, args: argparse.Namespace) -> None:
     if to_stdout and sys.stdout.isatty():
         raise UsageError("FILE is '-' but stdout is a terminal: redirect it to a file.")
     profile = store.get(args.ref)
-    bar = _Progress(profile.blob_size, "exporting")  # the stored size: close enough
     dest: Path | IO[bytes]
     if to_stdout:
         sys.stdout.flush()
         dest = sys.stdout.buffer
     else:
         dest = Path(args.file)
+        if dest.is_dir():
+            raise UsageError(
+                f"{dest} is a directory: name the file to write, e.g. "
+                f"{dest / (profile.name + '.tar.gz')}."
+            )
+        if not dest.parent.is_dir():
+            raise OSError(
+                errno.ENOENT,
+                f"Cannot write {dest}: the directory {dest.parent} does not exist. "
+                "Create it first, or write somewhere else.",
+            )
+        if dest.exists() and not args.force:
+            raise UsageError(f"{dest} exists: pass --force to overwrite it.")
+    bar = _Progress(profile.blob_size, "exporting")  # the stored size: close enough
     try:
         written = store.export_state(profile.id, dest, codec=args.codec, progress=bar)
     finally:
@@ -514,6 +848,10 @@ def cmd_open(store: ProfileStore, args: argparse.Namespace) -> None:
 
 Handler = Callable[[Any, argparse.Namespace], None]
 
+# What a command needs of the store: none at all, one that exists (it only reads, or changes
+# an existing profile: it never creates a store), or one it may create.
+NO_STORE, EXISTING, MAY_CREATE = "none", "existing", "may-create"
+
 OPEN_DESCRIPTION = """\
 Open a browser on a profile, to log in by hand or to refresh it; saving it when it ends.
 
@@ -521,16 +859,20 @@ The profile is created (with --archetype, default desktop-chromium) if it does n
 unless --no-create. Press Ctrl-C in this terminal (or send SIGTERM to this process) to close
 the browser and commit its state.
 With --headed a window is shown (Linux needs DISPLAY or WAYLAND_DISPLAY: use
-'xvfb-run profiles open ...' on a server); closing that window ends the session WITHOUT
-saving, because the session cannot tell it from a crash. Without --headed the browser runs
-headless: useful to refresh a profile (visit --url so cookies renew) and, with --exit, to do
-that in a script: 'profiles open REF --url URL --exit' visits and commits right away.
+'xvfb-run profiles open ...' on a server); closing that window also ends the session and
+SAVES the profile. Cookies without an expiry cannot be read from a browser that is already
+gone, so to keep session cookies, end with Ctrl-C instead. A headless browser that exits on
+its own is a crash: nothing is saved, and open says so (exit 1).
+Without --headed the browser runs headless: useful to refresh a profile (visit --url so
+cookies renew) and, with --exit, to do that in a script: 'profiles open REF --url URL --exit'
+visits and commits right away.
 --readonly opens a private copy and saves nothing."""
 
 EPILOG = """\
 exit codes: 0 ok; 1 other error (StateCommitFailed, file error, deletion declined);
-2 ValidationFailed / usage; 3 NotFound; 4 Conflict (ProfileBusy, BrowserDowngrade);
-5 TierLimit; 6 BrowserNotFound; 130 interrupted; 141 stdout closed early."""
+2 ValidationFailed / usage; 3 NotFound (a profile, a snapshot, the store); 4 Conflict
+(ProfileBusy, BrowserDowngrade); 5 TierLimit; 6 BrowserNotFound; 7 StorageUnavailable;
+130 interrupted; 141 stdout closed early."""
 
 
 def _common_options(parser: argparse.ArgumentParser) -> None:
@@ -589,11 +931,22 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _common_options(parser)
-    parser.set_defaults(json=False, home=None, max_profiles=None, verbose=0, needs_store=True)
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parser.add_argument(
+        "--version",
+        action="store_true",
+        help="print the version and the store in use (its home, and whether it exists)",
+    )
+    parser.set_defaults(json=False, home=None, max_profiles=None, verbose=0, store=EXISTING)
+    # not required here, so that 'profiles --version' needs no command; main checks it
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     def command(
-        group: Any, name: str, handler: Handler | None, help: str, description: str = ""
+        group: Any,
+        name: str,
+        handler: Handler | None,
+        help: str,
+        description: str = "",
+        store: str = EXISTING,
     ) -> argparse.ArgumentParser:
         p: argparse.ArgumentParser = group.add_parser(
             name,
@@ -603,12 +956,12 @@ def build_parser() -> argparse.ArgumentParser:
         )
         _common_options(p)
         if handler is not None:
-            p.set_defaults(handler=handler)
+            p.set_defaults(handler=handler, store=store)
         return p
 
     ref_help = "profile id or name"
 
-    p = command(sub, "create", cmd_create, "Create an empty profile.")
+    p = command(sub, "create", cmd_create, "Create an empty profile.", store=MAY_CREATE)
     p.add_argument(
         "name", metavar="NAME", help="1 to 64 characters, no whitespace; unique in the store"
     )
@@ -630,7 +983,8 @@ def build_parser() -> argparse.ArgumentParser:
         cmd_update,
         "Rename a profile or change its description or labels.",
         "Rename a profile or change its description or labels; only what is given changes.\n"
-        "--label adds or replaces one label; --clear-labels removes all of them first.\n"
+        "--label adds or replaces one label, --remove-label removes one; both merge with the\n"
+        "labels as they are when the change is written. --clear-labels removes all first.\n"
         "The archetype cannot change: --archetype with another value is refused (clone).",
     )
     p.add_argument("ref", metavar="REF", help=ref_help)
@@ -645,6 +999,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         help="add or replace a label (repeatable)",
     )
+    p.add_argument(
+        "--remove-label",
+        metavar="KEY",
+        action="append",
+        help="remove a label if it is there (repeatable)",
+    )
     p.add_argument("--clear-labels", action="store_true", help="remove every label first")
     p.add_argument(
         "--archetype", metavar="A", help="accepted only if unchanged (archetypes are sticky)"
@@ -656,7 +1016,8 @@ def build_parser() -> argparse.ArgumentParser:
         cmd_delete,
         "Delete a profile and its state (its snapshots stay).",
         "Delete a profile and its state; its snapshots stay restorable.\n"
-        "Asks first on a terminal; when stdin is not a terminal, --yes is required.",
+        "Asks first on a terminal; when stdin is not a terminal, --yes is required.\n"
+        "When a session or an import holds the profile, it says who, and since when.",
     )
     p.add_argument("ref", metavar="REF", help=ref_help)
     p.add_argument("-y", "--yes", action="store_true", help="delete without asking")
@@ -706,10 +1067,40 @@ def build_parser() -> argparse.ArgumentParser:
     _page_options(p)
 
     p = command(
-        sub, "archetypes", cmd_archetypes, "List the archetypes a profile can be pinned to."
+        sub,
+        "archetypes",
+        cmd_archetypes,
+        "List the archetypes a profile can be pinned to.",
+        store=NO_STORE,
     )
     p.add_argument("--engine", choices=ENGINES, help="only this engine's")
-    p.set_defaults(needs_store=False)
+
+    command(
+        sub,
+        "ps",
+        cmd_ps,
+        "List the profiles in use right now: sessions, imports, read-only sessions.",
+        "List the profiles in use right now on this machine: writer sessions, imports and\n"
+        "read-only sessions, with who holds each (host, pid) and since when, oldest first.",
+    )
+
+    cache = command(sub, "cache", None, "The working copies kept to start sessions fast.")
+    cache_sub = cache.add_subparsers(dest="cache_command", required=True, metavar="COMMAND")
+    p = command(
+        cache_sub,
+        "prune",
+        cmd_cache_prune,
+        "Remove least recently used working copies (they are unpacked again when needed).",
+        "Remove the least recently used working copies until they take at most --max-size\n"
+        "(default: the store's cap). Copies in use stay. A removed copy is unpacked again\n"
+        "from the committed state by the next session on its profile; nothing is lost.",
+    )
+    p.add_argument(
+        "--max-size",
+        metavar="SIZE",
+        type=byte_size,
+        help="bytes, or with K, M, G (powers of 1024): 500M, 2G; 0 removes every unused copy",
+    )
 
     p = command(
         sub,
@@ -717,10 +1108,20 @@ def build_parser() -> argparse.ArgumentParser:
         cmd_import,
         "Replace a profile's state with a .tar.gz or .tar.zst archive.",
         "Replace a profile's state with a .tar.gz or .tar.zst archive of a browser\n"
-        "user-data-dir of the profile's engine. FILE '-' reads stdin.",
+        "user-data-dir of the profile's engine. FILE '-' reads stdin. With --create a\n"
+        "missing profile is created first (with --archetype, default desktop-chromium), so\n"
+        "'profiles export REF - | ssh host profiles import REF - --create' works on a new host.",
     )
     p.add_argument("ref", metavar="REF", help=ref_help)
     p.add_argument("file", metavar="FILE", help="the archive, or - for stdin")
+    p.add_argument(
+        "--create", action="store_true", help="create the profile (and store) if missing"
+    )
+    p.add_argument(
+        "--archetype",
+        metavar="A",
+        help="with --create: for the profile created (default desktop-chromium)",
+    )
     p.add_argument(
         "--browser-version", metavar="V", help="the browser version that wrote the state"
     )
@@ -732,18 +1133,22 @@ def build_parser() -> argparse.ArgumentParser:
         cmd_export,
         "Write a profile's state as a .tar.gz (or .tar.zst) archive.",
         "Write a profile's committed state as a .tar.gz (or .tar.zst) archive.\n"
-        "FILE '-' writes the archive to stdout (and nothing else).",
+        "FILE '-' writes the archive to stdout (and nothing else). An existing FILE is\n"
+        "not overwritten without --force.",
     )
     p.add_argument("ref", metavar="REF", help=ref_help)
     p.add_argument("file", metavar="FILE", help="where to write, or - for stdout")
+    p.add_argument("--force", action="store_true", help="overwrite FILE if it exists")
     p.add_argument("--codec", choices=("gzip", "zstd"), default="gzip", help="compression (gzip)")
 
     p = command(
         sub,
         "open",
         cmd_open,
-        "Open a browser on a profile (log in by hand, refresh it); Ctrl-C saves.",
+        "Open a browser on a profile (log in by hand, refresh it); Ctrl-C or closing "
+        "the window saves.",
         OPEN_DESCRIPTION,
+        store=MAY_CREATE,
     )
     p.add_argument("ref", metavar="REF", help="profile id or name (created if missing)")
     p.add_argument("--url", metavar="URL", help="the page to open")
@@ -775,12 +1180,72 @@ def _logging_to_stderr(verbosity: int) -> Iterator[None]:
         root.setLevel(previous)
 
 
+def _home(args: argparse.Namespace) -> tuple[Path, str]:
+    """The store's home and where that came from (for messages)."""
+    if args.home is not None:
+        return Path(args.home).expanduser(), "--home"
+    source = "$PROFILES_HOME" if os.environ.get("PROFILES_HOME") else "the default home"
+    return default_home(), source
+
+
+def _store_exists(home: Path) -> bool:
+    return (home / CATALOG_FILE).is_file()
+
+
+def _store_mode(args: argparse.Namespace) -> str:
+    if getattr(args, "no_create", False):  # open --no-create
+        return EXISTING
+    if getattr(args, "create", False):  # import --create
+        return MAY_CREATE
+    return str(args.store)
+
+
+def _open_store(args: argparse.Namespace, mode: str) -> ProfileStore:
+    """The store; for a command that must not create one, NotFound naming the home when
+    there is none (so a typo in --home or $PROFILES_HOME does not make an empty store)."""
+    home, source = _home(args)
+    kwargs: dict[str, Any] = {"max_profiles": args.max_profiles}
+    if mode == EXISTING:
+        if not _store_exists(home):
+            what = "does not exist" if not home.exists() else f"has no {CATALOG_FILE}"
+            raise NotFound(
+                f"No profile store at {home} (from {source}): the directory {what}. Check "
+                "the path; to make a store there, run a command that creates a profile, "
+                "e.g. 'profiles create NAME' with the same home.",
+                resource="store",
+                home=str(home),
+            )
+        factory: Callable[..., ProfileStore] = ProfileStore
+        if "create" in inspect.signature(factory).parameters:
+            kwargs["create"] = False
+    return ProfileStore(home, **kwargs)
+
+
+def _version(args: argparse.Namespace) -> None:
+    try:
+        version = importlib.metadata.version(PACKAGE)
+    except importlib.metadata.PackageNotFoundError:
+        from profiles import __version__ as version
+    home, source = _home(args)
+    exists = _store_exists(home)
+    if args.json:
+        _json({"version": version, "home": str(home), "home_source": source, "exists": exists})
+        return
+    _out(f"profiles {version} ({PACKAGE})")
+    state = "a profile store" if exists else "no profile store there yet"
+    _out(f"store: {home} (from {source}; {state})")
+
+
 def _run(args: argparse.Namespace) -> None:
-    if not args.needs_store:
-        args.handler(None, args)
+    if args.version:
+        _version(args)
     else:
-        with ProfileStore(args.home, max_profiles=args.max_profiles) as store:
-            args.handler(store, args)
+        mode = _store_mode(args)
+        if mode == NO_STORE:
+            args.handler(None, args)
+        else:
+            with _open_store(args, mode) as store:
+                args.handler(store, args)
     sys.stdout.flush()  # here, so that a closed pipe is reported like any other error
 
 
@@ -791,6 +1256,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
+        if args.command is None and not args.version:
+            parser.error("the following arguments are required: COMMAND")
     except UsageError as error:
         if "--json" in argv:
             _fail(True, "UsageError", 400, error.message)
@@ -803,10 +1270,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         try:
             _run(args)
         except ProfileError as error:
+            message = cli_message(error.message)
             if args.json:
-                _err(json.dumps({"error": error.to_dict()}, ensure_ascii=False, default=str))
+                _err(_dumps({"error": {**error.to_dict(), "message": message}}))
             else:
-                _err(f"error: {error.message}")
+                _err(f"error: {message}")
             return exit_code(error)
         except UsageError as error:
             _fail(args.json, "UsageError", 400, error.message)

@@ -5,6 +5,34 @@
 # Playwright's own browser downloads are not needed (nor reachable on closed networks):
 # the library finds system browsers by itself.
 set -euo pipefail
+
+usage() {
+  cat <<'EOF_USAGE'
+usage: scripts/setup.sh [-h | --help]
+
+Set up this checkout on a fresh machine:
+  1. Debian's chromium and firefox-esr, with apt-get (as root, or with sudo), when either
+     is missing and apt-get is there;
+  2. a virtual environment in .venv (made with $PYTHON, default python3) holding the
+     project and its dev extras (pip install -e '.[dev]').
+Then it prints the Python and Playwright versions it set up. Run it again at any time:
+what is there already is kept. Playwright's own browser downloads are not needed.
+EOF_USAGE
+}
+
+case "${1-}" in
+  "") ;;
+  -h | --help)
+    usage
+    exit 0
+    ;;
+  *)
+    echo "setup.sh: unknown argument: $1" >&2
+    usage >&2
+    exit 2
+    ;;
+esac
+
 cd "$(dirname "$0")/.."
 
 need_browsers() {
@@ -25,4 +53,8 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -e '.[dev]'
-echo "setup: done ($(.venv/bin/python -c 'import playwright, sys; print("python", sys.version.split()[0], "playwright", playwright.__version__)'))"
+versions=$(.venv/bin/python -c 'import sys
+from importlib.metadata import version
+python, playwright = sys.version.split()[0], version("playwright")
+print(f"python {python}, playwright {playwright}")')
+echo "setup: done ($versions)"

@@ -8,11 +8,17 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import gzip
+import importlib.metadata
+import inspect
 import io
 import json
 import os
+import re
 import signal
+import socket
+import sqlite3
 import subprocess
 import sys
 import tarfile
@@ -26,8 +32,19 @@ from playwright.sync_api import Page
 
 import driver
 from driver import Session
-from profiles import ProfileStore
-from profiles.cli import _Progress, build_parser, main
+from profiles import ProfileError, ProfileStore, StorageUnavailable
+from profiles.cli import (
+    CLI_WORDING,
+    _dumps,
+    _duration,
+    _plural,
+    _Progress,
+    byte_size,
+    cli_message,
+    exit_code,
+    main,
+    visible,
+)
 
 from conftest import require_engine
 
@@ -126,7 +143,7 @@ def test_profile_commands_and_their_json(capsys: pytest.CaptureFixture[str]) -> 
     assert [p["name"] for p in listing["data"]] == ["prod-eu"]
 
 
-def test_list_pages_and_table(capsys: pytest.CaptureFixture[str]) -> None:
+def test_list_pages_and_table(capsys: pytest.CaptureFixture[str], store: ProfileStore) -> None:
     code, out, _ = run(capsys, "list")
     assert code == 0 and out == "(no profiles)\n"
     for name in ("one", "two", "three"):
@@ -255,7 +272,7 @@ def test_audit_filters_by_profile(capsys: pytest.CaptureFixture[str]) -> None:
     assert run(capsys, "audit", "--profile", "nobody")[0] == 3
 
     code, out, _ = run(capsys, "audit", "--profile", "two")
-    assert code == 0 and out.split()[:4] == ["AT", "TYPE", "PROFILE", "DETAILS"]
+    assert code == 0 and out.split()[:5] == ["AT", "TYPE", "NAME", "PROFILE", "DETAILS"]
     assert "profile.created" in out and "name=two" in out
 
 
@@ -311,7 +328,7 @@ def test_archetypes_filter_by_engine(capsys: pytest.CaptureFixture[str], home: P
         pytest.param(["clone", "taken", "--name", "taken"], 4, "already exists", id="clone"),
         pytest.param(["--max-profiles", "1", "create", "more"], 5, "at most 1", id="tier"),
         pytest.param(["clone", "taken", "--max-profiles", "1"], 5, "at most 1", id="tier-clone"),
-        pytest.param(["--max-profiles", "-1", "list"], 2, "negative", id="max-profiles"),
+        pytest.param(["--max-profiles", "-1", "list"], 2, "--max-profiles", id="max-profiles"),
     ],
 )
 def test_errors_map_to_exit_codes(
@@ -330,7 +347,9 @@ def test_errors_map_to_exit_codes(
     assert not out
 
 
-def test_json_errors_go_to_stderr_as_one_document(capsys: pytest.CaptureFixture[str]) -> None:
+def test_json_errors_go_to_stderr_as_one_document(
+    capsys: pytest.CaptureFixture[str], store: ProfileStore
+) -> None:
     code, out, err = run(capsys, "show", "ghost", "--json")
     assert code == 3 and not out
     body = json.loads(err)["error"]
@@ -375,7 +394,7 @@ def test_import_waits_for_the_writer_lock(
     archive.write_bytes(b"whatever")
     with store.lock("busy"):
         code, _, err = run(capsys, "import", "busy", str(archive), "--lock-timeout", "0")
-    assert code == 4 and "is in use by pid" in err
+    assert code == 4 and "in use" in err and f"pid {os.getpid()}" in err
 
 
 def test_verbose_logs_to_stderr_for_one_command_only(capsys: pytest.CaptureFixture[str]) -> None:
@@ -466,7 +485,7 @@ def test_open_with_url_and_exit_commits(
     code, out, err = run(capsys, "open", "web", "--readonly", "--exit")
     assert code == 0 and out == "closed web (read-only, nothing saved)\n", err
     code, out, _ = run(capsys, "open", "web", "--url", f"{http_server}/", "--exit")
-    assert code == 0 and out.startswith("saved web: ready, ") and "1 domains" in out
+    assert code == 0 and out.startswith("saved web: ready, ") and "cookies of 1 domain" in out
     assert store.get("web").usage_count == 4  # three opens and the read-only check
     assert run(capsys, "open", "web", "--exit", "--no-create", "--archetype", "pixel-7")[0] == 2
 
@@ -571,7 +590,7 @@ def test_import_export_round_trip(
     assert store.get("fox").status == "empty"
     # file system errors are reported, not raised
     code, _, err = run(capsys, "export", "copy", str(tmp_path / "no" / "such" / "dir.tar.gz"))
-    assert code == 1 and "No such file or directory" in err
+    assert code == 1 and f"the directory {tmp_path / 'no' / 'such'} does not exist" in err
 
     # state stamped by a newer browser major is refused by open (BrowserDowngrade)
     stamped = run_json(capsys, "import", "again", str(gz), "--browser-version", "9999.0.0.1")
@@ -638,44 +657,520 @@ def test_the_entry_points_run(tmp_path: Path) -> None:
         assert store.get("via-cli").name == "via-cli"
 
 
-# ---------------------------------------------------------------------------- documentation
+# ---------------------------------------------------------------------------- helpers for below
 
 
-def _commands(parser: argparse.ArgumentParser, prefix: str = "") -> dict[str, str]:
-    """Every command and subcommand, with the help it shows in its parent's listing."""
-    found: dict[str, str] = {}
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
-            listed = {a.dest: a.help or "" for a in action._choices_actions}
-            for name, sub in action.choices.items():
-                assert sub.description, f"'profiles {prefix}{name}' has no description"
-                found[f"{prefix}{name}"] = listed.get(name, "")
-                found.update(_commands(sub, f"{prefix}{name} "))
-    return found
+def fake_state(root: Path, engine: str = "chromium", domains: tuple[str, ...] = ()) -> Path:
+    """A .tar.gz of a minimal user-data-dir that the store takes for ``engine``'s, with
+    cookies of ``domains`` (no browser needed)."""
+    state = root / f"{engine}-state"
+    if engine == "chromium":
+        (state / "Default").mkdir(parents=True)
+        (state / "Local State").write_text("{}")
+        (state / "Default" / "Preferences").write_text("{}")
+        db, table, column = state / "Default" / "Cookies", "cookies", "host_key"
+    else:
+        state.mkdir(parents=True)
+        (state / "prefs.js").write_text("")
+        db, table, column = state / "cookies.sqlite", "moz_cookies", "host"
+    with contextlib.closing(sqlite3.connect(db)) as conn, conn:
+        conn.execute(f"CREATE TABLE {table} ({column} TEXT)")
+        conn.executemany(f"INSERT INTO {table} VALUES (?)", [(d,) for d in domains])
+    archive = root / f"{engine}-state.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        for path in sorted(state.rglob("*")):
+            tar.add(path, arcname=str(path.relative_to(state)), recursive=False)
+    return archive
 
 
-def test_every_command_has_help_and_is_in_the_readme() -> None:
-    commands = _commands(build_parser())
-    assert set(commands) >= {
-        "create",
-        "list",
-        "show",
-        "update",
-        "delete",
-        "clone",
-        "snapshot",
-        "snapshot create",
-        "snapshot list",
-        "snapshot show",
-        "snapshot delete",
-        "snapshot restore",
-        "audit",
-        "archetypes",
-        "import",
-        "export",
-        "open",
+@contextlib.contextmanager
+def held_by_another_process(name: str) -> Iterator[int]:
+    """A real second process that holds the writer lock of profile ``name``; its pid."""
+    code = (
+        "import sys, time\n"
+        "from profiles import ProfileStore\n"
+        "store = ProfileStore()\n"
+        "lock = store.lock(sys.argv[1])\n"
+        "lock.acquire()\n"
+        "print('held', flush=True)\n"
+        "time.sleep(120)\n"
+    )
+    with subprocess.Popen(
+        [PYTHON, "-c", code, name], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    ) as proc:
+        try:
+            assert proc.stdout is not None
+            line = proc.stdout.readline()
+            assert line == "held\n", proc.stderr.read() if proc.stderr else line
+            yield proc.pid
+        finally:
+            proc.kill()
+            proc.wait()
+
+
+needs_activity = pytest.mark.skipif(
+    not (hasattr(ProfileStore, "activity") and hasattr(ProfileStore, "holder")),
+    reason="waits for ProfileStore.activity() and ProfileStore.holder(ref)",
+)
+needs_prune = pytest.mark.skipif(
+    not hasattr(ProfileStore, "prune_cache"), reason="waits for ProfileStore.prune_cache()"
+)
+needs_merged_labels = pytest.mark.skipif(
+    "add_labels" not in inspect.signature(ProfileStore.update).parameters,
+    reason="waits for ProfileStore.update(add_labels=..., remove_labels=...)",
+)
+
+
+# ---------------------------------------------------------------------------- B: no store by typo
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["list"],
+        ["show", "prod"],
+        ["audit"],
+        ["snapshot", "list"],
+        ["snapshot", "show", "psnap_x"],
+        ["export", "prod", "out.tar.gz"],
+        ["ps"],
+        ["update", "prod", "--name", "p2"],
+        ["delete", "prod", "--yes"],
+        ["snapshot", "create", "prod"],
+        ["import", "prod", "in.tar.gz"],
+        ["open", "prod", "--no-create"],
+        ["cache", "prune"],
+    ],
+    ids=" ".join,
+)
+def test_commands_that_need_a_store_never_create_one(
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    home: Path,
+    argv: list[str],
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    code, out, err = run(capsys, *argv)
+    assert (code, out) == (3, ""), err
+    assert f"No profile store at {home} (from $PROFILES_HOME)" in err
+    assert "does not exist" in err and "profiles create NAME" in err
+    assert not home.exists()
+
+    typo = tmp_path / "hmoe"
+    code, out, err = run(capsys, *argv, "--home", str(typo), "--json")
+    body = json.loads(err)["error"]
+    assert (code, out, body["code"], body["resource"]) == (3, "", "NotFound", "store")
+    assert f"{typo} (from --home)" in body["message"] and not typo.exists()
+
+    # a directory that is not a store is not made one either
+    typo.mkdir()
+    code, _, err = run(capsys, *argv, "--home", str(typo))
+    assert code == 3 and "has no catalog.sqlite3" in err
+    assert list(typo.iterdir()) == []
+
+
+def test_version_names_the_store_in_use(
+    capsys: pytest.CaptureFixture[str], home: Path, tmp_path: Path
+) -> None:
+    version = importlib.metadata.version("playwright-profiles")
+    code, out, err = run(capsys, "--version")
+    assert code == 0, err
+    assert out.splitlines() == [
+        f"profiles {version} (playwright-profiles)",
+        f"store: {home} (from $PROFILES_HOME; no profile store there yet)",
+    ]
+    assert not home.exists()
+    run_json(capsys, "create", "one")
+    code, out, _ = run(capsys, "--version", "--home", str(home))
+    assert code == 0 and f"store: {home} (from --home; a profile store)" in out
+    shown = run_json(capsys, "--version")
+    assert shown == {
+        "version": version,
+        "home": str(home),
+        "home_source": "$PROFILES_HOME",
+        "exists": True,
     }
-    readme = README.read_text("utf-8")
-    for name, help_text in commands.items():
-        assert help_text.strip(), f"'profiles {name}' has no help text"
-        assert f"profiles {name}" in readme, f"'profiles {name}' is missing from README.md"
+    # without a command and without --version it is still a usage error
+    assert run(capsys)[0] == 2
+
+
+# ---------------------------------------------------------------------------- C, D: who holds it
+
+
+@needs_activity
+def test_show_and_ps_name_the_holder(
+    capsys: pytest.CaptureFixture[str], store: ProfileStore
+) -> None:
+    store.create("busy")
+    store.create("idle")
+    code, out, _ = run(capsys, "ps")
+    assert (code, out) == (0, "(no profile is in use)\n")
+    assert re.search(r"^held by +-$", run(capsys, "show", "idle")[1], re.MULTILINE)
+    with held_by_another_process("busy") as pid:
+        code, out, _ = run(capsys, "show", "busy")
+        assert code == 0
+        held = next(line for line in out.splitlines() if line.startswith("held by"))
+        assert f"session, pid {pid} on {socket.gethostname()}, since " in held
+        assert re.search(r"\(for \d+s\)$", held), held
+        assert re.search(r"^held by +-$", run(capsys, "show", "idle")[1], re.MULTILINE)
+
+        code, out, _ = run(capsys, "ps")
+        header, *rows = out.splitlines()
+        assert header.split() == ["NAME", "ID", "KIND", "HOST", "PID", "SINCE", "FOR"]
+        assert len(rows) == 1 and rows[0].split()[:5] == [
+            "busy",
+            store.get("busy").id,
+            "session",
+            socket.gethostname(),
+            str(pid),
+        ]
+        listed = run_json(capsys, "ps")
+        assert (listed["has_more"], listed["next_cursor"]) == (False, None)
+        (row,) = listed["data"]
+        assert row["profile_name"] == "busy" and row["kind"] == "session"
+        assert row["pid"] == pid and row["since"].endswith("Z")
+    assert run(capsys, "ps")[1] == "(no profile is in use)\n"
+
+
+@needs_activity
+def test_delete_of_a_held_profile_names_the_holder(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, store: ProfileStore
+) -> None:
+    store.create("busy")
+    with held_by_another_process("busy") as pid:
+        with open(os.devnull) as devnull:
+            monkeypatch.setattr(sys, "stdin", devnull)
+            code, out, err = run(capsys, "delete", "busy")
+        assert code == 2 and not out
+        assert f"in use right now: session, pid {pid}" in err and "--yes" in err
+
+        monkeypatch.setattr(sys, "stdin", _Terminal("n\n"))
+        code, _, err = run(capsys, "delete", "busy")
+        assert code == 1 and f"warning: 'busy' is in use right now: session, pid {pid}" in err
+        assert "Delete profile 'busy'" in err and store.get("busy")
+
+        code, out, err = run(capsys, "delete", "busy", "--yes")
+        assert code == 0 and out.startswith("deleted busy")
+        assert f"pid {pid}" in err and "Deleting it anyway (--yes)" in err
+    # a profile nobody holds is deleted without a warning
+    store.create("free")
+    code, _, err = run(capsys, "delete", "free", "--yes")
+    assert code == 0 and not err
+
+
+# ---------------------------------------------------------------------------- E: messages
+
+
+def test_library_wording_becomes_cli_flags(
+    capsys: pytest.CaptureFixture[str], store: ProfileStore
+) -> None:
+    assert cli_message(
+        "Wait for that session to end, raise lock_timeout, or open it with readonly=True."
+    ) == ("Wait for that session to end, raise --lock-timeout, or use --readonly.")
+    assert cli_message("Delete a profile or raise max_profiles.") == (
+        "Delete a profile or raise --max-profiles."
+    )
+    # the table is kept in one place; each entry says what it replaces
+    for python, flag in CLI_WORDING:
+        assert cli_message(f"... {python} ...") == f"... {flag} ...", python
+    # a profile name in a message is never rewritten (names have no spaces)
+    assert cli_message("Profile 'lock_timeout' not found.") == "Profile 'lock_timeout' not found."
+
+    # what the commands print
+    store.create("busy")
+    archive = store.home / "x.tar.gz"
+    archive.write_bytes(b"x")
+    with store.lock("busy"):
+        code, _, err = run(capsys, "import", "busy", str(archive), "--lock-timeout", "0")
+        _, _, json_err = run(
+            capsys, "import", "busy", str(archive), "--lock-timeout", "0", "--json"
+        )
+    assert code == 4 and "raise --lock-timeout, or use --readonly" in err
+    assert "lock_timeout" not in err and "readonly=True" not in err
+    assert "raise --lock-timeout" in json.loads(json_err)["error"]["message"]
+    code, _, err = run(capsys, "--max-profiles", "1", "create", "more")
+    assert code == 5 and "raise --max-profiles" in err
+    store.create("fox", archetype="desktop-firefox")
+    code, _, err = run(capsys, "clone", "fox", "--with-state", "--archetype", "pixel-7")
+    assert code == 2 and "clone without --with-state" in err
+
+
+def test_plurals() -> None:
+    assert [_plural(n, "domain") for n in (0, 1, 2)] == ["0 domains", "1 domain", "2 domains"]
+    assert _plural(1, "working copy", "working copies") == "1 working copy"
+    assert _plural(3, "working copy", "working copies") == "3 working copies"
+    assert [_duration(s) for s in (0, 59, 61, 3600 + 65, 90000)] == [
+        "0s",
+        "59s",
+        "1m 01s",
+        "1h 01m",
+        "1d 01h",
+    ]
+
+
+def test_export_checks_its_file_first(
+    capsys: pytest.CaptureFixture[str], store: ProfileStore, tmp_path: Path
+) -> None:
+    store.create("web")
+    store.import_state("web", fake_state(tmp_path, domains=("example.test",)))
+    missing = tmp_path / "missing" / "dir"
+    code, out, err = run(capsys, "export", "web", str(missing / "out.tar.gz"))
+    assert (code, out) == (1, "")
+    assert f"the directory {missing} does not exist" in err and ".out.tar.gz." not in err
+    code, _, err = run(capsys, "export", "web", str(missing / "out.tar.gz"), "--json")
+    assert code == 1 and str(missing) in json.loads(err)["error"]["message"]
+
+    target = tmp_path / "out.tar.gz"
+    target.write_bytes(b"precious")
+    code, out, err = run(capsys, "export", "web", str(target))
+    assert (code, out) == (2, "") and f"{target} exists: pass --force" in err
+    assert target.read_bytes() == b"precious"
+    code, out, _ = run(capsys, "export", "web", str(target), "--force")
+    assert code == 0 and target.read_bytes()[:2] == GZIP_MAGIC
+    code, _, err = run(capsys, "export", "web", str(tmp_path))
+    assert code == 2 and "is a directory" in err
+
+
+def test_audit_shows_names_beside_ids(
+    capsys: pytest.CaptureFixture[str], store: ProfileStore
+) -> None:
+    one, two = store.create("one"), store.create("two")
+    store.update("two", name="deux", description="renamed")
+    store.update("one", description="changed")
+    store.delete("one")
+    code, out, _ = run(capsys, "audit")
+    assert code == 0
+    header, *rows = out.splitlines()
+    assert header.split()[:5] == ["AT", "TYPE", "NAME", "PROFILE", "DETAILS"]
+    expected = [
+        ("profile.deleted", "one (deleted)", one.id),
+        ("profile.updated", "one (deleted)", one.id),
+        ("profile.updated", "deux", two.id),
+        ("profile.created", "deux", two.id),
+        ("profile.created", "one (deleted)", one.id),
+    ]
+    assert len(rows) == len(expected)
+    for row, (type_, name, id_) in zip(rows, expected, strict=True):
+        assert re.search(rf"Z  {re.escape(type_)}\s+{re.escape(name)}\s+{id_}\s", row), row
+
+    # a deleted profile's name is found when its naming events are on another page
+    newest = store.audit(limit=1).data[0]
+    code, out, _ = run(capsys, "audit", "--limit", "1", "--cursor", newest.id)
+    assert code == 0 and "profile.updated" in out and f"one (deleted)  {one.id}" in out
+
+
+# ---------------------------------------------------------------------------- G: import --create
+
+
+IMPORT_CREATE = ("import", "prod", "-", "--create", "--archetype", "pixel-7", "--json")
+
+
+def test_import_create_through_a_pipe_into_a_fresh_home(
+    store: ProfileStore, tmp_path: Path
+) -> None:
+    store.create("prod", archetype="pixel-7")
+    store.import_state("prod", fake_state(tmp_path, domains=("example.test",)))
+    fresh = tmp_path / "other-host"
+    # profiles export prod - | profiles import prod - --create, as two real processes
+    with subprocess.Popen(
+        [PYTHON, "-m", "profiles.cli", "export", "prod", "-"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    ) as exporter:
+        importer = subprocess.run(
+            [PYTHON, "-m", "profiles.cli", "--home", str(fresh), *IMPORT_CREATE],
+            stdin=exporter.stdout,
+            capture_output=True,
+            check=False,
+        )
+        assert exporter.stdout is not None
+        exporter.stdout.close()
+        assert exporter.wait() == 0
+    assert importer.returncode == 0, importer.stderr
+    made = json.loads(importer.stdout)
+    assert (made["name"], made["archetype"], made["status"]) == ("prod", "pixel-7", "ready")
+    assert made["cookie_domains"] == ["example.test"]
+
+    # into an existing profile --create just imports; without --create a missing one is 3
+    archive = tmp_path / "chromium-state.tar.gz"
+    again = cli("--home", str(fresh), "import", "prod", str(archive), "--create")
+    assert again.returncode == 0 and again.stdout.startswith(b"imported "), again.stderr
+    missing = cli("--home", str(fresh), "import", "other", str(archive))
+    assert missing.returncode == 3 and b"not found" in missing.stderr
+    with ProfileStore(fresh) as other:
+        assert [p.name for p in other.iter_profiles()] == ["prod"]
+
+
+def test_import_create_says_which_archetype_fits(
+    capsys: pytest.CaptureFixture[str], home: Path, tmp_path: Path
+) -> None:
+    firefox = fake_state(tmp_path, engine="firefox")
+    code, out, err = run(capsys, "import", "fox", str(firefox), "--create")
+    assert (code, out) == (2, "")
+    assert "holds a firefox profile" in err and "--create --archetype desktop-firefox" in err
+    assert "'fox' was not kept" in err
+    assert run(capsys, "show", "fox")[0] == 3  # a retry starts clean
+    code, out, err = run(
+        capsys, "import", "fox", str(firefox), "--create", "--archetype", "desktop-firefox"
+    )
+    assert code == 0 and out.startswith("created and imported ") and "into fox (ready)" in out
+    # into an existing profile of the other engine: the same advice, for a new profile
+    code, _, err = run(capsys, "import", "fox", str(fake_state(tmp_path / "c")), "--json")
+    body = json.loads(err)["error"]
+    assert code == 2 and body["suggested_archetype"] == "desktop-chromium"
+    assert "profiles import NEW-NAME FILE --create --archetype desktop-chromium" in body["message"]
+    # --archetype without --create, or against an existing profile's, is refused
+    assert run(capsys, "import", "fox", str(firefox), "--archetype", "pixel-7")[0] == 2
+    code, _, err = run(capsys, "import", "fox", str(firefox), "--create", "--archetype", "pixel-7")
+    assert code == 2 and "pinned to 'desktop-firefox'" in err
+
+
+# ---------------------------------------------------------------------------- H: labels
+
+
+def test_update_removes_labels(capsys: pytest.CaptureFixture[str], store: ProfileStore) -> None:
+    store.create("p", labels={"a": "1", "b": "2", "c": "3"})
+    got = run_json(capsys, "update", "p", "--remove-label", "a", "--remove-label", "zz")
+    assert got["labels"] == {"b": "2", "c": "3"}
+    got = run_json(capsys, "update", "p", "--remove-label", "b", "--label", "d=4")
+    assert got["labels"] == {"c": "3", "d": "4"}
+    code, _, err = run(capsys, "update", "p", "--remove-label", "c", "--label", "c=5")
+    assert code == 2 and "both name c" in err
+    assert store.get("p").labels == {"c": "3", "d": "4"}
+
+
+@needs_merged_labels
+def test_update_labels_keeps_a_concurrent_change(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, store: ProfileStore
+) -> None:
+    """Another writer adds a label between what the CLI reads and what it writes: with the
+    store's merge inside one transaction, both labels stay."""
+    store.create("p", labels={"a": "1"})
+    real_update = ProfileStore.update
+    raced = []
+
+    @functools.wraps(real_update)  # the CLI asks the signature what the store can do
+    def racing_update(self: ProfileStore, ref: str, **kwargs: Any) -> Any:
+        if not raced:
+            raced.append(True)
+            with ProfileStore(store.home) as other:
+                real_update(other, "p", labels={**other.get("p").labels, "other": "x"})
+        return real_update(self, ref, **kwargs)
+
+    monkeypatch.setattr(ProfileStore, "update", racing_update)
+    got = run_json(capsys, "update", "p", "--label", "mine=y", "--remove-label", "a")
+    assert got["labels"] == {"other": "x", "mine": "y"}
+
+
+# ---------------------------------------------------------------------------- I: cache prune
+
+
+def test_byte_sizes() -> None:
+    assert [byte_size(t) for t in ("0", "123", "500M", "2G", "1.5KiB", "3 gb", "1t")] == [
+        0,
+        123,
+        500 * 1024**2,
+        2 * 1024**3,
+        1536,
+        3 * 1024**3,
+        1024**4,
+    ]
+    for bad in ("", "lots", "-1", "2X", "1e3"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            byte_size(bad)
+
+
+def test_cache_prune_refuses_a_bad_size(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(capsys, "cache", "prune", "--max-size", "lots")
+    assert (code, out) == (2, "") and "500M" in err
+    assert run(capsys, "cache")[0] == 2
+
+
+@needs_prune
+def test_cache_prune(
+    capsys: pytest.CaptureFixture[str], store: ProfileStore, tmp_path: Path
+) -> None:
+    archive = fake_state(tmp_path, domains=("example.test",))
+    kept, evicted = store.create("kept"), store.create("evicted")
+    store.import_state("evicted", archive)  # an import leaves a working copy
+    store.import_state("kept", archive)
+    code, out, _ = run(capsys, "cache", "prune", "--max-size", "1G")
+    assert code == 0 and out.startswith("removed 0 working copies, freed 0 B; ")
+    work = store.working_copies.path(kept.id)
+    one_copy = sum(f.stat().st_size for f in work.rglob("*") if f.is_file())
+    got = run_json(capsys, "cache", "prune", "--max-size", str(one_copy))
+    assert got["removed"] == [evicted.id] and got["freed_bytes"] > 0
+    assert got["kept_bytes"] <= one_copy
+    code, out, _ = run(capsys, "cache", "prune", "--max-size", "0")
+    assert code == 0 and out.startswith("removed 1 working copy, freed ")
+    assert run_json(capsys, "show", "kept")["status"] == "ready"  # nothing committed is lost
+
+
+# ---------------------------------------------------------------------------- J: terminal safety
+
+HOSTILE = "\x1b[2J\x1b]0;owned\x07\x9b31m\u202egnp.exe\u2066x\x7f\nline2\ttab"
+
+
+def test_control_characters_never_reach_the_terminal(
+    capsys: pytest.CaptureFixture[str], store: ProfileStore, tmp_path: Path
+) -> None:
+    store.create("p", description=HOSTILE)
+    store.import_state("p", fake_state(tmp_path, domains=("\x1b[31mevil.test",)))
+    store.snapshot("p", description=HOSTILE)
+    unsafe = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
+    for argv in (["show", "p"], ["snapshot", "list"], ["audit"], ["list"]):
+        code, out, err = run(capsys, *argv)
+        assert code == 0 and not unsafe.search(out + err), (argv, out)
+    code, out, _ = run(capsys, "show", "p")
+    description = next(line for line in out.splitlines() if line.startswith("description"))
+    assert description.endswith(
+        "\\x1b[2J\\x1b]0;owned\\x07\\x9b31m\\u202egnp.exe\\u2066x\\x7f\\x0aline2\\x09tab"
+    )
+    # A cookie host name with an escape sequence, read from an archive, is dropped when the
+    # state is read, or shown escaped: never raw.
+    assert "\x1b[31m" not in out
+    snap = store.snapshots("p").data[0]
+    code, out, _ = run(capsys, "snapshot", "show", snap.id)
+    assert code == 0 and not unsafe.search(out) and "\\x1b[2J" in out
+
+    # JSON keeps the text exact but escapes it all: json.dumps escapes C0 itself, the CLI
+    # also escapes DEL, C1 and the bidi controls that ensure_ascii=False lets through
+    for argv in (["show", "p"], ["snapshot", "show", snap.id], ["list"], ["audit"]):
+        code, out, _ = run(capsys, *argv, "--json")
+        assert code == 0 and not unsafe.search(out), argv
+    code, out, _ = run(capsys, "show", "p", "--json")
+    shown = json.loads(out)
+    assert shown["description"] == HOSTILE
+    assert "\\u001b[2J" in out and "\\u009b" in out and "\\u202e" in out and "é" not in out
+    assert json.loads(_dumps({"t": "é\u202e"})) == {"t": "é\u202e"} and "é" in _dumps("é")
+
+    # errors too: a message that carries hostile text is escaped
+    code, _, err = run(capsys, "show", "\x1b[2Jx")
+    assert code == 3 and not unsafe.search(err)
+
+
+def test_visible_escapes_exactly_the_unsafe_characters() -> None:
+    assert visible("plain é ü 漢字 🙂 -- \\") == "plain é ü 漢字 🙂 -- \\"
+    assert visible("\x00\x1f\x7f\x80\x9f\u202a\u202e\u2066\u2069") == (
+        "\\x00\\x1f\\x7f\\x80\\x9f\\u202a\\u202e\\u2066\\u2069"
+    )
+    assert visible("\u200b\u00a0") == "\u200b\u00a0"  # not controls: left alone
+
+
+# ---------------------------------------------------------------------------- K, F
+
+
+def test_storage_unavailable_has_its_own_exit_code() -> None:
+    error = StorageUnavailable("The disk is full.", home="/x", cause="ENOSPC")
+    assert exit_code(error) == 7
+    assert exit_code(ProfileError("other")) == 1
+
+
+def test_open_help_says_closing_the_window_saves(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(capsys, "open", "--help")
+    text = " ".join(out.split())
+    assert code == 0 and "WITHOUT saving" not in text
+    assert "closing that window also ends the session and SAVES the profile" in text
+    code, out, _ = run(capsys, "--help")
+    assert "Ctrl-C or closing the window saves" in " ".join(out.split())
