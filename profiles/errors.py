@@ -8,6 +8,7 @@ top can map them one to one::
     ProfileError                       (500, "ProfileError")
     ├── ValidationFailed               (400, "ValidationFailed")
     │   ├── ArchiveInvalid             (400, "ArchiveInvalid")
+    │   │   └── ChecksumMismatch       (400, "ChecksumMismatch")
     │   └── NoStateData                (400, "NoStateData")
     ├── NotFound                       (404, "NotFound")
     ├── Conflict                       (409, "Conflict")
@@ -30,6 +31,7 @@ __all__ = [
     "ArchiveInvalid",
     "BrowserDowngrade",
     "BrowserNotFound",
+    "ChecksumMismatch",
     "Conflict",
     "LeaseLost",
     "NoStateData",
@@ -74,6 +76,12 @@ class ArchiveInvalid(ValidationFailed):
     """A state archive is not a safe, complete tar.gz / tar.zst of a browser profile."""
 
     code = "ArchiveInvalid"
+
+
+class ChecksumMismatch(ArchiveInvalid):
+    """State bytes do not hash to the checksum they were announced with; nothing was kept."""
+
+    code = "ChecksumMismatch"
 
 
 class NoStateData(ValidationFailed):

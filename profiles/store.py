@@ -12,6 +12,8 @@ import contextlib
 import difflib
 import errno
 import gzip
+import hashlib
+import io
 import logging
 import os
 import shutil
@@ -19,7 +21,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import IO, Any, BinaryIO, Final, TypeVar
+from typing import IO, Any, BinaryIO, Final, TypeVar, cast
 
 import platformdirs
 import zstandard
@@ -32,6 +34,7 @@ from profiles.archive import (
     pack_dir,
     unpack_archive,
 )
+from profiles.backends import blobs_url_from_env, catalog_url_from_env, open_blobs, open_catalog
 from profiles.blobs import BlobStore, LocalBlobStore
 from profiles.catalog import Catalog, CatalogTransaction, SQLiteCatalog
 from profiles.catalog.base import StateUpdate
@@ -46,6 +49,7 @@ from profiles.errors import (
 )
 from profiles.fsutil import remove_tree, tighten_tree
 from profiles.inspection import detect_engine, read_browser_version, read_cookie_domains
+from profiles.leases import DEFAULT_LEASE_TTL, WriterLease
 from profiles.locks import (
     Activity,
     Holder,
@@ -94,6 +98,9 @@ SCRATCH_PREFIXES = ("import-", "inspect-")
 MAX_DERIVED_NAMES = 99
 MAX_LABEL_LENGTH = 128
 ORPHAN_MIN_AGE = 3600.0  # seconds an unreferenced blob may be a commit in flight
+BLOB_WRITER_TTL = 3600.0  # a writer that died stops holding collectors off after this
+BLOB_WRITER_WAIT = 120.0
+COLLECTOR_TTL = 600.0
 
 R = TypeVar("R", Profile, Snapshot, AuditEvent)
 Progress = Callable[[int], None]
@@ -201,8 +208,11 @@ class ProfileStore:
 
     ``home`` defaults to ``$PROFILES_HOME``, else the platform's user data dir. The embedded
     default keeps the catalog in ``<home>/catalog.sqlite3`` and state archives under
-    ``<home>/blobs``; pass ``catalog`` and ``blobs`` to use other backends.
-    ``max_profiles`` caps the number of profiles (``TierLimit`` past it).
+    ``<home>/blobs``. ``catalog`` and ``blobs`` choose other backends, as objects or URLs
+    (``postgresql://...``, ``s3://bucket/prefix``; defaults ``$PROFILES_CATALOG_URL`` and
+    ``$PROFILES_BLOBS_URL``): the home then keeps only this machine's workspace (working
+    copies, locks, scratch). ``max_profiles`` caps the number of profiles (``TierLimit``).
+    ``lease_ttl`` is how long a writer lease on a shared catalog lives without a heartbeat.
     """
 
     def __init__(
@@ -212,10 +222,11 @@ class ProfileStore:
         max_profiles: int | None = None,
         codec: Codec = DEFAULT_CODEC,
         limits: ArchiveLimits | None = None,
-        catalog: Catalog | None = None,
-        blobs: BlobStore | None = None,
+        catalog: Catalog | str | None = None,
+        blobs: BlobStore | str | None = None,
         create: bool = True,
         cache_max_bytes: int | None = DEFAULT_CACHE_MAX_BYTES,
+        lease_ttl: float = DEFAULT_LEASE_TTL,
     ) -> None:
         if max_profiles is not None and (not isinstance(max_profiles, int) or max_profiles < 0):
             raise ValidationFailed(
@@ -236,8 +247,14 @@ class ProfileStore:
         self.codec: Codec = codec
         self.limits = limits or ArchiveLimits()
         self.read_only = False
+        if catalog is None:
+            catalog = catalog_url_from_env()
+        if blobs is None:
+            blobs = blobs_url_from_env()
+        remote = isinstance(catalog, str) and catalog.startswith(("postgres://", "postgresql://"))
         with self._storage_faults("opening the store"):
-            self._open_home(create=create)
+            # With a shared catalog the home is only this machine's workspace: make it.
+            self._open_home(create=create or remote)
         catalog_path = self.home / "catalog.sqlite3"
         if catalog is None and not create and not catalog_path.is_file():
             raise NotFound(
@@ -246,8 +263,24 @@ class ProfileStore:
                 resource="store",
                 home=str(self.home),
             )
+        if not isinstance(lease_ttl, int | float) or lease_ttl <= 0:
+            raise ValidationFailed(
+                "lease_ttl must be a number of seconds above 0.", field="lease_ttl"
+            )
+        self.lease_ttl = float(lease_ttl)
         writable = not self.read_only
+        if isinstance(catalog, str):
+            catalog = open_catalog(catalog, read_only=self.read_only)
         self.catalog = catalog or SQLiteCatalog(catalog_path, read_only=self.read_only)
+        # A catalog other processes on other machines share decides who writes (leases
+        # with expiry); the embedded one leaves it to this machine's file lock.
+        self.shared = not isinstance(self.catalog, SQLiteCatalog)
+        try:
+            if isinstance(blobs, str):
+                blobs = open_blobs(blobs, create=writable)
+        except BaseException:
+            self.catalog.close()
+            raise
         self.blobs = blobs or LocalBlobStore(self.home / "blobs", create=writable)
         self.working_copies = WorkingCopies(self.home / "work", create=writable)
         self._locks_dir = self.home / "locks"
@@ -335,8 +368,18 @@ class ProfileStore:
     def __repr__(self) -> str:
         return f"ProfileStore(home={str(self.home)!r})"
 
+    @property
+    def location(self) -> str:
+        """Where the store's records and bytes live, for messages (no secrets)."""
+        catalog = getattr(self.catalog, "location", None)
+        blobs = getattr(self.blobs, "location", None)
+        if isinstance(self.catalog, SQLiteCatalog) and isinstance(self.blobs, LocalBlobStore):
+            return str(self.home)
+        return f"{catalog} + {blobs}"
+
     def close(self) -> None:
         self.catalog.close()
+        self.blobs.close()
         if self.read_only:
             shutil.rmtree(self._tmp, ignore_errors=True)
 
@@ -400,23 +443,59 @@ class ProfileStore:
         )
 
     def _free_blobs(self, *checksums: str | None) -> None:
-        """Delete state bytes that no profile or snapshot references any more."""
+        """Delete state bytes that no profile or snapshot references any more, under the
+        collector lock (catalog contract, rule 7). When writers are busy, the bytes stay
+        for :meth:`collect_garbage`; freeing never fails the operation that asked for it."""
         wanted = {c for c in checksums if c}
         if not wanted:
             return
-        with self.catalog.transaction() as tx:
-            for checksum in wanted:
-                if not tx.checksum_in_use(checksum):
+        try:
+            with self._collector(wait=0) as granted:
+                if not granted:
+                    log.debug("writers are active; %d blobs left for collect_garbage", len(wanted))
+                    return
+                with self.catalog.transaction(write=False) as tx:
+                    unused = [c for c in wanted if not tx.checksum_in_use(c)]
+                for checksum in unused:
                     self.blobs.delete(checksum)
+        except (ProfileError, OSError) as exc:
+            log.warning("could not free state bytes (collect_garbage will): %s", exc)
+
+    @contextlib.contextmanager
+    def _collector(self, *, wait: float) -> Iterator[bool]:
+        """Hold the exclusive collector lock for the block (``False``: not granted)."""
+        collector_id = new_id("collector")
+        deadline = time.monotonic() + wait
+        granted = False
+        while True:
+            with self.catalog.transaction() as tx:
+                granted = tx.acquire_collector(collector_id, ttl=COLLECTOR_TTL)
+            if granted or time.monotonic() >= deadline:
+                break
+            time.sleep(0.05)
+        try:
+            yield granted
+        finally:
+            if granted:
+                with contextlib.suppress(ProfileError), self.catalog.transaction() as tx:
+                    tx.release_collector(collector_id)
 
     def lock(
         self, ref: str | Profile, *, timeout: float = 600.0, kind: HolderKind = "session"
-    ) -> ProfileLock:
-        """The writer lock of a profile (not yet acquired). ``kind`` says what the holder
-        does with it (shown by :meth:`holder` and :meth:`activity`)."""
+    ) -> WriterLease:
+        """The writer lease of a profile (not yet acquired): this machine's lock on its
+        working copy plus the catalog lease whose ``epoch`` fences the commit. ``kind``
+        says what the holder does (shown by :meth:`holder` and :meth:`activity`)."""
         profile = ref if isinstance(ref, Profile) else self.get(ref)
-        return ProfileLock(
-            self._locks_dir, profile.id, timeout=timeout, name=profile.name, kind=kind
+        return WriterLease(
+            self.catalog,
+            self._locks_dir,
+            profile.id,
+            name=profile.name,
+            timeout=timeout,
+            kind=kind,
+            shared=self.shared,
+            ttl=self.lease_ttl,
         )
 
     def _try_lock(self, profile_id: str) -> Callable[[], None] | None:
@@ -429,18 +508,27 @@ class ProfileStore:
         return lock.release
 
     def holder(self, ref: str | Profile) -> Holder | None:
-        """Who holds the profile's writer lock right now (a session or an import), if any."""
+        """Who holds the profile's writer lease right now (a session or an import), if any:
+        on a shared catalog from any machine, else from this machine's lock."""
         profile = ref if isinstance(ref, Profile) else self.get(ref)
+        if self.shared:
+            with self.catalog.transaction(write=False) as tx:
+                found = tx.lease_holder(profile.id)
+            return found[0] if found else None
         return read_holder(self._locks_dir / f"{profile.id}.lock")
 
     def activity(self) -> builtins.list[Activity]:
         """What runs on this store's profiles right now, on this machine: writer sessions
         and imports (from the writer locks) and read-only sessions, oldest first."""
         found: builtins.list[tuple[str, Holder]] = []
-        for path in sorted(self._locks_dir.glob("*.lock")):
-            holder = read_holder(path)
-            if holder is not None:
-                found.append((path.name.removesuffix(".lock"), holder))
+        if self.shared:
+            with self.catalog.transaction(write=False) as tx:
+                found += [(pid, holder) for pid, holder, _ in tx.leases()]
+        else:
+            for path in sorted(self._locks_dir.glob("*.lock")):
+                holder = read_holder(path)
+                if holder is not None:
+                    found.append((path.name.removesuffix(".lock"), holder))
         found += [(pid, h) for pid, h in ReaderMark.list(self._readers_dir)]
         names: dict[str, str] = {}
         with self.catalog.transaction(write=False) as tx:
@@ -642,7 +730,7 @@ class ProfileStore:
             self._event(tx, "profile.deleted", profile.id, name=profile.name)
         with self._storage_faults("deleting a profile"):
             self._free_blobs(profile.checksum)
-            lock = self.lock(profile, kind="maintenance")
+            lock = ProfileLock(self._locks_dir, profile.id, name=profile.name, kind="maintenance")
             try:
                 lock.acquire(timeout=0)
             except Conflict:
@@ -877,63 +965,102 @@ class ProfileStore:
         directory = Path(directory)
         with self._storage_faults("committing a state"):
             size = tighten_tree(directory) if _is_within(directory, self.home) else None
-            for _attempt in range(2):
-                with self.blobs.writer() as sink:
+            with owned_dir(self._tmp, "commit-") as scratch:
+                spool = scratch / "state"
+                flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
+                with open(os.open(spool, flags, 0o600), "wb") as out:
+                    sink = _HashingWriter(out)
                     stats = pack_dir(directory, sink, engine=engine, codec=self.codec)
-                checksum = sink.checksum
-                assert checksum is not None
+                    out.flush()
+                    os.fsync(out.fileno())
+                checksum = sink.hexdigest()
                 version = browser_version or read_browser_version(directory, engine)
-                domains = read_cookie_domains(directory, engine)
-                try:
-                    with self.catalog.transaction() as tx:
-                        if not self.blobs.exists(checksum):
-                            continue  # freed by a concurrent delete between write and commit
-                        try:
-                            updated, replaced = tx.set_state(
-                                profile.id,
-                                StateUpdate(
-                                    checksum=checksum,
-                                    blob_size=sink.size,
-                                    uploaded_at=utcnow(),
-                                    browser_version=version,
-                                    cookie_domains=domains,
-                                ),
-                                epoch=epoch,
-                            )
-                        except NotFound:
-                            raise NotFound(
-                                f"Profile {profile.name!r} ({profile.id}) was deleted while "
-                                "its state was being written; the state was discarded.",
-                                resource="profile",
-                                ref=profile.id,
-                            ) from None
-                        self._event(
-                            tx,
-                            event,
-                            profile.id,
-                            checksum=checksum,
-                            blob_size=sink.size,
-                            files=stats.files,
-                            seconds=round(time.perf_counter() - started, 3),
+                domains = read_cookie_domains(directory, engine, scratch=scratch)
+                state = StateUpdate(
+                    checksum=checksum,
+                    blob_size=sink.size,
+                    uploaded_at=utcnow(),
+                    browser_version=version,
+                    cookie_domains=domains,
+                )
+                with self._blob_writer():
+                    # Data first: the bytes are stored before the catalog points at them.
+                    self.blobs.put_file(checksum, spool)
+                    updated, replaced = self._set_state(
+                        profile,
+                        state,
+                        epoch,
+                        event,
+                        **{
+                            "files": stats.files,
+                            "seconds": round(time.perf_counter() - started, 3),
                             **payload,
-                        )
-                except BaseException:
-                    with contextlib.suppress(ProfileError, OSError):
-                        self._free_blobs(checksum)
-                    raise
-                if replaced != checksum:
-                    with contextlib.suppress(ProfileError, OSError):
-                        self._free_blobs(replaced)
-                if directory == self.working_copies.path(profile.id):
-                    self.working_copies.mark_clean(profile.id, checksum, size=size)
-                    self._keep_cache_under_cap(keep=profile.id)
-                return updated
-        raise StorageUnavailable(
-            f"The state of {profile.name!r} vanished twice from {self.home} while being "
-            "committed (a concurrent delete or garbage collection); try again.",
-            home=str(self.home),
-            cause="state blob vanished",
-        )
+                        },
+                    )
+        if replaced != checksum:
+            self._free_blobs(replaced)
+        if directory == self.working_copies.path(profile.id):
+            with self._storage_faults("recording the working copy"):
+                self.working_copies.mark_clean(profile.id, checksum, size=size)
+            self._keep_cache_under_cap(keep=profile.id)
+        return updated
+
+    def _set_state(
+        self,
+        profile: Profile,
+        state: StateUpdate,
+        epoch: int | None,
+        event: AuditType,
+        **payload: Any,
+    ) -> tuple[Profile, str | None]:
+        """Point the profile at stored bytes (metadata last), with its audit event."""
+        try:
+            with self.catalog.transaction() as tx:
+                updated, replaced = tx.set_state(profile.id, state, epoch=epoch)
+                self._event(
+                    tx,
+                    event,
+                    profile.id,
+                    checksum=state.checksum,
+                    blob_size=state.blob_size,
+                    **payload,
+                )
+        except NotFound:
+            self._free_blobs(state.checksum)
+            raise NotFound(
+                f"Profile {profile.name!r} ({profile.id}) was deleted while its state was "
+                "being written; the state was discarded.",
+                resource="profile",
+                ref=profile.id,
+            ) from None
+        except BaseException:
+            self._free_blobs(state.checksum)
+            raise
+        return updated, replaced
+
+    @contextlib.contextmanager
+    def _blob_writer(self) -> Iterator[None]:
+        """Register this process as a writer of state bytes for the block, so no collector
+        deletes bytes it uploads before its reference lands (catalog contract, rule 7)."""
+        writer_id = new_id("writer")
+        deadline = time.monotonic() + BLOB_WRITER_WAIT
+        while True:
+            with self.catalog.transaction() as tx:
+                if tx.register_blob_writer(writer_id, ttl=BLOB_WRITER_TTL):
+                    break
+            if time.monotonic() >= deadline:
+                raise StorageUnavailable(
+                    f"The store at {self.location} is collecting garbage and did not let "
+                    f"writers in for {BLOB_WRITER_WAIT:g} s; try again.",
+                    home=self.location,
+                    cause="collector busy",
+                )
+            time.sleep(0.05)
+        try:
+            yield
+        finally:
+            with contextlib.suppress(ProfileError), self.catalog.transaction() as tx:
+                tx.unregister_blob_writer(writer_id)
 
     def _keep_cache_under_cap(self, *, keep: str) -> None:
         if self.cache_max_bytes is None:
@@ -943,7 +1070,7 @@ class ProfileStore:
         except ProfileError as exc:  # the cache is a cache: never fail a commit over it
             log.warning("could not prune working copies: %s", exc)
 
-    def checkout(self, ref: str, *, lock: ProfileLock) -> tuple[Profile, Path]:
+    def checkout(self, ref: str, *, lock: WriterLease | ProfileLock) -> tuple[Profile, Path]:
         """The profile's working copy, identical to its committed state, ready to launch.
 
         Reuses the kept copy when it is known to match the committed checksum, else unpacks
@@ -1051,10 +1178,10 @@ class ProfileStore:
             else:
                 raw = source
             reader: Any = _CountingReader(raw, progress) if progress else raw
-            stack.enter_context(self.lock(profile.id, timeout=lock_timeout, kind="import"))
+            lease = stack.enter_context(self.lock(profile.id, timeout=lock_timeout, kind="import"))
             self._set_status(profile.id, "uploading")
             try:
-                return self._import_locked(profile, reader, browser_version)
+                return self._import_locked(profile, reader, browser_version, lease.epoch)
             except BaseException:
                 with contextlib.suppress(ProfileError):
                     self._settle_status(profile.id)
@@ -1062,7 +1189,11 @@ class ProfileStore:
         raise AssertionError("unreachable")  # pragma: no cover - the with block returns
 
     def _import_locked(
-        self, profile: Profile, reader: IO[bytes], browser_version: str | None
+        self,
+        profile: Profile,
+        reader: IO[bytes],
+        browser_version: str | None,
+        epoch: int | None,
     ) -> Profile:
         with (
             self._storage_faults("importing a state"),
@@ -1085,7 +1216,9 @@ class ProfileStore:
                     field="file",
                 )
             self.working_copies.mark_dirty(profile.id)
-            updated = self.commit_state(profile.id, state, browser_version=browser_version)
+            updated = self.commit_state(
+                profile.id, state, browser_version=browser_version, epoch=epoch
+            )
             work = self.working_copies.path(profile.id)
             remove_tree(work)
             state.rename(work)
@@ -1174,21 +1307,50 @@ class ProfileStore:
                 ) from exc
         return written
 
-    def collect_garbage(self, *, min_age: float = ORPHAN_MIN_AGE) -> builtins.list[str]:
+    def collect_garbage(
+        self, *, min_age: float = ORPHAN_MIN_AGE, wait: float = 60.0
+    ) -> builtins.list[str]:
         """Delete state blobs no record references that are older than ``min_age``
-        seconds (left by a crash between writing bytes and committing them), and sweep
-        scratch whose owner is gone. Returns the checksums freed."""
+        seconds (left by a crash between storing bytes and committing them), and sweep
+        scratch whose owner is gone. Runs under the exclusive collector lock, waiting up to
+        ``wait`` seconds for writers in flight to finish. Returns the checksums freed."""
         now = time.time()
         freed: builtins.list[str] = []
         with self._storage_faults("collecting garbage"):
             self.sweep_scratch()
-            with self.catalog.transaction() as tx:
-                in_use = tx.checksums_in_use()
+            with self._collector(wait=wait) as granted:
+                if not granted:
+                    raise StorageUnavailable(
+                        f"Writers kept the store at {self.location} busy for {wait:g} s; "
+                        "collect garbage again later.",
+                        home=self.location,
+                        cause="writers busy",
+                    )
+                with self.catalog.transaction(write=False) as tx:
+                    in_use = tx.checksums_in_use()
                 for blob in self.blobs.list():
                     if blob.checksum not in in_use and now - blob.modified >= min_age:
                         self.blobs.delete(blob.checksum)
                         freed.append(blob.checksum)
         return freed
+
+
+class _HashingWriter:
+    """Writes through to a file, counting and hashing the bytes."""
+
+    def __init__(self, raw: BinaryIO) -> None:
+        self._raw = raw
+        self._hash = hashlib.sha256()
+        self.size = 0
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        self._hash.update(data)
+        self._raw.write(data)
+        self.size += len(data)
+        return len(data)
+
+    def hexdigest(self) -> str:
+        return self._hash.hexdigest()
 
 
 class _CountingWriter:
@@ -1208,13 +1370,38 @@ class _CountingWriter:
         self._raw.flush()
 
 
+class _Prefixed(io.RawIOBase):
+    """``head`` followed by the rest of ``rest``, as one readable stream."""
+
+    def __init__(self, head: bytes, rest: BinaryIO) -> None:
+        self._head = head
+        self._rest = rest
+
+    def readable(self) -> bool:
+        return True
+
+    def read(self, size: int = -1) -> bytes:
+        if self._head:
+            if size is None or size < 0:
+                data, self._head = self._head + self._rest.read(), b""
+                return data
+            data, self._head = self._head[:size], self._head[size:]
+            return data
+        return self._rest.read(size)
+
+    def readinto(self, buffer: Any) -> int:
+        data = self.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
+
+
 def _copy_as(
     src: BinaryIO, dest: IO[bytes] | BinaryIO, codec: Codec, progress: Progress | None
 ) -> int:
     """Copy an archive, converting its compression to ``codec`` if it differs."""
     out = _CountingWriter(dest, progress)
     head = src.read(4)
-    src.seek(0)
+    src = cast(BinaryIO, _Prefixed(head, src))  # blob streams do not seek: put the head back
     if detect_codec(head) == codec:
         shutil.copyfileobj(src, out, 1024 * 1024)
         return out.count

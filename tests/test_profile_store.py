@@ -163,8 +163,10 @@ NAME_CHARS = st.characters(
 @settings(max_examples=200, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(
     name=st.text(NAME_CHARS, min_size=1, max_size=64).filter(
-        lambda s: not any(c.isspace() for c in s)
-        and not re.fullmatch(r"(prof|psnap|evt)_[0-9A-Fa-f-]+", s)
+        lambda s: (
+            not any(c.isspace() for c in s)
+            and not re.fullmatch(r"(prof|psnap|evt)_[0-9A-Fa-f-]+", s)
+        )
     )
 )
 def test_any_printable_name_round_trips(
@@ -502,6 +504,7 @@ def test_exported_members() -> None:
             "AuditEvent",
             "BrowserDowngrade",
             "BrowserNotFound",
+            "ChecksumMismatch",
             "Codec",
             "Conflict",
             "Engine",
@@ -547,6 +550,7 @@ def test_exported_members() -> None:
         (profiles.ProfileError, "ProfileError", 500),
         (profiles.ValidationFailed, "ValidationFailed", 400),
         (profiles.ArchiveInvalid, "ArchiveInvalid", 400),
+        (profiles.ChecksumMismatch, "ChecksumMismatch", 400),
         (profiles.NoStateData, "NoStateData", 400),
         (profiles.NotFound, "NotFound", 404),
         (profiles.Conflict, "Conflict", 409),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import tarfile
@@ -189,10 +190,8 @@ def test_state_bytes_are_shared_and_freed(store: ProfileStore, chromium_state: P
 def test_collect_garbage_frees_only_old_orphans(store: ProfileStore, chromium_state: Path) -> None:
     store.create("live")
     live = store.import_state("live", chromium_state).checksum
-    with store.blobs.writer() as sink:  # bytes written by a commit that then crashed
-        sink.write(b"orphan")
-    orphan = sink.checksum
-    assert orphan is not None
+    orphan = hashlib.sha256(b"orphan").hexdigest()  # bytes of a commit that then crashed
+    store.blobs.put(orphan, io.BytesIO(b"orphan"), size=6)
     assert store.collect_garbage() == []  # too young: could be a commit in flight
     path = store.blobs.local_path(orphan)
     assert path is not None

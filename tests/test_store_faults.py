@@ -11,6 +11,7 @@ import shutil
 import signal
 import stat
 import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -438,6 +439,30 @@ def test_deleting_by_a_name_never_hits_another_profiles_id(store: ProfileStore) 
 # ----------------------------------------------------------------------------- scratch
 
 
+def test_commits_and_imports_keep_their_scratch_inside_the_home(
+    store: ProfileStore, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The system temp directory is missing: anything that tries to use it fails loudly.
+    system_tmp = tmp_path / "no-system-tmp"
+    monkeypatch.setattr(tempfile, "tempdir", str(system_tmp))
+    store.create("scratchy")
+    src = chromium_dir(tmp_path / "s")
+    # A real cookie database, so that reading cookie domains has something to copy.
+    import sqlite3
+
+    with sqlite3.connect(src / "Default" / "Cookies") as db:
+        db.execute("CREATE TABLE cookies (host_key TEXT)")
+        db.execute("INSERT INTO cookies VALUES ('.example.com')")
+    db.close()
+    profile = store.commit_state("scratchy", src)
+    assert profile.cookie_domains == ["example.com"]
+    archive = tmp_path / "a.tar.gz"
+    store.export_state("scratchy", archive)
+    store.import_state("scratchy", archive)
+    assert not system_tmp.exists()
+    assert list((store.home / "tmp").iterdir()) == []
+
+
 # ----------------------------------------------------------------------------- redaction
 
 
@@ -463,12 +488,11 @@ def test_store_errors_never_escape_as_raw_os_errors(tmp_path: Path) -> None:
     with ProfileStore(home) as store:
         store.create("p")
         good = store.commit_state("p", chromium_dir(tmp_path / "s"))
-        parts = home / "blobs" / "tmp"
-        shutil.rmtree(parts)
-        parts.write_text("not a directory")  # every new blob now fails with an OSError
+        objects = home / "blobs" / "sha256"
+        shutil.rmtree(objects)
+        with pytest.raises(NotFound, match="missing"):
+            store.export_state("p", tmp_path / "o.tar.gz")
+        objects.write_text("not a directory")  # every new blob now fails with an OSError
         with pytest.raises(StorageUnavailable, match=str(home)):
             store.commit_state("p", chromium_dir(tmp_path / "t", seed=3))
         assert store.get("p").checksum == good.checksum
-        shutil.rmtree(home / "blobs" / "sha256")
-        with pytest.raises(NotFound, match="missing"):
-            store.export_state("p", tmp_path / "o.tar.gz")

@@ -1,46 +1,95 @@
 """The blob-store interface: immutable state archives named by their SHA-256.
 
-Content is written once and never rewritten (restic's rule): a writer hashes the bytes as
-they stream in and the blob appears under its checksum only when complete and durable.
-The store deletes a blob when no profile or snapshot references it any more.
+The contract
+============
+
+Every backend MUST keep these rules, and ``profiles.testing.blob_contract`` checks them
+(run it against any new backend):
+
+1. **Named before the bytes** (restic's ``Save(h, reader)``): :meth:`BlobStore.put` is given
+   the checksum and the size first, then a stream. It reads exactly ``size`` bytes, hashes
+   them, and raises :class:`~profiles.errors.ChecksumMismatch` (nothing stored) when they
+   do not match the name.
+2. **Nothing half-written is ever visible.** A blob appears under its checksum only when
+   complete and durable (a local rename after fsync; an S3 PUT or a completed multipart
+   upload); a failed or interrupted ``put`` leaves no blob under that name.
+3. **Content is never rewritten.** A blob that exists is not replaced by other bytes: ``put``
+   of an existing checksum is a no-op (the bytes are the same by construction).
+4. **Streams only.** :meth:`BlobStore.open` returns a readable stream that callers read from
+   start to end; they never seek it, so a network body works as well as a file.
+5. **Deletion is idempotent** and :meth:`BlobStore.list` may run concurrently with writes.
+   Deciding *whether* a blob may be deleted is the store's job (the catalog's references,
+   data first and metadata last); the backend only does what it is told.
+6. **Faults.** Storage and network faults raise
+   :class:`~profiles.errors.StorageUnavailable` naming the location (never a secret);
+   a missing blob is :class:`~profiles.errors.NotFound`.
 """
 
 from __future__ import annotations
 
+import builtins
 import hashlib
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
-from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
-__all__ = ["BlobInfo", "BlobSink", "BlobStore"]
+from profiles.errors import ChecksumMismatch, ValidationFailed
+
+__all__ = ["BlobInfo", "BlobStore", "HashingReader", "check_checksum"]
+
+_HEX = frozenset("0123456789abcdef")
 
 
-class BlobSink:
-    """A write-only binary stream that counts and hashes what passes through it."""
+def check_checksum(checksum: str) -> str:
+    """A lowercase SHA-256 hex digest, or ``ValidationFailed``."""
+    if not isinstance(checksum, str) or len(checksum) != 64 or not _HEX.issuperset(checksum):
+        raise ValidationFailed(f"{checksum!r} is not a sha256 hex digest.", field="checksum")
+    return checksum
 
-    def __init__(self, target: BinaryIO) -> None:
-        self._target = target
+
+class HashingReader:
+    """Reads exactly ``size`` bytes from ``source``, hashing them; :meth:`verify` checks the
+    count and the digest at the end. Backends wrap a ``put`` source in one."""
+
+    def __init__(self, source: BinaryIO, size: int, checksum: str) -> None:
+        self._source = source
+        self._left = size
         self._hash = hashlib.sha256()
-        self.size = 0
-        self.checksum: str | None = None  # set when the blob is committed
+        self.size = size
+        self.checksum = checksum
 
-    def write(self, data: bytes | bytearray | memoryview) -> int:
+    def read(self, n: int = -1) -> bytes:
+        want = self._left if n is None or n < 0 else min(n, self._left)
+        if want <= 0:
+            return b""
+        data = self._source.read(want)
         self._hash.update(data)
-        written = self._target.write(data)
-        self.size += len(data)
-        return written if written is not None else len(data)
+        self._left -= len(data)
+        return data
 
-    def flush(self) -> None:
-        self._target.flush()
-
-    def writable(self) -> bool:
+    def readable(self) -> bool:
         return True
 
-    def hexdigest(self) -> str:
-        return self._hash.hexdigest()
+    def verify(self) -> None:
+        """``ChecksumMismatch`` unless exactly ``size`` bytes hashing to ``checksum`` were
+        read (read the rest first, if the consumer stopped early)."""
+        while self.read(1024 * 1024):
+            pass
+        if self._left > 0:
+            raise ChecksumMismatch(
+                f"The state bytes for {self.checksum} ended {self._left} bytes short of the "
+                f"announced {self.size}; nothing was stored.",
+                checksum=self.checksum,
+            )
+        got = self._hash.hexdigest()
+        if got != self.checksum:
+            raise ChecksumMismatch(
+                f"The state bytes hash to {got}, not to their name {self.checksum}; nothing "
+                "was stored.",
+                checksum=self.checksum,
+            )
 
 
 @dataclass(frozen=True)
@@ -51,20 +100,24 @@ class BlobInfo:
 
 
 class BlobStore(ABC):
-    """Where state archives live. Local directory by default; S3-compatible later."""
+    """Where state archives live: a local directory by default, or S3-compatible storage."""
+
+    #: Where it lives, for messages: a path or a URL without credentials.
+    location: str
 
     @abstractmethod
-    def writer(self) -> AbstractContextManager[BlobSink]:
-        """Stream a new blob in; on normal exit it is committed under its checksum
-        (``sink.checksum``), on an exception nothing is kept."""
+    def put(self, checksum: str, source: BinaryIO, *, size: int) -> None:
+        """Store exactly ``size`` bytes of ``source`` under ``checksum`` (rules 1-3)."""
+
+    def put_file(self, checksum: str, path: Path) -> None:
+        """Store the file at ``path`` (which the caller may remove afterwards). Backends on
+        the same file system may move it instead of copying."""
+        with path.open("rb") as source:
+            self.put(checksum, source, size=path.stat().st_size)
 
     @abstractmethod
     def open(self, checksum: str) -> BinaryIO:
-        """Read a blob; ``NotFound`` if it is not there."""
-
-    @abstractmethod
-    def local_path(self, checksum: str) -> Path | None:
-        """A path on this machine holding the blob, if the backend has one."""
+        """Read a blob as a stream (rule 4); ``NotFound`` if it is not there."""
 
     @abstractmethod
     def exists(self, checksum: str) -> bool: ...
@@ -75,3 +128,19 @@ class BlobStore(ABC):
 
     @abstractmethod
     def list(self) -> Iterator[BlobInfo]: ...
+
+    def stat(self, checksum: str) -> BlobInfo | None:
+        """Size and time of one blob (``None`` if missing). Backends override this with
+        one request; the default scans :meth:`list`."""
+        return next((b for b in self.list() if b.checksum == checksum), None)
+
+    def local_path(self, checksum: str) -> Path | None:
+        """A path on this machine holding the blob, if the backend has one."""
+        return None
+
+    def sweep_scratch(self) -> builtins.list[str]:
+        """Remove what interrupted writes left behind (partial files, stale uploads)."""
+        return []
+
+    def close(self) -> None:  # noqa: B027 - most backends have nothing to release
+        """Release connections."""

@@ -11,8 +11,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from profiles.blobs.base import BlobInfo, BlobSink, BlobStore
-from profiles.errors import NotFound, ValidationFailed
+from profiles.blobs.base import BlobInfo, BlobStore, HashingReader, check_checksum
+from profiles.errors import NotFound
 from profiles.fsutil import fsync_dir
 from profiles.scratch import sweep
 
@@ -20,38 +20,43 @@ __all__ = ["LocalBlobStore"]
 
 log = logging.getLogger(__name__)
 
-_HEX = frozenset("0123456789abcdef")
 PART_PREFIX = "blob-"
-
-
-def _check(checksum: str) -> str:
-    if len(checksum) != 64 or not _HEX.issuperset(checksum):
-        raise ValidationFailed(f"{checksum!r} is not a sha256 hex digest.", field="checksum")
-    return checksum
+CHUNK = 1024 * 1024
 
 
 class LocalBlobStore(BlobStore):
-    """Content-addressed files, written through a temp file, fsync and rename."""
+    """Content-addressed files, written through a temp file, fsync and rename.
+
+    Partial files live in ``<root>/tmp`` and are locked (``flock``) by their writer, so
+    :meth:`sweep_scratch` removes only those whose writer died.
+    """
 
     def __init__(self, root: Path | str, *, create: bool = True) -> None:
         self.root = Path(root)
+        self.location = str(self.root)
         self._objects = self.root / "sha256"
         self._tmp = self.root / "tmp"
         if create:
             self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
             self._objects.mkdir(mode=0o700, exist_ok=True)
-            self._tmp.mkdir(mode=0o700, parents=True, exist_ok=True)
+            self._tmp.mkdir(mode=0o700, exist_ok=True)
 
     def sweep_scratch(self) -> list[str]:
-        """Remove partial blobs whose writer died (the writer holds a lock on its file)."""
         return sweep(self._tmp, (PART_PREFIX,))
 
     def _path(self, checksum: str) -> Path:
-        _check(checksum)
+        check_checksum(checksum)
         return self._objects / checksum[:2] / checksum
 
-    @contextlib.contextmanager
-    def writer(self) -> Iterator[BlobSink]:
+    def _publish(self, tmp: Path, checksum: str) -> None:
+        final = self._path(checksum)
+        final.parent.mkdir(mode=0o700, exist_ok=True)
+        os.replace(tmp, final)  # the same content under the same name: replacing is harmless
+        fsync_dir(final.parent)
+
+    def put(self, checksum: str, source: BinaryIO, *, size: int) -> None:
+        if self.exists(checksum):
+            return
         fd, tmp_name = tempfile.mkstemp(dir=self._tmp, prefix=PART_PREFIX, suffix=".part")
         tmp = Path(tmp_name)
         # A sweeper takes parts it can lock: hold the lock (on a duplicate, so it outlives
@@ -59,20 +64,33 @@ class LocalBlobStore(BlobStore):
         fcntl.flock(fd, fcntl.LOCK_EX)
         held = os.dup(fd)
         try:
-            with os.fdopen(fd, "wb", buffering=1024 * 1024) as raw:
-                sink = BlobSink(raw)
-                yield sink
-                raw.flush()
-                os.fsync(raw.fileno())
-            checksum = sink.hexdigest()
-            final = self._path(checksum)
-            final.parent.mkdir(mode=0o700, exist_ok=True)
-            os.replace(tmp, final)  # same content under the same name: replacing is harmless
-            fsync_dir(final.parent)
-            sink.checksum = checksum
+            reader = HashingReader(source, size, checksum)
+            with os.fdopen(fd, "wb") as out:
+                while chunk := reader.read(CHUNK):
+                    out.write(chunk)
+                reader.verify()
+                out.flush()
+                os.fsync(out.fileno())
+            self._publish(tmp, checksum)
         finally:
             tmp.unlink(missing_ok=True)
             os.close(held)
+
+    def put_file(self, checksum: str, path: Path) -> None:
+        """Move ``path`` into place when it is on this file system (the caller hashed it
+        and fsynced it); else copy it through :meth:`put`."""
+        check_checksum(checksum)
+        try:
+            same_fs = os.stat(path).st_dev == os.stat(self._tmp).st_dev
+        except OSError:
+            same_fs = False
+        if not same_fs:
+            super().put_file(checksum, path)
+            return
+        if self.exists(checksum):
+            return
+        os.chmod(path, 0o600)
+        self._publish(path, checksum)
 
     def open(self, checksum: str) -> BinaryIO:
         try:
@@ -80,8 +98,17 @@ class LocalBlobStore(BlobStore):
         except FileNotFoundError as exc:
             raise NotFound(
                 f"State blob {checksum} is missing from {self._objects}; the store's files "
-                "were changed outside the library."
+                "were changed outside the library.",
+                resource="blob",
+                ref=checksum,
             ) from exc
+
+    def stat(self, checksum: str) -> BlobInfo | None:
+        try:
+            st = self._path(checksum).stat()
+        except FileNotFoundError:
+            return None
+        return BlobInfo(checksum, st.st_size, st.st_mtime)
 
     def local_path(self, checksum: str) -> Path | None:
         path = self._path(checksum)
@@ -97,7 +124,7 @@ class LocalBlobStore(BlobStore):
 
     def list(self) -> Iterator[BlobInfo]:
         for path in self._objects.glob("*/*"):
-            if len(path.name) == 64 and _HEX.issuperset(path.name):
-                with contextlib.suppress(FileNotFoundError):
-                    st = path.stat()
-                    yield BlobInfo(path.name, st.st_size, st.st_mtime)
+            with contextlib.suppress(ValueError, FileNotFoundError):
+                check_checksum(path.name)
+                st = path.stat()
+                yield BlobInfo(path.name, st.st_size, st.st_mtime)

@@ -39,9 +39,17 @@ Every backend MUST keep these rules, and ``profiles.testing.catalog_contract`` c
 6. **No blob I/O inside a transaction.** Transactions hold no state bytes; the store writes
    bytes before the transaction that references them and frees them after the one that
    stops referencing them (data first, metadata last).
-7. **Migrations.** Each backend has one ordered migration history; opening a catalog runs
+7. **Bytes are removed only under an exclusive lock** (restic's rule). A process that
+   uploads state bytes and then references them registers itself first
+   (:meth:`CatalogTransaction.register_blob_writer`, refused while a collector holds the
+   lock); a process that deletes unreferenced bytes holds the collector lock
+   (:meth:`CatalogTransaction.acquire_collector`, granted only when no live writer is
+   registered and no other collector holds it). Both expire, so a process that dies frees
+   them. Deduplicated bytes can thus never be deleted between their upload and the
+   reference that keeps them.
+8. **Migrations.** Each backend has one ordered migration history; opening a catalog runs
    the migrations it lacks and refuses a schema newer than the code (``ProfileError``).
-8. **Faults.** Connection and storage faults raise
+9. **Faults.** Connection and storage faults raise
    :class:`~profiles.errors.StorageUnavailable` naming the catalog (never its password);
    nothing else escapes but :class:`~profiles.errors.ProfileError`.
 
@@ -244,6 +252,23 @@ class CatalogTransaction(ABC):
     @abstractmethod
     def leases(self) -> list[tuple[str, Holder, int]]:
         """``(profile_id, holder, epoch)`` of every live lease."""
+
+    # ---------------------------------------------------------------- byte writers / collector
+    @abstractmethod
+    def register_blob_writer(self, writer_id: str, *, ttl: float) -> bool:
+        """Register (or extend) a writer of state bytes; ``False`` while a collector holds
+        its lock (rule 7)."""
+
+    @abstractmethod
+    def unregister_blob_writer(self, writer_id: str) -> None: ...
+
+    @abstractmethod
+    def acquire_collector(self, collector_id: str, *, ttl: float) -> bool:
+        """Take the exclusive collector lock: only when no live writer is registered and no
+        other live collector holds it (rule 7)."""
+
+    @abstractmethod
+    def release_collector(self, collector_id: str) -> None: ...
 
 
 class Catalog(ABC):

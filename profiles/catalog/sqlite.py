@@ -102,6 +102,15 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE profiles ADD COLUMN lease_holder TEXT;
     ALTER TABLE profiles ADD COLUMN lease_expires_at REAL;
     """,
+    # 3: who writes or collects state bytes right now
+    """
+    CREATE TABLE blob_writers (id TEXT PRIMARY KEY, expires_at REAL NOT NULL);
+    CREATE TABLE blob_collector (
+        only_one INTEGER PRIMARY KEY CHECK (only_one = 1),
+        id TEXT NOT NULL,
+        expires_at REAL NOT NULL
+    );
+    """,
 )
 # Columns of the profiles table that are not fields of a Profile record.
 _LEASE_COLUMNS = ("lease_epoch", "lease_holder", "lease_expires_at")
@@ -414,6 +423,43 @@ class _SQLiteTransaction(CatalogTransaction):
             with contextlib.suppress(ValueError):
                 found.append((row[0], Holder.model_validate_json(row[1]), int(row[2])))
         return found
+
+    def register_blob_writer(self, writer_id: str, *, ttl: float) -> bool:
+        now = time.time()
+        busy = self._conn.execute(
+            "SELECT 1 FROM blob_collector WHERE expires_at >= ?", (now,)
+        ).fetchone()
+        if busy:
+            return False
+        self._conn.execute(
+            "INSERT INTO blob_writers (id, expires_at) VALUES (?, ?) "
+            "ON CONFLICT (id) DO UPDATE SET expires_at = excluded.expires_at",
+            (writer_id, now + ttl),
+        )
+        return True
+
+    def unregister_blob_writer(self, writer_id: str) -> None:
+        self._conn.execute("DELETE FROM blob_writers WHERE id = ?", (writer_id,))
+
+    def acquire_collector(self, collector_id: str, *, ttl: float) -> bool:
+        now = time.time()
+        self._conn.execute("DELETE FROM blob_writers WHERE expires_at < ?", (now,))
+        writers = self._conn.execute("SELECT count(*) FROM blob_writers").fetchone()[0]
+        other = self._conn.execute(
+            "SELECT 1 FROM blob_collector WHERE expires_at >= ? AND id != ?", (now, collector_id)
+        ).fetchone()
+        if writers or other:
+            return False
+        self._conn.execute(
+            "INSERT INTO blob_collector (only_one, id, expires_at) VALUES (1, ?, ?) "
+            "ON CONFLICT (only_one) DO UPDATE SET id = excluded.id, "
+            "expires_at = excluded.expires_at",
+            (collector_id, now + ttl),
+        )
+        return True
+
+    def release_collector(self, collector_id: str) -> None:
+        self._conn.execute("DELETE FROM blob_collector WHERE id = ?", (collector_id,))
 
     def lease_holder(self, profile_id: str) -> tuple[Holder, int] | None:
         found = self._live_leases(" AND id = ?", (profile_id,))
