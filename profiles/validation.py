@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from profiles.errors import ValidationFailed
 
 __all__ = [
+    "BROWSER_VERSION",
     "MAX_DESCRIPTION_LENGTH",
     "MAX_LABELS",
     "MAX_LABEL_KEY_LENGTH",
@@ -140,13 +141,14 @@ def check_limit(limit: object) -> int:
     return limit
 
 
-_VERSION = re.compile(r"\d{1,5}(\.\d{1,6}){0,4}([a-z]{1,5}\d{0,4})?")
+#: A browser version as Chromium's "Last Version" and Firefox's compatibility.ini write it.
+BROWSER_VERSION = re.compile(r"[0-9]{1,5}(?:\.[0-9]{1,6}){0,4}(?:[ab][0-9]{1,4}|esr)?", re.ASCII)
 _ID = re.compile(r"(prof|psnap|evt)_[0-9A-Fa-f-]+")
 
 
 def check_browser_version(version: object, *, field: str = "browser_version") -> str:
     """A browser version: digits and dots, an optional short suffix (``153.7.0esr``)."""
-    if not isinstance(version, str) or not _VERSION.fullmatch(version):
+    if not isinstance(version, str) or not BROWSER_VERSION.fullmatch(version):
         shown = repr(version)[:40] if isinstance(version, str) else type(version).__name__
         raise ValidationFailed(
             f"{field} must look like a browser version such as 156.0.8078.73 or 153.7.0, "
