@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import errno
 import importlib.metadata
 import inspect
@@ -54,6 +55,7 @@ from typing import IO, Any, NoReturn, TextIO
 from pydantic import BaseModel
 
 from profiles.archetypes import all_archetypes
+from profiles.backends import blobs_url_from_env, catalog_url_from_env, redact_url_password
 from profiles.errors import (
     BrowserNotFound,
     Conflict,
@@ -66,6 +68,7 @@ from profiles.errors import (
 from profiles.models import AuditEvent, Page, Profile, Snapshot
 from profiles.state_rules import ENGINES
 from profiles.store import UNSET, ProfileStore, Unset, default_home
+from profiles.transfer import transfer
 
 __all__ = [
     "CLI_WORDING",
@@ -684,6 +687,48 @@ def cmd_cache_prune(store: ProfileStore, args: argparse.Namespace) -> None:
     _out(f"removed {copies}, freed {_size(result.freed_bytes)}; {_size(result.kept_bytes)} kept")
 
 
+def cmd_transfer(store: ProfileStore, args: argparse.Namespace) -> None:
+    if not (args.to_catalog or args.to_blobs or args.to_home):
+        raise UsageError("say where to: --to-catalog URL --to-blobs URL, or --to-home PATH")
+    if bool(args.to_catalog) != bool(args.to_blobs):
+        raise UsageError("--to-catalog and --to-blobs go together (a catalog and its bytes)")
+    target_home = Path(args.to_home).expanduser() if args.to_home else _home(args)[0]
+    with ProfileStore(
+        target_home, catalog=args.to_catalog or None, blobs=args.to_blobs or None
+    ) as target:
+        say = (lambda m: _err(f"transfer: {m}")) if args.verbose else None
+        report = transfer(store, target, progress=say)
+        where = target.location
+    if args.json:
+        _json({"target": where, **dataclasses.asdict(report)})
+    else:
+        _out(
+            f"transferred to {where}: "
+            f"{_plural(report.blobs_copied, 'state')} ({_size(report.bytes_copied)}), "
+            f"{_plural(report.profiles_copied, 'profile')}, "
+            f"{_plural(report.snapshots_copied, 'snapshot')}, "
+            f"{_plural(report.events_copied, 'event')}; already there: "
+            f"{report.blobs_present + report.profiles_present + report.snapshots_present}"
+            f" records and states, {report.events_present} events"
+        )
+    for conflict in report.conflicts:
+        _err(f"not transferred: {conflict}")
+    if report.conflicts:
+        raise Conflict(
+            f"{_plural(len(report.conflicts), 'profile')} could not be transferred (names "
+            "taken in the target); rename them and run the transfer again.",
+            conflicts=report.conflicts,
+        )
+
+
+def cmd_gc(store: ProfileStore, args: argparse.Namespace) -> None:
+    freed = store.collect_garbage(min_age=args.min_age)
+    if args.json:
+        _json({"freed": freed})
+    else:
+        _out(f"freed {_plural(len(freed), 'unreferenced state')}")
+
+
 def cmd_archetypes(store: ProfileStore | None, args: argparse.Namespace) -> None:
     found = [a for a in all_archetypes().values() if args.engine in (None, a.engine)]
     if args.json:
@@ -889,6 +934,20 @@ def _common_options(parser: argparse.ArgumentParser) -> None:
         help="the store's home (default: $PROFILES_HOME, else the user data dir)",
     )
     parser.add_argument(
+        "--catalog",
+        metavar="URL",
+        default=s,
+        help="a shared catalog, postgresql://user@host/db (default: $PROFILES_CATALOG_URL, "
+        "else the home's own)",
+    )
+    parser.add_argument(
+        "--blobs",
+        metavar="URL",
+        default=s,
+        help="shared state storage, s3://bucket/prefix (default: $PROFILES_BLOBS_URL, else "
+        "the home's own)",
+    )
+    parser.add_argument(
         "--max-profiles",
         metavar="N",
         type=int,
@@ -936,7 +995,15 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="print the version and the store in use (its home, and whether it exists)",
     )
-    parser.set_defaults(json=False, home=None, max_profiles=None, verbose=0, store=EXISTING)
+    parser.set_defaults(
+        json=False,
+        home=None,
+        catalog=None,
+        blobs=None,
+        max_profiles=None,
+        verbose=0,
+        store=EXISTING,
+    )
     # not required here, so that 'profiles --version' needs no command; main checks it
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
@@ -1084,6 +1151,37 @@ def build_parser() -> argparse.ArgumentParser:
         "read-only sessions, with who holds each (host, pid) and since when, oldest first.",
     )
 
+    p = command(
+        sub,
+        "transfer",
+        cmd_transfer,
+        "Copy the whole store (profiles, snapshots, audit, state) to another backend.",
+        "Copy everything this store holds to another backend, keeping ids, names and\n"
+        "checksums: state bytes first (each verified against its SHA-256), then the\n"
+        "records, then the audit log. What is already there is skipped, so an interrupted\n"
+        "transfer resumes when run again. Embedded to shared:\n"
+        "  profiles transfer --to-catalog postgresql://... --to-blobs s3://bucket/prefix\n"
+        "and back (from a shared store to an embedded home):\n"
+        "  profiles --catalog postgresql://... --blobs s3://... transfer --to-home PATH",
+    )
+    p.add_argument("--to-catalog", metavar="URL", help="the target catalog (postgresql://...)")
+    p.add_argument("--to-blobs", metavar="URL", help="the target state storage (s3://...)")
+    p.add_argument("--to-home", metavar="PATH", help="the target home (an embedded store)")
+
+    p = command(
+        sub,
+        "gc",
+        cmd_gc,
+        "Delete state bytes nothing references (left by crashes) and stale scratch.",
+    )
+    p.add_argument(
+        "--min-age",
+        metavar="SECONDS",
+        type=float,
+        default=3600.0,
+        help="keep unreferenced bytes younger than this: a commit may be in flight (3600)",
+    )
+
     cache = command(sub, "cache", None, "The working copies kept to start sessions fast.")
     cache_sub = cache.add_subparsers(dest="cache_command", required=True, metavar="COMMAND")
     p = command(
@@ -1205,6 +1303,10 @@ def _open_store(args: argparse.Namespace, mode: str) -> ProfileStore:
     there is none (so a typo in --home or $PROFILES_HOME does not make an empty store)."""
     home, source = _home(args)
     kwargs: dict[str, Any] = {"max_profiles": args.max_profiles}
+    catalog, blobs = _backend(args)
+    if catalog is not None or blobs is not None:
+        # A shared backend: the home is only this machine's workspace.
+        return ProfileStore(home, catalog=catalog, blobs=blobs, **kwargs)
     if mode == EXISTING:
         if not _store_exists(home):
             what = "does not exist" if not home.exists() else f"has no {CATALOG_FILE}"
@@ -1221,6 +1323,11 @@ def _open_store(args: argparse.Namespace, mode: str) -> ProfileStore:
     return ProfileStore(home, **kwargs)
 
 
+def _backend(args: argparse.Namespace) -> tuple[str | None, str | None]:
+    """The catalog and blobs URLs from --catalog / --blobs, else the environment."""
+    return (args.catalog or catalog_url_from_env(), args.blobs or blobs_url_from_env())
+
+
 def _version(args: argparse.Namespace) -> None:
     try:
         version = importlib.metadata.version(PACKAGE)
@@ -1228,10 +1335,28 @@ def _version(args: argparse.Namespace) -> None:
         from profiles import __version__ as version
     home, source = _home(args)
     exists = _store_exists(home)
+    catalog, blobs = _backend(args)
+    shown = {
+        "catalog": redact_url_password(catalog) if catalog else None,
+        "blobs": redact_url_password(blobs) if blobs else None,
+    }
     if args.json:
-        _json({"version": version, "home": str(home), "home_source": source, "exists": exists})
+        _json(
+            {
+                "version": version,
+                "home": str(home),
+                "home_source": source,
+                "exists": exists,
+                **shown,
+            }
+        )
         return
     _out(f"profiles {version} ({PACKAGE})")
+    if catalog or blobs:
+        in_home = "in the home"
+        _out(f"store: catalog {shown['catalog'] or in_home}, blobs {shown['blobs'] or in_home}")
+        _out(f"workspace: {home} (from {source})")
+        return
     state = "a profile store" if exists else "no profile store there yet"
     _out(f"store: {home} (from {source}; {state})")
 

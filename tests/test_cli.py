@@ -790,7 +790,14 @@ def test_version_names_the_store_in_use(
         "home": str(home),
         "home_source": "$PROFILES_HOME",
         "exists": True,
+        "catalog": None,
+        "blobs": None,
     }
+    # a shared backend is named without its password
+    shared = run_json(
+        capsys, "--version", "--catalog", "postgresql://u:s3cret@db/profiles", "--blobs", "s3://b/p"
+    )
+    assert shared["catalog"] == "postgresql://u:***@db/profiles" and shared["blobs"] == "s3://b/p"
     # without a command and without --version it is still a usage error
     assert run(capsys)[0] == 2
 

@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
 SETUP = ROOT / "scripts" / "setup.sh"
 
-GLOBAL = {"--json", "--home", "--max-profiles", "-v", "--verbose"}
+GLOBAL = {"--json", "--home", "--catalog", "--blobs", "--max-profiles", "-v", "--verbose"}
 HELP = {"-h", "--help"}
 
 
