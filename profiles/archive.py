@@ -4,26 +4,33 @@ An archive is a tar stream of a browser's user-data-dir, compressed with gzip (`
 the documented interchange format) or zstd (``.tar.zst``). Readers tell the codec from the
 magic bytes, never from a file name.
 
-Unpacking assumes the archive came from anyone: only regular files and directories are
-accepted (Python's ``data`` filter first, then our own allow-list), every size is capped
-(compressed, total, per member, member count, expansion ratio) so a bomb stops early, and
-the tree is built in a temporary sibling that is renamed into place only when complete.
+Unpacking assumes the archive came from anyone. The tar stream is read by
+:mod:`profiles.tar_guard`, not by ``tarfile``'s reader: headers are capped in size before
+they are read, every byte must belong to a member or to the end-of-archive marker and its
+zero padding, and the compressed stream must end exactly where its codec says. Only regular
+files and directories with plain relative names are accepted (our own allow-list, then
+Python's ``data`` filter); every size is capped (compressed, decompressed stream, total, per
+member, member count, expansion ratio, header size) so a bomb stops early; every refusal is
+``ArchiveInvalid`` naming the member by its archive name, never by a path of this machine;
+and the tree is built in a temporary sibling that is renamed into place only when complete.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import gzip
 import io
 import logging
 import os
+import re
 import shutil
 import stat
 import tarfile
 import tempfile
 import zlib
 from collections.abc import Iterator
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import IO, BinaryIO, Literal, Protocol
 
 import zstandard
@@ -32,6 +39,16 @@ from pydantic import BaseModel, ConfigDict
 from profiles.errors import ArchiveInvalid, ValidationFailed
 from profiles.fsutil import fsync_dir, remove_tree
 from profiles.state_rules import RULES, Engine
+from profiles.tar_guard import (
+    BLOCK,
+    MAX_ZERO_PADDING,
+    GzipDecoder,
+    Meter,
+    TarFormatError,
+    TarReader,
+    ZstdDecoder,
+    shown,
+)
 
 __all__ = [
     "CODECS",
@@ -71,6 +88,8 @@ class ArchiveLimits(BaseModel):
     max_member_bytes: int = 2 * 1024 * MiB
     max_ratio: int = 200  # uncompressed / compressed, checked past ratio_floor
     ratio_floor: int = 64 * MiB
+    # A PAX or GNU long-name header is read whole into memory: cap it before reading it.
+    max_header_bytes: int = 256 * 1024
 
 
 class PackStats(BaseModel):
@@ -324,35 +343,100 @@ def _known_size(source: IO[bytes] | BinaryIO) -> int | None:
         return None
 
 
-def _check_member(member: tarfile.TarInfo, staging: Path) -> tarfile.TarInfo:
+# What Linux allows; a profile needs nothing near it.
+NAME_MAX = 255
+PATH_MAX = 4096
+MAX_DEPTH = 64  # directory levels in a member name (real profiles use about ten)
+MAX_COMPRESSED_FRAMES = 65_536  # gzip members or zstd frames (one is the rule)
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_KINDS = {
+    tarfile.SYMTYPE: "a symbolic link",
+    tarfile.LNKTYPE: "a hard link",
+    tarfile.CHRTYPE: "a character device",
+    tarfile.BLKTYPE: "a block device",
+    tarfile.FIFOTYPE: "a FIFO",
+}
+_CLASH = "clashes with an earlier member (the same name twice, or as a file and as a directory)"
+# File-system refusals that are the archive's fault; any other OSError is the machine's.
+_FS_REASONS = {
+    errno.EEXIST: _CLASH,
+    errno.EISDIR: _CLASH,
+    errno.ENOTDIR: "clashes with an earlier member: a file is in the way of its directory",
+    errno.ENAMETOOLONG: "has a name too long for the file system",
+    errno.EILSEQ: "has a name the file system does not accept",
+    errno.EINVAL: "has a name the file system does not accept",
+}
+
+
+def _refused(name: str, why: str) -> ArchiveInvalid:
+    """``ArchiveInvalid`` for a member, named by its archive name, escaped and cut short:
+    never a path of this machine (the staging directory lives under the store's home)."""
+    detail = name[:256].encode("utf-8", "backslashreplace").decode("utf-8")
+    return ArchiveInvalid(f"Archive member {shown(name)} {why}.", field="file", member=detail)
+
+
+def _check_member(member: tarfile.TarInfo, staging: Path) -> tuple[str, ...]:
+    """The member's path under ``staging`` as parts, or ``ArchiveInvalid`` if it is anything
+    but a regular file or directory with a plain, relative, portable name."""
     name = member.name
     if not (member.isreg() or member.isdir()):
-        kind = {
-            tarfile.SYMTYPE: "a symbolic link",
-            tarfile.LNKTYPE: "a hard link",
-            tarfile.CHRTYPE: "a character device",
-            tarfile.BLKTYPE: "a block device",
-            tarfile.FIFOTYPE: "a FIFO",
-        }.get(member.type, f"of tar type {member.type!r}")
-        raise ArchiveInvalid(
-            f"Archive member {name!r} is {kind}; only regular files and directories are allowed.",
-            field="file",
-            member=name,
-        )
-    pure = PurePosixPath(name)
-    if not name or pure.is_absolute() or name.startswith(("/", "\\")) or ".." in pure.parts:
-        raise ArchiveInvalid(
-            f"Archive member {name!r} points outside the profile (absolute path or '..').",
-            field="file",
-            member=name,
-        )
+        kind = _KINDS.get(member.type, f"of tar type {member.type.decode('latin-1')!r}")
+        raise _refused(name, f"is {kind}; only regular files and directories are allowed")
+    if _CONTROL.search(name):
+        raise _refused(name, "has a control character in its name")
     try:
-        filtered = tarfile.data_filter(member, str(staging))
-    except tarfile.FilterError as exc:
-        raise ArchiveInvalid(
-            f"Archive member {name!r} is unsafe: {exc}.", field="file", member=name
-        ) from exc
-    return filtered
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise _refused(name, "has a name that is not valid UTF-8") from None
+    raw_parts = name.split("/")
+    if not name or name.startswith(("/", "\\")) or ".." in raw_parts:
+        raise _refused(name, "points outside the profile (absolute path or '..')")
+    parts = tuple(part for part in raw_parts if part not in ("", "."))
+    if member.isreg():
+        if not parts:
+            raise _refused(name, "is a file with no name (it names the profile itself)")
+        if name.endswith("/"):
+            raise _refused(name, "is a file with a trailing slash in its name")
+    if any(len(part.encode()) > NAME_MAX for part in parts):
+        raise _refused(name, f"has a name part longer than {NAME_MAX} bytes")
+    if len(parts) > MAX_DEPTH:
+        raise _refused(name, f"is nested too deep (more than {MAX_DEPTH} levels)")
+    room = PATH_MAX - len(os.fsencode(staging)) - 2
+    if len("/".join(parts).encode()) > room:
+        raise _refused(name, "has a path too long to unpack")
+    try:
+        tarfile.data_filter(member, str(staging))
+    except tarfile.FilterError as exc:  # our checks above already cover what it refuses
+        raise _refused(name, f"is unsafe ({type(exc).__name__})") from exc
+    return parts
+
+
+class _Tree:
+    """Makes the directories of the unpacked tree one level at a time (no recursion, no
+    following of anything but our own directories), remembering the last one made so the
+    files of one directory cost no extra system calls."""
+
+    def __init__(self, root: Path) -> None:
+        self._root = os.fspath(root)
+        self._last: tuple[str, ...] = ()
+
+    def path(self, parts: tuple[str, ...]) -> str:
+        return os.path.join(self._root, *parts)
+
+    def make(self, parts: tuple[str, ...]) -> None:
+        same = 0
+        for mine, last in zip(parts, self._last, strict=False):
+            if mine != last:
+                break
+            same += 1
+        for depth in range(same, len(parts)):
+            path = self.path(parts[: depth + 1])
+            try:
+                os.mkdir(path, 0o700)
+            except FileExistsError:
+                if not stat.S_ISDIR(os.lstat(path).st_mode):
+                    raise
+        self._last = parts
 
 
 def unpack_archive(
@@ -404,89 +488,79 @@ def _extract(raw: IO[bytes] | BinaryIO, staging: Path, limits: ArchiveLimits) ->
     budget = limits.max_uncompressed_bytes
     if known is not None:
         budget = min(budget, max(limits.ratio_floor, known * limits.max_ratio))
+    decoder: GzipDecoder | ZstdDecoder = (
+        GzipDecoder(source, max_members=MAX_COMPRESSED_FRAMES)
+        if codec == "gzip"
+        else ZstdDecoder(source, max_frames=MAX_COMPRESSED_FRAMES)
+    )
+    # Every decompressed byte counts, headers and padding included: the members' budget,
+    # two blocks of overhead per member, and the zero padding after the end marker.
+    meter = Meter(
+        decoder.read,
+        lambda: counted.count,
+        cap=budget + limits.max_members * 2 * BLOCK + MAX_ZERO_PADDING,
+        max_ratio=limits.max_ratio,
+        ratio_floor=limits.ratio_floor,
+    )
+    reader = TarReader(meter.read, max_header_bytes=limits.max_header_bytes)
+    tree = _Tree(staging)
     files = directories = total = members = 0
     try:
-        stream: IO[bytes]
-        if codec == "gzip":
-            stream = gzip.GzipFile(fileobj=source, mode="rb")  # type: ignore[assignment]
-        else:
-            stream = zstandard.ZstdDecompressor().stream_reader(source, read_across_frames=True)
-        with (
-            stream,
-            _tar_stream(stream, "r|") as tar,
-        ):
-            for member in tar:
-                members += 1
-                if members > limits.max_members:
-                    raise ArchiveInvalid(
-                        f"The archive has more than {limits.max_members} members.", field="file"
-                    )
-                member = _check_member(member, staging)
-                if member.size > limits.max_member_bytes:
-                    raise ArchiveInvalid(
-                        f"Archive member {member.name!r} is {member.size // MiB} MB; at most "
-                        f"{limits.max_member_bytes // MiB} MB per file is allowed.",
-                        field="file",
-                    )
-                if total + member.size > budget:
-                    raise ArchiveInvalid(
-                        f"The archive expands to more than {budget // MiB} MB "
-                        f"(member {member.name!r}); it looks like a decompression bomb.",
-                        field="file",
-                    )
-                dest = staging.joinpath(*PurePosixPath(member.name).parts)
+        while (member := reader.next()) is not None:
+            members += 1
+            if members > limits.max_members:
+                raise ArchiveInvalid(
+                    f"The archive has more than {limits.max_members} members.", field="file"
+                )
+            parts = _check_member(member, staging)
+            if member.size > limits.max_member_bytes:
+                raise _refused(
+                    member.name,
+                    f"is {member.size // MiB} MB; at most {limits.max_member_bytes // MiB} MB "
+                    "per file is allowed",
+                )
+            if total + member.size > budget:
+                raise ArchiveInvalid(
+                    f"The archive expands to more than {budget // MiB} MB "
+                    f"(member {shown(member.name)}); it looks like a decompression bomb.",
+                    field="file",
+                )
+            try:
                 if member.isdir():
-                    dest.mkdir(mode=0o700, parents=True, exist_ok=True)
+                    tree.make(parts)
                     directories += 1
                     continue
-                dest.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-                payload = tar.extractfile(member)
-                assert payload is not None
-                total += _write_member(payload, dest, member, counted, total, limits)
+                tree.make(parts[:-1])
+                total += _write_member(reader, tree.path(parts), member)
                 files += 1
-            # Read to the end so a truncated or corrupt trailer is noticed.
-            while stream.read(CHUNK):
-                pass
-    except ArchiveInvalid:
-        raise
-    except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile, zstandard.ZstdError) as exc:
+            except OSError as exc:
+                why = _FS_REASONS.get(exc.errno or 0)
+                if why is None:
+                    raise
+                raise _refused(member.name, why) from exc
+    except TarFormatError as exc:
         raise ArchiveInvalid(
-            f"The archive is not a complete {'gzip' if codec == 'gzip' else 'zstd'}-compressed "
-            f"tar: {exc or type(exc).__name__}.",
+            f"The archive is not a complete {codec}-compressed tar: {exc}.", field="file"
+        ) from exc
+    except (zlib.error, zstandard.ZstdError) as exc:
+        raise ArchiveInvalid(
+            f"The archive is not a complete {codec}-compressed tar: the {codec} data is "
+            f"corrupt ({exc}).",
             field="file",
         ) from exc
-    except IsADirectoryError as exc:
-        raise ArchiveInvalid(f"The archive has conflicting members: {exc}.", field="file") from exc
-    except NotADirectoryError as exc:
-        raise ArchiveInvalid(f"The archive has conflicting members: {exc}.", field="file") from exc
     return UnpackStats(files=files, directories=directories, uncompressed_bytes=total, codec=codec)
 
 
-def _write_member(
-    payload: IO[bytes],
-    dest: Path,
-    member: tarfile.TarInfo,
-    counted: _SourceReader,
-    total_before: int,
-    limits: ArchiveLimits,
-) -> int:
-    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0)
-    fd = os.open(dest, flags, 0o600)
+def _write_member(reader: TarReader, path: str, member: tarfile.TarInfo) -> int:
+    """Write the member's data to a new file at ``path`` (never over an existing one)."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
+    fd = os.open(path, flags, 0o600)
     written = 0
     with os.fdopen(fd, "wb") as out:
-        while chunk := payload.read(CHUNK):
-            written += len(chunk)
-            if written > member.size:
-                raise ArchiveInvalid(f"Archive member {member.name!r} overruns its size.")
-            expanded = total_before + written
-            if expanded > limits.ratio_floor and expanded > limits.max_ratio * counted.count:
-                raise ArchiveInvalid(
-                    f"The archive expands more than {limits.max_ratio} times its compressed "
-                    "size; it looks like a decompression bomb.",
-                    field="file",
-                )
-            out.write(chunk)
-    os.utime(dest, (member.mtime, member.mtime))
+        for piece in reader.data():
+            written += len(piece)
+            out.write(piece)
+    os.utime(path, (member.mtime, member.mtime))
     return written
 
 
@@ -494,7 +568,11 @@ def _swap_into_place(staging: Path, target: Path) -> None:
     if target.exists():
         old = target.parent / f".{target.name}.old-{os.getpid()}-{id(staging)}"
         os.rename(target, old)
-        os.rename(staging, target)
+        try:
+            os.rename(staging, target)
+        except BaseException:
+            os.rename(old, target)
+            raise
         fsync_dir(target.parent)
         remove_tree(old)
     else:
