@@ -11,9 +11,11 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from backends import BACKENDS, store_on
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -30,6 +32,12 @@ from profiles import (
 from profiles.catalog.sqlite import MIGRATIONS, SQLiteCatalog
 from profiles.models import Profile, new_id, utcnow
 from profiles.validation import check_name
+
+
+@pytest.fixture(params=BACKENDS)
+def store(request: pytest.FixtureRequest, home: Path) -> Iterator[ProfileStore]:
+    """The behaviour suite runs on every backend: embedded, and PostgreSQL + S3."""
+    yield from store_on(request, home)
 
 
 def _chromium_dir(root: Path, marker: str = "1") -> Path:

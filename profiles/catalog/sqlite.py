@@ -193,6 +193,10 @@ class _SQLiteTransaction(CatalogTransaction):
                     f"A profile named {name!r} already exists; choose another name.",
                     field="name",
                 ) from exc
+            if ".id" in str(exc):
+                raise Conflict(
+                    f"A record with id {row.get('id')!r} already exists.", field="id"
+                ) from exc
             raise
 
     # profiles
@@ -494,16 +498,36 @@ class SQLiteCatalog(Catalog):
         self, path: Path | str, *, busy_timeout: float = 30.0, read_only: bool = False
     ) -> None:
         self.path = Path(path)
+        self.location = str(self.path)
         self.read_only = read_only
-        self._lock = threading.RLock()
+        self._busy_timeout = busy_timeout
+        # One connection per thread: a read in one thread never waits behind another
+        # thread's write transaction (WAL), and writers are serialised by the database.
+        self._local = threading.local()
+        self._open: list[sqlite3.Connection] = []
+        self._open_lock = threading.Lock()
+        self._closed = False
         try:
-            self._conn = self._connect(busy_timeout)
             if not read_only:
                 self._migrate()
             elif self.schema_version > len(MIGRATIONS):
                 raise self._too_new(self.schema_version)
-        except sqlite3.Error as exc:
+        except (sqlite3.Error, OSError) as exc:
+            self.close()
             raise _storage_error(self.path, exc, "opening it") from exc
+
+    @property
+    def _conn(self) -> sqlite3.Connection:
+        """This thread's connection (a new one after a fork or in a new thread)."""
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None or getattr(self._local, "pid", None) != os.getpid():
+            if self._closed:
+                raise ProfileError(f"The catalog {self.path} is closed.")
+            conn = self._connect(self._busy_timeout)
+            self._local.conn, self._local.pid = conn, os.getpid()
+            with self._open_lock:
+                self._open.append(conn)
+        return conn
 
     def _connect(self, busy_timeout: float) -> sqlite3.Connection:
         if self.read_only:
@@ -558,22 +582,21 @@ class SQLiteCatalog(Catalog):
         return int(self._conn.execute("PRAGMA user_version").fetchone()[0])
 
     def _migrate(self) -> None:
-        with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                version = self.schema_version
-                if version > len(MIGRATIONS):
-                    raise self._too_new(version)
-                for number in range(version + 1, len(MIGRATIONS) + 1):
-                    log.info("migrating catalog %s to schema version %d", self.path, number)
-                    for statement in MIGRATIONS[number - 1].split(";"):
-                        if statement.strip():
-                            self._conn.execute(statement)
-                    self._conn.execute(f"PRAGMA user_version = {number}")
-                self._conn.execute("COMMIT")
-            except BaseException:
-                self._rollback()
-                raise
+        self._conn.execute("BEGIN IMMEDIATE")
+        try:
+            version = self.schema_version
+            if version > len(MIGRATIONS):
+                raise self._too_new(version)
+            for number in range(version + 1, len(MIGRATIONS) + 1):
+                log.info("migrating catalog %s to schema version %d", self.path, number)
+                for statement in MIGRATIONS[number - 1].split(";"):
+                    if statement.strip():
+                        self._conn.execute(statement)
+                self._conn.execute(f"PRAGMA user_version = {number}")
+            self._conn.execute("COMMIT")
+        except BaseException:
+            self._rollback()
+            raise
 
     def _rollback(self) -> None:
         """Roll back if a transaction is open; never mask the error that led here."""
@@ -583,35 +606,45 @@ class SQLiteCatalog(Catalog):
 
     @contextmanager
     def transaction(self, *, write: bool = True) -> Iterator[CatalogTransaction]:
-        with self._lock:
-            if write and self.read_only:
-                raise StorageUnavailable(
-                    f"The store at {self.path.parent} is read-only here (its catalog cannot be "
-                    "written by this user or on this file system): reads work, changes do not.",
-                    home=str(self.path.parent),
-                    cause="read-only",
+        if write and self.read_only:
+            raise StorageUnavailable(
+                f"The store at {self.path.parent} is read-only here (its catalog cannot be "
+                "written by this user or on this file system): reads work, changes do not.",
+                home=str(self.path.parent),
+                cause="read-only",
+            )
+        try:
+            conn = self._conn
+            if conn.in_transaction:
+                raise ProfileError(
+                    "A catalog transaction is already open in this thread; transactions "
+                    "do not nest."
                 )
-            try:
-                self._conn.execute("BEGIN IMMEDIATE" if write else "BEGIN DEFERRED")
-            except sqlite3.Error as exc:
-                raise _storage_error(self.path, exc, "starting a transaction") from exc
-            try:
-                yield _SQLiteTransaction(self._conn)
-            except sqlite3.IntegrityError:
-                self._rollback()
-                raise
-            except sqlite3.Error as exc:
-                self._rollback()
-                raise _storage_error(self.path, exc, "writing" if write else "reading") from exc
-            except BaseException:
-                self._rollback()
-                raise
-            try:
-                self._conn.execute("COMMIT")
-            except sqlite3.Error as exc:
-                self._rollback()
-                raise _storage_error(self.path, exc, "committing a change") from exc
+            conn.execute("BEGIN IMMEDIATE" if write else "BEGIN DEFERRED")
+        except (sqlite3.Error, OSError) as exc:
+            raise _storage_error(self.path, exc, "starting a transaction") from exc
+        try:
+            yield _SQLiteTransaction(self._conn)
+        except sqlite3.IntegrityError:
+            self._rollback()
+            raise
+        except sqlite3.Error as exc:
+            self._rollback()
+            raise _storage_error(self.path, exc, "writing" if write else "reading") from exc
+        except BaseException:
+            self._rollback()
+            raise
+        try:
+            self._conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            self._rollback()
+            raise _storage_error(self.path, exc, "committing a change") from exc
 
     def close(self) -> None:
-        with self._lock, contextlib.suppress(sqlite3.Error):
-            self._conn.close()
+        """Close every thread's connection (a closed catalog refuses new transactions)."""
+        with self._open_lock:
+            self._closed = True
+            conns, self._open = self._open, []
+        for conn in conns:
+            with contextlib.suppress(sqlite3.Error):
+                conn.close()

@@ -1,0 +1,45 @@
+"""Stores on every backend for the behaviour suites: ``embedded`` (SQLite + local files) and
+``shared`` (PostgreSQL + S3 on real servers: see pg_service.py and s3_service.py).
+
+A test module opts in by defining ``store`` through :func:`store_on`::
+
+    @pytest.fixture(params=BACKENDS)
+    def store(request, home): yield from store_on(request, home)
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from profiles import ProfileStore
+
+BACKENDS = ("embedded", "shared")
+
+
+def shared_urls(request: pytest.FixtureRequest) -> Iterator[tuple[str, str]]:
+    """A fresh PostgreSQL database and a fresh S3 prefix: ``(catalog_url, blobs_url)``."""
+    from pg_service import fresh_database
+
+    postgres_url: str = request.getfixturevalue("postgres_url")
+    bucket: str = request.getfixturevalue("s3_bucket")
+    request.getfixturevalue("s3_env")  # the standard AWS variables, for boto3's defaults
+    with fresh_database(postgres_url) as catalog_url:
+        yield catalog_url, f"s3://{bucket}/store-{uuid.uuid4().hex[:12]}"
+
+
+def store_on(
+    request: pytest.FixtureRequest, home: Path, kind: str | None = None, **options: object
+) -> Iterator[ProfileStore]:
+    """A store on the backend ``kind`` (default: the fixture's param) with its home."""
+    kind = kind or request.param
+    if kind == "embedded":
+        with ProfileStore(home, **options) as store:  # type: ignore[arg-type]
+            yield store
+        return
+    for catalog_url, blobs_url in shared_urls(request):
+        with ProfileStore(home, catalog=catalog_url, blobs=blobs_url, **options) as store:  # type: ignore[arg-type]
+            yield store
