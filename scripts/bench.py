@@ -12,6 +12,11 @@ Sections (each prints a markdown table):
    with and without the engine-aware excludes, next to ``tar | gzip`` and ``tar | zstd``.
 3. Lock hand-off: writers queueing for one profile; release-to-acquire gaps, overlaps.
 4. Catalog scale: create, get by name, and walking ``list`` pages with many profiles.
+5. The shared backend (PostgreSQL + S3 on loopback) next to the embedded store: session round
+   trips warm and cold, commit time, lease hand-off between worker processes, and catalog
+   scale on PostgreSQL. Uses ``$PROFILES_CATALOG_URL`` / ``$PROFILES_BLOBS_URL`` when set,
+   else starts the servers with ``scripts/services.sh`` (and stops them); ``--no-shared``
+   skips it.
 
 Everything runs in a temporary store home and against a local HTTP server.
 """
@@ -315,8 +320,11 @@ def bench_locks(writers: int, rounds: int, home: Path) -> dict[str, Any]:
 # ---------------------------------------------------------------------------- 4. catalog
 
 
-def bench_catalog(count: int, home: Path) -> dict[str, Any]:
-    store = ProfileStore(home / "catalog", max_profiles=None)
+def bench_catalog(count: int, home: Path, urls: tuple[str, str] | None = None) -> dict[str, Any]:
+    if urls is None:
+        store = ProfileStore(home / "catalog", max_profiles=None)
+    else:
+        store = ProfileStore(home / "catalog-shared", catalog=urls[0], blobs=urls[1])
     creates: list[float] = []
     first_page: dict[int, float] = {}
     checkpoints = sorted({min(1000, count), count})
@@ -354,6 +362,166 @@ def bench_catalog(count: int, home: Path) -> dict[str, Any]:
         "page_first_s": statistics.median(pages[:5]),
         "page_last_s": statistics.median(pages[-5:]),
         "first_page_at": {str(k): v for k, v in first_page.items()},
+    }
+
+
+# ---------------------------------------------------------------------------- 5. shared
+
+
+@contextmanager
+def shared_backend() -> Iterator[tuple[str, str] | None]:
+    """Catalog and blobs URLs on PostgreSQL + S3, or None if there is no such backend here.
+
+    ``$PROFILES_CATALOG_URL`` / ``$PROFILES_BLOBS_URL`` are used as they are; else the
+    servers named by ``$PROFILES_TEST_POSTGRES_URL`` / ``$PROFILES_TEST_S3_ENDPOINT`` (what
+    ``scripts/services.sh start`` exports) get a fresh database and bucket; else this starts
+    the servers with ``scripts/services.sh`` and stops them at the end."""
+    catalog = os.environ.get("PROFILES_CATALOG_URL")
+    blobs = os.environ.get("PROFILES_BLOBS_URL")
+    if catalog and blobs:
+        yield catalog, blobs
+        return
+    root = Path(__file__).resolve().parent.parent
+    services = ["bash", str(root / "scripts" / "services.sh")]
+    saved = dict(os.environ)
+    started = False
+    try:
+        if not (
+            os.environ.get("PROFILES_TEST_POSTGRES_URL")
+            and os.environ.get("PROFILES_TEST_S3_ENDPOINT")
+        ):
+            run = subprocess.run([*services, "start"], capture_output=True, text=True)
+            if run.returncode != 0:
+                sys.stderr.write(f"bench: no shared backend ({run.stderr.strip()[-300:]})\n")
+                yield None
+                return
+            started = True
+            for line in (root / ".services.env").read_text().splitlines():
+                for pair in line.removeprefix("export ").split():
+                    key, _, value = pair.partition("=")
+                    os.environ[key] = value
+        yield _fresh_backend()
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+        if started:
+            subprocess.run([*services, "stop"], capture_output=True)
+
+
+def _fresh_backend() -> tuple[str, str]:
+    import uuid
+
+    import boto3
+    import psycopg
+
+    os.environ["AWS_ENDPOINT_URL"] = os.environ["PROFILES_TEST_S3_ENDPOINT"]
+    for key, default in (
+        ("AWS_ACCESS_KEY_ID", "testing"),
+        ("AWS_SECRET_ACCESS_KEY", "testing"),
+        ("AWS_REGION", "us-east-1"),
+    ):
+        os.environ.setdefault(key, default)
+    admin = os.environ["PROFILES_TEST_POSTGRES_URL"]
+    db = f"bench_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f"CREATE DATABASE {db}")
+    bucket = f"bench-{uuid.uuid4().hex[:8]}"
+    client = boto3.client("s3")
+    client.create_bucket(Bucket=bucket)
+    client.close()
+    return admin.rsplit("/", 1)[0] + f"/{db}", f"s3://{bucket}/bench"
+
+
+def bench_shared_sessions(
+    engine: Engine, repeats: int, url: str, home: Path, urls: tuple[str, str]
+) -> dict[str, Any]:
+    """Session round trips on the embedded store and the shared one, interleaved."""
+    embedded = ProfileStore(home / f"emb-{engine}")
+    shared = ProfileStore(home / f"shared-{engine}", catalog=urls[0], blobs=urls[1])
+    archetype = f"desktop-{engine}"
+    for store in (embedded, shared):
+        with Session(profile=f"bench-{engine}", store=store, archetype=archetype) as page:
+            visit(page, url)
+
+    def run(store: ProfileStore, cold: bool) -> float:
+        if cold:
+            store.working_copies.remove(store.get(f"bench-{engine}").id)
+
+        def once() -> None:
+            with Session(profile=f"bench-{engine}", store=store) as page:
+                visit(page, url)
+
+        return timed(once)
+
+    runs: dict[str, list[float]] = {k: [] for k in ("emb_warm", "sh_warm", "emb_cold", "sh_cold")}
+    for _ in range(repeats):
+        runs["emb_warm"].append(run(embedded, False))
+        runs["sh_warm"].append(run(shared, False))
+        runs["emb_cold"].append(run(embedded, True))
+        runs["sh_cold"].append(run(shared, True))
+    # commit alone: the same closed directory committed to each backend
+    work = embedded.working_copies.path(embedded.get(f"bench-{engine}").id)
+    commits: dict[str, list[float]] = {"embedded": [], "shared": []}
+    for i in range(repeats):
+        (work / f"bench-touch-{i}").write_bytes(os.urandom(4096))  # a small change each time
+        commits["embedded"].append(timed(lambda: embedded.commit_state(f"bench-{engine}", work)))
+        commits["shared"].append(timed(lambda: shared.commit_state(f"bench-{engine}", work)))
+    med = {k: statistics.median(v) for k, v in runs.items()}
+    embedded.close()
+    shared.close()
+    return {
+        "engine": engine,
+        "repeats": repeats,
+        "median_s": med,
+        "ratio_warm": med["sh_warm"] / med["emb_warm"],
+        "ratio_cold": med["sh_cold"] / med["emb_cold"],
+        "commit_embedded_s": statistics.median(commits["embedded"]),
+        "commit_shared_s": statistics.median(commits["shared"]),
+    }
+
+
+def _lease_worker(home: str, catalog: str, blobs: str, log_path: str, rounds: int) -> None:
+    store = ProfileStore(home, catalog=catalog, blobs=blobs)
+    for _ in range(rounds):
+        lease = store.lock("handoff", timeout=120)
+        lease.acquire()
+        acquired = time.time()
+        time.sleep(0.02)
+        released = time.time()
+        with open(log_path, "a") as log:
+            log.write(f"{os.getpid()} {acquired} {released}\n")
+        lease.release()
+        time.sleep(0.03)  # between two sessions: lets the other worker's wait succeed
+    store.close()
+
+
+def bench_shared_handoff(rounds: int, home: Path, urls: tuple[str, str]) -> dict[str, Any]:
+    with ProfileStore(home / "handoff-setup", catalog=urls[0], blobs=urls[1]) as store:
+        store.create("handoff")
+    log_path = home / "lease-log.txt"
+    ctx = multiprocessing.get_context("spawn")
+    procs = [
+        ctx.Process(
+            target=_lease_worker,
+            args=(str(home / f"worker-{i}"), urls[0], urls[1], str(log_path), rounds),
+        )
+        for i in range(2)
+    ]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join()
+    entries = [line.split() for line in log_path.read_text().splitlines()]
+    spans = sorted((float(a), float(b), pid) for pid, a, b in entries)
+    gaps = [
+        nxt[0] - cur[1] for cur, nxt in itertools.pairwise(spans) if nxt[2] != cur[2]
+    ]  # hand-offs between the two processes only
+    return {
+        "acquisitions": len(spans),
+        "handoffs": len(gaps),
+        "handoff_median_s": statistics.median(gaps) if gaps else float("nan"),
+        "handoff_max_s": max(gaps) if gaps else float("nan"),
+        "overlaps": sum(1 for cur, nxt in itertools.pairwise(spans) if nxt[0] < cur[1]),
     }
 
 
@@ -519,6 +687,91 @@ def report(results: dict[str, Any]) -> str:
             ),
             "",
         ]
+    if results.get("shared_sessions"):
+        out += [
+            "### 5. Shared backend (PostgreSQL + S3 on loopback) next to the embedded store",
+            "",
+        ]
+        rows = []
+        for r in results["shared_sessions"]:
+            med = r["median_s"]
+            rows.append(
+                [
+                    r["engine"],
+                    ms(med["emb_warm"]),
+                    ms(med["sh_warm"]),
+                    f"{r['ratio_warm']:.2f}",
+                    ms(med["emb_cold"]),
+                    ms(med["sh_cold"]),
+                    f"{r['ratio_cold']:.2f}",
+                    ms(r["commit_embedded_s"]),
+                    ms(r["commit_shared_s"]),
+                    str(r["repeats"]),
+                ]
+            )
+        out += [
+            table(
+                [
+                    "engine",
+                    "embedded warm",
+                    "shared warm",
+                    "warm ratio (≤ 1.10)",
+                    "embedded cold",
+                    "shared cold",
+                    "cold ratio",
+                    "commit embedded",
+                    "commit to S3",
+                    "runs",
+                ],
+                rows,
+            ),
+            "",
+        ]
+    if results.get("shared_handoff"):
+        r = results["shared_handoff"]
+        out += [
+            "#### Lease hand-off between two worker processes (PostgreSQL)",
+            "",
+            table(
+                ["acquisitions", "hand-offs", "median (< 50 ms)", "max", "overlaps"],
+                [
+                    [
+                        str(r["acquisitions"]),
+                        str(r["handoffs"]),
+                        ms(r["handoff_median_s"]),
+                        ms(r["handoff_max_s"]),
+                        str(r["overlaps"]),
+                    ]
+                ],
+            ),
+            "",
+        ]
+    if results.get("shared_catalog"):
+        r = results["shared_catalog"]
+        at = r["first_page_at"]
+        out += [
+            "#### Catalog scale on PostgreSQL",
+            "",
+            table(
+                [
+                    "profiles",
+                    "create (median / p95)",
+                    "get by name",
+                    "walk all pages",
+                    "first page at " + " / ".join(at),
+                ],
+                [
+                    [
+                        str(r["profiles"]),
+                        f"{r['create_median_s'] * 1000:.2f} / {r['create_p95_s'] * 1000:.2f} ms",
+                        f"{r['get_by_name_median_s'] * 1000:.3f} ms",
+                        f"{r['walk_all_pages_s'] * 1000:.0f} ms ({r['pages']} pages)",
+                        " / ".join(f"{v * 1000:.2f} ms" for v in at.values()),
+                    ]
+                ],
+            ),
+            "",
+        ]
     return "\n".join(out)
 
 
@@ -530,7 +783,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeats", type=int)
     parser.add_argument("--profiles", type=int)
     parser.add_argument("--writers", type=int)
+    parser.add_argument("--no-shared", action="store_true", help="skip the shared backend")
+    parser.add_argument(
+        "--only",
+        default="",
+        help="comma-separated sections to run: sessions,teardown,locks,"
+        "catalog,shared (default all)",
+    )
     args = parser.parse_args(argv)
+    only = {s.strip() for s in args.only.split(",") if s.strip()}
+
+    def wanted(section: str) -> bool:
+        return not only or section in only
+
     repeats = args.repeats or (2 if args.quick else 7)
     count = args.profiles or (500 if args.quick else 10_000)
     writers = args.writers or (2 if args.quick else 4)
@@ -539,10 +804,24 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="profiles-bench-") as tmp, local_server() as base:
         home = Path(tmp)
         url = f"{base}/page"
-        results["sessions"] = [bench_sessions(e, repeats, url, home) for e in engines]
-        results["teardown"] = [bench_teardown(e, repeats, url, home) for e in engines]
-        results["locks"] = bench_locks(writers, 3 if args.quick else 10, home)
-        results["catalog"] = bench_catalog(count, home)
+        if wanted("sessions"):
+            results["sessions"] = [bench_sessions(e, repeats, url, home) for e in engines]
+        if wanted("teardown"):
+            results["teardown"] = [bench_teardown(e, repeats, url, home) for e in engines]
+        if wanted("locks"):
+            results["locks"] = bench_locks(writers, 3 if args.quick else 10, home)
+        if wanted("catalog"):
+            results["catalog"] = bench_catalog(count, home)
+        if wanted("shared") and not args.no_shared:
+            with shared_backend() as urls:
+                if urls is not None:
+                    results["shared_sessions"] = [
+                        bench_shared_sessions(e, repeats, url, home, urls) for e in engines
+                    ]
+                    results["shared_handoff"] = bench_shared_handoff(
+                        5 if args.quick else 20, home, urls
+                    )
+                    results["shared_catalog"] = bench_catalog(count, home, urls)
     text = report(results)
     sys.stdout.write(text + "\n")
     if args.json:

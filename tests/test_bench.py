@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from s3_service import S3Endpoint
 
 from conftest import require_engine
 
@@ -19,17 +21,33 @@ BENCH = Path(__file__).resolve().parent.parent / "scripts" / "bench.py"
 
 
 @pytest.mark.browser
-def test_bench_runs_every_section(tmp_path: Path) -> None:
+def test_bench_runs_every_section(
+    tmp_path: Path, postgres_url: str, s3_endpoint: S3Endpoint
+) -> None:
     for engine in ("chromium", "firefox"):
         require_engine(engine)  # type: ignore[arg-type]
     out = tmp_path / "bench.json"
     argv = ["--quick", "--repeats", "1", "--profiles", "120", "--writers", "2", "--json", str(out)]
+    env = {
+        **os.environ,
+        **s3_endpoint.env(),
+        "PROFILES_TEST_POSTGRES_URL": postgres_url,
+        "PROFILES_TEST_S3_ENDPOINT": s3_endpoint.endpoint_url,
+    }
     run = subprocess.run(
-        [sys.executable, str(BENCH), *argv], capture_output=True, text=True, check=False
+        [sys.executable, str(BENCH), *argv], capture_output=True, text=True, check=False, env=env
     )
     assert run.returncode == 0, run.stderr
     report = run.stdout
-    for heading in ("Session overhead", "Teardown", "Lock hand-off", "Catalog scale"):
+    for heading in (
+        "Session overhead",
+        "Teardown",
+        "Lock hand-off",
+        "Catalog scale",
+        "Shared backend",
+        "Lease hand-off",
+        "Catalog scale on PostgreSQL",
+    ):
         assert heading in report
     data = json.loads(out.read_text())
     assert [s["engine"] for s in data["sessions"]] == ["chromium", "firefox"]
@@ -40,3 +58,7 @@ def test_bench_runs_every_section(tmp_path: Path) -> None:
         assert section["pack"]["zstd"]["bytes"] < section["pack"]["zstd (no excludes)"]["bytes"]
     assert data["locks"]["overlaps"] == 0 and data["locks"]["acquisitions"] == 6
     assert data["catalog"]["seen"] == 120
+    for section in data["shared_sessions"]:
+        assert all(math.isfinite(v) and v > 0 for v in section["median_s"].values())
+    assert data["shared_handoff"]["overlaps"] == 0 and data["shared_handoff"]["handoffs"] >= 1
+    assert data["shared_catalog"]["seen"] == 120
