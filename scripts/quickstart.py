@@ -1,8 +1,9 @@
-"""The main job, end to end on the embedded default store: two sessions on one profile.
+"""The main job, end to end: two sessions on one profile.
 
 The first session logs in to a local page (a login cookie and a visit counter); the second
 opens the same profile and finds both there. Run it again and the counter keeps growing:
-the profile lives in ``$PROFILES_HOME`` (or your user data dir) between runs.
+the profile lives in ``$PROFILES_HOME`` (or your user data dir) between runs, or, with
+``$PROFILES_CATALOG_URL`` and ``$PROFILES_BLOBS_URL`` set, on the shared backend.
 
 Usage: python scripts/quickstart.py [--profile NAME] [--engine chromium|firefox]
 """
@@ -66,7 +67,7 @@ def main() -> None:
             f"profile {profile.name!r} ({profile.id}): {profile.status}, "
             f"{profile.blob_size} bytes, {profile.browser_name} {profile.browser_version}, "
             f"used {profile.usage_count} times, cookie domains {profile.cookie_domains}\n"
-            f"home: {store.home}"
+            f"store: {store.location}"
         )
     server.shutdown()
 
