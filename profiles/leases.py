@@ -28,10 +28,13 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
+from typing import TYPE_CHECKING
 
-from profiles.catalog.base import Catalog
 from profiles.errors import ProfileBusy, ProfileError
 from profiles.locks import WAIT_NOTICE_AFTER, Holder, HolderKind, ProfileLock
+
+if TYPE_CHECKING:
+    from profiles.service import ProfileService
 
 __all__ = ["DEFAULT_LEASE_TTL", "WriterLease"]
 
@@ -51,7 +54,7 @@ class WriterLease:
 
     def __init__(
         self,
-        catalog: Catalog,
+        service: ProfileService,
         locks_dir: Path,
         profile_id: str,
         *,
@@ -61,7 +64,7 @@ class WriterLease:
         shared: bool = False,
         ttl: float = DEFAULT_LEASE_TTL,
     ) -> None:
-        self.catalog = catalog
+        self.service = service
         self.profile_id = profile_id
         self.display_name = name or profile_id
         self.timeout = timeout
@@ -88,9 +91,7 @@ class WriterLease:
     def holder(self) -> Holder | None:
         """Who holds the profile now: the catalog's lease holder on a shared catalog."""
         if self.shared:
-            with self.catalog.transaction(write=False) as tx:
-                found = tx.lease_holder(self.profile_id)
-            return found[0] if found else None
+            return self.service.lease_holder(self.profile_id)
         return self.machine_lock.holder()
 
     def remove_file(self) -> None:
@@ -108,8 +109,7 @@ class WriterLease:
                 since=datetime.now(UTC),
             )
             if not self.shared:
-                with self.catalog.transaction() as tx:
-                    grant = tx.acquire_lease(self.profile_id, me, ttl=None, force=True)
+                grant = self.service.acquire_lease(self.profile_id, me, ttl=None, force=True)
                 assert grant is not None
                 self.epoch = grant.epoch
                 return
@@ -129,8 +129,7 @@ class WriterLease:
         started = time.monotonic()
         noticed = False
         while True:
-            with self.catalog.transaction() as tx:
-                grant = tx.acquire_lease(self.profile_id, me, ttl=self.ttl)
+            grant = self.service.acquire_lease(self.profile_id, me, ttl=self.ttl)
             if grant is not None:
                 return grant.epoch
             waited = time.monotonic() - started
@@ -162,8 +161,7 @@ class WriterLease:
             if epoch is None:
                 return
             try:
-                with self.catalog.transaction() as tx:
-                    kept = tx.renew_lease(self.profile_id, epoch, ttl=self.ttl)
+                kept = self.service.renew_lease(self.profile_id, epoch, ttl=self.ttl)
             except ProfileError as exc:
                 log.warning("could not renew the lease on %s: %s", self.display_name, exc)
                 continue
@@ -185,8 +183,8 @@ class WriterLease:
             self._heartbeat = None
         try:
             if epoch is not None:
-                with contextlib.suppress(ProfileError), self.catalog.transaction() as tx:
-                    tx.release_lease(self.profile_id, epoch)
+                with contextlib.suppress(ProfileError):
+                    self.service.release_lease(self.profile_id, epoch)
         finally:
             self.machine_lock.release()
 

@@ -1,15 +1,17 @@
-"""ProfileStore: the documented profile and snapshot semantics over a catalog and a blob store.
+"""ProfileStore: the front door. A profile service (records, state bytes, leases) plus this
+machine's workspace (working copies, locks, scratch, commits of browser directories).
 
-Every operation is one catalog transaction. State bytes are written before the catalog is
-changed to point at them (data first, metadata last), so a crash at any point leaves the
-last committed state readable; bytes no record points at any more are freed.
+The service (:mod:`profiles.service`) is what any backend answers; everything about
+directories happens here. Every record operation is one catalog transaction; state bytes
+are written before the catalog is changed to point at them (data first, metadata last), so
+a crash at any point leaves the last committed state readable; bytes no record points at
+any more are freed.
 """
 
 from __future__ import annotations
 
 import builtins
 import contextlib
-import difflib
 import errno
 import gzip
 import hashlib
@@ -26,7 +28,6 @@ from typing import IO, Any, BinaryIO, Final, TypeVar, cast
 import platformdirs
 import zstandard
 
-from profiles.archetypes import DEFAULT_ARCHETYPE, get_archetype
 from profiles.archive import (
     ArchiveLimits,
     Codec,
@@ -36,7 +37,7 @@ from profiles.archive import (
 )
 from profiles.backends import blobs_url_from_env, catalog_url_from_env, open_blobs, open_catalog
 from profiles.blobs import BlobStore, LocalBlobStore
-from profiles.catalog import Catalog, CatalogTransaction, SQLiteCatalog
+from profiles.catalog import Catalog, SQLiteCatalog
 from profiles.catalog.base import StateUpdate
 from profiles.errors import (
     ArchiveInvalid,
@@ -65,19 +66,13 @@ from profiles.models import (
     Profile,
     ProfileStatus,
     Snapshot,
-    new_id,
     utcnow,
 )
 from profiles.scratch import owned_dir, sweep
+from profiles.service import UNSET, CatalogService, ProfileService, Unset
 from profiles.state_rules import ENGINES
 from profiles.validation import (
-    MAX_LABELS,
-    MAX_NAME_LENGTH,
     check_browser_version,
-    check_description,
-    check_labels,
-    check_limit,
-    check_name,
 )
 from profiles.workdir import EMPTY_STATE, CachePrune, WorkingCopies
 
@@ -106,56 +101,12 @@ R = TypeVar("R", Profile, Snapshot, AuditEvent)
 Progress = Callable[[int], None]
 
 
-class Unset:
-    """The type of :data:`UNSET`: "not passed", as opposed to ``None``."""
-
-    _instance: Unset | None = None
-
-    def __new__(cls) -> Unset:
-        if cls._instance is None:
-            cls._instance = super().__new__(cls)
-        return cls._instance
-
-    def __repr__(self) -> str:
-        return "UNSET"
-
-    def __bool__(self) -> bool:
-        return False
-
-
-UNSET: Final = Unset()
-
-
 def default_home() -> Path:
     """``$PROFILES_HOME`` if set, else the platform's user data dir for this library."""
     env = os.environ.get("PROFILES_HOME")
     if env:
         return Path(env).expanduser()
     return Path(platformdirs.user_data_dir("playwright-profiles", appauthor=False))
-
-
-def derive_name(base: str, suffix: str, taken: Callable[[str], bool]) -> str:
-    """``<base>-<suffix>``, then ``-<suffix>-2`` ... ``-<suffix>-99``; ``Conflict`` after that.
-
-    The base is shortened so the result fits the name length limit.
-    """
-    for n in range(1, MAX_DERIVED_NAMES + 1):
-        tail = f"-{suffix}" if n == 1 else f"-{suffix}-{n}"
-        candidate = base[: MAX_NAME_LENGTH - len(tail)] + tail
-        if not taken(candidate):
-            return candidate
-    raise Conflict(
-        f"Could not derive a free name from {base!r}: '-{suffix}' up to '-{suffix}-"
-        f"{MAX_DERIVED_NAMES}' are all taken. Pass a name explicitly.",
-        field="name",
-    )
-
-
-def _close_names(name: str, names: Iterable[str], *, limit: int = 3) -> list[str]:
-    candidates = [n for n in names if n != name]
-    close = difflib.get_close_matches(name, candidates, n=limit, cutoff=0.75)
-    folded = [n for n in candidates if n.casefold() == name.casefold() and n not in close]
-    return (folded + close)[:limit]
 
 
 def _unpack_leftovers(root: Path) -> list[str]:
@@ -177,12 +128,6 @@ def _is_within(path: Path, root: Path) -> bool:
         return path.resolve().is_relative_to(root.resolve())
     except OSError:
         return False
-
-
-def _page(records: list[R], limit: int) -> Page[R]:
-    has_more = len(records) > limit
-    data = records[:limit]
-    return Page[R](data=data, has_more=has_more, next_cursor=data[-1].id if has_more else None)
 
 
 class _CountingReader:
@@ -242,7 +187,6 @@ class ProfileStore:
         if codec not in ("gzip", "zstd"):
             raise ValidationFailed(f"Unknown codec {codec!r}; use gzip or zstd.", field="codec")
         self.home = Path(home).expanduser() if home is not None else default_home()
-        self.max_profiles = max_profiles
         self.cache_max_bytes = cache_max_bytes
         self.codec: Codec = codec
         self.limits = limits or ArchiveLimits()
@@ -271,17 +215,21 @@ class ProfileStore:
         writable = not self.read_only
         if isinstance(catalog, str):
             catalog = open_catalog(catalog, read_only=self.read_only)
-        self.catalog = catalog or SQLiteCatalog(catalog_path, read_only=self.read_only)
-        # A catalog other processes on other machines share decides who writes (leases
-        # with expiry); the embedded one leaves it to this machine's file lock.
-        self.shared = not isinstance(self.catalog, SQLiteCatalog)
+        opened_catalog = catalog or SQLiteCatalog(catalog_path, read_only=self.read_only)
         try:
             if isinstance(blobs, str):
                 blobs = open_blobs(blobs, create=writable)
         except BaseException:
-            self.catalog.close()
+            opened_catalog.close()
             raise
-        self.blobs = blobs or LocalBlobStore(self.home / "blobs", create=writable)
+        opened_blobs = blobs or LocalBlobStore(self.home / "blobs", create=writable)
+        #: What the backend answers: records, state bytes, leases (see profiles.service).
+        self.service: ProfileService = CatalogService(
+            opened_catalog, opened_blobs, max_profiles=max_profiles
+        )
+        # A catalog other processes on other machines share decides who writes (leases
+        # with expiry); the embedded one leaves it to this machine's file lock.
+        self.shared = self.service.shared
         self.working_copies = WorkingCopies(self.home / "work", create=writable)
         self._locks_dir = self.home / "locks"
         self._readers_dir = self.home / "readers"
@@ -351,8 +299,10 @@ class ProfileStore:
         if self.read_only:
             return []
         removed = sweep(self._tmp, SCRATCH_PREFIXES)
-        if isinstance(self.blobs, LocalBlobStore):
-            removed += self.blobs.sweep_scratch()
+        if isinstance(self.service, CatalogService) and isinstance(
+            self.service.blobs, LocalBlobStore
+        ):
+            removed += self.service.blobs.sweep_scratch()
         for name in _unpack_leftovers(self.working_copies.root):
             profile_id = name[1:].split(".", 1)[0]
             release = self._try_lock(profile_id)
@@ -371,15 +321,32 @@ class ProfileStore:
     @property
     def location(self) -> str:
         """Where the store's records and bytes live, for messages (no secrets)."""
-        catalog = getattr(self.catalog, "location", None)
-        blobs = getattr(self.blobs, "location", None)
-        if isinstance(self.catalog, SQLiteCatalog) and isinstance(self.blobs, LocalBlobStore):
+        if self.service.shared or not isinstance(self.service, CatalogService):
+            return self.service.location
+        if isinstance(self.service.blobs, LocalBlobStore):
             return str(self.home)
-        return f"{catalog} + {blobs}"
+        return self.service.location
+
+    @property
+    def catalog(self) -> Catalog:
+        """The catalog under the service (for maintenance and tests)."""
+        if not isinstance(self.service, CatalogService):
+            raise AttributeError("this store's service has no catalog of its own")
+        return self.service.catalog
+
+    @property
+    def blobs(self) -> BlobStore:
+        """The blob store under the service (for maintenance and tests)."""
+        if not isinstance(self.service, CatalogService):
+            raise AttributeError("this store's service has no blob store of its own")
+        return self.service.blobs
+
+    @property
+    def max_profiles(self) -> int | None:
+        return self.service.max_profiles if isinstance(self.service, CatalogService) else None
 
     def close(self) -> None:
-        self.catalog.close()
-        self.blobs.close()
+        self.service.close()
         if self.read_only:
             shutil.rmtree(self._tmp, ignore_errors=True)
 
@@ -391,95 +358,6 @@ class ProfileStore:
 
     # ------------------------------------------------------------------ helpers
 
-    @staticmethod
-    def _find(tx: CatalogTransaction, ref: str) -> Profile:
-        if not isinstance(ref, str) or not ref:
-            raise ValidationFailed("A profile id or name is required.", field="profile")
-        found = tx.get_profile(ref) or tx.get_profile_by_name(ref)
-        if found is None:
-            close = _close_names(ref, tx.profile_names())
-            hint = (
-                f"Did you mean {' or '.join(repr(n) for n in close)}?"
-                if close
-                else "Run 'profiles list' to see this store's profiles."
-            )
-            raise NotFound(
-                f"Profile {ref!r} not found. {hint}",
-                resource="profile",
-                ref=ref,
-                suggestions=close,
-            )
-        return found
-
-    def similar_names(self, name: str, *, limit: int = 3) -> builtins.list[str]:
-        """Names of existing profiles that look like ``name`` (a typo of it), closest first;
-        ``name`` itself is not among them."""
-        with self.catalog.transaction(write=False) as tx:
-            return _close_names(name, tx.profile_names(), limit=limit)
-
-    @staticmethod
-    def _event(
-        tx: CatalogTransaction,
-        type_: AuditType,
-        profile_id: str | None,
-        **payload: Any,
-    ) -> None:
-        tx.insert_event(
-            AuditEvent(
-                id=new_id("evt"), type=type_, profile_id=profile_id, at=utcnow(), payload=payload
-            )
-        )
-
-    def _add_profile(self, tx: CatalogTransaction, profile: Profile, **provenance: Any) -> None:
-        """Insert a new profile and its ``profile.created`` event (with where it came from)."""
-        tx.insert_profile(profile, max_profiles=self.max_profiles)
-        self._event(
-            tx,
-            "profile.created",
-            profile.id,
-            name=profile.name,
-            archetype=profile.archetype,
-            **provenance,
-        )
-
-    def _free_blobs(self, *checksums: str | None) -> None:
-        """Delete state bytes that no profile or snapshot references any more, under the
-        collector lock (catalog contract, rule 7). When writers are busy, the bytes stay
-        for :meth:`collect_garbage`; freeing never fails the operation that asked for it."""
-        wanted = {c for c in checksums if c}
-        if not wanted:
-            return
-        try:
-            with self._collector(wait=0) as granted:
-                if not granted:
-                    log.debug("writers are active; %d blobs left for collect_garbage", len(wanted))
-                    return
-                with self.catalog.transaction(write=False) as tx:
-                    unused = [c for c in wanted if not tx.checksum_in_use(c)]
-                for checksum in unused:
-                    self.blobs.delete(checksum)
-        except (ProfileError, OSError) as exc:
-            log.warning("could not free state bytes (collect_garbage will): %s", exc)
-
-    @contextlib.contextmanager
-    def _collector(self, *, wait: float) -> Iterator[bool]:
-        """Hold the exclusive collector lock for the block (``False``: not granted)."""
-        collector_id = new_id("collector")
-        deadline = time.monotonic() + wait
-        granted = False
-        while True:
-            with self.catalog.transaction() as tx:
-                granted = tx.acquire_collector(collector_id, ttl=COLLECTOR_TTL)
-            if granted or time.monotonic() >= deadline:
-                break
-            time.sleep(0.05)
-        try:
-            yield granted
-        finally:
-            if granted:
-                with contextlib.suppress(ProfileError), self.catalog.transaction() as tx:
-                    tx.release_collector(collector_id)
-
     def lock(
         self, ref: str | Profile, *, timeout: float = 600.0, kind: HolderKind = "session"
     ) -> WriterLease:
@@ -488,7 +366,7 @@ class ProfileStore:
         says what the holder does (shown by :meth:`holder` and :meth:`activity`)."""
         profile = ref if isinstance(ref, Profile) else self.get(ref)
         return WriterLease(
-            self.catalog,
+            self.service,
             self._locks_dir,
             profile.id,
             name=profile.name,
@@ -512,9 +390,7 @@ class ProfileStore:
         on a shared catalog from any machine, else from this machine's lock."""
         profile = ref if isinstance(ref, Profile) else self.get(ref)
         if self.shared:
-            with self.catalog.transaction(write=False) as tx:
-                found = tx.lease_holder(profile.id)
-            return found[0] if found else None
+            return self.service.lease_holder(profile.id)
         return read_holder(self._locks_dir / f"{profile.id}.lock")
 
     def activity(self) -> builtins.list[Activity]:
@@ -522,8 +398,7 @@ class ProfileStore:
         and imports (from the writer locks) and read-only sessions, oldest first."""
         found: builtins.list[tuple[str, Holder]] = []
         if self.shared:
-            with self.catalog.transaction(write=False) as tx:
-                found += [(pid, holder) for pid, holder, _ in tx.leases()]
+            found += self.service.leases()
         else:
             for path in sorted(self._locks_dir.glob("*.lock")):
                 holder = read_holder(path)
@@ -531,11 +406,12 @@ class ProfileStore:
                     found.append((path.name.removesuffix(".lock"), holder))
         found += [(pid, h) for pid, h in ReaderMark.list(self._readers_dir)]
         names: dict[str, str] = {}
-        with self.catalog.transaction(write=False) as tx:
-            for profile_id, _ in found:
-                if profile_id not in names:
-                    record = tx.get_profile(profile_id)
-                    names[profile_id] = record.name if record else "(deleted)"
+        for profile_id, _ in found:
+            if profile_id not in names:
+                try:
+                    names[profile_id] = self.service.get(profile_id).name
+                except NotFound:
+                    names[profile_id] = "(deleted)"
         rows = [
             Activity(profile_id=pid, profile_name=names[pid], **h.model_dump()) for pid, h in found
         ]
@@ -589,46 +465,14 @@ class ProfileStore:
 
     # ------------------------------------------------------------------ profiles
 
-    def create(
-        self,
-        name: str,
-        *,
-        archetype: str | None = None,
-        description: str | None = None,
-        labels: dict[str, str] | None = None,
-    ) -> Profile:
-        """Create an empty profile pinned to ``archetype`` (default ``desktop-chromium``)."""
-        name = check_name(name)
-        arch = get_archetype(archetype if archetype is not None else DEFAULT_ARCHETYPE)
-        description = check_description(description)
-        clean_labels = check_labels(labels)
-        now = utcnow()
-        profile = Profile(
-            id=new_id("prof"),
-            name=name,
-            description=description,
-            archetype=arch.name,
-            browser_name=arch.engine,
-            labels=clean_labels,
-            created_at=now,
-            updated_at=now,
-        )
-        with self.catalog.transaction() as tx:
-            self._add_profile(tx, profile)
-        log.info("created profile %s (%s)", name, profile.id)
-        return profile
-
     def get(self, ref: str) -> Profile:
         """A profile by id or name; ``NotFound`` if there is none."""
-        with self.catalog.transaction(write=False) as tx:
-            return self._visible(self._find(tx, ref))
+        return self._visible(self.service.get(ref))
 
     def list(self, *, limit: int = 50, cursor: str | None = None) -> Page[Profile]:
         """Profiles, newest first (``created_at`` desc, then ``id`` desc)."""
-        limit = check_limit(limit)
-        with self.catalog.transaction(write=False) as tx:
-            rows = tx.list_profiles(limit=limit + 1, after=cursor)
-        return _page([self._visible(p) for p in rows], limit)
+        page = self.service.list(limit=limit, cursor=cursor)
+        return page.model_copy(update={"data": [self._visible(p) for p in page.data]})
 
     def _visible(self, profile: Profile) -> Profile:
         """The record as readers should see it: ``uploading`` only while an import really
@@ -640,15 +484,20 @@ class ProfileStore:
             return profile
         return profile.model_copy(update={"status": _committed_status(profile)})
 
-    def iter_profiles(self, *, page_size: int = 100) -> Iterator[Profile]:
-        """Every profile, newest first, fetched a page at a time."""
-        cursor: str | None = None
-        while True:
-            page = self.list(limit=page_size, cursor=cursor)
-            yield from page.data
-            if not page.has_more:
-                return
-            cursor = page.next_cursor
+    # Record operations are the service's; the front door passes them through.
+
+    def create(
+        self,
+        name: str,
+        *,
+        archetype: str | None = None,
+        description: str | None = None,
+        labels: dict[str, str] | None = None,
+    ) -> Profile:
+        """Create an empty profile pinned to ``archetype`` (default ``desktop-chromium``)."""
+        return self.service.create(
+            name, archetype=archetype, description=description, labels=labels
+        )
 
     def update(
         self,
@@ -666,82 +515,16 @@ class ProfileStore:
 
         ``labels`` replaces every label; ``add_labels`` (add or replace these) and
         ``remove_labels`` (drop these keys) merge into the labels as they are when the
-        change is written, inside one transaction, so concurrent edits of different labels
-        all survive."""
-        changes: dict[str, Any] = {}
-        if not isinstance(name, Unset):
-            changes["name"] = check_name(name)
-        if not isinstance(description, Unset):
-            changes["description"] = check_description(description)
-        if not isinstance(labels, Unset):
-            changes["labels"] = check_labels(labels)
-        adding = dict(check_labels(dict(add_labels))) if add_labels else {}
-        if isinstance(remove_labels, str):
-            raise ValidationFailed(
-                "remove_labels must be a list of label keys, not one string.",
-                field="remove_labels",
-            )
-        removing = set(remove_labels or ())
-        if not all(isinstance(k, str) for k in removing):
-            raise ValidationFailed("remove_labels must hold label keys.", field="remove_labels")
-        with self.catalog.transaction() as tx:
-            current = self._find(tx, ref)
-            if not isinstance(archetype, Unset) and archetype != current.archetype:
-                raise ValidationFailed(
-                    f"The archetype of profile {current.name!r} is {current.archetype!r} and "
-                    "cannot be changed. To repin, clone it with the new archetype "
-                    f"(profiles clone {current.name} --archetype {archetype}) and delete "
-                    "the old profile after migrating.",
-                    field="archetype",
-                )
-            changed = sorted(k for k, v in changes.items() if getattr(current, k) != v)
-            if adding or removing:
-                changed = sorted({*changed, "labels"})
-            if not changed:
-                return current
-            now = utcnow()
-            fields = {k: v for k, v in changes.items() if k != "labels" and k in changed}
-            updated = tx.update_fields(current.id, {**fields, "updated_at": now})
-            if "labels" in changed:
-                updated = tx.merge_labels(
-                    current.id,
-                    add=adding,
-                    remove=frozenset(removing),
-                    replace=changes.get("labels"),
-                    updated_at=now,
-                )
-                assert updated is not None
-                if len(updated.labels) > MAX_LABELS:
-                    raise ValidationFailed(
-                        f"A profile can have at most {MAX_LABELS} labels; this change would "
-                        f"give {current.name!r} {len(updated.labels)}. Remove some first.",
-                        field="labels",
-                    )
-            assert updated is not None
-            self._event(tx, "profile.updated", current.id, changed=changed)
-        return updated
-
-    def delete(self, ref: str) -> None:
-        """Delete a profile and its state. Snapshots stay (restorable) with
-        ``parent_profile_id`` set to null. A second delete raises ``NotFound``."""
-        with self.catalog.transaction() as tx:
-            profile = self._find(tx, ref)
-            profile = tx.delete_profile(profile.id) or profile
-            self._event(tx, "profile.deleted", profile.id, name=profile.name)
-        with self._storage_faults("deleting a profile"):
-            self._free_blobs(profile.checksum)
-            lock = ProfileLock(self._locks_dir, profile.id, name=profile.name, kind="maintenance")
-            try:
-                lock.acquire(timeout=0)
-            except Conflict:
-                log.info("profile %s is in a session; it removes its working copy", profile.id)
-            else:
-                try:
-                    self.working_copies.remove(profile.id)
-                    lock.remove_file()
-                finally:
-                    lock.release()
-        log.info("deleted profile %s (%s)", profile.name, profile.id)
+        change is written, so concurrent edits of different labels all survive."""
+        return self.service.update(
+            ref,
+            name=name,
+            description=description,
+            labels=labels,
+            archetype=archetype,
+            add_labels=add_labels,
+            remove_labels=remove_labels,
+        )
 
     def clone(
         self,
@@ -757,182 +540,82 @@ class ProfileStore:
         ``<source>-copy``, ``<source>-copy-2``, ... ``-copy-99``, then ``Conflict``. Pass
         ``archetype`` to repin (state can only come along within the same engine).
         """
-        if name is not None:
-            name = check_name(name)
-        with self.catalog.transaction() as tx:
-            found = self._find(tx, ref)
-            source = tx.get_profile_for_share(found.id) or found
-            arch = get_archetype(archetype if archetype is not None else source.archetype)
-            if with_state and arch.engine != source.browser_name:
-                raise ValidationFailed(
-                    f"Cannot clone {source.browser_name} state into a {arch.engine} archetype "
-                    f"({arch.name!r}); clone without with_state.",
-                    field="archetype",
-                )
-            if name is None:
-                name = derive_name(
-                    source.name, "copy", lambda n: tx.get_profile_by_name(n) is not None
-                )
-            now = utcnow()
-            state: dict[str, Any] = {}
-            if with_state and source.checksum is not None:
-                state = {"status": "ready"} | {
-                    k: getattr(source, k)
-                    for k in (
-                        "checksum",
-                        "blob_size",
-                        "blob_uploaded_at",
-                        "browser_version",
-                        "cookie_domains",
-                    )
-                }
-            profile = Profile(
-                id=new_id("prof"),
-                name=name,
-                description=source.description,
-                archetype=arch.name,
-                browser_name=arch.engine,
-                labels=dict(source.labels),
-                created_at=now,
-                updated_at=now,
-                **state,
-            )
-            self._add_profile(tx, profile, cloned_from=source.id, with_state=bool(state))
-        return profile
+        return self.service.clone(ref, name=name, with_state=with_state, archetype=archetype)
 
-    # ------------------------------------------------------------------ snapshots
+    def similar_names(self, name: str, *, limit: int = 3) -> builtins.list[str]:
+        """Names of existing profiles that look like ``name`` (a typo of it), closest first."""
+        return self.service.similar_names(name, limit=limit)
 
     def snapshot(
         self, ref: str, *, label: str | None = None, description: str | None = None
     ) -> Snapshot:
         """Capture the profile's committed state, name and archetype, frozen."""
-        if label is not None and (
-            not isinstance(label, str) or len(label) > MAX_LABEL_LENGTH or not label.isprintable()
-        ):
-            raise ValidationFailed(
-                f"Snapshot label must be printable text of at most {MAX_LABEL_LENGTH} characters.",
-                field="label",
-            )
-        description = check_description(description)
-        with self.catalog.transaction() as tx:
-            found = self._find(tx, ref)
-            profile = tx.get_profile_for_share(found.id) or found
-            snap = Snapshot(
-                id=new_id("psnap"),
-                parent_profile_id=profile.id,
-                parent_name=profile.name,
-                parent_archetype=profile.archetype,
-                browser_name=profile.browser_name,
-                browser_version=profile.browser_version,
-                label=label,
-                description=description,
-                captured_at=utcnow(),
-                blob_size=profile.blob_size,
-                checksum=profile.checksum,
-                cookie_domains=list(profile.cookie_domains),
-            )
-            tx.insert_snapshot(snap)
-            self._event(tx, "snapshot.created", profile.id, snapshot_id=snap.id, label=label)
-        return snap
+        return self.service.snapshot(ref, label=label, description=description)
 
     def snapshots(
         self, ref: str | None = None, *, limit: int = 50, cursor: str | None = None
     ) -> Page[Snapshot]:
         """One profile's snapshots (or every snapshot), newest first."""
-        limit = check_limit(limit)
-        with self.catalog.transaction(write=False) as tx:
-            profile_id = None if ref is None else self._find(tx, ref).id
-            rows = tx.list_snapshots(profile_id=profile_id, limit=limit + 1, after=cursor)
-            return _page(rows, limit)
+        return self.service.snapshots(ref, limit=limit, cursor=cursor)
 
     def get_snapshot(self, snapshot_id: str) -> Snapshot:
-        with self.catalog.transaction(write=False) as tx:
-            snap = tx.get_snapshot(snapshot_id)
-        if snap is None:
-            raise NotFound(
-                f"Snapshot {snapshot_id!r} not found. Run 'profiles snapshot list' to see them.",
-                resource="snapshot",
-                ref=snapshot_id,
-            )
-        return snap
+        return self.service.get_snapshot(snapshot_id)
 
     def delete_snapshot(self, snapshot_id: str) -> None:
-        snap = self.get_snapshot(snapshot_id)
-        with self.catalog.transaction() as tx:
-            if tx.get_snapshot(snapshot_id) is None:
-                raise NotFound(f"Snapshot {snapshot_id!r} not found.", resource="snapshot")
-            tx.delete_snapshot(snapshot_id)
-            self._event(tx, "snapshot.deleted", snap.parent_profile_id, snapshot_id=snapshot_id)
-        self._free_blobs(snap.checksum)
+        self.service.delete_snapshot(snapshot_id)
 
     def restore(self, snapshot_id: str, *, name: str | None = None) -> Profile:
         """A new profile from a snapshot: its archetype, description and state. The parent
         is never touched. Without a name: ``<parent_name>-restored``, ``-restored-2``, ..."""
-        if name is not None:
-            name = check_name(name)
-        with self.catalog.transaction() as tx:
-            snap = tx.get_snapshot(snapshot_id)
-            if snap is None:
-                raise NotFound(f"Snapshot {snapshot_id!r} not found.", resource="snapshot")
-            if name is None:
-                name = derive_name(
-                    snap.parent_name, "restored", lambda n: tx.get_profile_by_name(n) is not None
-                )
-            now = utcnow()
-            profile = Profile(
-                id=new_id("prof"),
-                name=name,
-                description=snap.description,
-                archetype=snap.parent_archetype,
-                browser_name=snap.browser_name,
-                browser_version=snap.browser_version,
-                status="ready" if snap.checksum else "empty",
-                checksum=snap.checksum,
-                blob_size=snap.blob_size,
-                blob_uploaded_at=snap.captured_at if snap.checksum else None,
-                cookie_domains=list(snap.cookie_domains),
-                created_at=now,
-                updated_at=now,
-            )
-            self._add_profile(tx, profile, restored_from_snapshot=snap.id)
-        return profile
-
-    # ------------------------------------------------------------------ audit
+        return self.service.restore(snapshot_id, name=name)
 
     def audit(
         self, *, profile: str | None = None, limit: int = 50, cursor: str | None = None
     ) -> Page[AuditEvent]:
         """Audit events, newest first; ``profile`` (id or name) narrows to one profile.
         A deleted profile's events stay readable by its id."""
-        limit = check_limit(limit)
-        with self.catalog.transaction(write=False) as tx:
-            profile_id: str | None = None
-            if profile is not None:
-                found = tx.get_profile(profile) or tx.get_profile_by_name(profile)
-                if found is not None:
-                    profile_id = found.id
-                elif profile.startswith("prof_"):
-                    profile_id = profile
-                else:
-                    self._find(tx, profile)
-            rows = tx.list_events(profile_id=profile_id, limit=limit + 1, after=cursor)
-            return _page(rows, limit)
+        return self.service.audit(profile=profile, limit=limit, cursor=cursor)
 
     def record_event(self, type_: AuditType, profile_id: str | None, **payload: Any) -> None:
         """Append one audit event (used by sessions)."""
-        with self.catalog.transaction() as tx:
-            self._event(tx, type_, profile_id, **payload)
+        self.service.record_event(type_, profile_id, **payload)
 
     def record_use(self, ref: str, **payload: Any) -> Profile:
         """Count one session on the profile: ``usage_count`` + 1, ``last_used_at`` = now,
         and a ``session.created`` event."""
-        with self.catalog.transaction() as tx:
-            current = self._find(tx, ref)
-            updated = tx.bump_usage(current.id, utcnow())
-            if updated is None:
-                raise NotFound(f"Profile {current.name!r} was deleted.", resource="profile")
-            self._event(tx, "session.created", current.id, **payload)
-        return updated
+        return self.service.record_use(ref, **payload)
+
+    def iter_profiles(self, *, page_size: int = 100) -> Iterator[Profile]:
+        """Every profile, newest first, fetched a page at a time."""
+        cursor: str | None = None
+        while True:
+            page = self.list(limit=page_size, cursor=cursor)
+            yield from page.data
+            if not page.has_more:
+                return
+            cursor = page.next_cursor
+
+    def delete(self, ref: str) -> None:
+        """Delete a profile and its state. Snapshots stay (restorable) with
+        ``parent_profile_id`` set to null. A second delete raises ``NotFound``."""
+        with self._storage_faults("deleting a profile"):
+            profile = self.service.delete(ref)
+            lock = ProfileLock(self._locks_dir, profile.id, name=profile.name, kind="maintenance")
+            try:
+                lock.acquire(timeout=0)
+            except Conflict:
+                log.info("profile %s is in a session; it removes its working copy", profile.id)
+            else:
+                try:
+                    self.working_copies.remove(profile.id)
+                    lock.remove_file()
+                finally:
+                    lock.release()
+        log.info("deleted profile %s (%s)", profile.name, profile.id)
+
+    # ------------------------------------------------------------------ snapshots
+
+    # ------------------------------------------------------------------ audit
 
     # ------------------------------------------------------------------ state
 
@@ -983,84 +666,23 @@ class ProfileStore:
                     browser_version=version,
                     cookie_domains=domains,
                 )
-                with self._blob_writer():
-                    # Data first: the bytes are stored before the catalog points at them.
-                    self.blobs.put_file(checksum, spool)
-                    updated, replaced = self._set_state(
-                        profile,
-                        state,
-                        epoch,
-                        event,
-                        **{
-                            "files": stats.files,
-                            "seconds": round(time.perf_counter() - started, 3),
-                            **payload,
-                        },
-                    )
-        if replaced != checksum:
-            self._free_blobs(replaced)
+                updated = self.service.store_state(
+                    profile,
+                    spool,
+                    state,
+                    epoch=epoch,
+                    event=event,
+                    **{
+                        "files": stats.files,
+                        "seconds": round(time.perf_counter() - started, 3),
+                        **payload,
+                    },
+                )
         if directory == self.working_copies.path(profile.id):
             with self._storage_faults("recording the working copy"):
                 self.working_copies.mark_clean(profile.id, checksum, size=size)
             self._keep_cache_under_cap(keep=profile.id)
         return updated
-
-    def _set_state(
-        self,
-        profile: Profile,
-        state: StateUpdate,
-        epoch: int | None,
-        event: AuditType,
-        **payload: Any,
-    ) -> tuple[Profile, str | None]:
-        """Point the profile at stored bytes (metadata last), with its audit event."""
-        try:
-            with self.catalog.transaction() as tx:
-                updated, replaced = tx.set_state(profile.id, state, epoch=epoch)
-                self._event(
-                    tx,
-                    event,
-                    profile.id,
-                    checksum=state.checksum,
-                    blob_size=state.blob_size,
-                    **payload,
-                )
-        except NotFound:
-            self._free_blobs(state.checksum)
-            raise NotFound(
-                f"Profile {profile.name!r} ({profile.id}) was deleted while its state was "
-                "being written; the state was discarded.",
-                resource="profile",
-                ref=profile.id,
-            ) from None
-        except BaseException:
-            self._free_blobs(state.checksum)
-            raise
-        return updated, replaced
-
-    @contextlib.contextmanager
-    def _blob_writer(self) -> Iterator[None]:
-        """Register this process as a writer of state bytes for the block, so no collector
-        deletes bytes it uploads before its reference lands (catalog contract, rule 7)."""
-        writer_id = new_id("writer")
-        deadline = time.monotonic() + BLOB_WRITER_WAIT
-        while True:
-            with self.catalog.transaction() as tx:
-                if tx.register_blob_writer(writer_id, ttl=BLOB_WRITER_TTL):
-                    break
-            if time.monotonic() >= deadline:
-                raise StorageUnavailable(
-                    f"The store at {self.location} is collecting garbage and did not let "
-                    f"writers in for {BLOB_WRITER_WAIT:g} s; try again.",
-                    home=self.location,
-                    cause="collector busy",
-                )
-            time.sleep(0.05)
-        try:
-            yield
-        finally:
-            with contextlib.suppress(ProfileError), self.catalog.transaction() as tx:
-                tx.unregister_blob_writer(writer_id)
 
     def _keep_cache_under_cap(self, *, keep: str) -> None:
         if self.cache_max_bytes is None:
@@ -1092,7 +714,7 @@ class ProfileStore:
                     remove_tree(path)
                     path.mkdir(mode=0o700, parents=True)
                 else:
-                    with self.blobs.open(profile.checksum) as src:
+                    with self.service.open_state(profile.checksum) as src:
                         unpack_archive(src, path, limits=self.limits, replace=True)
             else:
                 self.working_copies.mark_dirty(profile.id)  # a browser is about to change it
@@ -1128,7 +750,7 @@ class ProfileStore:
             if profile.checksum is None:
                 target.mkdir(mode=0o700, parents=True)
                 return profile
-            with self.blobs.open(profile.checksum) as src:
+            with self.service.open_state(profile.checksum) as src:
                 unpack_archive(src, target, limits=self.limits)
         return profile
 
@@ -1179,12 +801,12 @@ class ProfileStore:
                 raw = source
             reader: Any = _CountingReader(raw, progress) if progress else raw
             lease = stack.enter_context(self.lock(profile.id, timeout=lock_timeout, kind="import"))
-            self._set_status(profile.id, "uploading")
+            self.service.set_status(profile.id, "uploading")
             try:
                 return self._import_locked(profile, reader, browser_version, lease.epoch)
             except BaseException:
                 with contextlib.suppress(ProfileError):
-                    self._settle_status(profile.id)
+                    self.service.settle_status(profile.id)
                 raise
         raise AssertionError("unreachable")  # pragma: no cover - the with block returns
 
@@ -1226,18 +848,6 @@ class ProfileStore:
                 self.working_copies.mark_clean(profile.id, updated.checksum)
             return updated
 
-    def _set_status(self, profile_id: str, status: ProfileStatus) -> Profile:
-        with self.catalog.transaction() as tx:
-            updated = tx.set_status(profile_id, status)
-        if updated is None:
-            raise NotFound(f"Profile {profile_id!r} not found.", resource="profile")
-        return updated
-
-    def _settle_status(self, profile_id: str) -> None:
-        """Set the status from the committed state as it is now (under the writer lock)."""
-        with self.catalog.transaction() as tx:
-            tx.settle_status(profile_id)
-
     def _repair_status(self, profile: Profile) -> Profile:
         status = _committed_status(profile)
         log.warning(
@@ -1246,7 +856,7 @@ class ProfileStore:
             profile.status,
             status,
         )
-        return self._set_status(profile.id, status)
+        return self.service.set_status(profile.id, status)
 
     def export_state(
         self,
@@ -1282,7 +892,7 @@ class ProfileStore:
                     field="file",
                 )
         with self._storage_faults("reading a state"):
-            src = self.blobs.open(profile.checksum)
+            src = self.service.open_state(profile.checksum)
         with src:
             if target is None:
                 assert not isinstance(dest, str | Path)
@@ -1314,25 +924,9 @@ class ProfileStore:
         seconds (left by a crash between storing bytes and committing them), and sweep
         scratch whose owner is gone. Runs under the exclusive collector lock, waiting up to
         ``wait`` seconds for writers in flight to finish. Returns the checksums freed."""
-        now = time.time()
-        freed: builtins.list[str] = []
         with self._storage_faults("collecting garbage"):
             self.sweep_scratch()
-            with self._collector(wait=wait) as granted:
-                if not granted:
-                    raise StorageUnavailable(
-                        f"Writers kept the store at {self.location} busy for {wait:g} s; "
-                        "collect garbage again later.",
-                        home=self.location,
-                        cause="writers busy",
-                    )
-                with self.catalog.transaction(write=False) as tx:
-                    in_use = tx.checksums_in_use()
-                for blob in self.blobs.list():
-                    if blob.checksum not in in_use and now - blob.modified >= min_age:
-                        self.blobs.delete(blob.checksum)
-                        freed.append(blob.checksum)
-        return freed
+            return self.service.collect_garbage(min_age=min_age, wait=wait)
 
 
 class _HashingWriter:

@@ -399,7 +399,7 @@ def test_import_waits_for_the_writer_lock(
 
 def test_verbose_logs_to_stderr_for_one_command_only(capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = run(capsys, "-v", "create", "one")
-    assert code == 0 and "INFO profiles.store: created profile one" in err
+    assert code == 0 and "INFO profiles.service: created profile one" in err
     code, _, err = run(capsys, "create", "two")
     assert code == 0 and not err
 

@@ -79,7 +79,7 @@ def test_twenty_concurrent_label_edits_all_survive(shared: ProfileStore, tmp_pat
 
 
 def test_clone_racing_delete_leaves_no_dangling_state(shared: ProfileStore, tmp_path: Path) -> None:
-    for round_ in range(5):
+    for round_ in range(10):
         name = f"source-{round_}"
         shared.create(name)
         shared.commit_state(name, chromium_dir(tmp_path / f"s{round_}", seed=round_))

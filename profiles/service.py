@@ -1,0 +1,796 @@
+"""The profile service: what any backend answers, separate from what happens on a machine.
+
+A :class:`ProfileService` holds profiles, snapshots, the audit log, state bytes (as streams,
+named by their SHA-256) and writer leases. It knows nothing of directories, browsers or
+working copies: those belong to the machine's workspace, which :class:`~profiles.store.
+ProfileStore` (the front door) keeps next to a service. :class:`CatalogService` implements
+the service over a :class:`~profiles.catalog.base.Catalog` and a
+:class:`~profiles.blobs.base.BlobStore` (SQLite + local files, or PostgreSQL + S3); a
+service over HTTP plugs in as one more implementation.
+
+Every record operation is one catalog transaction; state bytes are stored before the
+transaction that points at them and freed after the one that stops (data first, metadata
+last), under the catalog's writer and collector locks (rule 7 of catalog/base.py).
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import difflib
+import logging
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import Any, BinaryIO, Final, TypeVar
+
+from profiles.archetypes import DEFAULT_ARCHETYPE, get_archetype
+from profiles.blobs.base import BlobStore
+from profiles.catalog.base import Catalog, CatalogTransaction, LeaseGrant, StateUpdate
+from profiles.errors import Conflict, NotFound, ProfileError, StorageUnavailable, ValidationFailed
+from profiles.locks import Holder
+from profiles.models import (
+    AuditEvent,
+    AuditType,
+    Page,
+    Profile,
+    ProfileStatus,
+    Snapshot,
+    new_id,
+    utcnow,
+)
+from profiles.validation import (
+    MAX_LABELS,
+    MAX_NAME_LENGTH,
+    check_description,
+    check_labels,
+    check_limit,
+    check_name,
+)
+
+__all__ = ["UNSET", "CatalogService", "ProfileService", "Unset", "derive_name"]
+
+log = logging.getLogger(__name__)
+
+MAX_DERIVED_NAMES = 99
+MAX_LABEL_LENGTH = 128
+BLOB_WRITER_TTL = 3600.0  # a writer that died stops holding collectors off after this
+BLOB_WRITER_WAIT = 120.0
+COLLECTOR_TTL = 600.0
+
+R = TypeVar("R", Profile, Snapshot, AuditEvent)
+
+
+class Unset:
+    """The type of :data:`UNSET`: "not passed", as opposed to ``None``."""
+
+    _instance: Unset | None = None
+
+    def __new__(cls) -> Unset:
+        if cls._instance is None:
+            cls._instance = super().__new__(cls)
+        return cls._instance
+
+    def __repr__(self) -> str:
+        return "UNSET"
+
+    def __bool__(self) -> bool:
+        return False
+
+
+UNSET: Final = Unset()
+
+
+def derive_name(base: str, suffix: str, taken: Callable[[str], bool]) -> str:
+    """``<base>-<suffix>``, then ``-<suffix>-2`` ... ``-<suffix>-99``; ``Conflict`` after that.
+
+    The base is shortened so the result fits the name length limit.
+    """
+    for n in range(1, MAX_DERIVED_NAMES + 1):
+        tail = f"-{suffix}" if n == 1 else f"-{suffix}-{n}"
+        candidate = base[: MAX_NAME_LENGTH - len(tail)] + tail
+        if not taken(candidate):
+            return candidate
+    raise Conflict(
+        f"Could not derive a free name from {base!r}: '-{suffix}' up to '-{suffix}-"
+        f"{MAX_DERIVED_NAMES}' are all taken. Pass a name explicitly.",
+        field="name",
+    )
+
+
+def _close_names(name: str, names: Iterable[str], *, limit: int = 3) -> list[str]:
+    candidates = [n for n in names if n != name]
+    close = difflib.get_close_matches(name, candidates, n=limit, cutoff=0.75)
+    folded = [n for n in candidates if n.casefold() == name.casefold() and n not in close]
+    return (folded + close)[:limit]
+
+
+def _page(records: list[R], limit: int) -> Page[R]:
+    has_more = len(records) > limit
+    data = records[:limit]
+    return Page[R](data=data, has_more=has_more, next_cursor=data[-1].id if has_more else None)
+
+
+class ProfileService(ABC):
+    """What any backend answers. Records come back as they are stored (the workspace may
+    present an ``uploading`` status differently); errors are :class:`ProfileError`\\ s."""
+
+    #: Where the records and bytes live, for messages (no secrets).
+    location: str
+    #: Whether other machines share it (leases then decide who writes, with expiry).
+    shared: bool
+
+    # profiles
+    @abstractmethod
+    def create(
+        self,
+        name: str,
+        *,
+        archetype: str | None = None,
+        description: str | None = None,
+        labels: dict[str, str] | None = None,
+    ) -> Profile: ...
+    @abstractmethod
+    def get(self, ref: str) -> Profile: ...
+    @abstractmethod
+    def list(self, *, limit: int = 50, cursor: str | None = None) -> Page[Profile]: ...
+    @abstractmethod
+    def update(
+        self,
+        ref: str,
+        *,
+        name: str | Unset = UNSET,
+        description: str | Unset | None = UNSET,
+        labels: dict[str, str] | Unset = UNSET,
+        archetype: str | Unset = UNSET,
+        add_labels: Mapping[str, str] | None = None,
+        remove_labels: Iterable[str] | None = None,
+    ) -> Profile: ...
+    @abstractmethod
+    def delete(self, ref: str) -> Profile:
+        """Delete the record (its state bytes are freed unless referenced); the deleted
+        record is returned."""
+
+    @abstractmethod
+    def clone(
+        self,
+        ref: str,
+        *,
+        name: str | None = None,
+        with_state: bool = False,
+        archetype: str | None = None,
+    ) -> Profile: ...
+    @abstractmethod
+    def similar_names(self, name: str, *, limit: int = 3) -> builtins.list[str]: ...
+
+    # snapshots
+    @abstractmethod
+    def snapshot(
+        self, ref: str, *, label: str | None = None, description: str | None = None
+    ) -> Snapshot: ...
+    @abstractmethod
+    def snapshots(
+        self, ref: str | None = None, *, limit: int = 50, cursor: str | None = None
+    ) -> Page[Snapshot]: ...
+    @abstractmethod
+    def get_snapshot(self, snapshot_id: str) -> Snapshot: ...
+    @abstractmethod
+    def delete_snapshot(self, snapshot_id: str) -> None: ...
+    @abstractmethod
+    def restore(self, snapshot_id: str, *, name: str | None = None) -> Profile: ...
+
+    # audit
+    @abstractmethod
+    def audit(
+        self, *, profile: str | None = None, limit: int = 50, cursor: str | None = None
+    ) -> Page[AuditEvent]: ...
+    @abstractmethod
+    def record_event(self, type_: AuditType, profile_id: str | None, **payload: Any) -> None: ...
+    @abstractmethod
+    def record_use(self, ref: str, **payload: Any) -> Profile: ...
+
+    # state bytes, as streams
+    @abstractmethod
+    def open_state(self, checksum: str) -> BinaryIO:
+        """The committed state's bytes, read from start to end (never seeked)."""
+
+    @abstractmethod
+    def store_state(
+        self,
+        profile: Profile,
+        spool: Path,
+        state: StateUpdate,
+        *,
+        epoch: int | None,
+        event: AuditType,
+        **payload: Any,
+    ) -> Profile:
+        """Store the bytes in ``spool`` (named ``state.checksum``) and make them the
+        profile's committed state, only while ``epoch`` is current (``LeaseLost``)."""
+
+    @abstractmethod
+    def set_status(self, profile_id: str, status: ProfileStatus) -> Profile: ...
+    @abstractmethod
+    def settle_status(self, profile_id: str) -> None: ...
+    @abstractmethod
+    def collect_garbage(self, *, min_age: float, wait: float) -> builtins.list[str]: ...
+
+    # writer leases
+    @abstractmethod
+    def acquire_lease(
+        self, profile_id: str, holder: Holder, *, ttl: float | None, force: bool = False
+    ) -> LeaseGrant | None: ...
+    @abstractmethod
+    def renew_lease(self, profile_id: str, epoch: int, *, ttl: float | None) -> bool: ...
+    @abstractmethod
+    def release_lease(self, profile_id: str, epoch: int) -> None: ...
+    @abstractmethod
+    def lease_holder(self, profile_id: str) -> Holder | None: ...
+    @abstractmethod
+    def leases(self) -> builtins.list[tuple[str, Holder]]: ...
+
+    def close(self) -> None:  # noqa: B027 - nothing to release by default
+        """Release connections."""
+
+
+class CatalogService(ProfileService):
+    """The service over a catalog and a blob store (embedded or shared)."""
+
+    def __init__(
+        self, catalog: Catalog, blobs: BlobStore, *, max_profiles: int | None = None
+    ) -> None:
+        from profiles.catalog.sqlite import SQLiteCatalog
+
+        self.catalog = catalog
+        self.blobs = blobs
+        self.max_profiles = max_profiles
+        self.shared = not isinstance(catalog, SQLiteCatalog)
+        self.location = f"{catalog.location} + {blobs.location}"
+
+    def close(self) -> None:
+        try:
+            self.catalog.close()
+        finally:
+            self.blobs.close()
+
+    def get(self, ref: str) -> Profile:
+        """A profile by id or name; ``NotFound`` if there is none."""
+        with self.catalog.transaction(write=False) as tx:
+            return self._find(tx, ref)
+
+    def list(self, *, limit: int = 50, cursor: str | None = None) -> Page[Profile]:
+        """Profiles, newest first (``created_at`` desc, then ``id`` desc)."""
+        limit = check_limit(limit)
+        with self.catalog.transaction(write=False) as tx:
+            rows = tx.list_profiles(limit=limit + 1, after=cursor)
+        return _page(rows, limit)
+
+    def delete(self, ref: str) -> Profile:
+        """Delete a profile record and free its state bytes unless something references
+        them. Snapshots stay (restorable) with ``parent_profile_id`` set to null."""
+        with self.catalog.transaction() as tx:
+            profile = self._find(tx, ref)
+            profile = tx.delete_profile(profile.id) or profile
+            self._event(tx, "profile.deleted", profile.id, name=profile.name)
+        self._free_blobs(profile.checksum)
+        return profile
+
+    def open_state(self, checksum: str) -> BinaryIO:
+        return self.blobs.open(checksum)
+
+    def store_state(
+        self,
+        profile: Profile,
+        spool: Path,
+        state: StateUpdate,
+        *,
+        epoch: int | None,
+        event: AuditType,
+        **payload: Any,
+    ) -> Profile:
+        with self._blob_writer():
+            # Data first: the bytes are stored before the catalog points at them.
+            self.blobs.put_file(state.checksum, spool)
+            updated, replaced = self._set_state(profile, state, epoch, event, **payload)
+        if replaced != state.checksum:
+            self._free_blobs(replaced)
+        return updated
+
+    def collect_garbage(self, *, min_age: float, wait: float) -> builtins.list[str]:
+        now = time.time()
+        freed: builtins.list[str] = []
+        with self._collector(wait=wait) as granted:
+            if not granted:
+                raise StorageUnavailable(
+                    f"Writers kept the store at {self.location} busy for {wait:g} s; "
+                    "collect garbage again later.",
+                    home=self.location,
+                    cause="writers busy",
+                )
+            with self.catalog.transaction(write=False) as tx:
+                in_use = tx.checksums_in_use()
+            for blob in self.blobs.list():
+                if blob.checksum not in in_use and now - blob.modified >= min_age:
+                    self.blobs.delete(blob.checksum)
+                    freed.append(blob.checksum)
+        return freed
+
+    # writer leases
+    def acquire_lease(
+        self, profile_id: str, holder: Holder, *, ttl: float | None, force: bool = False
+    ) -> LeaseGrant | None:
+        with self.catalog.transaction() as tx:
+            return tx.acquire_lease(profile_id, holder, ttl=ttl, force=force)
+
+    def renew_lease(self, profile_id: str, epoch: int, *, ttl: float | None) -> bool:
+        with self.catalog.transaction() as tx:
+            return tx.renew_lease(profile_id, epoch, ttl=ttl)
+
+    def release_lease(self, profile_id: str, epoch: int) -> None:
+        with self.catalog.transaction() as tx:
+            tx.release_lease(profile_id, epoch)
+
+    def lease_holder(self, profile_id: str) -> Holder | None:
+        with self.catalog.transaction(write=False) as tx:
+            found = tx.lease_holder(profile_id)
+        return found[0] if found else None
+
+    def leases(self) -> builtins.list[tuple[str, Holder]]:
+        with self.catalog.transaction(write=False) as tx:
+            return [(pid, holder) for pid, holder, _ in tx.leases()]
+
+    @staticmethod
+    def _find(tx: CatalogTransaction, ref: str) -> Profile:
+        if not isinstance(ref, str) or not ref:
+            raise ValidationFailed("A profile id or name is required.", field="profile")
+        found = tx.get_profile(ref) or tx.get_profile_by_name(ref)
+        if found is None:
+            close = _close_names(ref, tx.profile_names())
+            hint = (
+                f"Did you mean {' or '.join(repr(n) for n in close)}?"
+                if close
+                else "Run 'profiles list' to see this store's profiles."
+            )
+            raise NotFound(
+                f"Profile {ref!r} not found. {hint}",
+                resource="profile",
+                ref=ref,
+                suggestions=close,
+            )
+        return found
+
+    def similar_names(self, name: str, *, limit: int = 3) -> builtins.list[str]:
+        """Names of existing profiles that look like ``name`` (a typo of it), closest first;
+        ``name`` itself is not among them."""
+        with self.catalog.transaction(write=False) as tx:
+            return _close_names(name, tx.profile_names(), limit=limit)
+
+    @staticmethod
+    def _shared_row(tx: CatalogTransaction, found: Profile) -> Profile:
+        """The row again, now locked against state changes (rule 4). Gone meanwhile (a
+        concurrent delete won): ``NotFound``, never the stale copy read before the lock,
+        whose bytes the delete may be freeing right now."""
+        current = tx.get_profile_for_share(found.id)
+        if current is None:
+            raise NotFound(
+                f"Profile {found.name!r} was deleted meanwhile.", resource="profile", ref=found.id
+            )
+        return current
+
+    @staticmethod
+    def _event(
+        tx: CatalogTransaction,
+        type_: AuditType,
+        profile_id: str | None,
+        **payload: Any,
+    ) -> None:
+        tx.insert_event(
+            AuditEvent(
+                id=new_id("evt"), type=type_, profile_id=profile_id, at=utcnow(), payload=payload
+            )
+        )
+
+    def _add_profile(self, tx: CatalogTransaction, profile: Profile, **provenance: Any) -> None:
+        """Insert a new profile and its ``profile.created`` event (with where it came from)."""
+        tx.insert_profile(profile, max_profiles=self.max_profiles)
+        self._event(
+            tx,
+            "profile.created",
+            profile.id,
+            name=profile.name,
+            archetype=profile.archetype,
+            **provenance,
+        )
+
+    def _free_blobs(self, *checksums: str | None) -> None:
+        """Delete state bytes that no profile or snapshot references any more, under the
+        collector lock (catalog contract, rule 7). When writers are busy, the bytes stay
+        for :meth:`collect_garbage`; freeing never fails the operation that asked for it."""
+        wanted = {c for c in checksums if c}
+        if not wanted:
+            return
+        try:
+            with self._collector(wait=0) as granted:
+                if not granted:
+                    log.debug("writers are active; %d blobs left for collect_garbage", len(wanted))
+                    return
+                with self.catalog.transaction(write=False) as tx:
+                    unused = [c for c in wanted if not tx.checksum_in_use(c)]
+                for checksum in unused:
+                    self.blobs.delete(checksum)
+        except (ProfileError, OSError) as exc:
+            log.warning("could not free state bytes (collect_garbage will): %s", exc)
+
+    @contextlib.contextmanager
+    def _collector(self, *, wait: float) -> Iterator[bool]:
+        """Hold the exclusive collector lock for the block (``False``: not granted)."""
+        collector_id = new_id("collector")
+        deadline = time.monotonic() + wait
+        granted = False
+        while True:
+            with self.catalog.transaction() as tx:
+                granted = tx.acquire_collector(collector_id, ttl=COLLECTOR_TTL)
+            if granted or time.monotonic() >= deadline:
+                break
+            time.sleep(0.05)
+        try:
+            yield granted
+        finally:
+            if granted:
+                with contextlib.suppress(ProfileError), self.catalog.transaction() as tx:
+                    tx.release_collector(collector_id)
+
+    def create(
+        self,
+        name: str,
+        *,
+        archetype: str | None = None,
+        description: str | None = None,
+        labels: dict[str, str] | None = None,
+    ) -> Profile:
+        """Create an empty profile pinned to ``archetype`` (default ``desktop-chromium``)."""
+        name = check_name(name)
+        arch = get_archetype(archetype if archetype is not None else DEFAULT_ARCHETYPE)
+        description = check_description(description)
+        clean_labels = check_labels(labels)
+        now = utcnow()
+        profile = Profile(
+            id=new_id("prof"),
+            name=name,
+            description=description,
+            archetype=arch.name,
+            browser_name=arch.engine,
+            labels=clean_labels,
+            created_at=now,
+            updated_at=now,
+        )
+        with self.catalog.transaction() as tx:
+            self._add_profile(tx, profile)
+        log.info("created profile %s (%s)", name, profile.id)
+        return profile
+
+    def update(
+        self,
+        ref: str,
+        *,
+        name: str | Unset = UNSET,
+        description: str | Unset | None = UNSET,
+        labels: dict[str, str] | Unset = UNSET,
+        archetype: str | Unset = UNSET,
+        add_labels: Mapping[str, str] | None = None,
+        remove_labels: Iterable[str] | None = None,
+    ) -> Profile:
+        """Change only what is passed. ``description=None`` clears it. The archetype is
+        sticky: passing a different one raises ``ValidationFailed`` (clone instead).
+
+        ``labels`` replaces every label; ``add_labels`` (add or replace these) and
+        ``remove_labels`` (drop these keys) merge into the labels as they are when the
+        change is written, inside one transaction, so concurrent edits of different labels
+        all survive."""
+        changes: dict[str, Any] = {}
+        if not isinstance(name, Unset):
+            changes["name"] = check_name(name)
+        if not isinstance(description, Unset):
+            changes["description"] = check_description(description)
+        if not isinstance(labels, Unset):
+            changes["labels"] = check_labels(labels)
+        adding = dict(check_labels(dict(add_labels))) if add_labels else {}
+        if isinstance(remove_labels, str):
+            raise ValidationFailed(
+                "remove_labels must be a list of label keys, not one string.",
+                field="remove_labels",
+            )
+        removing = set(remove_labels or ())
+        if not all(isinstance(k, str) for k in removing):
+            raise ValidationFailed("remove_labels must hold label keys.", field="remove_labels")
+        with self.catalog.transaction() as tx:
+            current = self._find(tx, ref)
+            if not isinstance(archetype, Unset) and archetype != current.archetype:
+                raise ValidationFailed(
+                    f"The archetype of profile {current.name!r} is {current.archetype!r} and "
+                    "cannot be changed. To repin, clone it with the new archetype "
+                    f"(profiles clone {current.name} --archetype {archetype}) and delete "
+                    "the old profile after migrating.",
+                    field="archetype",
+                )
+            changed = sorted(k for k, v in changes.items() if getattr(current, k) != v)
+            if adding or removing:
+                changed = sorted({*changed, "labels"})
+            if not changed:
+                return current
+            now = utcnow()
+            fields = {k: v for k, v in changes.items() if k != "labels" and k in changed}
+            updated = tx.update_fields(current.id, {**fields, "updated_at": now})
+            if "labels" in changed:
+                updated = tx.merge_labels(
+                    current.id,
+                    add=adding,
+                    remove=frozenset(removing),
+                    replace=changes.get("labels"),
+                    updated_at=now,
+                )
+                assert updated is not None
+                if len(updated.labels) > MAX_LABELS:
+                    raise ValidationFailed(
+                        f"A profile can have at most {MAX_LABELS} labels; this change would "
+                        f"give {current.name!r} {len(updated.labels)}. Remove some first.",
+                        field="labels",
+                    )
+            assert updated is not None
+            self._event(tx, "profile.updated", current.id, changed=changed)
+        return updated
+
+    def clone(
+        self,
+        ref: str,
+        *,
+        name: str | None = None,
+        with_state: bool = False,
+        archetype: str | None = None,
+    ) -> Profile:
+        """A new profile with the source's archetype, description and labels.
+
+        State is not copied unless ``with_state``. Without a name one is derived:
+        ``<source>-copy``, ``<source>-copy-2``, ... ``-copy-99``, then ``Conflict``. Pass
+        ``archetype`` to repin (state can only come along within the same engine).
+        """
+        if name is not None:
+            name = check_name(name)
+        with self.catalog.transaction() as tx:
+            source = self._shared_row(tx, self._find(tx, ref))
+            arch = get_archetype(archetype if archetype is not None else source.archetype)
+            if with_state and arch.engine != source.browser_name:
+                raise ValidationFailed(
+                    f"Cannot clone {source.browser_name} state into a {arch.engine} archetype "
+                    f"({arch.name!r}); clone without with_state.",
+                    field="archetype",
+                )
+            if name is None:
+                name = derive_name(
+                    source.name, "copy", lambda n: tx.get_profile_by_name(n) is not None
+                )
+            now = utcnow()
+            state: dict[str, Any] = {}
+            if with_state and source.checksum is not None:
+                state = {"status": "ready"} | {
+                    k: getattr(source, k)
+                    for k in (
+                        "checksum",
+                        "blob_size",
+                        "blob_uploaded_at",
+                        "browser_version",
+                        "cookie_domains",
+                    )
+                }
+            profile = Profile(
+                id=new_id("prof"),
+                name=name,
+                description=source.description,
+                archetype=arch.name,
+                browser_name=arch.engine,
+                labels=dict(source.labels),
+                created_at=now,
+                updated_at=now,
+                **state,
+            )
+            self._add_profile(tx, profile, cloned_from=source.id, with_state=bool(state))
+        return profile
+
+    def snapshot(
+        self, ref: str, *, label: str | None = None, description: str | None = None
+    ) -> Snapshot:
+        """Capture the profile's committed state, name and archetype, frozen."""
+        if label is not None and (
+            not isinstance(label, str) or len(label) > MAX_LABEL_LENGTH or not label.isprintable()
+        ):
+            raise ValidationFailed(
+                f"Snapshot label must be printable text of at most {MAX_LABEL_LENGTH} characters.",
+                field="label",
+            )
+        description = check_description(description)
+        with self.catalog.transaction() as tx:
+            profile = self._shared_row(tx, self._find(tx, ref))
+            snap = Snapshot(
+                id=new_id("psnap"),
+                parent_profile_id=profile.id,
+                parent_name=profile.name,
+                parent_archetype=profile.archetype,
+                browser_name=profile.browser_name,
+                browser_version=profile.browser_version,
+                label=label,
+                description=description,
+                captured_at=utcnow(),
+                blob_size=profile.blob_size,
+                checksum=profile.checksum,
+                cookie_domains=list(profile.cookie_domains),
+            )
+            tx.insert_snapshot(snap)
+            self._event(tx, "snapshot.created", profile.id, snapshot_id=snap.id, label=label)
+        return snap
+
+    def snapshots(
+        self, ref: str | None = None, *, limit: int = 50, cursor: str | None = None
+    ) -> Page[Snapshot]:
+        """One profile's snapshots (or every snapshot), newest first."""
+        limit = check_limit(limit)
+        with self.catalog.transaction(write=False) as tx:
+            profile_id = None if ref is None else self._find(tx, ref).id
+            rows = tx.list_snapshots(profile_id=profile_id, limit=limit + 1, after=cursor)
+            return _page(rows, limit)
+
+    def get_snapshot(self, snapshot_id: str) -> Snapshot:
+        with self.catalog.transaction(write=False) as tx:
+            snap = tx.get_snapshot(snapshot_id)
+        if snap is None:
+            raise NotFound(
+                f"Snapshot {snapshot_id!r} not found. Run 'profiles snapshot list' to see them.",
+                resource="snapshot",
+                ref=snapshot_id,
+            )
+        return snap
+
+    def delete_snapshot(self, snapshot_id: str) -> None:
+        snap = self.get_snapshot(snapshot_id)
+        with self.catalog.transaction() as tx:
+            if tx.get_snapshot(snapshot_id) is None:
+                raise NotFound(f"Snapshot {snapshot_id!r} not found.", resource="snapshot")
+            tx.delete_snapshot(snapshot_id)
+            self._event(tx, "snapshot.deleted", snap.parent_profile_id, snapshot_id=snapshot_id)
+        self._free_blobs(snap.checksum)
+
+    def restore(self, snapshot_id: str, *, name: str | None = None) -> Profile:
+        """A new profile from a snapshot: its archetype, description and state. The parent
+        is never touched. Without a name: ``<parent_name>-restored``, ``-restored-2``, ..."""
+        if name is not None:
+            name = check_name(name)
+        with self.catalog.transaction() as tx:
+            snap = tx.get_snapshot(snapshot_id)
+            if snap is None:
+                raise NotFound(f"Snapshot {snapshot_id!r} not found.", resource="snapshot")
+            if name is None:
+                name = derive_name(
+                    snap.parent_name, "restored", lambda n: tx.get_profile_by_name(n) is not None
+                )
+            now = utcnow()
+            profile = Profile(
+                id=new_id("prof"),
+                name=name,
+                description=snap.description,
+                archetype=snap.parent_archetype,
+                browser_name=snap.browser_name,
+                browser_version=snap.browser_version,
+                status="ready" if snap.checksum else "empty",
+                checksum=snap.checksum,
+                blob_size=snap.blob_size,
+                blob_uploaded_at=snap.captured_at if snap.checksum else None,
+                cookie_domains=list(snap.cookie_domains),
+                created_at=now,
+                updated_at=now,
+            )
+            self._add_profile(tx, profile, restored_from_snapshot=snap.id)
+        return profile
+
+    def audit(
+        self, *, profile: str | None = None, limit: int = 50, cursor: str | None = None
+    ) -> Page[AuditEvent]:
+        """Audit events, newest first; ``profile`` (id or name) narrows to one profile.
+        A deleted profile's events stay readable by its id."""
+        limit = check_limit(limit)
+        with self.catalog.transaction(write=False) as tx:
+            profile_id: str | None = None
+            if profile is not None:
+                found = tx.get_profile(profile) or tx.get_profile_by_name(profile)
+                if found is not None:
+                    profile_id = found.id
+                elif profile.startswith("prof_"):
+                    profile_id = profile
+                else:
+                    self._find(tx, profile)
+            rows = tx.list_events(profile_id=profile_id, limit=limit + 1, after=cursor)
+            return _page(rows, limit)
+
+    def record_event(self, type_: AuditType, profile_id: str | None, **payload: Any) -> None:
+        """Append one audit event (used by sessions)."""
+        with self.catalog.transaction() as tx:
+            self._event(tx, type_, profile_id, **payload)
+
+    def record_use(self, ref: str, **payload: Any) -> Profile:
+        """Count one session on the profile: ``usage_count`` + 1, ``last_used_at`` = now,
+        and a ``session.created`` event."""
+        with self.catalog.transaction() as tx:
+            current = self._find(tx, ref)
+            updated = tx.bump_usage(current.id, utcnow())
+            if updated is None:
+                raise NotFound(f"Profile {current.name!r} was deleted.", resource="profile")
+            self._event(tx, "session.created", current.id, **payload)
+        return updated
+
+    def _set_state(
+        self,
+        profile: Profile,
+        state: StateUpdate,
+        epoch: int | None,
+        event: AuditType,
+        **payload: Any,
+    ) -> tuple[Profile, str | None]:
+        """Point the profile at stored bytes (metadata last), with its audit event."""
+        try:
+            with self.catalog.transaction() as tx:
+                updated, replaced = tx.set_state(profile.id, state, epoch=epoch)
+                self._event(
+                    tx,
+                    event,
+                    profile.id,
+                    checksum=state.checksum,
+                    blob_size=state.blob_size,
+                    **payload,
+                )
+        except NotFound:
+            self._free_blobs(state.checksum)
+            raise NotFound(
+                f"Profile {profile.name!r} ({profile.id}) was deleted while its state was "
+                "being written; the state was discarded.",
+                resource="profile",
+                ref=profile.id,
+            ) from None
+        except BaseException:
+            self._free_blobs(state.checksum)
+            raise
+        return updated, replaced
+
+    @contextlib.contextmanager
+    def _blob_writer(self) -> Iterator[None]:
+        """Register this process as a writer of state bytes for the block, so no collector
+        deletes bytes it uploads before its reference lands (catalog contract, rule 7)."""
+        writer_id = new_id("writer")
+        deadline = time.monotonic() + BLOB_WRITER_WAIT
+        while True:
+            with self.catalog.transaction() as tx:
+                if tx.register_blob_writer(writer_id, ttl=BLOB_WRITER_TTL):
+                    break
+            if time.monotonic() >= deadline:
+                raise StorageUnavailable(
+                    f"The store at {self.location} is collecting garbage and did not let "
+                    f"writers in for {BLOB_WRITER_WAIT:g} s; try again.",
+                    home=self.location,
+                    cause="collector busy",
+                )
+            time.sleep(0.05)
+        try:
+            yield
+        finally:
+            with contextlib.suppress(ProfileError), self.catalog.transaction() as tx:
+                tx.unregister_blob_writer(writer_id)
+
+    def set_status(self, profile_id: str, status: ProfileStatus) -> Profile:
+        with self.catalog.transaction() as tx:
+            updated = tx.set_status(profile_id, status)
+        if updated is None:
+            raise NotFound(f"Profile {profile_id!r} not found.", resource="profile")
+        return updated
+
+    def settle_status(self, profile_id: str) -> None:
+        """Set the status from the committed state as it is now (under the writer lock)."""
+        with self.catalog.transaction() as tx:
+            tx.settle_status(profile_id)
