@@ -12,16 +12,17 @@ No Playwright call lives here, so the sync and async front ends stay thin::
 from __future__ import annotations
 
 import contextlib
+import difflib
 import json
 import logging
-import shutil
-import tempfile
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
-from pydantic import BaseModel, ConfigDict, Field
+import pydantic
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, field_validator
 
 from driver.browsers import BrowserInstall, find_browser, major_version, probe_version
 from profiles.archetypes import Archetype, get_archetype
@@ -29,13 +30,16 @@ from profiles.archive import remove_engine_locks
 from profiles.errors import (
     BrowserDowngrade,
     Conflict,
+    LeaseLost,
     NotFound,
     ProfileError,
     StateCommitFailed,
+    StorageUnavailable,
     ValidationFailed,
 )
-from profiles.locks import ProfileLock
+from profiles.locks import ReaderMark
 from profiles.models import Profile
+from profiles.scratch import OwnedDir
 from profiles.store import ProfileStore
 
 __all__ = ["SESSION_COOKIES_FILE", "LaunchPlan", "SaveMode", "SessionLifecycle", "SessionOptions"]
@@ -48,28 +52,108 @@ SaveMode = Literal["always", "on_success", "never"]
 SESSION_COOKIES_FILE = "playwright-profiles-session-cookies.json"
 
 
+PROXY_KEYS = ("server", "bypass", "username", "password")
+# Options whose values may hold secrets (proxy credentials, headers): never quoted back.
+_SECRET_OPTIONS = frozenset({"proxy", "launch_options"})
+
+
+class _Releasable(Protocol):
+    """The profile's writer lease as the session holds it (whatever ``store.lock`` returns):
+    released at the end; its ``epoch`` fences the commit (``None``: unfenced)."""
+
+    epoch: int | None
+
+    def release(self) -> None: ...
+
+
 class SessionOptions(BaseModel):
-    """What a caller may set on a session; validated once, at construction."""
+    """What a caller may set on a session; validated once, at construction.
+
+    Build it with :meth:`build` to get :class:`~profiles.errors.ValidationFailed` (naming the
+    option) instead of pydantic's ``ValidationError``.
+    """
 
     model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
 
-    headless: bool = True
-    readonly: bool = False
+    headless: StrictBool = True
+    readonly: StrictBool = False
     lock_timeout: float = Field(default=600.0, ge=0)
-    start_url: str | None = None
-    viewport: dict[str, int] | None = None
-    proxy: dict[str, str] | None = None
-    locale: str | None = None
-    timezone_id: str | None = None
-    user_agent: str | None = None
-    args: tuple[str, ...] = ()
-    create: bool = True
-    archetype: str | None = None
+    start_url: StrictStr | None = None
+    viewport: dict[str, StrictInt] | None = None
+    proxy: dict[str, StrictStr] | None = None
+    locale: StrictStr | None = None
+    timezone_id: StrictStr | None = None
+    user_agent: StrictStr | None = None
+    args: tuple[StrictStr, ...] = ()
+    create: StrictBool = True
+    archetype: StrictStr | None = None
     save: SaveMode = "always"
-    allow_downgrade: bool = False
-    keep_session_cookies: bool = True
-    commit_on_browser_close: bool = False
+    allow_downgrade: StrictBool = False
+    keep_session_cookies: StrictBool = True
+    commit_on_browser_close: StrictBool = False
     launch_options: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("viewport")
+    @classmethod
+    def _viewport_size(cls, value: dict[str, int] | None) -> dict[str, int] | None:
+        if value is None:
+            return None
+        if set(value) != {"width", "height"}:
+            raise ValueError(
+                f"a viewport is {{'width': int, 'height': int}}, got the keys {sorted(value)}"
+            )
+        if min(value.values()) <= 0:
+            raise ValueError("the viewport's width and height must be positive")
+        return value
+
+    @field_validator("proxy")
+    @classmethod
+    def _proxy_keys(cls, value: dict[str, str] | None) -> dict[str, str] | None:
+        if value is None:
+            return None
+        unknown = sorted(set(value) - set(PROXY_KEYS))
+        if unknown:
+            raise ValueError(f"unknown proxy keys {unknown}; allowed: {', '.join(PROXY_KEYS)}")
+        if not value.get("server"):
+            raise ValueError(
+                "a proxy needs a 'server' (e.g. 'http://proxy:3128'); 'bypass', 'username' "
+                "and 'password' are optional"
+            )
+        return value
+
+    @classmethod
+    def build(cls, **values: Any) -> SessionOptions:
+        """The options, or ``ValidationFailed`` naming the first bad one (``field``)."""
+        try:
+            return cls(**values)
+        except pydantic.ValidationError as exc:
+            raise _validation_failed(exc) from None
+
+
+def _validation_failed(exc: pydantic.ValidationError) -> ValidationFailed:
+    first = exc.errors(include_url=False)[0]
+    loc = [str(part) for part in first.get("loc", ())]
+    field_name = ".".join(loc) or "options"
+    message = str(first.get("msg", "invalid value"))
+    message = message.removeprefix("Value error, ")
+    if (loc and loc[0] in _SECRET_OPTIONS) or first.get("type") == "extra_forbidden":
+        got = ""
+    else:
+        shown = repr(first.get("input"))
+        got = f" (got {shown[:77] + '...' if len(shown) > 80 else shown})"
+    return ValidationFailed(
+        f"Invalid session option {field_name}: {message}{got}.", field=field_name
+    )
+
+
+def _merged(base: Any, extra: Any) -> Any:
+    """``launch_options`` on top of what the session built: lists are added to (without
+    repeats), mappings are merged key by key with ``extra`` winning, anything else replaces."""
+    if isinstance(base, Mapping) and isinstance(extra, Mapping):
+        return {**base, **extra}
+    if isinstance(base, list | tuple) and isinstance(extra, list | tuple):
+        return [*base, *(item for item in extra if item not in base)]
+    return extra
 
 
 @dataclass
@@ -94,9 +178,10 @@ class SessionLifecycle:
         self.profile: Profile | None = None
         self.browser: BrowserInstall | None = None
         self.archetype: Archetype | None = None
-        self.lock: ProfileLock | None = None
+        self.lock: _Releasable | None = None
         self.user_data_dir: Path | None = None
-        self._private_dir: Path | None = None
+        self._private_dir: OwnedDir | None = None
+        self._reader: ReaderMark | None = None
         self._started_at = 0.0
         self.browser_version: str | None = None
 
@@ -114,12 +199,22 @@ class SessionLifecycle:
         try:
             profile = self.store.get(self.ref)
         except NotFound:
-            if not self.options.create:
+            # A read-only session writes nothing back, so it never creates a profile.
+            if not self.options.create or self.options.readonly:
                 raise
+            similar = self._similar_names()
             try:
-                return self.store.create(self.ref, archetype=self.options.archetype)
+                created = self.store.create(self.ref, archetype=self.options.archetype)
             except Conflict:
                 profile = self.store.get(self.ref)  # created by someone else meanwhile
+            else:
+                if similar:
+                    log.warning(
+                        "created new profile %r; did you mean %s?",
+                        created.name,
+                        " or ".join(repr(n) for n in similar),
+                    )
+                return created
         wanted = self.options.archetype
         if wanted is not None and wanted != profile.archetype:
             raise ValidationFailed(
@@ -130,6 +225,18 @@ class SessionLifecycle:
             )
         return profile
 
+    def _similar_names(self) -> list[str]:
+        """Existing profile names that look like a typo of the one being created."""
+        try:
+            similar = getattr(self.store, "similar_names", None)
+            if callable(similar):
+                return [str(n) for n in similar(self.ref)]
+            names = [p.name for p in self.store.iter_profiles() if p.name != self.ref]
+            return difflib.get_close_matches(self.ref, names, n=3, cutoff=0.75)
+        except ProfileError as exc:  # a hint only: never fail the session for it
+            log.debug("could not look for similar profile names: %s", exc)
+            return []
+
     def _prepare(self) -> LaunchPlan:
         profile = self._resolve_profile()
         self.archetype = get_archetype(profile.archetype)
@@ -138,14 +245,18 @@ class SessionLifecycle:
         self._check_downgrade(profile, at_hand)  # fail before waiting for the lock...
         self._started_at = time.monotonic()
         if self.options.readonly:
-            parent = Path(tempfile.mkdtemp(dir=self.store.tmp_dir, prefix="readonly-"))
-            self._private_dir = parent
+            # A private copy in the home's scratch, owned (flock) by this process so that a
+            # sweep never takes it while the session runs, and swept if the process dies.
+            self._private_dir = OwnedDir(self.store.tmp_dir, "readonly-")
+            self._reader = self.store.reader_mark(profile.id)
+            parent = self._private_dir.path
             self.profile = self.store.private_copy(profile.id, parent / "state")
             self.user_data_dir = parent / "state"
         else:
-            self.lock = self.store.lock(profile, timeout=self.options.lock_timeout)
-            self.lock.acquire()
-            self.profile, self.user_data_dir = self.store.checkout(profile.id, lock=self.lock)
+            lock = self.store.lock(profile, timeout=self.options.lock_timeout)
+            lock.acquire()
+            self.lock = lock
+            self.profile, self.user_data_dir = self.store.checkout(profile.id, lock=lock)
         self._check_downgrade(self.profile, at_hand)  # ...and again on what was committed since
         removed = remove_engine_locks(self.user_data_dir, profile.browser_name)
         if removed:
@@ -176,6 +287,50 @@ class SessionLifecycle:
 
     def _launch_options(self) -> dict[str, Any]:
         assert self.archetype is not None and self.browser is not None
+        launch = self._base_launch_options()
+        # launch_options add to what the session built (args, headers: merged), see _merged.
+        for key, value in self.options.launch_options.items():
+            launch[key] = _merged(launch[key], value) if key in launch else value
+        self._log_device()
+        return launch
+
+    def _log_device(self) -> None:
+        """One INFO line: which of the archetype's device settings the session applied, and
+        which the caller overrode (names and plain values only: nothing secret)."""
+        assert self.archetype is not None
+        arch, opts = self.archetype, self.options
+        device: dict[str, Any] = {
+            "viewport": arch.viewport.model_dump(),
+            "device_scale_factor": arch.device_scale_factor,
+            "is_mobile": arch.is_mobile,
+            "has_touch": arch.has_touch,
+            "user_agent": arch.user_agent,
+        }
+        overridden = {k for k in device if k in opts.launch_options}
+        if opts.viewport:
+            overridden.add("viewport")
+        if opts.user_agent:
+            overridden.add("user_agent")
+        applied = []
+        for key, value in device.items():
+            if key in overridden or value is None:
+                continue
+            if key == "viewport":
+                applied.append(f"viewport={value['width']}x{value['height']}")
+            elif key == "user_agent":
+                applied.append("user_agent")
+            else:
+                applied.append(f"{key}={value}")
+        log.info(
+            "session on %r: archetype %r applied %s; overridden by the caller: %s",
+            self.ref,
+            arch.name,
+            ", ".join(applied) or "nothing",
+            ", ".join(sorted(overridden)) or "nothing",
+        )
+
+    def _base_launch_options(self) -> dict[str, Any]:
+        assert self.archetype is not None and self.browser is not None
         arch, opts = self.archetype, self.options
         launch: dict[str, Any] = {
             **self.browser.launch_options(),
@@ -200,7 +355,6 @@ class SessionLifecycle:
         # would see it vanish and keep the old state. Leave the signals to this process, whose
         # teardown closes the browser and commits.
         launch.update(handle_sigint=False, handle_sigterm=False, handle_sighup=False)
-        launch.update(opts.launch_options)
         return launch
 
     def _load_session_cookies(self) -> list[dict[str, Any]]:
@@ -243,14 +397,28 @@ class SessionLifecycle:
             return False
         return not (failed and self.options.save == "on_success")
 
-    def finish(self, *, failed: bool, crashed: bool, error: str | None = None) -> None:
+    def finish(
+        self,
+        *,
+        failed: bool,
+        crashed: bool,
+        error: str | None = None,
+        start_failed: bool = False,
+    ) -> None:
         """After the browser has exited: commit (or not), release, record. Always releases;
-        re-raises a commit failure (``NotFound`` for a profile deleted meanwhile)."""
-        outcome = "crashed" if crashed else ("error" if failed else "ok")
+        re-raises a commit failure (``NotFound`` for a profile deleted meanwhile).
+
+        ``error`` is what the audit log keeps: pass it through
+        :func:`profiles.redact.describe_error`. ``start_failed``: the session was recorded as
+        started but did not open (its ``start_url`` failed, ...); nothing is committed."""
+        outcome = "crashed" if crashed else ("error" if failed or start_failed else "ok")
         committed = False
         reason: str | None = None
         try:
-            if crashed:
+            if start_failed:
+                reason = "the session failed to start; the previous committed state is kept"
+                log.info("session on %s: %s (%s)", self.ref, reason, error)
+            elif crashed:
                 reason = "the browser exited unexpectedly; the previous committed state is kept"
                 log.warning("session on %s: %s", self.ref, reason)
             elif self.should_commit(failed=failed):
@@ -261,9 +429,16 @@ class SessionLifecycle:
                         self.user_data_dir,
                         browser_version=self.browser_version,
                         event="state.uploaded",
+                        epoch=self.lock.epoch if self.lock is not None else None,
                         source="session",
                     )
                     committed = True
+                except LeaseLost:
+                    reason = (
+                        "the writer lease was lost (another writer took the profile after it "
+                        "expired); the newer state stands"
+                    )
+                    raise
                 except NotFound as exc:
                     assert self.profile is not None
                     self.store.working_copies.remove(self.profile.id)
@@ -274,11 +449,12 @@ class SessionLifecycle:
                         resource="profile",
                         ref=self.profile.id,
                     ) from exc
-                except OSError as exc:  # the disk is full, the home went away, ...
-                    reason = f"writing the state failed: {exc}"
+                except (OSError, StorageUnavailable) as exc:  # a full disk, a lost home, ...
+                    cause = exc.cause if isinstance(exc, StorageUnavailable) else str(exc)
+                    reason = f"writing the state failed: {cause}"
                     raise StateCommitFailed(
                         f"Could not write the state of profile {self.profile.name!r} back: "
-                        f"{exc}. The previous committed state is kept; free space or fix the "
+                        f"{cause}. The previous committed state is kept; free space or fix the "
                         f"store home ({self.store.home}) and run the session again.",
                         profile_id=self.profile.id,
                     ) from exc
@@ -304,8 +480,11 @@ class SessionLifecycle:
         self._release()
 
     def _release(self) -> None:
+        if self._reader is not None:
+            self._reader.release()
+            self._reader = None
         if self._private_dir is not None:
-            shutil.rmtree(self._private_dir, ignore_errors=True)
+            self._private_dir.release()
             self._private_dir = None
         if self.lock is not None:
             self.lock.release()

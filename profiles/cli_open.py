@@ -1,5 +1,7 @@
 """``profiles open``: a browser session on a profile from a shell, ended by the window,
-Ctrl-C or SIGTERM. Loaded only when the command runs, because it imports the driver."""
+Ctrl-C, SIGTERM or SIGHUP (to the process or to its whole process group, as GNU ``timeout``
+and job runners send them). Loaded only when the command runs, because it imports the
+driver."""
 
 from __future__ import annotations
 
@@ -14,7 +16,8 @@ from types import FrameType
 from typing import TYPE_CHECKING
 
 from profiles.cli import UsageError, _err, _json, _out, _size, log
-from profiles.errors import StateCommitFailed
+from profiles.errors import ProfileError, StateCommitFailed
+from profiles.redact import describe_error, redact_url
 from profiles.store import ProfileStore
 
 if TYPE_CHECKING:
@@ -37,42 +40,80 @@ def _check_display(args: argparse.Namespace) -> None:
 
 
 class _Terminated(BaseException):
-    """SIGTERM during ``profiles open``: end the session as Ctrl-C does. A BaseException,
-    like KeyboardInterrupt, so that asyncio and Playwright hand it to the waiting caller."""
+    """SIGTERM or SIGHUP during ``profiles open``: end the session as Ctrl-C does. A
+    BaseException, like KeyboardInterrupt, so that asyncio and Playwright hand it to the
+    waiting caller."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
 
 
-def _raise_terminated(signum: int, frame: FrameType | None) -> None:
-    raise _Terminated
+class _Signals:
+    """What Ctrl-C, SIGTERM and SIGHUP do while ``profiles open`` runs: the first one ends
+    the wait (or the start-up); any later one, and any that arrives once the session is
+    ending, is ignored so that closing the browser and saving finish. GNU ``timeout``, for
+    one, signals its child and then its whole process group: the child gets two."""
+
+    def __init__(self) -> None:
+        self.received: int | None = None
+        self.ending = False
+
+    def handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.received is not None or self.ending:
+            log.info("signal %d: already closing the browser", signum)
+            return
+        self.received = signum
+        if signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        raise _Terminated(signum)
 
 
 @contextlib.contextmanager
-def _sigterm_ends_the_wait() -> Iterator[None]:
+def _signals_end_the_session() -> Iterator[_Signals]:
+    signals = _Signals()
     if threading.current_thread() is not threading.main_thread():
-        yield
+        yield signals
         return
-    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    wanted = [getattr(signal, n) for n in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, n)]
+    previous = {sig: signal.signal(sig, signals.handle) for sig in wanted}
     try:
-        yield
+        yield signals
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _wait_until_closed(session: Session, banner: str) -> bool:
-    """Print ``banner``, then block until the browser goes away (True), or Ctrl-C or
-    SIGTERM (False)."""
+    """Print ``banner``, then block until the browser goes away (True), or Ctrl-C, SIGTERM
+    or SIGHUP (False)."""
     from playwright.sync_api import Error as PlaywrightError
 
     try:
-        with _sigterm_ends_the_wait():
-            _err(banner)  # inside the try: a Ctrl-C right after it must not escape
-            # Playwright raises a signal's exception that arrives during a sync wait in the
-            # caller and keeps its loop intact, so the session can still close and commit.
-            session.context.wait_for_event("close", timeout=0)
+        _err(banner)  # inside the try: a Ctrl-C right after it must not escape
+        # Playwright raises a signal's exception that arrives during a sync wait in the
+        # caller and keeps its loop intact, so the session can still close and commit.
+        session.context.wait_for_event("close", timeout=0)
     except (KeyboardInterrupt, _Terminated):
         return False
     except PlaywrightError as exc:  # the driver connection went away
-        log.warning("lost the browser: %s", exc)
+        log.warning("lost the browser: %s", describe_error(exc))
     return True
+
+
+def _start_failed(exc: Exception, args: argparse.Namespace) -> ProfileError:
+    """The browser did not start, or the page at --url did not open: one clear error."""
+    from driver.session import START_URL_NOTE
+
+    what = describe_error(exc).removeprefix("Error: ")
+    notes = getattr(exc, "__notes__", None) or []
+    if args.url and any(str(note).startswith(START_URL_NOTE) for note in notes):
+        url = redact_url(args.url)
+        error = ProfileError(f"could not open URL {url}: {what}", url=url)
+        error.code = "NavigationFailed"
+        error.status = 502
+        return error
+    return ProfileError(f"could not start the browser: {what}")
 
 
 def run_open(store: ProfileStore, args: argparse.Namespace) -> None:
@@ -91,21 +132,21 @@ def run_open(store: ProfileStore, args: argparse.Namespace) -> None:
         # A person closing the window is how a headed session ends: commit then.
         commit_on_browser_close=args.headed,
     )
+    from playwright.sync_api import Error as PlaywrightError
+
     browser_went_away = False
-    with session:
-        before = session.profile
-        name = before.name
-        if not args.exit:
-            saves = "nothing is saved: read-only" if args.readonly else "that saves the profile"
-            if args.headed:
-                hint = f"Close the browser window or press Ctrl-C here ({saves})."
-            else:
-                hint = f"Press Ctrl-C to close the browser ({saves})."
-            where = f" at {args.url}" if args.url else ""
-            banner = f"Browser open on profile {name}{where}. {hint}"
-            browser_went_away = _wait_until_closed(session, banner)
-            if not browser_went_away:
-                _err("closing the browser" + ("" if args.readonly else " and saving the profile"))
+    with _signals_end_the_session() as signals:
+        try:
+            with session:
+                before = session.profile
+                name = before.name
+                if not args.exit:
+                    browser_went_away = _wait(session, args, name)
+                signals.ending = True
+        except PlaywrightError as exc:  # from the start: the launch or the --url
+            raise _start_failed(exc, args) from None
+        except _Terminated as terminated:  # during the start-up: nothing to save yet
+            raise SystemExit(128 + terminated.signum) from None
     after = session.profile
     saved = after.blob_uploaded_at != before.blob_uploaded_at
     if not args.readonly and not saved:
@@ -125,3 +166,17 @@ def run_open(store: ProfileStore, args: argparse.Namespace) -> None:
     else:
         size, domains = _size(after.blob_size), len(after.cookie_domains)
         _out(f"saved {after.name}: {after.status}, {size}, cookies of {domains} domains")
+
+
+def _wait(session: Session, args: argparse.Namespace, name: str) -> bool:
+    saves = "nothing is saved: read-only" if args.readonly else "that saves the profile"
+    if args.headed:
+        hint = f"Close the browser window or press Ctrl-C here ({saves})."
+    else:
+        hint = f"Press Ctrl-C to close the browser ({saves})."
+    where = f" at {redact_url(args.url)}" if args.url else ""
+    banner = f"Browser open on profile {name}{where}. {hint}"
+    browser_went_away = _wait_until_closed(session, banner)
+    if not browser_went_away:
+        _err("closing the browser" + ("" if args.readonly else " and saving the profile"))
+    return browser_went_away

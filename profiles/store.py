@@ -89,7 +89,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_CODEC: Final[Codec] = "zstd"
 DEFAULT_CACHE_MAX_BYTES: Final = 2 * 1024**3  # working copies kept on disk, all profiles
-SCRATCH_PREFIXES = ("import-", "inspect-")
+SCRATCH_PREFIXES = ("import-", "inspect-", "commit-", "readonly-")
 MAX_DERIVED_NAMES = 99
 MAX_LABEL_LENGTH = 128
 ORPHAN_MIN_AGE = 3600.0  # seconds an unreferenced blob may be a commit in flight

@@ -6,7 +6,6 @@ import contextlib
 import json
 import multiprocessing
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -352,19 +351,22 @@ def test_downgrade_guard(store: ProfileStore, http_server: str) -> None:
     require_engine("chromium")
     with Session(profile="newer", store=store) as page:
         page.goto(f"{http_server}/")
-    profile = store.get("newer")
-    # Pretend the state was last written by a far newer Chromium.
-    with store.catalog.transaction() as tx:
-        tx.update_profile(profile.model_copy(update={"browser_version": "999.0.0.0"}))
+    written_by = store.get("newer").browser_version
+    assert written_by and not written_by.startswith("1.")
+    # Pretend the Chromium at hand is far older than the one that wrote the state: the
+    # version probe's cache (keyed by the binary's identity) says so.
+    cache = store.home / "browser-versions.json"
+    versions = json.loads(cache.read_text())
+    cache.write_text(json.dumps(dict.fromkeys(versions, "1.0.0.0")))
     with (
-        pytest.raises(BrowserDowngrade, match=r"999\.0\.0\.0"),
+        pytest.raises(BrowserDowngrade, match=r"newer than the 1\.0\.0\.0"),
         Session(profile="newer", store=store),
     ):
         pass
     assert not store.lock("newer").is_locked
     with Session(profile="newer", store=store, allow_downgrade=True) as page:
         page.goto(f"{http_server}/")
-    assert store.get("newer").browser_version != "999.0.0.0"
+    assert store.get("newer").usage_count == 2
 
 
 def test_missing_engine_says_what_to_install(
@@ -571,17 +573,18 @@ def test_a_commit_that_cannot_write_keeps_the_previous_state(
     with Session(profile="nospace", store=store) as page:
         page.goto(f"{http_server}/")
     committed = store.get("nospace").checksum
-    scratch = store.home / "blobs" / "tmp"
+    objects = store.home / "blobs" / "sha256"
+    away = objects.with_name("sha256.away")
     with (
         pytest.raises(StateCommitFailed, match="previous committed state is kept"),
         Session(profile="nospace", store=store) as page,
     ):
         page.goto(f"{http_server}/")
         page.evaluate("window.bumpCounter()")
-        shutil.rmtree(scratch)
-        scratch.write_text("a file where the blob store writes: every write fails")
-    scratch.unlink()
-    scratch.mkdir()
+        objects.rename(away)
+        objects.write_text("a file where the blob store writes: every write fails")
+    objects.unlink()
+    away.rename(objects)
     assert store.get("nospace").checksum == committed
     ended = store.audit(profile="nospace", limit=1).data[0]
     assert ended.type == "session.ended" and ended.payload["committed"] is False
@@ -589,3 +592,270 @@ def test_a_commit_that_cannot_write_keeps_the_previous_state(
     with Session(profile="nospace", store=store, lock_timeout=0) as page:  # lock is free
         page.goto(f"{http_server}/")
         assert page.evaluate("window.readCounter()") == 0
+
+
+# ---------------------------------------------------------------- closing inside the block
+
+
+@pytest.mark.parametrize("how", ["context", "browser", "last-page"])
+def test_closing_inside_the_block_commits(
+    store: ProfileStore, http_server: str, engine: Engine, how: str
+) -> None:
+    """``context.close()``, ``browser.close()`` or closing the last page is a normal way to
+    end: the browser flushed its state, so the session commits it."""
+    name = f"closed-{how}-{engine}"
+    with Session(profile=name, store=store, archetype=ARCHETYPE_OF[engine]) as page:
+        page.goto(f"{http_server}/set-cookie")
+        page.evaluate("localStorage.setItem('counter', '8')")
+        if how == "context":
+            page.context.close()
+        elif how == "browser":
+            browser = page.context.browser
+            if browser is None:
+                pytest.skip(f"{engine}: a persistent context has no Browser object")
+            browser.close()
+        else:
+            page.close()
+    ended = store.audit(profile=name, limit=1).data[0]
+    assert ended.type == "session.ended"
+    assert ended.payload["outcome"] == "ok", ended.payload
+    assert ended.payload["committed"] is True
+    with Session(profile=name, store=store, readonly=True) as page:
+        page.goto(f"{http_server}/")
+        assert page.evaluate("window.readCounter()") == 8
+        names = {c["name"] for c in page.context.cookies()}
+    assert names == {"persistent", "sessiononly"}  # captured before the close
+
+
+@pytest.mark.asyncio
+async def test_async_context_close_inside_the_block_commits(
+    store: ProfileStore, http_server: str
+) -> None:
+    require_engine("firefox")
+    async with AsyncSession(profile="aclose", store=store, archetype="desktop-firefox") as page:
+        await page.goto(f"{http_server}/")
+        await page.evaluate("localStorage.setItem('counter', '4')")
+        await page.context.close()
+    ended = store.audit(profile="aclose", limit=1).data[0]
+    assert ended.payload["committed"] is True and ended.payload["outcome"] == "ok"
+    async with AsyncSession(profile="aclose", store=store, readonly=True) as page:
+        await page.goto(f"{http_server}/")
+        assert await page.evaluate("window.readCounter()") == 4
+
+
+def test_a_killed_firefox_keeps_the_previous_state(store: ProfileStore, http_server: str) -> None:
+    require_engine("firefox")
+    with Session(profile="fxcrash", store=store, archetype="desktop-firefox") as page:
+        page.goto(f"{http_server}/")
+        page.evaluate("localStorage.setItem('counter', '5')")
+    committed = store.get("fxcrash").checksum
+    with Session(profile="fxcrash", store=store) as page:
+        page.goto(f"{http_server}/")
+        page.evaluate("localStorage.setItem('counter', '6')")
+        os.kill(_browser_pid(store, "fxcrash"), signal.SIGKILL)
+        deadline = time.monotonic() + 20
+        while page.context.pages and time.monotonic() < deadline:
+            time.sleep(0.1)
+    assert store.get("fxcrash").checksum == committed
+    ended = store.audit(profile="fxcrash", limit=1).data[0]
+    assert ended.payload["outcome"] == "crashed" and ended.payload["committed"] is False
+
+
+# ---------------------------------------------------------------- a failing start_url
+
+
+def test_a_failing_start_url_records_the_end(store: ProfileStore, http_server: str) -> None:
+    require_engine("chromium")
+    with Session(profile="badurl", store=store) as page:
+        page.goto(f"{http_server}/")
+        page.evaluate("localStorage.setItem('counter', '2')")
+    committed = store.get("badurl").checksum
+    bad = "http://user:hunter2@127.0.0.1:9/login?token=s3cr3t"
+    with pytest.raises(PlaywrightError), Session(profile="badurl", store=store, start_url=bad):
+        pass
+    events = store.audit(profile="badurl", limit=2).data
+    assert [e.type for e in events] == ["session.ended", "session.created"]
+    ended = events[0].payload
+    assert ended["outcome"] == "error" and ended["committed"] is False
+    assert ended["error"].startswith("Error: ")
+    assert "s3cr3t" not in ended["error"] and "hunter2" not in ended["error"]
+    assert store.get("badurl").checksum == committed
+    assert not store.lock("badurl").is_locked
+    with Session(profile="badurl", store=store, readonly=True) as page:
+        page.goto(f"{http_server}/")
+        assert page.evaluate("window.readCounter()") == 2
+
+
+@pytest.mark.parametrize("as_json", [False, True])
+def test_profiles_open_with_a_failing_url_prints_one_error(home: Path, as_json: bool) -> None:
+    require_engine("chromium")
+    url = "http://127.0.0.1:9/callback?code=s3cr3t"
+    command = [sys.executable, "-m", "profiles", "--home", str(home)]
+    command += [*(["--json"] if as_json else []), "open", "openfail", "--url", url, "--exit"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode != 0
+    assert "Traceback" not in done.stderr
+    assert "s3cr3t" not in done.stderr
+    assert done.stdout == ""
+    last = done.stderr.strip().splitlines()[-1]
+    if as_json:
+        error = json.loads(last)["error"]
+        assert "could not open" in error["message"]
+        assert "127.0.0.1:9" in error["message"]
+    else:
+        assert last.startswith("error: could not open"), done.stderr
+        assert "127.0.0.1:9" in last
+
+
+# ---------------------------------------------------------------- typos, readonly
+
+
+def test_a_new_profile_close_to_an_existing_name_warns(
+    store: ProfileStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    require_engine("chromium")
+    store.create("production")
+    with caplog.at_level("WARNING", logger="driver"), Session(profile="prodcution", store=store):
+        pass
+    assert "created new profile 'prodcution'; did you mean 'production'?" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="driver"), Session(profile="unrelated", store=store):
+        pass
+    assert "did you mean" not in caplog.text
+
+
+def test_readonly_never_creates(store: ProfileStore) -> None:
+    store.create("production")
+    with (
+        pytest.raises(NotFound, match="production"),
+        Session(profile="prodcution", store=store, readonly=True),
+    ):
+        pass
+    assert [p.name for p in store.list().data] == ["production"]
+
+
+# ---------------------------------------------------------------- option validation
+
+
+@pytest.mark.parametrize(
+    ("options", "field"),
+    [
+        ({"save": "sometimes"}, "save"),
+        ({"lock_timeout": -1}, "lock_timeout"),
+        ({"viewport": {"width": "x", "height": 600}}, "viewport.width"),
+        ({"viewport": {"width": 800}}, "viewport"),
+        ({"viewport": "800x600"}, "viewport"),
+        ({"headless": "yes"}, "headless"),
+        ({"readonly": 1}, "readonly"),
+        ({"proxy": {"username": "u", "password": "p4ssw0rd"}}, "proxy"),
+        ({"proxy": "http://proxy:3128"}, "proxy"),
+        ({"launch_options": ["--foo"]}, "launch_options"),
+        ({"args": "--foo"}, "args"),
+        ({"args": ["--ok", 3]}, "args.1"),
+        ({"start_url": 5}, "start_url"),
+        ({"playwright": "not a playwright"}, "playwright"),
+    ],
+)
+def test_bad_options_raise_validation_failed(
+    store: ProfileStore, options: dict[str, object], field: str
+) -> None:
+    for cls in (Session, AsyncSession):
+        with pytest.raises(ValidationFailed) as err:
+            cls(profile="opts", store=store, **options)  # type: ignore[arg-type]
+        assert err.value.field == field, err.value.message
+        assert field.split(".")[0] in err.value.message
+        assert "p4ssw0rd" not in err.value.message
+    assert err.value.code == "ValidationFailed"
+    with pytest.raises(ValidationFailed, match="'always', 'on_success' or 'never'"):
+        Session(profile="opts", store=store, save="sometimes")  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------- the caller's Playwright
+
+
+def test_session_in_a_thread_running_sync_playwright(store: ProfileStore, http_server: str) -> None:
+    require_engine("chromium")
+    from playwright.sync_api import sync_playwright
+
+    p = sync_playwright().start()
+    try:
+        with (
+            pytest.raises(RuntimeError, match=r"sync Playwright.*playwright=p") as err,
+            Session(profile="mine", store=store),
+        ):
+            pass
+        assert "asyncio event loop" not in str(err.value)
+        with Session(profile="mine", store=store, playwright=p) as page:
+            page.goto(f"{http_server}/")
+            page.evaluate("window.bumpCounter()")
+        with Session(profile="mine", store=store, playwright=p) as page:  # p still runs
+            page.goto(f"{http_server}/")
+            assert page.evaluate("window.readCounter()") == 1
+        browser = p.chromium.launch(**find_browser("chromium").launch_options())
+        browser.close()
+    finally:
+        p.stop()
+
+
+@pytest.mark.asyncio
+async def test_async_session_with_the_callers_playwright(
+    store: ProfileStore, http_server: str
+) -> None:
+    require_engine("chromium")
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as p:
+        async with AsyncSession(profile="amine", store=store, playwright=p) as page:
+            await page.goto(f"{http_server}/")
+            await page.evaluate("window.bumpCounter()")
+        async with AsyncSession(profile="amine", store=store, playwright=p) as page:
+            await page.goto(f"{http_server}/")
+            assert await page.evaluate("window.readCounter()") == 1
+
+
+# ---------------------------------------------------------------- merged options
+
+
+def test_launch_options_add_to_the_sessions_options(
+    store: ProfileStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    require_engine("chromium")
+    from driver.lifecycle import SessionLifecycle, SessionOptions
+
+    store.create("merge", archetype="pixel-7")
+    options = SessionOptions(
+        args=("--lang=fr",),
+        viewport={"width": 800, "height": 600},
+        proxy={"server": "http://127.0.0.1:3128", "username": "u", "password": "p4ssw0rd"},
+        launch_options={
+            "args": ["--mute-audio", "--lang=fr"],
+            "extra_http_headers": {"X-Test": "1"},
+            "viewport": {"height": 700},
+        },
+    )
+    life = SessionLifecycle("merge", store, options)
+    with caplog.at_level("INFO", logger="driver"):
+        plan = life.prepare()
+    life.abort()
+    assert plan.options["args"] == ["--lang=fr", "--mute-audio"]
+    assert plan.options["viewport"] == {"width": 800, "height": 700}
+    assert plan.options["extra_http_headers"] == {"X-Test": "1"}
+    assert plan.options["is_mobile"] is True and plan.options["has_touch"] is True
+    lines = [r.getMessage() for r in caplog.records if "archetype" in r.getMessage()]
+    assert len(lines) == 1, lines
+    assert "pixel-7" in lines[0]
+    assert "device_scale_factor" in lines[0] and "overridden" in lines[0]
+    assert "viewport" in lines[0]
+    assert "p4ssw0rd" not in caplog.text
+
+
+def test_session_args_reach_the_browser(store: ProfileStore, http_server: str) -> None:
+    require_engine("chromium")
+    with Session(
+        profile="lang",
+        store=store,
+        args=["--lang=de-DE"],
+        launch_options={"args": ["--accept-lang=de-DE"], "extra_http_headers": {"X-A": "1"}},
+    ) as page:
+        page.goto(f"{http_server}/")
+        assert page.evaluate("navigator.language").startswith("de")

@@ -1,0 +1,340 @@
+"""Signals and sessions, with real process groups and real browsers.
+
+A signal to the whole process group (GNU ``timeout``, ``kill -TERM -- -PGID``, systemd's
+``KillMode=control-group``, CI job runners, Ctrl-C in a terminal) must end a session the way
+a signal to its pid does: the ``with`` block ends, the browser closes and the state is
+committed. A SIGKILL must leave no driver or browser process behind.
+
+Every child here leads its own process group (``start_new_session=True``), so a group signal
+never reaches pytest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from driver import AsyncSession, Session
+from profiles import ProfileStore
+from profiles.state_rules import Engine
+
+from conftest import ARCHETYPE_OF, require_engine
+
+pytestmark = pytest.mark.browser
+
+PROFILE = "sig"
+VALUE = 42
+
+CHILD = textwrap.dedent(
+    """
+    import asyncio, sys, time
+    from driver import AsyncSession, Session
+    from profiles import ProfileStore
+
+    home, base, archetype, mode = sys.argv[1:5]
+    SET = "localStorage.setItem('counter', '42')"
+
+
+    def run_sync(wait_in_playwright):
+        store = ProfileStore(home)
+        with Session(profile="sig", store=store, archetype=archetype) as page:
+            page.goto(base + "/set-cookie")
+            page.evaluate(SET)
+            print("ready", flush=True)
+            if wait_in_playwright:
+                page.wait_for_timeout(600_000)
+            else:
+                time.sleep(600)
+
+
+    async def run_async():
+        store = ProfileStore(home)
+        async with AsyncSession(profile="sig", store=store, archetype=archetype) as page:
+            await page.goto(base + "/set-cookie")
+            await page.evaluate(SET)
+            print("ready", flush=True)
+            await asyncio.sleep(600)
+
+
+    if mode == "sync":
+        run_sync(False)
+    elif mode == "sync-pw-wait":
+        run_sync(True)
+    else:
+        asyncio.run(run_async())
+    """
+)
+
+
+def _child_command(tmp_path: Path, home: Path, base: str, engine: Engine, mode: str) -> list[str]:
+    script = tmp_path / "child.py"
+    script.write_text(CHILD)
+    if mode == "cli":
+        return [
+            sys.executable,
+            "-m",
+            "profiles",
+            "--home",
+            str(home),
+            "open",
+            PROFILE,
+            "--archetype",
+            ARCHETYPE_OF[engine],
+            "--url",
+            f"{base}/set-cookie",
+        ]
+    return [sys.executable, str(script), str(home), base, ARCHETYPE_OF[engine], mode]
+
+
+@contextlib.contextmanager
+def _running(command: list[str], *, cli: bool) -> Iterator[subprocess.Popen[str]]:
+    """Start ``command`` as the leader of a new process group and wait until its session is
+    open (``ready`` on stdout, or the banner of ``profiles open`` on stderr)."""
+    child = subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE if cli else None,
+        text=True,
+        start_new_session=True,
+        cwd=Path(__file__).parent.parent,
+    )
+    try:
+        stream = child.stderr if cli else child.stdout
+        assert stream is not None
+        seen = []
+        while True:
+            line = stream.readline()
+            seen.append(line)
+            if not line:
+                raise AssertionError(f"the child ended before its session opened: {seen}")
+            if (cli and line.startswith("Browser open")) or (not cli and line.strip() == "ready"):
+                break
+        yield child
+    finally:
+        if child.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(child.pid, signal.SIGKILL)
+            child.wait(timeout=60)
+        for pipe in (child.stdout, child.stderr):
+            if pipe is not None:
+                pipe.close()
+
+
+def _assert_committed(home: Path, base: str, *, localstorage: bool) -> None:
+    """The last session on the profile ended cleanly and committed what the child did."""
+    with ProfileStore(home) as store:
+        profile = store.get(PROFILE)
+        assert profile.status == "ready"
+        events = store.audit(profile=PROFILE, limit=100).data
+        ended = [e for e in events if e.type == "session.ended"]
+        assert ended, [e.type for e in events]
+        assert ended[0].payload["committed"] is True, ended[0].payload
+        assert ended[0].payload["outcome"] in ("ok", "error"), ended[0].payload
+        assert "127.0.0.1" in profile.cookie_domains
+        with Session(profile=PROFILE, store=store, readonly=True) as page:
+            page.goto(f"{base}/")
+            page.wait_for_function("document.getElementById('status').textContent === 'ready'")
+            cookies = {c["name"] for c in page.context.cookies()}
+            counter = page.evaluate("window.readCounter()")
+    assert {"persistent", "sessiononly"} <= cookies
+    if localstorage:
+        assert counter == VALUE
+
+
+def _expected_status(mode: str, how: str) -> int:
+    if mode == "cli":
+        return 0  # 'profiles open' ends its wait on the signal, saves and succeeds
+    if how == "SIGINT":
+        return -signal.SIGINT  # an unhandled KeyboardInterrupt re-raises SIGINT (shell: 130)
+    return 128 + signal.SIGTERM
+
+
+@pytest.mark.parametrize("how", ["timeout", "SIGTERM", "SIGINT"])
+@pytest.mark.parametrize("mode", ["sync", "async", "cli"])
+def test_a_signal_to_the_process_group_commits(
+    tmp_path: Path, home: Path, http_server: str, engine: Engine, mode: str, how: str
+) -> None:
+    command = _child_command(tmp_path, home, http_server, engine, mode)
+    if how == "timeout":
+        # GNU timeout signals its child and then its whole process group. SIGALRM is how
+        # timeout's own timer fires, so sending it one now is the deadline, without waiting.
+        command = ["timeout", "--preserve-status", "-s", "TERM", "300", *command]
+    with _running(command, cli=mode == "cli") as child:
+        if how == "timeout":
+            os.kill(child.pid, signal.SIGALRM)
+        else:
+            os.killpg(child.pid, getattr(signal, how))
+        status = child.wait(timeout=120)
+        out = child.stdout.read() if mode == "cli" and child.stdout else ""
+    assert status == _expected_status(mode, how)
+    if mode == "cli":
+        assert out.startswith(f"saved {PROFILE}: ready"), out
+    _assert_committed(home, http_server, localstorage=mode != "cli")
+
+
+def test_a_group_sigterm_while_waiting_inside_playwright_commits(
+    tmp_path: Path, home: Path, http_server: str
+) -> None:
+    require_engine("chromium")
+    command = _child_command(tmp_path, home, http_server, "chromium", "sync-pw-wait")
+    with _running(command, cli=False) as child:
+        os.killpg(child.pid, signal.SIGTERM)
+        assert child.wait(timeout=120) == 128 + signal.SIGTERM
+    _assert_committed(home, http_server, localstorage=True)
+
+
+def test_async_session_commits_on_sigterm_to_its_pid(
+    tmp_path: Path, home: Path, http_server: str
+) -> None:
+    require_engine("chromium")
+    command = _child_command(tmp_path, home, http_server, "chromium", "async")
+    with _running(command, cli=False) as child:
+        child.send_signal(signal.SIGTERM)
+        assert child.wait(timeout=120) == 128 + signal.SIGTERM
+    _assert_committed(home, http_server, localstorage=True)
+
+
+def _processes() -> dict[int, tuple[int, str, bytes]]:
+    """pid -> (parent pid, state, command line) of every process, from /proc."""
+    found: dict[int, tuple[int, str, bytes]] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        fields = stat.rsplit(")", 1)[1].split()
+        found[int(entry.name)] = (int(fields[1]), fields[0], cmdline)
+    return found
+
+
+def _alive(pid: int) -> bool:
+    info = _processes().get(pid)
+    return info is not None and info[1] != "Z"
+
+
+def test_sigkill_of_the_group_leaves_no_driver_or_browser_behind(
+    tmp_path: Path, home: Path, http_server: str, engine: Engine
+) -> None:
+    with ProfileStore(home) as store:
+        store.create(PROFILE, archetype=ARCHETYPE_OF[engine])
+        work = str(store.working_copies.path(store.get(PROFILE).id)).encode()
+    command = _child_command(tmp_path, home, http_server, engine, "sync")
+    with _running(command, cli=False) as child:
+        procs = _processes()
+        drivers = [
+            pid
+            for pid, (ppid, _, cmd) in procs.items()
+            if ppid == child.pid and b"run-driver" in cmd
+        ]
+        browsers = [pid for pid, (_, _, cmd) in procs.items() if work in cmd]
+        assert len(drivers) == 1, procs
+        assert browsers
+        # The driver has a process group of its own: a signal to ours does not reach it.
+        assert os.getpgid(drivers[0]) != os.getpgid(child.pid)
+        os.killpg(child.pid, signal.SIGKILL)
+        assert child.wait(timeout=60) == -signal.SIGKILL
+    # Its stdin closed with our process: the driver closes the browser and exits.
+    deadline = time.monotonic() + 60
+    left = [pid for pid in drivers + browsers if _alive(pid)]
+    while left and time.monotonic() < deadline:
+        time.sleep(0.2)
+        left = [pid for pid in left if _alive(pid)]
+    assert not left, {pid: _processes().get(pid) for pid in left}
+    with ProfileStore(home) as store:  # nothing was committed; the lock is free
+        assert store.get(PROFILE).status != "ready"
+        with Session(profile=PROFILE, store=store, lock_timeout=0) as page:
+            page.goto(f"{http_server}/")
+            assert page.evaluate("window.readCounter()") == 0
+
+
+# --------------------------------------------------------------- AsyncSession and handlers
+
+
+@pytest.mark.asyncio
+async def test_async_session_sigterm_in_process_ends_the_block_and_restores(
+    store: ProfileStore, http_server: str
+) -> None:
+    require_engine("chromium")
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    with pytest.raises(SystemExit) as exited:
+        async with AsyncSession(profile="term", store=store) as page:
+            await page.goto(f"{http_server}/")
+            await page.evaluate("localStorage.setItem('counter', '3')")
+            assert signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL
+            os.kill(os.getpid(), signal.SIGTERM)
+            await asyncio.sleep(60)
+            raise AssertionError("SIGTERM did not end the block")
+    assert exited.value.code == 128 + signal.SIGTERM
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    ended = store.audit(profile="term", limit=1).data[0]
+    assert ended.type == "session.ended" and ended.payload["committed"] is True
+    async with AsyncSession(profile="term", store=store, readonly=True) as page:
+        await page.goto(f"{http_server}/")
+        assert await page.evaluate("window.readCounter()") == 3
+
+
+@pytest.mark.asyncio
+async def test_async_session_leaves_the_applications_loop_handler_alone(
+    store: ProfileStore, http_server: str
+) -> None:
+    require_engine("chromium")
+    loop = asyncio.get_running_loop()
+    received = asyncio.Event()
+    loop.add_signal_handler(signal.SIGTERM, received.set)
+    try:
+        async with AsyncSession(profile="app-loop", store=store) as page:
+            await page.goto(f"{http_server}/")
+            os.kill(os.getpid(), signal.SIGTERM)
+            await asyncio.wait_for(received.wait(), 30)  # the app's handler ran, not ours
+            assert await page.evaluate("1 + 1") == 2  # and the session is still open
+        received.clear()
+        os.kill(os.getpid(), signal.SIGTERM)  # still the app's handler after the session
+        await asyncio.wait_for(received.wait(), 30)
+    finally:
+        loop.remove_signal_handler(signal.SIGTERM)
+    ended = store.audit(profile="app-loop", limit=1).data[0]
+    assert ended.payload["outcome"] == "ok" and ended.payload["committed"] is True
+
+
+@pytest.mark.asyncio
+async def test_async_session_leaves_a_python_sigterm_handler_alone(store: ProfileStore) -> None:
+    require_engine("chromium")
+    calls: list[int] = []
+
+    def handler(signum: int, frame: object) -> None:
+        calls.append(signum)
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        async with AsyncSession(profile="app-py", store=store):
+            assert signal.getsignal(signal.SIGTERM) is handler
+            os.kill(os.getpid(), signal.SIGTERM)
+            await asyncio.sleep(0.1)
+        assert signal.getsignal(signal.SIGTERM) is handler
+        assert calls == [signal.SIGTERM]
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def test_sync_session_restores_the_default_sigterm(store: ProfileStore) -> None:
+    require_engine("chromium")
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    with Session(profile="restore", store=store):
+        assert signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL
+        with Session(profile="restore-2", store=store):
+            pass
+        assert signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL  # the outer still open
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
