@@ -28,7 +28,14 @@ from typing import Any, BinaryIO, Final, TypeVar
 from profiles.archetypes import DEFAULT_ARCHETYPE, get_archetype
 from profiles.blobs.base import BlobStore
 from profiles.catalog.base import Catalog, CatalogTransaction, LeaseGrant, StateUpdate
-from profiles.errors import Conflict, NotFound, ProfileError, StorageUnavailable, ValidationFailed
+from profiles.errors import (
+    Conflict,
+    NoStateData,
+    NotFound,
+    ProfileError,
+    StorageUnavailable,
+    ValidationFailed,
+)
 from profiles.locks import Holder
 from profiles.models import (
     AuditEvent,
@@ -192,8 +199,10 @@ class ProfileService(ABC):
 
     # state bytes, as streams
     @abstractmethod
-    def open_state(self, checksum: str) -> BinaryIO:
-        """The committed state's bytes, read from start to end (never seeked)."""
+    def open_state(self, profile: Profile) -> BinaryIO:
+        """The bytes of ``profile``'s committed state as this record names them
+        (``profile.checksum``), read from start to end (never seeked). ``NoStateData`` when
+        it has none."""
 
     @abstractmethod
     def store_state(
@@ -276,8 +285,13 @@ class CatalogService(ProfileService):
         self._free_blobs(profile.checksum)
         return profile
 
-    def open_state(self, checksum: str) -> BinaryIO:
-        return self.blobs.open(checksum)
+    def open_state(self, profile: Profile) -> BinaryIO:
+        if profile.checksum is None:
+            raise NoStateData(
+                f"Profile has no data to download: {profile.name!r} is {profile.status}.",
+                field="profile",
+            )
+        return self.blobs.open(profile.checksum)
 
     def store_state(
         self,

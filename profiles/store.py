@@ -714,7 +714,7 @@ class ProfileStore:
                     remove_tree(path)
                     path.mkdir(mode=0o700, parents=True)
                 else:
-                    with self.service.open_state(profile.checksum) as src:
+                    with self.service.open_state(profile) as src:
                         unpack_archive(src, path, limits=self.limits, replace=True)
             else:
                 self.working_copies.mark_dirty(profile.id)  # a browser is about to change it
@@ -750,7 +750,7 @@ class ProfileStore:
             if profile.checksum is None:
                 target.mkdir(mode=0o700, parents=True)
                 return profile
-            with self.service.open_state(profile.checksum) as src:
+            with self.service.open_state(profile) as src:
                 unpack_archive(src, target, limits=self.limits)
         return profile
 
@@ -821,22 +821,7 @@ class ProfileStore:
             self._storage_faults("importing a state"),
             owned_dir(self._tmp, "import-") as staging,
         ):
-            state = staging / "state"
-            unpack_archive(reader, state, limits=self.limits)
-            engine = detect_engine(state)
-            if engine is None:
-                raise ArchiveInvalid(
-                    "The archive holds no Chromium, Firefox or WebKit profile at its "
-                    "top level; pack the browser's user-data-dir itself.",
-                    field="file",
-                )
-            if engine != profile.browser_name:
-                raise ValidationFailed(
-                    f"The archive holds a {engine} profile but {profile.name!r} is "
-                    f"pinned to {profile.archetype!r} ({profile.browser_name}). Create "
-                    f"a profile with a {engine} archetype for it.",
-                    field="file",
-                )
+            state = self._unpack_checked(profile, reader, staging)
             self.working_copies.mark_dirty(profile.id)
             updated = self.commit_state(
                 profile.id, state, browser_version=browser_version, epoch=epoch
@@ -847,6 +832,56 @@ class ProfileStore:
             if updated.checksum:
                 self.working_copies.mark_clean(profile.id, updated.checksum)
             return updated
+
+    def _unpack_checked(self, profile: Profile, reader: IO[bytes], staging: Path) -> Path:
+        """Unpack a hostile archive into ``staging/state`` and check it holds a profile of
+        ``profile``'s engine."""
+        state = staging / "state"
+        unpack_archive(reader, state, limits=self.limits)
+        engine = detect_engine(state)
+        if engine is None:
+            raise ArchiveInvalid(
+                "The archive holds no Chromium, Firefox or WebKit profile at its "
+                "top level; pack the browser's user-data-dir itself.",
+                field="file",
+            )
+        if engine != profile.browser_name:
+            raise ValidationFailed(
+                f"The archive holds a {engine} profile but {profile.name!r} is "
+                f"pinned to {profile.archetype!r} ({profile.browser_name}). Create "
+                f"a profile with a {engine} archetype for it.",
+                field="file",
+            )
+        return state
+
+    def commit_archive(
+        self,
+        ref: str,
+        source: IO[bytes],
+        *,
+        epoch: int | None,
+        browser_version: str | None = None,
+        event: AuditType = "state.uploaded",
+        **payload: Any,
+    ) -> Profile:
+        """Commit an archive a remote writer sent (a session's state through a service over
+        HTTP): unpacked and checked as hostile input, then committed under the writer's
+        lease ``epoch`` (``LeaseLost`` if it is no longer current). The caller holds the
+        lease; nothing here takes it. This machine's working copy is not touched."""
+        profile = self.get(ref)
+        with (
+            self._storage_faults("committing an uploaded state"),
+            owned_dir(self._tmp, "import-") as staging,
+        ):
+            state = self._unpack_checked(profile, source, staging)
+            return self.commit_state(
+                profile.id,
+                state,
+                browser_version=browser_version,
+                event=event,
+                epoch=epoch,
+                **payload,
+            )
 
     def _repair_status(self, profile: Profile) -> Profile:
         status = _committed_status(profile)
@@ -892,7 +927,7 @@ class ProfileStore:
                     field="file",
                 )
         with self._storage_faults("reading a state"):
-            src = self.service.open_state(profile.checksum)
+            src = self.service.open_state(profile)
         with src:
             if target is None:
                 assert not isinstance(dest, str | Path)
