@@ -18,6 +18,7 @@ top can map them one to one::
     ├── TierLimit                      (429, "TierLimit")
     ├── BrowserNotFound                (503, "BrowserNotFound")
     ├── StorageUnavailable             (503, "StorageUnavailable")
+    ├── StateCorrupt                   (500, "StateCorrupt")
     └── StateCommitFailed              (500, "StateCommitFailed")
 
 Messages say what went wrong and what to do about it.
@@ -39,6 +40,7 @@ __all__ = [
     "ProfileBusy",
     "ProfileError",
     "StateCommitFailed",
+    "StateCorrupt",
     "StorageUnavailable",
     "TierLimit",
     "ValidationFailed",
@@ -166,3 +168,11 @@ class StorageUnavailable(ProfileError):
         super().__init__(message, home=home, cause=cause, **details)
         self.home = home
         self.cause = cause
+
+
+class StateCorrupt(ProfileError):
+    """A committed state cannot be read back: a chunk is missing or its bytes are damaged.
+    Nothing partial is ever served; ``profiles verify`` lists what is affected."""
+
+    code = "StateCorrupt"
+    status = 500

@@ -18,21 +18,37 @@ from __future__ import annotations
 import builtins
 import contextlib
 import difflib
+import hashlib
 import logging
 import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, BinaryIO, Final, TypeVar
+from typing import IO, Any, BinaryIO, Final, TypeVar
 
 from profiles.archetypes import DEFAULT_ARCHETYPE, get_archetype
+from profiles.archive import ArchiveLimits
 from profiles.blobs.base import BlobStore
 from profiles.catalog.base import Catalog, CatalogTransaction, LeaseGrant, StateUpdate
+from profiles.chunked import (
+    MANIFEST_MAGIC,
+    MAX_MANIFEST_BLOB,
+    Manifest,
+    PackResult,
+    StatCache,
+    is_manifest,
+    missing_chunks,
+    pack_chunked,
+    parse_manifest,
+    write_tar,
+)
 from profiles.errors import (
+    ArchiveInvalid,
     Conflict,
     NoStateData,
     NotFound,
     ProfileError,
+    StateCorrupt,
     StorageUnavailable,
     ValidationFailed,
 )
@@ -218,6 +234,14 @@ class ProfileService(ABC):
         """Store the bytes in ``spool`` (named ``state.checksum``) and make them the
         profile's committed state, only while ``epoch`` is current (``LeaseLost``)."""
 
+    def import_archive(
+        self, ref: str, source: IO[bytes], *, browser_version: str | None = None
+    ) -> Profile | None:
+        """Import an uploaded archive on the service's side (checked there as hostile input)
+        and return the updated record; ``None`` (the default): the service does not, and
+        the store imports it here (unpack, check, :meth:`store_state`)."""
+        return None
+
     @abstractmethod
     def set_status(self, profile_id: str, status: ProfileStatus) -> Profile: ...
     @abstractmethod
@@ -242,18 +266,38 @@ class ProfileService(ABC):
     def close(self) -> None:  # noqa: B027 - nothing to release by default
         """Release connections."""
 
+    # Chunked, deduplicated state (profiles.chunked): a service that holds chunks itself
+    # says so; the workspace then commits and checks out chunk by chunk.
+    supports_chunks: bool = False
+
+    def manifest_of(self, profile: Profile) -> Manifest | None:
+        """The manifest of ``profile``'s committed state, or ``None`` when the state is a
+        whole archive (the format before chunking) or there is none."""
+        return None
+
+
+class _NullSink:
+    def write(self, data: bytes | bytearray | memoryview, /) -> int:
+        return len(data)
+
 
 class CatalogService(ProfileService):
     """The service over a catalog and a blob store (embedded or shared)."""
 
     def __init__(
-        self, catalog: Catalog, blobs: BlobStore, *, max_profiles: int | None = None
+        self,
+        catalog: Catalog,
+        blobs: BlobStore,
+        *,
+        max_profiles: int | None = None,
+        limits: ArchiveLimits | None = None,
     ) -> None:
         from profiles.catalog.sqlite import SQLiteCatalog
 
         self.catalog = catalog
         self.blobs = blobs
         self.max_profiles = max_profiles
+        self.limits = limits or ArchiveLimits()
         self.shared = not isinstance(catalog, SQLiteCatalog)
         self.location = f"{catalog.location} + {blobs.location}"
 
@@ -284,6 +328,118 @@ class CatalogService(ProfileService):
             self._event(tx, "profile.deleted", profile.id, name=profile.name)
         self._free_blobs(profile.checksum)
         return profile
+
+    supports_chunks = True
+
+    def manifest_of(self, profile: Profile) -> Manifest | None:
+        if profile.checksum is None:
+            return None
+        try:
+            return self._manifest_blob(profile.checksum, missing_ok=False)
+        except StateCorrupt as exc:
+            raise StateCorrupt(
+                f"The committed state of profile {profile.name!r} ({profile.id}) cannot be "
+                f"read: {exc.message} Restore it from a snapshot or an export; "
+                "'profiles verify' lists every state affected.",
+                profile_id=profile.id,
+                **exc.details,
+            ) from exc
+
+    def _manifest_blob(self, checksum: str, *, missing_ok: bool = True) -> Manifest | None:
+        """The manifest stored under ``checksum``, or ``None`` for a whole archive."""
+        try:
+            with self.blobs.open(checksum) as stream:
+                head = stream.read(len(MANIFEST_MAGIC))
+                if not is_manifest(head):
+                    return None
+                rest = stream.read(MAX_MANIFEST_BLOB + 1)
+        except NotFound:
+            if missing_ok:
+                return None
+            raise StateCorrupt(
+                f"The committed state {checksum} is missing from {self.blobs.location}.",
+                checksum=checksum,
+            ) from None
+        return parse_manifest(head + rest, limits=self.limits)
+
+    def store_directory(
+        self,
+        profile: Profile,
+        directory: Path,
+        *,
+        previous: Manifest | None,
+        previous_stat: StatCache | None,
+        browser_version: str | None,
+        cookie_domains: builtins.list[str],
+        epoch: int | None,
+        event: AuditType,
+        **payload: Any,
+    ) -> tuple[Profile, PackResult]:
+        """Commit ``directory`` as chunks: only the chunks that changed are stored, then the
+        manifest, then the catalog (data first, metadata last). Runs as a registered
+        writer, so no collector removes a chunk this commit reuses before it is referenced."""
+        started = time.perf_counter()
+        with self._blob_writer():
+            result = pack_chunked(
+                directory,
+                profile.browser_name,
+                self.blobs,
+                previous=previous,
+                previous_stat=previous_stat,
+            )
+            state = StateUpdate(
+                checksum=result.checksum,
+                blob_size=result.stats.uncompressed_bytes,
+                uploaded_at=utcnow(),
+                browser_version=browser_version,
+                cookie_domains=cookie_domains,
+            )
+            updated, replaced = self._set_state(
+                profile,
+                state,
+                epoch,
+                event,
+                files=result.stats.files,
+                files_read=result.stats.files_read,
+                chunks_written=result.stats.chunks_written,
+                bytes_written=result.stats.bytes_written,
+                seconds=round(time.perf_counter() - started, 3),
+                **payload,
+            )
+        if replaced != result.checksum:
+            self._free_blobs(replaced)  # the manifest (or old archive); chunks go to gc
+        return updated, result
+
+    def verify(self, *, full: bool = False) -> builtins.list[tuple[str, str]]:
+        """Check every state a profile or snapshot references: ``(checksum, problem)`` for
+        each one that is missing, corrupt or has missing chunks (``full``: every chunk is
+        read and hashed too)."""
+        problems: builtins.list[tuple[str, str]] = []
+        with self.catalog.transaction(write=False) as tx:
+            in_use = sorted(tx.checksums_in_use())
+        for checksum in in_use:
+            try:
+                if not self.blobs.exists(checksum):
+                    problems.append((checksum, "missing"))
+                    continue
+                manifest = self._manifest_blob(checksum)
+                if manifest is None:
+                    if full:
+                        digest = hashlib.sha256()
+                        with self.blobs.open(checksum) as stream:
+                            while block := stream.read(1024 * 1024):
+                                digest.update(block)
+                        if digest.hexdigest() != checksum:
+                            problems.append((checksum, "archive bytes do not match"))
+                    continue
+                missing = missing_chunks(manifest, self.blobs)
+                if missing:
+                    problems.append((checksum, f"{len(missing)} chunks missing"))
+                elif full:
+                    write_tar(manifest, self.blobs, _NullSink(), verify_content=True)
+            except (StateCorrupt, ArchiveInvalid) as exc:
+                problems.append((checksum, exc.message))
+        return problems
 
     def open_state(self, profile: Profile) -> BinaryIO:
         if profile.checksum is None:
@@ -324,8 +480,13 @@ class CatalogService(ProfileService):
                 )
             with self.catalog.transaction(write=False) as tx:
                 in_use = tx.checksums_in_use()
+            live = set(in_use)
+            for checksum in in_use:  # a manifest keeps its chunks alive
+                manifest = self._manifest_blob(checksum)
+                if manifest is not None:
+                    live |= manifest.chunk_checksums()
             for blob in self.blobs.list():
-                if blob.checksum not in in_use and now - blob.modified >= min_age:
+                if blob.checksum not in live and now - blob.modified >= min_age:
                     self.blobs.delete(blob.checksum)
                     freed.append(blob.checksum)
         return freed

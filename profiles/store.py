@@ -39,12 +39,14 @@ from profiles.backends import blobs_url_from_env, catalog_url_from_env, open_blo
 from profiles.blobs import BlobStore, LocalBlobStore
 from profiles.catalog import Catalog, SQLiteCatalog
 from profiles.catalog.base import StateUpdate
+from profiles.chunked import Manifest, apply_chunked, restore_chunked, write_tar
 from profiles.errors import (
     ArchiveInvalid,
     Conflict,
     NoStateData,
     NotFound,
     ProfileError,
+    StateCorrupt,
     StorageUnavailable,
     ValidationFailed,
 )
@@ -158,6 +160,9 @@ class ProfileStore:
     ``$PROFILES_BLOBS_URL``): the home then keeps only this machine's workspace (working
     copies, locks, scratch). ``max_profiles`` caps the number of profiles (``TierLimit``).
     ``lease_ttl`` is how long a writer lease on a shared catalog lives without a heartbeat.
+    ``service`` (or a ``http(s)://`` URL as ``home``; default ``$PROFILES_URL``) names a
+    profile service over HTTP, with ``api_key`` and ``account`` (``$PROFILES_API_KEY``,
+    ``$PROFILES_ACCOUNT``): the home then keeps only this machine's workspace.
     """
 
     def __init__(
@@ -172,6 +177,10 @@ class ProfileStore:
         create: bool = True,
         cache_max_bytes: int | None = DEFAULT_CACHE_MAX_BYTES,
         lease_ttl: float = DEFAULT_LEASE_TTL,
+        chunked: bool = True,
+        service: ProfileService | str | None = None,
+        api_key: str | None = None,
+        account: str | None = None,
     ) -> None:
         if max_profiles is not None and (not isinstance(max_profiles, int) or max_profiles < 0):
             raise ValidationFailed(
@@ -186,6 +195,35 @@ class ProfileStore:
             )
         if codec not in ("gzip", "zstd"):
             raise ValidationFailed(f"Unknown codec {codec!r}; use gzip or zstd.", field="codec")
+        # A profile service over HTTP: the URL as ``home`` or ``service``, else
+        # $PROFILES_URL when no catalog or blob store is named. The home is then only this
+        # machine's workspace.
+        if isinstance(home, str) and home.lower().startswith(("http://", "https://")):
+            if service is not None:
+                raise ValidationFailed("Pass the service URL once.", field="service")
+            home, service = None, home
+        if (
+            service is None
+            and catalog is None
+            and blobs is None
+            and not catalog_url_from_env()
+            and not blobs_url_from_env()
+        ):
+            service = os.environ.get("PROFILES_URL") or None
+        if isinstance(service, str):
+            from profiles.http.client import HttpService
+
+            if catalog is not None or blobs is not None or max_profiles is not None:
+                raise ValidationFailed(
+                    "A store on a profile service over HTTP takes no catalog, blobs or "
+                    "max_profiles: the server keeps and caps its records.",
+                    field="service",
+                )
+            service = HttpService(
+                service,
+                api_key=api_key if api_key is not None else os.environ.get("PROFILES_API_KEY"),
+                account=account if account is not None else os.environ.get("PROFILES_ACCOUNT"),
+            )
         self.home = Path(home).expanduser() if home is not None else default_home()
         self.cache_max_bytes = cache_max_bytes
         self.codec: Codec = codec
@@ -195,12 +233,19 @@ class ProfileStore:
             catalog = catalog_url_from_env()
         if blobs is None:
             blobs = blobs_url_from_env()
-        remote = isinstance(catalog, str) and catalog.startswith(("postgres://", "postgresql://"))
-        with self._storage_faults("opening the store"):
-            # With a shared catalog the home is only this machine's workspace: make it.
-            self._open_home(create=create or remote)
+        remote = service is not None or (
+            isinstance(catalog, str) and catalog.startswith(("postgres://", "postgresql://"))
+        )
+        try:
+            with self._storage_faults("opening the store"):
+                # With a shared catalog the home is only this machine's workspace: make it.
+                self._open_home(create=create or remote)
+        except BaseException:
+            if service is not None:
+                service.close()
+            raise
         catalog_path = self.home / "catalog.sqlite3"
-        if catalog is None and not create and not catalog_path.is_file():
+        if service is None and catalog is None and not create and not catalog_path.is_file():
             raise NotFound(
                 f"No profile store at {self.home}: it has no catalog. Check --home or "
                 "$PROFILES_HOME, or create a profile there first (profiles create NAME).",
@@ -212,21 +257,26 @@ class ProfileStore:
                 "lease_ttl must be a number of seconds above 0.", field="lease_ttl"
             )
         self.lease_ttl = float(lease_ttl)
+        #: Commit states as deduplicated chunks (profiles.chunked); False keeps whole
+        #: archives (the format before chunking, still read either way).
+        self.chunked = bool(chunked)
         writable = not self.read_only
-        if isinstance(catalog, str):
-            catalog = open_catalog(catalog, read_only=self.read_only)
-        opened_catalog = catalog or SQLiteCatalog(catalog_path, read_only=self.read_only)
-        try:
-            if isinstance(blobs, str):
-                blobs = open_blobs(blobs, create=writable)
-        except BaseException:
-            opened_catalog.close()
-            raise
-        opened_blobs = blobs or LocalBlobStore(self.home / "blobs", create=writable)
+        if service is None:
+            if isinstance(catalog, str):
+                catalog = open_catalog(catalog, read_only=self.read_only)
+            opened_catalog = catalog or SQLiteCatalog(catalog_path, read_only=self.read_only)
+            try:
+                if isinstance(blobs, str):
+                    blobs = open_blobs(blobs, create=writable)
+            except BaseException:
+                opened_catalog.close()
+                raise
+            opened_blobs = blobs or LocalBlobStore(self.home / "blobs", create=writable)
+            service = CatalogService(
+                opened_catalog, opened_blobs, max_profiles=max_profiles, limits=self.limits
+            )
         #: What the backend answers: records, state bytes, leases (see profiles.service).
-        self.service: ProfileService = CatalogService(
-            opened_catalog, opened_blobs, max_profiles=max_profiles
-        )
+        self.service: ProfileService = service
         # A catalog other processes on other machines share decides who writes (leases
         # with expiry); the embedded one leaves it to this machine's file lock.
         self.shared = self.service.shared
@@ -648,6 +698,10 @@ class ProfileStore:
         directory = Path(directory)
         with self._storage_faults("committing a state"):
             size = tighten_tree(directory) if _is_within(directory, self.home) else None
+            if self.chunked and isinstance(self.service, CatalogService):
+                return self._commit_chunked(
+                    profile, directory, browser_version, size, epoch, event, **payload
+                )
             with owned_dir(self._tmp, "commit-") as scratch:
                 spool = scratch / "state"
                 flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
@@ -684,6 +738,48 @@ class ProfileStore:
             self._keep_cache_under_cap(keep=profile.id)
         return updated
 
+    def _commit_chunked(
+        self,
+        profile: Profile,
+        directory: Path,
+        browser_version: str | None,
+        size: int | None,
+        epoch: int | None,
+        event: AuditType,
+        **payload: Any,
+    ) -> Profile:
+        """Commit as chunks: the previous manifest and this directory's stat cache let
+        unchanged files go unread, and only changed chunks are stored."""
+        assert isinstance(self.service, CatalogService)
+        engine = profile.browser_name
+        is_work = directory == self.working_copies.path(profile.id)
+        previous: Manifest | None = None
+        try:
+            previous = self.service.manifest_of(profile)
+        except (StateCorrupt, ArchiveInvalid) as exc:  # then chunk everything afresh
+            log.warning("the previous state of %s cannot be read (%s)", profile.name, exc)
+        stat_cache = self.working_copies.stat_cache(profile.id) if is_work else None
+        with owned_dir(self._tmp, "commit-") as scratch:
+            version = browser_version or read_browser_version(directory, engine)
+            domains = read_cookie_domains(directory, engine, scratch=scratch)
+            updated, result = self.service.store_directory(
+                profile,
+                directory,
+                previous=previous,
+                previous_stat=stat_cache,
+                browser_version=version,
+                cookie_domains=domains,
+                epoch=epoch,
+                event=event,
+                **payload,
+            )
+        if is_work:
+            with self._storage_faults("recording the working copy"):
+                self.working_copies.save_stat_cache(profile.id, result.stat_cache)
+                self.working_copies.mark_clean(profile.id, result.checksum, size=size)
+            self._keep_cache_under_cap(keep=profile.id)
+        return updated
+
     def _keep_cache_under_cap(self, *, keep: str) -> None:
         if self.cache_max_bytes is None:
             return
@@ -708,17 +804,45 @@ class ProfileStore:
                 profile = self._repair_status(profile)
             path = self.working_copies.path(profile.id)
             wanted = profile.checksum or EMPTY_STATE
-            if self.working_copies.clean_state(profile.id) != wanted:
+            clean = self.working_copies.clean_state(profile.id)
+            if clean != wanted:
                 self.working_copies.mark_dirty(profile.id)
                 if profile.checksum is None:
                     remove_tree(path)
                     path.mkdir(mode=0o700, parents=True)
                 else:
-                    with self.service.open_state(profile) as src:
-                        unpack_archive(src, path, limits=self.limits, replace=True)
+                    self._materialise(profile, path, clean)
             else:
                 self.working_copies.mark_dirty(profile.id)  # a browser is about to change it
         return profile, path
+
+    def _materialise(self, profile: Profile, path: Path, clean: str | None) -> None:
+        """Make ``path`` the profile's committed state: apply only what changed when the
+        copy is known to be at an older chunked state, else restore or unpack it whole."""
+        manifest = self.service.manifest_of(profile)
+        if manifest is None:  # a whole archive (the format before chunking)
+            with self.service.open_state(profile) as src:
+                unpack_archive(src, path, limits=self.limits, replace=True)
+            return
+        assert isinstance(self.service, CatalogService)
+        blobs = self.service.blobs
+        old: Manifest | None = None
+        if clean not in (None, EMPTY_STATE) and path.is_dir():
+            with contextlib.suppress(ProfileError):
+                old = self.service._manifest_blob(str(clean))
+        if old is not None and old.engine == manifest.engine:
+            applied = apply_chunked(
+                old,
+                manifest,
+                blobs,
+                path,
+                stat_cache=self.working_copies.stat_cache(profile.id),
+                limits=self.limits,
+            )
+            self.working_copies.save_stat_cache(profile.id, applied.stat_cache)
+            return
+        restored = restore_chunked(manifest, blobs, path, replace=True, limits=self.limits)
+        self.working_copies.save_stat_cache(profile.id, restored.stat_cache)
 
     def private_copy(self, ref: str, target: Path) -> Profile:
         """A private copy of the committed state in ``target`` (which must not exist), for a
@@ -749,6 +873,10 @@ class ProfileStore:
                     release()
             if profile.checksum is None:
                 target.mkdir(mode=0o700, parents=True)
+                return profile
+            manifest = self.service.manifest_of(profile)
+            if manifest is not None and isinstance(self.service, CatalogService):
+                restore_chunked(manifest, self.service.blobs, target, limits=self.limits)
                 return profile
             with self.service.open_state(profile) as src:
                 unpack_archive(src, target, limits=self.limits)
@@ -800,6 +928,12 @@ class ProfileStore:
             else:
                 raw = source
             reader: Any = _CountingReader(raw, progress) if progress else raw
+            # A service that imports archives itself (over HTTP) checks and commits it there.
+            imported = self.service.import_archive(
+                profile.id, reader, browser_version=browser_version
+            )
+            if imported is not None:
+                return imported
             lease = stack.enter_context(self.lock(profile.id, timeout=lock_timeout, kind="import"))
             self.service.set_status(profile.id, "uploading")
             try:
@@ -927,30 +1061,61 @@ class ProfileStore:
                     field="file",
                 )
         with self._storage_faults("reading a state"):
-            src = self.service.open_state(profile)
-        with src:
-            if target is None:
-                assert not isinstance(dest, str | Path)
-                return _copy_as(src, dest, codec, progress)
+            manifest = self.service.manifest_of(profile)
+        if target is None:
+            assert not isinstance(dest, str | Path)
+            return self._write_export(profile, manifest, dest, codec, progress)
+        try:
+            fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
             try:
-                fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
-                try:
-                    with os.fdopen(fd, "wb") as out:
-                        written = _copy_as(src, out, codec, progress)
-                        out.flush()
-                        os.fsync(out.fileno())
-                    os.replace(tmp, target)
-                finally:
-                    with contextlib.suppress(FileNotFoundError):
-                        os.unlink(tmp)
-            except OSError as exc:
-                raise ProfileError(
-                    f"Could not write the export to {str(target)!r}: "
-                    f"{exc.strerror or type(exc).__name__}. Nothing was written there; free "
-                    "space or choose another file.",
-                    file=str(target),
-                ) from exc
+                with os.fdopen(fd, "wb") as out:
+                    written = self._write_export(profile, manifest, out, codec, progress)
+                    out.flush()
+                    os.fsync(out.fileno())
+                os.replace(tmp, target)
+            finally:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(tmp)
+        except OSError as exc:
+            raise ProfileError(
+                f"Could not write the export to {str(target)!r}: "
+                f"{exc.strerror or type(exc).__name__}. Nothing was written there; free "
+                "space or choose another file.",
+                file=str(target),
+            ) from exc
         return written
+
+    def _write_export(
+        self,
+        profile: Profile,
+        manifest: Manifest | None,
+        out: IO[bytes] | BinaryIO,
+        codec: Codec,
+        progress: Progress | None,
+    ) -> int:
+        """The committed state as a compressed tar, into ``out``: a chunked state's tar
+        stream is built from its chunks (each verified), a whole archive is copied."""
+        if manifest is None or not isinstance(self.service, CatalogService):
+            with self.service.open_state(profile) as src:
+                return _copy_as(src, out, codec, progress)
+        counted = _CountingWriter(out, progress)
+        if codec == "gzip":
+            with gzip.GzipFile(fileobj=counted, mode="wb", compresslevel=6, mtime=0) as z:
+                write_tar(manifest, self.service.blobs, z)
+        else:
+            cctx = zstandard.ZstdCompressor(level=3)
+            with cctx.stream_writer(counted, closefd=False) as zw:  # type: ignore[arg-type]
+                write_tar(manifest, self.service.blobs, zw)
+        return counted.count
+
+    def verify(self, *, full: bool = False) -> builtins.list[tuple[str, str]]:
+        """Check every committed state a profile or snapshot references: its bytes exist
+        and, for chunked states, every chunk does (``full``: every byte is read and hashed).
+        Returns ``(checksum, problem)`` pairs; empty when all is well."""
+        if not isinstance(self.service, CatalogService):
+            raise ProfileError(f"{self.service.location} verifies its own states.")
+        with self._storage_faults("verifying states"):
+            return self.service.verify(full=full)
 
     def collect_garbage(
         self, *, min_age: float = ORPHAN_MIN_AGE, wait: float = 60.0

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from profiles.errors import Conflict, ProfileError
+from profiles.service import CatalogService
 from profiles.store import ProfileStore
 
 __all__ = ["TransferReport", "transfer"]
@@ -55,7 +56,17 @@ def transfer(
     report = TransferReport()
     say = progress or (lambda _msg: None)
     with source.catalog.transaction(write=False) as tx:
-        checksums = sorted(tx.checksums_in_use())
+        states = sorted(tx.checksums_in_use())
+    # A chunked state's manifest comes after its chunks, so the target never holds a
+    # manifest whose chunks are not there yet.
+    checksums: list[str] = []
+    service = source.service
+    for checksum in states:
+        manifest = service._manifest_blob(checksum) if isinstance(service, CatalogService) else None
+        if manifest is not None:
+            checksums += sorted(manifest.chunk_checksums())
+        checksums.append(checksum)
+    checksums = list(dict.fromkeys(checksums))
     # 1. Data first: every referenced blob, verified by its name as it is stored.
     for n, checksum in enumerate(checksums, 1):
         if target.blobs.exists(checksum):

@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from profiles.chunked import StatCache
 from profiles.fsutil import atomic_write_bytes, fsync_dir, remove_tree, tighten_tree, tree_bytes
 
 __all__ = ["EMPTY_STATE", "CachePrune", "CopyInfo", "WorkingCopies"]
@@ -89,6 +90,22 @@ class WorkingCopies:
             marker.unlink()
             fsync_dir(self.root)
 
+    def _stat_path(self, profile_id: str) -> Path:
+        return self.root / f"{profile_id}.stat"
+
+    def stat_cache(self, profile_id: str) -> StatCache | None:
+        """What the last commit or checkout knew of the copy's files (size, mtime, inode,
+        ctime), so the next commit reads only files that changed; ``None`` if unknown. It
+        vouches only for the manifest it names, and a changed file changes its ctime."""
+        try:
+            data = self._stat_path(profile_id).read_bytes()
+        except OSError:
+            return None
+        return StatCache.from_bytes(data)
+
+    def save_stat_cache(self, profile_id: str, cache: StatCache) -> None:
+        atomic_write_bytes(self._stat_path(profile_id), cache.to_bytes())
+
     def touch(self, profile_id: str) -> None:
         """Note a use of the copy (a read-only session copied it)."""
         with contextlib.suppress(OSError):
@@ -97,6 +114,8 @@ class WorkingCopies:
     def remove(self, profile_id: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             self._marker(profile_id).unlink()
+        with contextlib.suppress(FileNotFoundError):
+            self._stat_path(profile_id).unlink()
         remove_tree(self.path(profile_id))
 
     def copies(self) -> list[CopyInfo]:

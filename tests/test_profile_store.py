@@ -526,6 +526,7 @@ def test_exported_members() -> None:
             "ProfileStore",
             "Snapshot",
             "StateCommitFailed",
+            "StateCorrupt",
             "StorageUnavailable",
             "TierLimit",
             "ValidationFailed",
@@ -569,6 +570,7 @@ def test_exported_members() -> None:
         (profiles.BrowserNotFound, "BrowserNotFound", 503),
         (profiles.StateCommitFailed, "StateCommitFailed", 500),
         (profiles.StorageUnavailable, "StorageUnavailable", 503),
+        (profiles.StateCorrupt, "StateCorrupt", 500),
     ],
 )
 def test_error_tree(error: type[ProfileError], code: str, status: int) -> None:

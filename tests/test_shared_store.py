@@ -213,7 +213,7 @@ def test_transfer_to_the_shared_backend_and_back(
     with _machine(urls, tmp_path / "fleet") as shared:
         first = transfer(embedded, shared)
         assert first.profiles_copied == 2 and first.snapshots_copied == 1
-        assert first.blobs_copied == 1 and first.events_copied >= 4
+        assert first.blobs_copied >= 2 and first.events_copied >= 4  # chunks + manifest
         again = transfer(embedded, shared)  # resumable: nothing twice
         assert again.blobs_copied == again.profiles_copied == again.events_copied == 0
         moved = shared.get("travels")

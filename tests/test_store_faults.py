@@ -25,6 +25,7 @@ from profiles import (
     NotFound,
     ProfileBusy,
     ProfileStore,
+    StateCorrupt,
     StorageUnavailable,
     ValidationFailed,
 )
@@ -490,7 +491,7 @@ def test_store_errors_never_escape_as_raw_os_errors(tmp_path: Path) -> None:
         good = store.commit_state("p", chromium_dir(tmp_path / "s"))
         objects = home / "blobs" / "sha256"
         shutil.rmtree(objects)
-        with pytest.raises(NotFound, match="missing"):
+        with pytest.raises(StateCorrupt, match=r"'p'.*missing"):
             store.export_state("p", tmp_path / "o.tar.gz")
         objects.write_text("not a directory")  # every new blob now fails with an OSError
         with pytest.raises(StorageUnavailable, match=str(home)):
