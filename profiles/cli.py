@@ -61,6 +61,7 @@ from profiles.errors import (
     Conflict,
     NotFound,
     ProfileError,
+    StateCorrupt,
     StorageUnavailable,
     TierLimit,
     ValidationFailed,
@@ -721,6 +722,28 @@ def cmd_transfer(store: ProfileStore, args: argparse.Namespace) -> None:
         )
 
 
+def cmd_verify(store: ProfileStore, args: argparse.Namespace) -> None:
+    problems = store.verify(full=args.full)
+    if args.json:
+        _json(
+            {"ok": not problems, "problems": [{"checksum": c, "problem": p} for c, p in problems]}
+        )
+    else:
+        for checksum, problem in problems:
+            _out(f"{checksum}  {problem}")
+        _out(
+            "every state is intact"
+            if not problems
+            else f"{_plural(len(problems), 'state')} damaged"
+        )
+    if problems:
+        raise StateCorrupt(
+            f"{_plural(len(problems), 'committed state')} cannot be read back; restore the "
+            "profiles that use them from snapshots or exports.",
+            problems=[c for c, _ in problems],
+        )
+
+
 def cmd_gc(store: ProfileStore, args: argparse.Namespace) -> None:
     freed = store.collect_garbage(min_age=args.min_age)
     if args.json:
@@ -1181,6 +1204,20 @@ def build_parser() -> argparse.ArgumentParser:
         default=3600.0,
         help="keep unreferenced bytes younger than this: a commit may be in flight (3600)",
     )
+
+    p = command(
+        sub,
+        "verify",
+        cmd_verify,
+        "Check that every committed state (and each of its chunks) is there and intact.",
+    )
+    p.add_argument(
+        "--full", action="store_true", help="read and hash every byte, not only check presence"
+    )
+
+    from profiles.http.server_cli import add_server_commands  # serve, keys, accounts
+
+    add_server_commands(sub, command)
 
     cache = command(sub, "cache", None, "The working copies kept to start sessions fast.")
     cache_sub = cache.add_subparsers(dest="cache_command", required=True, metavar="COMMAND")

@@ -1,0 +1,1102 @@
+"""The profile service over HTTP: ``profiles serve`` (FastAPI, run by uvicorn).
+
+Every account owns a :class:`~profiles.store.ProfileStore` of its own (isolation by
+construction: a profile of another account is simply not in the caller's store, so it is
+``404``, never ``403``). API keys, accounts and memberships live in ``<home>/accounts.sqlite3``
+(:mod:`profiles.http.accounts`); download links and upload targets are HMAC-signed with the
+secret in ``<home>/server-secret`` (:mod:`profiles.http.signing`); request bodies are streamed
+to disk under a cap (:mod:`profiles.http.server_streams`); a sliding-window rate limit per
+client IP sits in front of everything (:mod:`profiles.http.ratelimit`).
+
+Errors are ``{"error": {"code", "status", "message", ...details}}``, the
+:meth:`~profiles.errors.ProfileError.to_dict` of the error, with the messages of the hosted
+APIs in ``shared/reference`` where they name one (``API key required``, ``Invalid or
+revoked API key``, ``Account is deactivated``, ``API key missing required permission:
+admin``, ``No file provided``, ``Only .tar.gz files are allowed``, ``Profile has no data to
+download``). Invalid request bodies and parameters are ``400 ValidationFailed``, except on
+``complete-upload`` where doc 003 says ``422``.
+
+Nothing here logs an API key, a token or a URL path (download and upload tokens are in
+paths): uvicorn's access log is off.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import queue
+import re
+import shutil
+import socket
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any, Final, Literal, TypeVar
+
+import anyio.to_thread
+from fastapi import Depends, FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi.security import HTTPBearer
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from profiles.blobs import LocalBlobStore
+from profiles.catalog import SQLiteCatalog
+from profiles.errors import (
+    ArchiveInvalid,
+    ChecksumMismatch,
+    Conflict,
+    NotFound,
+    ProfileBusy,
+    ProfileError,
+    TierLimit,
+    ValidationFailed,
+)
+from profiles.http.accounts import Account, AccountsDB, ApiKey
+from profiles.http.ratelimit import RateLimit, RateLimitMiddleware
+from profiles.http.server_streams import (
+    NOT_GZIP,
+    archive_codec,
+    drain,
+    spool_body,
+    spool_multipart,
+)
+from profiles.http.signing import Signer, load_secret
+from profiles.locks import Holder
+from profiles.models import AuditType, Page, Profile, new_id, utcnow
+from profiles.service import UNSET, CatalogService, Unset
+from profiles.state_rules import ENGINES
+from profiles.store import ProfileStore
+from profiles.validation import (
+    check_browser_version,
+    check_description,
+    check_labels,
+    check_name,
+)
+
+__all__ = ["Forbidden", "ServerConfig", "Unauthorized", "create_app"]
+
+log = logging.getLogger(__name__)
+
+MAX_UPLOAD_BYTES: Final = 500 * 1024 * 1024
+MAX_JSON_BODY: Final = 1024 * 1024
+MAX_LEASE_WAIT: Final = 60.0
+MAX_LEASE_TTL: Final = 3600.0
+SERVER_LEASE_TTL: Final = 600.0
+UPLOAD_LOCK_WAIT: Final = 10.0
+MAX_PAGE_NUMBER: Final = 10_000
+SCRATCH_PREFIX: Final = "http-"
+ARCHETYPE_OF: Final = {
+    "chromium": "desktop-chromium",
+    "firefox": "desktop-firefox",
+    "webkit": "desktop-webkit",
+}
+_CHECKSUM = re.compile(r"[0-9a-f]{64}", re.ASCII)
+_PROFILE_ID = re.compile(r"prof_[0-9a-f-]{36}", re.ASCII)
+
+T = TypeVar("T")
+
+
+# ------------------------------------------------------------------ errors
+
+
+class Unauthorized(ProfileError):
+    """No API key, or one that is unknown or revoked."""
+
+    code = "Unauthorized"
+    status = 401
+
+
+class Forbidden(ProfileError):
+    """The key (or its membership) lacks a permission, or the account is deactivated."""
+
+    code = "Forbidden"
+    status = 403
+
+
+def _error_response(err: ProfileError, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": err.to_dict()}, status_code=err.status, headers=headers)
+
+
+# ------------------------------------------------------------------ configuration
+
+
+@dataclass
+class ServerConfig:
+    """What ``profiles serve`` runs with.
+
+    ``catalog``/``blobs`` are URL templates for a shared backend: ``{account}`` is replaced
+    by the account id with ``-`` as ``_`` (``acct_1234_...``), so each account gets its own
+    database (or schema, through ``options=-c search_path={account}``) and its own bucket
+    prefix. Without them, each account's store is embedded under
+    ``<home>/accounts/<account id>/``.
+    """
+
+    home: Path
+    catalog: str | None = None
+    blobs: str | None = None
+    rate_limit: RateLimit | None = field(default_factory=lambda: RateLimit(100, 900.0))
+    download_expires_in: float = 3600.0
+    upload_expires_in: float = 3600.0
+    max_upload_bytes: int = MAX_UPLOAD_BYTES
+    public_url: str | None = None
+    max_lease_wait: float = MAX_LEASE_WAIT
+
+    def __post_init__(self) -> None:
+        self.home = Path(self.home).expanduser()
+        if (self.catalog is None) != (self.blobs is None):
+            raise ValueError("--catalog and --blobs go together (or neither)")
+        for url in (self.catalog, self.blobs):
+            if url is not None and "{account}" not in url:
+                raise ValueError(
+                    "a shared backend URL must hold {account}, so that every account gets its "
+                    "own catalog and bucket prefix"
+                )
+
+
+class AccountStores:
+    """One ProfileStore per account, opened on first use and kept."""
+
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+        self.root = config.home / "accounts"
+        self.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self._stores: dict[str, ProfileStore] = {}
+        self._lock = threading.Lock()
+
+    def get(self, account: Account) -> ProfileStore:
+        with self._lock:
+            store = self._stores.get(account.id)
+            if store is None:
+                store = self._open(account.id)
+                self._stores[account.id] = store
+        if isinstance(store.service, CatalogService):
+            store.service.max_profiles = account.cap
+        return store
+
+    def _open(self, account_id: str) -> ProfileStore:
+        home = self.root / account_id
+        if self.config.catalog is not None and self.config.blobs is not None:
+            slot = account_id.replace("-", "_")
+            store = ProfileStore(
+                home,
+                catalog=self.config.catalog.replace("{account}", slot),
+                blobs=self.config.blobs.replace("{account}", slot),
+            )
+        else:
+            home.mkdir(mode=0o700, parents=True, exist_ok=True)
+            store = ProfileStore(
+                home,
+                catalog=SQLiteCatalog(home / "catalog.sqlite3"),
+                blobs=LocalBlobStore(home / "blobs"),
+            )
+        # Remote writers hold leases with expiry: the catalog decides who writes, as on a
+        # shared backend, whatever this store's catalog is.
+        store.shared = True
+        (home / "pending").mkdir(mode=0o700, exist_ok=True)
+        _sweep_old(store.tmp_dir, SCRATCH_PREFIX, 24 * 3600)
+        return store
+
+    def close(self) -> None:
+        with self._lock:
+            stores, self._stores = list(self._stores.values()), {}
+        for store in stores:
+            with contextlib.suppress(Exception):
+                store.close()
+
+
+def _sweep_old(root: Path, prefix: str, age: float) -> None:
+    now = time.time()
+    with contextlib.suppress(OSError):
+        for entry in root.iterdir():
+            if entry.name.startswith(prefix):
+                with contextlib.suppress(OSError):
+                    if now - entry.lstat().st_mtime > age:
+                        shutil.rmtree(entry, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _scratch(store: ProfileStore) -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix=SCRATCH_PREFIX, dir=store.tmp_dir))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+async def _run(fn: Callable[[], T]) -> T:
+    return await anyio.to_thread.run_sync(fn)
+
+
+# ------------------------------------------------------------------ request bodies
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class CreateBody(_Body):
+    name: str
+    archetype: str | None = None
+    description: str | None = None
+    labels: dict[str, str] | None = None
+
+
+class PatchBody(_Body):
+    name: str | None = None
+    description: str | None = None
+    labels: dict[str, str] | None = None
+    add_labels: dict[str, str] | None = None
+    remove_labels: list[str] | None = None
+    archetype: str | None = None
+
+
+class CloneBody(_Body):
+    name: str | None = None
+    with_state: bool = False
+    archetype: str | None = None
+
+
+class SnapshotBody(_Body):
+    label: str | None = None
+    description: str | None = None
+
+
+class RestoreBody(_Body):
+    name: str | None = None
+
+
+class EventBody(_Body):
+    type: Literal["session.created", "session.ended"]
+    payload: dict[str, Any] = Field(default_factory=dict)
+
+
+class LeaseBody(_Body):
+    kind: Literal["session", "import"] = "session"
+    host: str = Field(default="unknown", min_length=1, max_length=255)
+    pid: int = Field(default=0, ge=0, le=2**31)
+    ttl: float = Field(default=30.0, gt=0, le=MAX_LEASE_TTL)
+    wait: float = Field(default=0.0, ge=0, le=3600.0)
+
+
+class RenewBody(_Body):
+    epoch: int = Field(ge=0, le=2**62)
+    ttl: float = Field(default=30.0, gt=0, le=MAX_LEASE_TTL)
+
+
+class CompleteUploadBody(_Body):
+    name: str
+    browser_name: str
+    browser_version: str
+    description: str | None = None
+    labels: dict[str, str] | None = None
+
+
+def _dump(record: BaseModel) -> dict[str, Any]:
+    return record.model_dump(mode="json")
+
+
+def _page(page: Page[Any]) -> dict[str, Any]:
+    return {
+        "data": [_dump(r) for r in page.data],
+        "has_more": page.has_more,
+        "next_cursor": page.next_cursor,
+    }
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+# ------------------------------------------------------------------ the caller
+
+
+@dataclass
+class Caller:
+    key: ApiKey
+    account: Account
+    store: ProfileStore
+    can_write: bool
+
+
+def _bearer(request: Request) -> str:
+    header = request.headers.get("authorization")
+    if not header:
+        raise Unauthorized("API key required")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthorized("Invalid or revoked API key")
+    return token.strip()
+
+
+_bearer_doc = HTTPBearer(auto_error=False, description="An API key: pk_<key id>_<secret>")
+
+
+async def caller(request: Request, _doc: Annotated[Any, Depends(_bearer_doc)] = None) -> Caller:
+    """The authenticated caller: its key, the account it acts on, that account's store."""
+    accounts: AccountsDB = request.app.state.accounts
+    stores: AccountStores = request.app.state.stores
+    token = _bearer(request)
+    key = accounts.authenticate(token)
+    if key is None:
+        raise Unauthorized("Invalid or revoked API key")
+    own = accounts.get_account(key.account_id)
+    if not own.active:
+        raise Forbidden("Account is deactivated")
+    write = request.method not in ("GET", "HEAD", "OPTIONS")
+    role: str | None = None
+    target = own
+    acting = request.headers.get("x-account")
+    if acting and acting != own.id:
+        role = accounts.role(acting, own.id)
+        if role is None:
+            raise NotFound("Account not found", resource="account")
+        target = accounts.get_account(acting)
+        if not target.active:
+            raise Forbidden("Account is deactivated")
+    if write and "admin" not in key.scopes:
+        raise Forbidden("API key missing required permission: admin", permission="admin")
+    if not write and not {"read", "admin"} & set(key.scopes):
+        raise Forbidden("API key missing required permission: read", permission="read")
+    if write and role == "member":
+        raise Forbidden(
+            "Account role member is read-only: API key missing required permission: admin",
+            permission="admin",
+            role="member",
+        )
+    request.state.account = target
+    store = await _run(lambda: stores.get(target))
+    return Caller(key=key, account=target, store=store, can_write=write)
+
+
+Auth = Annotated[Caller, Depends(caller)]
+
+
+# ------------------------------------------------------------------ downloads
+
+
+class _QueueWriter:
+    """A file-like sink that hands bytes to a consumer thread through a bounded queue."""
+
+    CHUNK = 256 * 1024
+
+    def __init__(self, q: queue.Queue[bytes | BaseException | None], stop: threading.Event):
+        self._q = q
+        self._stop = stop
+        self._buf = bytearray()
+
+    def _put(self, item: bytes) -> None:
+        while True:
+            if self._stop.is_set():
+                raise BrokenPipeError("the download was abandoned")
+            try:
+                self._q.put(item, timeout=0.5)
+                return
+            except queue.Full:
+                continue
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        self._buf += data
+        if len(self._buf) >= self.CHUNK:
+            self._put(bytes(self._buf))
+            self._buf.clear()
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+    def close_out(self) -> None:
+        if self._buf:
+            self._put(bytes(self._buf))
+            self._buf.clear()
+
+
+def _export_stream(store: ProfileStore, profile_id: str) -> Iterator[bytes]:
+    """The profile's committed state as ``.tar.gz``, produced by a thread as it is read."""
+    q: queue.Queue[bytes | BaseException | None] = queue.Queue(maxsize=8)
+    stop = threading.Event()
+    sink = _QueueWriter(q, stop)
+
+    def produce() -> None:
+        try:
+            store.export_state(profile_id, sink, codec="gzip")  # type: ignore[arg-type]
+            sink.close_out()
+        except BaseException as exc:
+            with contextlib.suppress(BaseException):
+                if not stop.is_set():
+                    q.put(exc, timeout=5)
+            return
+        with contextlib.suppress(queue.Full):
+            q.put(None, timeout=5)
+
+    thread = threading.Thread(target=produce, name="download", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item = q.get()
+            if item is None:
+                return
+            if isinstance(item, BaseException):
+                log.warning("a download of profile %s failed: %s", profile_id, type(item).__name__)
+                raise item
+            yield item
+    finally:
+        stop.set()
+        with contextlib.suppress(queue.Empty):
+            while True:
+                q.get_nowait()
+
+
+def _blob_stream(source: Any, head: bytes) -> Iterator[bytes]:
+    try:
+        if head:
+            yield head
+        while True:
+            chunk = source.read(1024 * 1024)
+            if not chunk:
+                return
+            yield chunk
+    finally:
+        source.close()
+
+
+# ------------------------------------------------------------------ the app
+
+
+def create_app(config: ServerConfig) -> FastAPI:
+    """The FastAPI application of ``profiles serve`` over ``config.home``."""
+    config.home.mkdir(mode=0o700, parents=True, exist_ok=True)
+    accounts = AccountsDB(config.home / "accounts.sqlite3")
+    signer = Signer(load_secret(config.home / "server-secret"))
+    stores = AccountStores(config)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> Any:
+        try:
+            yield
+        finally:
+            stores.close()
+            accounts.close()
+
+    app = FastAPI(
+        title="playwright-profiles",
+        version="1",
+        description="Named, persistent browser profiles, per account.",
+        lifespan=lifespan,
+    )
+    app.state.accounts = accounts
+    app.state.stores = stores
+    app.state.config = config
+
+    # -------------------------------------------------------------- error handlers
+
+    async def on_profile_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, ProfileError)
+        account: Account | None = getattr(request.state, "account", None)
+        if isinstance(exc, TierLimit) and account is not None:
+            exc = TierLimit(
+                f"Tier limit: the {account.tier} tier allows {exc.limit} profiles and this "
+                f"account has {exc.current}. Delete a profile or move to a larger tier.",
+                limit=exc.limit,
+                current=exc.current,
+                tier=account.tier,
+            )
+        return _error_response(exc)
+
+    async def on_validation_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RequestValidationError)
+        errors = exc.errors()
+        first = errors[0] if errors else {}
+        loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path")]
+        where = ".".join(loc) or None
+        message = str(first.get("msg", "invalid request"))
+        err = ValidationFailed(
+            f"Invalid request: {where + ': ' if where else ''}{message}.",
+            field=where,
+        )
+        if request.url.path.endswith("/complete-upload"):
+            err.status = 422  # doc 003
+        return _error_response(err)
+
+    async def on_http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, StarletteHTTPException)
+        if exc.status_code == 404:
+            err: ProfileError = NotFound("Not found: no such route.", resource="route")
+        elif exc.status_code == 405:
+            err = ValidationFailed("Method not allowed on this route.")
+            err.status = 405
+        else:
+            err = ProfileError(str(exc.detail))
+            err.status = exc.status_code
+        return _error_response(err, headers=dict(exc.headers or {}))
+
+    async def on_unexpected(request: Request, exc: Exception) -> Response:
+        log.error("internal error on %s: %s", request.method, type(exc).__name__, exc_info=exc)
+        return _error_response(ProfileError("Internal server error"))
+
+    app.add_exception_handler(ProfileError, on_profile_error)
+    app.add_exception_handler(RequestValidationError, on_validation_error)
+    app.add_exception_handler(StarletteHTTPException, on_http_error)
+    app.add_exception_handler(Exception, on_unexpected)
+
+    @app.middleware("http")
+    async def json_body_cap(request: Request, call_next: Any) -> Response:
+        streamed = request.url.path.endswith(("/upload", "/state")) or request.url.path.startswith(
+            "/v1/uploads/"
+        )
+        declared = request.headers.get("content-length")
+        if not streamed and declared is not None:
+            if not declared.isdigit():
+                return _error_response(ValidationFailed("Invalid Content-Length."))
+            if int(declared) > MAX_JSON_BODY:
+                err = ValidationFailed(
+                    f"The request body is larger than {MAX_JSON_BODY} bytes.",
+                    limit=MAX_JSON_BODY,
+                )
+                err.status = 413
+                return _error_response(err)
+        response: Response = await call_next(request)
+        response.headers["Cache-Control"] = "no-store"
+        return response
+
+    app.add_middleware(RateLimitMiddleware, rate=config.rate_limit)
+
+    # -------------------------------------------------------------- auth
+
+    def base_url(request: Request) -> str:
+        return (config.public_url or str(request.base_url)).rstrip("/")
+
+    # -------------------------------------------------------------- health
+
+    @app.get("/v1/health", tags=["service"])
+    def health() -> dict[str, bool]:
+        return {"ok": True}
+
+    # -------------------------------------------------------------- profiles
+
+    @app.get("/v1/profiles", tags=["profiles"])
+    def list_profiles(
+        c: Auth,
+        limit: int | None = None,
+        cursor: Annotated[str | None, Query(max_length=200)] = None,
+        pageSize: int | None = None,
+        pageNumber: int | None = None,
+    ) -> dict[str, Any]:
+        if pageSize is None and pageNumber is None:
+            return _page(c.store.list(limit=50 if limit is None else limit, cursor=cursor))
+        size = 50 if pageSize is None else pageSize
+        number = 1 if pageNumber is None else pageNumber
+        if not 1 <= number <= MAX_PAGE_NUMBER:
+            raise ValidationFailed(
+                f"pageNumber must be from 1 to {MAX_PAGE_NUMBER}; got {number}.",
+                field="pageNumber",
+            )
+        if not 1 <= size <= 100:
+            raise ValidationFailed(f"pageSize must be from 1 to 100; got {size}.", field="pageSize")
+        page = c.store.list(limit=size)
+        for _ in range(number - 1):
+            if not page.has_more:
+                page = Page[Profile](data=[], has_more=False, next_cursor=None)
+                break
+            page = c.store.list(limit=size, cursor=page.next_cursor)
+        return {**_page(page), "pageNumber": number, "pageSize": size}
+
+    @app.post("/v1/profiles", tags=["profiles"])
+    def create_profile(c: Auth, body: CreateBody) -> dict[str, Any]:
+        return _dump(
+            c.store.create(
+                body.name,
+                archetype=body.archetype,
+                description=body.description,
+                labels=body.labels,
+            )
+        )
+
+    @app.post("/v1/profiles/initiate-upload", tags=["uploads"])
+    def initiate_upload(c: Auth, request: Request) -> dict[str, Any]:
+        cap = c.account.cap
+        if cap is not None:
+            current = c.store.list(limit=min(100, cap + 1)).data
+            if len(current) >= cap:
+                raise TierLimit("at the cap", limit=cap, current=len(current))
+        profile_id = new_id("prof")
+        _sweep_old(c.store.home / "pending", "", 2 * config.upload_expires_in + 3600)
+        token, _ = signer.sign(
+            "upload",
+            account_id=c.account.id,
+            profile_id=profile_id,
+            checksum=None,
+            expires_in=config.upload_expires_in,
+        )
+        return {
+            "profile_id": profile_id,
+            "upload_url": f"{base_url(request)}/v1/uploads/{token}",
+            "upload_fields": {
+                "key": f"pending/{c.account.id}/{profile_id}",
+                "x-signature": token,
+            },
+            "upload_expires_in": int(config.upload_expires_in),
+        }
+
+    @app.get("/v1/profiles/{ref}", tags=["profiles"])
+    def get_profile(c: Auth, ref: str) -> dict[str, Any]:
+        return _dump(c.store.get(ref))
+
+    @app.patch("/v1/profiles/{ref}", tags=["profiles"])
+    def patch_profile(c: Auth, ref: str, body: PatchBody) -> dict[str, Any]:
+        given = body.model_fields_set
+
+        def opt(name: str) -> Any:
+            value = getattr(body, name)
+            return UNSET if name not in given or value is None else value
+
+        description: str | Unset | None = body.description if "description" in given else UNSET
+        return _dump(
+            c.store.update(
+                ref,
+                name=opt("name"),
+                description=description,
+                labels=opt("labels"),
+                archetype=opt("archetype"),
+                add_labels=body.add_labels,
+                remove_labels=body.remove_labels,
+            )
+        )
+
+    @app.delete("/v1/profiles/{ref}", status_code=204, tags=["profiles"])
+    def delete_profile(c: Auth, ref: str) -> Response:
+        c.store.delete(ref)
+        return Response(status_code=204)
+
+    @app.post("/v1/profiles/{ref}/clone", tags=["profiles"])
+    def clone_profile(c: Auth, ref: str, body: CloneBody | None = None) -> dict[str, Any]:
+        body = body or CloneBody()
+        return _dump(
+            c.store.clone(ref, name=body.name, with_state=body.with_state, archetype=body.archetype)
+        )
+
+    @app.get("/v1/profiles/{ref}/similar", tags=["profiles"])
+    def similar(c: Auth, ref: str, limit: int = 3) -> dict[str, Any]:
+        if not 1 <= limit <= 100:
+            raise ValidationFailed("limit must be from 1 to 100.", field="limit")
+        return {"names": c.store.similar_names(ref, limit=limit)}
+
+    @app.post("/v1/profiles/{ref}/events", tags=["profiles"])
+    def post_event(c: Auth, ref: str, body: EventBody) -> Response:
+        if body.type == "session.created":
+            profile = c.store.record_use(ref, **body.payload)
+            return JSONResponse(_dump(profile))
+        profile = c.store.get(ref)
+        c.store.record_event("session.ended", profile.id, **body.payload)
+        return Response(status_code=204)
+
+    # -------------------------------------------------------------- snapshots
+
+    @app.post("/v1/profiles/{ref}/snapshots", tags=["snapshots"])
+    def snapshot(c: Auth, ref: str, body: SnapshotBody | None = None) -> dict[str, Any]:
+        body = body or SnapshotBody()
+        return _dump(c.store.snapshot(ref, label=body.label, description=body.description))
+
+    @app.get("/v1/profiles/{ref}/snapshots", tags=["snapshots"])
+    def profile_snapshots(
+        c: Auth, ref: str, limit: int = 50, cursor: str | None = None
+    ) -> dict[str, Any]:
+        return _page(c.store.snapshots(ref, limit=limit, cursor=cursor))
+
+    @app.get("/v1/profile-snapshots", tags=["snapshots"])
+    def all_snapshots(c: Auth, limit: int = 50, cursor: str | None = None) -> dict[str, Any]:
+        return _page(c.store.snapshots(None, limit=limit, cursor=cursor))
+
+    @app.get("/v1/profile-snapshots/{snapshot_id}", tags=["snapshots"])
+    def get_snapshot(c: Auth, snapshot_id: str) -> dict[str, Any]:
+        return _dump(c.store.get_snapshot(snapshot_id))
+
+    @app.delete("/v1/profile-snapshots/{snapshot_id}", status_code=204, tags=["snapshots"])
+    def delete_snapshot(c: Auth, snapshot_id: str) -> Response:
+        c.store.delete_snapshot(snapshot_id)
+        return Response(status_code=204)
+
+    @app.post("/v1/profile-snapshots/{snapshot_id}/restore", tags=["snapshots"])
+    def restore(c: Auth, snapshot_id: str, body: RestoreBody | None = None) -> dict[str, Any]:
+        body = body or RestoreBody()
+        return _dump(c.store.restore(snapshot_id, name=body.name))
+
+    # -------------------------------------------------------------- audit
+
+    @app.get("/v1/audit", tags=["audit"])
+    def audit(
+        c: Auth, profile: str | None = None, limit: int = 50, cursor: str | None = None
+    ) -> dict[str, Any]:
+        return _page(c.store.audit(profile=profile, limit=limit, cursor=cursor))
+
+    # -------------------------------------------------------------- state
+
+    @app.post("/v1/profiles/{ref}/upload", tags=["state"])
+    async def upload(c: Auth, ref: str, request: Request) -> dict[str, Any]:
+        try:
+            profile = await _run(lambda: c.store.get(ref))
+        except ProfileError:
+            await drain(request.stream())
+            raise
+        with _scratch(c.store) as scratch:
+            up = await spool_multipart(request, scratch / "file", limit=config.max_upload_bytes)
+            if archive_codec(up.head) is None:
+                raise ArchiveInvalid(NOT_GZIP, field="file")
+            assert up.file_path is not None
+            path = up.file_path
+
+            def run() -> Profile:
+                with path.open("rb") as src:
+                    return c.store.import_state(profile.id, src, lock_timeout=UPLOAD_LOCK_WAIT)
+
+            updated = await _run(run)
+        return _dump(updated)
+
+    @app.get("/v1/profiles/{ref}/download", tags=["state"])
+    def download_link(c: Auth, ref: str, request: Request) -> dict[str, Any]:
+        profile = c.store.get(ref)
+        if profile.checksum is None or profile.status != "ready":
+            from profiles.errors import NoStateData
+
+            raise NoStateData(
+                f"Profile has no data to download: {profile.name!r} is {profile.status}.",
+                field="profile",
+            )
+        token, claim = signer.sign(
+            "download",
+            account_id=c.account.id,
+            profile_id=profile.id,
+            checksum=profile.checksum,
+            expires_in=config.download_expires_in,
+        )
+        return {
+            "downloadUrl": f"{base_url(request)}/v1/downloads/{token}",
+            "expiresAt": _iso(claim.expires_at),
+            "expiresIn": int(config.download_expires_in),
+        }
+
+    @app.get("/v1/downloads/{token}", tags=["state"])
+    def download(token: str) -> Response:
+        from profiles.http.signing import LinkExpired
+
+        claim = signer.verify(token, "download")
+        try:
+            account = accounts.get_account(claim.account_id)
+        except NotFound:
+            raise NotFound("Profile not found", resource="profile") from None
+        if not account.active:
+            raise Forbidden("Account is deactivated")
+        store = stores.get(account)
+        profile = store.get(claim.profile_id)
+        if profile.checksum != claim.checksum:
+            raise LinkExpired(
+                "The profile's state changed since this link was made; ask for a new one.",
+                field="token",
+            )
+        return StreamingResponse(
+            _export_stream(store, profile.id),
+            media_type="application/gzip",
+            headers={
+                "Content-Disposition": f'attachment; filename="{profile.id}.tar.gz"',
+                "X-Checksum": claim.checksum or "",
+            },
+        )
+
+    @app.get("/v1/profiles/{ref}/state", tags=["state"])
+    def get_state(c: Auth, ref: str) -> Response:
+        profile = c.store.get(ref)
+        source = c.store.service.open_state(profile)
+        try:
+            head = source.read(4)
+        except BaseException:
+            source.close()
+            raise
+        codec = archive_codec(head)
+        headers = {"X-Checksum": profile.checksum or ""}
+        return StreamingResponse(
+            _blob_stream(source, head),
+            media_type="application/zstd" if codec == "zstd" else "application/gzip",
+            headers=headers,
+        )
+
+    @app.put("/v1/profiles/{ref}/state", tags=["state"])
+    async def put_state(
+        c: Auth,
+        ref: str,
+        request: Request,
+        epoch: Annotated[int | None, Query(ge=0, le=2**62)] = None,
+        browser_version: Annotated[str | None, Query(max_length=64)] = None,
+        event: Literal["state.uploaded", "session.ended"] = "state.uploaded",
+    ) -> dict[str, Any]:
+        announced = (request.headers.get("x-checksum") or "").strip().lower()
+        try:
+            if not _CHECKSUM.fullmatch(announced):
+                raise ValidationFailed(
+                    "The X-Checksum header must be the SHA-256 of the body, 64 hex digits.",
+                    field="X-Checksum",
+                )
+            if browser_version is not None:
+                check_browser_version(browser_version)
+            profile = await _run(lambda: c.store.get(ref))
+        except ProfileError:
+            await drain(request.stream())
+            raise
+        with _scratch(c.store) as scratch:
+            body = await spool_body(request, scratch / "state", limit=config.max_upload_bytes)
+            if body.sha256 != announced:
+                raise ChecksumMismatch(
+                    "The body does not hash to its X-Checksum; nothing was kept. Send it again.",
+                    field="X-Checksum",
+                    expected=announced,
+                    actual=body.sha256,
+                )
+            if archive_codec(body.head) is None:
+                raise ArchiveInvalid(
+                    "The state must be a .tar.zst or .tar.gz archive.", field="body"
+                )
+            kind: AuditType = event
+
+            def run() -> Profile:
+                grant_epoch = epoch
+                own = None
+                if grant_epoch is None:
+                    own = c.store.service.acquire_lease(
+                        profile.id, _server_holder("import"), ttl=SERVER_LEASE_TTL
+                    )
+                    if own is None:
+                        raise _busy(c.store, profile)
+                    grant_epoch = own.epoch
+                try:
+                    with body.path.open("rb") as src:
+                        return c.store.commit_archive(
+                            profile.id,
+                            src,
+                            epoch=grant_epoch,
+                            browser_version=browser_version,
+                            event=kind,
+                        )
+                finally:
+                    if own is not None:
+                        with contextlib.suppress(ProfileError):
+                            c.store.service.release_lease(profile.id, own.epoch)
+
+            updated = await _run(run)
+        return _dump(updated)
+
+    # -------------------------------------------------------------- leases
+
+    @app.post("/v1/profiles/{ref}/lease", tags=["leases"])
+    async def acquire_lease(c: Auth, ref: str, body: LeaseBody) -> dict[str, Any]:
+        profile = await _run(lambda: c.store.get(ref))
+        holder = Holder(kind=body.kind, host=body.host, pid=body.pid, since=datetime.now(UTC))
+        deadline = time.monotonic() + min(body.wait, config.max_lease_wait)
+        while True:
+            grant = await _run(
+                lambda: c.store.service.acquire_lease(profile.id, holder, ttl=body.ttl)
+            )
+            if grant is not None:
+                return {
+                    "profile_id": grant.profile_id,
+                    "epoch": grant.epoch,
+                    "expires_at": None
+                    if grant.expires_at is None
+                    else grant.expires_at.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+                }
+            if time.monotonic() >= deadline:
+                raise await _run(lambda: _busy(c.store, profile))
+            await anyio.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
+
+    @app.post("/v1/profiles/{ref}/lease/renew", tags=["leases"])
+    def renew_lease(c: Auth, ref: str, body: RenewBody) -> dict[str, bool]:
+        profile = c.store.get(ref)
+        return {"renewed": c.store.service.renew_lease(profile.id, body.epoch, ttl=body.ttl)}
+
+    @app.delete("/v1/profiles/{ref}/lease", status_code=204, tags=["leases"])
+    def release_lease(c: Auth, ref: str, epoch: Annotated[int, Query(ge=0, le=2**62)]) -> Response:
+        profile = c.store.get(ref)
+        c.store.service.release_lease(profile.id, epoch)
+        return Response(status_code=204)
+
+    @app.get("/v1/profiles/{ref}/lease", tags=["leases"])
+    def lease_holder(c: Auth, ref: str) -> dict[str, Any]:
+        profile = c.store.get(ref)
+        holder = c.store.service.lease_holder(profile.id)
+        return {"holder": None if holder is None else holder.model_dump(mode="json")}
+
+    @app.get("/v1/leases", tags=["leases"])
+    def leases(c: Auth) -> dict[str, Any]:
+        return {
+            "data": [
+                {"profile_id": pid, "holder": h.model_dump(mode="json")}
+                for pid, h in c.store.service.leases()
+            ]
+        }
+
+    # -------------------------------------------------------------- presigned uploads
+
+    @app.post("/v1/uploads/{token}", status_code=204, tags=["uploads"])
+    async def presigned_upload(token: str, request: Request) -> Response:
+        try:
+            claim = signer.verify(token, "upload")
+            account = accounts.get_account(claim.account_id)
+            if not account.active:
+                raise Forbidden("Account is deactivated")
+            if not accounts.claim_token(claim.nonce, claim.expires_at):
+                raise Conflict(
+                    "This upload target was already used; call initiate-upload again.",
+                    field="token",
+                )
+            store = await _run(lambda: stores.get(account))
+        except ProfileError:
+            await drain(request.stream())
+            raise
+        pending = store.home / "pending"
+        with _scratch(store) as scratch:
+            up = await spool_multipart(request, scratch / "file", limit=config.max_upload_bytes)
+            from profiles.http.signing import SignatureInvalid
+
+            expected_key = f"pending/{account.id}/{claim.profile_id}"
+            if up.fields.get("x-signature") != token or up.fields.get("key") != expected_key:
+                raise SignatureInvalid(
+                    "The upload fields do not match the upload target: send upload_fields "
+                    "exactly as initiate-upload returned them.",
+                    field="upload_fields",
+                )
+            codec = archive_codec(up.head)
+            if codec is None:
+                raise ArchiveInvalid(NOT_GZIP, field="file")
+            assert up.file_path is not None
+            target = pending / f"{claim.profile_id}.archive"
+            meta = pending / f"{claim.profile_id}.json"
+            import json
+
+            meta.write_text(
+                json.dumps(
+                    {
+                        "size": up.size,
+                        "sha256": up.sha256,
+                        "codec": codec,
+                        "uploaded_at": time.time(),
+                    }
+                )
+            )
+            os.chmod(meta, 0o600)
+            os.replace(up.file_path, target)
+        return Response(status_code=204)
+
+    @app.post("/v1/profiles/{profile_id}/complete-upload", status_code=201, tags=["uploads"])
+    def complete_upload(c: Auth, profile_id: str, body: CompleteUploadBody) -> JSONResponse:
+        try:
+            name = check_name(body.name)
+            if body.browser_name not in ENGINES:
+                raise ValidationFailed(
+                    f"Unsupported browser_name {body.browser_name!r}; use one of "
+                    f"{', '.join(ENGINES)}.",
+                    field="browser_name",
+                )
+            version = check_browser_version(body.browser_version)
+            description = check_description(body.description)
+            labels = check_labels(body.labels)
+        except ValidationFailed as exc:
+            exc.status = 422
+            raise
+        pending = c.store.home / "pending"
+        archive = pending / f"{profile_id}.archive"
+        meta_path = pending / f"{profile_id}.json"
+        if not _PROFILE_ID.fullmatch(profile_id) or not archive.is_file():
+            raise NotFound(
+                "No pending upload found for this profile_id.",
+                resource="upload",
+                ref=profile_id,
+            )
+        import json
+
+        meta = json.loads(meta_path.read_text())
+        size, digest = _hash_file(archive)
+        if size != meta.get("size") or digest != meta.get("sha256"):
+            err = ChecksumMismatch(
+                "The uploaded archive changed since it was received; upload it again.",
+                field="file",
+            )
+            err.status = 422
+            raise err
+        engine = body.browser_name
+        now = utcnow()
+        profile = Profile(
+            id=profile_id,
+            name=name,
+            description=description,
+            archetype=ARCHETYPE_OF[engine],
+            browser_name=engine,
+            labels=labels,
+            created_at=now,
+            updated_at=now,
+        )
+        catalog = c.store.catalog
+        with catalog.transaction() as tx:
+            if tx.get_profile(profile_id) is not None:
+                raise Conflict(f"Profile {profile_id} already exists.", field="profile_id")
+            tx.insert_profile(profile, max_profiles=c.account.cap)
+        c.store.record_event(
+            "profile.created",
+            profile_id,
+            name=name,
+            archetype=profile.archetype,
+            uploaded=True,
+        )
+        try:
+            with archive.open("rb") as src:
+                created = c.store.import_state(
+                    profile_id,
+                    src,
+                    browser_name=engine,
+                    browser_version=version,
+                    lock_timeout=UPLOAD_LOCK_WAIT,
+                )
+        except ValidationFailed as exc:
+            with contextlib.suppress(ProfileError):
+                c.store.delete(profile_id)
+            exc.status = 422
+            raise
+        except BaseException:
+            with contextlib.suppress(ProfileError):
+                c.store.delete(profile_id)
+            raise
+        for path in (archive, meta_path):
+            with contextlib.suppress(OSError):
+                path.unlink()
+        return JSONResponse(_dump(created), status_code=201)
+
+    return app
+
+
+def _hash_file(path: Path) -> tuple[int, str]:
+    import hashlib
+
+    digest = hashlib.sha256()
+    size = 0
+    with path.open("rb") as src:
+        while chunk := src.read(1024 * 1024):
+            digest.update(chunk)
+            size += len(chunk)
+    return size, digest.hexdigest()
+
+
+def _server_holder(kind: Literal["session", "import"]) -> Holder:
+    return Holder(kind=kind, host=socket.gethostname(), pid=os.getpid(), since=datetime.now(UTC))
+
+
+def _busy(store: ProfileStore, profile: Profile) -> ProfileBusy:
+    holder = store.service.lease_holder(profile.id)
+    who = holder.describe() if holder else "another writer"
+    return ProfileBusy(
+        f"Profile {profile.name!r} is in use: {who}. Wait for it to end and try again.",
+        profile_id=profile.id,
+        holder=holder.model_dump(mode="json") if holder else None,
+    )

@@ -1,0 +1,341 @@
+"""``profiles serve``, ``profiles keys`` and ``profiles accounts``.
+
+:func:`add_server_commands` registers them on the ``profiles`` parser (``build_parser``
+calls it with its sub-parser group and its ``command`` helper). ``python -m
+profiles.http.server_cli`` runs the same commands on their own (the tests start the server
+that way).
+
+The server's home holds ``accounts.sqlite3`` (accounts, hashed API keys, memberships),
+``server-secret`` (the signing key of download links and upload targets) and
+``accounts/<account id>/`` (each account's profile store). Keys are shown once, when made.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from profiles.errors import ProfileError, ValidationFailed
+from profiles.http.accounts import SCOPES, TIER_CAPS, AccountsDB
+from profiles.http.ratelimit import parse_rate_limit
+
+__all__ = ["add_server_commands", "main", "serve"]
+
+log = logging.getLogger(__name__)
+
+NO_STORE = "none"  # profiles.cli's store mode for commands that open no profile store
+Command = Callable[..., argparse.ArgumentParser]
+
+
+def _out(text: str) -> None:
+    sys.stdout.write(text + "\n")
+
+
+def _server_home(args: argparse.Namespace) -> Path:
+    from profiles.store import default_home
+
+    home = getattr(args, "home", None)
+    return Path(home).expanduser() if home else default_home()
+
+
+def _db(args: argparse.Namespace) -> AccountsDB:
+    home = _server_home(args)
+    home.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return AccountsDB(home / "accounts.sqlite3")
+
+
+def _as_json(args: argparse.Namespace) -> bool:
+    return bool(getattr(args, "json", False))
+
+
+def _rate_limit(value: str) -> Any:
+    try:
+        return parse_rate_limit(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def cmd_serve(_store: object, args: argparse.Namespace) -> None:
+    serve(
+        home=_server_home(args),
+        host=args.host,
+        port=args.port,
+        catalog=getattr(args, "catalog", None),
+        blobs=getattr(args, "blobs", None),
+        rate_limit=args.rate_limit,
+        download_expires_in=args.download_expires,
+        upload_expires_in=args.upload_expires,
+        max_upload_mb=args.max_upload_mb,
+        public_url=args.public_url,
+    )
+
+
+def serve(
+    *,
+    home: Path,
+    host: str = "127.0.0.1",
+    port: int = 8787,
+    catalog: str | None = None,
+    blobs: str | None = None,
+    rate_limit: Any = "100/900",
+    download_expires_in: float = 3600.0,
+    upload_expires_in: float = 3600.0,
+    max_upload_mb: int = 500,
+    public_url: str | None = None,
+) -> None:
+    """Run the server until SIGINT/SIGTERM (uvicorn; its access log is off: download and
+    upload tokens are in URL paths)."""
+    import uvicorn
+
+    from profiles.http.server import ServerConfig, create_app
+
+    rate = parse_rate_limit(rate_limit) if isinstance(rate_limit, str) else rate_limit
+    for name, value in (
+        ("download expiry", download_expires_in),
+        ("upload expiry", upload_expires_in),
+    ):
+        if value <= 0:
+            raise ValidationFailed(f"The {name} must be above 0 seconds.")
+    if max_upload_mb < 1:
+        raise ValidationFailed("--max-upload-mb must be at least 1.", field="max_upload_mb")
+    try:
+        config = ServerConfig(
+            home=home,
+            catalog=catalog,
+            blobs=blobs,
+            rate_limit=rate,
+            download_expires_in=download_expires_in,
+            upload_expires_in=upload_expires_in,
+            max_upload_bytes=max_upload_mb * 1024 * 1024,
+            public_url=public_url,
+        )
+    except ValueError as exc:
+        raise ValidationFailed(str(exc), field="catalog") from None
+    app = create_app(config)
+    log.info(
+        "serving profiles of %s on http://%s:%d (rate limit %s)",
+        config.home,
+        host,
+        port,
+        rate or "off",
+    )
+    uvicorn.run(app, host=host, port=port, access_log=False, log_level="info", log_config=None)
+
+
+def cmd_keys_create(_store: object, args: argparse.Namespace) -> None:
+    with _db(args) as db:
+        key, token = db.create_key(args.account, scopes=args.scope or SCOPES, name=args.name)
+    if _as_json(args):
+        _out(json.dumps({**key.to_dict(), "key": token}))
+        return
+    _out(f"created key {key.id} for {key.account_id} (scopes {' '.join(key.scopes)})")
+    _out(f"key (shown once; keep it secret): {token}")
+
+
+def cmd_keys_list(_store: object, args: argparse.Namespace) -> None:
+    with _db(args) as db:
+        keys = db.keys(args.account)
+    if _as_json(args):
+        _out(json.dumps({"data": [k.to_dict() for k in keys]}))
+        return
+    for k in keys:
+        state = f"revoked {k.revoked_at}" if k.revoked_at else "active"
+        _out(f"{k.prefix}  {k.account_id}  {' '.join(k.scopes):<10}  {k.name or '-'}  {state}")
+
+
+def cmd_keys_revoke(_store: object, args: argparse.Namespace) -> None:
+    with _db(args) as db:
+        key = db.revoke_key(args.key)
+    if _as_json(args):
+        _out(json.dumps(key.to_dict()))
+    else:
+        _out(f"revoked key {key.id}")
+
+
+def cmd_accounts_create(_store: object, args: argparse.Namespace) -> None:
+    with _db(args) as db:
+        account = db.create_account(args.name, tier=args.tier, profile_cap=args.cap)
+    if _as_json(args):
+        _out(json.dumps(account.to_dict()))
+    else:
+        _out(f"created account {account.id} ({account.name}, tier {account.tier})")
+
+
+def cmd_accounts_list(_store: object, args: argparse.Namespace) -> None:
+    with _db(args) as db:
+        rows = db.accounts()
+    if _as_json(args):
+        _out(json.dumps({"data": [a.to_dict() for a in rows]}))
+        return
+    for a in rows:
+        cap = "no cap" if a.cap is None else f"cap {a.cap}"
+        state = "active" if a.active else "deactivated"
+        _out(f"{a.id}  {a.name}  {a.tier} ({cap})  {state}")
+
+
+def cmd_accounts_deactivate(_store: object, args: argparse.Namespace) -> None:
+    with _db(args) as db:
+        account = db.set_active(args.account, args.activate)
+    if _as_json(args):
+        _out(json.dumps(account.to_dict()))
+    else:
+        _out(f"{'activated' if account.active else 'deactivated'} account {account.id}")
+
+
+def cmd_accounts_member(_store: object, args: argparse.Namespace) -> None:
+    with _db(args) as db:
+        if args.remove:
+            db.remove_member(args.account, args.member)
+            _out(f"removed {args.member} from {args.account}")
+            return
+        m = db.add_member(args.account, args.member, args.role)
+    _out(f"{m.member_account_id} is now {m.role} of {m.account_id}")
+
+
+def add_server_commands(sub: Any, command: Command) -> None:
+    """Register ``serve``, ``keys`` and ``accounts`` with ``profiles``' ``command`` helper
+    (``command(group, name, handler, help, description="", store=...)``)."""
+    p = command(
+        sub,
+        "serve",
+        cmd_serve,
+        "Serve the profiles of many accounts over HTTP.",
+        "Serve the profile API (/v1, OpenAPI at /openapi.json) over HTTP: each account's "
+        "profiles in a store of its own under --home (accounts/<id>/), or, with --catalog "
+        "and --blobs URL templates holding {account}, in a catalog and a bucket prefix per "
+        "account. Create an account and a key first (profiles accounts create, profiles "
+        "keys create).",
+        store=NO_STORE,
+    )
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8787, help="port (default 8787)")
+    p.add_argument(
+        "--rate-limit",
+        type=_rate_limit,
+        default=parse_rate_limit("100/900"),
+        metavar="N/SECONDS",
+        help="requests per client IP per window (default 100/900; 'off' for none)",
+    )
+    p.add_argument(
+        "--download-expires",
+        type=float,
+        default=3600.0,
+        metavar="SECONDS",
+        help="lifetime of download links (default 3600)",
+    )
+    p.add_argument(
+        "--upload-expires",
+        type=float,
+        default=3600.0,
+        metavar="SECONDS",
+        help="lifetime of upload targets from initiate-upload (default 3600)",
+    )
+    p.add_argument(
+        "--max-upload-mb", type=int, default=500, metavar="MB", help="upload cap (default 500)"
+    )
+    p.add_argument(
+        "--public-url",
+        default=None,
+        metavar="URL",
+        help="base URL for the links the server hands out (default: as requested)",
+    )
+
+    p = command(sub, "keys", None, "Create, list and revoke API keys of the server.")
+    keys = p.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
+    k = command(keys, "create", cmd_keys_create, "Create an API key (shown once).", store=NO_STORE)
+    k.add_argument(
+        "--account", required=True, metavar="ACCOUNT_ID", help="the account the key acts for"
+    )
+    k.add_argument(
+        "--scope",
+        action="append",
+        choices=SCOPES,
+        help="read and/or admin (repeatable; default both)",
+    )
+    k.add_argument("--name", default=None, help="a label for the key")
+    k = command(keys, "list", cmd_keys_list, "List API keys (never their secrets).", store=NO_STORE)
+    k.add_argument("--account", default=None, metavar="ACCOUNT_ID", help="only this account's")
+    k = command(keys, "revoke", cmd_keys_revoke, "Revoke an API key.", store=NO_STORE)
+    k.add_argument("key", metavar="KEY_ID", help="the key id (or the key's pk_<id>_ prefix)")
+
+    p = command(sub, "accounts", None, "Create, list and deactivate accounts of the server.")
+    accts = p.add_subparsers(dest="accounts_command", metavar="ACTION", required=True)
+    a = command(accts, "create", cmd_accounts_create, "Create an account.", store=NO_STORE)
+    a.add_argument("name", metavar="NAME", help="a name for people")
+    a.add_argument(
+        "--tier", default="team", choices=list(TIER_CAPS), help="its profile cap (team: 50)"
+    )
+    a.add_argument("--cap", type=int, default=None, help="a profile cap of its own")
+    a = command(accts, "list", cmd_accounts_list, "List accounts.", store=NO_STORE)
+    a = command(
+        accts, "deactivate", cmd_accounts_deactivate, "Deactivate an account.", store=NO_STORE
+    )
+    a.add_argument("account", metavar="ACCOUNT_ID", help="the account")
+    a.set_defaults(activate=False)
+    a = command(accts, "activate", cmd_accounts_deactivate, "Activate it again.", store=NO_STORE)
+    a.add_argument("account", metavar="ACCOUNT_ID", help="the account")
+    a.set_defaults(activate=True)
+    a = command(
+        accts,
+        "member",
+        cmd_accounts_member,
+        "Let another account's keys act on this one (X-Account).",
+        store=NO_STORE,
+    )
+    a.add_argument("account", metavar="ACCOUNT_ID", help="the account acted on")
+    a.add_argument("member", metavar="MEMBER_ACCOUNT_ID", help="the account whose keys act")
+    a.add_argument(
+        "--role",
+        choices=("member", "admin"),
+        default="member",
+        help="member reads, admin reads and writes (member)",
+    )
+    a.add_argument("--remove", action="store_true", help="end the membership")
+
+
+def _standalone_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="profiles-server")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def command(
+        group: Any,
+        name: str,
+        handler: Any,
+        help: str,
+        description: str = "",
+        store: str = NO_STORE,
+    ) -> argparse.ArgumentParser:
+        p: argparse.ArgumentParser = group.add_parser(
+            name, help=help, description=description or help
+        )
+        p.add_argument("--home", default=None, metavar="PATH")
+        p.add_argument("--json", action="store_true")
+        if name == "serve":
+            p.add_argument("--catalog", default=None, metavar="URL")
+            p.add_argument("--blobs", default=None, metavar="URL")
+        if handler is not None:
+            p.set_defaults(handler=handler)
+        return p
+
+    add_server_commands(sub, command)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _standalone_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        args.handler(None, args)
+    except ProfileError as exc:
+        sys.stderr.write(f"error: {exc.message}\n")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

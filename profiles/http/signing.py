@@ -1,0 +1,152 @@
+"""Signed, expiring tokens for download links and upload targets.
+
+A token is ``<payload>.<signature>``: the payload is URL-safe base64 of compact JSON
+(``{"k": purpose, "a": account id, "p": profile id, "c": checksum, "x": expiry (unix s),
+"n": nonce}``), the signature URL-safe base64 of its HMAC-SHA256 under the server's secret
+(``<home>/server-secret``, 32 random bytes, ``0600``, made on first start). Anything that
+does not verify is ``SignatureInvalid`` (403); a token past its expiry is ``LinkExpired``
+(410). The account is inside the signed payload, so a link only ever reaches the account it
+was made for.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import json
+import os
+import secrets
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+from profiles.errors import ProfileError
+
+__all__ = ["LinkExpired", "SignatureInvalid", "SignedClaim", "Signer", "load_secret"]
+
+SECRET_BYTES: Final = 32
+MAX_TOKEN_LENGTH: Final = 2048
+
+
+class SignatureInvalid(ProfileError):
+    """A signed link or upload target was altered, is malformed, or is for another use."""
+
+    code = "SignatureInvalid"
+    status = 403
+
+
+class LinkExpired(ProfileError):
+    """A signed link or upload target is past its expiry (or no longer matches the state
+    it was made for): ask for a new one."""
+
+    code = "LinkExpired"
+    status = 410
+
+
+def load_secret(path: Path) -> bytes:
+    """The server's signing secret, made (``0600``) on first use."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    except FileExistsError:
+        data = path.read_bytes()
+        if len(data) < SECRET_BYTES:
+            raise ValueError(f"the signing secret {path} is too short") from None
+        os.chmod(path, 0o600)
+        return data
+    with os.fdopen(fd, "wb") as out:
+        secret = secrets.token_bytes(SECRET_BYTES)
+        out.write(secret)
+    return secret
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+@dataclass(frozen=True)
+class SignedClaim:
+    purpose: str
+    account_id: str
+    profile_id: str
+    checksum: str | None
+    expires_at: float
+    nonce: str
+
+
+class Signer:
+    """Makes and checks tokens under one secret."""
+
+    def __init__(self, secret: bytes) -> None:
+        self._secret = secret
+
+    def _mac(self, payload: str) -> str:
+        return _b64(hmac.new(self._secret, payload.encode("ascii"), hashlib.sha256).digest())
+
+    def sign(
+        self,
+        purpose: str,
+        *,
+        account_id: str,
+        profile_id: str,
+        checksum: str | None,
+        expires_in: float,
+    ) -> tuple[str, SignedClaim]:
+        claim = SignedClaim(
+            purpose=purpose,
+            account_id=account_id,
+            profile_id=profile_id,
+            checksum=checksum,
+            expires_at=time.time() + expires_in,
+            nonce=secrets.token_hex(12),
+        )
+        body: dict[str, Any] = {
+            "k": purpose,
+            "a": account_id,
+            "p": profile_id,
+            "c": checksum,
+            "x": round(claim.expires_at, 3),
+            "n": claim.nonce,
+        }
+        payload = _b64(json.dumps(body, separators=(",", ":")).encode())
+        return f"{payload}.{self._mac(payload)}", claim
+
+    def verify(self, token: str, purpose: str) -> SignedClaim:
+        """The claim of a valid, unexpired token for ``purpose``."""
+        invalid = SignatureInvalid(
+            "The link's signature is invalid: it was altered or is not for this server. "
+            "Ask for a new one.",
+            field="token",
+        )
+        if not isinstance(token, str) or len(token) > MAX_TOKEN_LENGTH or token.count(".") != 1:
+            raise invalid
+        payload, mac = token.split(".")
+        if not hmac.compare_digest(self._mac(payload), mac):
+            raise invalid
+        try:
+            body = json.loads(_unb64(payload))
+            claim = SignedClaim(
+                purpose=str(body["k"]),
+                account_id=str(body["a"]),
+                profile_id=str(body["p"]),
+                checksum=None if body["c"] is None else str(body["c"]),
+                expires_at=float(body["x"]),
+                nonce=str(body["n"]),
+            )
+        except (ValueError, KeyError, TypeError, binascii.Error):
+            raise invalid from None
+        if claim.purpose != purpose:
+            raise invalid
+        if time.time() > claim.expires_at:
+            raise LinkExpired(
+                "The link has expired; ask for a new one.",
+                field="token",
+                expired_at=claim.expires_at,
+            )
+        return claim

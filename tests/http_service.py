@@ -1,0 +1,147 @@
+"""A real profile server (``profiles serve``) on loopback for the tests, and its keys.
+
+:func:`start_http_server` runs the server in a subprocess (``python -m
+profiles.http.server_cli serve``) on 127.0.0.1 with a free port, its own home, an account
+(tier ``enterprise``: no profile cap unless ``profile_cap`` is given) with an admin key
+(scopes read + admin) and a read-only key, and waits until ``GET /v1/health`` answers. The
+fixture :func:`http_server_url` gives one such server per test as an :class:`HttpServer`::
+
+    def test_something(http_server_url: HttpServer) -> None:
+        r = httpx.get(f"{http_server_url.url}/v1/profiles",
+                      headers={"Authorization": f"Bearer {http_server_url.api_key}"})
+
+Import it into a test module (or conftest.py): ``from http_service import http_server_url``.
+The rate limit is raised (100000 requests per minute) so tests are not throttled unless
+they ask for it with ``extra_args=["--rate-limit", "5/60"]``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import pytest
+
+__all__ = ["HttpServer", "free_port", "http_server_url", "start_http_server"]
+
+STARTUP_TIMEOUT = 30.0
+
+
+@dataclass
+class HttpServer:
+    """A running server: its base URL (no trailing slash), keys of its first account, and
+    its home directory."""
+
+    url: str
+    api_key: str
+    read_key: str
+    home: Path
+    account_id: str = ""
+    pid: int = 0
+    process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
+    log_path: Path | None = None
+
+    def headers(self, key: str | None = None, **extra: str) -> dict[str, str]:
+        """``Authorization: Bearer <key>`` (the admin key by default) plus ``extra``."""
+        return {"Authorization": f"Bearer {key or self.api_key}", **extra}
+
+    def log_text(self) -> str:
+        """What the server wrote to stdout and stderr so far."""
+        return self.log_path.read_text(errors="replace") if self.log_path else ""
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextlib.contextmanager
+def start_http_server(
+    home: Path,
+    *,
+    extra_args: Sequence[str] = (),
+    tier: str = "enterprise",
+    profile_cap: int | None = None,
+    env: dict[str, str] | None = None,
+) -> Iterator[HttpServer]:
+    """Run ``profiles serve`` on loopback with ``home``; stop it (SIGTERM, then SIGKILL)
+    at the end of the block."""
+    from profiles.http.accounts import AccountsDB
+
+    home.mkdir(mode=0o700, parents=True, exist_ok=True)
+    with AccountsDB(home / "accounts.sqlite3") as db:
+        account = db.create_account("tests", tier=tier, profile_cap=profile_cap)
+        _, admin_key = db.create_key(account.id, scopes=("read", "admin"), name="admin")
+        _, read_key = db.create_key(account.id, scopes=("read",), name="read")
+    port = free_port()
+    log_path = home / "server.log"
+    cmd = [
+        sys.executable,
+        "-m",
+        "profiles.http.server_cli",
+        "serve",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--home",
+        str(home),
+        "--rate-limit",
+        "100000/60",
+        *extra_args,
+    ]
+    child_env = {**os.environ, **(env or {})}
+    child_env.pop("PROFILES_CATALOG_URL", None)
+    child_env.pop("PROFILES_BLOBS_URL", None)
+    with log_path.open("wb") as log_file:
+        proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=child_env)
+    url = f"http://127.0.0.1:{port}"
+    server = HttpServer(
+        url=url,
+        api_key=admin_key,
+        read_key=read_key,
+        home=home,
+        account_id=account.id,
+        pid=proc.pid,
+        process=proc,
+        log_path=log_path,
+    )
+    try:
+        deadline = time.monotonic() + STARTUP_TIMEOUT
+        while True:
+            if proc.poll() is not None:
+                raise RuntimeError(
+                    f"profiles serve exited with {proc.returncode}:\n{server.log_text()}"
+                )
+            try:
+                if httpx.get(f"{url}/v1/health", timeout=1.0).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"profiles serve did not start:\n{server.log_text()}")
+            time.sleep(0.05)
+        yield server
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+
+
+@pytest.fixture
+def http_server_url(tmp_path: Path) -> Iterator[HttpServer]:
+    """A fresh server per test (its own home under ``tmp_path``)."""
+    with start_http_server(tmp_path / "server-home") as server:
+        yield server

@@ -1,0 +1,823 @@
+"""The profile server (``profiles serve``) on loopback, driven by httpx: the error rows of
+the reference docs, accounts and keys, isolation, signed links, streamed uploads under the
+cap, the rate limit, leases, and schemathesis over /openapi.json.
+
+Nothing is mocked: every test talks to a real uvicorn process on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import json
+import socket
+import subprocess
+import sys
+import tarfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import schemathesis
+from http_service import HttpServer, start_http_server
+from hypothesis import HealthCheck, given, settings
+from schemathesis.core.result import Ok
+
+from profiles.http.accounts import AccountsDB
+
+TIMEOUT = httpx.Timeout(60.0)
+
+
+# ------------------------------------------------------------------ helpers
+
+
+def _tar(files: dict[str, bytes]) -> bytes:
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            info.mode = 0o600
+            tar.addfile(info, io.BytesIO(data))
+    return raw.getvalue()
+
+
+def chromium_targz(seed: str = "1") -> bytes:
+    """A minimal Chromium user-data-dir as .tar.gz."""
+    return gzip.compress(
+        _tar(
+            {
+                "Local State": json.dumps({"seed": seed}).encode(),
+                "Default/Preferences": b"{}",
+            }
+        )
+    )
+
+
+def firefox_targz() -> bytes:
+    return gzip.compress(_tar({"prefs.js": b"// prefs\n", "times.json": b"{}"}))
+
+
+@dataclass
+class Acct:
+    id: str
+    admin: str
+    read: str
+
+    def h(self, key: str | None = None, **extra: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {key or self.admin}", **extra}
+
+
+def new_account(
+    server: HttpServer, *, tier: str = "enterprise", cap: int | None = None, name: str = "a"
+) -> Acct:
+    with AccountsDB(server.home / "accounts.sqlite3") as db:
+        account = db.create_account(name, tier=tier, profile_cap=cap)
+        _, admin = db.create_key(account.id, scopes=("read", "admin"))
+        _, read = db.create_key(account.id, scopes=("read",))
+    return Acct(account.id, admin, read)
+
+
+def err(r: httpx.Response) -> dict[str, Any]:
+    body = r.json()
+    assert set(body) == {"error"}, body
+    error: dict[str, Any] = body["error"]
+    assert error["status"] == r.status_code, body
+    assert error["code"] and error["message"], body
+    return error
+
+
+@pytest.fixture(scope="module")
+def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HttpServer]:
+    with start_http_server(tmp_path_factory.mktemp("srv") / "home") as server:
+        yield server
+
+
+@pytest.fixture
+def acct(srv: HttpServer) -> Acct:
+    return new_account(srv)
+
+
+@pytest.fixture
+def client(srv: HttpServer) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=srv.url, timeout=TIMEOUT) as c:
+        yield c
+
+
+def create(client: httpx.Client, acct: Acct, name: str, **body: Any) -> dict[str, Any]:
+    r = client.post("/v1/profiles", headers=acct.h(), json={"name": name, **body})
+    assert r.status_code == 200, r.text
+    result: dict[str, Any] = r.json()
+    return result
+
+
+def upload(
+    client: httpx.Client, acct: Acct, ref: str, data: bytes, filename: str = "p.tar.gz"
+) -> httpx.Response:
+    return client.post(
+        f"/v1/profiles/{ref}/upload",
+        headers=acct.h(),
+        files={"file": (filename, data, "application/gzip")},
+    )
+
+
+# ------------------------------------------------------------------ doc 000: auth
+
+
+def test_401_api_key_required(client: httpx.Client) -> None:
+    r = client.get("/v1/profiles")
+    assert r.status_code == 401
+    assert err(r)["message"] == "API key required"
+
+
+def test_401_invalid_or_revoked_key(srv: HttpServer, client: httpx.Client, acct: Acct) -> None:
+    r = client.get("/v1/profiles", headers={"Authorization": "Bearer pk_0123456789abcdef_nope"})
+    assert r.status_code == 401
+    assert err(r)["message"] == "Invalid or revoked API key"
+    # a key with the right id and a wrong secret
+    forged = acct.admin[:-4] + ("AAAA" if not acct.admin.endswith("AAAA") else "BBBB")
+    r = client.get("/v1/profiles", headers=acct.h(forged))
+    assert err(r)["message"] == "Invalid or revoked API key"
+    assert client.get("/v1/profiles", headers=acct.h()).status_code == 200
+    with AccountsDB(srv.home / "accounts.sqlite3") as db:
+        db.revoke_key(acct.admin)
+    r = client.get("/v1/profiles", headers=acct.h())
+    assert r.status_code == 401
+    assert err(r)["message"] == "Invalid or revoked API key"
+
+
+def test_403_account_deactivated(srv: HttpServer, client: httpx.Client, acct: Acct) -> None:
+    with AccountsDB(srv.home / "accounts.sqlite3") as db:
+        db.set_active(acct.id, False)
+    r = client.get("/v1/profiles", headers=acct.h())
+    assert r.status_code == 403
+    assert err(r)["message"] == "Account is deactivated"
+
+
+def test_403_read_key_cannot_write(client: httpx.Client, acct: Acct) -> None:
+    create(client, acct, "readable")
+    assert client.get("/v1/profiles/readable", headers=acct.h(acct.read)).status_code == 200
+    for method, path, body in [
+        ("POST", "/v1/profiles", {"name": "x"}),
+        ("PATCH", "/v1/profiles/readable", {"description": "d"}),
+        ("DELETE", "/v1/profiles/readable", None),
+        ("POST", "/v1/profiles/readable/lease", {"host": "h", "pid": 1}),
+    ]:
+        r = client.request(method, path, headers=acct.h(acct.read), json=body)
+        assert r.status_code == 403, (method, path, r.text)
+        assert err(r)["message"] == "API key missing required permission: admin"
+
+
+def test_404_profile_not_found(client: httpx.Client, acct: Acct) -> None:
+    create(client, acct, "production")
+    r = client.get("/v1/profiles/productoin", headers=acct.h())
+    assert r.status_code == 404
+    e = err(r)
+    assert e["code"] == "NotFound" and "not found" in e["message"]
+    assert e["suggestions"] == ["production"]
+    r = upload(client, acct, "nope", chromium_targz())
+    assert r.status_code == 404
+    assert client.get("/v1/profiles/nope/download", headers=acct.h()).status_code == 404
+
+
+# ------------------------------------------------------------------ doc 000: upload/download
+
+
+def test_400_no_file_provided(client: httpx.Client, acct: Acct) -> None:
+    create(client, acct, "p")
+    r = client.post("/v1/profiles/p/upload", headers=acct.h(), data={"other": "field"})
+    assert r.status_code == 400
+    assert err(r)["message"] == "No file provided"
+    r = client.post(
+        "/v1/profiles/p/upload", headers=acct.h(), files={"notfile": ("a.tar.gz", b"x")}
+    )
+    assert err(r)["message"] == "No file provided"
+    r = client.post("/v1/profiles/p/upload", headers=acct.h(), content=b"raw bytes")
+    assert r.status_code == 400
+    assert err(r)["message"] == "No file provided"
+
+
+def test_400_only_tar_gz(client: httpx.Client, acct: Acct) -> None:
+    create(client, acct, "p")
+    for data, name in [
+        (b"PK\x03\x04 a zip file", "p.zip"),
+        (_tar({"Local State": b"{}"}), "p.tar"),
+    ]:
+        r = upload(client, acct, "p", data, name)
+        assert r.status_code == 400, r.text
+        e = err(r)
+        assert e["message"] == "Only .tar.gz files are allowed"
+        assert e["code"] == "ArchiveInvalid"
+    assert client.get("/v1/profiles/p", headers=acct.h()).json()["status"] == "empty"
+
+
+def test_400_no_data_to_download(client: httpx.Client, acct: Acct) -> None:
+    create(client, acct, "p")
+    r = client.get("/v1/profiles/p/download", headers=acct.h())
+    assert r.status_code == 400
+    e = err(r)
+    assert e["code"] == "NoStateData"
+    assert e["message"].startswith("Profile has no data to download")
+    r = client.get("/v1/profiles/p/state", headers=acct.h())
+    assert r.status_code == 400 and err(r)["code"] == "NoStateData"
+
+
+def test_upload_then_signed_download(srv: HttpServer, client: httpx.Client, acct: Acct) -> None:
+    create(client, acct, "p")
+    r = upload(client, acct, "p", chromium_targz("up"))
+    assert r.status_code == 200, r.text
+    profile = r.json()
+    assert profile["status"] == "ready" and profile["checksum"]
+    r = client.get("/v1/profiles/p/download", headers=acct.h())
+    assert r.status_code == 200
+    link = r.json()
+    assert link["expiresIn"] == 3600 and link["expiresAt"].endswith("Z")
+    assert link["downloadUrl"].startswith(f"{srv.url}/v1/downloads/")
+    got = httpx.get(link["downloadUrl"], timeout=TIMEOUT)  # no Authorization needed
+    assert got.status_code == 200
+    assert got.headers["content-type"] == "application/gzip"
+    with tarfile.open(fileobj=io.BytesIO(got.content), mode="r:gz") as tar:
+        state = tar.extractfile("Local State")
+        assert state is not None and json.loads(state.read()) == {"seed": "up"}
+
+    # tampered: any change to the payload or the signature
+    token = link["downloadUrl"].rsplit("/", 1)[1]
+    payload, mac = token.split(".")
+    for bad in (f"{payload}x.{mac}", f"{payload}.{mac[:-2]}AA", "garbage", f"{mac}.{payload}"):
+        r = client.get(f"/v1/downloads/{bad}")
+        assert r.status_code == 403, bad
+        assert err(r)["code"] == "SignatureInvalid"
+    # an upload token is not a download token
+    up = client.post("/v1/profiles/initiate-upload", headers=acct.h()).json()
+    r = client.get(f"/v1/downloads/{up['upload_fields']['x-signature']}")
+    assert r.status_code == 403
+
+    # the state changed: the old link is stale (410); deleted: 404
+    assert upload(client, acct, "p", chromium_targz("v2")).status_code == 200
+    r = client.get(f"/v1/downloads/{token}")
+    assert r.status_code == 410 and err(r)["code"] == "LinkExpired"
+    link2 = client.get("/v1/profiles/p/download", headers=acct.h()).json()["downloadUrl"]
+    assert client.delete("/v1/profiles/p", headers=acct.h()).status_code == 204
+    r = httpx.get(link2, timeout=TIMEOUT)
+    assert r.status_code == 404 and err(r)["code"] == "NotFound"
+    # tokens and keys never reach the log
+    log_text = srv.log_text()
+    assert token not in log_text and payload not in log_text
+    assert acct.admin not in log_text and "/v1/downloads/" not in log_text
+
+
+def test_download_link_expires(tmp_path: Path) -> None:
+    with start_http_server(tmp_path / "h", extra_args=["--download-expires", "0.5"]) as s:
+        h = s.headers()
+        assert httpx.post(f"{s.url}/v1/profiles", headers=h, json={"name": "p"}).is_success
+        r = httpx.post(
+            f"{s.url}/v1/profiles/p/upload",
+            headers=h,
+            files={"file": ("p.tar.gz", chromium_targz())},
+            timeout=TIMEOUT,
+        )
+        assert r.status_code == 200, r.text
+        link = httpx.get(f"{s.url}/v1/profiles/p/download", headers=h).json()
+        assert link["expiresIn"] == 0
+        time.sleep(0.8)
+        r = httpx.get(link["downloadUrl"])
+        assert r.status_code == 410
+        assert err(r)["code"] == "LinkExpired"
+
+
+# ------------------------------------------------------------------ doc 001
+
+
+def test_400_validation(client: httpx.Client, acct: Acct) -> None:
+    for body in (
+        {"name": "has space"},
+        {"name": ""},
+        {"name": "x" * 65},
+        {"name": "ok", "description": "d" * 2049},
+        {"description": "no name"},
+        {"name": "ok", "unknown": 1},
+        {"name": 5},
+        {"name": "prof_1234"},
+    ):
+        r = client.post("/v1/profiles", headers=acct.h(), json=body)
+        assert r.status_code == 400, (body, r.text)
+        assert err(r)["code"] == "ValidationFailed", body
+    r = client.post("/v1/profiles", headers=acct.h(), content=b"{not json")
+    assert r.status_code == 400
+    r = client.get("/v1/profiles?limit=0", headers=acct.h())
+    assert r.status_code == 400 and err(r)["field"] == "limit"
+    r = client.get("/v1/profiles?limit=abc", headers=acct.h())
+    assert r.status_code == 400
+
+
+def test_409_name_taken(client: httpx.Client, acct: Acct) -> None:
+    create(client, acct, "production")
+    r = client.post("/v1/profiles", headers=acct.h(), json={"name": "production"})
+    assert r.status_code == 409
+    assert err(r)["code"] == "Conflict"
+    create(client, acct, "other")
+    r = client.patch("/v1/profiles/other", headers=acct.h(), json={"name": "production"})
+    assert r.status_code == 409
+
+
+def test_429_tier_limit_body(srv: HttpServer, client: httpx.Client) -> None:
+    trial = new_account(srv, tier="trial")
+    create(client, trial, "only")
+    for method, path, body in [
+        ("POST", "/v1/profiles", {"name": "second"}),
+        ("POST", "/v1/profiles/only/clone", {}),
+        ("POST", "/v1/profiles/initiate-upload", None),
+    ]:
+        r = client.request(method, path, headers=trial.h(), json=body)
+        assert r.status_code == 429, r.text
+        e = err(r)
+        assert e["code"] == "TierLimit"
+        assert (e["limit"], e["current"], e["resource"], e["tier"]) == (1, 1, "profile", "trial")
+        assert "Tier limit" in e["message"]
+    snap = client.post("/v1/profiles/only/snapshots", headers=trial.h(), json={}).json()
+    r = client.post(f"/v1/profile-snapshots/{snap['id']}/restore", headers=trial.h(), json={})
+    assert r.status_code == 429
+    # a cap of the account's own overrides the tier's
+    custom = new_account(srv, tier="trial", cap=2)
+    create(client, custom, "one")
+    create(client, custom, "two")
+    r = client.post("/v1/profiles", headers=custom.h(), json={"name": "three"})
+    assert r.status_code == 429 and err(r)["limit"] == 2
+
+
+def test_404_cross_account(srv: HttpServer, client: httpx.Client) -> None:
+    a = new_account(srv, name="a")
+    b = new_account(srv, name="b")
+    p = create(client, a, "secret")
+    snap = client.post("/v1/profiles/secret/snapshots", headers=a.h(), json={}).json()
+    for ref in (p["id"], "secret"):
+        for method, path, body in [
+            ("GET", f"/v1/profiles/{ref}", None),
+            ("PATCH", f"/v1/profiles/{ref}", {"description": "mine"}),
+            ("DELETE", f"/v1/profiles/{ref}", None),
+            ("POST", f"/v1/profiles/{ref}/clone", {}),
+            ("GET", f"/v1/profiles/{ref}/download", None),
+            ("GET", f"/v1/profiles/{ref}/state", None),
+            ("POST", f"/v1/profiles/{ref}/lease", {"host": "h", "pid": 1}),
+            ("POST", f"/v1/profiles/{ref}/snapshots", {}),
+        ]:
+            r = client.request(method, path, headers=b.h(), json=body)
+            assert r.status_code == 404, (method, path, r.text)
+    for method in ("GET", "DELETE"):
+        r = client.request(method, f"/v1/profile-snapshots/{snap['id']}", headers=b.h())
+        assert r.status_code == 404
+    assert client.get("/v1/profiles", headers=b.h()).json()["data"] == []
+    assert client.get("/v1/profile-snapshots", headers=b.h()).json()["data"] == []
+    assert client.get("/v1/leases", headers=b.h()).json()["data"] == []
+    # B's same-named profile is its own
+    create(client, b, "secret")
+    assert client.get("/v1/profiles/secret", headers=a.h()).json()["id"] == p["id"]
+    # not a member: X-Account is refused as not found
+    r = client.get("/v1/profiles", headers=b.h(**{"X-Account": a.id}))
+    assert r.status_code == 404
+
+
+def test_204_delete_then_404(client: httpx.Client, acct: Acct) -> None:
+    create(client, acct, "gone")
+    r = client.delete("/v1/profiles/gone", headers=acct.h())
+    assert r.status_code == 204 and r.content == b""
+    assert client.delete("/v1/profiles/gone", headers=acct.h()).status_code == 404
+    assert client.get("/v1/profiles/gone", headers=acct.h()).status_code == 404
+
+
+def test_x_account_member_read_only_admin_writes(srv: HttpServer, client: httpx.Client) -> None:
+    owner = new_account(srv, name="owner")
+    reader = new_account(srv, name="reader")
+    writer = new_account(srv, name="writer")
+    with AccountsDB(srv.home / "accounts.sqlite3") as db:
+        db.add_member(owner.id, reader.id, "member")
+        db.add_member(owner.id, writer.id, "admin")
+    create(client, owner, "shared")
+    as_owner = {"X-Account": owner.id}
+    r = client.get("/v1/profiles/shared", headers=reader.h(**as_owner))
+    assert r.status_code == 200
+    r = client.patch("/v1/profiles/shared", headers=reader.h(**as_owner), json={"description": "x"})
+    assert r.status_code == 403
+    assert "API key missing required permission: admin" in err(r)["message"]
+    r = client.patch("/v1/profiles/shared", headers=writer.h(**as_owner), json={"description": "x"})
+    assert r.status_code == 200 and r.json()["description"] == "x"
+    # the admin member's read-only key stays read-only
+    r = client.delete("/v1/profiles/shared", headers=writer.h(writer.read, **as_owner))
+    assert r.status_code == 403
+    # without the header each acts on its own account
+    assert client.get("/v1/profiles/shared", headers=writer.h()).status_code == 404
+
+
+def test_profile_routes(client: httpx.Client, acct: Acct) -> None:
+    p = create(client, acct, "main", description="d", labels={"team": "qa"})
+    r = client.patch(
+        "/v1/profiles/main",
+        headers=acct.h(),
+        json={"description": None, "add_labels": {"env": "prod"}, "remove_labels": ["team"]},
+    )
+    assert r.status_code == 200
+    assert r.json()["description"] is None and r.json()["labels"] == {"env": "prod"}
+    r = client.patch("/v1/profiles/main", headers=acct.h(), json={"archetype": "desktop-firefox"})
+    assert r.status_code == 400 and err(r)["field"] == "archetype"
+    r = client.post("/v1/profiles/main/clone", headers=acct.h(), json={})
+    assert r.status_code == 200 and r.json()["name"] == "main-copy"
+    assert client.get("/v1/profiles/mian/similar", headers=acct.h()).json() == {"names": ["main"]}
+    r = client.post(
+        "/v1/profiles/main/events",
+        headers=acct.h(),
+        json={"type": "session.created", "payload": {"headless": True}},
+    )
+    assert r.status_code == 200 and r.json()["usage_count"] == 1
+    r = client.post(
+        "/v1/profiles/main/events",
+        headers=acct.h(),
+        json={"type": "session.ended", "payload": {"outcome": "ok"}},
+    )
+    assert r.status_code == 204
+    r = client.post("/v1/profiles/main/events", headers=acct.h(), json={"type": "profile.deleted"})
+    assert r.status_code == 400
+    events = client.get(f"/v1/audit?profile={p['id']}", headers=acct.h()).json()["data"]
+    assert [e["type"] for e in events][:2] == ["session.ended", "session.created"]
+    snap = client.post(
+        "/v1/profiles/main/snapshots", headers=acct.h(), json={"label": "base"}
+    ).json()
+    assert snap["id"].startswith("psnap_") and snap["parent_name"] == "main"
+    assert client.get("/v1/profiles/main/snapshots", headers=acct.h()).json()["data"][0] == snap
+    assert client.get(f"/v1/profile-snapshots/{snap['id']}", headers=acct.h()).json() == snap
+    r = client.post(
+        f"/v1/profile-snapshots/{snap['id']}/restore", headers=acct.h(), json={"name": "back"}
+    )
+    assert r.status_code == 200 and r.json()["name"] == "back"
+    assert client.delete(f"/v1/profile-snapshots/{snap['id']}", headers=acct.h()).status_code == 204
+    assert client.get(f"/v1/profile-snapshots/{snap['id']}", headers=acct.h()).status_code == 404
+
+
+def test_pagination_cursor_and_page_numbers(client: httpx.Client, acct: Acct) -> None:
+    names = [f"p{i}" for i in range(5)]
+    for n in names:
+        create(client, acct, n)
+    newest_first = list(reversed(names))
+    r = client.get("/v1/profiles?limit=2", headers=acct.h()).json()
+    assert [p["name"] for p in r["data"]] == newest_first[:2] and r["has_more"]
+    r = client.get(f"/v1/profiles?limit=2&cursor={r['next_cursor']}", headers=acct.h()).json()
+    assert [p["name"] for p in r["data"]] == newest_first[2:4]
+    r = client.get("/v1/profiles?pageSize=2&pageNumber=3", headers=acct.h()).json()
+    assert [p["name"] for p in r["data"]] == newest_first[4:]
+    assert (r["pageNumber"], r["pageSize"], r["has_more"]) == (3, 2, False)
+    r = client.get("/v1/profiles?pageSize=2&pageNumber=9", headers=acct.h()).json()
+    assert r["data"] == []
+    assert client.get("/v1/profiles?pageNumber=0", headers=acct.h()).status_code == 400
+
+
+# ------------------------------------------------------------------ doc 002/003
+
+
+def test_003_404_no_pending_upload(client: httpx.Client, acct: Acct) -> None:
+    body = {"name": "x", "browser_name": "chromium", "browser_version": "131"}
+    r = client.post(
+        "/v1/profiles/prof_00000000-0000-0000-0000-000000000000/complete-upload",
+        headers=acct.h(),
+        json=body,
+    )
+    assert r.status_code == 404
+    assert err(r)["code"] == "NotFound"
+    # initiated but nothing uploaded yet: still no pending upload
+    up = client.post("/v1/profiles/initiate-upload", headers=acct.h()).json()
+    r = client.post(f"/v1/profiles/{up['profile_id']}/complete-upload", headers=acct.h(), json=body)
+    assert r.status_code == 404
+
+
+def test_003_422_invalid_body(client: httpx.Client, acct: Acct) -> None:
+    up = client.post("/v1/profiles/initiate-upload", headers=acct.h()).json()
+    url = f"/v1/profiles/{up['profile_id']}/complete-upload"
+    for body in (
+        {"name": "x", "browser_name": "selenium", "browser_version": "131"},
+        {"name": "x", "browser_name": "chromium", "browser_version": "latest"},
+        {"name": "bad name", "browser_name": "chromium", "browser_version": "131"},
+        {"name": "x", "browser_name": "chromium"},
+        {"name": "x", "browser_name": "chromium", "browser_version": "1", "labels": {"": "v"}},
+    ):
+        r = client.post(url, headers=acct.h(), json=body)
+        assert r.status_code == 422, (body, r.text)
+        assert err(r)["code"] == "ValidationFailed"
+
+
+def _post_to_target(target: dict[str, Any], data: bytes) -> httpx.Response:
+    return httpx.post(
+        target["upload_url"],
+        data=target["upload_fields"],
+        files={"file": ("profile.tar.gz", data, "application/gzip")},
+        timeout=TIMEOUT,
+    )
+
+
+def test_003_201_initiate_upload_complete(client: httpx.Client, acct: Acct) -> None:
+    target = client.post("/v1/profiles/initiate-upload", headers=acct.h()).json()
+    assert set(target) == {"profile_id", "upload_url", "upload_fields", "upload_expires_in"}
+    assert target["upload_expires_in"] == 3600
+    assert target["upload_url"].startswith("http://127.0.0.1:")
+    r = _post_to_target(target, chromium_targz("pre"))
+    assert r.status_code == 204, r.text
+    # one-time: the same target refuses a second upload
+    r = _post_to_target(target, chromium_targz("again"))
+    assert r.status_code == 409 and err(r)["code"] == "Conflict"
+    body = {
+        "name": "acme-prod-login",
+        "browser_name": "chromium",
+        "browser_version": "131",
+        "labels": {"team": "qa"},
+    }
+    url = f"/v1/profiles/{target['profile_id']}/complete-upload"
+    r = client.post(url, headers=acct.h(), json=body)
+    assert r.status_code == 201, r.text
+    profile = r.json()
+    assert profile["id"] == target["profile_id"]
+    assert (profile["status"], profile["browser_version"]) == ("ready", "131")
+    assert profile["labels"] == {"team": "qa"} and profile["checksum"]
+    got = client.get("/v1/profiles/acme-prod-login", headers=acct.h()).json()
+    assert got["id"] == profile["id"]
+    assert client.post(url, headers=acct.h(), json=body).status_code == 404  # consumed
+
+
+def test_003_422_archive_of_another_engine(client: httpx.Client, acct: Acct) -> None:
+    target = client.post("/v1/profiles/initiate-upload", headers=acct.h()).json()
+    assert _post_to_target(target, firefox_targz()).status_code == 204
+    r = client.post(
+        f"/v1/profiles/{target['profile_id']}/complete-upload",
+        headers=acct.h(),
+        json={"name": "ff", "browser_name": "chromium", "browser_version": "131"},
+    )
+    assert r.status_code == 422
+    assert client.get("/v1/profiles/ff", headers=acct.h()).status_code == 404
+
+
+def test_upload_target_fields_are_signed(srv: HttpServer, client: httpx.Client) -> None:
+    a = new_account(srv)
+    target = client.post("/v1/profiles/initiate-upload", headers=a.h()).json()
+    forged = {**target, "upload_fields": {**target["upload_fields"], "key": "pending/x/y"}}
+    r = _post_to_target(forged, chromium_targz())
+    assert r.status_code == 403 and err(r)["code"] == "SignatureInvalid"
+    token = target["upload_url"].rsplit("/", 1)[1]
+    r = httpx.post(
+        f"{srv.url}/v1/uploads/{token[:-3]}abc",
+        files={"file": ("p.tar.gz", chromium_targz())},
+        timeout=TIMEOUT,
+    )
+    assert r.status_code == 403
+
+
+def test_upload_target_expires(tmp_path: Path) -> None:
+    with start_http_server(tmp_path / "h", extra_args=["--upload-expires", "0.5"]) as s:
+        target = httpx.post(f"{s.url}/v1/profiles/initiate-upload", headers=s.headers()).json()
+        time.sleep(0.8)
+        r = _post_to_target(target, chromium_targz())
+        assert r.status_code == 410 and err(r)["code"] == "LinkExpired"
+
+
+# ------------------------------------------------------------------ state and leases
+
+
+def _lease(client: httpx.Client, acct: Acct, ref: str, **body: Any) -> httpx.Response:
+    return client.post(
+        f"/v1/profiles/{ref}/lease", headers=acct.h(), json={"host": "w1", "pid": 42, **body}
+    )
+
+
+def test_leases(client: httpx.Client, acct: Acct) -> None:
+    p = create(client, acct, "busy")
+    r = _lease(client, acct, "busy", ttl=30)
+    assert r.status_code == 200
+    grant = r.json()
+    assert grant["profile_id"] == p["id"] and grant["epoch"] >= 1 and grant["expires_at"]
+    holder = client.get("/v1/profiles/busy/lease", headers=acct.h()).json()["holder"]
+    assert (holder["kind"], holder["host"], holder["pid"]) == ("session", "w1", 42)
+    listed = client.get("/v1/leases", headers=acct.h()).json()["data"]
+    assert [x["profile_id"] for x in listed] == [p["id"]]
+    started = time.monotonic()
+    r = _lease(client, acct, "busy", wait=0.5)
+    assert time.monotonic() - started >= 0.5
+    assert r.status_code == 409
+    e = err(r)
+    assert e["code"] == "ProfileBusy" and e["holder"]["host"] == "w1"
+    r = client.post(
+        "/v1/profiles/busy/lease/renew", headers=acct.h(), json={"epoch": grant["epoch"]}
+    )
+    assert r.json() == {"renewed": True}
+    r = client.post(
+        "/v1/profiles/busy/lease/renew", headers=acct.h(), json={"epoch": grant["epoch"] + 5}
+    )
+    assert r.json() == {"renewed": False}
+    r = client.delete(f"/v1/profiles/busy/lease?epoch={grant['epoch']}", headers=acct.h())
+    assert r.status_code == 204
+    assert client.get("/v1/profiles/busy/lease", headers=acct.h()).json() == {"holder": None}
+    r = _lease(client, acct, "busy", kind="import")
+    assert r.status_code == 200 and r.json()["epoch"] == grant["epoch"] + 1
+
+
+def test_lease_expires_and_is_taken_over(client: httpx.Client, acct: Acct) -> None:
+    create(client, acct, "p")
+    first = _lease(client, acct, "p", ttl=0.3).json()
+    time.sleep(0.5)
+    assert client.get("/v1/profiles/p/lease", headers=acct.h()).json() == {"holder": None}
+    second = _lease(client, acct, "p", ttl=30, host="w2").json()
+    assert second["epoch"] == first["epoch"] + 1
+    r = client.post("/v1/profiles/p/lease/renew", headers=acct.h(), json={"epoch": first["epoch"]})
+    assert r.json() == {"renewed": False}
+
+
+def _put_state(
+    client: httpx.Client, acct: Acct, ref: str, data: bytes, **params: Any
+) -> httpx.Response:
+    checksum = params.pop("checksum", hashlib.sha256(data).hexdigest())
+    return client.put(
+        f"/v1/profiles/{ref}/state",
+        headers=acct.h(**{"X-Checksum": checksum}),
+        params=params,
+        content=data,
+    )
+
+
+def test_put_state_and_get_state(client: httpx.Client, acct: Acct) -> None:
+    create(client, acct, "p")
+    epoch = _lease(client, acct, "p").json()["epoch"]
+    r = _put_state(client, acct, "p", chromium_targz("s1"), epoch=epoch, browser_version="131.0")
+    assert r.status_code == 200, r.text
+    profile = r.json()
+    assert profile["status"] == "ready" and profile["browser_version"] == "131.0"
+    r = client.get("/v1/profiles/p/state", headers=acct.h())
+    assert r.status_code == 200
+    assert r.headers["x-checksum"] == profile["checksum"]
+    assert hashlib.sha256(r.content).hexdigest() == profile["checksum"]
+    # a body that does not hash to its X-Checksum
+    r = _put_state(client, acct, "p", chromium_targz("s2"), epoch=epoch, checksum="0" * 64)
+    assert r.status_code == 400 and err(r)["code"] == "ChecksumMismatch"
+    # no epoch: the server takes the lease itself, and the session holds it
+    r = _put_state(client, acct, "p", chromium_targz("s3"))
+    assert r.status_code == 409 and err(r)["code"] == "ProfileBusy"
+    client.delete(f"/v1/profiles/p/lease?epoch={epoch}", headers=acct.h())
+    assert _put_state(client, acct, "p", chromium_targz("s3")).status_code == 200
+
+
+def test_put_state_with_stale_epoch_is_lease_lost(client: httpx.Client, acct: Acct) -> None:
+    create(client, acct, "p")
+    old = _lease(client, acct, "p", ttl=0.2).json()["epoch"]
+    time.sleep(0.4)
+    new = _lease(client, acct, "p", ttl=30).json()["epoch"]
+    r = _put_state(client, acct, "p", chromium_targz("late"), epoch=old)
+    assert r.status_code == 409
+    e = err(r)
+    assert e["code"] == "LeaseLost"
+    assert (e["epoch"], e["current_epoch"]) == (old, new)
+    assert client.get("/v1/profiles/p", headers=acct.h()).json()["status"] == "empty"
+
+
+# ------------------------------------------------------------------ limits
+
+
+def _vm_hwm_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmHWM")
+
+
+def test_600_mb_upload_is_refused_with_flat_memory(tmp_path: Path) -> None:
+    with start_http_server(tmp_path / "h") as s:
+        h = s.headers()
+        assert httpx.post(f"{s.url}/v1/profiles", headers=h, json={"name": "p"}).is_success
+        # warm up every code path once before measuring
+        r = httpx.post(
+            f"{s.url}/v1/profiles/p/upload",
+            headers=h,
+            files={"file": ("p.tar.gz", chromium_targz())},
+            timeout=TIMEOUT,
+        )
+        assert r.status_code == 200
+        before = _vm_hwm_kb(s.pid)
+        boundary = "x" * 32
+        chunk = b"\x1f\x8b" + bytes(1024 * 1024 - 2)
+
+        def body() -> Iterator[bytes]:
+            yield (
+                f'--{boundary}\r\nContent-Disposition: form-data; name="file"; '
+                f'filename="big.tar.gz"\r\nContent-Type: application/gzip\r\n\r\n'
+            ).encode()
+            for _ in range(600):
+                yield chunk
+            yield f"\r\n--{boundary}--\r\n".encode()
+
+        r = httpx.post(
+            f"{s.url}/v1/profiles/p/upload",
+            headers={**h, "Content-Type": f"multipart/form-data; boundary={boundary}"},
+            content=body(),
+            timeout=httpx.Timeout(300.0),
+        )
+        assert r.status_code == 413, r.text
+        e = err(r)
+        assert e["code"] == "ArchiveInvalid" and e["limit"] == 500 * 1024 * 1024
+        grown_mb = (_vm_hwm_kb(s.pid) - before) / 1024
+        print(f"peak RSS before {before // 1024} MB, grew by {grown_mb:.1f} MB")
+        assert grown_mb < 100, f"the server's peak RSS grew by {grown_mb:.0f} MB"
+        # nothing of it was kept, and the profile kept its state
+        assert httpx.get(f"{s.url}/v1/profiles/p", headers=h).json()["status"] == "ready"
+        assert list((s.home / "accounts" / s.account_id / "tmp").glob("http-*")) == []
+        # a declared Content-Length above the cap is refused before the body is read
+        host, port = s.url.removeprefix("http://").split(":")
+        with socket.create_connection((host, int(port)), timeout=30) as sock:
+            sock.sendall(
+                (
+                    "PUT /v1/profiles/p/state HTTP/1.1\r\n"
+                    f"Host: {host}\r\nAuthorization: {h['Authorization']}\r\n"
+                    f"X-Checksum: {'0' * 64}\r\nContent-Length: {600 * 1024 * 1024}\r\n\r\n"
+                ).encode()
+                + chunk
+            )
+            answer = b""
+            while b"\r\n\r\n" not in answer and (data := sock.recv(65536)):
+                answer += data
+        assert answer.startswith(b"HTTP/1.1 413 "), answer[:200]
+
+
+def test_rate_limit_with_retry_after(tmp_path: Path) -> None:
+    with (
+        start_http_server(tmp_path / "h", extra_args=["--rate-limit", "5/60"]) as s,
+        httpx.Client(base_url=s.url) as c,
+    ):
+        codes = [c.get("/v1/profiles", headers=s.headers()).status_code for _ in range(5)]
+        assert codes == [200] * 5
+        r = c.get("/v1/profiles", headers=s.headers())
+        assert r.status_code == 429
+        assert 1 <= int(r.headers["Retry-After"]) <= 60
+        assert err(r)["code"] == "RateLimited"
+        # unauthenticated requests count too; health does not
+        assert c.get("/v1/profiles").status_code == 429
+        assert c.get("/v1/health").status_code == 200
+
+
+# ------------------------------------------------------------------ the CLI
+
+
+def test_cli_accounts_and_keys(tmp_path: Path) -> None:
+    home = tmp_path / "cli"
+
+    def run(*args: str) -> str:
+        done = subprocess.run(
+            [sys.executable, "-m", "profiles.http.server_cli", *args, "--home", str(home)],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        return done.stdout
+
+    account = json.loads(run("accounts", "create", "acme", "--tier", "solo", "--json"))
+    assert account["profile_cap"] == 5 and account["active"]
+    key = json.loads(run("keys", "create", "--account", account["id"], "--scope", "read", "--json"))
+    assert key["key"].startswith(f"pk_{key['id']}_") and key["scopes"] == ["read"]
+    listed = run("keys", "list")
+    assert key["id"] in listed and key["key"] not in listed
+    run("keys", "revoke", key["id"])
+    assert "revoked" in run("keys", "list")
+    run("accounts", "deactivate", account["id"])
+    assert "deactivated" in run("accounts", "list")
+    assert (home / "accounts.sqlite3").stat().st_mode & 0o777 == 0o600
+
+
+# ------------------------------------------------------------------ schemathesis
+
+
+def test_openapi_no_server_errors(srv: HttpServer) -> None:
+    """Every operation of /openapi.json, with generated requests and the admin key: the
+    server never answers 5xx. (schemathesis' lazy pytest fixture loader does not run under
+    pytest 9, so the operations' strategies are driven by hypothesis here.)"""
+    acct = new_account(srv, name="fuzz")
+    with httpx.Client(base_url=srv.url, timeout=TIMEOUT) as c:
+        create(c, acct, "fuzzed")
+    api = schemathesis.openapi.from_url(f"{srv.url}/openapi.json")
+    results = list(api.get_all_operations())
+    operations = [r.ok() for r in results if isinstance(r, Ok)]
+    assert len(operations) == len(results)  # every operation's schema is valid
+    assert len(operations) >= 25
+    headers = acct.h()
+    seen: list[str] = []
+    for operation in operations:
+
+        @settings(
+            max_examples=12,
+            deadline=None,
+            suppress_health_check=list(HealthCheck),
+            derandomize=True,
+            database=None,
+        )
+        @given(case=operation.as_strategy())
+        def run(case: Any) -> None:
+            response = case.call(base_url=srv.url, headers=headers, timeout=30)
+            assert response.status_code < 500, (case.method, case.path, response.text)
+            seen.append(f"{case.method} {response.status_code}")
+
+        run()
+    assert len(seen) >= len(operations)
