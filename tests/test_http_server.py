@@ -28,7 +28,9 @@ from http_service import HttpServer, start_http_server
 from hypothesis import HealthCheck, given, settings
 from schemathesis.core.result import Ok
 
+from profiles.archive import unpack_archive
 from profiles.http.accounts import AccountsDB
+from profiles.inspection import detect_engine
 
 TIMEOUT = httpx.Timeout(60.0)
 
@@ -642,7 +644,7 @@ def _put_state(
     )
 
 
-def test_put_state_and_get_state(client: httpx.Client, acct: Acct) -> None:
+def test_put_state_and_get_state(client: httpx.Client, acct: Acct, tmp_path: Path) -> None:
     create(client, acct, "p")
     epoch = _lease(client, acct, "p").json()["epoch"]
     r = _put_state(client, acct, "p", chromium_targz("s1"), epoch=epoch, browser_version="131.0")
@@ -651,8 +653,12 @@ def test_put_state_and_get_state(client: httpx.Client, acct: Acct) -> None:
     assert profile["status"] == "ready" and profile["browser_version"] == "131.0"
     r = client.get("/v1/profiles/p/state", headers=acct.h())
     assert r.status_code == 200
-    assert r.headers["x-checksum"] == profile["checksum"]
-    assert hashlib.sha256(r.content).hexdigest() == profile["checksum"]
+    # A chunked state comes back as a tar stream built from its chunks, named by the state.
+    assert r.headers["x-state-checksum"] == profile["checksum"]
+    assert "x-checksum" not in r.headers  # the body is not the stored bytes
+    unpacked = tmp_path / "got"
+    unpack_archive(io.BytesIO(r.content), unpacked)
+    assert detect_engine(unpacked) == "chromium"
     # a body that does not hash to its X-Checksum
     r = _put_state(client, acct, "p", chromium_targz("s2"), epoch=epoch, checksum="0" * 64)
     assert r.status_code == 400 and err(r)["code"] == "ChecksumMismatch"

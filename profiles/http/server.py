@@ -46,6 +46,7 @@ from fastapi.security import HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from profiles.archive import Codec
 from profiles.blobs import LocalBlobStore
 from profiles.catalog import SQLiteCatalog
 from profiles.errors import (
@@ -417,15 +418,16 @@ class _QueueWriter:
             self._buf.clear()
 
 
-def _export_stream(store: ProfileStore, profile_id: str) -> Iterator[bytes]:
-    """The profile's committed state as ``.tar.gz``, produced by a thread as it is read."""
+def _export_stream(store: ProfileStore, profile_id: str, codec: Codec = "gzip") -> Iterator[bytes]:
+    """The profile's committed state as ``.tar.gz`` (or ``.tar.zst``), produced by a thread
+    as it is read."""
     q: queue.Queue[bytes | BaseException | None] = queue.Queue(maxsize=8)
     stop = threading.Event()
     sink = _QueueWriter(q, stop)
 
     def produce() -> None:
         try:
-            store.export_state(profile_id, sink, codec="gzip")  # type: ignore[arg-type]
+            store.export_state(profile_id, sink, codec=codec)  # type: ignore[arg-type]
             sink.close_out()
         except BaseException as exc:
             with contextlib.suppress(BaseException):
@@ -811,6 +813,14 @@ def create_app(config: ServerConfig) -> FastAPI:
     @app.get("/v1/profiles/{ref}/state", tags=["state"])
     def get_state(c: Auth, ref: str) -> Response:
         profile = c.store.get(ref)
+        if profile.checksum is not None and c.store.service.manifest_of(profile) is not None:
+            # A chunked state: its tar stream is built from the (verified) chunks. The body
+            # is not the stored bytes, so only the state's identity is sent along.
+            return StreamingResponse(
+                _export_stream(c.store, profile.id, "zstd"),
+                media_type="application/zstd",
+                headers={"X-State-Checksum": profile.checksum},
+            )
         source = c.store.service.open_state(profile)
         try:
             head = source.read(4)
@@ -818,7 +828,7 @@ def create_app(config: ServerConfig) -> FastAPI:
             source.close()
             raise
         codec = archive_codec(head)
-        headers = {"X-Checksum": profile.checksum or ""}
+        headers = {"X-Checksum": profile.checksum or "", "X-State-Checksum": profile.checksum or ""}
         return StreamingResponse(
             _blob_stream(source, head),
             media_type="application/zstd" if codec == "zstd" else "application/gzip",
