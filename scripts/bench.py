@@ -17,6 +17,11 @@ Sections (each prints a markdown table):
    scale on PostgreSQL. Uses ``$PROFILES_CATALOG_URL`` / ``$PROFILES_BLOBS_URL`` when set,
    else starts the servers with ``scripts/services.sh`` (and stops them); ``--no-shared``
    skips it.
+6. Incremental state: ``commit_state`` of Chromium-shaped profiles (1, 10, 100 MB; 400 MB
+   with ``--big``) after a one-cookie change and after a 10 % change, chunked next to whole
+   archives (``chunked=False``, what every commit cost before), on the embedded store and on
+   the shared backend: commit time, bytes stored, storage after 10 commits, and a cold
+   checkout next to unpacking the whole archive.
 
 Everything runs in a temporary store home and against a local HTTP server.
 """
@@ -24,9 +29,11 @@ Everything runs in a temporary store home and against a local HTTP server.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import http.server
 import itertools
 import json
+import logging
 import multiprocessing
 import os
 import platform
@@ -44,6 +51,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from driver import Session
 from driver.browsers import find_browser, probe_version
@@ -525,6 +533,86 @@ def bench_shared_handoff(rounds: int, home: Path, urls: tuple[str, str]) -> dict
     }
 
 
+# ---------------------------------------------------------------------------- 6. incremental
+
+
+def _blob_sizes(store: ProfileStore) -> dict[str, int]:
+    return {b.checksum: b.size for b in store.blobs.list()}
+
+
+def bench_incremental(
+    mb: float, repeats: int, home: Path, urls: tuple[str, str] | None
+) -> list[dict[str, Any]]:
+    """One size: commit costs of a one-cookie and a 10 % change, per backend and format.
+
+    "written" is the bytes of blobs a commit added (new chunks and manifest, or the new
+    archive); the storage ratio keeps all ten states of ten one-cookie commits (as
+    snapshots) and compares the store with what the first state alone took."""
+    from bench_chunked import make_profile, one_cookie, ten_percent
+
+    rows: list[dict[str, Any]] = []
+    backends: list[tuple[str, dict[str, Any]]] = [("embedded", {})]
+    if urls is not None:
+        backends.append(("shared", {"catalog": urls[0], "blobs": urls[1]}))
+    for backend, where in backends:
+        for chunked in (True, False):
+            tag = f"{backend}-{'chunked' if chunked else 'archive'}-{mb:g}"
+            store = ProfileStore(
+                home / f"inc-{tag}", chunked=chunked, cache_max_bytes=None, **where
+            )
+            name = f"inc-{tag}"
+            store.create(name)
+            lease = store.lock(name)
+            lease.acquire()
+            _, work = store.checkout(name, lock=lease)
+            make_profile(work, mb)
+            kept = sum(f.stat().st_size for f in work.rglob("*") if f.is_file())
+            first_s = timed(lambda: store.commit_state(name, work, epoch=lease.epoch))  # noqa: B023
+            store.snapshot(name)
+            one_state = sum(_blob_sizes(store).values())
+
+            def commit_after(change: Callable[[int], object], n: int) -> tuple[float, int]:
+                before = _blob_sizes(store)  # noqa: B023
+                change(n)
+                took = timed(lambda: store.commit_state(name, work, epoch=lease.epoch))  # noqa: B023
+                after = _blob_sizes(store)  # noqa: B023
+                return took, sum(v for k, v in after.items() if k not in before)
+
+            cookie = []
+            for i in range(9):  # ten states in all, each kept by a snapshot
+                cookie.append(commit_after(lambda n: one_cookie(work, n), i))  # noqa: B023
+                store.snapshot(name)
+            ten_states = sum(_blob_sizes(store).values())
+            ten = [
+                commit_after(lambda n: ten_percent(work, n, kept), 100 + i)  # noqa: B023
+                for i in range(repeats)
+            ]
+            lease.release()
+            store.working_copies.remove(store.get(name).id)
+            cold = timed(lambda: _checkout(store, name))  # noqa: B023
+            rows.append(
+                {
+                    "mb": mb,
+                    "backend": backend,
+                    "format": "chunked" if chunked else "archive",
+                    "first_commit_s": first_s,
+                    "cookie_commit_s": statistics.median(t for t, _ in cookie),
+                    "cookie_written": statistics.median(w for _, w in cookie),
+                    "ten_commit_s": statistics.median(t for t, _ in ten),
+                    "ten_written": statistics.median(w for _, w in ten),
+                    "storage_10_vs_1": ten_states / max(1, one_state),
+                    "cold_checkout_s": cold,
+                }
+            )
+            store.close()
+    return rows
+
+
+def _checkout(store: ProfileStore, name: str) -> None:
+    with store.lock(name) as lease:
+        store.checkout(name, lock=lease)
+
+
 # ---------------------------------------------------------------------------- report
 
 
@@ -772,6 +860,45 @@ def report(results: dict[str, Any]) -> str:
             ),
             "",
         ]
+    if results.get("incremental"):
+        out += [
+            "### 6. Incremental state: what a commit costs (chunked next to whole archives)",
+            "",
+        ]
+        rows = []
+        for r in results["incremental"]:
+            rows.append(
+                [
+                    f"{r['mb']:g} MB",
+                    r["backend"],
+                    r["format"],
+                    ms(r["first_commit_s"]),
+                    ms(r["cookie_commit_s"]),
+                    size(r["cookie_written"]),
+                    ms(r["ten_commit_s"]),
+                    size(r["ten_written"]),
+                    f"{r['storage_10_vs_1']:.3f}",
+                    ms(r["cold_checkout_s"]),
+                ]
+            )
+        out += [
+            table(
+                [
+                    "profile",
+                    "backend",
+                    "format",
+                    "first commit",
+                    "1-cookie commit",
+                    "written",
+                    "10 % commit",
+                    "written",
+                    "storage: 10 states / 1 (≤ 1.1)",
+                    "cold checkout",
+                ],
+                rows,
+            ),
+            "",
+        ]
     return "\n".join(out)
 
 
@@ -784,6 +911,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profiles", type=int)
     parser.add_argument("--writers", type=int)
     parser.add_argument("--no-shared", action="store_true", help="skip the shared backend")
+    parser.add_argument("--big", action="store_true", help="add the 400 MB incremental case")
     parser.add_argument(
         "--only",
         default="",
@@ -791,6 +919,7 @@ def main(argv: list[str] | None = None) -> int:
         "catalog,shared (default all)",
     )
     args = parser.parse_args(argv)
+    logging.getLogger("profiles.inspection").setLevel(logging.ERROR)  # synthetic cookie dbs
     only = {s.strip() for s in args.only.split(",") if s.strip()}
 
     def wanted(section: str) -> bool:
@@ -812,16 +941,23 @@ def main(argv: list[str] | None = None) -> int:
             results["locks"] = bench_locks(writers, 3 if args.quick else 10, home)
         if wanted("catalog"):
             results["catalog"] = bench_catalog(count, home)
-        if wanted("shared") and not args.no_shared:
-            with shared_backend() as urls:
-                if urls is not None:
-                    results["shared_sessions"] = [
-                        bench_shared_sessions(e, repeats, url, home, urls) for e in engines
-                    ]
-                    results["shared_handoff"] = bench_shared_handoff(
-                        5 if args.quick else 20, home, urls
-                    )
-                    results["shared_catalog"] = bench_catalog(count, home, urls)
+        shared_wanted = not args.no_shared and (wanted("shared") or wanted("incremental"))
+        with shared_backend() if shared_wanted else contextlib.nullcontext() as urls:
+            if wanted("incremental"):
+                sizes = [1.0] if args.quick else [1.0, 10.0, 100.0] + ([400.0] if args.big else [])
+                results["incremental"] = [
+                    row
+                    for mb in sizes
+                    for row in bench_incremental(mb, 1 if args.quick else 3, home, urls)
+                ]
+            if wanted("shared") and not args.no_shared and urls is not None:
+                results["shared_sessions"] = [
+                    bench_shared_sessions(e, repeats, url, home, urls) for e in engines
+                ]
+                results["shared_handoff"] = bench_shared_handoff(
+                    5 if args.quick else 20, home, urls
+                )
+                results["shared_catalog"] = bench_catalog(count, home, urls)
     text = report(results)
     sys.stdout.write(text + "\n")
     if args.json:
