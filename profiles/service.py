@@ -394,18 +394,15 @@ class CatalogService(ProfileService):
                 browser_version=browser_version,
                 cookie_domains=cookie_domains,
             )
-            updated, replaced = self._set_state(
-                profile,
-                state,
-                epoch,
-                event,
-                files=result.stats.files,
-                files_read=result.stats.files_read,
-                chunks_written=result.stats.chunks_written,
-                bytes_written=result.stats.bytes_written,
-                seconds=round(time.perf_counter() - started, 3),
-                **payload,
-            )
+            details = {
+                **payload,  # what the caller adds; the figures of this commit win
+                "files": result.stats.files,
+                "files_read": result.stats.files_read,
+                "chunks_written": result.stats.chunks_written,
+                "bytes_written": result.stats.bytes_written,
+                "seconds": round(time.perf_counter() - started, 3),
+            }
+            updated, replaced = self._set_state(profile, state, epoch, event, **details)
         if replaced != result.checksum:
             self._free_blobs(replaced)  # the manifest (or old archive); chunks go to gc
         return updated, result
@@ -917,9 +914,7 @@ class CatalogService(ProfileService):
                     tx,
                     event,
                     profile.id,
-                    checksum=state.checksum,
-                    blob_size=state.blob_size,
-                    **payload,
+                    **{**payload, "checksum": state.checksum, "blob_size": state.blob_size},
                 )
         except NotFound:
             self._free_blobs(state.checksum)

@@ -349,6 +349,8 @@ class ProfileStore:
         if self.read_only:
             return []
         removed = sweep(self._tmp, SCRATCH_PREFIXES)
+        # a directory a process was making when it died (see OwnedDir): old ones only
+        removed += sweep(self._tmp, (".unborn-",), min_age=60.0)
         if isinstance(self.service, CatalogService) and isinstance(
             self.service.blobs, LocalBlobStore
         ):
@@ -673,6 +675,7 @@ class ProfileStore:
         self,
         ref: str,
         directory: Path,
+        /,
         *,
         browser_version: str | None = None,
         event: AuditType = "state.uploaded",
@@ -732,9 +735,11 @@ class ProfileStore:
                         **payload,
                     },
                 )
-        if directory == self.working_copies.path(profile.id):
+        if directory == self.working_copies.path(profile.id) and updated.checksum:
+            # The service names the state (a server may store it chunked, under another
+            # checksum than the archive sent): the copy matches what it now says.
             with self._storage_faults("recording the working copy"):
-                self.working_copies.mark_clean(profile.id, checksum, size=size)
+                self.working_copies.mark_clean(profile.id, updated.checksum, size=size)
             self._keep_cache_under_cap(keep=profile.id)
         return updated
 
@@ -992,6 +997,7 @@ class ProfileStore:
         self,
         ref: str,
         source: IO[bytes],
+        /,
         *,
         epoch: int | None,
         browser_version: str | None = None,

@@ -1,5 +1,7 @@
 """Stores on every backend for the behaviour suites: ``embedded`` (SQLite + local files) and
-``shared`` (PostgreSQL + S3 on real servers: see pg_service.py and s3_service.py).
+``shared`` (PostgreSQL + S3 on real servers: see pg_service.py and s3_service.py) and ``http``
+(a real profile server on loopback, through :class:`profiles.http.client.HttpService`: see
+http_service.py).
 
 A test module opts in by defining ``store`` through :func:`store_on`::
 
@@ -17,7 +19,9 @@ import pytest
 
 from profiles import ProfileStore
 
-BACKENDS = ("embedded", "shared")
+BACKENDS = ("embedded", "shared", "http")
+#: The backends whose store holds its own catalog and blob store (not a remote service).
+LOCAL_BACKENDS = ("embedded", "shared")
 
 
 def shared_urls(request: pytest.FixtureRequest) -> Iterator[tuple[str, str]]:
@@ -38,6 +42,21 @@ def store_on(
     kind = kind or request.param
     if kind == "embedded":
         with ProfileStore(home, **options) as store:  # type: ignore[arg-type]
+            yield store
+        return
+    if kind == "http":
+        # A real profile server on loopback (tests/http_service.py); its cap stands for
+        # max_profiles, which the server keeps.
+        from http_service import start_http_server
+
+        tmp: Path = request.getfixturevalue("tmp_path")
+        cap = options.pop("max_profiles", None)
+        with (
+            start_http_server(tmp / "server-home", profile_cap=cap) as server,  # type: ignore[arg-type]
+            ProfileStore(
+                home, service=f"{server.url}/v1", api_key=server.api_key, **options
+            ) as store,  # type: ignore[arg-type]
+        ):
             yield store
         return
     for catalog_url, blobs_url in shared_urls(request):

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from backends import BACKENDS, store_on
+from backends import BACKENDS, LOCAL_BACKENDS, store_on
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -36,7 +36,13 @@ from profiles.validation import check_name
 
 @pytest.fixture(params=BACKENDS)
 def store(request: pytest.FixtureRequest, home: Path) -> Iterator[ProfileStore]:
-    """The behaviour suite runs on every backend: embedded, and PostgreSQL + S3."""
+    """The behaviour suite runs on every backend: embedded, PostgreSQL + S3, and HTTP."""
+    yield from store_on(request, home)
+
+
+@pytest.fixture(params=LOCAL_BACKENDS)
+def local_store(request: pytest.FixtureRequest, home: Path) -> Iterator[ProfileStore]:
+    """For what only a store holding its own catalog can show: embedded, PostgreSQL."""
     yield from store_on(request, home)
 
 
@@ -399,9 +405,9 @@ def test_a_reopened_store_keeps_everything(home: Path) -> None:
         assert len(store.snapshots("kept").data) == 1
 
 
-def test_a_failed_transaction_leaves_nothing(store: ProfileStore) -> None:
+def test_a_failed_transaction_leaves_nothing(local_store: ProfileStore) -> None:
     now = utcnow()
-    with pytest.raises(RuntimeError), store.catalog.transaction() as tx:
+    with pytest.raises(RuntimeError), local_store.catalog.transaction() as tx:
         tx.insert_profile(
             Profile(
                 id=new_id("prof"),
@@ -414,7 +420,7 @@ def test_a_failed_transaction_leaves_nothing(store: ProfileStore) -> None:
         )
         raise RuntimeError("crash between steps")
     with pytest.raises(NotFound):
-        store.get("half")
+        local_store.get("half")
 
 
 CRASHING_CHILD = textwrap.dedent(

@@ -23,6 +23,7 @@ paths): uvicorn's access log is off.
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import queue
@@ -71,6 +72,7 @@ from profiles.http.server_streams import (
 from profiles.http.signing import Signer, load_secret
 from profiles.locks import Holder
 from profiles.models import AuditType, Page, Profile, new_id, utcnow
+from profiles.redact import redact_text
 from profiles.service import UNSET, CatalogService, Unset
 from profiles.state_rules import ENGINES
 from profiles.store import ProfileStore
@@ -418,6 +420,31 @@ class _QueueWriter:
             self._buf.clear()
 
 
+_RESERVED_PAYLOAD = frozenset({"checksum", "blob_size", "epoch", "event"})
+
+
+def _audit_payload(raw: str | None) -> dict[str, Any]:
+    """The audit details a remote session sends along with its state (a small JSON
+    object of scalars); anything else is refused, and nothing may override what the server
+    records itself."""
+    if not raw:
+        return {}
+    try:
+        value = json.loads(raw)
+    except ValueError:
+        raise ValidationFailed("payload must be a JSON object.", field="payload") from None
+    if not isinstance(value, dict) or len(value) > 32:
+        raise ValidationFailed("payload must be a JSON object of at most 32 keys.", field="payload")
+    clean: dict[str, Any] = {}
+    for key, item in value.items():
+        if not isinstance(key, str) or not key.isidentifier() or key in _RESERVED_PAYLOAD:
+            raise ValidationFailed(f"payload key {key!r} is not allowed.", field="payload")
+        if not isinstance(item, str | int | float | bool) and item is not None:
+            raise ValidationFailed("payload values must be scalars.", field="payload")
+        clean[key] = redact_text(item) if isinstance(item, str) else item
+    return clean
+
+
 def _export_stream(store: ProfileStore, profile_id: str, codec: Codec = "gzip") -> Iterator[bytes]:
     """The profile's committed state as ``.tar.gz`` (or ``.tar.zst``), produced by a thread
     as it is read."""
@@ -752,10 +779,15 @@ def create_app(config: ServerConfig) -> FastAPI:
                 raise ArchiveInvalid(NOT_GZIP, field="file")
             assert up.file_path is not None
             path = up.file_path
+            version = up.fields.get("browser_version") or None
+            if version is not None:
+                version = check_browser_version(version)
 
             def run() -> Profile:
                 with path.open("rb") as src:
-                    return c.store.import_state(profile.id, src, lock_timeout=UPLOAD_LOCK_WAIT)
+                    return c.store.import_state(
+                        profile.id, src, browser_version=version, lock_timeout=UPLOAD_LOCK_WAIT
+                    )
 
             updated = await _run(run)
         return _dump(updated)
@@ -843,9 +875,11 @@ def create_app(config: ServerConfig) -> FastAPI:
         epoch: Annotated[int | None, Query(ge=0, le=2**62)] = None,
         browser_version: Annotated[str | None, Query(max_length=64)] = None,
         event: Literal["state.uploaded", "session.ended"] = "state.uploaded",
+        payload: Annotated[str | None, Query(max_length=4096)] = None,
     ) -> dict[str, Any]:
         announced = (request.headers.get("x-checksum") or "").strip().lower()
         try:
+            extras = _audit_payload(payload)
             if not _CHECKSUM.fullmatch(announced):
                 raise ValidationFailed(
                     "The X-Checksum header must be the SHA-256 of the body, 64 hex digits.",
@@ -890,6 +924,7 @@ def create_app(config: ServerConfig) -> FastAPI:
                             epoch=grant_epoch,
                             browser_version=browser_version,
                             event=kind,
+                            **extras,
                         )
                 finally:
                     if own is not None:

@@ -1,0 +1,951 @@
+"""The profile service over HTTP: :class:`HttpService`, a client of the ``/v1`` routes.
+
+``ProfileStore("https://profiles.example/v1", api_key=...)`` keeps this machine's workspace
+(working copies, locks, scratch) in its home and asks the server for everything else:
+records, state bytes (streamed both ways, never held whole in memory) and writer leases
+(which expire; :class:`~profiles.leases.WriterLease` renews them with its heartbeat).
+
+Errors come back as the same :class:`~profiles.errors.ProfileError` subclasses the local
+store raises, with the same message and details (the server sends ``{"error": {code, status,
+message, ...details}}``). What only HTTP has: :class:`AuthFailed` (401/403) and
+:class:`RateLimited` (429 without a tier limit). A server that cannot be reached is
+:class:`~profiles.errors.StorageUnavailable` naming the base URL, never the key: the key
+travels only in the ``Authorization`` header, and no URL carries it.
+
+Requests that are safe to repeat (GET, PUT of checksum-named state, DELETE, lease renew and
+release) are retried with exponential backoff on connection errors and 502/503/504, and wait
+out a 429's ``Retry-After``; the other POSTs are sent once.
+"""
+
+from __future__ import annotations
+
+import builtins
+import email.utils
+import hashlib
+import io
+import json
+import logging
+import os
+import time
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import IO, Any, BinaryIO, Final, TypeVar, cast
+from urllib.parse import quote, urlsplit
+
+import httpx
+from pydantic import BaseModel
+
+from profiles.catalog.base import LeaseGrant, StateUpdate
+from profiles.errors import (
+    ArchiveInvalid,
+    BrowserDowngrade,
+    BrowserNotFound,
+    ChecksumMismatch,
+    Conflict,
+    LeaseLost,
+    NoStateData,
+    NotFound,
+    ProfileBusy,
+    ProfileError,
+    StateCommitFailed,
+    StorageUnavailable,
+    TierLimit,
+    ValidationFailed,
+)
+from profiles.locks import Holder
+from profiles.models import AuditEvent, AuditType, Page, Profile, ProfileStatus, Snapshot
+from profiles.service import UNSET, ProfileService, Unset
+from profiles.validation import check_limit, check_name
+
+__all__ = [
+    "ACCOUNT_ENV",
+    "API_KEY_ENV",
+    "URL_ENV",
+    "AuthFailed",
+    "Forbidden",
+    "HttpService",
+    "RateLimited",
+    "Unauthorized",
+    "error_from_body",
+    "is_service_url",
+]
+
+log = logging.getLogger(__name__)
+
+URL_ENV: Final = "PROFILES_URL"
+API_KEY_ENV: Final = "PROFILES_API_KEY"
+ACCOUNT_ENV: Final = "PROFILES_ACCOUNT"
+
+CHUNK: Final = 1024 * 1024
+RETRY_STATUSES: Final = frozenset({502, 503, 504})
+DEFAULT_ATTEMPTS: Final = 4
+DEFAULT_BACKOFF: Final = 0.2
+MAX_RETRY_AFTER: Final = 30.0  # never sleep longer than this on one 429
+MAX_BACKOFF: Final = 5.0
+
+Progress = Callable[[int], None]
+M = TypeVar("M", bound=BaseModel)
+
+
+# --------------------------------------------------------------------------- errors
+
+
+class AuthFailed(ProfileError):
+    """The server refused the API key (missing, invalid, revoked, lacking a permission) or
+    the account is deactivated."""
+
+    code = "Unauthorized"
+    status = 401
+
+
+class Unauthorized(AuthFailed):
+    """401: no API key, or one the server does not know (any more)."""
+
+    code = "Unauthorized"
+    status = 401
+
+
+class Forbidden(AuthFailed):
+    """403: the key is known but may not do this (a missing permission, a deactivated
+    account)."""
+
+    code = "Forbidden"
+    status = 403
+
+
+class RateLimited(ProfileError):
+    """429: too many requests; ``retry_after`` says when to try again (seconds, if known)."""
+
+    code = "RateLimited"
+    status = 429
+
+
+_ERRORS: Final[dict[str, type[ProfileError]]] = {
+    cls.code: cls
+    for cls in (
+        ProfileError,
+        ValidationFailed,
+        ArchiveInvalid,
+        ChecksumMismatch,
+        NoStateData,
+        NotFound,
+        Conflict,
+        ProfileBusy,
+        LeaseLost,
+        BrowserDowngrade,
+        TierLimit,
+        BrowserNotFound,
+        StorageUnavailable,
+        StateCommitFailed,
+        Unauthorized,
+        Forbidden,
+        RateLimited,
+    )
+}
+
+_BY_STATUS: Final[dict[int, type[ProfileError]]] = {
+    400: ValidationFailed,
+    401: Unauthorized,
+    403: Forbidden,
+    404: NotFound,
+    409: Conflict,
+    422: ValidationFailed,
+    429: RateLimited,
+}
+
+# The attributes the error classes keep besides ``details`` (set when rebuilding).
+_ATTRIBUTES: Final = ("field", "home", "cause", "limit", "current", "tier", "resource")
+
+
+def _rebuild(cls: type[ProfileError], message: str, details: dict[str, Any]) -> ProfileError:
+    """``cls`` with exactly ``message`` and ``details``, whatever its constructor takes."""
+    err = cls.__new__(cls)
+    ProfileError.__init__(err, message, **details)
+    for name in _ATTRIBUTES:
+        if name in details:
+            setattr(err, name, details[name])
+    if isinstance(err, ValidationFailed) and "field" not in details:
+        err.field = None
+    return err
+
+
+def error_from_body(status: int, body: Any, *, location: str) -> ProfileError:
+    """The :class:`ProfileError` an error response stands for: the class its ``code``
+    names, with the same message and details; by status when the body is not ours."""
+    payload = body.get("error") if isinstance(body, dict) else None
+    if isinstance(payload, dict) and isinstance(payload.get("message"), str):
+        details = {k: v for k, v in payload.items() if k not in ("code", "status", "message")}
+        code = payload.get("code")
+        cls = _ERRORS.get(code) if isinstance(code, str) else None
+        if cls is not None:
+            err = _rebuild(cls, payload["message"], details)
+            sent = payload.get("status")
+            if isinstance(sent, int) and sent != cls.status:
+                err.status = sent  # a variant of the class (an upload too large: 413)
+            return err
+        # A code of the server's own (SignatureInvalid, LinkExpired, ...): the class its
+        # status stands for, keeping the server's code and status.
+        err = _rebuild(_BY_STATUS.get(status) or ProfileError, payload["message"], details)
+        if isinstance(code, str) and code:
+            err.code = code
+        err.status = status
+        return err
+    # Not the service's error shape (a proxy, a load balancer, a framework default).
+    text = _short(body)
+    if status >= 500:
+        return StorageUnavailable(
+            f"The profile service at {location} answered HTTP {status}{text}; nothing was "
+            "changed. Try again later.",
+            home=location,
+            cause=f"HTTP {status}",
+        )
+    cls = _BY_STATUS.get(status, ProfileError)
+    return _rebuild(cls, f"The profile service at {location} answered HTTP {status}{text}.", {})
+
+
+def _short(body: Any) -> str:
+    if body is None or body == "":
+        return ""
+    text = body if isinstance(body, str) else json.dumps(body, default=str)
+    text = " ".join(text.split())
+    return f": {text[:200]}"
+
+
+def is_service_url(value: object) -> bool:
+    """Whether ``value`` names a profile service over HTTP (``http://`` or ``https://``)."""
+    return isinstance(value, str) and value.lower().startswith(("http://", "https://"))
+
+
+def _check_url(url: str) -> str:
+    if not is_service_url(url):
+        raise ValidationFailed(
+            "The profile service URL must start with http:// or https:// "
+            "(for example https://profiles.example/v1).",
+            field="service",
+        )
+    parts = urlsplit(url)
+    if parts.username is not None or parts.password is not None:
+        raise ValidationFailed(
+            "Do not put credentials in the profile service URL; pass api_key= (or set "
+            f"${API_KEY_ENV}).",
+            field="service",
+        )
+    if parts.query or parts.fragment:
+        raise ValidationFailed(
+            "The profile service URL takes no query string or fragment.", field="service"
+        )
+    if not parts.hostname:
+        raise ValidationFailed("The profile service URL has no host.", field="service")
+    return url.rstrip("/")
+
+
+def _retry_after(response: httpx.Response) -> float | None:
+    value = response.headers.get("Retry-After")
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(0.0, (when - datetime.now(UTC)).total_seconds())
+
+
+def _check_text(value: object, check: Callable[[Any], object]) -> None:
+    """Values JSON would change (bytes, numbers) are refused here as the local store
+    refuses them; the server checks everything else, with the same messages."""
+    if not isinstance(value, str):
+        check(value)
+
+
+def _payload(payload: Mapping[str, Any]) -> Any:
+    """An audit payload as JSON values (what the catalog would store: others as text)."""
+    return json.loads(json.dumps(dict(payload), default=str))
+
+
+def _model(cls: type[M], data: Any) -> M:
+    """A record from JSON, ignoring fields this client does not know (a newer server)."""
+    if isinstance(data, dict):
+        data = {k: v for k, v in data.items() if k in cls.model_fields}
+    return cls.model_validate(data)
+
+
+# --------------------------------------------------------------------------- streams
+
+
+class _StateReader(io.RawIOBase):
+    """The body of a ``GET .../state`` response as a readable, non-seekable stream.
+
+    With ``expected``, the bytes are hashed as they are read and must hash to it at the
+    end (``ChecksumMismatch`` otherwise). Closing it closes the response."""
+
+    def __init__(
+        self,
+        response: httpx.Response,
+        *,
+        expected: str | None,
+        size: int | None,
+        location: str,
+        name: str,
+        progress: Progress | None,
+    ) -> None:
+        super().__init__()
+        self._response = response
+        self._chunks = response.iter_bytes(CHUNK)
+        self._pending = b""
+        self._hash = hashlib.sha256()
+        self._expected = expected
+        self._size = size
+        self._location = location
+        self._name = name
+        self._progress = progress
+        self._count = 0
+        self._done = False
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        if self.closed:
+            raise ValueError("I/O operation on a closed state stream")
+        view = memoryview(buffer).cast("B")
+        while not self._pending and not self._done:
+            try:
+                chunk = next(self._chunks)
+            except StopIteration:
+                self._finish()
+                break
+            except httpx.HTTPError as exc:
+                raise StorageUnavailable(
+                    f"Reading the state of {self._name!r} from the profile service at "
+                    f"{self._location} failed after {self._count} bytes: "
+                    f"{_describe(exc)}. Nothing was changed; try again.",
+                    home=self._location,
+                    cause=_describe(exc),
+                ) from exc
+            if self._expected is not None:
+                self._hash.update(chunk)
+            self._count += len(chunk)
+            self._pending = chunk
+            if self._progress is not None and chunk:
+                self._progress(self._count)
+        n = min(len(view), len(self._pending))
+        view[:n] = self._pending[:n]
+        self._pending = self._pending[n:]
+        return n
+
+    def _finish(self) -> None:
+        self._done = True
+        if self._expected is None:
+            return
+        got = self._hash.hexdigest()
+        if got != self._expected or (self._size is not None and self._count != self._size):
+            raise ChecksumMismatch(
+                f"The state of {self._name!r} read from the profile service at "
+                f"{self._location} does not match its record ({self._count} bytes hashing to "
+                f"{got[:12]}..., expected {self._expected[:12]}...). Nothing was kept; try "
+                "again.",
+                field="state",
+                expected=self._expected,
+                actual=got,
+            )
+
+    def close(self) -> None:
+        if not self.closed:
+            try:
+                self._response.close()
+            finally:
+                super().close()
+
+
+def _describe(exc: BaseException) -> str:
+    """What went wrong on the wire, without URLs (they are named separately)."""
+    text = str(exc).strip() or type(exc).__name__
+    if "://" in text:  # httpx names the URL in some messages; we name the base URL ourselves
+        text = type(exc).__name__
+    return text[:200]
+
+
+# --------------------------------------------------------------------------- service
+
+
+class HttpService(ProfileService):
+    """A :class:`~profiles.service.ProfileService` answered by a server over HTTP.
+
+    ``url`` is the API's base URL, version included (``https://profiles.example/v1``).
+    ``api_key`` goes in ``Authorization: Bearer``; ``account`` in ``X-Account``. One
+    ``httpx.Client`` serves every thread (the lease heartbeat included).
+    """
+
+    shared = True
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        api_key: str | None = None,
+        account: str | None = None,
+        timeout: float = 60.0,
+        connect_timeout: float = 10.0,
+        attempts: int = DEFAULT_ATTEMPTS,
+        backoff: float = DEFAULT_BACKOFF,
+        max_retry_after: float = MAX_RETRY_AFTER,
+    ) -> None:
+        self.url = _check_url(url)
+        self.location = self.url
+        if api_key is not None and (not isinstance(api_key, str) or not api_key.strip()):
+            raise ValidationFailed("api_key must be a non-empty string.", field="api_key")
+        if account is not None and (not isinstance(account, str) or not account.strip()):
+            raise ValidationFailed("account must be a non-empty string.", field="account")
+        if not isinstance(attempts, int) or attempts < 1:
+            raise ValidationFailed("attempts must be at least 1.", field="attempts")
+        self.attempts = attempts
+        self.backoff = float(backoff)
+        self.max_retry_after = float(max_retry_after)
+        headers = {"User-Agent": "playwright-profiles", "Accept": "application/json"}
+        if api_key:
+            headers["Authorization"] = f"Bearer {api_key.strip()}"
+        if account:
+            headers["X-Account"] = account.strip()
+        self.account = account
+        self._client = httpx.Client(
+            base_url=self.url + "/",
+            headers=headers,
+            timeout=httpx.Timeout(timeout, connect=connect_timeout),
+            follow_redirects=False,
+        )
+
+    def __repr__(self) -> str:
+        return f"HttpService({self.url!r})"
+
+    def close(self) -> None:
+        self._client.close()
+
+    # ------------------------------------------------------------------ transport
+
+    def _send(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Mapping[str, Any] | None = None,
+        json_body: Any = None,
+        body: Callable[[], Iterable[bytes]] | None = None,
+        files: Callable[[], Mapping[str, Any]] | None = None,
+        data: Mapping[str, str] | None = None,
+        headers: Mapping[str, str] | None = None,
+        idempotent: bool,
+        stream: bool = False,
+    ) -> httpx.Response:
+        """One request, retried when that is safe; a non-2xx answer raises its error."""
+        query = {k: v for k, v in (params or {}).items() if v is not None}
+        extra = dict(headers or {})
+        content: bytes | None = None
+        if json_body is not None:
+            try:
+                content = json.dumps(json_body, allow_nan=False).encode()
+            except (TypeError, ValueError) as exc:
+                raise ValidationFailed(f"The request cannot be sent as JSON: {exc}.") from None
+            extra["Content-Type"] = "application/json"
+        delay = self.backoff
+        attempt = 0
+        while True:
+            attempt += 1
+            last = attempt >= self.attempts
+            request = self._client.build_request(
+                method,
+                path,
+                params=query,
+                content=content if body is None else body(),
+                files=files() if files is not None else None,
+                data=data,
+                headers=extra,
+            )
+            try:
+                response = self._client.send(request, stream=stream)
+            except httpx.TransportError as exc:
+                if idempotent and not last:
+                    log.debug("%s %s: %s; retrying in %.1f s", method, path, _describe(exc), delay)
+                    time.sleep(delay)
+                    delay = min(delay * 2, MAX_BACKOFF)
+                    continue
+                raise self._unreachable(exc) from exc
+            if response.is_success:
+                return response
+            if response.status_code in RETRY_STATUSES and idempotent and not last:
+                response.close()
+                log.debug(
+                    "%s %s: HTTP %d; retrying in %.1f s",
+                    method,
+                    path,
+                    response.status_code,
+                    delay,
+                )
+                time.sleep(delay)
+                delay = min(delay * 2, MAX_BACKOFF)
+                continue
+            error = self._error(response)
+            if isinstance(error, RateLimited):
+                wait = _retry_after(response)
+                if wait is None:
+                    wait = delay
+                error.details.setdefault("retry_after", wait)
+                if idempotent and not last and wait <= self.max_retry_after:
+                    log.info("rate limited by %s; retrying in %.1f s", self.location, wait)
+                    time.sleep(wait)
+                    delay = min(delay * 2, MAX_BACKOFF)
+                    continue
+            raise error
+
+    def _error(self, response: httpx.Response) -> ProfileError:
+        try:
+            response.read()
+            body: Any = response.json() if response.content else None
+        except (ValueError, httpx.HTTPError):
+            body = response.text if response.content else None
+        finally:
+            response.close()
+        return error_from_body(response.status_code, body, location=self.location)
+
+    def _unreachable(self, exc: httpx.TransportError) -> StorageUnavailable:
+        cause = _describe(exc)
+        what = "timed out" if isinstance(exc, httpx.TimeoutException) else "is unreachable"
+        return StorageUnavailable(
+            f"The profile service at {self.location} {what} ({cause}). Nothing was changed "
+            "that was not confirmed; check the URL and that the service runs, then try again.",
+            home=self.location,
+            cause=cause,
+        )
+
+    def _json(self, method: str, path: str, *, idempotent: bool, **kwargs: Any) -> Any:
+        response = self._send(method, path, idempotent=idempotent, **kwargs)
+        try:
+            return response.json() if response.content else None
+        except ValueError as exc:
+            raise ProfileError(
+                f"The profile service at {self.location} answered {method} {path} with "
+                "something that is not JSON; is the URL the API's base (ending in /v1)?",
+                cause="not JSON",
+            ) from exc
+
+    @staticmethod
+    def _ref(ref: str, what: str = "profile") -> str:
+        if not isinstance(ref, str) or not ref:
+            raise ValidationFailed(f"A {what} id or name is required.", field=what)
+        return quote(ref, safe="")
+
+    def _profile_path(self, ref: str, tail: str = "") -> str:
+        return f"profiles/{self._ref(ref)}{tail}"
+
+    def _snapshot_path(self, snapshot_id: str, tail: str = "") -> str:
+        if not isinstance(snapshot_id, str) or not snapshot_id:
+            raise ValidationFailed("A snapshot id is required.", field="snapshot")
+        return f"profile-snapshots/{quote(snapshot_id, safe='')}{tail}"
+
+    def _page(
+        self, cls: type[Profile] | type[Snapshot] | type[AuditEvent], body: Any
+    ) -> dict[str, Any]:
+        if not isinstance(body, dict) or not isinstance(body.get("data"), list):
+            raise ProfileError(
+                f"The profile service at {self.location} answered a listing without data.",
+                cause="bad listing",
+            )
+        return {
+            "data": [_model(cls, row) for row in body["data"]],
+            "has_more": bool(body.get("has_more")),
+            "next_cursor": body.get("next_cursor"),
+        }
+
+    # ------------------------------------------------------------------ profiles
+
+    def create(
+        self,
+        name: str,
+        *,
+        archetype: str | None = None,
+        description: str | None = None,
+        labels: dict[str, str] | None = None,
+    ) -> Profile:
+        _check_text(name, check_name)
+        body: dict[str, Any] = {"name": name}
+        if archetype is not None:
+            body["archetype"] = archetype
+        if description is not None:
+            body["description"] = description
+        if labels is not None:
+            body["labels"] = labels
+        return _model(Profile, self._json("POST", "profiles", json_body=body, idempotent=False))
+
+    def get(self, ref: str) -> Profile:
+        return _model(Profile, self._json("GET", self._profile_path(ref), idempotent=True))
+
+    def list(self, *, limit: int = 50, cursor: str | None = None) -> Page[Profile]:
+        check_limit(limit)
+        body = self._json(
+            "GET", "profiles", params={"limit": limit, "cursor": cursor}, idempotent=True
+        )
+        return Page[Profile](**self._page(Profile, body))
+
+    def update(
+        self,
+        ref: str,
+        *,
+        name: str | Unset = UNSET,
+        description: str | Unset | None = UNSET,
+        labels: dict[str, str] | Unset = UNSET,
+        archetype: str | Unset = UNSET,
+        add_labels: Mapping[str, str] | None = None,
+        remove_labels: Iterable[str] | None = None,
+    ) -> Profile:
+        body: dict[str, Any] = {}
+        if not isinstance(name, Unset):
+            _check_text(name, check_name)
+            body["name"] = name
+        if not isinstance(description, Unset):
+            body["description"] = description
+        if not isinstance(labels, Unset):
+            body["labels"] = labels
+        if not isinstance(archetype, Unset):
+            body["archetype"] = archetype
+        if add_labels is not None:
+            body["add_labels"] = dict(add_labels) if isinstance(add_labels, Mapping) else add_labels
+        if remove_labels is not None:
+            if isinstance(remove_labels, str):
+                raise ValidationFailed(
+                    "remove_labels must be a list of label keys, not one string.",
+                    field="remove_labels",
+                )
+            body["remove_labels"] = builtins.list(remove_labels)
+        path = self._profile_path(ref)
+        return _model(Profile, self._json("PATCH", path, json_body=body, idempotent=False))
+
+    def delete(self, ref: str) -> Profile:
+        profile = self.get(ref)
+        self._send("DELETE", self._profile_path(profile.id), idempotent=True).close()
+        return profile
+
+    def clone(
+        self,
+        ref: str,
+        *,
+        name: str | None = None,
+        with_state: bool = False,
+        archetype: str | None = None,
+    ) -> Profile:
+        body: dict[str, Any] = {"with_state": with_state}
+        if name is not None:
+            _check_text(name, check_name)
+            body["name"] = name
+        if archetype is not None:
+            body["archetype"] = archetype
+        path = self._profile_path(ref, "/clone")
+        return _model(Profile, self._json("POST", path, json_body=body, idempotent=False))
+
+    def similar_names(self, name: str, *, limit: int = 3) -> builtins.list[str]:
+        body = self._json(
+            "GET", self._profile_path(name, "/similar"), params={"limit": limit}, idempotent=True
+        )
+        names = body.get("names") if isinstance(body, dict) else None
+        return [n for n in names if isinstance(n, str)] if isinstance(names, builtins.list) else []
+
+    # ------------------------------------------------------------------ snapshots
+
+    def snapshot(
+        self, ref: str, *, label: str | None = None, description: str | None = None
+    ) -> Snapshot:
+        body: dict[str, Any] = {}
+        if label is not None:
+            body["label"] = label
+        if description is not None:
+            body["description"] = description
+        path = self._profile_path(ref, "/snapshots")
+        return _model(Snapshot, self._json("POST", path, json_body=body, idempotent=False))
+
+    def snapshots(
+        self, ref: str | None = None, *, limit: int = 50, cursor: str | None = None
+    ) -> Page[Snapshot]:
+        check_limit(limit)
+        path = "profile-snapshots" if ref is None else self._profile_path(ref, "/snapshots")
+        body = self._json("GET", path, params={"limit": limit, "cursor": cursor}, idempotent=True)
+        return Page[Snapshot](**self._page(Snapshot, body))
+
+    def get_snapshot(self, snapshot_id: str) -> Snapshot:
+        return _model(
+            Snapshot, self._json("GET", self._snapshot_path(snapshot_id), idempotent=True)
+        )
+
+    def delete_snapshot(self, snapshot_id: str) -> None:
+        self._send("DELETE", self._snapshot_path(snapshot_id), idempotent=True).close()
+
+    def restore(self, snapshot_id: str, *, name: str | None = None) -> Profile:
+        if name is not None:
+            _check_text(name, check_name)
+        body: dict[str, Any] = {} if name is None else {"name": name}
+        path = self._snapshot_path(snapshot_id, "/restore")
+        return _model(Profile, self._json("POST", path, json_body=body, idempotent=False))
+
+    # ------------------------------------------------------------------ audit
+
+    def audit(
+        self, *, profile: str | None = None, limit: int = 50, cursor: str | None = None
+    ) -> Page[AuditEvent]:
+        check_limit(limit)
+        body = self._json(
+            "GET",
+            "audit",
+            params={"profile": profile, "limit": limit, "cursor": cursor},
+            idempotent=True,
+        )
+        return Page[AuditEvent](**self._page(AuditEvent, body))
+
+    def record_event(self, type_: AuditType, profile_id: str | None, **payload: Any) -> None:
+        if profile_id is None:
+            raise ValidationFailed(
+                "Over HTTP an audit event belongs to a profile; pass its id.", field="profile"
+            )
+        path = self._profile_path(profile_id, "/events")
+        body = {"type": type_, "payload": _payload(payload)}
+        self._send("POST", path, json_body=body, idempotent=False).close()
+
+    def record_use(self, ref: str, **payload: Any) -> Profile:
+        path = self._profile_path(ref, "/events")
+        body = {"type": "session.created", "payload": _payload(payload)}
+        return _model(Profile, self._json("POST", path, json_body=body, idempotent=False))
+
+    # ------------------------------------------------------------------ state bytes
+
+    def open_state(self, profile: Profile, *, progress: Progress | None = None) -> BinaryIO:
+        """The committed state as an archive, streamed from the server as it is read.
+
+        ``X-State-Checksum`` names the state the server sends: it must be the one this
+        record names (``ChecksumMismatch`` otherwise: the state changed meanwhile). When the
+        body is the stored archive itself the server also sends ``X-Checksum`` (the body's
+        SHA-256): the bytes are then hashed on the way and checked at the end. A state
+        stored as chunks is rendered into a tar on the fly, whose bytes have no stored hash
+        (the server checks every chunk as it renders it)."""
+        if profile.checksum is None:
+            raise NoStateData(
+                f"Profile has no data to download: {profile.name!r} is {profile.status}.",
+                field="profile",
+            )
+        response = self._send(
+            "GET",
+            self._profile_path(profile.id, "/state"),
+            params={"checksum": profile.checksum},
+            headers={"Accept": "application/octet-stream"},
+            idempotent=True,
+            stream=True,
+        )
+        content = response.headers.get("X-Checksum") or None
+        announced = response.headers.get("X-State-Checksum") or content
+        if announced is not None and announced != profile.checksum:
+            response.close()
+            raise ChecksumMismatch(
+                f"The profile service at {self.location} holds another state for "
+                f"{profile.name!r} than this record names ({announced[:12]}..., not "
+                f"{profile.checksum[:12]}...): it changed meanwhile. Read the profile again.",
+                field="state",
+                expected=profile.checksum,
+                actual=announced,
+            )
+        size = response.headers.get("Content-Length")
+        encoded = response.headers.get("Content-Encoding", "identity") != "identity"
+        reader = _StateReader(
+            response,
+            expected=content,
+            size=int(size) if content and size and size.isdigit() and not encoded else None,
+            location=self.location,
+            name=profile.name,
+            progress=progress,
+        )
+        return cast(BinaryIO, io.BufferedReader(reader, CHUNK))
+
+    def store_state(
+        self,
+        profile: Profile,
+        spool: Path,
+        state: StateUpdate,
+        *,
+        epoch: int | None,
+        event: AuditType,
+        progress: Progress | None = None,
+        **payload: Any,
+    ) -> Profile:
+        """Send the spooled archive (streamed from the file) to become the committed state,
+        fenced by ``epoch``. The audit payload travels as the JSON query parameter
+        ``payload``."""
+        size = os.path.getsize(spool)
+
+        def chunks() -> Iterator[bytes]:
+            sent = 0
+            with open(spool, "rb") as f:
+                while block := f.read(CHUNK):
+                    sent += len(block)
+                    if progress is not None:
+                        progress(sent)
+                    yield block
+
+        params: dict[str, Any] = {
+            "epoch": epoch,
+            "browser_version": state.browser_version,
+            "event": event,
+        }
+        if payload:
+            params["payload"] = json.dumps(payload, default=str, separators=(",", ":"))
+        body = self._json(
+            "PUT",
+            self._profile_path(profile.id, "/state"),
+            params=params,
+            body=chunks,
+            headers={
+                "Content-Type": "application/octet-stream",
+                "Content-Length": str(size),
+                "X-Checksum": state.checksum,
+            },
+            idempotent=True,
+        )
+        return _model(Profile, body)
+
+    def upload(
+        self,
+        ref: str,
+        source: IO[bytes] | BinaryIO,
+        *,
+        browser_version: str | None = None,
+        progress: Progress | None = None,
+        filename: str = "state.tar",
+    ) -> Profile:
+        """Import an archive through the server's own import (``POST .../upload``, multipart
+        ``file``): it is checked there as hostile input. ``source`` is streamed, not read
+        whole; it is sent once (not retried)."""
+
+        class _Counting(io.RawIOBase):
+            def __init__(self) -> None:
+                super().__init__()
+                self.count = 0
+
+            def readable(self) -> bool:
+                return True
+
+            def readinto(self, buffer: Any) -> int:
+                view = memoryview(buffer).cast("B")
+                data = source.read(len(view))
+                n = len(data)
+                view[:n] = data
+                self.count += n
+                if progress is not None and n:
+                    progress(self.count)
+                return n
+
+        def files() -> Mapping[str, Any]:
+            stream = io.BufferedReader(_Counting(), CHUNK)
+            return {"file": (filename, stream, "application/octet-stream")}
+
+        data = {"browser_version": browser_version} if browser_version is not None else None
+        body = self._json(
+            "POST",
+            self._profile_path(ref, "/upload"),
+            files=files,
+            data=data,
+            idempotent=False,
+        )
+        return _model(Profile, body)
+
+    def import_archive(
+        self,
+        ref: str,
+        source: IO[bytes] | BinaryIO,
+        *,
+        browser_version: str | None = None,
+    ) -> Profile | None:
+        """The server imports archives itself: see :meth:`upload`."""
+        return self.upload(ref, source, browser_version=browser_version)
+
+    def set_status(self, profile_id: str, status: ProfileStatus) -> Profile:
+        raise ProfileError(
+            "Setting a profile's status is not available over HTTP: the server sets it "
+            "during its own import (POST /v1/profiles/{ref}/upload).",
+            status_requested=status,
+        )
+
+    def settle_status(self, profile_id: str) -> None:
+        raise ProfileError(
+            "Settling a profile's status is not available over HTTP: the server does it "
+            "after its own import."
+        )
+
+    def collect_garbage(self, *, min_age: float, wait: float) -> builtins.list[str]:
+        """Nothing to collect from here: the server frees its state bytes itself."""
+        log.info("unreferenced state bytes are collected by the server at %s", self.location)
+        return []
+
+    # ------------------------------------------------------------------ writer leases
+
+    def acquire_lease(
+        self, profile_id: str, holder: Holder, *, ttl: float | None, force: bool = False
+    ) -> LeaseGrant | None:
+        if force:
+            raise ProfileError(
+                "A forced (file-lock) lease is the embedded store's mode and is not "
+                f"available over HTTP ({self.location}); leases there expire and are renewed.",
+                profile_id=profile_id,
+            )
+        body: dict[str, Any] = {"kind": holder.kind, "host": holder.host, "pid": holder.pid}
+        if ttl is not None:
+            body["ttl"] = ttl
+        body["wait"] = 0
+        try:
+            grant = self._json(
+                "POST", self._profile_path(profile_id, "/lease"), json_body=body, idempotent=False
+            )
+        except ProfileBusy:
+            return None
+        if not isinstance(grant, dict) or not isinstance(grant.get("epoch"), int):
+            raise ProfileError(
+                f"The profile service at {self.location} granted a lease without an epoch.",
+                cause="bad lease",
+            )
+        expires = grant.get("expires_at")
+        return LeaseGrant(
+            profile_id=str(grant.get("profile_id") or profile_id),
+            epoch=grant["epoch"],
+            expires_at=datetime.fromisoformat(expires.replace("Z", "+00:00"))
+            if isinstance(expires, str)
+            else None,
+        )
+
+    def renew_lease(self, profile_id: str, epoch: int, *, ttl: float | None) -> bool:
+        body = self._json(
+            "POST",
+            self._profile_path(profile_id, "/lease/renew"),
+            json_body={"epoch": epoch} if ttl is None else {"epoch": epoch, "ttl": ttl},
+            idempotent=True,
+        )
+        return bool(isinstance(body, dict) and body.get("renewed"))
+
+    def release_lease(self, profile_id: str, epoch: int) -> None:
+        path = self._profile_path(profile_id, "/lease")
+        self._send("DELETE", path, params={"epoch": epoch}, idempotent=True).close()
+
+    def lease_holder(self, profile_id: str) -> Holder | None:
+        try:
+            body = self._json("GET", self._profile_path(profile_id, "/lease"), idempotent=True)
+        except NotFound:
+            return None
+        found = body.get("holder") if isinstance(body, dict) and "holder" in body else body
+        return _model(Holder, found) if isinstance(found, dict) else None
+
+    def leases(self) -> builtins.list[tuple[str, Holder]]:
+        body = self._json("GET", "leases", idempotent=True)
+        rows = body.get("data") if isinstance(body, dict) else None
+        out: builtins.list[tuple[str, Holder]] = []
+        for row in rows if isinstance(rows, builtins.list) else []:
+            if isinstance(row, dict) and isinstance(row.get("holder"), dict):
+                out.append((str(row["profile_id"]), _model(Holder, row["holder"])))
+        return out
