@@ -27,6 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, Strict
 from driver.browsers import BrowserInstall, find_browser, major_version, probe_version
 from profiles.archetypes import Archetype, get_archetype
 from profiles.archive import remove_engine_locks
+from profiles.engine_cache import EngineCache
 from profiles.errors import (
     BrowserDowngrade,
     Conflict,
@@ -181,6 +182,8 @@ class SessionLifecycle:
         self.lock: _Releasable | None = None
         self.user_data_dir: Path | None = None
         self._private_dir: OwnedDir | None = None
+        self._engine_cache: EngineCache | None = None
+        self._engine_key: str | None = None
         self._reader: ReaderMark | None = None
         self._started_at = 0.0
         self.browser_version: str | None = None
@@ -258,6 +261,7 @@ class SessionLifecycle:
             self.lock = lock
             self.profile, self.user_data_dir = self.store.checkout(profile.id, lock=lock)
         self._check_downgrade(self.profile, at_hand)  # ...and again on what was committed since
+        self._seed_engine_cache(profile, at_hand)
         removed = remove_engine_locks(self.user_data_dir, profile.browser_name)
         if removed:
             log.info("removed stale engine locks from %s: %s", profile.name, removed)
@@ -267,6 +271,33 @@ class SessionLifecycle:
             options=self._launch_options(),
             session_cookies=self._load_session_cookies(),
         )
+
+    def _seed_engine_cache(self, profile: Profile, at_hand: str | None) -> None:
+        """Give a cold working copy the browser build's warm-up data (Firefox's
+        startupCache) before launch. It holds no identity, and anything wrong with it only
+        costs speed: nothing here fails a session."""
+        if self.store.read_only or self.browser is None or self.user_data_dir is None:
+            return
+        try:
+            self._engine_cache = EngineCache(self.store.home / "engine-cache")
+            self._engine_key = self._engine_cache.build_key(
+                profile.browser_name, at_hand or "unknown", Path(self.browser.executable_path)
+            )
+            if self._engine_cache.seed(profile.browser_name, self._engine_key, self.user_data_dir):
+                log.debug("seeded %s from the engine cache", profile.name)
+        except (OSError, ProfileError, ValueError) as exc:
+            log.debug("engine cache not used: %s", exc)
+            self._engine_cache = None
+
+    def _refresh_engine_cache(self) -> None:
+        """After a clean session: keep this build's warm-up data if the cache lacks it."""
+        cache, key = self._engine_cache, self._engine_key
+        if cache is None or key is None or self.profile is None or self.user_data_dir is None:
+            return
+        try:
+            cache.refresh(self.profile.browser_name, key, self.user_data_dir)
+        except (OSError, ProfileError, ValueError) as exc:
+            log.debug("engine cache not refreshed: %s", exc)
 
     def _check_downgrade(self, profile: Profile, at_hand: str | None) -> None:
         written_by = major_version(profile.browser_version)
@@ -460,6 +491,8 @@ class SessionLifecycle:
                     ) from exc
             else:
                 reason = f"save={self.options.save!r}" if not self.options.readonly else "readonly"
+            if not crashed and not start_failed:
+                self._refresh_engine_cache()  # still holding the lease or the private copy
         finally:
             self._release()
             if self.profile is not None:

@@ -19,6 +19,7 @@ import logging
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -32,9 +33,13 @@ class OwnedDir:
 
     def __init__(self, parent: Path, prefix: str) -> None:
         parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        self.path = Path(tempfile.mkdtemp(dir=parent, prefix=prefix))
-        self._fd: int | None = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        # Made under a name no sweep looks at, locked, and only then given its real name:
+        # a sweeper can never find it unlocked.
+        unborn = Path(tempfile.mkdtemp(dir=parent, prefix=".unborn-"))
+        self._fd: int | None = os.open(unborn, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         fcntl.flock(self._fd, fcntl.LOCK_EX)
+        self.path = parent / f"{prefix}{unborn.name.removeprefix('.unborn-')}"
+        os.rename(unborn, self.path)
 
     def release(self, *, remove: bool = True) -> None:
         """Remove the directory (unless ``remove`` is false) and drop the ownership lock."""
@@ -73,9 +78,10 @@ def try_lock_path(path: Path) -> int | None:
     return fd
 
 
-def sweep(parent: Path, prefixes: tuple[str, ...]) -> list[str]:
+def sweep(parent: Path, prefixes: tuple[str, ...], *, min_age: float = 0.0) -> list[str]:
     """Remove the entries of ``parent`` whose name starts with one of ``prefixes`` and
-    whose owner is gone (their lock can be taken). Returns the names removed."""
+    whose owner is gone (their lock can be taken), if older than ``min_age`` seconds.
+    Returns the names removed."""
     removed: list[str] = []
     try:
         entries = list(os.scandir(parent))
@@ -84,6 +90,12 @@ def sweep(parent: Path, prefixes: tuple[str, ...]) -> list[str]:
     for entry in entries:
         if not entry.name.startswith(prefixes):
             continue
+        if min_age > 0:
+            try:
+                if time.time() - entry.stat(follow_symlinks=False).st_mtime < min_age:
+                    continue
+            except OSError:
+                continue
         fd = try_lock_path(Path(entry.path))
         if fd is None:
             continue
