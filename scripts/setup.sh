@@ -11,8 +11,9 @@ usage() {
 usage: scripts/setup.sh [-h | --help]
 
 Set up this checkout on a fresh machine:
-  1. Debian's chromium and firefox-esr, with apt-get (as root, or with sudo), when either
-     is missing and apt-get is there;
+  1. Debian's chromium, firefox-esr and postgresql (the tests start a private PostgreSQL
+     server of their own), with apt-get (as root, or with sudo), when one is missing and
+     apt-get is there;
   2. a virtual environment in .venv (made with $PYTHON, default python3) holding the
      project and its dev extras (pip install -e '.[dev]').
 Then it prints the Python and Playwright versions it set up. Run it again at any time:
@@ -35,16 +36,20 @@ esac
 
 cd "$(dirname "$0")/.."
 
-need_browsers() {
-  ! command -v chromium >/dev/null 2>&1 || ! command -v firefox-esr >/dev/null 2>&1
+missing_packages() {
+  command -v chromium >/dev/null 2>&1 || echo chromium
+  command -v firefox-esr >/dev/null 2>&1 || echo firefox-esr
+  ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || echo postgresql
 }
 
-if need_browsers && command -v apt-get >/dev/null 2>&1; then
+packages=$(missing_packages | tr '\n' ' ')
+if [ -n "${packages// /}" ] && command -v apt-get >/dev/null 2>&1; then
   sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo"
-  echo "setup: installing chromium and firefox-esr with apt-get"
+  echo "setup: installing ${packages}with apt-get"
   $sudo apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq chromium firefox-esr >/dev/null
+  # shellcheck disable=SC2086
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq $packages >/dev/null
 fi
 
 python=${PYTHON:-python3}
