@@ -22,6 +22,9 @@ Sections (each prints a markdown table):
    archives (``chunked=False``, what every commit cost before), on the embedded store and on
    the shared backend: commit time, bytes stored, storage after 10 commits, and a cold
    checkout next to unpacking the whole archive.
+7. The HTTP service (``profiles serve`` on loopback): a session through the HTTP client next
+   to the embedded store (warm), upload and download throughput of a 100 MB archive with the
+   server's peak memory, and requests per second of ``GET /v1/profiles`` on one worker.
 
 Everything runs in a temporary store home and against a local HTTP server.
 """
@@ -622,6 +625,70 @@ def bench_incremental(
     return rows
 
 
+def bench_http(repeats: int, url: str, home: Path, quick: bool) -> dict[str, Any]:
+    """Sessions through the HTTP client against the embedded store, bulk transfer, rps."""
+    import httpx
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+    from http_service import start_http_server
+
+    def hwm_kb(pid: int) -> int:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+        return 0
+
+    result: dict[str, Any] = {}
+    with start_http_server(home / "http-server") as server:
+        remote = ProfileStore(
+            home / "http-client", service=f"{server.url}/v1", api_key=server.api_key
+        )
+        local = ProfileStore(home / "http-embedded")
+        for store in (remote, local):
+            with Session(profile="bench-http", store=store) as page:
+                visit(page, url)
+        runs: dict[str, list[float]] = {"embedded": [], "http": []}
+
+        def session(store: ProfileStore) -> None:
+            with Session(profile="bench-http", store=store) as page:
+                visit(page, url)
+
+        for _ in range(repeats):
+            runs["embedded"].append(timed(lambda: session(local)))
+            runs["http"].append(timed(lambda: session(remote)))
+        result["session_median_s"] = {k: statistics.median(v) for k, v in runs.items()}
+        result["session_ratio"] = result["session_median_s"]["http"] / max(
+            1e-9, result["session_median_s"]["embedded"]
+        )
+        # 100 MB archive: upload (multipart) and download (signed link), streamed
+        size_mb = 10 if quick else 100
+        src = home / "http-big"
+        (src / "Default").mkdir(parents=True)
+        (src / "Local State").write_text("{}")
+        (src / "Default" / "Preferences").write_text("{}")
+        (src / "Default" / "blob.bin").write_bytes(os.urandom(size_mb * 1024 * 1024))
+        archive = home / "http-big.tar.zst"
+        with archive.open("wb") as out:
+            pack_dir(src, out, engine="chromium", codec="zstd")
+        remote.create("bench-big")
+        before = hwm_kb(server.pid)
+        up = timed(lambda: remote.import_state("bench-big", archive))
+        dl_path = home / "http-big-back.tar.gz"
+        down = timed(lambda: remote.export_state("bench-big", dl_path, codec="zstd"))
+        result["archive_bytes"] = archive.stat().st_size
+        result["upload_mb_s"] = archive.stat().st_size / up / 1e6
+        result["download_mb_s"] = dl_path.stat().st_size / down / 1e6
+        result["server_hwm_growth_mb"] = (hwm_kb(server.pid) - before) / 1024
+        # requests per second of GET /v1/profiles, one client connection
+        with httpx.Client(base_url=server.url, headers=server.headers()) as client:
+            n = 100 if quick else 500
+            took = timed(lambda: [client.get("/v1/profiles?limit=50") for _ in range(n)])
+        result["list_rps"] = n / took
+        remote.close()
+        local.close()
+    return result
+
+
 def _checkout(store: ProfileStore, name: str) -> None:
     with store.lock(name) as lease:
         store.checkout(name, lock=lease)
@@ -923,6 +990,38 @@ def report(results: dict[str, Any]) -> str:
             ),
             "",
         ]
+    if results.get("http"):
+        r = results["http"]
+        med = r["session_median_s"]
+        out += [
+            "### 7. The HTTP service on loopback",
+            "",
+            table(
+                [
+                    "session: embedded",
+                    "through HTTP",
+                    "ratio (≤ 1.15)",
+                    "archive",
+                    "upload",
+                    "download",
+                    "server memory growth",
+                    "GET /v1/profiles",
+                ],
+                [
+                    [
+                        ms(med["embedded"]),
+                        ms(med["http"]),
+                        f"{r['session_ratio']:.2f}",
+                        size(r["archive_bytes"]),
+                        f"{r['upload_mb_s']:.0f} MB/s",
+                        f"{r['download_mb_s']:.0f} MB/s",
+                        f"{r['server_hwm_growth_mb']:.1f} MB",
+                        f"{r['list_rps']:.0f} req/s",
+                    ]
+                ],
+            ),
+            "",
+        ]
     return "\n".join(out)
 
 
@@ -974,6 +1073,8 @@ def main(argv: list[str] | None = None) -> int:
                     for mb in sizes
                     for row in bench_incremental(mb, 1 if args.quick else 3, home, urls)
                 ]
+            if wanted("http"):
+                results["http"] = bench_http(repeats, url, home, args.quick)
             if wanted("shared") and not args.no_shared and urls is not None:
                 results["shared_sessions"] = [
                     bench_shared_sessions(e, repeats, url, home, urls) for e in engines
