@@ -151,12 +151,28 @@ def bench_sessions(engine: Engine, repeats: int, url: str, home: Path) -> dict[s
     viewport = get_archetype(archetype).viewport.model_dump()
     options: dict[str, Any] = {**browser.launch_options(), "headless": True, "viewport": viewport}
 
+    bare_phases: dict[str, list[float]] = {}
+
+    def lap(phases: dict[str, list[float]], name: str, started: float) -> float:
+        now = time.perf_counter()
+        phases.setdefault(name, []).append(now - started)
+        return now
+
     def bare() -> None:
-        with sync_playwright() as p:
-            ctx = getattr(p, engine).launch_persistent_context(str(bare_dir), **options)
-            page = ctx.pages[0] if ctx.pages else ctx.new_page()
-            visit(page, url)
-            ctx.close()
+        t = time.perf_counter()
+        manager = sync_playwright()
+        p = manager.start()
+        t = lap(bare_phases, "playwright start", t)
+        ctx = getattr(p, engine).launch_persistent_context(str(bare_dir), **options)
+        t = lap(bare_phases, "browser launch", t)
+        page = ctx.pages[0] if ctx.pages else ctx.new_page()
+        t = lap(bare_phases, "first page", t)
+        visit(page, url)
+        t = lap(bare_phases, "work", t)
+        ctx.close()
+        t = lap(bare_phases, "close", t)
+        p.stop()
+        lap(bare_phases, "playwright stop", t)
 
     def ours() -> None:
         with Session(profile="bench", store=store) as page:
@@ -175,10 +191,28 @@ def bench_sessions(engine: Engine, repeats: int, url: str, home: Path) -> dict[s
         shutil.rmtree(store.home / "engine-cache", ignore_errors=True)
         ours()
 
-    phases = {"prepare": [], "commit": []}
+    phases: dict[str, list[float]] = {"prepare": [], "commit": []}
+    from playwright.sync_api import BrowserContext, BrowserType
+
     from driver.lifecycle import SessionLifecycle
+    from driver.session import _ThreadPlaywright
 
     original_prepare, original_commit = SessionLifecycle.prepare, ProfileStore.commit_state
+    ours_phases: dict[str, list[float]] = {}
+    wrapped: list[tuple[Any, str, Any]] = []
+
+    def instrument(owner: Any, attr: str, phase: str) -> None:
+        original = getattr(owner, attr)
+
+        def timed_call(*args: Any, **kwargs: Any) -> Any:
+            start = time.perf_counter()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                ours_phases.setdefault(phase, []).append(time.perf_counter() - start)
+
+        wrapped.append((owner, attr, original))
+        setattr(owner, attr, timed_call)
 
     def timed_prepare(self: SessionLifecycle) -> Any:
         start = time.perf_counter()
@@ -202,13 +236,31 @@ def bench_sessions(engine: Engine, repeats: int, url: str, home: Path) -> dict[s
         "readonly": [],
     }
     bare()  # warm the page cache for everyone
+    bare_phases.clear()
     SessionLifecycle.prepare = timed_prepare  # type: ignore[method-assign]
     ProfileStore.commit_state = timed_commit  # type: ignore[method-assign]
     try:
         for _ in range(repeats):
             runs["bare"].append(timed(bare))
             phases["prepare"].clear()
-            runs["warm"].append(timed(ours))
+            for owner, attr, phase in (
+                (_ThreadPlaywright, "acquire", "playwright start"),
+                (BrowserType, "launch_persistent_context", "browser launch"),
+                (BrowserContext, "close", "close"),
+                (BrowserContext, "cookies", "session cookies: save"),
+                (BrowserContext, "add_cookies", "session cookies: restore"),
+                (SessionLifecycle, "started", "record use"),
+                (_ThreadPlaywright, "release", "playwright stop"),
+            ):
+                instrument(owner, attr, phase)
+            try:
+                runs["warm"].append(timed(ours))
+            finally:
+                for owner, attr, original in reversed(wrapped):
+                    setattr(owner, attr, original)
+                wrapped.clear()
+            ours_phases.setdefault("prepare (ours)", []).append(phases["prepare"][-1])
+            ours_phases.setdefault("commit (ours)", []).append(phases["commit"][-1])
             warm_phases = (phases["prepare"][-1], phases["commit"][-1])
             runs["readonly"].append(timed(readonly))
             runs["cold_no_cache"].append(timed(cold_fresh_container))
@@ -227,6 +279,8 @@ def bench_sessions(engine: Engine, repeats: int, url: str, home: Path) -> dict[s
         "ratio_readonly": med["readonly"] / med["bare"],
         "ratio_cold_no_cache": med["cold_no_cache"] / med["bare"],
         "spread_s": {k: (min(v), max(v)) for k, v in runs.items()},
+        "phases_bare_s": {k: statistics.median(v) for k, v in bare_phases.items()},
+        "phases_warm_s": {k: statistics.median(v) for k, v in ours_phases.items()},
         "last_warm_prepare_s": warm_phases[0],
         "last_warm_commit_s": warm_phases[1],
         "archive_bytes": store_profile_size(home / f"sessions-{engine}"),
@@ -784,6 +838,20 @@ def report(results: dict[str, Any]) -> str:
             )
             out.append(f"- {r['engine']}: {spread}")
         out.append("")
+        out += ["Phases of a warm round trip (medians; bare Playwright next to a session):", ""]
+        rows = []
+        for r in results["sessions"]:
+            bare_p, ours_p = r.get("phases_bare_s", {}), r.get("phases_warm_s", {})
+            for phase in dict.fromkeys([*bare_p, *ours_p]):
+                rows.append(
+                    [
+                        r["engine"],
+                        phase,
+                        ms(bare_p[phase]) if phase in bare_p else "-",
+                        ms(ours_p[phase]) if phase in ours_p else "-",
+                    ]
+                )
+        out += [table(["engine", "phase", "bare", "session"], rows), ""]
     if results.get("teardown"):
         out += ["### 2. Teardown: pack and commit a realistic profile", ""]
         rows = []

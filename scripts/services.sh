@@ -75,12 +75,12 @@ start_s3() {
   done
   http_ok "http://127.0.0.1:$S3_PORT/moto-api/" || { echo "services: moto did not start" >&2; cat "$STATE/moto.log" >&2; exit 1; }
   # a bucket for trials (the tests make their own)
-  AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing AWS_REGION=us-east-1 \
+  AWS_ACCESS_KEY_ID=profiles-test-key AWS_SECRET_ACCESS_KEY=profiles-test-secret AWS_REGION=us-east-1 \
     AWS_ENDPOINT_URL="http://127.0.0.1:$S3_PORT" .venv/bin/python -c \
     'import boto3; boto3.client("s3").create_bucket(Bucket="profiles")'
   {
     echo "export PROFILES_TEST_S3_ENDPOINT=http://127.0.0.1:$S3_PORT"
-    echo "export AWS_ACCESS_KEY_ID=testing AWS_SECRET_ACCESS_KEY=testing AWS_REGION=us-east-1"
+    echo "export AWS_ACCESS_KEY_ID=profiles-test-key AWS_SECRET_ACCESS_KEY=profiles-test-secret AWS_REGION=us-east-1"
   } >>"$ENV_FILE"
   echo "services: moto S3 on 127.0.0.1:$S3_PORT"
 }

@@ -61,4 +61,4 @@ def test_bench_runs_every_section(
     for section in data["shared_sessions"]:
         assert all(math.isfinite(v) and v > 0 for v in section["median_s"].values())
     assert data["shared_handoff"]["overlaps"] == 0 and data["shared_handoff"]["handoffs"] >= 1
-    assert data["shared_catalog"]["seen"] == 120
+    assert data["shared_catalog"]["seen"] >= 120  # the other sections' profiles too

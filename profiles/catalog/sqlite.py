@@ -15,7 +15,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -473,6 +473,21 @@ class _SQLiteTransaction(CatalogTransaction):
         return self._live_leases("", ())
 
 
+def _retry_locked(action: Callable[[], object], timeout: float) -> None:
+    """Run ``action``, again while SQLite says the database is locked (up to ``timeout``)."""
+    deadline = time.monotonic() + timeout
+    delay = 0.01
+    while True:
+        try:
+            action()
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+        time.sleep(delay)
+        delay = min(delay * 2, 0.25)
+
+
 def _storage_error(path: Path, exc: BaseException, doing: str) -> StorageUnavailable:
     cause = str(exc) or type(exc).__name__
     hint = "Free some space" if "full" in cause else "Check that it exists and is writable"
@@ -509,7 +524,7 @@ class SQLiteCatalog(Catalog):
         self._closed = False
         try:
             if not read_only:
-                self._migrate()
+                _retry_locked(self._migrate, busy_timeout)
             elif self.schema_version > len(MIGRATIONS):
                 raise self._too_new(self.schema_version)
         except (sqlite3.Error, OSError) as exc:
@@ -539,7 +554,10 @@ class SQLiteCatalog(Catalog):
             conn = sqlite3.connect(
                 self.path, timeout=busy_timeout, isolation_level=None, check_same_thread=False
             )
-            conn.execute("PRAGMA journal_mode = WAL")
+            if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                # Switching to WAL needs the file to itself, and SQLite answers "locked" at
+                # once (no busy wait) when another connection opens it at the same moment.
+                _retry_locked(lambda: conn.execute("PRAGMA journal_mode = WAL"), busy_timeout)
             conn.execute("PRAGMA synchronous = FULL")
         conn.row_factory = sqlite3.Row
         conn.execute("PRAGMA foreign_keys = ON")
