@@ -823,7 +823,7 @@ def report(results: dict[str, Any]) -> str:
                     "read-only (ratio)",
                     "warm prepare",
                     "warm commit",
-                    "archive",
+                    "state size",
                     "runs",
                 ],
                 rows,
