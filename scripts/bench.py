@@ -628,9 +628,10 @@ def bench_incremental(
     for backend, where in backends:
         for chunked in (True, False):
             tag = f"{backend}-{'chunked' if chunked else 'archive'}-{mb:g}"
-            store = ProfileStore(
-                home / f"inc-{tag}", chunked=chunked, cache_max_bytes=None, **where
-            )
+            own = dict(where)
+            if "blobs" in own:  # each arm its own prefix, so its storage is its own
+                own["blobs"] = f"{own['blobs']}/{tag}"
+            store = ProfileStore(home / f"inc-{tag}", chunked=chunked, cache_max_bytes=None, **own)
             name = f"inc-{tag}"
             store.create(name)
             lease = store.lock(name)
