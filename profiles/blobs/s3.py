@@ -253,13 +253,15 @@ class S3BlobStore(BlobStore):
         key = self.key(checksum)
         if size < 0:
             raise ValidationFailed(f"A blob size cannot be negative ({size}).", field="size")
-        if self.exists(checksum):
-            return
         reader = HashingReader(source, size, checksum)
         if size < self._threshold:
+            # One request: the PUT is conditional (IfNoneMatch), so an existing blob is
+            # left as it is and answers 412, which counts as stored.
             self._put_single(key, reader)
-        else:
-            self._put_multipart(key, reader)
+            return
+        if self.exists(checksum):  # spare the upload of a large blob that is there
+            return
+        self._put_multipart(key, reader)
 
     def _put_single(self, key: str, reader: HashingReader) -> None:
         buf = bytearray()
