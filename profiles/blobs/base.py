@@ -106,8 +106,9 @@ class BlobStore(ABC):
     location: str
 
     @abstractmethod
-    def put(self, checksum: str, source: BinaryIO, *, size: int) -> None:
-        """Store exactly ``size`` bytes of ``source`` under ``checksum`` (rules 1-3)."""
+    def put(self, checksum: str, source: BinaryIO, *, size: int) -> bool:
+        """Store exactly ``size`` bytes of ``source`` under ``checksum`` (rules 1-3). Returns
+        whether this call stored them (``False``: the blob was there already)."""
 
     def put_file(self, checksum: str, path: Path) -> None:
         """Store the file at ``path`` (which the caller may remove afterwards). Backends on

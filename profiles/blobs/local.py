@@ -54,9 +54,9 @@ class LocalBlobStore(BlobStore):
         os.replace(tmp, final)  # the same content under the same name: replacing is harmless
         fsync_dir(final.parent)
 
-    def put(self, checksum: str, source: BinaryIO, *, size: int) -> None:
+    def put(self, checksum: str, source: BinaryIO, *, size: int) -> bool:
         if self.exists(checksum):
-            return
+            return False
         fd, tmp_name = tempfile.mkstemp(dir=self._tmp, prefix=PART_PREFIX, suffix=".part")
         tmp = Path(tmp_name)
         # A sweeper takes parts it can lock: hold the lock (on a duplicate, so it outlives
@@ -75,6 +75,7 @@ class LocalBlobStore(BlobStore):
         finally:
             tmp.unlink(missing_ok=True)
             os.close(held)
+        return True
 
     def put_file(self, checksum: str, path: Path) -> None:
         """Move ``path`` into place when it is on this file system (the caller hashed it

@@ -249,7 +249,7 @@ class S3BlobStore(BlobStore):
 
     # -- put ------------------------------------------------------------------------------
 
-    def put(self, checksum: str, source: BinaryIO, *, size: int) -> None:
+    def put(self, checksum: str, source: BinaryIO, *, size: int) -> bool:
         key = self.key(checksum)
         if size < 0:
             raise ValidationFailed(f"A blob size cannot be negative ({size}).", field="size")
@@ -257,13 +257,12 @@ class S3BlobStore(BlobStore):
         if size < self._threshold:
             # One request: the PUT is conditional (IfNoneMatch), so an existing blob is
             # left as it is and answers 412, which counts as stored.
-            self._put_single(key, reader)
-            return
+            return self._put_single(key, reader)
         if self.exists(checksum):  # spare the upload of a large blob that is there
-            return
-        self._put_multipart(key, reader)
+            return False
+        return self._put_multipart(key, reader)
 
-    def _put_single(self, key: str, reader: HashingReader) -> None:
+    def _put_single(self, key: str, reader: HashingReader) -> bool:
         buf = bytearray()
         while chunk := reader.read(READ_CHUNK):
             buf += chunk
@@ -271,7 +270,7 @@ class S3BlobStore(BlobStore):
         body = bytes(buf)
         del buf
         digest = _b64(bytes.fromhex(reader.checksum))
-        self._conditional(
+        created = self._conditional(
             "store a blob",
             lambda: self.client.put_object(
                 Bucket=self.bucket,
@@ -284,6 +283,7 @@ class S3BlobStore(BlobStore):
             ),
         )
         log.debug("stored blob %s (%d bytes)", reader.checksum, reader.size)
+        return created
 
     def _conditional(self, doing: str, fn: Callable[[], object]) -> bool:
         """Run a create-if-absent request: ``True`` if it created, ``False`` if the object
@@ -305,7 +305,7 @@ class S3BlobStore(BlobStore):
                 self._fail(exc, doing)
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _put_multipart(self, key: str, reader: HashingReader) -> None:
+    def _put_multipart(self, key: str, reader: HashingReader) -> bool:
         part_size = max(self._chunksize, -(-reader.size // MAX_PARTS))
         created = self._call(
             "start a multipart upload",
@@ -340,6 +340,7 @@ class S3BlobStore(BlobStore):
             with _live_lock:
                 _live_uploads.discard(upload_id)
         log.debug("stored blob %s (%d bytes, %d parts)", reader.checksum, reader.size, len(parts))
+        return created_now
 
     def _send_parts(
         self, key: str, upload_id: str, reader: HashingReader, part_size: int

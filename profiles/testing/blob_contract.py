@@ -182,7 +182,7 @@ class BlobContract:
         data, checksum = blob_bytes(self.small_size, 1)
         assert not blobs.exists(checksum)
         before = time.time()
-        blobs.put(checksum, _source(Stream(data)), size=len(data))
+        assert blobs.put(checksum, _source(Stream(data)), size=len(data)) is True
         assert blobs.exists(checksum)
         assert self.read(blobs, checksum, read_size) == data
         info = self.listed(blobs)[checksum]
@@ -191,6 +191,8 @@ class BlobContract:
         assert before - 3600 < info.modified < time.time() + 3600
         stat = blobs.stat(checksum)
         assert stat is not None and stat.size == len(data) and stat.checksum == checksum
+        # put says whether it stored the bytes: a second put of the same blob does not
+        assert blobs.put(checksum, _source(Stream(data)), size=len(data)) is False
         assert blobs.stat(blob_bytes(3, 99)[1]) is None
 
     def test_empty_blob(self, blobs: BlobStore) -> None:
