@@ -1344,6 +1344,8 @@ def _open_store(args: argparse.Namespace, mode: str) -> ProfileStore:
     if catalog is not None or blobs is not None:
         # A shared backend: the home is only this machine's workspace.
         return ProfileStore(home, catalog=catalog, blobs=blobs, **kwargs)
+    if os.environ.get("PROFILES_URL"):  # a profile service over HTTP ($PROFILES_API_KEY)
+        return ProfileStore(home, **kwargs)
     if mode == EXISTING:
         if not _store_exists(home):
             what = "does not exist" if not home.exists() else f"has no {CATALOG_FILE}"

@@ -696,3 +696,26 @@ def test_a_stored_archive_that_does_not_hash_to_its_checksum_is_refused_at_the_e
         svc.close()
         server.shutdown()
         server.server_close()
+
+
+def test_the_profiles_command_uses_a_service_named_in_the_environment(
+    server: HttpServer, tmp_path: Path
+) -> None:
+    with ProfileStore(tmp_path / "a", service=f"{server.url}/v1", api_key=server.api_key) as s:
+        s.create("remote-one")
+    env = {
+        **os.environ,
+        "PROFILES_URL": f"{server.url}/v1",
+        "PROFILES_API_KEY": server.api_key,
+        "PROFILES_HOME": str(tmp_path / "fresh-machine"),  # no store here: the service is
+    }
+    run = subprocess.run(
+        [sys.executable, "-m", "profiles", "list", "--json"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+    )
+    assert run.returncode == 0, run.stderr
+    assert [p["name"] for p in json.loads(run.stdout)["data"]] == ["remote-one"]
+    assert server.api_key not in run.stdout + run.stderr
