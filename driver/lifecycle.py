@@ -12,7 +12,6 @@ No Playwright call lives here, so the sync and async front ends stay thin::
 from __future__ import annotations
 
 import contextlib
-import difflib
 import json
 import logging
 import time
@@ -231,11 +230,7 @@ class SessionLifecycle:
     def _similar_names(self) -> list[str]:
         """Existing profile names that look like a typo of the one being created."""
         try:
-            similar = getattr(self.store, "similar_names", None)
-            if callable(similar):
-                return [str(n) for n in similar(self.ref)]
-            names = [p.name for p in self.store.iter_profiles() if p.name != self.ref]
-            return difflib.get_close_matches(self.ref, names, n=3, cutoff=0.75)
+            return self.store.similar_names(self.ref)
         except ProfileError as exc:  # a hint only: never fail the session for it
             log.debug("could not look for similar profile names: %s", exc)
             return []

@@ -41,7 +41,6 @@ import contextlib
 import dataclasses
 import errno
 import importlib.metadata
-import inspect
 import json
 import logging
 import os
@@ -380,13 +379,6 @@ def _describe_holder(holder: Any) -> str:
     )
 
 
-def _holder(store: ProfileStore, profile: Profile) -> Any | None:
-    """Who holds the profile's writer lock right now, where the store can tell."""
-    if not hasattr(store, "holder"):
-        return None
-    return store.holder(profile)
-
-
 def _listing(
     args: argparse.Namespace,
     fetch: Callable[[str | None], Page[Any]],
@@ -503,15 +495,12 @@ def cmd_show(store: ProfileStore, args: argparse.Namespace) -> None:
         _json(profile)
         return
     extra: dict[str, str] = {}
-    if hasattr(store, "holder"):
-        holder = _holder(store, profile)
-        extra["held by"] = "-" if holder is None else _describe_holder(holder)
+    holder = store.holder(profile)
+    extra["held by"] = "-" if holder is None else _describe_holder(holder)
     _show(profile, extra)
 
 
 def cmd_ps(store: ProfileStore, args: argparse.Namespace) -> None:
-    if not hasattr(store, "activity"):
-        raise ProfileError("This version of the profile store cannot list what is in use.")
     found = store.activity()
     if args.json:
         _json(
@@ -566,21 +555,13 @@ def cmd_update(store: ProfileStore, args: argparse.Namespace) -> None:
         description = None
     elif args.description is not None:
         description = args.description
-    update: Callable[..., Profile] = store.update  # add_labels / remove_labels are newer
     changes: dict[str, Any] = {}
     if args.clear_labels:
         changes["labels"] = adding  # --clear-labels --label k=v: exactly these
-    elif (adding or removing) and "add_labels" in inspect.signature(update).parameters:
+    elif adding or removing:
         # merged with the labels there are inside the store's transaction
         changes.update(add_labels=adding, remove_labels=removing)
-    elif adding or removing:
-        # an older store replaces the whole map: read, merge, write
-        current = store.get(args.ref).labels
-        changes["labels"] = {
-            **{k: v for k, v in current.items() if k not in removing},
-            **adding,
-        }
-    profile = update(
+    profile = store.update(
         args.ref,
         name=args.name if args.name is not None else UNSET,
         description=description,
@@ -598,7 +579,7 @@ def _confirm(question: str) -> bool:
 
 def cmd_delete(store: ProfileStore, args: argparse.Namespace) -> None:
     profile = store.get(args.ref)
-    holder = _holder(store, profile)
+    holder = store.holder(profile)
     in_use = (
         ""
         if holder is None
@@ -672,8 +653,6 @@ def cmd_audit(store: ProfileStore, args: argparse.Namespace) -> None:
 
 
 def cmd_cache_prune(store: ProfileStore, args: argparse.Namespace) -> None:
-    if not hasattr(store, "prune_cache"):
-        raise ProfileError("This version of the profile store cannot prune its cache.")
     result = store.prune_cache(args.max_size)
     if args.json:
         _json(
@@ -1356,9 +1335,7 @@ def _open_store(args: argparse.Namespace, mode: str) -> ProfileStore:
                 resource="store",
                 home=str(home),
             )
-        factory: Callable[..., ProfileStore] = ProfileStore
-        if "create" in inspect.signature(factory).parameters:
-            kwargs["create"] = False
+        kwargs["create"] = False
     return ProfileStore(home, **kwargs)
 
 

@@ -66,7 +66,6 @@ import json
 import logging
 import os
 import re
-import shutil
 import stat
 import time
 from collections.abc import Iterator
@@ -78,7 +77,7 @@ from profiles.archive import ArchiveLimits, pack_dir, unpack_archive
 from profiles.blobs.base import BlobStore, check_checksum
 from profiles.errors import ProfileError
 from profiles.fsutil import atomic_write_bytes, tighten_tree
-from profiles.scratch import OwnedDir, try_lock_path
+from profiles.scratch import OwnedDir, sweep
 from profiles.state_rules import ENGINES, RULES, Engine
 
 __all__ = [
@@ -647,32 +646,7 @@ class EngineCache:
         """Remove scratch that dead processes left under the root (``profiles gc``): entries
         older than ``min_age`` seconds whose owner's lock can be taken. (The age spares a
         directory made a moment ago whose owner has not locked it yet.)"""
-        removed: list[str] = []
-        try:
-            entries = list(os.scandir(self.root))
-        except OSError:
-            return removed
-        now = time.time()
-        for entry in entries:
-            if not entry.name.startswith(SCRATCH_PREFIXES):
-                continue
-            try:
-                if now - entry.stat(follow_symlinks=False).st_mtime < min_age:
-                    continue
-            except OSError:
-                continue
-            fd = try_lock_path(Path(entry.path))
-            if fd is None:
-                continue
-            try:
-                if entry.is_dir(follow_symlinks=False):
-                    shutil.rmtree(entry.path, ignore_errors=True)
-                else:
-                    with contextlib.suppress(FileNotFoundError):
-                        os.unlink(entry.path)
-                removed.append(entry.name)
-            finally:
-                os.close(fd)
+        removed = sweep(self.root, SCRATCH_PREFIXES, min_age=min_age)
         if removed:
             log.info("engine cache: swept %d left-over scratch entries", len(removed))
         return removed

@@ -30,8 +30,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING
 
-from profiles.errors import ProfileBusy, ProfileError
-from profiles.locks import WAIT_NOTICE_AFTER, Holder, HolderKind, ProfileLock
+from profiles.errors import ProfileError
+from profiles.locks import Holder, HolderKind, ProfileLock, poll_until_free
 
 if TYPE_CHECKING:
     from profiles.service import ProfileService
@@ -126,32 +126,18 @@ class WriterLease:
             raise
 
     def _acquire_shared(self, me: Holder, wait: float) -> int:
-        started = time.monotonic()
-        noticed = False
-        while True:
+        def attempt() -> int | None:
             grant = self.service.acquire_lease(self.profile_id, me, ttl=self.ttl)
-            if grant is not None:
-                return grant.epoch
-            waited = time.monotonic() - started
-            if waited >= wait or (not noticed and waited >= WAIT_NOTICE_AFTER):
-                holder = self.holder()
-                who = holder.describe() if holder else "another writer"
-                if waited >= wait:
-                    raise ProfileBusy(
-                        f"Profile {self.display_name!r} is in use: {who}; waited {wait:g} s. "
-                        "Wait for that session to end, raise lock_timeout, or open it with "
-                        "readonly=True.",
-                        profile_id=self.profile_id,
-                        holder=holder.model_dump(mode="json") if holder else None,
-                    )
-                noticed = True
-                log.warning(
-                    "waiting for profile %r: it is held by %s (waiting up to %g s)",
-                    self.display_name,
-                    who,
-                    wait,
-                )
-            time.sleep(POLL_INTERVAL)
+            return None if grant is None else grant.epoch
+
+        return poll_until_free(
+            attempt,
+            self.holder,
+            name=self.display_name,
+            profile_id=self.profile_id,
+            wait=wait,
+            nobody="another writer",
+        )
 
     def _beat(self) -> None:
         """Renew the lease every third of its time to live, until released or lost."""

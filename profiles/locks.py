@@ -23,10 +23,11 @@ import os
 import socket
 import tempfile
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Literal
+from typing import Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -115,6 +116,46 @@ def read_holder(path: Path) -> Holder | None:
         return None
 
 
+T = TypeVar("T")
+
+
+def poll_until_free(
+    attempt: Callable[[], T | None],
+    holder: Callable[[], Holder | None],
+    *,
+    name: str,
+    profile_id: str,
+    wait: float,
+    nobody: str,
+) -> T:
+    """Call ``attempt`` until it returns something: say once (at WARNING) after
+    :data:`WAIT_NOTICE_AFTER` seconds who is in the way, and after ``wait`` seconds raise
+    ``ProfileBusy`` naming the holder. The writer lock and the catalog lease wait alike."""
+    started = time.monotonic()
+    noticed = False
+    while True:
+        got = attempt()
+        if got is not None:
+            return got
+        waited = time.monotonic() - started
+        if waited >= wait or (not noticed and waited >= WAIT_NOTICE_AFTER):
+            current = holder()
+            who = current.describe() if current else nobody
+            if waited >= wait:
+                raise ProfileBusy(
+                    f"Profile {name!r} is in use: {who}; waited {wait:g} s. "
+                    "Wait for that session to end, raise lock_timeout, or open it with "
+                    "readonly=True.",
+                    profile_id=profile_id,
+                    holder=current.model_dump(mode="json") if current else None,
+                )
+            noticed = True
+            log.warning(
+                "waiting for profile %r: it is held by %s (waiting up to %g s)", name, who, wait
+            )
+        time.sleep(POLL_INTERVAL)
+
+
 class ProfileLock:
     """A re-usable writer lock for one profile. Use as a context manager or acquire/release."""
 
@@ -184,31 +225,14 @@ class ProfileLock:
     def acquire(self, timeout: float | None = None) -> None:
         if self._fd is not None:
             raise RuntimeError(f"the lock of {self.display_name!r} is already held by this object")
-        wait = self.timeout if timeout is None else timeout
-        started = time.monotonic()
-        noticed = False
-        while not self._try_once_or_fail():
-            waited = time.monotonic() - started
-            if waited >= wait:
-                holder = self.holder()
-                who = holder.describe() if holder else "another process"
-                raise ProfileBusy(
-                    f"Profile {self.display_name!r} is in use: {who}; waited {wait:g} s. "
-                    "Wait for that session to end, raise lock_timeout, or open it with "
-                    "readonly=True.",
-                    profile_id=self.profile_id,
-                    holder=holder.model_dump(mode="json") if holder else None,
-                )
-            if not noticed and waited >= WAIT_NOTICE_AFTER:
-                noticed = True
-                holder = self.holder()
-                log.warning(
-                    "waiting for profile %r: it is held by %s (waiting up to %g s)",
-                    self.display_name,
-                    holder.describe() if holder else "another process",
-                    wait,
-                )
-            time.sleep(POLL_INTERVAL)
+        poll_until_free(
+            lambda: True if self._try_once_or_fail() else None,
+            self.holder,
+            name=self.display_name,
+            profile_id=self.profile_id,
+            wait=self.timeout if timeout is None else timeout,
+            nobody="another process",
+        )
         self.acquired_at = time.monotonic()
         holder = Holder(
             kind=self.kind, host=socket.gethostname(), pid=os.getpid(), since=datetime.now(UTC)

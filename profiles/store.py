@@ -23,7 +23,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import IO, Any, BinaryIO, Final, TypeVar, cast
+from typing import IO, Any, BinaryIO, Final, cast
 
 import platformdirs
 import zstandard
@@ -92,14 +92,8 @@ log = logging.getLogger(__name__)
 DEFAULT_CODEC: Final[Codec] = "zstd"
 DEFAULT_CACHE_MAX_BYTES: Final = 2 * 1024**3  # working copies kept on disk, all profiles
 SCRATCH_PREFIXES = ("import-", "inspect-", "commit-", "readonly-")
-MAX_DERIVED_NAMES = 99
-MAX_LABEL_LENGTH = 128
 ORPHAN_MIN_AGE = 3600.0  # seconds an unreferenced blob may be a commit in flight
-BLOB_WRITER_TTL = 3600.0  # a writer that died stops holding collectors off after this
-BLOB_WRITER_WAIT = 120.0
-COLLECTOR_TTL = 600.0
 
-R = TypeVar("R", Profile, Snapshot, AuditEvent)
 Progress = Callable[[int], None]
 
 

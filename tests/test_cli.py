@@ -11,7 +11,6 @@ import contextlib
 import functools
 import gzip
 import importlib.metadata
-import inspect
 import io
 import json
 import os
@@ -708,19 +707,6 @@ def held_by_another_process(name: str) -> Iterator[int]:
             proc.wait()
 
 
-needs_activity = pytest.mark.skipif(
-    not (hasattr(ProfileStore, "activity") and hasattr(ProfileStore, "holder")),
-    reason="waits for ProfileStore.activity() and ProfileStore.holder(ref)",
-)
-needs_prune = pytest.mark.skipif(
-    not hasattr(ProfileStore, "prune_cache"), reason="waits for ProfileStore.prune_cache()"
-)
-needs_merged_labels = pytest.mark.skipif(
-    "add_labels" not in inspect.signature(ProfileStore.update).parameters,
-    reason="waits for ProfileStore.update(add_labels=..., remove_labels=...)",
-)
-
-
 # ---------------------------------------------------------------------------- B: no store by typo
 
 
@@ -805,7 +791,6 @@ def test_version_names_the_store_in_use(
 # ---------------------------------------------------------------------------- C, D: who holds it
 
 
-@needs_activity
 def test_show_and_ps_name_the_holder(
     capsys: pytest.CaptureFixture[str], store: ProfileStore
 ) -> None:
@@ -840,7 +825,6 @@ def test_show_and_ps_name_the_holder(
     assert run(capsys, "ps")[1] == "(no profile is in use)\n"
 
 
-@needs_activity
 def test_delete_of_a_held_profile_names_the_holder(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, store: ProfileStore
 ) -> None:
@@ -1047,7 +1031,6 @@ def test_update_removes_labels(capsys: pytest.CaptureFixture[str], store: Profil
     assert store.get("p").labels == {"c": "3", "d": "4"}
 
 
-@needs_merged_labels
 def test_update_labels_keeps_a_concurrent_change(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, store: ProfileStore
 ) -> None:
@@ -1094,7 +1077,6 @@ def test_cache_prune_refuses_a_bad_size(capsys: pytest.CaptureFixture[str]) -> N
     assert run(capsys, "cache")[0] == 2
 
 
-@needs_prune
 def test_cache_prune(
     capsys: pytest.CaptureFixture[str], store: ProfileStore, tmp_path: Path
 ) -> None:
