@@ -41,7 +41,6 @@ __all__ = ["DEFAULT_LEASE_TTL", "WriterLease"]
 log = logging.getLogger(__name__)
 
 DEFAULT_LEASE_TTL = 30.0
-POLL_INTERVAL = 0.01
 
 
 class WriterLease:
