@@ -640,6 +640,16 @@ class _PostgresTransaction(CatalogTransaction):
         self._cur.execute("DELETE FROM blob_collector WHERE id = %s", (collector_id,))
 
 
+IDLE_IN_TRANSACTION_TIMEOUT = "30s"
+
+
+def _configure_connection(conn: psycopg.Connection[Any]) -> None:
+    """A process paused (SIGSTOP, a frozen VM) in the middle of a transaction must not hold
+    its row locks over other machines forever: the server ends such a session after
+    :data:`IDLE_IN_TRANSACTION_TIMEOUT`, and the paused writer's lease then expires as usual."""
+    conn.execute(f"SET idle_in_transaction_session_timeout = '{IDLE_IN_TRANSACTION_TIMEOUT}'")
+
+
 class PostgresCatalog(Catalog):
     """The catalog in a PostgreSQL database (see the module docstring).
 
@@ -674,6 +684,7 @@ class PostgresCatalog(Catalog):
             max_size=max(min_size, max_size),
             open=False,
             check=ConnectionPool.check_connection,
+            configure=_configure_connection,
             timeout=connect_timeout,
             name="profiles-catalog",
         )
