@@ -150,7 +150,7 @@ __all__ = [
     "encode_manifest",
     "is_manifest",
     "load_manifest",
-    "missing_chunks",
+    "missing_blobs",
     "pack_chunked",
     "parse_manifest",
     "restore_chunked",
@@ -167,8 +167,20 @@ MAX_CHUNK_BYTES = 16 * MiB  # the largest chunk a manifest may name (we write CH
 MAX_MANIFEST_BYTES = 256 * MiB  # decompressed manifest JSON
 MAX_MANIFEST_BLOB = 64 * MiB  # compressed manifest blob
 MAX_CHUNKS = 2_000_000  # chunk references in one manifest
+MAX_PACK_BYTES = 256 * MiB  # the largest pack a manifest may name (we write ~PACK_TARGET)
 ZSTD_LEVEL = 3
-FORMAT_VERSION: Literal[1] = 1
+FORMAT_VERSION: Literal[2] = 2
+# Packs: new chunks of a commit are stored together, in walk order, as packs of about this
+# many compressed bytes; a restore reads them a span at a time (one ranged GET per span).
+PACK_TARGET = 8 * MiB
+READ_SPAN = 2 * MiB
+# Compaction when committing: a pack the new state uses less than half of, a chunk stored
+# on its own (format 1), or more than MAX_SMALL_PACKS packs under SMALL_PACK each have
+# their live chunks copied into the new pack, at most FOLD_MAX bytes per commit.
+MIN_PACK_USE = 0.5
+SMALL_PACK = 1 * MiB
+MAX_SMALL_PACKS = 8
+FOLD_MAX = 64 * MiB
 # A file whose mtime is this close to the walk is not trusted to be unchanged next time:
 # it may be written again within the same timestamp tick (git's "racily clean" entries).
 # One second covers file systems with coarse timestamps (ext3, HFS+).
@@ -185,8 +197,18 @@ _TAR_ENCODING = "utf-8"
 
 Checksum = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
 Chunk: TypeAlias = tuple[Checksum, Annotated[int, Field(ge=1, le=MAX_CHUNK_BYTES)], Checksum]
-"""A chunk reference: (blob checksum of the zstd bytes, uncompressed length, uncompressed
+"""A chunk reference: (SHA-256 of the zstd bytes, uncompressed length, uncompressed
 SHA-256)."""
+PackRef: TypeAlias = tuple[Checksum, Annotated[int, Field(ge=1, le=MAX_PACK_BYTES)]]
+"""A pack a state uses: (blob checksum, size in bytes)."""
+Location: TypeAlias = tuple[
+    Annotated[int, Field(ge=-1, le=MAX_CHUNKS)],
+    Annotated[int, Field(ge=0, le=MAX_PACK_BYTES)],
+    Annotated[int, Field(ge=0, le=MAX_PACK_BYTES)],
+]
+"""Where a chunk's zstd bytes are: (index into ``packs``, offset, length), or
+``(-1, 0, 0)`` for a chunk stored as a blob of its own (format 1)."""
+StandAlone: Location = (-1, 0, 0)
 StatKey: TypeAlias = tuple[int, int, int, int, int]  # size, mtime_ns, inode, ctime_ns, device
 
 
@@ -211,11 +233,15 @@ class Manifest(BaseModel):
 
     model_config = ConfigDict(frozen=True, strict=True, extra="forbid")
 
-    version: Literal[1]
+    version: Literal[1, 2]
     engine: Engine
     entries: tuple[Entry, ...]
+    # Format 2: the packs used, and one location per distinct chunk in entry order.
+    packs: tuple[PackRef, ...] = ()
+    locations: tuple[Location, ...] = ()
 
     _checksum: str | None = PrivateAttr(default=None)
+    _where: dict[str, tuple[str, int, int]] | None = PrivateAttr(default=None)
 
     @property
     def checksum(self) -> str:
@@ -225,8 +251,35 @@ class Manifest(BaseModel):
         return self._checksum
 
     def chunk_checksums(self) -> set[str]:
-        """Every chunk blob this state references (what a collector must keep)."""
+        """Every chunk this state references, packed or not."""
         return {chunk[0] for entry in self.entries for chunk in entry.chunks}
+
+    def distinct_chunks(self) -> list[str]:
+        """Each chunk checksum once, in the order the entries first name it (the order of
+        ``locations``)."""
+        return list(dict.fromkeys(chunk[0] for entry in self.entries for chunk in entry.chunks))
+
+    def where(self) -> dict[str, tuple[str, int, int]]:
+        """``chunk checksum -> (pack checksum, offset, length)`` of every packed chunk; a
+        chunk not in it is a blob of its own."""
+        if self._where is None:
+            where: dict[str, tuple[str, int, int]] = {}
+            if self.locations:
+                for checksum, (pack, offset, length) in zip(
+                    self.distinct_chunks(), self.locations, strict=False
+                ):
+                    if pack >= 0:
+                        where[checksum] = (self.packs[pack][0], offset, length)
+            self._where = where
+        return self._where
+
+    def blob_checksums(self) -> set[str]:
+        """Every blob this state needs besides its manifest: its packs and its chunks
+        stored on their own (what a collector must keep, what a transfer copies)."""
+        where = self.where()
+        return {pack for pack, _ in self.packs} | {
+            c for c in self.chunk_checksums() if c not in where
+        }
 
     @property
     def total_bytes(self) -> int:
@@ -245,7 +298,7 @@ def is_manifest(head: bytes) -> bool:
 
 
 def _document(manifest: Manifest) -> dict[str, Any]:
-    return {
+    document: dict[str, Any] = {
         "version": manifest.version,
         "engine": manifest.engine,
         "entries": [
@@ -260,6 +313,10 @@ def _document(manifest: Manifest) -> dict[str, Any]:
             for e in manifest.entries
         ],
     }
+    if manifest.version >= 2:
+        document["packs"] = manifest.packs
+        document["locations"] = manifest.locations
+    return document
 
 
 def _canonical_json(document: Any) -> bytes:
@@ -417,6 +474,54 @@ def check_manifest(
             )
         if chunks > MAX_CHUNKS:
             raise _manifest_refused(f"names more than {MAX_CHUNKS} chunks")
+    _check_locations(manifest)
+
+
+def _stored_cap(length: int) -> int:
+    """The most zstd bytes an honest chunk of ``length`` bytes takes: zstd never grows
+    data by more than ~1/128 plus a frame header."""
+    return length + length // 64 + 1024
+
+
+def _check_locations(manifest: Manifest) -> None:
+    """Format 2's pack table: one location per distinct chunk, each inside a pack the
+    manifest names, no more compressed bytes than the chunk could take, every pack used.
+    (Whether the bytes there are the chunk is checked by hash when it is read.)"""
+    if manifest.version == 1:
+        if manifest.packs or manifest.locations:
+            raise _manifest_refused("is format 1 but names packs")
+        return
+    if len(manifest.packs) > MAX_CHUNKS:
+        raise _manifest_refused(f"names more than {MAX_CHUNKS} packs")
+    if len({pack for pack, _ in manifest.packs}) != len(manifest.packs):
+        raise _manifest_refused("names a pack twice")
+    lengths: dict[str, int] = {}
+    for entry in manifest.entries:
+        for checksum, length, _ in entry.chunks:
+            lengths.setdefault(checksum, length)
+    if len(manifest.locations) != len(lengths):
+        raise _manifest_refused(
+            f"has {len(manifest.locations)} chunk locations for {len(lengths)} distinct chunks"
+        )
+    used = [False] * len(manifest.packs)
+    for (checksum, length), (pack, offset, stored) in zip(
+        lengths.items(), manifest.locations, strict=True
+    ):
+        if pack == -1:
+            if offset or stored:
+                raise _manifest_refused(f"gives chunk {checksum} an offset but no pack")
+            continue
+        if pack >= len(manifest.packs):
+            raise _manifest_refused(f"puts chunk {checksum} in pack {pack}, which it lacks")
+        if not 1 <= stored <= _stored_cap(length):
+            raise _manifest_refused(
+                f"gives chunk {checksum} of {length} bytes {stored} compressed bytes"
+            )
+        if offset + stored > manifest.packs[pack][1]:
+            raise _manifest_refused(f"puts chunk {checksum} past the end of its pack")
+        used[pack] = True
+    if not all(used):
+        raise _manifest_refused("names a pack no chunk is in")
 
 
 # ---------------------------------------------------------------------------- stat cache
@@ -540,8 +645,10 @@ class ChunkedPackStats(BaseModel):
     bytes_read: int
     chunks: int  # referenced by the manifest
     chunks_reused: int  # read, but the same bytes as a chunk of the previous manifest
-    chunks_written: int  # new blobs stored
-    bytes_written: int  # compressed chunk bytes and manifest bytes stored
+    chunks_written: int  # new chunks stored (in new packs)
+    chunks_moved: int  # live chunks of barely used packs copied into a new pack
+    packs_written: int
+    bytes_written: int  # pack bytes and manifest bytes stored
     manifest_bytes: int
     seconds: float
 
@@ -554,58 +661,138 @@ class PackResult:
     stat_cache: StatCache  # for the next commit of the same directory
 
 
+class _PackWriter:
+    """Appends chunks' zstd bytes to packs of about ``target`` bytes and uploads each full
+    pack in the background (at most ``depth`` at a time). Not thread-safe: the caller
+    serialises :meth:`add`."""
+
+    def __init__(self, blobs: BlobStore, *, target: int, depth: int = 2) -> None:
+        self._blobs = blobs
+        self._target = target
+        self._depth = depth
+        self._buffer = bytearray()
+        self._items: list[tuple[str, int, int]] = []  # chunk, offset, length
+        self._uploads: deque[tuple[Future[bool], int, list[str]]] = deque()
+        self._pool = ThreadPoolExecutor(max_workers=depth, thread_name_prefix="pack-upload")
+        self.packs: dict[str, int] = {}  # pack checksum -> size
+        self.where: _Where = {}  # chunk -> (pack, offset, length), once its pack is sealed
+        self._pending: set[str] = set()  # chunks in the open pack
+        self.written = self.bytes_written = 0
+        self.stored: set[str] = set()  # chunks in packs this writer stored (not found there)
+
+    def has(self, checksum: str) -> bool:
+        return checksum in self.where or checksum in self._pending
+
+    def add(self, checksum: str, stored: bytes) -> None:
+        if self.has(checksum):
+            return
+        self._items.append((checksum, len(self._buffer), len(stored)))
+        self._pending.add(checksum)
+        self._buffer += stored
+        if len(self._buffer) >= self._target:
+            self._seal()
+
+    def _seal(self) -> None:
+        if not self._items:
+            return
+        data = bytes(self._buffer)
+        pack = hashlib.sha256(data).hexdigest()
+        for checksum, offset, length in self._items:
+            self.where[checksum] = (pack, offset, length)
+        self.packs[pack] = len(data)
+        chunks = [item[0] for item in self._items]
+        self._buffer = bytearray()
+        self._items = []
+        self._pending.clear()
+        while len(self._uploads) >= self._depth:
+            self._collect(self._uploads.popleft())
+        upload = self._pool.submit(self._blobs.put, pack, io.BytesIO(data), size=len(data))
+        self._uploads.append((upload, len(data), chunks))
+
+    def _collect(self, upload: tuple[Future[bool], int, list[str]]) -> None:
+        future, size, chunks = upload
+        if future.result():  # False: the same pack was stored already
+            self.written += 1
+            self.bytes_written += size
+            self.stored.update(chunks)
+
+    def finish(self) -> None:
+        """Seal the open pack and wait until every pack is stored (raising the first
+        failure): data first, before any manifest names it."""
+        self._seal()
+        while self._uploads:
+            self._collect(self._uploads.popleft())
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
 class _ChunkStore:
-    """Hashes, compresses and stores chunks in a thread pool; backpressure bounds memory."""
+    """Hashes and compresses chunks in a thread pool and hands new ones to the
+    :class:`_PackWriter` in submission (walk) order, so a file's chunks lie back to back
+    in a pack; backpressure bounds memory."""
 
     def __init__(
         self,
-        blobs: BlobStore,
+        packs: _PackWriter,
         *,
         reuse: dict[str, Chunk],
-        known: set[str],
         verify: bool,
         workers: int,
     ) -> None:
-        self._blobs = blobs
+        self._packs = packs
         self._reuse = reuse
-        self._known = known
         self._verify = verify
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="chunk-pack")
         self._window = threading.BoundedSemaphore(workers * 3)
-        self.reused = self.written = self.bytes_written = 0
+        self._submitted = 0
+        self._next = 0  # the next submission to hand to the pack writer
+        self._ready: dict[int, tuple[str, bytes] | None] = {}
+        self.reused = 0
 
     def submit(self, data: bytes) -> Future[Chunk]:
         self._window.acquire()
+        seq = self._submitted
+        self._submitted += 1
         try:
-            future = self._pool.submit(self._store, data)
+            future = self._pool.submit(self._store, seq, data)
         except BaseException:
             self._window.release()
             raise
         future.add_done_callback(lambda _: self._window.release())
         return future
 
-    def _store(self, data: bytes) -> Chunk:
-        digest = hashlib.sha256(data).hexdigest()
-        if not self._verify:
-            hit = self._reuse.get(digest)
+    def _store(self, seq: int, data: bytes) -> Chunk:
+        try:
+            digest = hashlib.sha256(data).hexdigest()
+            hit = None if self._verify else self._reuse.get(digest)
             if hit is not None and hit[1] == len(data):
-                with self._lock:
-                    self.reused += 1
-                return hit
-        compressed = _compressor().compress(data)
-        checksum = hashlib.sha256(compressed).hexdigest()
-        with self._lock:
-            present = checksum in self._known and not self._verify
-        # put is conditional and says whether it stored the bytes: no separate existence
-        # check (one request less per chunk on S3).
-        if not present and self._blobs.put(checksum, io.BytesIO(compressed), size=len(compressed)):
+                result: Chunk = hit
+                new = None
+            else:
+                compressed = _compressor().compress(data)
+                result = (hashlib.sha256(compressed).hexdigest(), len(data), digest)
+                new = (result[0], compressed)
+        except BaseException:
+            new = None
             with self._lock:
-                self.written += 1
-                self.bytes_written += len(compressed)
+                self._ready[seq] = None
+                self._drain()
+            raise
         with self._lock:
-            self._known.add(checksum)
-        return (checksum, len(data), digest)
+            if new is None:
+                self.reused += 1
+            self._ready[seq] = new
+            self._drain()
+        return result
+
+    def _drain(self) -> None:
+        while self._next in self._ready:
+            item = self._ready.pop(self._next)
+            self._next += 1
+            if item is not None:
+                self._packs.add(*item)
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
@@ -633,7 +820,6 @@ def pack_chunked(
     *,
     previous: Manifest | None = None,
     previous_stat: StatCache | None = None,
-    known_chunks: set[str] | None = None,
     verify: bool = False,
     apply_excludes: bool = True,
     chunk_size: int = CHUNK_SIZE,
@@ -645,11 +831,11 @@ def pack_chunked(
     ``previous`` is the state the directory was last committed as (or checked out at):
     its chunks are reused by content, and with ``previous_stat`` (the :class:`StatCache`
     of the last commit or restore of this directory, for that manifest) files whose
-    stat is unchanged are not even read. ``known_chunks`` are checksums known to be
-    stored (they are not checked again); it is updated with every chunk of the result.
+    stat is unchanged are not even read. New chunks go into new packs, in walk order;
+    chunks of packs the new state barely uses are copied along (:func:`_plan_folds`).
     The caller must keep a garbage collector away while this runs (the blob-writer
-    registration), since it reuses stored blobs. ``verify`` reads, compresses and checks
-    every chunk, repairing any missing from the store.
+    registration), since it reuses stored blobs. ``verify`` reads and compresses every
+    chunk and stores them all afresh, repairing whatever went missing from the store.
     """
     directory = Path(directory)
     if not directory.is_dir():
@@ -659,7 +845,6 @@ def pack_chunked(
     started = time.perf_counter()
     walk_ns = time.time_ns()
     trusted_before = walk_ns - RACY_NS
-    known = known_chunks if known_chunks is not None else set()
     by_path: dict[str, Entry] = {}
     reuse: dict[str, Chunk] = {}
     if previous is not None:
@@ -667,8 +852,6 @@ def pack_chunked(
         for entry in previous.entries:
             for chunk in entry.chunks:
                 reuse[chunk[2]] = chunk
-        if not verify:
-            known.update(chunk[0] for chunk in reuse.values())
     cache: dict[str, StatKey] = {}
     if previous is not None and previous_stat is not None and not verify:
         if previous_stat.manifest == previous.checksum:
@@ -683,9 +866,8 @@ def pack_chunked(
     # Entries in walk order; a file being chunked holds its pending futures until the end.
     slots: list[Entry | tuple[str, int, list[Future[Chunk]]]] = []
     files = dirs = excluded = total = files_read = files_reused = bytes_read = 0
-    store = _ChunkStore(
-        blobs, reuse=reuse, known=known, verify=verify, workers=workers or _pack_workers()
-    )
+    packs = _PackWriter(blobs, target=PACK_TARGET)
+    store = _ChunkStore(packs, reuse=reuse, verify=verify, workers=workers or _pack_workers())
     skipped: str | None = None  # a directory left out, with all below it
     try:
         for relpath, dirent in walk_state(directory, engine, apply_excludes=apply_excludes):
@@ -767,10 +949,16 @@ def pack_chunked(
                     chunks=chunks,
                 )
             )
+        store.close()
+        folded = _fold(blobs, packs, previous, entries, verify)
+        packs.finish()
     finally:
         store.close()
-    manifest = Manifest.model_construct(
-        version=FORMAT_VERSION, engine=engine, entries=tuple(entries)
+        packs.close()
+    manifest = _with_locations(
+        Manifest.model_construct(version=FORMAT_VERSION, engine=engine, entries=tuple(entries)),
+        packs,
+        previous,
     )
     blob = encode_manifest(manifest)
     checksum = hashlib.sha256(blob).hexdigest()
@@ -779,7 +967,6 @@ def pack_chunked(
     if not blobs.exists(checksum):
         blobs.put(checksum, io.BytesIO(blob), size=len(blob))
         manifest_written = len(blob)
-    known.update(chunk[0] for entry in entries for chunk in entry.chunks)
     stats = ChunkedPackStats(
         files=files,
         directories=dirs,
@@ -790,13 +977,122 @@ def pack_chunked(
         bytes_read=bytes_read,
         chunks=sum(len(entry.chunks) for entry in entries),
         chunks_reused=store.reused,
-        chunks_written=store.written,
-        bytes_written=store.bytes_written + manifest_written,
+        chunks_written=len(packs.stored - folded),
+        chunks_moved=len(folded),
+        packs_written=packs.written,
+        bytes_written=packs.bytes_written + manifest_written,
         manifest_bytes=len(blob),
         seconds=round(time.perf_counter() - started, 6),
     )
     log.debug("packed %s as %s: %s", directory, checksum, stats)
     return PackResult(manifest, checksum, stats, StatCache(checksum, new_cache))
+
+
+def _plan_folds(previous: Manifest | None, refs: dict[str, Chunk], packs: _PackWriter) -> list[str]:
+    """Which reused chunks to copy into this commit's packs, so that a state never spreads
+    over many barely used packs (each one a request to restore it, and bytes no collector
+    can free while one chunk in them lives): the chunks of packs the new state uses less
+    than :data:`MIN_PACK_USE` of, of all its small packs once there are more than
+    :data:`MAX_SMALL_PACKS`, and chunks stored on their own (format 1), least used first,
+    up to :data:`FOLD_MAX` compressed bytes. Their old copies go when no state uses them."""
+    if previous is None:
+        return []
+    where = previous.where()
+    sizes = dict(previous.packs)
+    by_pack: dict[str, list[str]] = {}
+    alone: list[str] = []
+    for checksum in refs:
+        if packs.has(checksum):
+            continue
+        location = where.get(checksum)
+        if location is None:
+            alone.append(checksum)
+        else:
+            by_pack.setdefault(location[0], []).append(checksum)
+    live = {pack: sum(where[c][2] for c in chunks) for pack, chunks in by_pack.items()}
+    small = [pack for pack in by_pack if sizes[pack] < SMALL_PACK]
+    chosen = [
+        pack
+        for pack in by_pack
+        if live[pack] < MIN_PACK_USE * sizes[pack]
+        or (len(small) > MAX_SMALL_PACKS and sizes[pack] < SMALL_PACK)
+    ]
+    chosen.sort(key=lambda pack: (live[pack] / sizes[pack], pack))
+    folds: list[str] = []
+    budget = FOLD_MAX
+    for checksum in alone:
+        budget -= _stored_cap(refs[checksum][1])
+        if budget < 0:
+            return folds
+        folds.append(checksum)
+    for pack in chosen:
+        budget -= live[pack]
+        if budget < 0:
+            break
+        folds.extend(sorted(by_pack[pack], key=lambda c: where[c][1]))
+    return folds
+
+
+def _fold(
+    blobs: BlobStore,
+    packs: _PackWriter,
+    previous: Manifest | None,
+    entries: list[Entry],
+    verify: bool,
+) -> set[str]:
+    """Copy the chunks :func:`_plan_folds` picks into the open pack, byte for byte (each
+    checked against its name); returns those moved. A chunk that cannot be read stays
+    where it is (it is no worse for not moving)."""
+    if previous is None or verify:
+        return set()
+    refs: dict[str, Chunk] = {}
+    for entry in entries:
+        for chunk in entry.chunks:
+            refs.setdefault(chunk[0], chunk)
+    folds = _plan_folds(previous, refs, packs)
+    moved: set[str] = set()
+    for read in _plan_reads([("", 0, refs[c]) for c in folds], previous.where()):
+        try:
+            raws = _read_raw(blobs, read)
+        except StateCorrupt as exc:
+            log.warning("chunks left in place while compacting: %s", exc.message)
+            continue
+        for (_, _, chunk), raw in zip(read.items, raws, strict=True):
+            if raw is not None and hashlib.sha256(raw).hexdigest() == chunk[0]:
+                packs.add(chunk[0], raw)
+                moved.add(chunk[0])
+            else:
+                log.warning("chunk %s is damaged; left in place while compacting", chunk[0])
+    if folds:
+        log.debug("compacting: moved %d of %d chunks", len(moved), len(folds))
+    return moved
+
+
+def _with_locations(manifest: Manifest, packs: _PackWriter, previous: Manifest | None) -> Manifest:
+    """``manifest`` with its pack table: each chunk where this commit stored it, else
+    where the previous state had it, else a blob of its own."""
+    old = previous.where() if previous is not None else {}
+    old_sizes = dict(previous.packs) if previous is not None else {}
+    index: dict[str, int] = {}
+    table: list[PackRef] = []
+    locations: list[Location] = []
+    for checksum in manifest.distinct_chunks():
+        found = packs.where.get(checksum) or old.get(checksum)
+        if found is None:
+            locations.append(StandAlone)
+            continue
+        pack, offset, length = found
+        if pack not in index:
+            index[pack] = len(table)
+            table.append((pack, packs.packs.get(pack) or old_sizes[pack]))
+        locations.append((index[pack], offset, length))
+    return Manifest.model_construct(
+        version=manifest.version,
+        engine=manifest.engine,
+        entries=manifest.entries,
+        packs=tuple(table),
+        locations=tuple(locations),
+    )
 
 
 def _pack_workers() -> int:
@@ -839,12 +1135,140 @@ def _read_capped(src: IO[bytes] | BinaryIO, cap: int) -> bytes | None:
             return None
 
 
-def _fetch_chunk(blobs: BlobStore, path: str, chunk: Chunk, content: bool = False) -> bytes:
-    """A chunk's bytes, checked (``StateCorrupt``): the stored bytes must hash to the
-    chunk's name and decompress to its length; with ``content``, the decompressed bytes
-    must hash to the manifest's SHA-256 instead.
+_Where: TypeAlias = dict[str, tuple[str, int, int]]
+# A chunk to write: (relative path of its file, offset in it, the chunk).
+_Write: TypeAlias = tuple[str, int, Chunk]
 
-    Both pin the bytes: the manifest names the compressed blob by its SHA-256 and zstd
+
+@dataclass
+class _Read:
+    """One request: a span of a pack (``length`` bytes from ``offset``) holding the zstd
+    bytes of ``items`` back to back, or (``length`` None) one chunk stored on its own."""
+
+    blob: str
+    offset: int
+    length: int | None
+    items: list[_Write]
+    sizes: list[int]  # the stored length of each item in the pack
+
+
+def _plan_reads(writes: Iterable[_Write], where: _Where, span: int = READ_SPAN) -> list[_Read]:
+    """Group ``writes`` (in order) into reads: chunks that lie back to back in one pack
+    are read together, up to ``span`` bytes a request."""
+    reads: list[_Read] = []
+    current: _Read | None = None
+    for write in writes:
+        location = where.get(write[2][0])
+        if location is None:
+            reads.append(_Read(write[2][0], 0, None, [write], []))
+            current = None
+            continue
+        pack, offset, length = location
+        if (
+            current is not None
+            and current.blob == pack
+            and current.length is not None
+            and current.offset + current.length == offset
+            and current.length + length <= span
+        ):
+            current.length += length
+            current.items.append(write)
+            current.sizes.append(length)
+            continue
+        current = _Read(pack, offset, length, [write], [length])
+        reads.append(current)
+    return reads
+
+
+def _missing(blobs: BlobStore, read: _Read, path: str, chunk: str) -> StateCorrupt:
+    what = f"chunk {chunk} of {shown(path)}"
+    if read.length is not None:
+        what += f" (in pack {read.blob})"
+    return StateCorrupt(
+        f"The {what} is missing from {blobs.location}; the state cannot be restored.",
+        chunk=chunk,
+        blob=read.blob,
+        member=path,
+    )
+
+
+def _read_raw(blobs: BlobStore, read: _Read) -> list[bytes | None]:
+    """The stored bytes of each item of ``read`` (``None``: more than the chunk could
+    take), unchecked; ``StateCorrupt`` if the blob is missing or short."""
+    if read.length is None:
+        path, _, chunk = read.items[0]
+        try:
+            src = blobs.open(read.blob)
+        except NotFound:
+            raise _missing(blobs, read, path, chunk[0]) from None
+        with src:
+            return [_read_capped(src, _stored_cap(chunk[1]))]
+    try:
+        span = blobs.read_range(read.blob, read.offset, read.length)
+    except NotFound:
+        path, _, chunk = read.items[0]
+        raise _missing(blobs, read, path, chunk[0]) from None
+    if len(span) != read.length:
+        path, _, chunk = read.items[0]
+        raise StateCorrupt(
+            f"Pack {read.blob} in {blobs.location} is shorter than the state says "
+            f"(chunk {chunk[0]} of {shown(path)}); the state cannot be restored.",
+            chunk=chunk[0],
+            blob=read.blob,
+            member=path,
+        )
+    out: list[bytes | None] = []
+    at = 0
+    for length in read.sizes:
+        out.append(span[at : at + length])
+        at += length
+    return out
+
+
+def _fetch_read(blobs: BlobStore, read: _Read, content: bool) -> list[bytes]:
+    """The decompressed, checked bytes of each item of ``read``, in order."""
+    return [
+        _check_chunk(blobs, path, chunk, raw, content)
+        for (path, _, chunk), raw in zip(read.items, _read_raw(blobs, read), strict=True)
+    ]
+
+
+def _fetch_in_order(
+    blobs: BlobStore, writes: Iterable[_Write], where: _Where, workers: int, content: bool
+) -> Generator[bytes, None, None]:
+    """The decompressed chunks of ``writes`` in order, ``workers`` reads at a time."""
+    reads = _plan_reads(writes, where)
+    workers = max(1, workers)
+    if workers == 1:
+        for read in reads:
+            yield from _fetch_read(blobs, read, content)
+        return
+    window: deque[Future[list[bytes]]] = deque()
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="chunk-fetch")
+    try:
+        for read in reads:
+            window.append(pool.submit(_fetch_read, blobs, read, content))
+            if len(window) >= workers:
+                yield from window.popleft().result()
+        while window:
+            yield from window.popleft().result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def missing_blobs(manifest: Manifest, blobs: BlobStore) -> list[str]:
+    """Packs and chunks the manifest needs that the store does not hold (sorted)."""
+    return sorted(c for c in manifest.blob_checksums() if not blobs.exists(c))
+
+
+def _check_chunk(
+    blobs: BlobStore, path: str, chunk: Chunk, raw: bytes | None, content: bool
+) -> bytes:
+    """A chunk's bytes from its stored ``raw`` bytes, checked (``StateCorrupt``): they
+    must hash to the chunk's name and decompress to its length; with ``content``, the
+    decompressed bytes must hash to the manifest's SHA-256 instead.
+
+    Both pin the bytes: the manifest names the compressed bytes by their SHA-256 and zstd
     decompression is a function. Checking the name hashes about half the bytes (restores
     are then faster than ``unpack_archive``); checking the content also proves the
     manifest's own content digests honest, which matters for a manifest this library did
@@ -852,17 +1276,6 @@ def _fetch_chunk(blobs: BlobStore, path: str, chunk: Chunk, content: bool = Fals
     """
     checksum, length, digest = chunk
     what = f"Chunk {checksum} of {shown(path)}"
-    try:
-        src = blobs.open(checksum)
-    except NotFound:
-        raise StateCorrupt(
-            f"{what} is missing from {blobs.location}; the state cannot be restored.",
-            chunk=checksum,
-            member=path,
-        ) from None
-    with src:
-        # zstd never grows data by more than ~1/128 plus a frame header.
-        raw = _read_capped(src, length + length // 64 + 1024)
     if raw is None or (not content and hashlib.sha256(raw).hexdigest() != checksum):
         raise StateCorrupt(
             f"{what} in {blobs.location} is damaged: its bytes do not hash to its name.",
@@ -884,33 +1297,6 @@ def _fetch_chunk(blobs: BlobStore, path: str, chunk: Chunk, content: bool = Fals
             member=path,
         )
     return data
-
-
-def _fetch_in_order(
-    blobs: BlobStore, jobs: Iterable[tuple[str, Chunk]], workers: int, content: bool
-) -> Generator[bytes, None, None]:
-    """The chunks of ``jobs`` in order, fetched ``workers`` at a time."""
-    workers = max(1, workers)
-    if workers == 1:
-        for path, chunk in jobs:
-            yield _fetch_chunk(blobs, path, chunk, content)
-        return
-    window: deque[Future[bytes]] = deque()
-    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="chunk-fetch")
-    try:
-        for path, chunk in jobs:
-            window.append(pool.submit(_fetch_chunk, blobs, path, chunk, content))
-            if len(window) >= workers * 2:
-                yield window.popleft().result()
-        while window:
-            yield window.popleft().result()
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
-
-
-def missing_chunks(manifest: Manifest, blobs: BlobStore) -> list[str]:
-    """Chunks the manifest names that the store does not hold (sorted)."""
-    return sorted(c for c in manifest.chunk_checksums() if not blobs.exists(c))
 
 
 # ---------------------------------------------------------------------------- restoring
@@ -935,29 +1321,28 @@ class RestoreResult:
 _NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 _NEW_FILE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC | _NOFOLLOW
 _WRITE = os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC | _NOFOLLOW  # pieces of a file, in a pool
-_BATCH_BYTES = MiB  # chunks written by one task of the pool
-
-# A chunk to write: (relative path of its file, offset in it, the chunk).
-_Write: TypeAlias = tuple[str, int, Chunk]
+_BATCH_BYTES = MiB  # chunks written by one task of the pool (at least one read)
 
 
-def _write_batch(blobs: BlobStore, root: str, batch: list[_Write], content: bool) -> int:
+def _write_batch(blobs: BlobStore, root: str, batch: list[_Read], content: bool) -> int:
     """Fetch, verify and write each chunk of ``batch`` at its offset in its file (made if
     missing: a file's chunks may be spread over batches); return the bytes written."""
     written = 0
     fd = -1
     current = None
     try:
-        for path, offset, chunk in batch:
-            data = _fetch_chunk(blobs, path, chunk, content)
-            if path != current:
-                if fd >= 0:
-                    os.close(fd)
-                    fd = -1
-                fd = os.open(os.path.join(root, path), _WRITE, 0o600)
-                current = path
-            os.pwrite(fd, data, offset)
-            written += len(data)
+        for read in batch:
+            for (path, offset, _), data in zip(
+                read.items, _fetch_read(blobs, read, content), strict=True
+            ):
+                if path != current:
+                    if fd >= 0:
+                        os.close(fd)
+                        fd = -1
+                    fd = os.open(os.path.join(root, path), _WRITE, 0o600)
+                    current = path
+                os.pwrite(fd, data, offset)
+                written += len(data)
     finally:
         if fd >= 0:
             os.close(fd)
@@ -965,23 +1350,29 @@ def _write_batch(blobs: BlobStore, root: str, batch: list[_Write], content: bool
 
 
 def _write_chunks(
-    blobs: BlobStore, root: str, writes: list[_Write], workers: int, content: bool
+    blobs: BlobStore,
+    root: str,
+    writes: list[_Write],
+    where: _Where,
+    workers: int,
+    content: bool,
 ) -> int:
     """Write every chunk of ``writes`` into its file, ``workers`` at a time.
 
+    Chunks back to back in a pack are fetched with one ranged read (:func:`_plan_reads`).
     The pool fetches, checks and writes whole batches, so the waiting (a GET, a disk read,
     a file creation) and the zstd and SHA-256 work overlap and no thread hands chunks to
     another (the main thread would queue for the GIL behind the pool at every chunk). The
     first failure cancels the rest and is raised.
     """
-    batches: list[list[_Write]] = []
+    batches: list[list[_Read]] = []
     size = _BATCH_BYTES
-    for write in writes:
+    for read in _plan_reads(writes, where):
         if size >= _BATCH_BYTES:
             batches.append([])
             size = 0
-        batches[-1].append(write)
-        size += write[2][1]
+        batches[-1].append(read)
+        size += sum(item[2][1] for item in read.items)
     if workers <= 1 or len(batches) <= 1:
         return sum(_write_batch(blobs, root, batch, content) for batch in batches)
     total = 0
@@ -1041,7 +1432,7 @@ def restore_chunked(
             files += 1
             total += entry.size
             chunks += len(entry.chunks)
-        _write_chunks(blobs, root, writes, workers, verify_content)
+        _write_chunks(blobs, root, writes, manifest.where(), workers, verify_content)
         cache: dict[str, StatKey] = {}
         for entry in manifest.entries:
             path = os.path.join(root, entry.path)
@@ -1162,7 +1553,7 @@ def apply_chunked(
             created += 1
         changed.append(entry)
     # 3. Write the chunks in parallel, then sizes and mtimes.
-    fetched_bytes = _write_chunks(blobs, root, writes, workers, verify_content)
+    fetched_bytes = _write_chunks(blobs, root, writes, new.where(), workers, verify_content)
     for entry in changed:
         path = os.path.join(root, entry.path)
         os.truncate(path, entry.size)
@@ -1207,8 +1598,8 @@ def tar_stream(
     writes before compressing (PAX, sorted members, 0644/0755, whole-second mtimes, no
     owner): compress it for an export."""
     check_manifest(manifest)
-    jobs = ((e.path, c) for e in manifest.entries for c in e.chunks)
-    data = _fetch_in_order(blobs, jobs, workers, verify_content)
+    writes = ((e.path, offset, c) for e in manifest.entries for offset, c in _offsets(e.chunks))
+    data = _fetch_in_order(blobs, writes, manifest.where(), workers, verify_content)
     offset = 0
     try:
         for entry in manifest.entries:

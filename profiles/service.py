@@ -20,8 +20,10 @@ import contextlib
 import difflib
 import hashlib
 import logging
+import threading
 import time
 from abc import ABC, abstractmethod
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any, BinaryIO, Final, TypeVar
@@ -37,7 +39,7 @@ from profiles.chunked import (
     PackResult,
     StatCache,
     is_manifest,
-    missing_chunks,
+    missing_blobs,
     pack_chunked,
     parse_manifest,
     write_tar,
@@ -81,6 +83,7 @@ MAX_LABEL_LENGTH = 128
 BLOB_WRITER_TTL = 3600.0  # a writer that died stops holding collectors off after this
 BLOB_WRITER_WAIT = 120.0
 COLLECTOR_TTL = 600.0
+MANIFESTS_KEPT = 16
 
 R = TypeVar("R", Profile, Snapshot, AuditEvent)
 
@@ -300,6 +303,10 @@ class CatalogService(ProfileService):
         self.limits = limits or ArchiveLimits()
         self.shared = not isinstance(catalog, SQLiteCatalog)
         self.location = f"{catalog.location} + {blobs.location}"
+        # Manifests are immutable (named by their hash): the last few read or written are
+        # kept, so a commit after a checkout does not fetch the previous one again.
+        self._manifests: OrderedDict[str, Manifest] = OrderedDict()
+        self._manifests_lock = threading.Lock()
 
     def close(self) -> None:
         try:
@@ -334,9 +341,18 @@ class CatalogService(ProfileService):
     def manifest_of(self, profile: Profile) -> Manifest | None:
         if profile.checksum is None:
             return None
-        try:
+        with self.reading_state_of(profile):
             return self._manifest_blob(profile.checksum, missing_ok=False)
+
+    @contextlib.contextmanager
+    def reading_state_of(self, profile: Profile) -> Iterator[None]:
+        """Name the profile in a :class:`StateCorrupt` raised while reading its state (a
+        missing manifest, pack or chunk), with what to do about it."""
+        try:
+            yield
         except StateCorrupt as exc:
+            if "profile_id" in exc.details:
+                raise
             raise StateCorrupt(
                 f"The committed state of profile {profile.name!r} ({profile.id}) cannot be "
                 f"read: {exc.message} Restore it from a snapshot or an export; "
@@ -345,8 +361,19 @@ class CatalogService(ProfileService):
                 **exc.details,
             ) from exc
 
+    def _remember(self, manifest: Manifest) -> None:
+        with self._manifests_lock:
+            self._manifests[manifest.checksum] = manifest
+            self._manifests.move_to_end(manifest.checksum)
+            while len(self._manifests) > MANIFESTS_KEPT:
+                self._manifests.popitem(last=False)
+
     def _manifest_blob(self, checksum: str, *, missing_ok: bool = True) -> Manifest | None:
         """The manifest stored under ``checksum``, or ``None`` for a whole archive."""
+        with self._manifests_lock:
+            kept = self._manifests.get(checksum)
+        if kept is not None:
+            return kept
         try:
             with self.blobs.open(checksum) as stream:
                 head = stream.read(len(MANIFEST_MAGIC))
@@ -360,7 +387,12 @@ class CatalogService(ProfileService):
                 f"The committed state {checksum} is missing from {self.blobs.location}.",
                 checksum=checksum,
             ) from None
-        return parse_manifest(head + rest, limits=self.limits)
+        blob = head + rest
+        manifest = parse_manifest(blob, limits=self.limits)
+        if hashlib.sha256(blob).hexdigest() == checksum:
+            manifest._checksum = checksum
+            self._remember(manifest)
+        return manifest
 
     def store_directory(
         self,
@@ -403,6 +435,7 @@ class CatalogService(ProfileService):
                 "seconds": round(time.perf_counter() - started, 3),
             }
             updated, replaced = self._set_state(profile, state, epoch, event, **details)
+        self._remember(result.manifest)
         if replaced != result.checksum:
             self._free_blobs(replaced)  # the manifest (or old archive); chunks go to gc
         return updated, result
@@ -429,9 +462,9 @@ class CatalogService(ProfileService):
                         if digest.hexdigest() != checksum:
                             problems.append((checksum, "archive bytes do not match"))
                     continue
-                missing = missing_chunks(manifest, self.blobs)
+                missing = missing_blobs(manifest, self.blobs)
                 if missing:
-                    problems.append((checksum, f"{len(missing)} chunks missing"))
+                    problems.append((checksum, f"{len(missing)} packs or chunks missing"))
                 elif full:
                     write_tar(manifest, self.blobs, _NullSink(), verify_content=True)
             except (StateCorrupt, ArchiveInvalid) as exc:
@@ -478,10 +511,10 @@ class CatalogService(ProfileService):
             with self.catalog.transaction(write=False) as tx:
                 in_use = tx.checksums_in_use()
             live = set(in_use)
-            for checksum in in_use:  # a manifest keeps its chunks alive
+            for checksum in in_use:  # a manifest keeps its packs and chunks alive
                 manifest = self._manifest_blob(checksum)
                 if manifest is not None:
-                    live |= manifest.chunk_checksums()
+                    live |= manifest.blob_checksums()
             for blob in self.blobs.list():
                 if blob.checksum not in live and now - blob.modified >= min_age:
                     self.blobs.delete(blob.checksum)

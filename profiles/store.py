@@ -829,18 +829,19 @@ class ProfileStore:
         if clean not in (None, EMPTY_STATE) and path.is_dir():
             with contextlib.suppress(ProfileError):
                 old = self.service._manifest_blob(str(clean))
-        if old is not None and old.engine == manifest.engine:
-            applied = apply_chunked(
-                old,
-                manifest,
-                blobs,
-                path,
-                stat_cache=self.working_copies.stat_cache(profile.id),
-                limits=self.limits,
-            )
-            self.working_copies.save_stat_cache(profile.id, applied.stat_cache)
-            return
-        restored = restore_chunked(manifest, blobs, path, replace=True, limits=self.limits)
+        with self.service.reading_state_of(profile):
+            if old is not None and old.engine == manifest.engine:
+                applied = apply_chunked(
+                    old,
+                    manifest,
+                    blobs,
+                    path,
+                    stat_cache=self.working_copies.stat_cache(profile.id),
+                    limits=self.limits,
+                )
+                self.working_copies.save_stat_cache(profile.id, applied.stat_cache)
+                return
+            restored = restore_chunked(manifest, blobs, path, replace=True, limits=self.limits)
         self.working_copies.save_stat_cache(profile.id, restored.stat_cache)
 
     def private_copy(self, ref: str, target: Path) -> Profile:
@@ -875,7 +876,8 @@ class ProfileStore:
                 return profile
             manifest = self.service.manifest_of(profile)
             if manifest is not None and isinstance(self.service, CatalogService):
-                restore_chunked(manifest, self.service.blobs, target, limits=self.limits)
+                with self.service.reading_state_of(profile):
+                    restore_chunked(manifest, self.service.blobs, target, limits=self.limits)
                 return profile
             with self.service.open_state(profile) as src:
                 unpack_archive(src, target, limits=self.limits)
@@ -1099,13 +1101,14 @@ class ProfileStore:
             with self.service.open_state(profile) as src:
                 return _copy_as(src, out, codec, progress)
         counted = _CountingWriter(out, progress)
-        if codec == "gzip":
-            with gzip.GzipFile(fileobj=counted, mode="wb", compresslevel=6, mtime=0) as z:
-                write_tar(manifest, self.service.blobs, z)
-        else:
-            cctx = zstandard.ZstdCompressor(level=3)
-            with cctx.stream_writer(counted, closefd=False) as zw:  # type: ignore[arg-type]
-                write_tar(manifest, self.service.blobs, zw)
+        with self.service.reading_state_of(profile):
+            if codec == "gzip":
+                with gzip.GzipFile(fileobj=counted, mode="wb", compresslevel=6, mtime=0) as z:
+                    write_tar(manifest, self.service.blobs, z)
+            else:
+                cctx = zstandard.ZstdCompressor(level=3)
+                with cctx.stream_writer(counted, closefd=False) as zw:  # type: ignore[arg-type]
+                    write_tar(manifest, self.service.blobs, zw)
         return counted.count
 
     def verify(self, *, full: bool = False) -> builtins.list[tuple[str, str]]:

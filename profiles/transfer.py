@@ -64,7 +64,7 @@ def transfer(
     for checksum in states:
         manifest = service._manifest_blob(checksum) if isinstance(service, CatalogService) else None
         if manifest is not None:
-            checksums += sorted(manifest.chunk_checksums())
+            checksums += sorted(manifest.blob_checksums())
         checksums.append(checksum)
     checksums = list(dict.fromkeys(checksums))
     # 1. Data first: every referenced blob, verified by its name as it is stored.

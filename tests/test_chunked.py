@@ -30,7 +30,7 @@ from profiles.chunked import (
     encode_manifest,
     is_manifest,
     load_manifest,
-    missing_chunks,
+    missing_blobs,
     pack_chunked,
     parse_manifest,
     restore_chunked,
@@ -240,8 +240,11 @@ def test_manifest_is_a_blob_named_by_its_checksum(profile: Path, blobs: LocalBlo
     text = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(encode_manifest(loaded))).read()
     doc = json.loads(text)
     assert json.dumps(doc, sort_keys=True, separators=(",", ":")).encode() == text
-    # Every blob is the manifest or one of its chunks.
-    assert {b.checksum for b in blobs.list()} == loaded.chunk_checksums() | {result.checksum}
+    # Every blob is the manifest or one of its packs; every chunk is in a pack.
+    assert {b.checksum for b in blobs.list()} == loaded.blob_checksums() | {result.checksum}
+    assert loaded.version == 2
+    assert set(loaded.where()) == loaded.chunk_checksums()
+    assert {pack for pack, _ in loaded.packs} == loaded.blob_checksums()
 
 
 def test_old_archives_are_not_manifests(profile: Path) -> None:
@@ -403,7 +406,7 @@ def test_ten_one_cookie_commits_cost_under_1_1x_one(tmp_path: Path, blobs: Local
     assert store_bytes(blobs) < 1.1 * one
 
 
-def test_identical_chunks_across_profiles_are_stored_once(
+def test_a_state_shares_the_packs_of_the_state_it_came_from(
     tmp_path: Path, blobs: LocalBlobStore
 ) -> None:
     a = make_profile(tmp_path / "a", seed=5)
@@ -411,11 +414,19 @@ def test_identical_chunks_across_profiles_are_stored_once(
     before = store_bytes(blobs)
     b = tmp_path / "b"
     restore_chunked(first.manifest, blobs, b)
+    # The same tree packs to the same packs: packing is deterministic.
+    again = pack(b, blobs)
+    assert again.checksum == first.checksum
+    assert again.stats.bytes_written == 0
+    # A state made from another (a clone, an import over a profile) with one file more
+    # stores that file and its manifest: the rest stays in the first state's packs.
     (b / "Default" / "new.txt").write_bytes(b"only in b")
-    second = pack(b, blobs)  # no previous: every file read, but its chunks exist
+    second = pack(b, blobs, previous=first.manifest)
     assert second.stats.files_read == second.stats.files
     assert second.stats.chunks_written == 1
+    assert second.stats.packs_written == 1
     assert store_bytes(blobs) - before < 64 * 1024
+    assert first.manifest.blob_checksums() < second.manifest.blob_checksums()
 
 
 # ---------------------------------------------------------------------------- restore
@@ -454,11 +465,19 @@ def test_restore_refuses_an_existing_target_unless_replacing(
     assert snapshot(target) == snapshot(profile)
 
 
-def _chunk_path(blobs: LocalBlobStore, manifest: Manifest, member: str, index: int = 0) -> Path:
+def _chunk_at(
+    blobs: LocalBlobStore, manifest: Manifest, member: str, index: int = 0
+) -> tuple[Path, int, int]:
+    """The pack file holding a member's chunk, and the chunk's offset and length in it."""
     entry = next(e for e in manifest.entries if e.path == member)
-    path = blobs.local_path(entry.chunks[index][0])
+    pack, offset, length = manifest.where()[entry.chunks[index][0]]
+    path = blobs.local_path(pack)
     assert path is not None
-    return path
+    return path, offset, length
+
+
+def _chunk_path(blobs: LocalBlobStore, manifest: Manifest, member: str, index: int = 0) -> Path:
+    return _chunk_at(blobs, manifest, member, index)[0]
 
 
 def test_missing_chunk_is_state_corrupt_and_leaves_nothing(
@@ -473,10 +492,17 @@ def test_missing_chunk_is_state_corrupt_and_leaves_nothing(
         restore_chunked(manifest, blobs, out / "target", workers=4)
     assert isinstance(caught.value, ProfileError)
     assert caught.value.code == "StateCorrupt" and caught.value.status == 500
-    assert caught.value.details["member"] == member
+    # The whole pack is gone: the error names the first chunk missed, its file and pack.
+    lost = caught.value.details["blob"]
+    in_pack = {
+        e.path for e in manifest.entries for c in e.chunks if manifest.where()[c[0]][0] == lost
+    }
+    assert member in in_pack
+    assert caught.value.details["member"] in in_pack
     assert caught.value.details["chunk"] in str(caught.value)
+    assert lost in str(caught.value)
     assert list(out.iterdir()) == []
-    assert missing_chunks(manifest, blobs) == [caught.value.details["chunk"]]
+    assert missing_blobs(manifest, blobs) == [caught.value.details["blob"]]
 
 
 def test_failed_restore_keeps_the_old_target(
@@ -511,9 +537,12 @@ def test_damaged_chunk_is_state_corrupt(
     profile: Path, blobs: LocalBlobStore, tmp_path: Path, damage: Callable[[bytes], bytes]
 ) -> None:
     manifest = pack(profile, blobs).manifest
-    path = _chunk_path(blobs, manifest, "Default/History")
+    path, offset, length = _chunk_at(blobs, manifest, "Default/History")
     path.chmod(0o600)
-    path.write_bytes(damage(path.read_bytes()))
+    data = path.read_bytes()
+    path.write_bytes(
+        data[:offset] + damage(data[offset : offset + length]) + data[offset + length :]
+    )
     with pytest.raises(StateCorrupt, match=r"damaged|does not hold"):
         restore_chunked(manifest, blobs, tmp_path / "out")
     assert not (tmp_path / "out").exists()
@@ -534,19 +563,19 @@ def test_missing_or_damaged_manifest_is_state_corrupt(profile: Path, blobs: Loca
         load_manifest(blobs, result.checksum)
 
 
-def test_verify_rereads_everything_and_repairs_missing_chunks(
+def test_verify_rereads_everything_and_repairs_missing_blobs(
     profile: Path, blobs: LocalBlobStore, tmp_path: Path
 ) -> None:
     first = pack(profile, blobs)
     _chunk_path(blobs, first.manifest, "Default/History").unlink()
-    assert len(missing_chunks(first.manifest, blobs)) == 1
+    assert len(missing_blobs(first.manifest, blobs)) == 1
     checked = pack(
         profile, blobs, previous=first.manifest, previous_stat=first.stat_cache, verify=True
     )
     assert checked.stats.files_read == first.stats.files
-    assert checked.stats.chunks_written == 1
+    assert checked.stats.chunks_written == len(first.manifest.chunk_checksums())
     assert checked.checksum == first.checksum
-    assert missing_chunks(first.manifest, blobs) == []
+    assert missing_blobs(first.manifest, blobs) == []
     restore_chunked(first.manifest, blobs, tmp_path / "out")
     assert snapshot(tmp_path / "out") == snapshot(profile)
 
@@ -624,7 +653,7 @@ HOSTILE: dict[str, tuple[bytes, str]] = {
         _hostile(_doc({k: v for k, v in _file("a").items() if k != "mtime_ns"})),
         "mtime_ns",
     ),
-    "version 2": (_hostile({**_doc(), "version": 2}), "version"),
+    "version 3": (_hostile({**_doc(), "version": 3}), "version"),
     "unknown engine": (_hostile({**_doc(), "engine": "lynx"}), "engine"),
     "entries not a list": (_hostile({**_doc(), "entries": {"a": 1}}), "entries"),
     "not json": (MANIFEST_MAGIC + zstandard.ZstdCompressor().compress(b"{nope"), "bad value"),
@@ -806,12 +835,14 @@ def test_verify_content_catches_a_manifest_whose_digests_lie(
 ) -> None:
     manifest = pack(profile, blobs).manifest
     lying = Manifest.model_construct(
-        version=1,
+        version=2,
         engine="chromium",
         entries=tuple(
             e.model_copy(update={"chunks": tuple((c[0], c[1], "0" * 64) for c in e.chunks)})
             for e in manifest.entries
         ),
+        packs=manifest.packs,
+        locations=manifest.locations,
     )
     restore_chunked(lying, blobs, tmp_path / "names")  # the stored bytes are intact
     assert snapshot(tmp_path / "names") == snapshot(profile)
@@ -820,3 +851,199 @@ def test_verify_content_catches_a_manifest_whose_digests_lie(
     assert not (tmp_path / "content").exists()
     restore_chunked(manifest, blobs, tmp_path / "honest", verify_content=True)
     assert snapshot(tmp_path / "honest") == snapshot(profile)
+
+
+# ---------------------------------------------------------------------------- packs
+
+
+def _v2(entries: list[dict[str, Any]], packs: list[Any], locations: list[Any]) -> bytes:
+    return _hostile({**_doc(*entries), "version": 2, "packs": packs, "locations": locations})
+
+
+P = "b" * 64
+HOSTILE_PACKS: dict[str, tuple[bytes, str]] = {
+    "format 1 with packs": (
+        _hostile({**_doc(_file("a")), "packs": [[P, 10]], "locations": [[0, 0, 5]]}),
+        "canonical|packs",
+    ),
+    "format 2 without a table": (_hostile({**_doc(_file("a")), "version": 2}), "canonical"),
+    "fewer locations than chunks": (_v2([_file("a")], [[P, 10]], []), "locations"),
+    "more locations than chunks": (
+        _v2([_file("a")], [[P, 10]], [[0, 0, 5], [0, 5, 5]]),
+        "locations",
+    ),
+    "pack index past the table": (_v2([_file("a")], [[P, 10]], [[1, 0, 5]]), "lacks"),
+    "negative pack index": (_v2([_file("a")], [[P, 10]], [[-2, 0, 5]]), "locations"),
+    "chunk past the pack's end": (_v2([_file("a")], [[P, 10]], [[0, 8, 5]]), "past the end"),
+    "more bytes than the chunk could take": (
+        _v2([_file("a", size=3)], [[P, 5000]], [[0, 0, 4000]]),
+        "compressed bytes",
+    ),
+    "empty stored chunk": (_v2([_file("a")], [[P, 10]], [[0, 0, 0]]), "compressed bytes"),
+    "a pack no chunk is in": (
+        _v2([_file("a")], [[P, 10], ["c" * 64, 10]], [[0, 0, 5]]),
+        "no chunk",
+    ),
+    "a pack twice": (_v2([_file("a")], [[P, 10], [P, 10]], [[0, 0, 5]]), "twice"),
+    "a stand-alone chunk with an offset": (_v2([_file("a")], [], [[-1, 4, 0]]), "offset"),
+    "a bad pack checksum": (_v2([_file("a")], [["../x", 10]], [[0, 0, 5]]), "packs"),
+    "a huge pack": (_v2([_file("a")], [[P, 1 << 40]], [[0, 0, 5]]), "packs"),
+    "a location as an object": (_v2([_file("a")], [[P, 10]], [{"pack": 0}]), "locations"),
+}
+
+
+@pytest.mark.parametrize("name", HOSTILE_PACKS)
+def test_hostile_pack_tables_are_refused(name: str) -> None:
+    blob, why = HOSTILE_PACKS[name]
+    with pytest.raises(ArchiveInvalid, match=why) as caught:
+        parse_manifest(blob)
+    assert caught.value.details["field"] == "manifest"
+
+
+def test_an_honest_pack_table_parses() -> None:
+    blob = _v2([_file("a"), _file("b", chunks=[[P, 3, H]])], [[P, 10]], [[0, 0, 5], [0, 5, 5]])
+    manifest = parse_manifest(blob)
+    assert manifest.where() == {H: (P, 0, 5), P: (P, 5, 5)}
+    assert manifest.blob_checksums() == {P}
+
+
+class CountingBlobs(LocalBlobStore):
+    """A local store that counts requests, as an object store would bill them."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__(root)
+        self.requests: list[str] = []
+
+    def open(self, checksum: str) -> BinaryIO:
+        self.requests.append(f"get {checksum}")
+        return super().open(checksum)
+
+    def read_range(self, checksum: str, offset: int, length: int) -> bytes:
+        self.requests.append(f"range {checksum} {offset} {length}")
+        return super().read_range(checksum, offset, length)
+
+
+def test_a_restore_reads_packs_a_span_at_a_time(tmp_path: Path) -> None:
+    blobs = CountingBlobs(tmp_path / "blobs")
+    root = make_profile(tmp_path / "p", mb=24, seed=4)
+    result = pack(root, blobs)
+    stored = sum(size for _, size in result.manifest.packs)
+    assert len(result.manifest.packs) == result.stats.packs_written >= 2
+    blobs.requests.clear()
+    restore_chunked(result.manifest, blobs, tmp_path / "out")
+    assert snapshot(tmp_path / "out") == snapshot(root)
+    # One request per READ_SPAN of stored bytes (plus a pack boundary or a repeated chunk
+    # here and there), not one per chunk.
+    assert all(r.startswith("range ") for r in blobs.requests)
+    assert len(blobs.requests) <= stored // chunked.READ_SPAN + 2 * len(result.manifest.packs) + 4
+    assert len(blobs.requests) < result.stats.chunks // 4
+    blobs.requests.clear()
+    b"".join(tar_stream(result.manifest, blobs))
+    assert len(blobs.requests) <= stored // chunked.READ_SPAN + 2 * len(result.manifest.packs) + 4
+
+
+def _format_1(directory: Path, blobs: LocalBlobStore) -> Manifest:
+    """``directory`` stored the way format 1 did: each chunk a blob of its own."""
+    packed = pack(directory, LocalBlobStore(directory.parent / "scratch-blobs"))
+    scratch = LocalBlobStore(directory.parent / "scratch-blobs")
+    for checksum, (pack_sum, offset, length) in packed.manifest.where().items():
+        raw = scratch.read_range(pack_sum, offset, length)
+        blobs.put(checksum, io.BytesIO(raw), size=len(raw))
+    v1 = Manifest.model_construct(version=1, engine="chromium", entries=packed.manifest.entries)
+    blob = chunked.encode_manifest(v1)
+    import hashlib
+
+    blobs.put(hashlib.sha256(blob).hexdigest(), io.BytesIO(blob), size=len(blob))
+    return load_manifest(blobs, hashlib.sha256(blob).hexdigest())
+
+
+def test_format_1_states_are_read_and_packed_by_the_next_commit(
+    profile: Path, blobs: LocalBlobStore, tmp_path: Path
+) -> None:
+    old = _format_1(profile, blobs)
+    assert old.version == 1 and old.packs == () and old.where() == {}
+    assert old.blob_checksums() == old.chunk_checksums()
+    restore_chunked(old, blobs, tmp_path / "out")
+    assert snapshot(tmp_path / "out") == snapshot(profile)
+    b"".join(tar_stream(old, blobs))
+    # The next commit moves the stand-alone chunks into a pack (up to FOLD_MAX a commit).
+    update_cookie(profile)
+    new = pack(profile, blobs, previous=old)
+    assert new.manifest.version == 2
+    assert new.stats.chunks_moved == len(old.chunk_checksums()) - 1
+    assert new.manifest.blob_checksums() == {p for p, _ in new.manifest.packs}
+    restore_chunked(new.manifest, blobs, tmp_path / "new")
+    assert snapshot(tmp_path / "new") == snapshot(profile)
+
+
+def test_many_commits_keep_a_state_in_few_packs(profile: Path, blobs: LocalBlobStore) -> None:
+    last = pack(profile, blobs)
+    counts = []
+    for n in range(5 * chunked.MAX_SMALL_PACKS):
+        update_cookie(profile, row=n % 40 + 1, value=f"v{n}")
+        (profile / "Default" / f"note-{n}").write_bytes(os.urandom(2000))  # a new small file
+        set_mtimes(profile, base=PAST + 10 * (n + 1))
+        last = commit_again(profile, blobs, last)
+        counts.append(len(last.manifest.packs))
+    # Each commit adds a small pack; packs whose chunks die (the old cookie) are folded at
+    # once, and once more than MAX_SMALL_PACKS small ones live the next commit folds them.
+    assert max(counts) <= chunked.MAX_SMALL_PACKS + 2
+    assert any(c < counts[i - 1] for i, c in enumerate(counts) if i)
+    assert sum(1 for _, size in last.manifest.packs if size < chunked.SMALL_PACK) <= (
+        chunked.MAX_SMALL_PACKS + 1
+    )
+
+
+def test_a_pack_the_state_barely_uses_is_compacted(tmp_path: Path, blobs: LocalBlobStore) -> None:
+    root = tmp_path / "p"
+    rng = random.Random(9)
+    _write(root / "big", rng.randbytes(6 * MiB))
+    _write(root / "keep", rng.randbytes(200_000))
+    set_mtimes(root)
+    first = pack(root, blobs)
+    assert len(first.manifest.packs) == 1
+    # The session rewrites most of the big file: the first pack is now mostly dead.
+    _write(root / "big", rng.randbytes(6 * MiB))
+    set_mtimes(root, base=PAST + 100)
+    second = commit_again(root, blobs, first)
+    old_pack = first.manifest.packs[0][0]
+    assert old_pack not in second.manifest.blob_checksums()
+    assert second.stats.chunks_moved == 1  # "keep" was copied along
+    restore_chunked(second.manifest, blobs, tmp_path / "out")
+    assert snapshot(tmp_path / "out") == snapshot(root)
+
+
+def test_damaged_chunks_are_left_in_place_when_compacting(
+    tmp_path: Path, blobs: LocalBlobStore
+) -> None:
+    root = tmp_path / "p"
+    rng = random.Random(10)
+    _write(root / "big", rng.randbytes(6 * MiB))
+    _write(root / "keep", rng.randbytes(200_000))
+    set_mtimes(root)
+    first = pack(root, blobs)
+    path, offset, _ = _chunk_at(blobs, first.manifest, "keep")
+    path.chmod(0o600)
+    data = bytearray(path.read_bytes())
+    data[offset + 10] ^= 0xFF
+    path.write_bytes(bytes(data))
+    _write(root / "big", rng.randbytes(6 * MiB))
+    set_mtimes(root, base=PAST + 100)
+    second = commit_again(root, blobs, first)
+    assert second.stats.chunks_moved == 0
+    assert first.manifest.packs[0][0] in second.manifest.blob_checksums()
+
+
+def test_a_failed_pack_upload_fails_the_commit_before_the_manifest(
+    profile: Path, tmp_path: Path
+) -> None:
+    class Failing(LocalBlobStore):
+        def put(self, checksum: str, source: BinaryIO, *, size: int) -> bool:
+            if size > 100_000:
+                raise chunked.StateCorrupt("disk on fire")  # any ProfileError
+            return super().put(checksum, source, size=size)
+
+    blobs = Failing(tmp_path / "failing")
+    with pytest.raises(ProfileError, match="disk on fire"):
+        pack(profile, blobs)
+    assert not any(is_manifest(blobs.read_range(b.checksum, 0, 64)) for b in blobs.list())

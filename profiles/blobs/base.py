@@ -17,6 +17,10 @@ Every backend MUST keep these rules, and ``profiles.testing.blob_contract`` chec
    of an existing checksum is a no-op (the bytes are the same by construction).
 4. **Streams only.** :meth:`BlobStore.open` returns a readable stream that callers read from
    start to end; they never seek it, so a network body works as well as a file.
+   :meth:`BlobStore.read_range` returns ``length`` bytes from ``offset`` in one request (a
+   pack of chunks is read a span at a time); it returns fewer only where the blob ends, and
+   it does not verify the whole blob: the caller checks what it reads (every chunk in a
+   pack is named by its own hash).
 5. **Deletion is idempotent** and :meth:`BlobStore.list` may run concurrently with writes.
    Deciding *whether* a blob may be deleted is the store's job (the catalog's references,
    data first and metadata last); the backend only does what it is told.
@@ -92,6 +96,33 @@ class HashingReader:
             )
 
 
+def _check_range(offset: int, length: int) -> None:
+    if (
+        isinstance(offset, bool)
+        or isinstance(length, bool)
+        or not isinstance(offset, int)
+        or not isinstance(length, int)
+        or offset < 0
+        or length < 0
+    ):
+        raise ValidationFailed(
+            f"A blob range needs a non-negative offset and length, not {offset!r}, {length!r}.",
+            field="range",
+        )
+
+
+def _read_up_to(stream: BinaryIO, length: int) -> bytes:
+    pieces: builtins.list[bytes] = []
+    left = length
+    while left > 0:
+        piece = stream.read(left)
+        if not piece:
+            break
+        pieces.append(piece)
+        left -= len(piece)
+    return b"".join(pieces)
+
+
 @dataclass(frozen=True)
 class BlobInfo:
     checksum: str
@@ -119,6 +150,20 @@ class BlobStore(ABC):
     @abstractmethod
     def open(self, checksum: str) -> BinaryIO:
         """Read a blob as a stream (rule 4); ``NotFound`` if it is not there."""
+
+    def read_range(self, checksum: str, offset: int, length: int) -> bytes:
+        """``length`` bytes from ``offset`` (fewer only where the blob ends; rule 4);
+        ``NotFound`` if the blob is not there. Backends override this with one ranged read;
+        the default reads the stream up to the end of the range."""
+        _check_range(offset, length)
+        with self.open(checksum) as stream:
+            skip = offset
+            while skip:
+                piece = stream.read(min(skip, 1024 * 1024))
+                if not piece:
+                    return b""
+                skip -= len(piece)
+            return _read_up_to(stream, length)
 
     @abstractmethod
     def exists(self, checksum: str) -> bool: ...

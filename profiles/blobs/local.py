@@ -11,7 +11,13 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from profiles.blobs.base import BlobInfo, BlobStore, HashingReader, check_checksum
+from profiles.blobs.base import (
+    BlobInfo,
+    BlobStore,
+    HashingReader,
+    _check_range,
+    check_checksum,
+)
 from profiles.errors import NotFound
 from profiles.fsutil import fsync_dir
 from profiles.scratch import sweep
@@ -94,6 +100,9 @@ class LocalBlobStore(BlobStore):
         self._publish(path, checksum)
 
     def open(self, checksum: str) -> BinaryIO:
+        return self._open(checksum)
+
+    def _open(self, checksum: str) -> BinaryIO:
         try:
             return self._path(checksum).open("rb")
         except FileNotFoundError as exc:
@@ -103,6 +112,11 @@ class LocalBlobStore(BlobStore):
                 resource="blob",
                 ref=checksum,
             ) from exc
+
+    def read_range(self, checksum: str, offset: int, length: int) -> bytes:
+        _check_range(offset, length)
+        with self._open(checksum) as f:
+            return os.pread(f.fileno(), length, offset) if length else b""
 
     def stat(self, checksum: str) -> BlobInfo | None:
         try:

@@ -53,7 +53,13 @@ import botocore.exceptions as bex
 import urllib3.exceptions
 from botocore.config import Config
 
-from profiles.blobs.base import BlobInfo, BlobStore, HashingReader, check_checksum
+from profiles.blobs.base import (
+    BlobInfo,
+    BlobStore,
+    HashingReader,
+    _check_range,
+    check_checksum,
+)
 from profiles.errors import ChecksumMismatch, NotFound, StorageUnavailable, ValidationFailed
 from profiles.redact import redact_text, redact_url
 
@@ -409,10 +415,12 @@ class S3BlobStore(BlobStore):
 
     # -- read -----------------------------------------------------------------------------
 
-    def open(self, checksum: str) -> BinaryIO:
+    def _get(self, checksum: str, byte_range: str | None = None) -> Any:
         key = self.key(checksum)
         try:
-            response = self.client.get_object(Bucket=self.bucket, Key=key)
+            if byte_range is not None:
+                return self.client.get_object(Bucket=self.bucket, Key=key, Range=byte_range)
+            return self.client.get_object(Bucket=self.bucket, Key=key)
         except bex.ClientError as exc:
             if _error_code(exc) in ("NoSuchKey", "404"):
                 raise NotFound(
@@ -421,11 +429,42 @@ class S3BlobStore(BlobStore):
                     resource="blob",
                     ref=checksum,
                 ) from exc
+            if _error_code(exc) == "InvalidRange":
+                return None  # the range starts past the end
             self._fail(exc, "read a blob")
         except bex.BotoCoreError as exc:
             self._fail(exc, "read a blob")
+
+    def open(self, checksum: str) -> BinaryIO:
+        response = self._get(checksum)
         raw = _Body(response["Body"], checksum, response.get("ContentLength"), self)
         return cast(BinaryIO, io.BufferedReader(raw, buffer_size=READ_CHUNK))
+
+    def read_range(self, checksum: str, offset: int, length: int) -> bytes:
+        """One ranged GET (``Range: bytes=offset-end``)."""
+        _check_range(offset, length)
+        if length == 0:
+            self.key(checksum)
+            return b""
+        response = self._get(checksum, f"bytes={offset}-{offset + length - 1}")
+        if response is None:
+            return b""
+        body = response["Body"]
+        try:
+            data = bytes(body.read(length + 1))
+        except _STREAM_ERRORS as exc:
+            self._fail(exc, "read a blob")
+        finally:
+            with contextlib.suppress(*_STREAM_ERRORS):
+                body.close()
+        if len(data) > length:
+            raise StorageUnavailable(
+                f"S3 at {self.location} answered a ranged read of blob {checksum} with more "
+                "bytes than asked for (does the endpoint support Range requests?).",
+                home=self.location,
+                cause="range ignored",
+            )
+        return data
 
     def exists(self, checksum: str) -> bool:
         key = self.key(checksum)

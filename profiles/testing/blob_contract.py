@@ -225,6 +225,31 @@ class BlobContract:
             assert stream.read() == b""
         assert bytes(got) == data
 
+    def test_read_range(self, blobs: BlobStore) -> None:
+        """Rule 4: a range is read in one call, exactly; short only where the blob ends."""
+        data, checksum = blob_bytes(self.multipart_size, 6)
+        blobs.put(checksum, _source(Stream(data)), size=len(data))
+        size = len(data)
+        for offset, length in (
+            (0, 1),
+            (0, size),
+            (1, 4095),
+            (size // 2, 1234),
+            (size - 1, 1),
+            (size - 10, 100),  # runs past the end: the tail
+            (size, 10),  # starts at the end: nothing
+            (size + 5, 10),  # starts past the end: nothing
+            (7, 0),
+        ):
+            assert blobs.read_range(checksum, offset, length) == data[offset : offset + length]
+        with pytest.raises(NotFound):
+            blobs.read_range(blob_bytes(3, 98)[1], 0, 10)
+        for offset, length in ((-1, 1), (0, -1)):
+            with pytest.raises(ValidationFailed):
+                blobs.read_range(checksum, offset, length)
+        with pytest.raises(ValidationFailed):
+            blobs.read_range("../x", 0, 1)
+
     def test_large_blob(self, blobs: BlobStore) -> None:
         data, checksum = blob_bytes(self.large_size, 3)
         blobs.put(checksum, _source(Stream(data, piece=1024 * 1024)), size=len(data))
