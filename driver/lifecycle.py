@@ -27,6 +27,7 @@ from driver.browsers import BrowserInstall, find_browser, major_version, probe_v
 from profiles.archetypes import Archetype, get_archetype
 from profiles.archive import remove_engine_locks
 from profiles.engine_cache import EngineCache
+from profiles.engine_cache_index import fetch_shared, publish_shared, sharing_mode
 from profiles.errors import (
     BrowserDowngrade,
     Conflict,
@@ -40,6 +41,7 @@ from profiles.errors import (
 from profiles.locks import ReaderMark
 from profiles.models import Profile
 from profiles.scratch import OwnedDir
+from profiles.service import CatalogService
 from profiles.store import ProfileStore
 
 __all__ = ["SESSION_COOKIES_FILE", "LaunchPlan", "SaveMode", "SessionLifecycle", "SessionOptions"]
@@ -130,6 +132,15 @@ class SessionOptions(BaseModel):
             raise _validation_failed(exc) from None
 
 
+def _shared_service(store: ProfileStore) -> CatalogService | None:
+    """The store's catalog service when other machines share it (a catalog other than the
+    embedded SQLite one: PostgreSQL + S3), and the store may be written; else None."""
+    service = store.service
+    if store.read_only or not isinstance(service, CatalogService) or not service.shared:
+        return None
+    return service
+
+
 def _validation_failed(exc: pydantic.ValidationError) -> ValidationFailed:
     first = exc.errors(include_url=False)[0]
     loc = [str(part) for part in first.get("loc", ())]
@@ -183,6 +194,7 @@ class SessionLifecycle:
         self._private_dir: OwnedDir | None = None
         self._engine_cache: EngineCache | None = None
         self._engine_key: str | None = None
+        self._engine_cache_refused: str | None = None  # a shared cache this machine refused
         self._reader: ReaderMark | None = None
         self._started_at = 0.0
         self.browser_version: str | None = None
@@ -270,7 +282,8 @@ class SessionLifecycle:
     def _seed_engine_cache(self, profile: Profile, at_hand: str | None) -> None:
         """Give a cold working copy the browser build's warm-up data (Firefox's
         startupCache) before launch. It holds no identity, and anything wrong with it only
-        costs speed: nothing here fails a session."""
+        costs speed: nothing here fails a session. On a shared backend, a build this machine
+        has no cache of is fetched from the fleet's first (profiles.engine_cache_index)."""
         if self.store.read_only or self.browser is None or self.user_data_dir is None:
             return
         try:
@@ -278,6 +291,16 @@ class SessionLifecycle:
             self._engine_key = self._engine_cache.build_key(
                 profile.browser_name, at_hand or "unknown", Path(self.browser.executable_path)
             )
+            shared = _shared_service(self.store)
+            if shared is not None and sharing_mode() != "off":
+                outcome = fetch_shared(
+                    self._engine_cache,
+                    shared.catalog,
+                    shared.blobs,
+                    profile.browser_name,
+                    self._engine_key,
+                )
+                self._engine_cache_refused = outcome.refused
             if self._engine_cache.seed(profile.browser_name, self._engine_key, self.user_data_dir):
                 log.debug("seeded %s from the engine cache", profile.name)
         except (OSError, ProfileError, ValueError) as exc:
@@ -285,14 +308,29 @@ class SessionLifecycle:
             self._engine_cache = None
 
     def _refresh_engine_cache(self) -> None:
-        """After a clean session: keep this build's warm-up data if the cache lacks it."""
+        """After a clean session: keep this build's warm-up data if the cache lacks it, and
+        on a shared backend publish what was kept when the fleet has none for the build
+        (or only one this machine refused). Never from a read-only store, never when this
+        machine opted out (PROFILES_ENGINE_CACHE_SHARING, see profiles.engine_cache_index)."""
         cache, key = self._engine_cache, self._engine_key
         if cache is None or key is None or self.profile is None or self.user_data_dir is None:
             return
+        engine = self.profile.browser_name
         try:
-            cache.refresh(self.profile.browser_name, key, self.user_data_dir)
+            stored = cache.refresh(engine, key, self.user_data_dir)
         except (OSError, ProfileError, ValueError) as exc:
             log.debug("engine cache not refreshed: %s", exc)
+            return
+        shared = _shared_service(self.store)
+        if stored and shared is not None and sharing_mode() == "on":
+            publish_shared(
+                cache,
+                shared.catalog,
+                shared.blobs,
+                engine,
+                key,
+                replacing=self._engine_cache_refused,
+            )
 
     def _check_downgrade(self, profile: Profile, at_hand: str | None) -> None:
         written_by = major_version(profile.browser_version)

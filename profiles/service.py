@@ -509,7 +509,8 @@ class CatalogService(ProfileService):
                     cause="writers busy",
                 )
             with self.catalog.transaction(write=False) as tx:
-                in_use = tx.checksums_in_use()
+                # States, and the engine caches a fleet shares (catalog rule 10).
+                in_use = tx.checksums_in_use() | tx.engine_cache_checksums()
             live = set(in_use)
             for checksum in in_use:  # a manifest keeps its packs and chunks alive
                 manifest = self._manifest_blob(checksum)

@@ -52,6 +52,13 @@ Every backend MUST keep these rules, and ``profiles.testing.catalog_contract`` c
 9. **Faults.** Connection and storage faults raise
    :class:`~profiles.errors.StorageUnavailable` naming the catalog (never its password);
    nothing else escapes but :class:`~profiles.errors.ProfileError`.
+10. **Engine caches.** :meth:`CatalogTransaction.engine_cache_put` records the checksum
+    of a browser build's published engine cache (:mod:`profiles.engine_cache`) under
+    ``(engine, key)``, replacing any earlier one (an upsert: the last writer wins, and
+    concurrent puts never fail); :meth:`~CatalogTransaction.engine_cache_get` reads it back.
+    Those bytes are referenced like state: :meth:`~CatalogTransaction.engine_cache_checksums`
+    lists them for the collector. A bad engine, key or checksum is ``ValidationFailed``
+    (:func:`check_engine_cache_ref`).
 
 Listings are keyset-paginated: ``created_at`` (``captured_at``, ``at``) descending, then
 ``id`` descending, starting after the record whose id is ``after``. They return up to
@@ -67,9 +74,12 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from profiles.errors import LeaseLost, TierLimit
+from profiles.blobs.base import check_checksum
+from profiles.engine_cache import KEY_PATTERN
+from profiles.errors import LeaseLost, TierLimit, ValidationFailed
 from profiles.locks import Holder
 from profiles.models import AuditEvent, Profile, ProfileStatus, Snapshot
+from profiles.state_rules import ENGINES
 
 __all__ = [
     "UPDATABLE_FIELDS",
@@ -78,6 +88,7 @@ __all__ = [
     "LeaseGrant",
     "StateUpdate",
     "cap_reached",
+    "check_engine_cache_ref",
     "lease_lost",
 ]
 
@@ -126,6 +137,24 @@ def lease_lost(profile_id: str, epoch: int, current: int) -> LeaseLost:
         epoch=epoch,
         current_epoch=current,
     )
+
+
+def check_engine_cache_ref(engine: str, key: str, checksum: str | None = None) -> None:
+    """``ValidationFailed`` unless ``engine`` is a known engine, ``key`` an engine cache build
+    key and ``checksum`` (when given) a SHA-256 hex digest (rule 10)."""
+    if not isinstance(engine, str) or engine not in ENGINES:
+        raise ValidationFailed(
+            f"{engine!r} is not an engine; one of {', '.join(ENGINES)}.", field="engine"
+        )
+    if not isinstance(key, str) or not KEY_PATTERN.fullmatch(key):
+        shown = repr(key)
+        raise ValidationFailed(
+            f"{shown[:80]} is not an engine cache build key (letters, digits, '.', '_' and "
+            "'-', at most 128).",
+            field="key",
+        )
+    if checksum is not None:
+        check_checksum(checksum)
 
 
 class CatalogTransaction(ABC):
@@ -269,6 +298,19 @@ class CatalogTransaction(ABC):
 
     @abstractmethod
     def release_collector(self, collector_id: str) -> None: ...
+
+    # ---------------------------------------------------------------- engine caches (rule 10)
+    @abstractmethod
+    def engine_cache_get(self, engine: str, key: str) -> str | None:
+        """The checksum of the published cache of build ``key`` of ``engine``, if any."""
+
+    @abstractmethod
+    def engine_cache_put(self, engine: str, key: str, checksum: str) -> None:
+        """Record (or replace: the last writer wins) the published cache of a build."""
+
+    @abstractmethod
+    def engine_cache_checksums(self) -> set[str]:
+        """Every checksum an engine cache entry names (the collector keeps those bytes)."""
 
 
 class Catalog(ABC):

@@ -52,6 +52,11 @@ Blob writers and the collector (rule 7)
     advisory lock (another constant key) before checking the other side, so they are
     serialised and mutually exclusive under concurrency.
 
+Engine caches (rule 10)
+    Table ``engine_caches`` keyed by ``(engine, build_key)``; ``engine_cache_put`` is one
+    ``INSERT ... ON CONFLICT DO UPDATE`` (an upsert that never fails on a concurrent put;
+    the last writer wins).
+
 Migrations (rule 8)
     One ordered history (:data:`MIGRATIONS`) with the version in table ``schema_version``.
     Opening a catalog reads the version; when migrations are missing it runs them in one
@@ -109,6 +114,7 @@ from profiles.catalog.base import (
     LeaseGrant,
     StateUpdate,
     cap_reached,
+    check_engine_cache_ref,
     lease_lost,
 )
 from profiles.errors import (
@@ -185,6 +191,16 @@ MIGRATIONS: tuple[str, ...] = (
         only_one boolean PRIMARY KEY DEFAULT true CHECK (only_one),
         id text COLLATE "C" NOT NULL,
         expires_at timestamptz NOT NULL
+    )
+    """,
+    # 2: the published engine cache of each browser build (profiles.engine_cache_index)
+    """
+    CREATE TABLE engine_caches (
+        engine text NOT NULL CHECK (engine IN ('chromium', 'firefox', 'webkit')),
+        build_key text COLLATE "C" NOT NULL,
+        checksum text COLLATE "C" NOT NULL,
+        updated_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+        PRIMARY KEY (engine, build_key)
     )
     """,
 )
@@ -638,6 +654,28 @@ class _PostgresTransaction(CatalogTransaction):
 
     def release_collector(self, collector_id: str) -> None:
         self._cur.execute("DELETE FROM blob_collector WHERE id = %s", (collector_id,))
+
+    # ---------------------------------------------------------------- engine caches
+    def engine_cache_get(self, engine: str, key: str) -> str | None:
+        check_engine_cache_ref(engine, key)
+        row = self._row(
+            "SELECT checksum FROM engine_caches WHERE engine = %s AND build_key = %s",
+            (engine, key),
+        )
+        return None if row is None else str(row["checksum"])
+
+    def engine_cache_put(self, engine: str, key: str, checksum: str) -> None:
+        check_engine_cache_ref(engine, key, checksum)
+        # One statement: concurrent puts of one build serialise on the row, the last wins.
+        self._cur.execute(
+            "INSERT INTO engine_caches (engine, build_key, checksum, updated_at) "
+            "VALUES (%s, %s, %s, clock_timestamp()) ON CONFLICT (engine, build_key) "
+            "DO UPDATE SET checksum = excluded.checksum, updated_at = excluded.updated_at",
+            (engine, key, checksum),
+        )
+
+    def engine_cache_checksums(self) -> set[str]:
+        return {row["checksum"] for row in self._rows("SELECT checksum FROM engine_caches")}
 
 
 IDLE_IN_TRANSACTION_TIMEOUT = "30s"

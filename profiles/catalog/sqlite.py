@@ -30,6 +30,7 @@ from profiles.catalog.base import (
     LeaseGrant,
     StateUpdate,
     cap_reached,
+    check_engine_cache_ref,
     lease_lost,
 )
 from profiles.errors import (
@@ -109,6 +110,16 @@ MIGRATIONS: tuple[str, ...] = (
         only_one INTEGER PRIMARY KEY CHECK (only_one = 1),
         id TEXT NOT NULL,
         expires_at REAL NOT NULL
+    );
+    """,
+    # 4: the published engine cache of each browser build (profiles.engine_cache_index)
+    """
+    CREATE TABLE engine_caches (
+        engine TEXT NOT NULL CHECK (engine IN ('chromium', 'firefox', 'webkit')),
+        build_key TEXT NOT NULL,
+        checksum TEXT NOT NULL,
+        updated_at TEXT NOT NULL,
+        PRIMARY KEY (engine, build_key)
     );
     """,
 )
@@ -464,6 +475,27 @@ class _SQLiteTransaction(CatalogTransaction):
 
     def release_collector(self, collector_id: str) -> None:
         self._conn.execute("DELETE FROM blob_collector WHERE id = ?", (collector_id,))
+
+    # engine caches
+    def engine_cache_get(self, engine: str, key: str) -> str | None:
+        check_engine_cache_ref(engine, key)
+        row = self._conn.execute(
+            "SELECT checksum FROM engine_caches WHERE engine = ? AND build_key = ?",
+            (engine, key),
+        ).fetchone()
+        return None if row is None else str(row[0])
+
+    def engine_cache_put(self, engine: str, key: str, checksum: str) -> None:
+        check_engine_cache_ref(engine, key, checksum)
+        self._conn.execute(
+            "INSERT INTO engine_caches (engine, build_key, checksum, updated_at) "
+            "VALUES (?, ?, ?, ?) ON CONFLICT (engine, build_key) DO UPDATE SET "
+            "checksum = excluded.checksum, updated_at = excluded.updated_at",
+            (engine, key, checksum, format_timestamp(datetime.now(UTC))),
+        )
+
+    def engine_cache_checksums(self) -> set[str]:
+        return {row[0] for row in self._conn.execute("SELECT checksum FROM engine_caches")}
 
     def lease_holder(self, profile_id: str) -> tuple[Holder, int] | None:
         found = self._live_leases(" AND id = ?", (profile_id,))

@@ -1,5 +1,5 @@
 """The behaviour suite every catalog backend must pass (the contract of
-:mod:`profiles.catalog.base`, rules 1-9).
+:mod:`profiles.catalog.base`, rules 1-10).
 
 Subclass :class:`CatalogContract` in a test module (name the subclass ``Test...``) and
 provide the fixture ``catalog_factory``: a picklable callable without arguments that opens
@@ -26,6 +26,7 @@ expiry (tiny TTLs); nothing depends on a machine being fast.
 
 from __future__ import annotations
 
+import hashlib
 import multiprocessing
 import os
 import threading
@@ -992,6 +993,79 @@ class CatalogContract:
                 for i in range(8):
                     tx.unregister_blob_writer(f"w{i}")
                     tx.release_collector(f"c{i}")
+
+    # ================================================================== rule 10: engine caches
+    def test_engine_cache_round_trip(self, catalog: Catalog, make_catalog: CatalogFactory) -> None:
+        a, b, c = (hashlib.sha256(x).hexdigest() for x in (b"a", b"b", b"c"))
+        key = "153.7.0-0123456789abcdef01234567"
+        with catalog.transaction(write=False) as tx:
+            assert tx.engine_cache_get("firefox", key) is None
+            assert tx.engine_cache_checksums() == set()
+        with catalog.transaction() as tx:
+            tx.engine_cache_put("firefox", key, a)
+            tx.engine_cache_put("chromium", key, b)  # another engine: another entry
+        other = make_catalog()
+        with other.transaction(write=False) as tx:
+            assert tx.engine_cache_get("firefox", key) == a
+            assert tx.engine_cache_get("chromium", key) == b
+            assert tx.engine_cache_get("webkit", key) is None
+            assert tx.engine_cache_get("firefox", "153.7.1-other") is None
+            assert tx.engine_cache_checksums() == {a, b}
+            assert tx.checksums_in_use() == set()  # engine caches are not profile state
+        with other.transaction() as tx:
+            tx.engine_cache_put("firefox", key, c)  # an upsert: the last writer wins
+        with catalog.transaction(write=False) as tx:
+            assert tx.engine_cache_get("firefox", key) == c
+            assert tx.engine_cache_checksums() == {b, c}
+        with pytest.raises(RuntimeError), catalog.transaction() as tx:  # rolled back
+            tx.engine_cache_put("firefox", key, a)
+            raise RuntimeError("abort")
+        with catalog.transaction(write=False) as tx:
+            assert tx.engine_cache_get("firefox", key) == c
+
+    def test_engine_cache_values_are_validated(self, catalog: Catalog) -> None:
+        good = hashlib.sha256(b"good").hexdigest()
+        bad_calls: list[tuple[str, str, str]] = [
+            ("netscape", "153.7.0-abc", good),
+            ("", "153.7.0-abc", good),
+            ("firefox", "", good),
+            ("firefox", "../../etc/passwd", good),
+            ("firefox", "a/b", good),
+            ("firefox", "-leading-dash", good),
+            ("firefox", "k" * 129, good),
+            ("firefox", "ok\x00", good),
+            ("firefox", "153.7.0-abc", "sha-a"),
+            ("firefox", "153.7.0-abc", good.upper()),
+            ("firefox", "153.7.0-abc", good[:-1]),
+            ("firefox", "153.7.0-abc", ""),
+        ]
+        with catalog.transaction() as tx:
+            for engine, key, checksum in bad_calls:
+                with pytest.raises(ValidationFailed):
+                    tx.engine_cache_put(engine, key, checksum)
+                if checksum == good:
+                    with pytest.raises(ValidationFailed):
+                        tx.engine_cache_get(engine, key)
+            tx.engine_cache_put("firefox", "k" * 128, good)  # the transaction is still usable
+        with catalog.transaction(write=False) as tx:
+            assert tx.engine_cache_checksums() == {good}
+            assert tx.engine_cache_get("firefox", "k" * 128) == good
+
+    def test_concurrent_engine_cache_puts_all_succeed(self, make_catalog: CatalogFactory) -> None:
+        catalogs = [make_catalog() for _ in range(6)]
+        checksums = [hashlib.sha256(str(i).encode()).hexdigest() for i in range(6)]
+        key = "153.7.0-race"
+
+        def put(i: int) -> None:
+            with catalogs[i].transaction() as tx:
+                tx.engine_cache_put("firefox", key, checksums[i])
+
+        outcomes = run_concurrently([lambda i=i: put(i) for i in range(6)])  # type: ignore[misc]
+        assert outcomes == [None] * 6, outcomes
+        with catalogs[0].transaction(write=False) as tx:
+            winner = tx.engine_cache_get("firefox", key)
+            assert winner in checksums
+            assert tx.engine_cache_checksums() == {winner}
 
     # ================================================================== rule 8: migrations
     def test_opening_again_and_concurrently_is_fine(self, make_catalog: CatalogFactory) -> None:
