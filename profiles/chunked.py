@@ -173,7 +173,7 @@ FORMAT_VERSION: Literal[2] = 2
 # Packs: new chunks of a commit are stored together, in walk order, as packs of about this
 # many compressed bytes; a restore reads them a span at a time (one ranged GET per span).
 PACK_TARGET = 8 * MiB
-READ_SPAN = 2 * MiB
+READ_SPAN = 4 * MiB
 # Compaction when committing: a pack the new state uses less than half of, a chunk stored
 # on its own (format 1), or more than MAX_SMALL_PACKS packs under SMALL_PACK each have
 # their live chunks copied into the new pack, at most FOLD_MAX bytes per commit.
@@ -1152,9 +1152,10 @@ class _Read:
     sizes: list[int]  # the stored length of each item in the pack
 
 
-def _plan_reads(writes: Iterable[_Write], where: _Where, span: int = READ_SPAN) -> list[_Read]:
+def _plan_reads(writes: Iterable[_Write], where: _Where) -> list[_Read]:
     """Group ``writes`` (in order) into reads: chunks that lie back to back in one pack
-    are read together, up to ``span`` bytes a request."""
+    are read together, up to :data:`READ_SPAN` bytes a request."""
+    span = READ_SPAN
     reads: list[_Read] = []
     current: _Read | None = None
     for write in writes:
