@@ -31,6 +31,7 @@ import threading
 import types
 import weakref
 from collections.abc import Coroutine, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Any
@@ -42,7 +43,7 @@ from playwright.async_api import async_playwright
 from playwright.sync_api import BrowserContext, Page, Playwright, sync_playwright
 from playwright.sync_api import Error as PlaywrightError
 
-from driver.lifecycle import SaveMode, SessionLifecycle, SessionOptions
+from driver.lifecycle import LaunchPlan, SaveMode, SessionLifecycle, SessionOptions
 from profiles.errors import ValidationFailed
 from profiles.models import Profile
 from profiles.redact import describe_error, redact_url
@@ -262,6 +263,17 @@ class _SyncSignals:
 
 
 _sync_signals = _SyncSignals()
+
+
+def _settled(future: Future[Any]) -> tuple[BaseException | None, BaseException | None]:
+    """Wait for ``future`` to finish even if a signal handler raises in this thread
+    meanwhile: ``(its exception or None, the first exception raised while waiting)``."""
+    interrupted: BaseException | None = None
+    while True:
+        try:
+            return future.exception(), interrupted
+        except BaseException as exc:  # SystemExit or KeyboardInterrupt from a signal
+            interrupted = interrupted or exc
 
 
 def _raise_deferred(signum: int | None) -> None:
@@ -613,17 +625,13 @@ class Session(_SessionBase):
 
     def _start(self) -> None:
         try:
-            plan = self._life.prepare()
+            plan = self._prepare_and_start_playwright()
         except BaseException:
             self._state = "closed"
             if self._owns_store:
                 self.store.close()
             raise
         try:
-            if self._given_playwright is not None:
-                self._playwright = self._given_playwright
-            else:
-                self._playwright = _thread_playwright.acquire()
             browser_type = getattr(self._playwright, plan.engine)
             self._context = browser_type.launch_persistent_context(
                 str(plan.user_data_dir), **plan.options
@@ -650,6 +658,36 @@ class Session(_SessionBase):
                 self._start_failed(exc)
             raise
 
+    def _prepare_and_start_playwright(self) -> LaunchPlan:
+        """Prepare the profile (lock, unpack) and have a Playwright. When this session
+        starts Playwright's driver (~0.2 s), the preparing runs in a worker thread meanwhile,
+        so a cold start's unpacking costs no wall time. Either failing undoes the other."""
+        if self._given_playwright is not None or _thread_playwright.playwright is not None:
+            plan = self._life.prepare()
+            try:
+                self._playwright = self._given_playwright or _thread_playwright.acquire()
+            except BaseException:
+                self._life.abort()
+                raise
+            return plan
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="session-prepare") as pool:
+            preparing = pool.submit(self._life.prepare)  # undoes itself if it fails
+            try:
+                playwright = _thread_playwright.acquire()
+            except BaseException:
+                if _settled(preparing) == (None, None):
+                    self._life.abort()
+                raise
+            failed, interrupted = _settled(preparing)
+            if failed is not None or interrupted is not None:
+                if failed is None:
+                    self._life.abort()
+                _thread_playwright.release()
+                raise interrupted or failed  # type: ignore[misc]
+            plan = preparing.result()
+        self._playwright = playwright
+        return plan
+
     def __exit__(
         self,
         exc_type: type[BaseException] | None,
@@ -667,9 +705,9 @@ class Session(_SessionBase):
                             self._save_cookies(self._context.cookies())
                         except Exception as err:  # a dead driver raises plain Exception
                             self._note_teardown_error("reading the session cookies", err)
-                    self._stop_browser()
+                    self._close_context()
                 finally:
-                    self._finish(exc)
+                    self._finish_and_release_playwright(exc)
         finally:
             self._release_signals()
         if exc is None:
@@ -685,6 +723,12 @@ class Session(_SessionBase):
             _sync_signals.release()
 
     def _stop_browser(self) -> None:
+        try:
+            self._close_context()
+        finally:
+            self._release_playwright()
+
+    def _close_context(self) -> None:
         self._closing = True
         try:
             if self._context is not None:
@@ -695,13 +739,35 @@ class Session(_SessionBase):
         finally:
             self._context = None
             self._page = None
-            if self._playwright is not None:
-                self._playwright = None
-                if self._given_playwright is None:
-                    try:
-                        _thread_playwright.release()
-                    except Exception as err:
-                        log.warning("stopping Playwright failed: %s", describe_error(err))
+
+    def _release_playwright(self) -> None:
+        if self._playwright is not None:
+            self._playwright = None
+            if self._given_playwright is None:
+                try:
+                    _thread_playwright.release()
+                except Exception as err:
+                    log.warning("stopping Playwright failed: %s", describe_error(err))
+
+    def _finish_and_release_playwright(self, exc: BaseException | None) -> None:
+        """Commit (the browser is closed) while Playwright's driver stops, when this
+        session stops it: the two overlap. The commit's error, if any, is raised."""
+        if self._playwright is None or self._given_playwright is not None:
+            try:
+                self._release_playwright()
+            finally:
+                self._finish(exc)
+            return
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="session-commit") as pool:
+            finishing = pool.submit(self._finish, exc)
+            try:
+                self._release_playwright()
+            finally:
+                failed, interrupted = _settled(finishing)
+            if failed is not None:
+                raise failed
+            if interrupted is not None:
+                raise interrupted
 
 
 class AsyncSession(_SessionBase):
@@ -754,18 +820,13 @@ class AsyncSession(_SessionBase):
 
     async def _start(self) -> None:
         try:
-            plan = await asyncio.to_thread(self._life.prepare)
+            plan = await self._prepare_and_start_playwright()
         except BaseException:
             self._state = "closed"
             if self._owns_store:
                 self.store.close()
             raise
         try:
-            if self._given_playwright is not None:
-                self._playwright = self._given_playwright
-            else:
-                with _own_process_group():
-                    self._playwright = await async_playwright().start()
             browser_type = getattr(self._playwright, plan.engine)
             self._context = await browser_type.launch_persistent_context(
                 str(plan.user_data_dir), **plan.options
@@ -796,6 +857,30 @@ class AsyncSession(_SessionBase):
             await _shielded(undo())
             raise
 
+    async def _prepare_and_start_playwright(self) -> LaunchPlan:
+        """Prepare the profile in a worker thread while Playwright's driver starts (when
+        this session starts it); either failing undoes the other."""
+        preparing = asyncio.ensure_future(asyncio.to_thread(self._life.prepare))
+        try:
+            if self._given_playwright is not None:
+                playwright: AsyncPlaywright = self._given_playwright
+            else:
+                with _own_process_group():
+                    playwright = await async_playwright().start()
+        except BaseException:
+            await _shielded(_abort_when_prepared(preparing, self._life))
+            raise
+        try:
+            plan = await asyncio.shield(preparing)
+        except BaseException:
+            # prepare failed (and undid itself), or this task was cancelled meanwhile
+            await _shielded(_abort_when_prepared(preparing, self._life))
+            if self._given_playwright is None:
+                await _shielded(playwright.stop())
+            raise
+        self._playwright = playwright
+        return plan
+
     async def __aexit__(
         self,
         exc_type: type[BaseException] | None,
@@ -819,9 +904,14 @@ class AsyncSession(_SessionBase):
                     self._save_cookies(await self._context.cookies())
                 except Exception as err:  # a dead driver raises plain Exception
                     self._note_teardown_error("reading the session cookies", err)
-            await self._stop_browser()
+            await self._close_context()
         finally:
-            await asyncio.to_thread(self._finish, exc)
+            # Commit (the browser is closed) while Playwright's driver stops.
+            finishing = asyncio.ensure_future(asyncio.to_thread(self._finish, exc))
+            try:
+                await self._release_playwright()
+            finally:
+                await finishing
 
     async def close(self) -> None:
         """End the session as a clean exit would."""
@@ -868,6 +958,12 @@ class AsyncSession(_SessionBase):
         raise SystemExit(128 + self._signal) from None
 
     async def _stop_browser(self) -> None:
+        try:
+            await self._close_context()
+        finally:
+            await self._release_playwright()
+
+    async def _close_context(self) -> None:
         self._closing = True
         try:
             if self._context is not None:
@@ -878,13 +974,24 @@ class AsyncSession(_SessionBase):
         finally:
             self._context = None
             self._page = None
-            if self._playwright is not None:
-                playwright, self._playwright = self._playwright, None
-                if self._given_playwright is None:
-                    try:
-                        await playwright.stop()
-                    except Exception as err:
-                        log.warning("stopping Playwright failed: %s", describe_error(err))
+
+    async def _release_playwright(self) -> None:
+        if self._playwright is not None:
+            playwright, self._playwright = self._playwright, None
+            if self._given_playwright is None:
+                try:
+                    await playwright.stop()
+                except Exception as err:
+                    log.warning("stopping Playwright failed: %s", describe_error(err))
+
+
+async def _abort_when_prepared(
+    preparing: asyncio.Future[LaunchPlan], life: SessionLifecycle
+) -> None:
+    """Wait for a prepare to end; undo it if it succeeded (one that failed undid itself)."""
+    with contextlib.suppress(BaseException):
+        await preparing
+        await asyncio.to_thread(life.abort)
 
 
 async def _shielded(coro: Coroutine[Any, Any, None]) -> None:

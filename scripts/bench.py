@@ -105,6 +105,20 @@ def local_server() -> Iterator[str]:
         server.server_close()
 
 
+def ratio_interval(
+    runs: list[float], bare: list[float], resamples: int = 2000
+) -> tuple[float, float]:
+    """A 95 % bootstrap interval of median(runs) / median(bare): when it lies under a
+    target, the runs tell the difference apart from the noise."""
+    rng = random.Random(0)
+    ratios = sorted(
+        statistics.median(rng.choices(runs, k=len(runs)))
+        / statistics.median(rng.choices(bare, k=len(bare)))
+        for _ in range(resamples)
+    )
+    return ratios[int(resamples * 0.025)], ratios[int(resamples * 0.975) - 1]
+
+
 def timed(fn: Callable[[], object]) -> float:
     start = time.perf_counter()
     fn()
@@ -182,14 +196,14 @@ def bench_sessions(engine: Engine, repeats: int, url: str, home: Path) -> dict[s
         with Session(profile="bench", store=store, readonly=True) as page:
             visit(page, url)
 
-    def cold() -> None:
+    # A cold session finds no working copy (a fresh container finds no engine cache
+    # either): the removal happens before the clock starts, as it is not part of a session.
+    def forget_working_copy() -> None:
         store.working_copies.remove(profile.id)
-        ours()
 
-    def cold_fresh_container() -> None:  # no working copy and no engine cache either
+    def forget_engine_cache() -> None:
         store.working_copies.remove(profile.id)
         shutil.rmtree(store.home / "engine-cache", ignore_errors=True)
-        ours()
 
     phases: dict[str, list[float]] = {"prepare": [], "commit": []}
     from playwright.sync_api import BrowserContext, BrowserType
@@ -263,8 +277,13 @@ def bench_sessions(engine: Engine, repeats: int, url: str, home: Path) -> dict[s
             ours_phases.setdefault("commit (ours)", []).append(phases["commit"][-1])
             warm_phases = (phases["prepare"][-1], phases["commit"][-1])
             runs["readonly"].append(timed(readonly))
-            runs["cold_no_cache"].append(timed(cold_fresh_container))
-            runs["cold"].append(timed(cold))  # the engine cache is there again now
+            forget_engine_cache()
+            runs["cold_no_cache"].append(timed(ours))
+            forget_working_copy()
+            runs["cold"].append(timed(ours))  # the engine cache is there again now
+            ours_phases.setdefault("cold prepare (ours, beside playwright start)", []).append(
+                phases["prepare"][-1]
+            )
     finally:
         SessionLifecycle.prepare = original_prepare  # type: ignore[method-assign]
         ProfileStore.commit_state = original_commit  # type: ignore[method-assign]
@@ -279,6 +298,7 @@ def bench_sessions(engine: Engine, repeats: int, url: str, home: Path) -> dict[s
         "ratio_readonly": med["readonly"] / med["bare"],
         "ratio_cold_no_cache": med["cold_no_cache"] / med["bare"],
         "spread_s": {k: (min(v), max(v)) for k, v in runs.items()},
+        "ratio_ci95": {k: ratio_interval(v, runs["bare"]) for k, v in runs.items() if k != "bare"},
         "phases_bare_s": {k: statistics.median(v) for k, v in bare_phases.items()},
         "phases_warm_s": {k: statistics.median(v) for k, v in ours_phases.items()},
         "last_warm_prepare_s": warm_phases[0],
@@ -849,6 +869,13 @@ def report(results: dict[str, Any]) -> str:
             )
             out.append(f"- {r['engine']}: {spread}")
         out.append("")
+        out += ["Ratios to bare Playwright, 95 % bootstrap interval of the ratio of medians:", ""]
+        for r in results["sessions"]:
+            intervals = ", ".join(
+                f"{k} {lo:.2f} to {hi:.2f}" for k, (lo, hi) in r.get("ratio_ci95", {}).items()
+            )
+            out.append(f"- {r['engine']}: {intervals}")
+        out.append("")
         out += ["Phases of a warm round trip (medians; bare Playwright next to a session):", ""]
         rows = []
         for r in results["sessions"]:
@@ -1136,7 +1163,9 @@ def main(argv: list[str] | None = None) -> int:
         home = Path(tmp)
         url = f"{base}/page"
         if wanted("sessions"):
-            results["sessions"] = [bench_sessions(e, repeats, url, home) for e in engines]
+            # Sessions vary by +-10 % run to run here: more runs, to tell 5 % apart.
+            session_repeats = args.repeats or (2 if args.quick else 15)
+            results["sessions"] = [bench_sessions(e, session_repeats, url, home) for e in engines]
         if wanted("teardown"):
             results["teardown"] = [bench_teardown(e, repeats, url, home) for e in engines]
         if wanted("locks"):

@@ -859,3 +859,89 @@ def test_session_args_reach_the_browser(store: ProfileStore, http_server: str) -
     ) as page:
         page.goto(f"{http_server}/")
         assert page.evaluate("navigator.language").startswith("de")
+
+
+# ------------------------------------------------------------------ overlapped start and end
+
+
+def test_a_busy_profile_stops_the_playwright_started_beside_it(store: ProfileStore) -> None:
+    """The profile is prepared while Playwright starts: when preparing fails, the Playwright
+    this session started is stopped again, and the next session starts a new one."""
+    from driver.session import _thread_playwright
+
+    require_engine("chromium")
+    store.create("busy2")
+    with store.lock("busy2"):
+        with pytest.raises(ProfileBusy), Session(profile="busy2", store=store, lock_timeout=0.2):
+            pass
+        assert _thread_playwright.playwright is None and _thread_playwright.users == 0
+    with Session(profile="busy2", store=store) as page:
+        page.set_content("<title>ok</title>")
+    assert store.get("busy2").checksum is not None
+
+
+class _NoDriver:
+    def start(self) -> object:
+        raise RuntimeError("the Playwright driver did not start")
+
+
+class _NoAsyncDriver:
+    async def start(self) -> object:
+        raise RuntimeError("the Playwright driver did not start")
+
+
+def test_a_playwright_that_fails_to_start_releases_the_profile(
+    store: ProfileStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import driver.session
+
+    monkeypatch.setattr(driver.session, "sync_playwright", _NoDriver)
+    with (
+        pytest.raises(RuntimeError, match="did not start"),
+        Session(profile="nodriver", store=store),
+    ):
+        pass
+    assert store.holder("nodriver") is None
+    with store.lock("nodriver", timeout=0):  # nothing holds it
+        pass
+    assert store.get("nodriver").usage_count == 0
+
+
+@pytest.mark.asyncio
+async def test_an_async_playwright_that_fails_to_start_releases_the_profile(
+    store: ProfileStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import driver.session
+
+    monkeypatch.setattr(driver.session, "async_playwright", _NoAsyncDriver)
+    with pytest.raises(RuntimeError, match="did not start"):
+        async with AsyncSession(profile="nodriver-async", store=store):
+            pass
+    assert store.holder("nodriver-async") is None
+    with store.lock("nodriver-async", timeout=0):
+        pass
+
+
+@pytest.mark.asyncio
+async def test_a_busy_profile_stops_the_async_playwright_started_beside_it(
+    store: ProfileStore,
+) -> None:
+    require_engine("chromium")
+    store.create("busy3")
+    with store.lock("busy3"), pytest.raises(ProfileBusy):
+        async with AsyncSession(profile="busy3", store=store, lock_timeout=0.2):
+            pass
+    async with AsyncSession(profile="busy3", store=store) as page:
+        await page.set_content("<title>ok</title>")
+    assert store.get("busy3").checksum is not None
+
+
+def test_sessions_do_not_collect_catalog_connections(store: ProfileStore) -> None:
+    """Each session prepares and commits in short-lived threads: their SQLite connections
+    are closed when the threads end."""
+    require_engine("chromium")
+    for _ in range(3):
+        with Session(profile="conns", store=store) as page:
+            page.set_content("<title>ok</title>")
+    catalog = store.catalog
+    assert len(catalog._open) <= 2  # type: ignore[attr-defined]

@@ -531,6 +531,30 @@ def _storage_error(path: Path, exc: BaseException, doing: str) -> StorageUnavail
     )
 
 
+class _ThreadConnection:
+    """One thread's connection, closed when the thread ends (its thread-local data goes):
+    a store that serves many short-lived threads (a session prepares in one) does not
+    collect open connections."""
+
+    def __init__(
+        self, conn: sqlite3.Connection, registry: set[sqlite3.Connection], lock: threading.Lock
+    ) -> None:
+        self.conn = conn
+        self.pid = os.getpid()
+        self._registry = registry
+        self._lock = lock
+
+    def __del__(self) -> None:
+        if self.pid != os.getpid():
+            return  # a forked child's copy: the parent's connection is not ours to close
+        with self._lock:
+            mine = self.conn in self._registry
+            self._registry.discard(self.conn)
+        if mine:
+            with contextlib.suppress(sqlite3.Error):
+                self.conn.close()
+
+
 class SQLiteCatalog(Catalog):
     """The catalog in one SQLite file (``catalog.sqlite3`` in the store's home).
 
@@ -551,7 +575,7 @@ class SQLiteCatalog(Catalog):
         # One connection per thread: a read in one thread never waits behind another
         # thread's write transaction (WAL), and writers are serialised by the database.
         self._local = threading.local()
-        self._open: list[sqlite3.Connection] = []
+        self._open: set[sqlite3.Connection] = set()
         self._open_lock = threading.Lock()
         self._closed = False
         try:
@@ -566,15 +590,16 @@ class SQLiteCatalog(Catalog):
     @property
     def _conn(self) -> sqlite3.Connection:
         """This thread's connection (a new one after a fork or in a new thread)."""
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is None or getattr(self._local, "pid", None) != os.getpid():
+        held: _ThreadConnection | None = getattr(self._local, "held", None)
+        if held is None or held.pid != os.getpid():
             if self._closed:
                 raise ProfileError(f"The catalog {self.path} is closed.")
             conn = self._connect(self._busy_timeout)
-            self._local.conn, self._local.pid = conn, os.getpid()
             with self._open_lock:
-                self._open.append(conn)
-        return conn
+                self._open.add(conn)
+            self._local.held = _ThreadConnection(conn, self._open, self._open_lock)
+            return conn
+        return held.conn
 
     def _connect(self, busy_timeout: float) -> sqlite3.Connection:
         if self.read_only:
@@ -694,7 +719,8 @@ class SQLiteCatalog(Catalog):
         """Close every thread's connection (a closed catalog refuses new transactions)."""
         with self._open_lock:
             self._closed = True
-            conns, self._open = self._open, []
+            conns = list(self._open)
+            self._open.clear()
         for conn in conns:
             with contextlib.suppress(sqlite3.Error):
                 conn.close()
