@@ -189,6 +189,7 @@ FILE_MODE: Literal[0o644] = 0o644  # what pack_dir writes for every file
 DIR_MODE: Literal[0o755] = 0o755
 MAX_MTIME_NS = 2**63 - 1
 DEFAULT_WORKERS = 8
+INLINE_BYTES = 16 * 1024  # chunks this small are stored without the thread pool
 
 _TAG = b"playwright-profiles manifest v1"
 # A zstd skippable frame (magic 0x184D2A5E, little-endian length, payload) naming the format.
@@ -752,9 +753,18 @@ class _ChunkStore:
         self.reused = 0
 
     def submit(self, data: bytes) -> Future[Chunk]:
-        self._window.acquire()
         seq = self._submitted
         self._submitted += 1
+        if len(data) <= INLINE_BYTES:
+            # A small file's chunk costs less to hash and compress here than to hand to
+            # the pool (a browser rewrites dozens of small files per session).
+            done: Future[Chunk] = Future()
+            try:
+                done.set_result(self._store(seq, data))
+            except BaseException as exc:
+                done.set_exception(exc)
+            return done
+        self._window.acquire()
         try:
             future = self._pool.submit(self._store, seq, data)
         except BaseException:

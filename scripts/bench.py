@@ -552,12 +552,30 @@ def bench_shared_sessions(
 
         return timed(once)
 
-    runs: dict[str, list[float]] = {k: [] for k in ("emb_warm", "sh_warm", "emb_cold", "sh_cold")}
-    for _ in range(repeats):
+    def fresh_container(n: int, sharing: str) -> float:
+        """A new, empty home on the shared backend: no working copy, no engine cache of its
+        own; with sharing on it fetches the build's cache the fleet published."""
+        fresh = ProfileStore(home / f"fresh-{engine}-{sharing}-{n}", catalog=urls[0], blobs=urls[1])
+        previous = os.environ.get("PROFILES_ENGINE_CACHE_SHARING")
+        os.environ["PROFILES_ENGINE_CACHE_SHARING"] = sharing
+        try:
+            return run(fresh, False)
+        finally:
+            if previous is None:
+                os.environ.pop("PROFILES_ENGINE_CACHE_SHARING", None)
+            else:
+                os.environ["PROFILES_ENGINE_CACHE_SHARING"] = previous
+            fresh.close()
+
+    keys = ("emb_warm", "sh_warm", "emb_cold", "sh_cold", "sh_fresh_fleet", "sh_fresh_alone")
+    runs: dict[str, list[float]] = {k: [] for k in keys}
+    for n in range(repeats):
         runs["emb_warm"].append(run(embedded, False))
         runs["sh_warm"].append(run(shared, False))
         runs["emb_cold"].append(run(embedded, True))
         runs["sh_cold"].append(run(shared, True))
+        runs["sh_fresh_fleet"].append(fresh_container(n, "fetch"))
+        runs["sh_fresh_alone"].append(fresh_container(n, "off"))
     # commit alone: the same closed directory committed to each backend
     work = embedded.working_copies.path(embedded.get(f"bench-{engine}").id)
     commits: dict[str, list[float]] = {"embedded": [], "shared": []}
@@ -574,6 +592,8 @@ def bench_shared_sessions(
         "median_s": med,
         "ratio_warm": med["sh_warm"] / med["emb_warm"],
         "ratio_cold": med["sh_cold"] / med["emb_cold"],
+        "ratio_fresh_fleet": med["sh_fresh_fleet"] / med["emb_cold"],
+        "ratio_fresh_alone": med["sh_fresh_alone"] / med["emb_cold"],
         "commit_embedded_s": statistics.median(commits["embedded"]),
         "commit_shared_s": statistics.median(commits["shared"]),
     }
@@ -989,6 +1009,8 @@ def report(results: dict[str, Any]) -> str:
                     ms(med["emb_cold"]),
                     ms(med["sh_cold"]),
                     f"{r['ratio_cold']:.2f}",
+                    f"{ms(med['sh_fresh_fleet'])} ({r['ratio_fresh_fleet']:.2f})",
+                    f"{ms(med['sh_fresh_alone'])} ({r['ratio_fresh_alone']:.2f})",
                     ms(r["commit_embedded_s"]),
                     ms(r["commit_shared_s"]),
                     str(r["repeats"]),
@@ -1004,6 +1026,8 @@ def report(results: dict[str, Any]) -> str:
                     "embedded cold",
                     "shared cold",
                     "cold ratio",
+                    "fresh container, fleet engine cache (vs embedded cold)",
+                    "fresh container, no engine cache",
                     "commit embedded",
                     "commit to S3",
                     "runs",
