@@ -200,6 +200,7 @@ FORMAT_VERSION: Literal[2] = 2
 # many compressed bytes; a restore reads them a span at a time (one ranged GET per span).
 PACK_TARGET = 8 * MiB
 READ_SPAN = 4 * MiB
+READ_GAP = 1 * MiB  # bytes between two chunks a read spans rather than making two requests
 # Compaction when committing: a pack the new state uses less than half of, a chunk stored
 # on its own (format 1), or more than MAX_SMALL_PACKS packs under SMALL_PACK each have
 # their live chunks copied into the new pack, at most FOLD_MAX bytes per commit.
@@ -1179,19 +1180,21 @@ _Write: TypeAlias = tuple[str, int, Chunk]
 @dataclass
 class _Read:
     """One request: a span of a pack (``length`` bytes from ``offset``) holding the zstd
-    bytes of ``items`` back to back, or (``length`` None) one chunk stored on its own."""
+    bytes of ``items`` at ``places`` (offset in the span, length), or (``length`` None) one
+    chunk stored on its own."""
 
     blob: str
     offset: int
     length: int | None
     items: list[_Write]
-    sizes: list[int]  # the stored length of each item in the pack
+    places: list[tuple[int, int]]
 
 
 def _plan_reads(writes: Iterable[_Write], where: _Where) -> list[_Read]:
-    """Group ``writes`` (in order) into reads: chunks that lie back to back in one pack
-    are read together, up to :data:`READ_SPAN` bytes a request."""
-    span = READ_SPAN
+    """Group ``writes`` (in their order) into reads: a chunk joins the read before it when it
+    lies in the same pack at most :data:`READ_GAP` bytes after it, or inside it (a repeated
+    chunk), up to :data:`READ_SPAN` bytes a request. Reading a small gap costs less than
+    another request."""
     reads: list[_Read] = []
     current: _Read | None = None
     for write in writes:
@@ -1201,20 +1204,27 @@ def _plan_reads(writes: Iterable[_Write], where: _Where) -> list[_Read]:
             current = None
             continue
         pack, offset, length = location
-        if (
-            current is not None
-            and current.blob == pack
-            and current.length is not None
-            and current.offset + current.length == offset
-            and current.length + length <= span
-        ):
-            current.length += length
-            current.items.append(write)
-            current.sizes.append(length)
-            continue
-        current = _Read(pack, offset, length, [write], [length])
+        if current is not None and current.blob == pack and current.length is not None:
+            start, end = current.offset, current.offset + current.length
+            if start <= offset and offset + length <= end:  # already in this read
+                current.items.append(write)
+                current.places.append((offset - start, length))
+                continue
+            if end <= offset <= end + READ_GAP and offset + length - start <= READ_SPAN:
+                current.length = offset + length - start
+                current.items.append(write)
+                current.places.append((offset - start, length))
+                continue
+        current = _Read(pack, offset, length, [write], [(0, length)])
         reads.append(current)
     return reads
+
+
+def _pack_order(writes: list[_Write], where: _Where) -> list[_Write]:
+    """``writes`` sorted by where their chunks lie (pack, offset), chunks stored on their
+    own last: how a restore, which writes at offsets in any order, reads fewest spans."""
+    far = ("~", 0, 0)
+    return sorted(writes, key=lambda w: where.get(w[2][0], far)[:2])
 
 
 def _missing(blobs: BlobStore, read: _Read, path: str, chunk: str) -> StateCorrupt:
@@ -1254,12 +1264,7 @@ def _read_raw(blobs: BlobStore, read: _Read) -> list[bytes | None]:
             blob=read.blob,
             member=path,
         )
-    out: list[bytes | None] = []
-    at = 0
-    for length in read.sizes:
-        out.append(span[at : at + length])
-        at += length
-    return out
+    return [span[at : at + length] for at, length in read.places]
 
 
 def _fetch_read(blobs: BlobStore, read: _Read, content: bool) -> list[bytes]:
@@ -1404,7 +1409,7 @@ def _write_chunks(
     """
     batches: list[list[_Read]] = []
     size = _BATCH_BYTES
-    for read in _plan_reads(writes, where):
+    for read in _plan_reads(_pack_order(writes, where), where):
         if size >= _BATCH_BYTES:
             batches.append([])
             size = 0
