@@ -1000,10 +1000,8 @@ def pack_chunked(
     blob = encode_manifest(manifest)
     checksum = hashlib.sha256(blob).hexdigest()
     manifest._checksum = checksum
-    manifest_written = 0
-    if not blobs.exists(checksum):
-        blobs.put(checksum, io.BytesIO(blob), size=len(blob))
-        manifest_written = len(blob)
+    # put is conditional and says whether it stored: no separate existence check.
+    manifest_written = len(blob) if blobs.put(checksum, io.BytesIO(blob), size=len(blob)) else 0
     stats = ChunkedPackStats(
         files=files,
         directories=dirs,
