@@ -179,6 +179,7 @@ __all__ = [
     "missing_blobs",
     "pack_chunked",
     "parse_manifest",
+    "read_capped",
     "restore_chunked",
     "tar_stream",
     "walk_state",
@@ -401,7 +402,7 @@ def load_manifest(
     """Read and validate the manifest stored under ``checksum``."""
     try:
         with blobs.open(checksum) as src:
-            blob = _read_capped(src, MAX_MANIFEST_BLOB)
+            blob = read_capped(src, MAX_MANIFEST_BLOB)
     except NotFound:
         raise StateCorrupt(
             f"The state manifest {checksum} is missing from {blobs.location}.",
@@ -1156,7 +1157,7 @@ def _representable(relpath: str) -> bool:
 # ---------------------------------------------------------------------------- fetching
 
 
-def _read_capped(src: IO[bytes] | BinaryIO, cap: int) -> bytes | None:
+def read_capped(src: IO[bytes] | BinaryIO, cap: int) -> bytes | None:
     """All of ``src``, or ``None`` if it holds more than ``cap`` bytes."""
     pieces: list[bytes] = []
     got = 0
@@ -1247,7 +1248,7 @@ def _read_raw(blobs: BlobStore, read: _Read) -> list[bytes | None]:
         except NotFound:
             raise _missing(blobs, read, path, chunk[0]) from None
         with src:
-            return [_read_capped(src, _stored_cap(chunk[1]))]
+            return [read_capped(src, _stored_cap(chunk[1]))]
     try:
         span = blobs.read_range(read.blob, read.offset, read.length)
     except NotFound:

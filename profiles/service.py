@@ -42,6 +42,7 @@ from profiles.chunked import (
     missing_blobs,
     pack_chunked,
     parse_manifest,
+    read_capped,
     write_tar,
 )
 from profiles.errors import (
@@ -379,7 +380,7 @@ class CatalogService(ProfileService):
                 head = stream.read(len(MANIFEST_MAGIC))
                 if not is_manifest(head):
                     return None
-                rest = stream.read(MAX_MANIFEST_BLOB + 1)
+                rest = read_capped(stream, MAX_MANIFEST_BLOB)
         except NotFound:
             if missing_ok:
                 return None
@@ -387,6 +388,11 @@ class CatalogService(ProfileService):
                 f"The committed state {checksum} is missing from {self.blobs.location}.",
                 checksum=checksum,
             ) from None
+        if rest is None:
+            raise ArchiveInvalid(
+                f"The state manifest {checksum} is larger than {MAX_MANIFEST_BLOB} bytes.",
+                field="manifest",
+            )
         blob = head + rest
         manifest = parse_manifest(blob, limits=self.limits)
         if hashlib.sha256(blob).hexdigest() == checksum:
