@@ -93,7 +93,6 @@ class Handler(http.server.BaseHTTPRequestHandler):
         pass
 
 
-@contextmanager
 class _QuietServer(http.server.ThreadingHTTPServer):
     def handle_error(self, request: Any, client_address: Any) -> None:
         # A browser closing a connection mid-response is normal, not worth a traceback.
@@ -101,6 +100,7 @@ class _QuietServer(http.server.ThreadingHTTPServer):
             super().handle_error(request, client_address)
 
 
+@contextmanager
 def local_server() -> Iterator[str]:
     server = _QuietServer(("127.0.0.1", 0), Handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
