@@ -7,7 +7,7 @@ that changed one cookie re-packed and re-stored the whole profile. Here a state 
   (:data:`CHUNK_SIZE`, 256 KiB), each compressed with zstd (level 3) and named by the
   SHA-256 of its compressed bytes;
 * **packs**: the chunks a commit adds, their zstd frames back to back in walk order, in
-  blobs of about :data:`PACK_TARGET` (8 MiB) named by their own SHA-256 (so
+  blobs of about :data:`PACK_TARGET` (4 MiB) named by their own SHA-256 (so
   :meth:`BlobStore.put` verifies them); and
 * a **manifest**: per entry its relative path, kind, mtime (ns), size, mode and its chunk
   list ``(chunk checksum, length, SHA-256 of the uncompressed bytes)``, then the packs it
@@ -199,9 +199,10 @@ ZSTD_LEVEL = 3
 FORMAT_VERSION: Literal[2] = 2
 # Packs: new chunks of a commit are stored together, in walk order, as packs of about this
 # many compressed bytes; a restore reads them a span at a time (one ranged GET per span).
-PACK_TARGET = 8 * MiB
+PACK_TARGET = 4 * MiB  # with two uploads in flight, ~16 MB of memory at most
 READ_SPAN = 4 * MiB
 READ_GAP = 1 * MiB  # bytes between two chunks a read spans rather than making two requests
+FETCH_AHEAD_BYTES = 16 * MiB  # decompressed chunks an export fetches ahead of its writing
 # Compaction when committing: a pack the new state uses less than half of, a chunk stored
 # on its own (format 1), or more than MAX_SMALL_PACKS packs under SMALL_PACK each have
 # their live chunks copied into the new pack, at most FOLD_MAX bytes per commit.
@@ -1089,7 +1090,7 @@ def _fold(
     moved: set[str] = set()
     for read in _plan_reads([("", 0, refs[c]) for c in folds], previous.where()):
         try:
-            raws = _read_raw(blobs, read)
+            raws = list(_read_raw(blobs, read))
         except StateCorrupt as exc:
             log.warning("chunks left in place while compacting: %s", exc.message)
             continue
@@ -1238,9 +1239,10 @@ def _missing(blobs: BlobStore, read: _Read, path: str, chunk: str) -> StateCorru
     )
 
 
-def _read_raw(blobs: BlobStore, read: _Read) -> list[bytes | None]:
+def _read_raw(blobs: BlobStore, read: _Read) -> Iterator[bytes | None]:
     """The stored bytes of each item of ``read`` (``None``: more than the chunk could
-    take), unchecked; ``StateCorrupt`` if the blob is missing or short."""
+    take), unchecked, one at a time (the span is fetched at the first);
+    ``StateCorrupt`` if the blob is missing or short."""
     if read.length is None:
         path, _, chunk = read.items[0]
         try:
@@ -1248,7 +1250,8 @@ def _read_raw(blobs: BlobStore, read: _Read) -> list[bytes | None]:
         except NotFound:
             raise _missing(blobs, read, path, chunk[0]) from None
         with src:
-            return [read_capped(src, _stored_cap(chunk[1]))]
+            yield read_capped(src, _stored_cap(chunk[1]))
+        return
     try:
         span = blobs.read_range(read.blob, read.offset, read.length)
     except NotFound:
@@ -1263,36 +1266,45 @@ def _read_raw(blobs: BlobStore, read: _Read) -> list[bytes | None]:
             blob=read.blob,
             member=path,
         )
-    return [span[at : at + length] for at, length in read.places]
+    for at, length in read.places:
+        yield span[at : at + length]
+
+
+def _iter_read(blobs: BlobStore, read: _Read, content: bool) -> Iterator[bytes]:
+    """The decompressed, checked bytes of each item of ``read``, in order, one at a time."""
+    for (path, _, chunk), raw in zip(read.items, _read_raw(blobs, read), strict=True):
+        yield _check_chunk(blobs, path, chunk, raw, content)
 
 
 def _fetch_read(blobs: BlobStore, read: _Read, content: bool) -> list[bytes]:
-    """The decompressed, checked bytes of each item of ``read``, in order."""
-    return [
-        _check_chunk(blobs, path, chunk, raw, content)
-        for (path, _, chunk), raw in zip(read.items, _read_raw(blobs, read), strict=True)
-    ]
+    return list(_iter_read(blobs, read, content))
 
 
 def _fetch_in_order(
     blobs: BlobStore, writes: Iterable[_Write], where: _Where, workers: int, content: bool
 ) -> Generator[bytes, None, None]:
-    """The decompressed chunks of ``writes`` in order, ``workers`` reads at a time."""
+    """The decompressed chunks of ``writes`` in order, up to ``workers`` reads and
+    :data:`FETCH_AHEAD_BYTES` of chunks at a time (what an export holds in memory)."""
     reads = _plan_reads(writes, where)
     workers = max(1, workers)
     if workers == 1:
         for read in reads:
-            yield from _fetch_read(blobs, read, content)
+            yield from _iter_read(blobs, read, content)
         return
-    window: deque[Future[list[bytes]]] = deque()
+    window: deque[tuple[Future[list[bytes]], int]] = deque()
+    ahead = 0
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="chunk-fetch")
     try:
         for read in reads:
-            window.append(pool.submit(_fetch_read, blobs, read, content))
-            if len(window) >= workers:
-                yield from window.popleft().result()
+            size = sum(item[2][1] for item in read.items)
+            while window and (len(window) >= workers or ahead + size > FETCH_AHEAD_BYTES):
+                future, done = window.popleft()
+                ahead -= done
+                yield from future.result()
+            window.append((pool.submit(_fetch_read, blobs, read, content), size))
+            ahead += size
         while window:
-            yield from window.popleft().result()
+            yield from window.popleft()[0].result()
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
 
@@ -1374,7 +1386,7 @@ def _write_batch(blobs: BlobStore, root: str, batch: list[_Read], content: bool)
     try:
         for read in batch:
             for (path, offset, _), data in zip(
-                read.items, _fetch_read(blobs, read, content), strict=True
+                read.items, _iter_read(blobs, read, content), strict=True
             ):
                 if path != current:
                     if fd >= 0:

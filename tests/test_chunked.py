@@ -997,13 +997,13 @@ def test_many_commits_keep_a_state_in_few_packs(profile: Path, blobs: LocalBlobS
 def test_a_pack_the_state_barely_uses_is_compacted(tmp_path: Path, blobs: LocalBlobStore) -> None:
     root = tmp_path / "p"
     rng = random.Random(9)
-    _write(root / "big", rng.randbytes(6 * MiB))
+    _write(root / "big", rng.randbytes(3 * MiB))
     _write(root / "keep", rng.randbytes(200_000))
     set_mtimes(root)
     first = pack(root, blobs)
     assert len(first.manifest.packs) == 1
     # The session rewrites most of the big file: the first pack is now mostly dead.
-    _write(root / "big", rng.randbytes(6 * MiB))
+    _write(root / "big", rng.randbytes(3 * MiB))
     set_mtimes(root, base=PAST + 100)
     second = commit_again(root, blobs, first)
     old_pack = first.manifest.packs[0][0]
@@ -1018,7 +1018,7 @@ def test_damaged_chunks_are_left_in_place_when_compacting(
 ) -> None:
     root = tmp_path / "p"
     rng = random.Random(10)
-    _write(root / "big", rng.randbytes(6 * MiB))
+    _write(root / "big", rng.randbytes(3 * MiB))
     _write(root / "keep", rng.randbytes(200_000))
     set_mtimes(root)
     first = pack(root, blobs)
@@ -1027,7 +1027,7 @@ def test_damaged_chunks_are_left_in_place_when_compacting(
     data = bytearray(path.read_bytes())
     data[offset + 10] ^= 0xFF
     path.write_bytes(bytes(data))
-    _write(root / "big", rng.randbytes(6 * MiB))
+    _write(root / "big", rng.randbytes(3 * MiB))
     set_mtimes(root, base=PAST + 100)
     second = commit_again(root, blobs, first)
     assert second.stats.chunks_moved == 0
