@@ -31,7 +31,7 @@ import threading
 import types
 import weakref
 from collections.abc import Coroutine, Iterator, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import CancelledError, Future, ThreadPoolExecutor
 from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Any
@@ -272,6 +272,8 @@ def _settled(future: Future[Any]) -> tuple[BaseException | None, BaseException |
     while True:
         try:
             return future.exception(), interrupted
+        except CancelledError as exc:  # never here (nothing cancels it), but never a loop
+            return exc, interrupted
         except BaseException as exc:  # SystemExit or KeyboardInterrupt from a signal
             interrupted = interrupted or exc
 

@@ -994,18 +994,30 @@ def test_many_commits_keep_a_state_in_few_packs(profile: Path, blobs: LocalBlobS
     )
 
 
-def test_a_pack_the_state_barely_uses_is_compacted(tmp_path: Path, blobs: LocalBlobStore) -> None:
-    root = tmp_path / "p"
-    rng = random.Random(9)
+def _one_pack(root: Path, blobs: LocalBlobStore, rng: random.Random) -> PackResult:
+    """A state of one pack: a 3 MiB file and a small one ("keep")."""
     _write(root / "big", rng.randbytes(3 * MiB))
     _write(root / "keep", rng.randbytes(200_000))
     set_mtimes(root)
     first = pack(root, blobs)
     assert len(first.manifest.packs) == 1
-    # The session rewrites most of the big file: the first pack is now mostly dead.
+    return first
+
+
+def _rewrite_big(
+    root: Path, blobs: LocalBlobStore, rng: random.Random, first: PackResult
+) -> PackResult:
+    """A session rewrote the big file: the first pack is now mostly dead."""
     _write(root / "big", rng.randbytes(3 * MiB))
     set_mtimes(root, base=PAST + 100)
-    second = commit_again(root, blobs, first)
+    return commit_again(root, blobs, first)
+
+
+def test_a_pack_the_state_barely_uses_is_compacted(tmp_path: Path, blobs: LocalBlobStore) -> None:
+    root = tmp_path / "p"
+    rng = random.Random(9)
+    first = _one_pack(root, blobs, rng)
+    second = _rewrite_big(root, blobs, rng, first)
     old_pack = first.manifest.packs[0][0]
     assert old_pack not in second.manifest.blob_checksums()
     assert second.stats.chunks_moved == 1  # "keep" was copied along
@@ -1018,18 +1030,13 @@ def test_damaged_chunks_are_left_in_place_when_compacting(
 ) -> None:
     root = tmp_path / "p"
     rng = random.Random(10)
-    _write(root / "big", rng.randbytes(3 * MiB))
-    _write(root / "keep", rng.randbytes(200_000))
-    set_mtimes(root)
-    first = pack(root, blobs)
+    first = _one_pack(root, blobs, rng)
     path, offset, _ = _chunk_at(blobs, first.manifest, "keep")
     path.chmod(0o600)
     data = bytearray(path.read_bytes())
     data[offset + 10] ^= 0xFF
     path.write_bytes(bytes(data))
-    _write(root / "big", rng.randbytes(3 * MiB))
-    set_mtimes(root, base=PAST + 100)
-    second = commit_again(root, blobs, first)
+    second = _rewrite_big(root, blobs, rng, first)
     assert second.stats.chunks_moved == 0
     assert first.manifest.packs[0][0] in second.manifest.blob_checksums()
 
