@@ -16,7 +16,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeVar
@@ -537,7 +537,10 @@ class _ThreadConnection:
     collect open connections."""
 
     def __init__(
-        self, conn: sqlite3.Connection, registry: set[sqlite3.Connection], lock: threading.Lock
+        self,
+        conn: sqlite3.Connection,
+        registry: set[sqlite3.Connection],
+        lock: AbstractContextManager[object],
     ) -> None:
         self.conn = conn
         self.pid = os.getpid()
@@ -576,7 +579,9 @@ class SQLiteCatalog(Catalog):
         # thread's write transaction (WAL), and writers are serialised by the database.
         self._local = threading.local()
         self._open: set[sqlite3.Connection] = set()
-        self._open_lock = threading.Lock()
+        # Re-entrant: a finished thread's connection may be closed (its __del__) at any
+        # allocation, also in a thread that holds this lock.
+        self._open_lock = threading.RLock()
         self._closed = False
         try:
             if not read_only:
