@@ -22,6 +22,8 @@ from profiles import (
     ValidationFailed,
 )
 from profiles.archive import detect_codec, tree_digest, unpack_archive
+from profiles.models import Profile
+from profiles.service import CatalogService
 
 from conftest import require_engine
 
@@ -216,3 +218,43 @@ def test_collect_garbage_frees_only_old_orphans(
     assert local_store.collect_garbage(min_age=1.0) == [orphan]
     assert not local_store.blobs.exists(orphan)
     assert live is not None and local_store.blobs.exists(live)
+
+
+def test_a_compacted_pack_is_collected_once_no_kept_state_names_it(
+    local_store: ProfileStore, tmp_path: Path
+) -> None:
+    """A commit that rewrote most of a pack copies what it still uses into its own pack;
+    the old pack stays while a snapshot's state names it and goes with the snapshot."""
+    import random
+
+    store = local_store
+    store.create("packs")
+    rng = random.Random(5)
+
+    def commit(big: bytes) -> Profile:
+        with store.lock("packs") as lease:
+            _, work = store.checkout("packs", lock=lease)
+            (work / "Default").mkdir(exist_ok=True)
+            (work / "Default" / "big.bin").write_bytes(big)
+            if not (work / "Default" / "keep.bin").exists():
+                (work / "Default" / "keep.bin").write_bytes(rng.randbytes(200_000))
+            return store.commit_state("packs", work, epoch=lease.epoch)
+
+    first = commit(rng.randbytes(3 * 1024 * 1024))
+    assert isinstance(store.service, CatalogService)
+    old = store.service.manifest_of(first)
+    assert old is not None and len(old.packs) == 1
+    snap = store.snapshot("packs")
+    second = commit(rng.randbytes(3 * 1024 * 1024))
+    new = store.service.manifest_of(second)
+    assert new is not None
+    assert old.blob_checksums().isdisjoint(new.blob_checksums())  # "keep" moved along
+    assert store.collect_garbage(min_age=0) == []  # the snapshot still names the old pack
+    assert all(store.blobs.exists(b) for b in old.blob_checksums())
+    store.delete_snapshot(snap.id)
+    freed = set(store.collect_garbage(min_age=0))
+    assert old.blob_checksums() <= freed
+    assert all(store.blobs.exists(b) for b in new.blob_checksums())
+    target = tmp_path / "export.tar.zst"
+    store.export_state("packs", target, codec="zstd")  # every chunk read and checked
+    assert store.verify(full=True) == []
