@@ -152,7 +152,7 @@ from profiles.archive import (
     BinarySink,
     _swap_into_place,
 )
-from profiles.blobs.base import BlobStore
+from profiles.blobs.base import BlobStore, read_up_to
 from profiles.errors import ArchiveInvalid, NotFound, StateCorrupt, ValidationFailed
 from profiles.state_rules import RULES, Engine
 from profiles.tar_guard import shown
@@ -803,28 +803,25 @@ class _ChunkStore:
         return future
 
     def _store(self, seq: int, data: bytes) -> Chunk:
+        """Hash a chunk and reuse or compress it; whatever happens, its place in the order
+        is filled, so the chunks after it reach the pack writer (a failure fails only this
+        chunk's future)."""
+        new: tuple[str, bytes] | None = None
+        reused = False
         try:
             digest = hashlib.sha256(data).hexdigest()
             hit = None if self._verify else self._reuse.get(digest)
             if hit is not None and hit[1] == len(data):
-                result: Chunk = hit
-                new = None
-            else:
-                compressed = _compressor().compress(data)
-                result = (hashlib.sha256(compressed).hexdigest(), len(data), digest)
-                new = (result[0], compressed)
-        except BaseException:
-            new = None
+                reused = True
+                return hit
+            compressed = _compressor().compress(data)
+            new = (hashlib.sha256(compressed).hexdigest(), compressed)
+            return (new[0], len(data), digest)
+        finally:
             with self._lock:
-                self._ready[seq] = None
+                self.reused += reused
+                self._ready[seq] = new
                 self._drain()
-            raise
-        with self._lock:
-            if new is None:
-                self.reused += 1
-            self._ready[seq] = new
-            self._drain()
-        return result
 
     def _drain(self) -> None:
         while self._next in self._ready:
@@ -835,21 +832,6 @@ class _ChunkStore:
 
     def close(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
-
-
-def _read_exact(f: BinaryIO, n: int) -> bytes:
-    data = f.read(n)
-    if len(data) in (0, n):
-        return data
-    pieces = [data]
-    got = len(data)
-    while got < n:
-        more = f.read(n - got)
-        if not more:
-            break
-        pieces.append(more)
-        got += len(more)
-    return b"".join(pieces)
 
 
 def pack_chunked(
@@ -950,7 +932,7 @@ def pack_chunked(
                         continue
                     pending: list[Future[Chunk]] = []
                     size = 0
-                    while data := _read_exact(f, chunk_size):
+                    while data := read_up_to(f, chunk_size):
                         size += len(data)
                         pending.append(store.submit(data))
                     after = os.fstat(f.fileno())

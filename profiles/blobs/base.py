@@ -37,11 +37,18 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 
 from profiles.errors import ChecksumMismatch, ValidationFailed
 
-__all__ = ["BlobInfo", "BlobStore", "HashingReader", "check_checksum"]
+__all__ = [
+    "BlobInfo",
+    "BlobStore",
+    "HashingReader",
+    "check_checksum",
+    "check_range",
+    "read_up_to",
+]
 
 _HEX = frozenset("0123456789abcdef")
 
@@ -96,7 +103,8 @@ class HashingReader:
             )
 
 
-def _check_range(offset: int, length: int) -> None:
+def check_range(offset: int, length: int) -> None:
+    """``ValidationFailed`` unless ``offset`` and ``length`` are non-negative integers."""
     if (
         isinstance(offset, bool)
         or isinstance(length, bool)
@@ -111,7 +119,12 @@ def _check_range(offset: int, length: int) -> None:
         )
 
 
-def _read_up_to(stream: BinaryIO, length: int) -> bytes:
+class Readable(Protocol):
+    def read(self, n: int = -1, /) -> bytes: ...
+
+
+def read_up_to(stream: Readable, length: int) -> bytes:
+    """``length`` bytes of ``stream``, fewer only where it ends (reads may come short)."""
     pieces: builtins.list[bytes] = []
     left = length
     while left > 0:
@@ -155,7 +168,7 @@ class BlobStore(ABC):
         """``length`` bytes from ``offset`` (fewer only where the blob ends; rule 4);
         ``NotFound`` if the blob is not there. Backends override this with one ranged read;
         the default reads the stream up to the end of the range."""
-        _check_range(offset, length)
+        check_range(offset, length)
         with self.open(checksum) as stream:
             skip = offset
             while skip:
@@ -163,7 +176,7 @@ class BlobStore(ABC):
                 if not piece:
                     return b""
                 skip -= len(piece)
-            return _read_up_to(stream, length)
+            return read_up_to(stream, length)
 
     @abstractmethod
     def exists(self, checksum: str) -> bool: ...

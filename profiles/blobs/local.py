@@ -15,8 +15,8 @@ from profiles.blobs.base import (
     BlobInfo,
     BlobStore,
     HashingReader,
-    _check_range,
     check_checksum,
+    check_range,
 )
 from profiles.errors import NotFound
 from profiles.fsutil import fsync_dir
@@ -114,7 +114,7 @@ class LocalBlobStore(BlobStore):
             ) from exc
 
     def read_range(self, checksum: str, offset: int, length: int) -> bytes:
-        _check_range(offset, length)
+        check_range(offset, length)
         with self._open(checksum) as f:
             return os.pread(f.fileno(), length, offset) if length else b""
 

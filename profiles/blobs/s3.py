@@ -57,8 +57,9 @@ from profiles.blobs.base import (
     BlobInfo,
     BlobStore,
     HashingReader,
-    _check_range,
     check_checksum,
+    check_range,
+    read_up_to,
 )
 from profiles.errors import ChecksumMismatch, NotFound, StorageUnavailable, ValidationFailed
 from profiles.redact import redact_text, redact_url
@@ -359,7 +360,7 @@ class S3BlobStore(BlobStore):
             try:
                 number = 0
                 while True:
-                    data = _read_up_to(reader, part_size)
+                    data = read_up_to(reader, part_size)
                     if not data:
                         break
                     number += 1
@@ -442,7 +443,7 @@ class S3BlobStore(BlobStore):
 
     def read_range(self, checksum: str, offset: int, length: int) -> bytes:
         """One ranged GET (``Range: bytes=offset-end``)."""
-        _check_range(offset, length)
+        check_range(offset, length)
         if length == 0:
             self.key(checksum)
             return b""
@@ -566,13 +567,6 @@ class S3BlobStore(BlobStore):
     def close(self) -> None:
         if self._owns_client and getattr(self, "client", None) is not None:
             self.client.close()
-
-
-def _read_up_to(reader: HashingReader, n: int) -> bytes:
-    buf = bytearray()
-    while len(buf) < n and (chunk := reader.read(min(READ_CHUNK, n - len(buf)))):
-        buf += chunk
-    return bytes(buf)
 
 
 class _Body(io.RawIOBase):
