@@ -32,19 +32,7 @@ from profiles.archetypes import DEFAULT_ARCHETYPE, get_archetype
 from profiles.archive import ArchiveLimits
 from profiles.blobs.base import BlobStore
 from profiles.catalog.base import Catalog, CatalogTransaction, LeaseGrant, StateUpdate
-from profiles.chunked import (
-    MANIFEST_MAGIC,
-    MAX_MANIFEST_BLOB,
-    Manifest,
-    PackResult,
-    StatCache,
-    is_manifest,
-    missing_blobs,
-    pack_chunked,
-    parse_manifest,
-    read_capped,
-    write_tar,
-)
+from profiles.chunked import PackResult, StatCache, missing_blobs, pack_chunked, write_tar
 from profiles.errors import (
     ArchiveInvalid,
     Conflict,
@@ -56,6 +44,14 @@ from profiles.errors import (
     ValidationFailed,
 )
 from profiles.locks import Holder
+from profiles.manifest import (
+    MANIFEST_MAGIC,
+    MAX_MANIFEST_BLOB,
+    Manifest,
+    is_manifest,
+    parse_manifest,
+    read_capped,
+)
 from profiles.models import (
     AuditEvent,
     AuditType,

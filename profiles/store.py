@@ -39,7 +39,7 @@ from profiles.backends import blobs_url_from_env, catalog_url_from_env, open_blo
 from profiles.blobs import BlobStore, LocalBlobStore
 from profiles.catalog import Catalog, SQLiteCatalog
 from profiles.catalog.base import StateUpdate
-from profiles.chunked import Manifest, apply_chunked, restore_chunked, write_tar
+from profiles.chunked import apply_chunked, restore_chunked, write_tar
 from profiles.errors import (
     ArchiveInvalid,
     Conflict,
@@ -61,6 +61,7 @@ from profiles.locks import (
     ReaderMark,
     read_holder,
 )
+from profiles.manifest import Manifest
 from profiles.models import (
     AuditEvent,
     AuditType,
