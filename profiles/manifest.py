@@ -9,6 +9,10 @@ zstd tool still reads it, the archive reader refuses it clearly, and :func:`is_m
 tells the two formats apart from four bytes). The manifest is a blob too; its checksum is
 the state's identity. :mod:`profiles.chunked` writes and reads the chunks it names.
 
+Formats: 1 (every chunk a blob of its own), 2 (chunks in packs) and 3, a :class:`Delta`:
+the difference from a full manifest of format 1 or 2, its *base*, read together with it
+(:func:`parse_manifest` with ``bases``); a delta's base is never a delta.
+
 Manifests may come from anyone (an import, an upload): :func:`parse_manifest` validates
 them with pydantic and the archive's rules (relative canonical paths, no ``..``, no
 control characters, sorted unique paths with their parents first, sizes that add up,
@@ -19,15 +23,24 @@ counts and totals within :class:`~profiles.archive.ArchiveLimits`) and raises
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO, Annotated, Any, BinaryIO, Literal, TypeAlias
 
 import zstandard
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, StringConstraints, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    StringConstraints,
+    TypeAdapter,
+    ValidationError,
+)
 
 from profiles.archive import _CONTROL, MAX_DEPTH, NAME_MAX, PATH_MAX, ArchiveLimits
 from profiles.blobs.base import BlobStore
@@ -38,14 +51,17 @@ from profiles.tar_guard import shown
 __all__ = [
     "MANIFEST_MAGIC",
     "Chunk",
+    "Delta",
     "Entry",
     "Location",
     "Manifest",
     "PackRef",
     "check_manifest",
+    "encode_delta",
     "encode_manifest",
     "is_manifest",
     "load_manifest",
+    "locate",
     "parse_manifest",
     "read_capped",
 ]
@@ -79,6 +95,7 @@ Location: TypeAlias = tuple[
 """Where a chunk's zstd bytes are: (index into ``packs``, offset, length), or
 ``(-1, 0, 0)`` for a chunk stored as a blob of its own (format 1)."""
 StandAlone: Location = (-1, 0, 0)
+_WhereMap: TypeAlias = dict[str, tuple[str, int, int]]
 
 
 # ---------------------------------------------------------------------------- the manifest
@@ -111,6 +128,21 @@ class Manifest(BaseModel):
 
     _checksum: str | None = PrivateAttr(default=None)
     _where: dict[str, tuple[str, int, int]] | None = PrivateAttr(default=None)
+    _base: Manifest | None = PrivateAttr(default=None)
+    _blob_size: int | None = PrivateAttr(default=None)
+
+    @property
+    def base(self) -> Manifest | None:
+        """The full manifest this state's blob is a delta against (format 3), or ``None``
+        when the blob is a full manifest itself."""
+        return self._base
+
+    @property
+    def blob_size(self) -> int:
+        """The size of this state's manifest blob (a delta's, for a delta)."""
+        if self._blob_size is None:
+            self._blob_size = len(encode_manifest(self))
+        return self._blob_size
 
     @property
     def checksum(self) -> str:
@@ -146,9 +178,12 @@ class Manifest(BaseModel):
         """Every blob this state needs besides its manifest: its packs and its chunks
         stored on their own (what a collector must keep, what a transfer copies)."""
         where = self.where()
-        return {pack for pack, _ in self.packs} | {
+        needed = {pack for pack, _ in self.packs} | {
             c for c in self.chunk_checksums() if c not in where
         }
+        if self._base is not None:  # a delta is read with its base
+            needed.add(self._base.checksum)
+        return needed
 
     @property
     def total_bytes(self) -> int:
@@ -166,21 +201,22 @@ def is_manifest(head: bytes) -> bool:
     return len(head) >= 8 and MANIFEST_MAGIC.startswith(head)
 
 
+def _entry_document(e: Entry) -> dict[str, Any]:
+    return {
+        "path": e.path,
+        "kind": e.kind,
+        "mtime_ns": e.mtime_ns,
+        "size": e.size,
+        "mode": e.mode,
+        "chunks": e.chunks,
+    }
+
+
 def _document(manifest: Manifest) -> dict[str, Any]:
     document: dict[str, Any] = {
         "version": manifest.version,
         "engine": manifest.engine,
-        "entries": [
-            {
-                "path": e.path,
-                "kind": e.kind,
-                "mtime_ns": e.mtime_ns,
-                "size": e.size,
-                "mode": e.mode,
-                "chunks": e.chunks,
-            }
-            for e in manifest.entries
-        ],
+        "entries": [_entry_document(e) for e in manifest.entries],
     }
     if manifest.version >= 2:
         document["packs"] = manifest.packs
@@ -204,8 +240,8 @@ def _manifest_refused(why: str, **details: Any) -> ArchiveInvalid:
     return ArchiveInvalid(f"The state manifest {why}.", field="manifest", **details)
 
 
-def parse_manifest(blob: bytes, *, limits: ArchiveLimits | None = None) -> Manifest:
-    """A manifest from its blob bytes, validated as hostile input (``ArchiveInvalid``)."""
+def _json_of(blob: bytes) -> bytes:
+    """The canonical JSON inside a manifest blob, decompressed within the caps."""
     if not is_manifest(blob):
         raise _manifest_refused("is not a manifest of this library (wrong magic bytes)")
     body = blob[len(MANIFEST_MAGIC) :]
@@ -218,11 +254,25 @@ def parse_manifest(blob: bytes, *, limits: ArchiveLimits | None = None) -> Manif
             f"does not declare a decompressed size of at most {MAX_MANIFEST_BYTES // MiB} MB"
         )
     try:
-        text = _decompressor().decompress(body, max_output_size=size)
+        return _decompressor().decompress(body, max_output_size=size)
     except zstandard.ZstdError as exc:
         raise _manifest_refused(f"is damaged zstd data ({exc})") from exc
+
+
+def parse_manifest(
+    blob: bytes,
+    *,
+    limits: ArchiveLimits | None = None,
+    bases: Callable[[str], Manifest] | None = None,
+) -> Manifest:
+    """A manifest from its blob bytes, validated as hostile input (``ArchiveInvalid``).
+
+    A delta (format 3) is read with its base, which ``bases`` returns for a checksum (it
+    must be a full manifest; without ``bases`` a delta is refused); the result is the
+    merged state, validated as a whole."""
+    text = _json_of(blob)
     try:
-        manifest = Manifest.model_validate_json(text)
+        document = _DOCUMENT.validate_json(text)
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])
@@ -230,16 +280,46 @@ def parse_manifest(blob: bytes, *, limits: ArchiveLimits | None = None) -> Manif
             f"has a bad value at {where or 'the top'}: {first['msg']} "
             f"({exc.error_count()} problem(s))"
         ) from None
-    if _canonical_json(_document(manifest)) != text:
-        raise _manifest_refused("is not canonical JSON (sorted keys, no whitespace, ASCII)")
-    check_manifest(manifest, limits)
+    if isinstance(document, Delta):
+        if _canonical_json(_delta_document(document)) != text:
+            raise _manifest_refused("is not canonical JSON (sorted keys, no whitespace, ASCII)")
+        if bases is None:
+            raise _manifest_refused(
+                f"is a delta against {document.base} where a full manifest is needed "
+                "(the base of a delta must be a full manifest)"
+            )
+        manifest = _merge(document, bases(document.base), limits)
+    else:
+        manifest = document
+        if _canonical_json(_document(manifest)) != text:
+            raise _manifest_refused("is not canonical JSON (sorted keys, no whitespace, ASCII)")
+        check_manifest(manifest, limits)
+    manifest._blob_size = len(blob)
     return manifest
 
 
 def load_manifest(
-    blobs: BlobStore, checksum: str, *, limits: ArchiveLimits | None = None
+    blobs: BlobStore,
+    checksum: str,
+    *,
+    limits: ArchiveLimits | None = None,
+    bases: Callable[[str], Manifest] | None = None,
 ) -> Manifest:
-    """Read and validate the manifest stored under ``checksum``."""
+    """Read and validate the manifest stored under ``checksum``; a delta's base is read
+    with ``bases`` if given, else from ``blobs`` too (and must be a full manifest)."""
+
+    def from_blobs(base: str) -> Manifest:
+        return _load(blobs, base, limits, None)
+
+    return _load(blobs, checksum, limits, bases or from_blobs)
+
+
+def _load(
+    blobs: BlobStore,
+    checksum: str,
+    limits: ArchiveLimits | None,
+    bases: Callable[[str], Manifest] | None,
+) -> Manifest:
     try:
         with blobs.open(checksum) as src:
             blob = read_capped(src, MAX_MANIFEST_BLOB)
@@ -255,9 +335,166 @@ def load_manifest(
             f"The state manifest {checksum} in {blobs.location} does not hash to its name.",
             chunk=checksum,
         )
-    manifest = parse_manifest(blob, limits=limits)
+    manifest = parse_manifest(blob, limits=limits, bases=bases)
     manifest._checksum = checksum
     return manifest
+
+
+def _delta_base_refused(base: str) -> ArchiveInvalid:
+    return _manifest_refused(
+        f"names as its base {base}, a delta itself (the base of a delta must be a full manifest)"
+    )
+
+
+# ---------------------------------------------------------------------------- deltas
+
+
+class Delta(BaseModel):
+    """Format 3: a state written as the difference from a full manifest, its *base*: the
+    entries that are new or differ from the base's (a file's chunks or their locations
+    included), the paths the base has and the state has not, and the pack table of the
+    changed entries' chunks (one location per distinct chunk in entry order, as in format
+    2). Every other entry, and where its chunks lie, is the base's."""
+
+    model_config = ConfigDict(frozen=True, strict=True, extra="forbid")
+
+    version: Literal[3]
+    engine: Engine
+    base: Checksum
+    entries: tuple[Entry, ...]
+    removed: tuple[Annotated[str, Field(min_length=1, max_length=PATH_MAX)], ...]
+    packs: tuple[PackRef, ...]
+    locations: tuple[Location, ...]
+
+
+_DOCUMENT: TypeAdapter[Manifest | Delta] = TypeAdapter(
+    Annotated[Manifest | Delta, Field(discriminator="version")]
+)
+
+
+def _delta_document(delta: Delta) -> dict[str, Any]:
+    return {
+        "version": 3,
+        "engine": delta.engine,
+        "base": delta.base,
+        "entries": [_entry_document(e) for e in delta.entries],
+        "removed": delta.removed,
+        "packs": delta.packs,
+        "locations": delta.locations,
+    }
+
+
+def _same(a: Entry, b: Entry, here: _WhereMap, there: _WhereMap) -> bool:
+    """Whether two entries of one path are the same, their chunks' locations included."""
+    return (
+        a.kind == b.kind
+        and a.mtime_ns == b.mtime_ns
+        and a.size == b.size
+        and a.mode == b.mode
+        and len(a.chunks) == len(b.chunks)
+        and all(tuple(x) == tuple(y) for x, y in zip(a.chunks, b.chunks, strict=True))
+        and all(here.get(c[0]) == there.get(c[0]) for c in a.chunks)
+    )
+
+
+def encode_delta(manifest: Manifest, base: Manifest) -> bytes | None:
+    """The blob of ``manifest`` written as a delta against the full manifest ``base``, or
+    ``None`` when the two are the same state (which is then stored as the base is)."""
+    if base.base is not None:
+        raise ValueError("the base of a delta must be a full manifest")
+    theirs = {entry.path: entry for entry in base.entries}
+    here, there = manifest.where(), base.where()
+    changed = [
+        entry
+        for entry in manifest.entries
+        if (old := theirs.get(entry.path)) is None or not _same(entry, old, here, there)
+    ]
+    kept = {entry.path for entry in manifest.entries}
+    removed = tuple(path for path in theirs if path not in kept)
+    if not changed and not removed:
+        return None
+    sizes = dict(manifest.packs)
+    packs, locations = locate(changed, here, sizes)
+    delta = Delta.model_construct(
+        version=3,
+        engine=manifest.engine,
+        base=base.checksum,
+        entries=tuple(changed),
+        removed=removed,
+        packs=packs,
+        locations=locations,
+    )
+    return MANIFEST_MAGIC + _compressor().compress(_canonical_json(_delta_document(delta)))
+
+
+def locate(
+    entries: Iterable[Entry], where: _WhereMap, sizes: dict[str, int]
+) -> tuple[tuple[PackRef, ...], tuple[Location, ...]]:
+    """The pack table of ``entries``: packs in order of first use, one location per
+    distinct chunk in entry order (:data:`StandAlone` for one not in ``where``)."""
+    index: dict[str, int] = {}
+    table: list[PackRef] = []
+    locations: list[Location] = []
+    seen: set[str] = set()
+    for entry in entries:
+        for chunk in entry.chunks:
+            if chunk[0] in seen:
+                continue
+            seen.add(chunk[0])
+            found = where.get(chunk[0])
+            if found is None:
+                locations.append(StandAlone)
+                continue
+            pack, offset, length = found
+            if pack not in index:
+                index[pack] = len(table)
+                table.append((pack, sizes[pack]))
+            locations.append((index[pack], offset, length))
+    return tuple(table), tuple(locations)
+
+
+def _walk_key(entry: Entry) -> list[str]:
+    return entry.path.split("/")
+
+
+def _merge(delta: Delta, base: Manifest, limits: ArchiveLimits | None) -> Manifest:
+    """The state a delta describes: its base with the delta's changes, checked whole."""
+    if base.base is not None:
+        raise _delta_base_refused(delta.base)
+    if base.engine != delta.engine:
+        raise _manifest_refused(f"is for {delta.engine} but its base is for {base.engine}")
+    own = Manifest.model_construct(
+        version=2, engine=delta.engine, entries=delta.entries, packs=delta.packs,
+        locations=delta.locations,
+    )  # fmt: skip
+    _check_locations(own)
+    for name, listed in (("entries", [e.path for e in delta.entries]), ("removed", delta.removed)):
+        keys = [path.split("/") for path in listed]
+        if any(a >= b for a, b in itertools.pairwise(keys)):
+            raise _manifest_refused(f"lists its {name} out of order or twice")
+    changed = {entry.path: entry for entry in delta.entries}
+    theirs = {entry.path for entry in base.entries}
+    for path in delta.removed:
+        if path not in theirs or path in changed:
+            raise _entry_refused(path, "is removed, but its base lacks it or the delta names it")
+    gone = set(delta.removed) | changed.keys()
+    entries = sorted(
+        [entry for entry in base.entries if entry.path not in gone] + list(delta.entries),
+        key=_walk_key,
+    )
+    where = dict(base.where())
+    standalone = set(own.distinct_chunks()) - own.where().keys()
+    for checksum in standalone:
+        where.pop(checksum, None)
+    where.update(own.where())
+    sizes = dict(base.packs) | dict(delta.packs)
+    packs, locations = locate(entries, where, sizes)
+    merged = Manifest.model_construct(
+        version=2, engine=delta.engine, entries=tuple(entries), packs=packs, locations=locations
+    )
+    check_manifest(merged, limits)
+    merged._base = base
+    return merged
 
 
 def _path_problem(path: str) -> str | None:

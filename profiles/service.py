@@ -365,11 +365,15 @@ class CatalogService(ProfileService):
             while len(self._manifests) > MANIFESTS_KEPT:
                 self._manifests.popitem(last=False)
 
-    def _manifest_blob(self, checksum: str, *, missing_ok: bool = True) -> Manifest | None:
-        """The manifest stored under ``checksum``, or ``None`` for a whole archive."""
+    def _manifest_blob(
+        self, checksum: str, *, missing_ok: bool = True, full: bool = False
+    ) -> Manifest | None:
+        """The manifest stored under ``checksum``, or ``None`` for a whole archive. A
+        delta is read with its base (``full``: the base of a delta is being read, and must
+        be a full manifest)."""
         with self._manifests_lock:
             kept = self._manifests.get(checksum)
-        if kept is not None:
+        if kept is not None and not (full and kept.base is not None):
             return kept
         try:
             with self.blobs.open(checksum) as stream:
@@ -390,11 +394,32 @@ class CatalogService(ProfileService):
                 field="manifest",
             )
         blob = head + rest
-        manifest = parse_manifest(blob, limits=self.limits)
+        manifest = parse_manifest(blob, limits=self.limits, bases=None if full else self._base_of)
         if hashlib.sha256(blob).hexdigest() == checksum:
             manifest._checksum = checksum
             self._remember(manifest)
         return manifest
+
+    def _base_of(self, checksum: str) -> Manifest:
+        """The full manifest a delta names as its base, checked against its name."""
+        try:
+            base = self._manifest_blob(checksum, missing_ok=False, full=True)
+        except StateCorrupt as exc:
+            raise StateCorrupt(
+                f"The base manifest {checksum} of a delta state cannot be read: {exc.message}",
+                chunk=checksum,
+            ) from exc
+        if base is None:
+            raise ArchiveInvalid(
+                f"The state manifest names {checksum} as its base, which is not a manifest.",
+                field="manifest",
+            )
+        if base.checksum != checksum:
+            raise StateCorrupt(
+                f"The base manifest {checksum} in {self.blobs.location} does not hash to its name.",
+                chunk=checksum,
+            )
+        return base
 
     def store_directory(
         self,
@@ -626,9 +651,20 @@ class CatalogService(ProfileService):
                 with self.catalog.transaction(write=False) as tx:
                     unused = [c for c in wanted if not tx.checksum_in_use(c)]
                 for checksum in unused:
+                    if self._may_be_a_base(checksum):
+                        continue  # deltas of kept states may name it: the collector decides
                     self.blobs.delete(checksum)
         except (ProfileError, OSError) as exc:
             log.warning("could not free state bytes (collect_garbage will): %s", exc)
+
+    def _may_be_a_base(self, checksum: str) -> bool:
+        """Whether the state blob ``checksum`` is a full manifest (or cannot be read as a
+        whole archive or a delta), which a delta state elsewhere may name as its base."""
+        try:
+            manifest = self._manifest_blob(checksum)
+        except (ProfileError, OSError):
+            return True
+        return manifest is not None and manifest.base is None
 
     @contextlib.contextmanager
     def _collector(self, *, wait: float) -> Iterator[bool]:

@@ -653,7 +653,7 @@ HOSTILE: dict[str, tuple[bytes, str]] = {
         _hostile(_doc({k: v for k, v in _file("a").items() if k != "mtime_ns"})),
         "mtime_ns",
     ),
-    "version 3": (_hostile({**_doc(), "version": 3}), "version"),
+    "version 4": (_hostile({**_doc(), "version": 4}), "version"),
     "unknown engine": (_hostile({**_doc(), "engine": "lynx"}), "engine"),
     "entries not a list": (_hostile({**_doc(), "entries": {"a": 1}}), "entries"),
     "not json": (MANIFEST_MAGIC + zstandard.ZstdCompressor().compress(b"{nope"), "bad value"),
@@ -824,8 +824,9 @@ def test_apply_with_a_missing_chunk_is_state_corrupt(
     update_cookie(profile)
     new = commit_again(profile, blobs, old)
     fresh = new.manifest.chunk_checksums() - old.manifest.chunk_checksums()
-    for checksum in fresh:
-        blobs.delete(checksum)
+    assert fresh
+    for checksum in fresh:  # the pack each new chunk went into
+        blobs.delete(new.manifest.where()[checksum][0])
     with pytest.raises(StateCorrupt, match="missing"):
         apply_chunked(old.manifest, new.manifest, blobs, work)
 
@@ -970,7 +971,8 @@ def test_format_1_states_are_read_and_packed_by_the_next_commit(
     update_cookie(profile)
     new = pack(profile, blobs, previous=old)
     assert new.manifest.version == 2
-    assert new.stats.chunks_moved == len(old.chunk_checksums()) - 1
+    assert new.stats.chunks_moved == len(old.chunk_checksums() & new.manifest.chunk_checksums())
+    assert new.manifest.base is None  # every entry moved: a full manifest
     assert new.manifest.blob_checksums() == {p for p, _ in new.manifest.packs}
     restore_chunked(new.manifest, blobs, tmp_path / "new")
     assert snapshot(tmp_path / "new") == snapshot(profile)
@@ -1079,3 +1081,221 @@ def test_a_restore_of_a_changed_state_reads_each_pack_in_few_spans(tmp_path: Pat
     # In file order that is 24 alternating reads; in pack order, a few spans per pack.
     stored = sum(size for _, size in second.manifest.packs)
     assert len(blobs.requests) <= stored // chunked.READ_SPAN + 2 * len(second.manifest.packs)
+
+
+# ---------------------------------------------------------------------------- deltas
+
+
+def _blob(blobs: LocalBlobStore, checksum: str) -> bytes:
+    with blobs.open(checksum) as src:
+        return src.read()
+
+
+def test_a_small_change_is_a_delta_against_the_last_full_manifest(
+    profile: Path, blobs: LocalBlobStore, tmp_path: Path
+) -> None:
+    first = pack(profile, blobs)
+    assert first.manifest.base is None
+    update_cookie(profile)
+    second = commit_again(profile, blobs, first)
+    base = second.manifest.base
+    assert base is not None and base.checksum == first.checksum
+    assert second.stats.manifest_bytes * 3 < first.stats.manifest_bytes
+    assert first.checksum in second.manifest.blob_checksums()
+    # Read back: the same state, merged with its base, and restored byte for byte.
+    loaded = load_manifest(blobs, second.checksum)
+    assert loaded.entries == second.manifest.entries
+    assert loaded.where() == second.manifest.where()
+    assert loaded.blob_checksums() == second.manifest.blob_checksums()
+    restore_chunked(loaded, blobs, tmp_path / "out")
+    assert snapshot(tmp_path / "out") == snapshot(profile)
+    # The next change is a delta against the same full manifest, never a delta of a delta.
+    update_cookie(profile, row=9, value="again")
+    (profile / "Default" / "Preferences").unlink()
+    third = commit_again(profile, blobs, second)
+    assert third.manifest.base is not None and third.manifest.base.checksum == first.checksum
+    assert "Default/Preferences" in json.loads(_text_of(_blob(blobs, third.checksum)))["removed"]
+    restore_chunked(load_manifest(blobs, third.checksum), blobs, tmp_path / "third")
+    assert snapshot(tmp_path / "third") == snapshot(profile)
+    # Committing the same tree again is the same state: same checksum, nothing written.
+    again = commit_again(profile, blobs, third)
+    assert again.checksum == third.checksum and again.stats.bytes_written == 0
+
+
+def _text_of(blob: bytes) -> bytes:
+    return zstandard.ZstdDecompressor().decompress(blob[len(MANIFEST_MAGIC) :])
+
+
+def test_a_delta_gives_way_to_a_full_manifest_when_it_grows(
+    profile: Path, blobs: LocalBlobStore
+) -> None:
+    first = pack(profile, blobs)
+    for n in range(60):  # many new files: the delta would be most of a manifest
+        _write(profile / "Default" / "Sessions" / f"Tabs_{n}", os.urandom(100))
+    set_mtimes(profile, base=PAST + 100)
+    second = commit_again(profile, blobs, first)
+    assert second.manifest.base is None
+    assert parse_manifest(_blob(blobs, second.checksum)).entries == second.manifest.entries
+    update_cookie(profile)
+    third = commit_again(profile, blobs, second)  # and the full one is the next base
+    assert third.manifest.base is not None and third.manifest.base.checksum == second.checksum
+
+
+def test_a_verifying_commit_writes_a_full_manifest(profile: Path, blobs: LocalBlobStore) -> None:
+    first = pack(profile, blobs)
+    update_cookie(profile)
+    repaired = pack(profile, blobs, previous=first.manifest, verify=True)
+    assert repaired.manifest.base is None
+
+
+def _sqlite_header(page: int) -> bytes:
+    return b"SQLite format 3\x00" + page.to_bytes(2, "big") + bytes(82)
+
+
+@pytest.mark.parametrize(
+    ("head", "size", "expected"),
+    [
+        (_sqlite_header(4096), 70_000, 4096),  # a small database: a page a chunk
+        (_sqlite_header(4096), 300_000, 16 * 1024),  # at most SQLITE_CHUNKS chunks
+        (_sqlite_header(4096), 400 * MiB, CHUNK_SIZE),  # a big one: CHUNK_SIZE chunks
+        (_sqlite_header(512), 10_000, chunked.MIN_PAGE_CHUNK),  # small pages: 4 KiB at least
+        (_sqlite_header(1), 70_000, 65536),  # 1 means 65536
+        (_sqlite_header(3000), 70_000, CHUNK_SIZE),  # not a page size: any file
+        (_sqlite_header(256), 70_000, CHUNK_SIZE),
+        (b"SQLite format 3\x00", 70_000, CHUNK_SIZE),  # too short for a page size
+        (b"not a database at all", 70_000, CHUNK_SIZE),
+    ],
+)
+def test_sqlite_databases_are_cut_at_their_pages(
+    tmp_path: Path, head: bytes, size: int, expected: int
+) -> None:
+    path = tmp_path / "db"
+    path.write_bytes(head)
+    with path.open("rb") as f:
+        assert chunked._chunk_size_of(f, size, CHUNK_SIZE) == expected
+
+
+def test_a_one_row_update_of_a_small_database_stores_its_pages(
+    profile: Path, blobs: LocalBlobStore
+) -> None:
+    first = pack(profile, blobs)
+    cookies = next(e for e in first.manifest.entries if e.path == "Default/Cookies")
+    assert len(cookies.chunks) > 1 and all(c[1] % 4096 == 0 for c in cookies.chunks)
+    update_cookie(profile)
+    second = commit_again(profile, blobs, first)
+    assert second.stats.chunks_written <= 3  # the header page and the row's page (or two)
+    assert second.stats.bytes_written < 16 * 1024
+
+
+def _delta_doc(base: str, **changes: Any) -> dict[str, Any]:
+    return {
+        "version": 3,
+        "engine": "chromium",
+        "base": base,
+        "entries": [],
+        "removed": [],
+        "packs": [],
+        "locations": [],
+        **changes,
+    }
+
+
+def _put(blobs: LocalBlobStore, blob: bytes) -> str:
+    import hashlib
+
+    checksum = hashlib.sha256(blob).hexdigest()
+    blobs.put(checksum, io.BytesIO(blob), size=len(blob))
+    return checksum
+
+
+@pytest.fixture
+def base_state(blobs: LocalBlobStore) -> str:
+    """A full manifest: a directory, a file in it (in a pack) and a file beside it."""
+    return _put(
+        blobs,
+        _v2(
+            [_dir("d"), _file("d/x"), _file("y", chunks=[[P, 3, H]])],
+            [[P, 10]],
+            [[0, 0, 5], [0, 5, 5]],
+        ),
+    )
+
+
+HOSTILE_DELTAS: dict[str, tuple[Callable[[str, LocalBlobStore], dict[str, Any]], str]] = {
+    "its base is missing": (lambda b, _: _delta_doc("e" * 64), "base manifest|missing"),
+    "its base is itself a delta": (
+        lambda b, blobs: _delta_doc(_put(blobs, _hostile(_delta_doc(b, removed=["y"])))),
+        "delta",
+    ),
+    "its base is not a manifest": (
+        lambda b, blobs: _delta_doc(_put(blobs, zstandard.ZstdCompressor().compress(b"x"))),
+        "magic",
+    ),
+    "another engine": (lambda b, _: _delta_doc(b, engine="firefox"), "for firefox"),
+    "removes what its base lacks": (lambda b, _: _delta_doc(b, removed=["nope"]), "lacks"),
+    "removes and changes one path": (
+        lambda b, _: _delta_doc(b, removed=["y"], entries=[_file("y")], locations=[[-1, 0, 0]]),
+        "removed",
+    ),
+    "removes a directory but not its file": (
+        lambda b, _: _delta_doc(b, removed=["d"]),
+        "parent",
+    ),
+    "changes an entry twice": (
+        lambda b, _: _delta_doc(b, entries=[_file("z"), _file("z")], locations=[[-1, 0, 0]]),
+        "out of order or twice",
+    ),
+    "removed out of order": (
+        lambda b, _: _delta_doc(b, removed=["y", "d/x"]),
+        "out of order or twice",
+    ),
+    "a path outside": (
+        lambda b, _: _delta_doc(b, entries=[_file("../z")], locations=[[-1, 0, 0]]),
+        "outside",
+    ),
+    "a new file without its directory": (
+        lambda b, _: _delta_doc(b, entries=[_file("e/z")], locations=[[-1, 0, 0]]),
+        "parent",
+    ),
+    "fewer locations than chunks": (lambda b, _: _delta_doc(b, entries=[_file("z")]), "locations"),
+    "a location past its pack": (
+        lambda b, _: _delta_doc(b, entries=[_file("z")], packs=[[P, 10]], locations=[[0, 8, 5]]),
+        "past the end",
+    ),
+    "a bad base checksum": (lambda b, _: _delta_doc("../" + b[3:]), "base"),
+    "an extra field": (lambda b, _: _delta_doc(b, parent=b), "parent"),
+}
+
+
+@pytest.mark.parametrize("name", HOSTILE_DELTAS)
+def test_hostile_deltas_are_refused(name: str, blobs: LocalBlobStore, base_state: str) -> None:
+    make, why = HOSTILE_DELTAS[name]
+    checksum = _put(blobs, _hostile(make(base_state, blobs)))
+    with pytest.raises((ArchiveInvalid, StateCorrupt), match=why):
+        load_manifest(blobs, checksum)
+
+
+def test_a_delta_naming_itself_as_its_base_is_refused_without_recursion(
+    blobs: LocalBlobStore, base_state: str
+) -> None:
+    # A blob cannot name its own hash, but it can name a delta that names it back.
+    first = _hostile(_delta_doc(base_state, removed=["y"]))
+    ring = _put(blobs, _hostile(_delta_doc(_put(blobs, first))))
+    with pytest.raises(ArchiveInvalid, match="delta"):
+        load_manifest(blobs, ring)
+
+
+def test_an_honest_delta_merges_with_its_base(blobs: LocalBlobStore, base_state: str) -> None:
+    doc = _delta_doc(
+        base_state,
+        entries=[_file("d/x", size=4, chunks=[["c" * 64, 4, H]]), _file("z")],
+        removed=["y"],
+        packs=[["f" * 64, 20]],
+        locations=[[0, 0, 6], [0, 6, 5]],
+    )
+    merged = load_manifest(blobs, _put(blobs, _hostile(doc)))
+    assert [e.path for e in merged.entries] == ["d", "d/x", "z"]
+    assert merged.where() == {"c" * 64: ("f" * 64, 0, 6), H: ("f" * 64, 6, 5)}
+    assert merged.blob_checksums() == {"f" * 64, base_state}  # P is no longer used
+    with pytest.raises(ArchiveInvalid, match="full manifest is needed"):
+        parse_manifest(_hostile(doc))  # a delta alone cannot be read

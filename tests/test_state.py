@@ -19,6 +19,7 @@ from profiles import (
     NoStateData,
     ProfileBusy,
     ProfileStore,
+    StateCorrupt,
     ValidationFailed,
 )
 from profiles.archive import detect_codec, tree_digest, unpack_archive
@@ -200,8 +201,9 @@ def test_state_bytes_are_shared_and_freed(local_store: ProfileStore, chromium_st
     assert restored.checksum == checksum and restored.status == "ready"
     local_store.delete_snapshot(snap.id)
     local_store.delete(restored.id)
-    assert not local_store.blobs.exists(checksum)  # the state's index goes at once...
-    assert list(local_store.blobs.list())  # ...its chunks, maybe shared, wait for the collector
+    # A full manifest, which deltas elsewhere may name as their base, waits for the
+    # collector, as do its packs (maybe shared).
+    assert local_store.blobs.exists(checksum)
     local_store.collect_garbage(min_age=0)
     assert not list(local_store.blobs.list())
 
@@ -258,3 +260,57 @@ def test_a_compacted_pack_is_collected_once_no_kept_state_names_it(
     target = tmp_path / "export.tar.zst"
     store.export_state("packs", target, codec="zstd")  # every chunk read and checked
     assert store.verify(full=True) == []
+
+
+def test_delta_states_keep_their_base_and_free_at_once(
+    local_store: ProfileStore, tmp_path: Path
+) -> None:
+    """A small commit stores its manifest as a delta against the last full one: the delta
+    goes as soon as nothing names it, the full manifest it needs stays while any kept
+    delta names it (the collector decides), and a missing base is a clear corruption that
+    names the profile, never a partial state."""
+    store = local_store
+    store.create("deltas")
+    service = store.service
+    assert isinstance(service, CatalogService)
+
+    def commit(name: str, data: bytes) -> Profile:
+        with store.lock("deltas") as lease:
+            _, work = store.checkout("deltas", lock=lease)
+            (work / "Default").mkdir(exist_ok=True)
+            for n in range(30):  # enough entries for a delta to pay
+                if not (work / "Default" / f"f{n}").exists():
+                    (work / "Default" / f"f{n}").write_bytes(b"x" * 100 + bytes([n]))
+            (work / "Default" / name).write_bytes(data)
+            return store.commit_state("deltas", work, epoch=lease.epoch)
+
+    full = commit("a", b"first")
+    assert full.checksum is not None
+    assert (service.manifest_of(full) or pytest.fail()).base is None
+    snap = store.snapshot("deltas")  # keeps the full manifest
+    first_delta = commit("b", b"second")
+    delta = service.manifest_of(first_delta)
+    assert delta is not None and delta.base is not None
+    assert delta.base.checksum == full.checksum
+    second_delta = commit("c", b"third")
+    assert first_delta.checksum is not None and second_delta.checksum is not None
+    assert not store.blobs.exists(first_delta.checksum)  # a replaced delta goes at once
+    store.delete_snapshot(snap.id)
+    assert store.blobs.exists(full.checksum)  # the base of the current state stays
+    assert full.checksum not in store.collect_garbage(min_age=0)
+    assert store.verify(full=True) == []
+    # As a fresh process would (no manifest kept in memory), the delta is read with its base.
+    service._manifests.clear()
+    target = tmp_path / "export.tar.gz"
+    store.export_state("deltas", target)
+    with tarfile.open(target) as tar:
+        assert tar.extractfile("Default/c").read() == b"third"  # type: ignore[union-attr]
+        assert "Default/b" in tar.getnames()
+    # Without its base the state is corrupt: named, nothing partial served.
+    store.blobs.delete(full.checksum)
+    service._manifests.clear()
+    with pytest.raises(StateCorrupt, match="base manifest") as caught:
+        store.export_state("deltas", tmp_path / "broken.tar.gz")
+    assert caught.value.details["profile_id"] == second_delta.id
+    assert not (tmp_path / "broken.tar.gz").exists()
+    assert any("base manifest" in why for _, why in store.verify())
