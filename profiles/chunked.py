@@ -30,9 +30,10 @@ repetition in browser profiles is within a profile's history. The collector keep
 blob a live manifest names and deletes the rest, as before. Dead chunks in a live pack are
 reclaimed by *compaction at commit* (:func:`_plan_folds`) rather than by a separate repack
 that would have to rewrite manifests under readers: chunks the new state still uses from a
-pack it uses less than half of, from more than :data:`MAX_SMALL_PACKS` small packs, or
-stored on their own (format 1) are copied into the commit's new pack, so the old pack
-drops out of the state and goes once no kept state names it.
+pack it uses less than half of, from the small packs holding the fewest live bytes once
+it uses more than :data:`MAX_SMALL_PACKS` small packs, or stored on their own (format 1)
+are copied into the commit's new pack, so the old pack drops out of the state and goes
+once no kept state names it.
 
 Why fixed-size chunks per file, not content-defined chunking of the tar stream
 -----------------------------------------------------------------------------
@@ -224,8 +225,9 @@ READ_SPAN = 4 * MiB
 READ_GAP = 1 * MiB  # bytes between two chunks a read spans rather than making two requests
 FETCH_AHEAD_BYTES = 16 * MiB  # decompressed chunks an export fetches ahead of its writing
 # Compaction when committing: a pack the new state uses less than half of, a chunk stored
-# on its own (format 1), or more than MAX_SMALL_PACKS packs under SMALL_PACK each have
-# their live chunks copied into the new pack, at most FOLD_MAX bytes per commit.
+# on its own (format 1), or (more than MAX_SMALL_PACKS packs under SMALL_PACK) the small
+# packs with the fewest live bytes have their live chunks copied into the new pack, at
+# most FOLD_MAX bytes per commit.
 MIN_PACK_USE = 0.5
 SMALL_PACK = 1 * MiB
 MAX_SMALL_PACKS = 8
@@ -689,9 +691,11 @@ def _plan_folds(previous: Manifest | None, refs: dict[str, Chunk], packs: _PackW
     """Which reused chunks to copy into this commit's packs, so that a state never spreads
     over many barely used packs (each one a request to restore it, and bytes no collector
     can free while one chunk in them lives): the chunks of packs the new state uses less
-    than :data:`MIN_PACK_USE` of, of all its small packs once there are more than
-    :data:`MAX_SMALL_PACKS`, and chunks stored on their own (format 1), least used first,
-    up to :data:`FOLD_MAX` compressed bytes. Their old copies go when no state uses them."""
+    than :data:`MIN_PACK_USE` of, of the small packs holding the fewest live bytes once there
+    are more than :data:`MAX_SMALL_PACKS` (down to half that: the biggest small packs, such
+    as a small profile's first pack, are not copied again), and chunks stored on their own
+    (format 1), least used first, up to :data:`FOLD_MAX` compressed bytes. Their old copies
+    go when no state uses them."""
     if previous is None:
         return []
     where = previous.where()
@@ -707,13 +711,13 @@ def _plan_folds(previous: Manifest | None, refs: dict[str, Chunk], packs: _PackW
         else:
             by_pack.setdefault(location[0], []).append(checksum)
     live = {pack: sum(where[c][2] for c in chunks) for pack, chunks in by_pack.items()}
-    small = [pack for pack in by_pack if sizes[pack] < SMALL_PACK]
-    chosen = [
-        pack
-        for pack in by_pack
-        if live[pack] < MIN_PACK_USE * sizes[pack]
-        or (len(small) > MAX_SMALL_PACKS and sizes[pack] < SMALL_PACK)
-    ]
+    # Too many small packs: the ones with the fewest live bytes are folded until half the
+    # allowance is left, so the biggest (a small profile's first pack) stays where it is.
+    small = sorted((p for p in by_pack if sizes[p] < SMALL_PACK), key=lambda p: (live[p], p))
+    excess = (
+        set(small[: len(small) - MAX_SMALL_PACKS // 2]) if len(small) > MAX_SMALL_PACKS else set()
+    )
+    chosen = [pack for pack in by_pack if live[pack] < MIN_PACK_USE * sizes[pack] or pack in excess]
     chosen.sort(key=lambda pack: (live[pack] / sizes[pack], pack))
     folds: list[str] = []
     budget = FOLD_MAX

@@ -996,6 +996,26 @@ def test_many_commits_keep_a_state_in_few_packs(profile: Path, blobs: LocalBlobS
     )
 
 
+def test_compaction_never_copies_a_small_profiles_first_pack_again(
+    tmp_path: Path, blobs: LocalBlobStore
+) -> None:
+    """A small profile's whole first state is one small pack; folding the small packs of
+    many one-row commits copies the small ones, not that pack (a full rewrite each time)."""
+    root = make_profile(tmp_path / "small", mb=0.8)
+    last = first = pack(root, blobs)
+    assert len(first.manifest.packs) == 1 and first.manifest.packs[0][1] < chunked.SMALL_PACK
+    written = 0
+    for n in range(4 * chunked.MAX_SMALL_PACKS):
+        update_cookie(root, row=(n * 7) % 40 + 1, value=f"v{n}")
+        (root / "Default" / f"note-{n}").write_bytes(os.urandom(500))
+        set_mtimes(root, base=PAST + 10 * (n + 1))
+        last = commit_again(root, blobs, last)
+        written += last.stats.bytes_written - last.stats.manifest_bytes  # packs
+        assert len(last.manifest.packs) <= chunked.MAX_SMALL_PACKS + 1
+    assert first.manifest.packs[0] in last.manifest.packs
+    assert written < first.manifest.packs[0][1] // 2
+
+
 def _one_pack(root: Path, blobs: LocalBlobStore, rng: random.Random) -> PackResult:
     """A state of one pack: a 3 MiB file and a small one ("keep")."""
     _write(root / "big", rng.randbytes(3 * MiB))
