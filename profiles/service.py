@@ -409,6 +409,11 @@ class CatalogService(ProfileService):
                 f"The base manifest {checksum} of a delta state cannot be read: {exc.message}",
                 chunk=checksum,
             ) from exc
+        except ArchiveInvalid as exc:
+            raise ArchiveInvalid(
+                f"The base manifest {checksum} of a delta state is refused: {exc.message}",
+                field="manifest",
+            ) from exc
         if base is None:
             raise ArchiveInvalid(
                 f"The state manifest names {checksum} as its base, which is not a manifest.",

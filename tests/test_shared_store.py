@@ -203,12 +203,18 @@ def test_transfer_to_the_shared_backend_and_back(
     request: pytest.FixtureRequest, tmp_path: Path, urls: tuple[str, str]
 ) -> None:
     source_dir = chromium_dir(tmp_path / "state", seed=3)
-    digest = tree_digest(source_dir)
     embedded_gen = store_on(request, tmp_path / "embedded", "embedded")
     embedded = next(embedded_gen)
     embedded.create("travels", labels={"team": "data"}, description="moves")
+    embedded.commit_state("travels", source_dir)  # a full manifest...
+    (source_dir / "Default" / "note-1").write_bytes(b"one")
+    embedded.commit_state("travels", source_dir)  # ...and deltas against it, which no
+    snap = embedded.snapshot("travels", label="before")  # profile or snapshot names itself
+    (source_dir / "Default" / "note-2").write_bytes(b"two")
     embedded.commit_state("travels", source_dir)
-    snap = embedded.snapshot("travels", label="before")
+    digest = tree_digest(source_dir)
+    delta = embedded.service.manifest_of(embedded.get("travels"))  # type: ignore[attr-defined]
+    assert delta is not None and delta.base is not None
     embedded.create("empty-one")
     with _machine(urls, tmp_path / "fleet") as shared:
         first = transfer(embedded, shared)
@@ -224,6 +230,12 @@ def test_transfer_to_the_shared_backend_and_back(
         shared.export_state("travels", out)
         unpack_archive(out, tmp_path / "unpacked")
         assert tree_digest(tmp_path / "unpacked") == digest
+        assert shared.blobs.exists(delta.base.checksum)  # the deltas' base came along
+        restored = shared.restore(snap.id, name="before")
+        shared.export_state(restored.id, tmp_path / "before.tar.gz")
+        unpack_archive(tmp_path / "before.tar.gz", tmp_path / "before")
+        assert (tmp_path / "before" / "Default" / "note-1").read_bytes() == b"one"
+        assert not (tmp_path / "before" / "Default" / "note-2").exists()
         with ProfileStore(tmp_path / "back-home") as back:
             transfer(shared, back)
             assert back.get("travels") == moved
