@@ -660,7 +660,7 @@ def pack_chunked(
         packs,
         previous,
     )
-    blob = _manifest_blob(manifest, previous, verify)
+    blob = _manifest_bytes(manifest, previous, verify)
     checksum = hashlib.sha256(blob).hexdigest()
     manifest._checksum = checksum
     manifest._blob_size = len(blob)
@@ -786,7 +786,7 @@ def _with_locations(manifest: Manifest, packs: _PackWriter, previous: Manifest |
     )
 
 
-def _manifest_blob(manifest: Manifest, previous: Manifest | None, verify: bool) -> bytes:
+def _manifest_bytes(manifest: Manifest, previous: Manifest | None, verify: bool) -> bytes:
     """The blob to store for ``manifest``: a delta against the full manifest the previous
     state is (or is a delta against) while the delta is at most :data:`MAX_DELTA_SHARE` of
     that base's size, else the full manifest (which becomes the next commits' base)."""
