@@ -299,19 +299,15 @@ def parse_manifest(
 
 
 def load_manifest(
-    blobs: BlobStore,
-    checksum: str,
-    *,
-    limits: ArchiveLimits | None = None,
-    bases: Callable[[str], Manifest] | None = None,
+    blobs: BlobStore, checksum: str, *, limits: ArchiveLimits | None = None
 ) -> Manifest:
     """Read and validate the manifest stored under ``checksum``; a delta's base is read
-    with ``bases`` if given, else from ``blobs`` too (and must be a full manifest)."""
+    from ``blobs`` too (and must be a full manifest)."""
 
     def from_blobs(base: str) -> Manifest:
         return _load(blobs, base, limits, None)
 
-    return _load(blobs, checksum, limits, bases or from_blobs)
+    return _load(blobs, checksum, limits, from_blobs)
 
 
 def _load(
