@@ -36,6 +36,7 @@ from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Any
 
+import greenlet
 from playwright.async_api import BrowserContext as AsyncBrowserContext
 from playwright.async_api import Page as AsyncPage
 from playwright.async_api import Playwright as AsyncPlaywright
@@ -43,6 +44,7 @@ from playwright.async_api import async_playwright
 from playwright.sync_api import BrowserContext, Page, Playwright, sync_playwright
 from playwright.sync_api import Error as PlaywrightError
 
+from driver.interrupts import current_greenlet, raise_in_caller
 from driver.lifecycle import LaunchPlan, SaveMode, SessionLifecycle, SessionOptions
 from profiles.errors import ValidationFailed
 from profiles.models import Profile
@@ -194,13 +196,15 @@ class _Deferred:
 
 
 class _SyncSignals:
-    """SIGTERM and SIGHUP while sync sessions are open in the main thread.
+    """SIGTERM, SIGHUP and Ctrl-C while sync sessions are open in the main thread.
 
-    When their handler is the default one, they raise ``SystemExit(128 + signal)`` once, so
-    the ``with`` block ends and the session commits. Repeats are ignored: GNU ``timeout``
-    signals its child and then the whole group, so the child gets two in a row. While a
-    session is being torn down (closing the browser, committing) these signals, and Ctrl-C
-    when Python's default SIGINT handler is in place, wait until the teardown is over.
+    When their handler is the default one, SIGTERM and SIGHUP raise ``SystemExit(128 +
+    signal)`` once, so the ``with`` block ends and the session commits. Repeats are ignored:
+    GNU ``timeout`` signals its child and then the whole group, so the child gets two in a
+    row. Ctrl-C raises KeyboardInterrupt as Python's default handler does. Each is raised in
+    the greenlet that opened the session, never inside Playwright's event loop (see
+    :mod:`driver.interrupts`). While a session is being torn down (closing the browser,
+    committing) these signals wait until the teardown is over.
     """
 
     def __init__(self) -> None:
@@ -208,6 +212,7 @@ class _SyncSignals:
         self.previous: dict[int, Any] = {}
         self.fired: int | None = None
         self.deferred: list[_Deferred] = []
+        self.caller: greenlet.greenlet | None = None
 
     def acquire(self) -> bool:
         if threading.current_thread() is not threading.main_thread():
@@ -215,9 +220,12 @@ class _SyncSignals:
         if self.users == 0:
             self.previous = {}
             self.fired = None
+            self.caller = current_greenlet()
             for sig in EXIT_SIGNALS:
                 if signal.getsignal(sig) is signal.SIG_DFL:
                     self.previous[sig] = signal.signal(sig, self._handle)
+            if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+                self.previous[signal.SIGINT] = signal.signal(signal.SIGINT, self._handle)
         self.users += 1
         return True
 
@@ -228,20 +236,21 @@ class _SyncSignals:
                 if signal.getsignal(sig) == self._handle:
                     signal.signal(sig, previous)
             self.previous = {}
+            self.caller = None
 
     def _handle(self, signum: int, frame: FrameType | None) -> None:
         if self.deferred:
             if self.deferred[-1].signum is None:
                 self.deferred[-1].signum = signum
             return
+        if signum == signal.SIGINT:
+            raise_in_caller(self.caller, KeyboardInterrupt())
+            return
         if self.fired is not None:
             log.info("signal %d: the session is already ending", signum)
             return
         self.fired = signum
-        raise SystemExit(128 + signum)
-
-    def _defer_sigint(self, signum: int, frame: FrameType | None) -> None:
-        self._handle(signum, frame)
+        raise_in_caller(self.caller, SystemExit(128 + signum))
 
     @contextlib.contextmanager
     def deferring(self) -> Iterator[_Deferred]:
@@ -252,13 +261,13 @@ class _SyncSignals:
             return
         previous_int = None
         if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
-            previous_int = signal.signal(signal.SIGINT, self._defer_sigint)
+            previous_int = signal.signal(signal.SIGINT, self._handle)
         self.deferred.append(deferred)
         try:
             yield deferred
         finally:
             self.deferred.remove(deferred)
-            if previous_int is not None and signal.getsignal(signal.SIGINT) == self._defer_sigint:
+            if previous_int is not None and signal.getsignal(signal.SIGINT) == self._handle:
                 signal.signal(signal.SIGINT, previous_int)
 
 

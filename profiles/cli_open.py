@@ -1,7 +1,7 @@
 """``profiles open``: a browser session on a profile from a shell, ended by the window,
 Ctrl-C, SIGTERM or SIGHUP (to the process or to its whole process group, as GNU ``timeout``
 and job runners send them). Loaded only when the command runs, because it imports the
-driver."""
+driver: the one module of the profiles package that reaches up to it."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from types import FrameType
 from typing import TYPE_CHECKING
 
+from driver.interrupts import current_greenlet, raise_in_caller
 from profiles.cli import UsageError, _err, _json, _out, _size, log
 from profiles.errors import ProfileError, StateCommitFailed
 from profiles.redact import describe_error, redact_url
@@ -58,15 +59,17 @@ class _Signals:
     def __init__(self) -> None:
         self.received: int | None = None
         self.ending = False
+        self.caller = current_greenlet()
 
     def handle(self, signum: int, frame: FrameType | None) -> None:
         if self.received is not None or self.ending:
             log.info("signal %d: already closing the browser", signum)
             return
         self.received = signum
-        if signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        raise _Terminated(signum)
+        # In the greenlet waiting on the browser: raised inside Playwright's event loop, it
+        # would end the task that reads the driver's messages, and nothing could be saved.
+        exc = KeyboardInterrupt() if signum == signal.SIGINT else _Terminated(signum)
+        raise_in_caller(self.caller, exc)
 
 
 @contextlib.contextmanager
@@ -118,7 +121,7 @@ def _start_failed(exc: Exception, args: argparse.Namespace) -> ProfileError:
 
 def run_open(store: ProfileStore, args: argparse.Namespace) -> None:
     _check_display(args)
-    from driver import Session  # the one place the profiles package reaches up to the driver
+    from driver import Session
 
     session = Session(
         profile=args.ref,

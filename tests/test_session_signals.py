@@ -176,10 +176,85 @@ def test_a_signal_to_the_process_group_commits(
             os.killpg(child.pid, getattr(signal, how))
         status = child.wait(timeout=120)
         out = child.stdout.read() if mode == "cli" and child.stdout else ""
-    assert status == _expected_status(mode, how)
+        err = child.stderr.read() if mode == "cli" and child.stderr else ""
+    assert status == _expected_status(mode, how), (out, err)
     if mode == "cli":
         assert out.startswith(f"saved {PROFILE}: ready"), out
     _assert_committed(home, http_server, localstorage=mode != "cli")
+
+
+# A signal that arrives while Playwright's sync API runs Python code in its event loop (the
+# task that reads the driver's messages) must still end the session with a commit: raised
+# in that task, it used to end it, and with it the connection; nothing could be saved.
+IN_A_DISPATCH = textwrap.dedent(
+    """
+    import os, signal, sys
+    from playwright._impl import _connection
+    import profiles.cli_open
+
+    mode, how, home, base, archetype = sys.argv[1:6]
+    armed = False
+    dispatch = _connection.Connection.dispatch
+
+    def signalling_dispatch(self, message):
+        global armed
+        if armed:
+            armed = False
+            print("signalled in a dispatch", file=sys.stderr, flush=True)
+            os.kill(os.getpid(), getattr(signal, how))
+            sum(range(100_000))  # Python runs the handler in here, in the reading task's step
+        return dispatch(self, message)
+
+    _connection.Connection.dispatch = signalling_dispatch
+
+    if mode == "cli":
+        banner = profiles.cli_open._err
+
+        def arming_banner(message):
+            global armed
+            banner(message)
+            armed = message.startswith("Browser open")  # next: the page's navigation
+
+        profiles.cli_open._err = arming_banner
+        from profiles.cli import main
+
+        sys.exit(main(["--home", home, "open", "sig", "--archetype", archetype,
+                       "--url", base + "/navigate-soon.html"]))
+
+    from driver import Session
+    from profiles import ProfileStore
+
+    with Session(profile="sig", store=ProfileStore(home), archetype=archetype) as page:
+        page.goto(base + "/navigate-soon.html")
+        page.wait_for_url(base + "/")
+        armed = True
+        page.wait_for_timeout(60_000)  # the driver answers it in a message: not that late
+    """
+)
+
+
+@pytest.mark.parametrize(
+    ("mode", "how"), [("cli", "SIGTERM"), ("sync", "SIGTERM"), ("sync", "SIGINT")]
+)
+def test_a_signal_during_a_dispatch_still_commits(
+    tmp_path: Path, home: Path, http_server: str, engine: Engine, mode: str, how: str
+) -> None:
+    script = tmp_path / "child.py"
+    script.write_text(IN_A_DISPATCH)
+    command = [sys.executable, str(script), mode, how, str(home), http_server, ARCHETYPE_OF[engine]]
+    done = subprocess.run(
+        command,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=Path(__file__).parent.parent,
+        start_new_session=True,
+    )
+    assert "signalled in a dispatch" in done.stderr, done.stderr
+    assert done.returncode == _expected_status(mode, how), (done.stdout, done.stderr)
+    if mode == "cli":
+        assert done.stdout.startswith(f"saved {PROFILE}: ready"), done.stdout
+    _assert_committed(home, http_server, localstorage=True)
 
 
 def test_a_group_sigterm_while_waiting_inside_playwright_commits(
@@ -329,12 +404,34 @@ async def test_async_session_leaves_a_python_sigterm_handler_alone(store: Profil
         signal.signal(signal.SIGTERM, previous)
 
 
-def test_sync_session_restores_the_default_sigterm(store: ProfileStore) -> None:
+def test_sync_session_restores_the_default_sigterm_and_ctrl_c(store: ProfileStore) -> None:
     require_engine("chromium")
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
     with Session(profile="restore", store=store):
         assert signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL
+        assert signal.getsignal(signal.SIGINT) is not signal.default_int_handler
         with Session(profile="restore-2", store=store):
             pass
         assert signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL  # the outer still open
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_sync_session_leaves_a_python_sigint_handler_alone(store: ProfileStore) -> None:
+    require_engine("chromium")
+    calls: list[int] = []
+
+    def handler(signum: int, frame: object) -> None:
+        calls.append(signum)
+
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        with Session(profile="app-int", store=store) as page:
+            assert signal.getsignal(signal.SIGINT) is handler
+            os.kill(os.getpid(), signal.SIGINT)
+            assert page.evaluate("1 + 1") == 2  # the handler ran; the session is still open
+        assert signal.getsignal(signal.SIGINT) is handler
+        assert calls == [signal.SIGINT]
+    finally:
+        signal.signal(signal.SIGINT, previous)
