@@ -59,6 +59,7 @@ from profiles.errors import (
     BrowserNotFound,
     Conflict,
     NotFound,
+    ProfileBusy,
     ProfileError,
     StateCorrupt,
     StorageUnavailable,
@@ -731,6 +732,51 @@ def cmd_gc(store: ProfileStore, args: argparse.Namespace) -> None:
         _out(f"freed {_plural(len(freed), 'unreferenced state')}")
 
 
+def cmd_migrate(store: ProfileStore, args: argparse.Namespace) -> None:
+    profiles = [store.get(ref) for ref in args.refs] if args.refs else list(store.iter_profiles())
+    migrated: list[Profile] = []
+    busy: list[str] = []
+    failed: list[ProfileError] = []
+    current = 0
+    for profile in profiles:
+        try:
+            updated = store.migrate(profile.id, lock_timeout=args.lock_timeout)
+        except ProfileBusy:
+            busy.append(profile.name)
+            _err(f"{profile.name}: in use, not migrated")
+            continue
+        except ProfileError as error:  # a damaged state, say: the others still convert
+            failed.append(error)
+            _err(f"{profile.name}: not migrated: {cli_message(error.message)}")
+            continue
+        if updated is None:
+            current += 1
+            continue
+        migrated.append(updated)
+        if not args.json:
+            _out(f"migrated {updated.name}: {_size(updated.blob_size)}")
+    if args.json:
+        _json(
+            {
+                "migrated": [p.model_dump(mode="json") for p in migrated],
+                "busy": busy,
+                "failed": [error.to_dict() for error in failed],
+                "current": current,
+            }
+        )
+    else:
+        _out(f"migrated {_plural(len(migrated), 'profile')}; {current} had nothing to convert")
+    if failed:
+        raise failed[0]
+    if busy:
+        raise ProfileBusy(
+            f"{_plural(len(busy), 'profile')} in use were not migrated "
+            f"({', '.join(busy)}): run 'profiles migrate' again once their sessions end, or "
+            "raise --lock-timeout.",
+            profiles=busy,
+        )
+
+
 def cmd_archetypes(store: ProfileStore | None, args: argparse.Namespace) -> None:
     found = [a for a in all_archetypes().values() if args.engine in (None, a.engine)]
     if args.json:
@@ -1182,6 +1228,27 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=3600.0,
         help="keep unreferenced bytes younger than this: a commit may be in flight (3600)",
+    )
+
+    p = command(
+        sub,
+        "migrate",
+        cmd_migrate,
+        "Convert states stored in an older format to packed chunks now.",
+        "States committed before chunking (a whole archive each) or by the first chunked\n"
+        "format (a blob per chunk) are read as they are and convert bit by bit at their\n"
+        "profiles' next commits; this converts them now, each under its profile's writer\n"
+        "lease. The files of a state do not change; its checksum does. Profiles in use\n"
+        "are skipped (exit 4) unless --lock-timeout lets the command wait for them.\n"
+        "Snapshots keep the format they were taken in.",
+    )
+    p.add_argument("refs", nargs="*", metavar="REF", help="profiles to convert (default: all)")
+    p.add_argument(
+        "--lock-timeout",
+        metavar="SECONDS",
+        type=float,
+        default=0.0,
+        help="how long to wait for a profile in use before skipping it (0)",
     )
 
     p = command(

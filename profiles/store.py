@@ -746,19 +746,22 @@ class ProfileStore:
         size: int | None,
         epoch: int | None,
         event: AuditType,
+        fresh: bool = False,
         **payload: Any,
     ) -> Profile:
         """Commit as chunks: the previous manifest and this directory's stat cache let
-        unchanged files go unread, and only changed chunks are stored."""
+        unchanged files go unread, and only changed chunks are stored (``fresh``: read
+        every file and store every chunk in new packs, as :meth:`migrate` does)."""
         assert isinstance(self.service, CatalogService)
         engine = profile.browser_name
         is_work = directory == self.working_copies.path(profile.id)
         previous: Manifest | None = None
-        try:
-            previous = self.service.manifest_of(profile)
-        except (StateCorrupt, ArchiveInvalid) as exc:  # then chunk everything afresh
-            log.warning("the previous state of %s cannot be read (%s)", profile.name, exc)
-        stat_cache = self.working_copies.stat_cache(profile.id) if is_work else None
+        if not fresh:
+            try:
+                previous = self.service.manifest_of(profile)
+            except (StateCorrupt, ArchiveInvalid) as exc:  # then chunk everything afresh
+                log.warning("the previous state of %s cannot be read (%s)", profile.name, exc)
+        stat_cache = self.working_copies.stat_cache(profile.id) if is_work and not fresh else None
         with owned_dir(self._tmp, "commit-") as scratch:
             version = browser_version or read_browser_version(directory, engine)
             domains = read_cookie_domains(directory, engine, scratch=scratch)
@@ -779,6 +782,63 @@ class ProfileStore:
                 self.working_copies.mark_clean(profile.id, result.checksum, size=size)
             self._keep_cache_under_cap(keep=profile.id)
         return updated
+
+    def migrate(self, ref: str, /, *, lock_timeout: float = 600.0) -> Profile | None:
+        """Convert the profile's committed state to the current format, if it is older.
+
+        States committed before chunking (a whole archive each) and by the first chunked
+        format (a blob per chunk) are read as they are, and convert a bounded part at a time
+        at the profile's next commits. This converts now: under the profile's writer lease
+        (waiting up to ``lock_timeout`` seconds), the state is made the working copy and
+        committed again, every chunk into new packs. The files do not change; the state gets
+        a new checksum, and the old bytes go as a commit's do (what a snapshot names stays).
+        Returns the updated profile, or ``None`` when there was nothing to convert: no state
+        yet, or the current format already. Snapshots keep the format they were taken in.
+        """
+        if not self.chunked:
+            raise ValidationFailed(
+                "Cannot migrate states: this store keeps whole archives (chunked=False). "
+                "Open it with chunked=True to convert them.",
+                field="chunked",
+            )
+        if not isinstance(self.service, CatalogService):
+            raise ValidationFailed(
+                "Cannot migrate states over HTTP: run 'profiles migrate' where the server's "
+                "catalog and blobs are reachable (the server commits chunked states itself)."
+            )
+        profile = self.get(ref)
+        if self._outdated_format(profile) is None:
+            return None
+        with self.lock(profile.id, timeout=lock_timeout, kind="maintenance") as lease:
+            profile = self.get(profile.id)  # what the lease holds: a commit may have converted it
+            old = self._outdated_format(profile)
+            if old is None:
+                return None
+            profile, work = self.checkout(profile.id, lock=lease)
+            with self._storage_faults("migrating a state"):
+                size = tighten_tree(work)
+                updated = self._commit_chunked(
+                    profile,
+                    work,
+                    profile.browser_version,
+                    size,
+                    lease.epoch,
+                    "state.uploaded",
+                    fresh=True,
+                    migrated_from=old,
+                )
+        log.info("migrated the state of %s from %s to packed chunks", profile.name, old)
+        return updated
+
+    def _outdated_format(self, profile: Profile) -> str | None:
+        """``"archive"`` or ``"chunks"`` (format 1) for a state :meth:`migrate` converts."""
+        if profile.checksum is None:
+            return None
+        with self._storage_faults("reading a state's format"):
+            manifest = self.service.manifest_of(profile)
+        if manifest is None:
+            return "archive"
+        return "chunks" if manifest.version == 1 else None
 
     def _keep_cache_under_cap(self, *, keep: str) -> None:
         if self.cache_max_bytes is None:

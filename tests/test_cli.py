@@ -1163,3 +1163,37 @@ def test_open_help_says_closing_the_window_saves(capsys: pytest.CaptureFixture[s
     assert "closing that window also ends the session and SAVES the profile" in text
     code, out, _ = run(capsys, "--help")
     assert "Ctrl-C or closing the window saves" in " ".join(out.split())
+
+
+def test_migrate_converts_archive_states_and_skips_profiles_in_use(
+    capsys: pytest.CaptureFixture[str], home: Path, tmp_path: Path
+) -> None:
+    from storefaults import chromium_archive
+
+    with ProfileStore(home, chunked=False) as old:  # states as written before chunking
+        for name in ("a", "b", "lost"):
+            old.create(name)
+            old.import_state(name, chromium_archive(tmp_path / f"{name}.tar.gz", tmp_path / name))
+        old.create("empty")
+        before = {name: old.get(name).checksum for name in ("a", "b", "lost")}
+        old.blobs.delete(str(before["lost"]))  # a damaged store: that state's bytes are gone
+    with ProfileStore(home) as store, store.lock("b"):  # a session holds b
+        code, out, err = run(capsys, "--home", str(home), "migrate")
+        assert code == 1, err  # StateCorrupt, after converting what it could
+        assert out.splitlines()[0].startswith("migrated a: ")
+        assert out.splitlines()[-1] == "migrated 1 profile; 1 had nothing to convert"
+        assert "b: in use, not migrated" in err
+        assert "lost: not migrated: The committed state of profile 'lost'" in err
+        assert store.get("a").checksum != before["a"]
+        assert store.get("b").checksum == before["b"]
+    with ProfileStore(home) as store, store.lock("b"):
+        store.delete("lost")
+        code, out, err = run(capsys, "--home", str(home), "migrate")
+        assert code == 4 and "profiles migrate' again" in err, err
+    result = run_json(capsys, "--home", str(home), "migrate", "b")
+    assert [p["name"] for p in result["migrated"]] == ["b"]
+    assert result["busy"] == result["failed"] == [] and result["current"] == 0
+    code, out, _ = run(capsys, "--home", str(home), "migrate")
+    assert code == 0 and out == "migrated 0 profiles; 3 had nothing to convert\n"
+    code, _, err = run(capsys, "--home", str(home), "migrate", "nope")
+    assert code == 3 and "nope" in err

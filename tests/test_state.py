@@ -314,3 +314,96 @@ def test_delta_states_keep_their_base_and_free_at_once(
     assert caught.value.details["profile_id"] == second_delta.id
     assert not (tmp_path / "broken.tar.gz").exists()
     assert any("base manifest" in why for _, why in store.verify())
+
+
+def _exported_files(store: ProfileStore, ref: str, where: Path) -> dict[str, str]:
+    archive = where.with_suffix(".tar.gz")
+    store.export_state(ref, archive)
+    with archive.open("rb") as src:
+        unpack_archive(src, where)
+    return tree_digest(where)
+
+
+def test_migrate_converts_an_archive_state_and_keeps_its_files(
+    local_store: ProfileStore, chromium_state: Path, tmp_path: Path
+) -> None:
+    store = local_store
+    assert isinstance(store.service, CatalogService)
+    store.create("old")
+    store.chunked = False  # as the store wrote states before chunking: a whole archive
+    archived = store.import_state("old", chromium_state)
+    assert archived.checksum is not None and store.service.manifest_of(archived) is None
+    snap = store.snapshot("old")
+    files = _exported_files(store, "old", tmp_path / "before")
+    with pytest.raises(ValidationFailed, match="chunked=False"):
+        store.migrate("old")
+    store.chunked = True
+    with store.lock("old"), pytest.raises(ProfileBusy):  # a session holds it
+        store.migrate("old", lock_timeout=0)
+    migrated = store.migrate("old")
+    assert migrated is not None and migrated.checksum not in (None, archived.checksum)
+    manifest = store.service.manifest_of(migrated)
+    assert manifest is not None and manifest.version == 2 and manifest.base is None
+    event = store.audit(profile="old", limit=1).data[0]
+    assert event.type == "state.uploaded" and event.payload["migrated_from"] == "archive"
+    assert _exported_files(store, "old", tmp_path / "after") == files
+    assert store.migrate("old") is None  # already current
+    # The snapshot still names the archive: it stays, and restores as it was taken.
+    assert store.blobs.exists(archived.checksum)
+    assert store.restore(snap.id).checksum == archived.checksum
+    assert store.verify(full=True) == []
+
+
+def test_migrate_packs_a_state_of_the_first_chunked_format(
+    local_store: ProfileStore, chromium_state: Path, tmp_path: Path
+) -> None:
+    """Format 1 stored every chunk as a blob of its own: migrate moves them into packs."""
+    from profiles.catalog.base import StateUpdate
+    from profiles.manifest import Manifest, encode_manifest
+
+    store = local_store
+    service = store.service
+    assert isinstance(service, CatalogService)
+    store.create("v1")
+    packed = store.import_state("v1", chromium_state)
+    current = service.manifest_of(packed)
+    assert current is not None
+    for chunk, (pack, offset, length) in current.where().items():
+        raw = store.blobs.read_range(pack, offset, length)
+        store.blobs.put(chunk, io.BytesIO(raw), size=len(raw))
+    v1 = Manifest.model_construct(version=1, engine="chromium", entries=current.entries)
+    spool = tmp_path / "v1.manifest"
+    spool.write_bytes(encode_manifest(v1))
+    checksum = hashlib.sha256(spool.read_bytes()).hexdigest()
+    old = service.store_state(
+        packed,
+        spool,
+        StateUpdate(
+            checksum=checksum,
+            blob_size=spool.stat().st_size,
+            uploaded_at=packed.blob_uploaded_at,
+            browser_version=packed.browser_version,
+            cookie_domains=packed.cookie_domains,
+        ),
+        epoch=None,
+        event="state.uploaded",
+    )
+    assert (service.manifest_of(old) or pytest.fail()).version == 1
+    files = _exported_files(store, "v1", tmp_path / "before")
+    migrated = store.migrate("v1")
+    assert migrated is not None and migrated.checksum != checksum
+    manifest = service.manifest_of(migrated)
+    assert manifest is not None and manifest.version == 2
+    assert manifest.blob_checksums() == {p for p, _ in manifest.packs}  # no loose chunk
+    assert store.audit(profile="v1", limit=1).data[0].payload["migrated_from"] == "chunks"
+    assert _exported_files(store, "v1", tmp_path / "after") == files
+    store.collect_garbage(min_age=0)  # the loose chunks go; the packed state stays whole
+    assert not any(store.blobs.exists(c) for c in v1.chunk_checksums())
+    assert store.verify(full=True) == []
+
+
+def test_migrate_is_refused_over_http(home: Path, request: pytest.FixtureRequest) -> None:
+    for store in store_on(request, home, "http"):
+        store.create("remote")
+        with pytest.raises(ValidationFailed, match="over HTTP"):
+            store.migrate("remote")
