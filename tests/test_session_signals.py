@@ -384,24 +384,31 @@ async def test_async_session_leaves_the_applications_loop_handler_alone(
     assert ended.payload["outcome"] == "ok" and ended.payload["committed"] is True
 
 
+@contextlib.contextmanager
+def _own_handler(signum: int) -> Iterator[tuple[object, list[int]]]:
+    """A Python handler of the application's for ``signum`` (it records what it gets)."""
+    calls: list[int] = []
+
+    def handler(received: int, frame: object) -> None:
+        calls.append(received)
+
+    previous = signal.signal(signum, handler)
+    try:
+        yield handler, calls
+    finally:
+        signal.signal(signum, previous)
+
+
 @pytest.mark.asyncio
 async def test_async_session_leaves_a_python_sigterm_handler_alone(store: ProfileStore) -> None:
     require_engine("chromium")
-    calls: list[int] = []
-
-    def handler(signum: int, frame: object) -> None:
-        calls.append(signum)
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
+    with _own_handler(signal.SIGTERM) as (handler, calls):
         async with AsyncSession(profile="app-py", store=store):
             assert signal.getsignal(signal.SIGTERM) is handler
             os.kill(os.getpid(), signal.SIGTERM)
             await asyncio.sleep(0.1)
         assert signal.getsignal(signal.SIGTERM) is handler
         assert calls == [signal.SIGTERM]
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def test_sync_session_restores_the_default_sigterm_and_ctrl_c(store: ProfileStore) -> None:
@@ -420,18 +427,10 @@ def test_sync_session_restores_the_default_sigterm_and_ctrl_c(store: ProfileStor
 
 def test_sync_session_leaves_a_python_sigint_handler_alone(store: ProfileStore) -> None:
     require_engine("chromium")
-    calls: list[int] = []
-
-    def handler(signum: int, frame: object) -> None:
-        calls.append(signum)
-
-    previous = signal.signal(signal.SIGINT, handler)
-    try:
+    with _own_handler(signal.SIGINT) as (handler, calls):
         with Session(profile="app-int", store=store) as page:
             assert signal.getsignal(signal.SIGINT) is handler
             os.kill(os.getpid(), signal.SIGINT)
             assert page.evaluate("1 + 1") == 2  # the handler ran; the session is still open
         assert signal.getsignal(signal.SIGINT) is handler
         assert calls == [signal.SIGINT]
-    finally:
-        signal.signal(signal.SIGINT, previous)
