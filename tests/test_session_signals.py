@@ -228,7 +228,8 @@ IN_A_DISPATCH = textwrap.dedent(
         page.goto(base + "/navigate-soon.html")
         page.wait_for_url(base + "/")
         armed = True
-        page.wait_for_timeout(60_000)  # the driver answers it in a message: not that late
+        while True:
+            page.wait_for_timeout(200)  # the driver's answer is a message to dispatch
     """
 )
 
