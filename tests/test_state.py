@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import tarfile
@@ -403,7 +404,8 @@ def test_migrate_packs_a_state_of_the_first_chunked_format(
 
 
 def test_migrate_is_refused_over_http(home: Path, request: pytest.FixtureRequest) -> None:
-    for store in store_on(request, home, "http"):
+    with contextlib.closing(store_on(request, home, "http")) as stores:
+        store = next(stores)
         store.create("remote")
         with pytest.raises(ValidationFailed, match="over HTTP"):
             store.migrate("remote")
