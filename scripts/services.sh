@@ -67,8 +67,15 @@ SQL
 
 start_s3() {
   [ -x .venv/bin/moto_server ] || { echo "services: run scripts/setup.sh first (moto)" >&2; exit 1; }
-  .venv/bin/moto_server -H 127.0.0.1 -p "$S3_PORT" >"$STATE/moto.log" 2>&1 &
-  echo $! >"$STATE/moto.pid"
+  if http_ok "http://127.0.0.1:$S3_PORT/moto-api/"; then
+    # Another checkout's (or an earlier start's): use it, and leave stopping it to its owner,
+    # as with an already running PostgreSQL. A second server could not bind the port, and a
+    # pid file naming that dead one would make 'stop' leave this one running.
+    echo "services: moto S3 already runs on 127.0.0.1:$S3_PORT (started elsewhere: stop leaves it)"
+  else
+    .venv/bin/moto_server -H 127.0.0.1 -p "$S3_PORT" >"$STATE/moto.log" 2>&1 &
+    echo $! >"$STATE/moto.pid"
+  fi
   for _ in $(seq 1 100); do
     http_ok "http://127.0.0.1:$S3_PORT/moto-api/" && break
     sleep 0.1
@@ -82,7 +89,7 @@ start_s3() {
     echo "export PROFILES_TEST_S3_ENDPOINT=http://127.0.0.1:$S3_PORT"
     echo "export AWS_ACCESS_KEY_ID=profiles-test-key AWS_SECRET_ACCESS_KEY=profiles-test-secret AWS_REGION=us-east-1"
   } >>"$ENV_FILE"
-  echo "services: moto S3 on 127.0.0.1:$S3_PORT"
+  [ ! -f "$STATE/moto.pid" ] || echo "services: moto S3 on 127.0.0.1:$S3_PORT"
 }
 
 stop() {
