@@ -32,7 +32,7 @@ def raise_in_caller(caller: greenlet.greenlet | None, exc: BaseException) -> Non
     """Raise ``exc`` from a signal handler in ``caller``: right here when the handler runs
     in it (or ``caller`` is None, or gone), else thrown into it where it is suspended."""
     here = greenlet.getcurrent()
-    if caller is None or caller is here or caller.dead or not caller:
+    if caller is None or caller is here or not caller:  # not caller: dead (or unstarted)
         raise exc
     # Returns when something switches back here: the caller's next Playwright call
     # resumes the dispatcher, and with it the step this handler interrupted.

@@ -254,21 +254,17 @@ class _SyncSignals:
 
     @contextlib.contextmanager
     def deferring(self) -> Iterator[_Deferred]:
-        """Hold the session's signals (and a default Ctrl-C) back for a teardown."""
+        """Hold the session's signals (a default Ctrl-C among them, taken over by
+        :meth:`acquire`) back for a teardown."""
         deferred = _Deferred()
         if threading.current_thread() is not threading.main_thread():
             yield deferred
             return
-        previous_int = None
-        if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
-            previous_int = signal.signal(signal.SIGINT, self._handle)
         self.deferred.append(deferred)
         try:
             yield deferred
         finally:
             self.deferred.remove(deferred)
-            if previous_int is not None and signal.getsignal(signal.SIGINT) == self._handle:
-                signal.signal(signal.SIGINT, previous_int)
 
 
 _sync_signals = _SyncSignals()
