@@ -14,9 +14,20 @@ So a handler raises through :func:`raise_in_caller`: when it does not run in the
 greenlet, it throws the exception into the caller directly, as Playwright does for the
 loop's own exceptions. The interrupted task step stays suspended, and resumes where it was
 on the caller's next Playwright call (closing the browser, for one).
+
+Resuming is not enough on its own. A handler that ran while the loop slept in ``select()``
+returns into that ``select()``, which Python retries with the timeout it computed before:
+none at all when nothing was scheduled (``context.wait_for_event("close", timeout=0)``
+while a person looks at the page). The caller's next call only queued its task with
+``call_soon``, which does not wake the selector, so the loop slept on with the task ready
+and the browser alive: ``profiles open`` hung for good after a Ctrl-C seconds after its
+banner. So before throwing, the handler wakes the loop through its self-pipe (what
+``call_soon_threadsafe`` is for): the retried ``select()`` returns at once.
 """
 
 from __future__ import annotations
+
+import asyncio
 
 import greenlet
 
@@ -34,6 +45,19 @@ def raise_in_caller(caller: greenlet.greenlet | None, exc: BaseException) -> Non
     here = greenlet.getcurrent()
     if caller is None or caller is here or not caller:  # not caller: dead (or unstarted)
         raise exc
+    _wake_running_loop()
     # Returns when something switches back here: the caller's next Playwright call
     # resumes the dispatcher, and with it the step this handler interrupted.
     caller.throw(exc)
+
+
+def _noop() -> None:
+    return None
+
+
+def _wake_running_loop() -> None:
+    """Make the loop this handler interrupted (if any) look at its ready queue again when it
+    resumes, instead of sleeping on in the ``select()`` the signal broke into."""
+    loop = asyncio._get_running_loop()
+    if loop is not None and not loop.is_closed():
+        loop.call_soon_threadsafe(_noop)
