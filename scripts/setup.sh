@@ -11,9 +11,9 @@ usage() {
 usage: scripts/setup.sh [-h | --help]
 
 Set up this checkout on a fresh machine:
-  1. Debian's chromium, firefox-esr and postgresql (the tests start a private PostgreSQL
-     server of their own), with apt-get (as root, or with sudo), when one is missing and
-     apt-get is there;
+  1. Debian's chromium, firefox-esr, postgresql (the tests start a private PostgreSQL
+     server of their own) and xvfb (for the tests of headed browsers), with apt-get (as
+     root, or with sudo), when one is missing and apt-get is there;
   2. a virtual environment in .venv (made with $PYTHON, default python3) holding the
      project and its dev extras (pip install -e '.[dev]').
 Then it prints the Python and Playwright versions it set up. Run it again at any time:
@@ -40,6 +40,7 @@ missing_packages() {
   command -v chromium >/dev/null 2>&1 || echo chromium
   command -v firefox-esr >/dev/null 2>&1 || echo firefox-esr
   ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || echo postgresql
+  command -v Xvfb >/dev/null 2>&1 || echo xvfb
 }
 
 packages=$(missing_packages | tr '\n' ' ')
