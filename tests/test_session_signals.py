@@ -51,7 +51,9 @@ CHILD = textwrap.dedent(
             page.goto(base + "/set-cookie")
             page.evaluate(SET)
             print("ready", flush=True)
-            if wait_in_playwright:
+            if wait_in_playwright == "idle":
+                page.context.wait_for_event("close", timeout=0)  # nothing to wake the loop
+            elif wait_in_playwright:
                 page.wait_for_timeout(600_000)
             else:
                 time.sleep(600)
@@ -70,6 +72,8 @@ CHILD = textwrap.dedent(
         run_sync(False)
     elif mode == "sync-pw-wait":
         run_sync(True)
+    elif mode == "sync-idle":
+        run_sync("idle")
     else:
         asyncio.run(run_async())
     """
@@ -266,6 +270,22 @@ def test_a_group_sigterm_while_waiting_inside_playwright_commits(
     with _running(command, cli=False) as child:
         os.killpg(child.pid, signal.SIGTERM)
         assert child.wait(timeout=120) == 128 + signal.SIGTERM
+    _assert_committed(home, http_server, localstorage=True)
+
+
+@pytest.mark.parametrize("how", ["SIGINT", "SIGTERM"])
+def test_a_signal_seconds_into_an_idle_wait_inside_playwright_commits(
+    tmp_path: Path, home: Path, http_server: str, how: str
+) -> None:
+    """The script waits in Playwright with no timeout and the page has gone quiet, so the
+    event loop sleeps in select() with nothing to wake it: the signal must still end the
+    session (it hung there before the handler woke the loop)."""
+    require_engine("chromium")
+    command = _child_command(tmp_path, home, http_server, "chromium", "sync-idle")
+    with _running(command, cli=False) as child:
+        time.sleep(2.5)
+        child.send_signal(getattr(signal, how))
+        assert child.wait(timeout=90) == _expected_status("sync", how)
     _assert_committed(home, http_server, localstorage=True)
 
 
