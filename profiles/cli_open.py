@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from driver.interrupts import current_greenlet, raise_in_caller
 from profiles.cli import UsageError, _err, _json, _out, _size, log
-from profiles.errors import ProfileError, StateCommitFailed
+from profiles.errors import NavigationFailed, ProfileError, StateCommitFailed
 from profiles.redact import describe_error, redact_url
 from profiles.store import ProfileStore
 
@@ -112,10 +112,7 @@ def _start_failed(exc: Exception, args: argparse.Namespace) -> ProfileError:
     notes = getattr(exc, "__notes__", None) or []
     if args.url and any(str(note).startswith(START_URL_NOTE) for note in notes):
         url = redact_url(args.url)
-        error = ProfileError(f"could not open URL {url}: {what}", url=url)
-        error.code = "NavigationFailed"
-        error.status = 502
-        return error
+        return NavigationFailed(f"could not open URL {url}: {what}", url=url)
     return ProfileError(f"could not start the browser: {what}")
 
 

@@ -19,32 +19,57 @@ top can map them one to one::
     ├── BrowserNotFound                (503, "BrowserNotFound")
     ├── StorageUnavailable             (503, "StorageUnavailable")
     ├── StateCorrupt                   (500, "StateCorrupt")
-    └── StateCommitFailed              (500, "StateCommitFailed")
+    ├── StateCommitFailed              (500, "StateCommitFailed")
+    ├── NavigationFailed               (502, "NavigationFailed")
+    ├── AuthFailed                     (401, "AuthFailed")      the HTTP service's
+    │   ├── Unauthorized               (401, "Unauthorized")
+    │   └── Forbidden                  (403, "Forbidden")
+    ├── SignatureInvalid               (403, "SignatureInvalid")
+    ├── LinkExpired                    (410, "LinkExpired")
+    └── RateLimited                    (429, "RateLimited")
 
 Messages say what went wrong and what to do about it.
+
+Every class is in one registry by its ``code`` (:func:`error_class`), filled as the classes
+are defined: the HTTP service sends ``{"error": error.to_dict()}`` and its client rebuilds
+the same class with :func:`error_from_dict`, so ``except StateCorrupt`` works the same
+through ``profiles serve`` as on this machine. A class keeps the details it also exposes as
+attributes in ``attributes``; a rebuilt error has them back.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 __all__ = [
     "ArchiveInvalid",
+    "AuthFailed",
     "BrowserDowngrade",
     "BrowserNotFound",
     "ChecksumMismatch",
     "Conflict",
+    "Forbidden",
     "LeaseLost",
+    "LinkExpired",
+    "NavigationFailed",
     "NoStateData",
     "NotFound",
     "ProfileBusy",
     "ProfileError",
+    "RateLimited",
+    "SignatureInvalid",
     "StateCommitFailed",
     "StateCorrupt",
     "StorageUnavailable",
     "TierLimit",
+    "Unauthorized",
     "ValidationFailed",
+    "error_class",
+    "error_classes",
+    "error_from_dict",
 ]
+
+_REGISTRY: dict[str, type[ProfileError]] = {}
 
 
 class ProfileError(Exception):
@@ -52,6 +77,17 @@ class ProfileError(Exception):
 
     code: str = "ProfileError"
     status: int = 500
+    #: The details this class also keeps as attributes (set again when it is rebuilt).
+    attributes: ClassVar[tuple[str, ...]] = ()
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "code" not in cls.__dict__:
+            raise TypeError(f"{cls.__name__} must name its own code")
+        taken = _REGISTRY.get(cls.code)
+        if taken is not None and taken.__qualname__ != cls.__qualname__:
+            raise TypeError(f"error code {cls.code!r} is taken by {taken.__qualname__}")
+        _REGISTRY[cls.code] = cls
 
     def __init__(self, message: str, **details: Any) -> None:
         super().__init__(message)
@@ -68,6 +104,7 @@ class ValidationFailed(ProfileError):
 
     code = "ValidationFailed"
     status = 400
+    attributes = ("field",)
 
     def __init__(self, message: str, *, field: str | None = None, **details: Any) -> None:
         super().__init__(message, field=field, **details)
@@ -130,6 +167,7 @@ class TierLimit(ProfileError):
 
     code = "TierLimit"
     status = 429
+    attributes = ("limit", "current", "resource", "tier")
 
     def __init__(self, message: str, *, limit: int, current: int, tier: str = "local") -> None:
         super().__init__(message, limit=limit, current=current, resource="profile", tier=tier)
@@ -163,6 +201,7 @@ class StorageUnavailable(ProfileError):
 
     code = "StorageUnavailable"
     status = 503
+    attributes = ("home", "cause")
 
     def __init__(self, message: str, *, home: str, cause: str, **details: Any) -> None:
         super().__init__(message, home=home, cause=cause, **details)
@@ -176,3 +215,97 @@ class StateCorrupt(ProfileError):
 
     code = "StateCorrupt"
     status = 500
+
+
+class NavigationFailed(ProfileError):
+    """A session's ``start_url`` (``profiles open --url``) did not open; nothing was
+    committed."""
+
+    code = "NavigationFailed"
+    status = 502
+
+
+class AuthFailed(ProfileError):
+    """The HTTP service refused the API key (missing, invalid, revoked, lacking a
+    permission) or the account is deactivated."""
+
+    code = "AuthFailed"
+    status = 401
+
+
+class Unauthorized(AuthFailed):
+    """401: no API key, or one the service does not know (any more)."""
+
+    code = "Unauthorized"
+    status = 401
+
+
+class Forbidden(AuthFailed):
+    """403: the key is known but may not do this (a missing permission, a deactivated
+    account)."""
+
+    code = "Forbidden"
+    status = 403
+
+
+class SignatureInvalid(ProfileError):
+    """A signed link or upload target was altered, is malformed, or is for another use."""
+
+    code = "SignatureInvalid"
+    status = 403
+
+
+class LinkExpired(ProfileError):
+    """A signed link or upload target is past its expiry (or no longer matches the state
+    it was made for): ask for a new one."""
+
+    code = "LinkExpired"
+    status = 410
+
+
+class RateLimited(ProfileError):
+    """429: too many requests; ``retry_after`` says when to try again (seconds, if known)."""
+
+    code = "RateLimited"
+    status = 429
+
+
+_REGISTRY[ProfileError.code] = ProfileError
+
+
+def error_class(code: str) -> type[ProfileError] | None:
+    """The class whose ``code`` is ``code``, if there is one."""
+    return _REGISTRY.get(code)
+
+
+def error_classes() -> list[type[ProfileError]]:
+    """Every registered error class, the base first."""
+    return list(_REGISTRY.values())
+
+
+def rebuild_error(cls: type[ProfileError], message: str, details: dict[str, Any]) -> ProfileError:
+    """An instance of ``cls`` with exactly ``message`` and ``details``, whatever its
+    constructor takes, with its ``attributes`` set from ``details``."""
+    err = cls.__new__(cls)
+    ProfileError.__init__(err, message, **details)
+    for name in cls.attributes:
+        setattr(err, name, details.get(name))
+    return err
+
+
+def error_from_dict(payload: dict[str, Any], *, status: int | None = None) -> ProfileError | None:
+    """The error a ``to_dict()`` body stands for, by its ``code``: the same class, message,
+    details and status. ``None`` when ``payload`` is not such a body or names a code no
+    class has (the caller decides what an unknown error is)."""
+    message, code = payload.get("message"), payload.get("code")
+    if not isinstance(message, str) or not isinstance(code, str):
+        return None
+    cls = _REGISTRY.get(code)
+    if cls is None:
+        return None
+    details = {k: v for k, v in payload.items() if k not in ("code", "status", "message")}
+    err = rebuild_error(cls, message, details)
+    sent = payload.get("status", status)
+    if isinstance(sent, int) and not isinstance(sent, bool) and sent != cls.status:
+        err.status = sent  # a variant of the class (an upload too large: 413)
+    return err

@@ -178,15 +178,16 @@ def test_every_error_class_round_trips_through_its_body() -> None:
     stored = error_from_body(503, {"error": samples[13].to_dict()}, location="x")
     assert isinstance(stored, StorageUnavailable)
     assert (stored.home, stored.cause) == ("/x", "ENOSPC")
-    # A code of the server's own keeps its code and status on the class of its status.
+    # A code this client does not know (a newer server's) keeps its code and status on the
+    # class of its status.
     own = error_from_body(
-        410, {"error": {"code": "LinkExpired", "status": 410, "message": "expired"}}, location="x"
+        409, {"error": {"code": "QuotaFrozen", "status": 409, "message": "frozen"}}, location="x"
     )
     assert (type(own), own.code, own.status, own.message) == (
-        ProfileError,
-        "LinkExpired",
-        410,
-        "expired",
+        Conflict,
+        "QuotaFrozen",
+        409,
+        "frozen",
     )
     # Not our shape at all (a proxy's page): by status, naming the service.
     proxy = error_from_body(502, "<html>Bad gateway</html>", location="http://h/v1")

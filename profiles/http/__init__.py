@@ -1,5 +1,3 @@
-"""The profile service over HTTP: the server (``profiles serve``)."""
-
-from profiles.http.server import ServerConfig, create_app
-
-__all__ = ["ServerConfig", "create_app"]
+"""The profile service over HTTP: the server (``profiles serve``, :mod:`.server`) and its
+client (:mod:`.client`). Nothing is imported here, so that using the client never imports
+FastAPI, Starlette or uvicorn."""

@@ -38,20 +38,21 @@ from pydantic import BaseModel
 
 from profiles.catalog.base import LeaseGrant, StateUpdate
 from profiles.errors import (
-    ArchiveInvalid,
-    BrowserDowngrade,
-    BrowserNotFound,
+    AuthFailed,
     ChecksumMismatch,
     Conflict,
-    LeaseLost,
+    Forbidden,
+    LinkExpired,
     NoStateData,
     NotFound,
     ProfileBusy,
     ProfileError,
-    StateCommitFailed,
+    RateLimited,
     StorageUnavailable,
-    TierLimit,
+    Unauthorized,
     ValidationFailed,
+    error_from_dict,
+    rebuild_error,
 )
 from profiles.locks import Holder
 from profiles.models import AuditEvent, AuditType, Page, Profile, ProfileStatus, Snapshot
@@ -90,103 +91,34 @@ M = TypeVar("M", bound=BaseModel)
 
 # --------------------------------------------------------------------------- errors
 
-
-class AuthFailed(ProfileError):
-    """The server refused the API key (missing, invalid, revoked, lacking a permission) or
-    the account is deactivated."""
-
-    code = "Unauthorized"
-    status = 401
-
-
-class Unauthorized(AuthFailed):
-    """401: no API key, or one the server does not know (any more)."""
-
-    code = "Unauthorized"
-    status = 401
-
-
-class Forbidden(AuthFailed):
-    """403: the key is known but may not do this (a missing permission, a deactivated
-    account)."""
-
-    code = "Forbidden"
-    status = 403
-
-
-class RateLimited(ProfileError):
-    """429: too many requests; ``retry_after`` says when to try again (seconds, if known)."""
-
-    code = "RateLimited"
-    status = 429
-
-
-_ERRORS: Final[dict[str, type[ProfileError]]] = {
-    cls.code: cls
-    for cls in (
-        ProfileError,
-        ValidationFailed,
-        ArchiveInvalid,
-        ChecksumMismatch,
-        NoStateData,
-        NotFound,
-        Conflict,
-        ProfileBusy,
-        LeaseLost,
-        BrowserDowngrade,
-        TierLimit,
-        BrowserNotFound,
-        StorageUnavailable,
-        StateCommitFailed,
-        Unauthorized,
-        Forbidden,
-        RateLimited,
-    )
-}
-
+# The class an error answer that is not the service's own body stands for, by status.
 _BY_STATUS: Final[dict[int, type[ProfileError]]] = {
     400: ValidationFailed,
     401: Unauthorized,
     403: Forbidden,
     404: NotFound,
     409: Conflict,
+    410: LinkExpired,
     422: ValidationFailed,
     429: RateLimited,
 }
 
-# The attributes the error classes keep besides ``details`` (set when rebuilding).
-_ATTRIBUTES: Final = ("field", "home", "cause", "limit", "current", "tier", "resource")
-
-
-def _rebuild(cls: type[ProfileError], message: str, details: dict[str, Any]) -> ProfileError:
-    """``cls`` with exactly ``message`` and ``details``, whatever its constructor takes."""
-    err = cls.__new__(cls)
-    ProfileError.__init__(err, message, **details)
-    for name in _ATTRIBUTES:
-        if name in details:
-            setattr(err, name, details[name])
-    if isinstance(err, ValidationFailed) and "field" not in details:
-        err.field = None
-    return err
-
 
 def error_from_body(status: int, body: Any, *, location: str) -> ProfileError:
     """The :class:`ProfileError` an error response stands for: the class its ``code``
-    names, with the same message and details; by status when the body is not ours."""
+    names in the registry of :mod:`profiles.errors`, with the same message and details;
+    by status when the body is not the service's."""
     payload = body.get("error") if isinstance(body, dict) else None
     if isinstance(payload, dict) and isinstance(payload.get("message"), str):
+        known = error_from_dict(payload, status=status)
+        if known is not None:
+            return known
+        # A code this client does not know (a newer server's): the class its status
+        # stands for, keeping the server's code and status.
         details = {k: v for k, v in payload.items() if k not in ("code", "status", "message")}
+        cls = _BY_STATUS.get(status) or ProfileError
+        err = rebuild_error(cls, payload["message"], details)
         code = payload.get("code")
-        cls = _ERRORS.get(code) if isinstance(code, str) else None
-        if cls is not None:
-            err = _rebuild(cls, payload["message"], details)
-            sent = payload.get("status")
-            if isinstance(sent, int) and sent != cls.status:
-                err.status = sent  # a variant of the class (an upload too large: 413)
-            return err
-        # A code of the server's own (SignatureInvalid, LinkExpired, ...): the class its
-        # status stands for, keeping the server's code and status.
-        err = _rebuild(_BY_STATUS.get(status) or ProfileError, payload["message"], details)
         if isinstance(code, str) and code:
             err.code = code
         err.status = status
@@ -201,7 +133,8 @@ def error_from_body(status: int, body: Any, *, location: str) -> ProfileError:
             cause=f"HTTP {status}",
         )
     cls = _BY_STATUS.get(status, ProfileError)
-    return _rebuild(cls, f"The profile service at {location} answered HTTP {status}{text}.", {})
+    message = f"The profile service at {location} answered HTTP {status}{text}."
+    return rebuild_error(cls, message, {})
 
 
 def _short(body: Any) -> str:

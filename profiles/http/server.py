@@ -54,10 +54,12 @@ from profiles.errors import (
     ArchiveInvalid,
     ChecksumMismatch,
     Conflict,
+    Forbidden,
     NotFound,
     ProfileBusy,
     ProfileError,
     TierLimit,
+    Unauthorized,
     ValidationFailed,
 )
 from profiles.http.accounts import Account, AccountsDB, ApiKey
@@ -107,20 +109,6 @@ T = TypeVar("T")
 
 
 # ------------------------------------------------------------------ errors
-
-
-class Unauthorized(ProfileError):
-    """No API key, or one that is unknown or revoked."""
-
-    code = "Unauthorized"
-    status = 401
-
-
-class Forbidden(ProfileError):
-    """The key (or its membership) lacks a permission, or the account is deactivated."""
-
-    code = "Forbidden"
-    status = 403
 
 
 def _error_response(err: ProfileError, headers: dict[str, str] | None = None) -> JSONResponse:

@@ -4,7 +4,7 @@
 :func:`spool_multipart` parses ``multipart/form-data`` incrementally (python-multipart's
 push parser, fed from ``request.stream()``) and writes the ``file`` part to a file: the small
 fields before it are kept (capped), the file's bytes go straight to disk. Both stop at the
-cap (``UploadTooLarge``, 413), then read and discard what the client still sends, up to
+cap (``ArchiveInvalid`` with status 413), then read and discard what the client still sends, up to
 :data:`DRAIN_LIMIT`, so that it receives the answer instead of a reset connection. A body
 whose ``Content-Length`` already passes the cap is refused before any of it is read.
 """
@@ -31,7 +31,6 @@ __all__ = [
     "ZSTD_MAGIC",
     "MultipartUpload",
     "SpooledBody",
-    "UploadTooLarge",
     "drain",
     "spool_body",
     "spool_multipart",
@@ -46,18 +45,16 @@ NO_FILE: Final = "No file provided"
 NOT_GZIP: Final = "Only .tar.gz files are allowed"
 
 
-class UploadTooLarge(ArchiveInvalid):
-    """The body passed the upload cap; nothing was kept. (Code ``ArchiveInvalid``.)"""
-
-    status = 413
-
-
-def too_large(limit: int) -> UploadTooLarge:
-    return UploadTooLarge(
+def too_large(limit: int) -> ArchiveInvalid:
+    """The body passed the upload cap; nothing was kept: ``ArchiveInvalid`` answered with
+    413, a variant of its status that the client keeps."""
+    error = ArchiveInvalid(
         f"The upload is larger than the maximum of {limit // (1024 * 1024)} MB; nothing was kept.",
         field="file",
         limit=limit,
     )
+    error.status = 413
+    return error
 
 
 def archive_codec(head: bytes) -> str | None:

@@ -23,27 +23,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from profiles.errors import ProfileError
+from profiles.errors import LinkExpired, SignatureInvalid
 
 __all__ = ["LinkExpired", "SignatureInvalid", "SignedClaim", "Signer", "load_secret"]
 
 SECRET_BYTES: Final = 32
 MAX_TOKEN_LENGTH: Final = 2048
-
-
-class SignatureInvalid(ProfileError):
-    """A signed link or upload target was altered, is malformed, or is for another use."""
-
-    code = "SignatureInvalid"
-    status = 403
-
-
-class LinkExpired(ProfileError):
-    """A signed link or upload target is past its expiry (or no longer matches the state
-    it was made for): ask for a new one."""
-
-    code = "LinkExpired"
-    status = 410
 
 
 def load_secret(path: Path) -> bytes:
