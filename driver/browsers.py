@@ -27,7 +27,7 @@ from typing import Literal
 
 from profiles.errors import BrowserNotFound
 from profiles.fsutil import atomic_write_bytes
-from profiles.state_rules import Engine
+from profiles.state.rules import Engine
 
 __all__ = ["BrowserInstall", "find_browser", "major_version", "probe_version"]
 

@@ -25,9 +25,8 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, Strict
 
 from driver.browsers import BrowserInstall, find_browser, major_version, probe_version
 from profiles.archetypes import Archetype, get_archetype
-from profiles.archive import remove_engine_locks
-from profiles.engine_cache import EngineCache
-from profiles.engine_cache_index import fetch_shared, publish_shared, sharing_mode
+from profiles.engine_cache.cache import EngineCache
+from profiles.engine_cache.fleet import fetch_shared, publish_shared, sharing_mode
 from profiles.errors import (
     BrowserDowngrade,
     Conflict,
@@ -38,11 +37,12 @@ from profiles.errors import (
     StorageUnavailable,
     ValidationFailed,
 )
-from profiles.locks import ReaderMark
 from profiles.models import Profile
-from profiles.scratch import OwnedDir
-from profiles.service import CatalogService
+from profiles.service.catalog import CatalogService
+from profiles.state.archive import remove_engine_locks
 from profiles.store import ProfileStore
+from profiles.workspace.locks import ReaderMark
+from profiles.workspace.scratch import OwnedDir
 
 __all__ = ["SESSION_COOKIES_FILE", "LaunchPlan", "SaveMode", "SessionLifecycle", "SessionOptions"]
 
@@ -283,7 +283,7 @@ class SessionLifecycle:
         """Give a cold working copy the browser build's warm-up data (Firefox's
         startupCache) before launch. It holds no identity, and anything wrong with it only
         costs speed: nothing here fails a session. On a shared backend, a build this machine
-        has no cache of is fetched from the fleet's first (profiles.engine_cache_index)."""
+        has no cache of is fetched from the fleet's first (profiles.engine_cache.fleet)."""
         if self.store.read_only or self.browser is None or self.user_data_dir is None:
             return
         try:
@@ -311,7 +311,7 @@ class SessionLifecycle:
         """After a clean session: keep this build's warm-up data if the cache lacks it, and
         on a shared backend publish what was kept when the fleet has none for the build
         (or only one this machine refused). Never from a read-only store, never when this
-        machine opted out (PROFILES_ENGINE_CACHE_SHARING, see profiles.engine_cache_index)."""
+        machine opted out (PROFILES_ENGINE_CACHE_SHARING, see profiles.engine_cache.fleet)."""
         cache, key = self._engine_cache, self._engine_key
         if cache is None or key is None or self.profile is None or self.user_data_dir is None:
             return

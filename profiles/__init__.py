@@ -8,7 +8,6 @@ No Playwright import lives in this package; ``driver`` runs browsers on top of i
 """
 
 from profiles.archetypes import DEFAULT_ARCHETYPE, Archetype, all_archetypes, get_archetype
-from profiles.archive import ArchiveLimits, Codec
 from profiles.errors import (
     ArchiveInvalid,
     AuthFailed,
@@ -34,7 +33,8 @@ from profiles.errors import (
     ValidationFailed,
 )
 from profiles.models import AuditEvent, Page, Profile, Snapshot
-from profiles.state_rules import ENGINES, Engine
+from profiles.state.archive import ArchiveLimits, Codec
+from profiles.state.rules import ENGINES, Engine
 from profiles.store import UNSET, ProfileStore, default_home
 
 __version__ = "0.1.0"

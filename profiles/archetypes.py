@@ -17,7 +17,7 @@ from importlib import resources
 from pydantic import BaseModel, ConfigDict
 
 from profiles.errors import ValidationFailed
-from profiles.state_rules import Engine
+from profiles.state.rules import Engine
 
 __all__ = ["DEFAULT_ARCHETYPE", "Archetype", "Viewport", "all_archetypes", "get_archetype"]
 

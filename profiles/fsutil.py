@@ -1,15 +1,28 @@
-"""Small file-system helpers for durable, atomic writes."""
+"""Small file-system helpers: durable, atomic writes, and sweeping what a dead owner left."""
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import logging
 import os
 import shutil
 import stat
 import tempfile
+import time
 from pathlib import Path
 
-__all__ = ["atomic_write_bytes", "fsync_dir", "remove_tree", "tighten_tree", "tree_bytes"]
+__all__ = [
+    "atomic_write_bytes",
+    "fsync_dir",
+    "remove_tree",
+    "sweep",
+    "tighten_tree",
+    "tree_bytes",
+    "try_lock_path",
+]
+
+log = logging.getLogger(__name__)
 
 
 def fsync_dir(path: Path) -> None:
@@ -75,3 +88,54 @@ def tree_bytes(root: Path) -> int:
                 if stat.S_ISREG(st.st_mode):
                     total += st.st_size
     return total
+
+
+def try_lock_path(path: Path) -> int | None:
+    """An fd holding an exclusive lock on ``path`` (a file or directory), or ``None`` when
+    someone holds it or it cannot be opened."""
+    flags = os.O_RDONLY | os.O_CLOEXEC | getattr(os, "O_NOFOLLOW", 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def sweep(parent: Path, prefixes: tuple[str, ...], *, min_age: float = 0.0) -> list[str]:
+    """Remove the entries of ``parent`` whose name starts with one of ``prefixes`` and
+    whose owner is gone (their lock can be taken), if older than ``min_age`` seconds.
+    Returns the names removed."""
+    removed: list[str] = []
+    try:
+        entries = list(os.scandir(parent))
+    except OSError:
+        return removed
+    for entry in entries:
+        if not entry.name.startswith(prefixes):
+            continue
+        if min_age > 0:
+            try:
+                if time.time() - entry.stat(follow_symlinks=False).st_mtime < min_age:
+                    continue
+            except OSError:
+                continue
+        fd = try_lock_path(Path(entry.path))
+        if fd is None:
+            continue
+        try:
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path, ignore_errors=True)
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(entry.path)
+            removed.append(entry.name)
+        finally:
+            os.close(fd)
+    if removed:
+        log.info("swept %d left-over scratch entries from %s", len(removed), parent)
+    return removed

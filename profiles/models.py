@@ -12,11 +12,13 @@ from typing import Annotated, Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, PlainSerializer
 
-from profiles.state_rules import Engine
+from profiles.state.rules import Engine
 
 __all__ = [
     "AuditEvent",
     "AuditType",
+    "Holder",
+    "HolderKind",
     "Page",
     "Profile",
     "ProfileStatus",
@@ -55,6 +57,35 @@ def new_id(prefix: str) -> str:
 
 
 Timestamp = Annotated[datetime, PlainSerializer(format_timestamp, return_type=str)]
+
+
+HolderKind = Literal["session", "import", "readonly", "maintenance"]
+
+
+class Holder(BaseModel):
+    """Who holds a profile right now."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    kind: HolderKind = "session"
+    host: str
+    pid: int
+    since: Timestamp
+
+    def describe(self) -> str:
+        age = max(0.0, (datetime.now(UTC) - self.since).total_seconds())
+        return (
+            f"{'an import' if self.kind == 'import' else 'a ' + self.kind} by pid {self.pid} "
+            f"on {self.host}, since {self.since:%Y-%m-%d %H:%M:%S} UTC ({_duration(age)})"
+        )
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 class _Record(BaseModel):

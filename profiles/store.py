@@ -1,7 +1,7 @@
 """ProfileStore: the front door. A profile service (records, state bytes, leases) plus this
 machine's workspace (working copies, locks, scratch, commits of browser directories).
 
-The service (:mod:`profiles.service`) is what any backend answers; everything about
+The service (:mod:`profiles.service.catalog`) is what any backend answers; everything about
 directories happens here. Every record operation is one catalog transaction; state bytes
 are written before the catalog is changed to point at them (data first, metadata last), so
 a crash at any point leaves the last committed state readable; bytes no record points at
@@ -28,18 +28,17 @@ from typing import IO, Any, BinaryIO, Final, cast
 import platformdirs
 import zstandard
 
-from profiles.archive import (
-    ArchiveLimits,
-    Codec,
-    detect_codec,
-    pack_dir,
-    unpack_archive,
-)
-from profiles.backends import blobs_url_from_env, catalog_url_from_env, open_blobs, open_catalog
 from profiles.blobs import BlobStore, LocalBlobStore
 from profiles.catalog import Catalog, SQLiteCatalog
 from profiles.catalog.base import StateUpdate
-from profiles.chunked import apply_chunked, restore_chunked, write_tar
+from profiles.connect import (
+    blobs_url_from_env,
+    catalog_url_from_env,
+    is_service_url,
+    open_blobs,
+    open_catalog,
+    open_service,
+)
 from profiles.errors import (
     ArchiveInvalid,
     Conflict,
@@ -51,33 +50,42 @@ from profiles.errors import (
     ValidationFailed,
 )
 from profiles.fsutil import remove_tree, tighten_tree
-from profiles.inspection import detect_engine, read_browser_version, read_cookie_domains
-from profiles.leases import DEFAULT_LEASE_TTL, WriterLease
-from profiles.locks import (
-    Activity,
-    Holder,
-    HolderKind,
-    ProfileLock,
-    ReaderMark,
-    read_holder,
-)
-from profiles.manifest import Manifest
 from profiles.models import (
     AuditEvent,
     AuditType,
+    Holder,
+    HolderKind,
     Page,
     Profile,
     ProfileStatus,
     Snapshot,
     utcnow,
 )
-from profiles.scratch import owned_dir, sweep
-from profiles.service import UNSET, CatalogService, ProfileService, Unset
-from profiles.state_rules import ENGINES
+from profiles.service.catalog import CatalogService
+from profiles.service.protocol import UNSET, ProfileService, Unset
+from profiles.state.archive import (
+    ArchiveLimits,
+    Codec,
+    detect_codec,
+    pack_dir,
+    unpack_archive,
+)
+from profiles.state.chunked import apply_chunked, restore_chunked, write_tar
+from profiles.state.inspection import detect_engine, read_browser_version, read_cookie_domains
+from profiles.state.manifest import Manifest
+from profiles.state.rules import ENGINES
 from profiles.validation import (
     check_browser_version,
 )
-from profiles.workdir import EMPTY_STATE, CachePrune, WorkingCopies
+from profiles.workspace.leases import DEFAULT_LEASE_TTL, WriterLease
+from profiles.workspace.locks import (
+    Activity,
+    ProfileLock,
+    ReaderMark,
+    read_holder,
+)
+from profiles.workspace.scratch import owned_dir, sweep
+from profiles.workspace.working_copies import EMPTY_STATE, CachePrune, WorkingCopies
 
 __all__ = [
     "DEFAULT_CACHE_MAX_BYTES",
@@ -193,7 +201,7 @@ class ProfileStore:
         # A profile service over HTTP: the URL as ``home`` or ``service``, else
         # $PROFILES_URL when no catalog or blob store is named. The home is then only this
         # machine's workspace.
-        if isinstance(home, str) and home.lower().startswith(("http://", "https://")):
+        if is_service_url(home):
             if service is not None:
                 raise ValidationFailed("Pass the service URL once.", field="service")
             home, service = None, home
@@ -206,15 +214,13 @@ class ProfileStore:
         ):
             service = os.environ.get("PROFILES_URL") or None
         if isinstance(service, str):
-            from profiles.http.client import HttpService
-
             if catalog is not None or blobs is not None or max_profiles is not None:
                 raise ValidationFailed(
                     "A store on a profile service over HTTP takes no catalog, blobs or "
                     "max_profiles: the server keeps and caps its records.",
                     field="service",
                 )
-            service = HttpService(
+            service = open_service(
                 service,
                 api_key=api_key if api_key is not None else os.environ.get("PROFILES_API_KEY"),
                 account=account if account is not None else os.environ.get("PROFILES_ACCOUNT"),
@@ -252,7 +258,7 @@ class ProfileStore:
                 "lease_ttl must be a number of seconds above 0.", field="lease_ttl"
             )
         self.lease_ttl = float(lease_ttl)
-        #: Commit states as deduplicated chunks (profiles.chunked); False keeps whole
+        #: Commit states as deduplicated chunks (profiles.state.chunked); False keeps whole
         #: archives (the format before chunking, still read either way).
         self.chunked = bool(chunked)
         writable = not self.read_only
@@ -270,7 +276,7 @@ class ProfileStore:
             service = CatalogService(
                 opened_catalog, opened_blobs, max_profiles=max_profiles, limits=self.limits
             )
-        #: What the backend answers: records, state bytes, leases (see profiles.service).
+        #: What the backend answers: records, state bytes, leases (see profiles.service.catalog).
         self.service: ProfileService = service
         # A catalog other processes on other machines share decides who writes (leases
         # with expiry); the embedded one leaves it to this machine's file lock.

@@ -59,9 +59,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from driver import Session
 from driver.browsers import find_browser, probe_version
 from profiles import ProfileStore, get_archetype
-from profiles.archive import pack_dir
-from profiles.locks import ProfileLock
-from profiles.state_rules import Engine
+from profiles.state.archive import pack_dir
+from profiles.state.rules import Engine
+from profiles.workspace.locks import ProfileLock
 
 PAGE = b"""<!doctype html><title>bench</title><body>bench<script>
 localStorage.setItem("visits", String(Number(localStorage.getItem("visits") || 0) + 1));
@@ -1179,7 +1179,7 @@ def main(argv: list[str] | None = None) -> int:
         "catalog,shared (default all)",
     )
     args = parser.parse_args(argv)
-    logging.getLogger("profiles.inspection").setLevel(logging.ERROR)  # synthetic cookie dbs
+    logging.getLogger("profiles.state.inspection").setLevel(logging.ERROR)  # synthetic cookie dbs
     only = {s.strip() for s in args.only.split(",") if s.strip()}
 
     def wanted(section: str) -> bool:

@@ -37,9 +37,9 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from profiles.archive import pack_dir, unpack_archive
 from profiles.blobs.local import LocalBlobStore
-from profiles.chunked import (
+from profiles.state.archive import pack_dir, unpack_archive
+from profiles.state.chunked import (
     CHUNK_SIZE,
     PackResult,
     apply_chunked,

@@ -15,7 +15,7 @@ to close (median, min..max, ratio to ``warm``), the CPU time of the driver and b
 processes (user + system, from ``RUSAGE_CHILDREN``; median, min..max, ratio to ``warm``),
 and what copying the seed cost (bytes, milliseconds). On a shared machine the CPU time is the
 figure to read: contention stretches wall time a lot and CPU time little. The end prints what
-:class:`profiles.engine_cache.EngineCache` itself costs to seed (copy with SHA-256 checks).
+:class:`profiles.engine_cache.cache.EngineCache` itself costs to seed (copy with SHA-256 checks).
 Run it on a quiet machine::
 
     .venv/bin/python scripts/measure_engine_cache.py --repeats 7
@@ -39,8 +39,8 @@ from pathlib import Path
 from typing import Any
 
 from driver.browsers import find_browser, probe_version
-from profiles.archive import pack_dir, unpack_archive
-from profiles.state_rules import Engine
+from profiles.state.archive import pack_dir, unpack_archive
+from profiles.state.rules import Engine
 
 PAGE = """<!doctype html><title>t</title><style>body{font:16px sans-serif}</style>
 <h1>hello</h1><p id=p></p>
@@ -62,7 +62,7 @@ _FIREFOX_CORE = (
 CANDIDATES: dict[Engine, dict[str, tuple[str, ...]]] = {
     "firefox": {
         "startupCache": ("startupCache",),
-        "startupCache-core": _FIREFOX_CORE,  # what profiles.engine_cache adopts
+        "startupCache-core": _FIREFOX_CORE,  # what profiles.engine_cache.cache adopts
         "core+urlCache": (
             *_FIREFOX_CORE,
             "startupCache/urlCache.bin",
@@ -170,7 +170,7 @@ def measure(
     pack_dir(a, archive, engine=engine)
     state = archive.getvalue()
 
-    from profiles.engine_cache import EngineCache
+    from profiles.engine_cache.cache import EngineCache
 
     cache = EngineCache(scratch / f"engine-cache-variant-{engine}")
     key = cache.build_key(
@@ -244,7 +244,7 @@ def measure(
 
 def measure_engine_cache_copy(engine: Engine, scratch: Path) -> dict[str, Any]:
     """The library's own seed (copy + hash check) from a refreshed cache."""
-    from profiles.engine_cache import CACHE_PATHS, EngineCache
+    from profiles.engine_cache.cache import CACHE_PATHS, EngineCache
 
     browser = find_browser(engine)
     version = probe_version(browser) or "unknown"

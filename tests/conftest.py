@@ -20,7 +20,7 @@ from pg_service import postgres_database, postgres_service, postgres_url  # noqa
 from s3_service import s3_bucket, s3_endpoint, s3_env  # noqa: F401
 
 from profiles import BrowserNotFound, ProfileStore
-from profiles.state_rules import Engine
+from profiles.state.rules import Engine
 
 PAGES = Path(__file__).parent / "pages"
 

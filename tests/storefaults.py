@@ -12,7 +12,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from profiles.archive import pack_dir
+from profiles.state.archive import pack_dir
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -22,7 +22,7 @@ import pytest
 import zstandard
 
 from profiles import ArchiveInvalid
-from profiles.archive import ArchiveLimits, pack_dir, unpack_archive
+from profiles.state.archive import ArchiveLimits, pack_dir, unpack_archive
 
 MiB = 1024 * 1024
 BLOCK = 512
@@ -441,7 +441,7 @@ CHILD = r"""
 import json, sys, time
 from pathlib import Path
 from profiles.errors import ArchiveInvalid
-from profiles.archive import unpack_archive
+from profiles.state.archive import unpack_archive
 start = time.monotonic()
 try:
     unpack_archive(Path(sys.argv[1]), Path(sys.argv[2]))

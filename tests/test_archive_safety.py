@@ -15,7 +15,7 @@ import zstandard
 
 from driver import Session
 from profiles import ArchiveInvalid, ProfileStore
-from profiles.archive import (
+from profiles.state.archive import (
     ArchiveLimits,
     detect_codec,
     pack_dir,
@@ -23,8 +23,8 @@ from profiles.archive import (
     tree_digest,
     unpack_archive,
 )
-from profiles.inspection import detect_engine, read_browser_version, read_cookie_domains
-from profiles.state_rules import RULES, Engine
+from profiles.state.inspection import detect_engine, read_browser_version, read_cookie_domains
+from profiles.state.rules import RULES, Engine
 
 from conftest import ARCHETYPE_OF
 

@@ -16,10 +16,11 @@ from typing import Any, BinaryIO
 import pytest
 import zstandard
 
-from profiles import chunked
-from profiles.archive import ArchiveLimits, _walk, pack_dir, unpack_archive
 from profiles.blobs.local import LocalBlobStore
-from profiles.chunked import (
+from profiles.errors import ArchiveInvalid, ProfileError
+from profiles.state import chunked
+from profiles.state.archive import ArchiveLimits, _walk, pack_dir, unpack_archive
+from profiles.state.chunked import (
     CHUNK_SIZE,
     MANIFEST_MAGIC,
     Manifest,
@@ -37,8 +38,7 @@ from profiles.chunked import (
     tar_stream,
     walk_state,
 )
-from profiles.errors import ArchiveInvalid, ProfileError
-from profiles.state_rules import RULES
+from profiles.state.rules import RULES
 
 MiB = 1024 * 1024
 PAST = 1_600_000_000  # whole seconds, long ago: files that old are trusted by the stat cache

@@ -32,7 +32,7 @@ from playwright.sync_api import Page
 import driver
 from driver import Session
 from profiles import ProfileError, ProfileStore, StorageUnavailable
-from profiles.cli import (
+from profiles.cli.main import (
     CLI_WORDING,
     _dumps,
     _duration,
@@ -398,7 +398,7 @@ def test_import_waits_for_the_writer_lock(
 
 def test_verbose_logs_to_stderr_for_one_command_only(capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = run(capsys, "-v", "create", "one")
-    assert code == 0 and "INFO profiles.service: created profile one" in err
+    assert code == 0 and "INFO profiles.service.catalog: created profile one" in err
     code, _, err = run(capsys, "create", "two")
     assert code == 0 and not err
 

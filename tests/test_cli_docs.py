@@ -2,7 +2,7 @@
 (sqlite-utils' tests/test_docs.py style), and ``scripts/setup.sh`` does what the README's
 quick start says.
 
-Every command and every option of :func:`profiles.cli.build_parser` must be in the README's
+Every command and every option of :func:`profiles.cli.main.build_parser` must be in the README's
 tables, and every command and option the README names must exist; every command must have
 help text; every exit code must be in the README's table and in ``profiles --help``.
 """
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from profiles.cli import EPILOG, EXIT_CODES, build_parser
+from profiles.cli.main import EPILOG, EXIT_CODES, build_parser
 from profiles.errors import ProfileError
 
 ROOT = Path(__file__).resolve().parent.parent

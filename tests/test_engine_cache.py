@@ -23,9 +23,8 @@ from typing import Any
 
 import pytest
 
-from profiles.archive import pack_dir, unpack_archive
 from profiles.blobs.local import LocalBlobStore
-from profiles.engine_cache import (
+from profiles.engine_cache.cache import (
     CACHE_PATHS,
     MANIFEST,
     SCRATCH_PREFIXES,
@@ -34,7 +33,8 @@ from profiles.engine_cache import (
     JsonFileIndex,
     is_allowed,
 )
-from profiles.state_rules import RULES
+from profiles.state.archive import pack_dir, unpack_archive
+from profiles.state.rules import RULES
 
 from conftest import require_engine
 
@@ -681,7 +681,7 @@ def test_real_firefox_starts_on_a_garbage_seed(
     pack_dir(source, state, engine="firefox")
     target = tmp_path / "work" / "prof_garbage"
     unpack_archive(io.BytesIO(state.getvalue()), target)
-    with caplog.at_level(logging.DEBUG, logger="profiles.engine_cache"):
+    with caplog.at_level(logging.DEBUG, logger="profiles.engine_cache.cache"):
         assert cache.seed("firefox", key, target) is True
     assert _session(target, options, f"{server}/index.html", fill=False) == STORAGE_VALUE
 
@@ -705,7 +705,7 @@ def test_private_whatever_the_umask_and_an_open_root_is_tightened(
 
 
 def test_sweep_removes_only_old_unowned_scratch(tmp_path: Path) -> None:
-    from profiles.scratch import OwnedDir
+    from profiles.workspace.scratch import OwnedDir
 
     cache = EngineCache(tmp_path / "c")
     cache.root.mkdir()

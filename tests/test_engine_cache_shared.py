@@ -32,15 +32,15 @@ from driver import Session
 from driver.browsers import BrowserInstall
 from driver.lifecycle import SessionLifecycle, SessionOptions
 from profiles import ProfileStore
-from profiles.archive import pack_dir
 from profiles.blobs.s3 import S3BlobStore
-from profiles.engine_cache import MANIFEST, EngineCache, is_allowed
-from profiles.engine_cache_index import (
+from profiles.engine_cache.cache import MANIFEST, EngineCache, is_allowed
+from profiles.engine_cache.fleet import (
     SHARING_ENV,
     CatalogEngineCacheIndex,
     fetch_shared,
     publish_shared,
 )
+from profiles.state.archive import pack_dir
 
 from conftest import require_engine
 
@@ -142,7 +142,7 @@ def test_a_fresh_container_fetches_and_seeds_before_its_first_launch(
     build = home / "engine-cache" / "firefox" / fleet.key
     with (
         caplog.at_level(logging.DEBUG, logger="driver.lifecycle"),
-        caplog.at_level(logging.DEBUG, logger="profiles.engine_cache_index"),
+        caplog.at_level(logging.DEBUG, logger="profiles.engine_cache.fleet"),
         _machine(fleet.catalog_url, fleet.blobs_url, home) as store,
     ):
         with Session(profile="donor", store=store) as page:
@@ -211,7 +211,7 @@ def test_a_corrupt_published_cache_only_costs_speed(
                 Bucket=blobs.bucket, Key=blobs.key(bad), Body=b"\x28\xb5\x2f\xfd garbage" * 999
             )
             with (
-                caplog.at_level(logging.INFO, logger="profiles.engine_cache"),
+                caplog.at_level(logging.INFO, logger="profiles.engine_cache.cache"),
                 Session(profile="cold", store=store, archetype=ARCHETYPE) as page,
             ):
                 assert not build.exists()  # nothing was installed from the bad blob

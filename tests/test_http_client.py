@@ -40,7 +40,6 @@ from profiles import (
     TierLimit,
     ValidationFailed,
 )
-from profiles.archive import unpack_archive
 from profiles.catalog.base import StateUpdate
 from profiles.http.client import (
     Forbidden,
@@ -50,6 +49,7 @@ from profiles.http.client import (
     error_from_body,
 )
 from profiles.models import Profile, utcnow
+from profiles.state.archive import unpack_archive
 
 from conftest import require_engine
 

@@ -28,9 +28,9 @@ from http_service import HttpServer, start_http_server
 from hypothesis import HealthCheck, given, settings
 from schemathesis.core.result import Ok
 
-from profiles.archive import unpack_archive
 from profiles.http.accounts import AccountsDB
-from profiles.inspection import detect_engine
+from profiles.state.archive import unpack_archive
+from profiles.state.inspection import detect_engine
 
 TIMEOUT = httpx.Timeout(60.0)
 

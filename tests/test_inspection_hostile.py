@@ -20,9 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from profiles.inspection import detect_engine, read_browser_version, read_cookie_domains
-from profiles.state_rules import Engine
-from profiles.untrusted_sqlite import (
+from profiles.state.inspection import detect_engine, read_browser_version, read_cookie_domains
+from profiles.state.rules import Engine
+from profiles.state.untrusted_sqlite import (
     SqliteLimits,
     UntrustedDatabaseError,
     read_text_column,
@@ -103,7 +103,7 @@ def _isolated(root: Path, engine: Engine, scratch: Path, timeout: float = 30) ->
         """
         import json, sys, time
         from pathlib import Path
-        from profiles.inspection import read_cookie_domains
+        from profiles.state.inspection import read_cookie_domains
         root, engine, scratch = sys.argv[1:4]
         start = time.monotonic()
         domains = read_cookie_domains(Path(root), engine, scratch=Path(scratch))

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from profiles.cli import build_parser
+from profiles.cli.main import build_parser
 from profiles.http.server import ServerConfig, create_app
 
 SNAPSHOTS = Path(__file__).parent / "snapshots"

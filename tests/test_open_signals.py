@@ -33,7 +33,7 @@ import pytest
 
 from driver import Session
 from profiles import ProfileStore
-from profiles.state_rules import Engine
+from profiles.state.rules import Engine
 
 from conftest import ARCHETYPE_OF
 

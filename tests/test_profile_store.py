@@ -516,13 +516,17 @@ def test_exported_members() -> None:
             "ArchiveInvalid",
             "ArchiveLimits",
             "AuditEvent",
+            "AuthFailed",
             "BrowserDowngrade",
             "BrowserNotFound",
             "ChecksumMismatch",
             "Codec",
             "Conflict",
             "Engine",
+            "Forbidden",
             "LeaseLost",
+            "LinkExpired",
+            "NavigationFailed",
             "NoStateData",
             "NotFound",
             "Page",
@@ -530,11 +534,14 @@ def test_exported_members() -> None:
             "ProfileBusy",
             "ProfileError",
             "ProfileStore",
+            "RateLimited",
+            "SignatureInvalid",
             "Snapshot",
             "StateCommitFailed",
             "StateCorrupt",
             "StorageUnavailable",
             "TierLimit",
+            "Unauthorized",
             "ValidationFailed",
             "__version__",
             "all_archetypes",
@@ -588,7 +595,7 @@ def test_error_tree(error: type[ProfileError], code: str, status: int) -> None:
 def test_the_profiles_package_does_not_import_playwright() -> None:
     """profiles/ is the metadata and state layer: it must load where no browser runs."""
     code = (
-        "import sys, profiles, profiles.cli, profiles.store, profiles.archive; "
+        "import sys, profiles, profiles.cli.main, profiles.store, profiles.state.archive; "
         "print(sorted(m for m in sys.modules if m.split('.')[0] in ('playwright', 'driver')))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -28,7 +28,7 @@ from profiles import (
     StateCommitFailed,
     ValidationFailed,
 )
-from profiles.state_rules import Engine
+from profiles.state.rules import Engine
 
 from conftest import ARCHETYPE_OF, require_engine
 

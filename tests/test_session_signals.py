@@ -26,7 +26,7 @@ import pytest
 
 from driver import AsyncSession, Session
 from profiles import ProfileStore
-from profiles.state_rules import Engine
+from profiles.state.rules import Engine
 
 from conftest import ARCHETYPE_OF, require_engine
 
@@ -194,7 +194,7 @@ IN_A_DISPATCH = textwrap.dedent(
     """
     import os, signal, sys
     from playwright._impl import _connection
-    import profiles.cli_open
+    import profiles.cli.session
 
     mode, how, home, base, archetype = sys.argv[1:6]
     armed = False
@@ -212,15 +212,15 @@ IN_A_DISPATCH = textwrap.dedent(
     _connection.Connection.dispatch = signalling_dispatch
 
     if mode == "cli":
-        banner = profiles.cli_open._err
+        banner = profiles.cli.session._err
 
         def arming_banner(message):
             global armed
             banner(message)
             armed = message.startswith("Browser open")  # next: the page's navigation
 
-        profiles.cli_open._err = arming_banner
-        from profiles.cli import main
+        profiles.cli.session._err = arming_banner
+        from profiles.cli.main import main
 
         sys.exit(main(["--home", home, "open", "sig", "--archetype", archetype,
                        "--url", base + "/navigate-soon.html"]))

@@ -14,8 +14,8 @@ from backends import shared_urls, store_on
 from storefaults import chromium_dir
 
 from profiles import Conflict, LeaseLost, NotFound, ProfileBusy, ProfileStore, TierLimit
-from profiles.archive import tree_digest, unpack_archive
-from profiles.transfer import transfer
+from profiles.maintenance.transfer import transfer
+from profiles.state.archive import tree_digest, unpack_archive
 
 
 @pytest.fixture

@@ -23,9 +23,9 @@ from profiles import (
     StateCorrupt,
     ValidationFailed,
 )
-from profiles.archive import detect_codec, tree_digest, unpack_archive
 from profiles.models import Profile
-from profiles.service import CatalogService
+from profiles.service.catalog import CatalogService
+from profiles.state.archive import detect_codec, tree_digest, unpack_archive
 
 from conftest import require_engine
 
@@ -360,7 +360,7 @@ def test_migrate_packs_a_state_of_the_first_chunked_format(
 ) -> None:
     """Format 1 stored every chunk as a blob of its own: migrate moves them into packs."""
     from profiles.catalog.base import StateUpdate
-    from profiles.manifest import Manifest, encode_manifest
+    from profiles.state.manifest import Manifest, encode_manifest
 
     store = local_store
     service = store.service

@@ -29,9 +29,9 @@ from profiles import (
     StorageUnavailable,
     ValidationFailed,
 )
-from profiles.archive import tree_digest
-from profiles.locks import read_holder
 from profiles.redact import describe_error, redact_text
+from profiles.state.archive import tree_digest
+from profiles.workspace.locks import read_holder
 
 AS_NOBODY = ("setpriv", "--reuid=65534", "--regid=65534", "--clear-groups")
 ROOT_ONLY = pytest.mark.skipif(
@@ -243,7 +243,7 @@ def test_a_full_disk_is_storage_unavailable_and_keeps_the_last_state(
     assert after.checksum == good.checksum and after.status == "ready"
     store.export_state("kept", tmp_path / "back.tar.gz")
     restored = tmp_path / "restored"
-    from profiles.archive import unpack_archive
+    from profiles.state.archive import unpack_archive
 
     unpack_archive(tmp_path / "back.tar.gz", restored)
     assert tree_digest(restored) == digest

@@ -13,7 +13,7 @@ import pytest
 from storefaults import chromium_dir, lock_held_elsewhere
 
 from profiles import NotFound, ProfileBusy, ProfileStore
-from profiles.archive import tree_digest
+from profiles.state.archive import tree_digest
 
 # ----------------------------------------------------------------------------- typos
 
@@ -59,7 +59,7 @@ def test_a_waiting_writer_says_once_who_holds_the_profile(
     store.create("contended")
     with (
         lock_held_elsewhere(store.home, "contended") as pid,
-        caplog.at_level(logging.WARNING, logger="profiles.locks"),
+        caplog.at_level(logging.WARNING, logger="profiles.workspace.locks"),
     ):
         started = time.monotonic()
         with pytest.raises(ProfileBusy, match=f"pid {pid}"):
@@ -77,7 +77,7 @@ def test_a_quick_hand_off_says_nothing(
     lock = store.lock("quick")
     lock.acquire()
     threading.Timer(0.2, lock.release).start()
-    with caplog.at_level(logging.WARNING, logger="profiles.locks"), store.lock("quick"):
+    with caplog.at_level(logging.WARNING, logger="profiles.workspace.locks"), store.lock("quick"):
         pass
     assert not [r for r in caplog.records if "waiting for profile" in r.getMessage()]
 

@@ -19,8 +19,7 @@ from profiles.blobs.base import (
     check_range,
 )
 from profiles.errors import NotFound
-from profiles.fsutil import fsync_dir
-from profiles.scratch import sweep
+from profiles.fsutil import fsync_dir, sweep
 
 __all__ = ["LocalBlobStore"]
 

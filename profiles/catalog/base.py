@@ -53,7 +53,7 @@ Every backend MUST keep these rules, and ``profiles.testing.catalog_contract`` c
    :class:`~profiles.errors.StorageUnavailable` naming the catalog (never its password);
    nothing else escapes but :class:`~profiles.errors.ProfileError`.
 10. **Engine caches.** :meth:`CatalogTransaction.engine_cache_put` records the checksum
-    of a browser build's published engine cache (:mod:`profiles.engine_cache`) under
+    of a browser build's published engine cache (:mod:`profiles.engine_cache.cache`) under
     ``(engine, key)``, replacing any earlier one (an upsert: the last writer wins, and
     concurrent puts never fail); :meth:`~CatalogTransaction.engine_cache_get` reads it back.
     Those bytes are referenced like state: :meth:`~CatalogTransaction.engine_cache_checksums`
@@ -67,21 +67,21 @@ Listings are keyset-paginated: ``created_at`` (``captured_at``, ``at``) descendi
 
 from __future__ import annotations
 
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Final
 
 from profiles.blobs.base import check_checksum
-from profiles.engine_cache import KEY_PATTERN
 from profiles.errors import LeaseLost, TierLimit, ValidationFailed
-from profiles.locks import Holder
-from profiles.models import AuditEvent, Profile, ProfileStatus, Snapshot
-from profiles.state_rules import ENGINES
+from profiles.models import AuditEvent, Holder, Profile, ProfileStatus, Snapshot
+from profiles.state.rules import ENGINES
 
 __all__ = [
+    "KEY_PATTERN",
     "UPDATABLE_FIELDS",
     "Catalog",
     "CatalogTransaction",
@@ -91,6 +91,9 @@ __all__ = [
     "check_engine_cache_ref",
     "lease_lost",
 ]
+
+#: What an engine cache key looks like (a browser build: engine, version, platform).
+KEY_PATTERN: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 #: Columns :meth:`CatalogTransaction.update_fields` may set.
 UPDATABLE_FIELDS = frozenset({"name", "description", "updated_at"})

@@ -124,8 +124,7 @@ from profiles.errors import (
     StorageUnavailable,
     ValidationFailed,
 )
-from profiles.locks import Holder
-from profiles.models import AuditEvent, Profile, ProfileStatus, Snapshot, format_timestamp
+from profiles.models import AuditEvent, Holder, Profile, ProfileStatus, Snapshot, format_timestamp
 
 __all__ = ["MIGRATIONS", "PostgresCatalog", "redact_location"]
 
@@ -193,7 +192,7 @@ MIGRATIONS: tuple[str, ...] = (
         expires_at timestamptz NOT NULL
     )
     """,
-    # 2: the published engine cache of each browser build (profiles.engine_cache_index)
+    # 2: the published engine cache of each browser build (profiles.engine_cache.fleet)
     """
     CREATE TABLE engine_caches (
         engine text NOT NULL CHECK (engine IN ('chromium', 'firefox', 'webkit')),

@@ -40,8 +40,7 @@ from profiles.errors import (
     StorageUnavailable,
     ValidationFailed,
 )
-from profiles.locks import Holder
-from profiles.models import AuditEvent, Profile, ProfileStatus, Snapshot, format_timestamp
+from profiles.models import AuditEvent, Holder, Profile, ProfileStatus, Snapshot, format_timestamp
 
 __all__ = ["MIGRATIONS", "SQLiteCatalog"]
 
@@ -112,7 +111,7 @@ MIGRATIONS: tuple[str, ...] = (
         expires_at REAL NOT NULL
     );
     """,
-    # 4: the published engine cache of each browser build (profiles.engine_cache_index)
+    # 4: the published engine cache of each browser build (profiles.engine_cache.fleet)
     """
     CREATE TABLE engine_caches (
         engine TEXT NOT NULL CHECK (engine IN ('chromium', 'firefox', 'webkit')),

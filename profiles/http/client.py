@@ -3,7 +3,7 @@
 ``ProfileStore("https://profiles.example/v1", api_key=...)`` keeps this machine's workspace
 (working copies, locks, scratch) in its home and asks the server for everything else:
 records, state bytes (streamed both ways, never held whole in memory) and writer leases
-(which expire; :class:`~profiles.leases.WriterLease` renews them with its heartbeat).
+(which expire; :class:`~profiles.workspace.leases.WriterLease` renews them with its heartbeat).
 
 Errors come back as the same :class:`~profiles.errors.ProfileError` subclasses the local
 store raises, with the same message and details (the server sends ``{"error": {code, status,
@@ -54,9 +54,8 @@ from profiles.errors import (
     error_from_dict,
     rebuild_error,
 )
-from profiles.locks import Holder
-from profiles.models import AuditEvent, AuditType, Page, Profile, ProfileStatus, Snapshot
-from profiles.service import UNSET, ProfileService, Unset
+from profiles.models import AuditEvent, AuditType, Holder, Page, Profile, ProfileStatus, Snapshot
+from profiles.service.protocol import UNSET, ProfileService, Unset
 from profiles.validation import check_limit, check_name
 
 __all__ = [
@@ -309,7 +308,7 @@ def _describe(exc: BaseException) -> str:
 
 
 class HttpService(ProfileService):
-    """A :class:`~profiles.service.ProfileService` answered by a server over HTTP.
+    """A :class:`~profiles.service.catalog.ProfileService` answered by a server over HTTP.
 
     ``url`` is the API's base URL, version included (``https://profiles.example/v1``).
     ``api_key`` goes in ``Authorization: Bearer``; ``account`` in ``X-Account``. One

@@ -47,7 +47,6 @@ from fastapi.security import HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from profiles.archive import Codec
 from profiles.blobs import LocalBlobStore
 from profiles.catalog import SQLiteCatalog
 from profiles.errors import (
@@ -72,11 +71,12 @@ from profiles.http.server_streams import (
     spool_multipart,
 )
 from profiles.http.signing import Signer, load_secret
-from profiles.locks import Holder
-from profiles.models import AuditType, Page, Profile, new_id, utcnow
+from profiles.models import AuditType, Holder, Page, Profile, new_id, utcnow
 from profiles.redact import redact_text
-from profiles.service import UNSET, CatalogService, Unset
-from profiles.state_rules import ENGINES
+from profiles.service.catalog import CatalogService
+from profiles.service.protocol import UNSET, Unset
+from profiles.state.archive import Codec
+from profiles.state.rules import ENGINES
 from profiles.store import ProfileStore
 from profiles.validation import (
     check_browser_version,

@@ -50,8 +50,7 @@ from profiles.errors import (
     TierLimit,
     ValidationFailed,
 )
-from profiles.locks import Holder
-from profiles.models import AuditEvent, Profile, Snapshot, new_id, utcnow
+from profiles.models import AuditEvent, Holder, Profile, Snapshot, new_id, utcnow
 
 __all__ = ["CatalogContract", "CatalogFactory", "make_event", "make_profile", "make_snapshot"]
 

@@ -2,8 +2,8 @@
 
 A writer (a session, an import) holds two things:
 
-- the **machine lock** (:class:`~profiles.locks.ProfileLock`, an ``flock`` under the home):
-  this machine's working copy of the profile is used by one process at a time;
+- the **machine lock** (:class:`~profiles.workspace.locks.ProfileLock`, an ``flock`` under
+  the home): this machine's working copy of the profile is used by one process at a time;
 - the **catalog lease**: a row in the catalog with a holder (host, pid, since), an expiry and
   an ``epoch`` that grows by one at every grant. The epoch is the fencing token: the commit
   lands only if the epoch it was granted is still the profile's current one
@@ -31,10 +31,11 @@ from types import TracebackType
 from typing import TYPE_CHECKING
 
 from profiles.errors import ProfileError
-from profiles.locks import Holder, HolderKind, ProfileLock, poll_until_free
+from profiles.models import Holder, HolderKind
+from profiles.workspace.locks import ProfileLock, poll_until_free
 
 if TYPE_CHECKING:
-    from profiles.service import ProfileService
+    from profiles.service.protocol import ProfileService
 
 __all__ = ["DEFAULT_LEASE_TTL", "WriterLease"]
 

@@ -1,6 +1,6 @@
 """Caches that belong to a browser build, not to a profile, shared by every profile on it.
 
-A profile's state leaves out the engine's caches (:mod:`profiles.state_rules`), so a working
+A profile's state leaves out the engine's caches (:mod:`profiles.state.rules`), so a working
 copy unpacked from the committed state starts cold. Some of those caches are a function of
 the browser build alone: Firefox's ``startupCache`` holds the build's own compiled chrome
 JavaScript. This module keeps one copy of such caches per build and seeds cold working
@@ -73,12 +73,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from profiles.archive import ArchiveLimits, pack_dir, unpack_archive
 from profiles.blobs.base import BlobStore, check_checksum
+from profiles.catalog.base import KEY_PATTERN
 from profiles.errors import ProfileError
 from profiles.fsutil import atomic_write_bytes, tighten_tree
-from profiles.scratch import OwnedDir, sweep
-from profiles.state_rules import ENGINES, RULES, Engine
+from profiles.state.archive import ArchiveLimits, pack_dir, unpack_archive
+from profiles.state.rules import ENGINES, RULES, Engine
+from profiles.workspace.scratch import OwnedDir, sweep
 
 __all__ = [
     "CACHE_PATHS",
@@ -172,7 +173,6 @@ HEADER_BYTES = 16
 MANIFEST = "MANIFEST.json"
 FORMAT = 1
 UNIDENTIFIED = "unidentified"  # what build_key returns when the build cannot be told apart
-KEY_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 MAX_CACHE_BYTES = 256 * 1024 * 1024
 MAX_CACHE_FILES = 256
 MAX_MANIFEST_BYTES = 256 * 1024

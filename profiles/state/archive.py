@@ -5,7 +5,7 @@ the documented interchange format) or zstd (``.tar.zst``). Readers tell the code
 magic bytes, never from a file name.
 
 Unpacking assumes the archive came from anyone. The tar stream is read by
-:mod:`profiles.tar_guard`, not by ``tarfile``'s reader: headers are capped in size before
+:mod:`profiles.state.tar_guard`, not by ``tarfile``'s reader: headers are capped in size before
 they are read, every byte must belong to a member or to the end-of-archive marker and its
 zero padding, and the compressed stream must end exactly where its codec says. Only regular
 files and directories with plain relative names are accepted (our own allow-list, then
@@ -38,8 +38,8 @@ from pydantic import BaseModel, ConfigDict
 
 from profiles.errors import ArchiveInvalid, ValidationFailed
 from profiles.fsutil import fsync_dir, remove_tree
-from profiles.state_rules import RULES, Engine
-from profiles.tar_guard import (
+from profiles.state.rules import RULES, Engine
+from profiles.state.tar_guard import (
     BLOCK,
     MAX_ZERO_PADDING,
     GzipDecoder,

@@ -9,7 +9,7 @@ that changed one cookie re-packed and re-stored the whole profile. Here a state 
 * **packs**: the chunks a commit adds, their zstd frames back to back in walk order, in
   blobs of about :data:`PACK_TARGET` (4 MiB) named by their own SHA-256 (so
   :meth:`BlobStore.put` verifies them); and
-* a **manifest** (:mod:`profiles.manifest`): per file its chunk list, the packs it uses
+* a **manifest** (:mod:`profiles.state.manifest`): per file its chunk list, the packs it uses
   and where each chunk lies in them. The manifest is a blob too; its checksum is the
   state's identity.
 
@@ -77,7 +77,7 @@ Manifests as deltas
 
 With small chunks, the manifest dominates what a small commit writes (4 KB a state for a
 1 MB profile, 100-200 KB for 400 MB). A commit therefore writes its manifest as a *delta*
-(format 3, :class:`profiles.manifest.Delta`) against the last *full* manifest of its
+(format 3, :class:`profiles.state.manifest.Delta`) against the last *full* manifest of its
 lineage: the entries that differ from it, the paths it lacks, and where their chunks are,
 about 2 KB for a one-cookie change. Deltas never chain: the next commit's delta is against
 the same full manifest, until the delta would exceed :data:`MAX_DELTA_SHARE` of it; then
@@ -91,7 +91,7 @@ Making a commit cost what the session changed
 ---------------------------------------------
 
 :func:`pack_chunked` walks the tree with the same engine excludes as
-:func:`profiles.archive.pack_dir`, and for each file:
+:func:`profiles.state.archive.pack_dir`, and for each file:
 
 1. **Skips unchanged files without reading them**: the caller passes the previous
    manifest and a :class:`StatCache` (size, mtime_ns, inode, ctime_ns, device per path,
@@ -156,10 +156,10 @@ from typing import BinaryIO, TypeAlias
 import zstandard
 from pydantic import BaseModel, ConfigDict
 
-from profiles.archive import ArchiveLimits, BinarySink, _swap_into_place
 from profiles.blobs.base import BlobStore, read_up_to
 from profiles.errors import NotFound, StateCorrupt, ValidationFailed
-from profiles.manifest import (
+from profiles.state.archive import ArchiveLimits, BinarySink, _swap_into_place
+from profiles.state.manifest import (
     DIR_MODE,
     FILE_MODE,
     FORMAT_VERSION,
@@ -182,8 +182,8 @@ from profiles.manifest import (
     parse_manifest,
     read_capped,
 )
-from profiles.state_rules import RULES, Engine
-from profiles.tar_guard import shown
+from profiles.state.rules import RULES, Engine
+from profiles.state.tar_guard import shown
 
 __all__ = [
     "CHUNK_SIZE",

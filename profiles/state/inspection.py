@@ -1,7 +1,7 @@
 """What a profile directory says about itself: its engine, cookie domains, browser version.
 
 Everything here reads files that came from an archive or a browser, so it is hostile input:
-databases are read through :mod:`profiles.untrusted_sqlite`, metadata files are read as a
+databases are read through :mod:`profiles.state.untrusted_sqlite`, metadata files are read as a
 bounded prefix of a regular file (no symlinks, FIFOs or devices), and every value that leaves
 this module is validated (host names, version strings). Problems are logged as warnings and
 come out as "unknown" (``[]`` or ``None``), never as an exception or a hang.
@@ -16,8 +16,8 @@ import re
 import stat
 from pathlib import Path
 
-from profiles.state_rules import Engine
-from profiles.untrusted_sqlite import SqliteLimits, UntrustedDatabaseError, read_text_column
+from profiles.state.rules import Engine
+from profiles.state.untrusted_sqlite import SqliteLimits, UntrustedDatabaseError, read_text_column
 from profiles.validation import BROWSER_VERSION
 
 __all__ = ["detect_engine", "read_browser_version", "read_cookie_domains"]

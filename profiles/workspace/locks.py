@@ -27,12 +27,12 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Literal, TypeVar
+from typing import TypeVar
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import ValidationError
 
 from profiles.errors import ProfileBusy, StorageUnavailable
-from profiles.models import Timestamp
+from profiles.models import Holder, HolderKind
 
 __all__ = [
     "WAIT_NOTICE_AFTER",
@@ -46,28 +46,9 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-HolderKind = Literal["session", "import", "readonly", "maintenance"]
 WAIT_NOTICE_AFTER = 1.0  # seconds of waiting before saying who is in the way
 POLL_INTERVAL = 0.01
 MAX_HOLDER_BYTES = 4096
-
-
-class Holder(BaseModel):
-    """Who holds a profile right now."""
-
-    model_config = ConfigDict(frozen=True, extra="ignore")
-
-    kind: HolderKind = "session"
-    host: str
-    pid: int
-    since: Timestamp
-
-    def describe(self) -> str:
-        age = max(0.0, (datetime.now(UTC) - self.since).total_seconds())
-        return (
-            f"{'an import' if self.kind == 'import' else 'a ' + self.kind} by pid {self.pid} "
-            f"on {self.host}, since {self.since:%Y-%m-%d %H:%M:%S} UTC ({_duration(age)})"
-        )
 
 
 class Activity(Holder):
@@ -75,14 +56,6 @@ class Activity(Holder):
 
     profile_id: str
     profile_name: str
-
-
-def _duration(seconds: float) -> str:
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    if seconds < 5400:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
 
 
 def _open_private(path: Path, flags: int) -> int:

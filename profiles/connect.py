@@ -1,4 +1,4 @@
-"""Which catalog and blob store a URL names.
+"""Which backend a URL names: a catalog, a blob store, or a whole profile service.
 
 =====================================  ===========================================
 ``postgresql://user@host:5432/db``     :class:`~profiles.catalog.postgres.PostgresCatalog`
@@ -6,6 +6,12 @@
 ``s3://bucket/optional/prefix``        :class:`~profiles.blobs.s3.S3BlobStore`
 ``file:///abs/path/blobs``             :class:`~profiles.blobs.local.LocalBlobStore`
 =====================================  ===========================================
+
+``http://host:8787/v1`` and ``https://...`` name a profile service over HTTP
+(:class:`~profiles.http.client.HttpService`, ``profiles serve``), found through
+:data:`SERVICES`, a registry from scheme to ``"module:attribute"`` that is imported only when
+used (as fsspec's registry does): a store on the embedded default never imports the HTTP
+client, and nothing below the store imports the HTTP package.
 
 ``PROFILES_CATALOG_URL`` and ``PROFILES_BLOBS_URL`` give the defaults, so one script runs on
 a laptop (embedded) and in a fleet (shared backend) unchanged. S3 credentials, region and
@@ -15,22 +21,30 @@ shown without their passwords (:func:`redact_url_password`).
 
 from __future__ import annotations
 
+import importlib
 import os
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING, Final
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 from profiles.blobs.base import BlobStore
 from profiles.catalog.base import Catalog
 from profiles.errors import ValidationFailed
 
+if TYPE_CHECKING:
+    from profiles.service.protocol import ProfileService
+
 __all__ = [
     "BLOBS_URL_ENV",
     "CATALOG_URL_ENV",
+    "SERVICES",
     "blobs_url_from_env",
     "catalog_url_from_env",
+    "is_service_url",
     "open_blobs",
     "open_catalog",
+    "open_service",
     "redact_url_password",
 ]
 
@@ -118,3 +132,34 @@ def open_blobs(url: str, *, create: bool = True) -> BlobStore:
         "file:///path (or a path).",
         field="blobs",
     )
+
+
+#: Scheme -> where the service for it lives, imported on first use.
+SERVICES: Final[dict[str, str]] = {
+    "http": "profiles.http.client:HttpService",
+    "https": "profiles.http.client:HttpService",
+}
+
+
+def is_service_url(value: object) -> bool:
+    """Whether ``value`` is a URL of a profile service (a scheme in :data:`SERVICES`)."""
+    if not isinstance(value, str):
+        return False
+    scheme, sep, _ = value.partition("://")
+    return bool(sep) and scheme.lower() in SERVICES
+
+
+def open_service(url: str, *, api_key: str | None, account: str | None) -> ProfileService:
+    """The profile service a URL names (see :data:`SERVICES`), with its credentials."""
+    scheme = url.partition("://")[0].lower()
+    where = SERVICES.get(scheme)
+    if where is None:
+        raise ValidationFailed(
+            f"Unsupported service URL {redact_url_password(url)!r}: use "
+            + " or ".join(f"{s}://..." for s in SERVICES),
+            field="service",
+        )
+    module, _, attribute = where.partition(":")
+    factory = getattr(importlib.import_module(module), attribute)
+    service: ProfileService = factory(url, api_key=api_key, account=account)
+    return service

@@ -1,12 +1,12 @@
 """The engine cache of a fleet: each browser build's cache published once to the shared
 backend, fetched by every fresh machine (issue 12).
 
-:class:`~profiles.engine_cache.EngineCache` keeps one warm-up cache per browser build on a
+:class:`~profiles.engine_cache.cache.EngineCache` keeps one warm-up cache per browser build on a
 machine (Firefox's ``startupCache``: without it a cold start costs about 1.5x). A fresh
 container on the shared backend (PostgreSQL catalog + S3 blobs) has none, so every one of
 them would pay the cold start. Here the cache travels through the backend:
 
-* :class:`CatalogEngineCacheIndex` is the :class:`~profiles.engine_cache.EngineCacheIndex`
+* :class:`CatalogEngineCacheIndex` is the :class:`~profiles.engine_cache.cache.EngineCacheIndex`
   in the catalog (``engine_caches``: ``(engine, build key) -> checksum``, rule 10 of
   :mod:`profiles.catalog.base`); the blob is a zstd tar of the build's cache directory in
   the store's blob store, kept by the garbage collector because the index names it.
@@ -56,10 +56,10 @@ from typing import Literal
 
 from profiles.blobs.base import BlobStore
 from profiles.catalog.base import Catalog
-from profiles.engine_cache import CACHE_PATHS, UNIDENTIFIED, EngineCache
+from profiles.engine_cache.cache import CACHE_PATHS, UNIDENTIFIED, EngineCache
 from profiles.errors import ProfileError
 from profiles.models import new_id
-from profiles.state_rules import Engine
+from profiles.state.rules import Engine
 
 __all__ = [
     "SHARING_ENV",
@@ -89,7 +89,7 @@ def sharing_mode() -> Sharing:
 
 
 class CatalogEngineCacheIndex:
-    """An :class:`~profiles.engine_cache.EngineCacheIndex` in the catalog (rule 10 of
+    """An :class:`~profiles.engine_cache.cache.EngineCacheIndex` in the catalog (rule 10 of
     :mod:`profiles.catalog.base`): each call is one short transaction. Errors are the
     catalog's (``StorageUnavailable`` for a fault, ``ValidationFailed`` for a bad value)."""
 

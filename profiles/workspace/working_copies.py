@@ -21,8 +21,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from profiles.chunked import StatCache
 from profiles.fsutil import atomic_write_bytes, fsync_dir, remove_tree, tighten_tree, tree_bytes
+from profiles.state.chunked import StatCache
 
 __all__ = ["EMPTY_STATE", "CachePrune", "CopyInfo", "WorkingCopies"]
 

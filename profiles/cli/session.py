@@ -16,7 +16,7 @@ from types import FrameType
 from typing import TYPE_CHECKING
 
 from driver.interrupts import current_greenlet, raise_in_caller
-from profiles.cli import UsageError, _err, _json, _out, _size, log
+from profiles.cli.output import UsageError, _err, _json, _out, _size, log
 from profiles.errors import NavigationFailed, ProfileError, StateCommitFailed
 from profiles.redact import describe_error, redact_url
 from profiles.store import ProfileStore

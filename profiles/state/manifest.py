@@ -7,7 +7,7 @@ chunk in entry order, as canonical JSON (sorted keys, no whitespace, ASCII) comp
 with zstd behind a zstd *skippable frame* naming the format (:data:`MANIFEST_MAGIC`: any
 zstd tool still reads it, the archive reader refuses it clearly, and :func:`is_manifest`
 tells the two formats apart from four bytes). The manifest is a blob too; its checksum is
-the state's identity. :mod:`profiles.chunked` writes and reads the chunks it names.
+the state's identity. :mod:`profiles.state.chunked` writes and reads the chunks it names.
 
 Formats: 1 (every chunk a blob of its own), 2 (chunks in packs) and 3, a :class:`Delta`:
 the difference from a full manifest of format 1 or 2, its *base*, read together with it
@@ -16,7 +16,7 @@ the difference from a full manifest of format 1 or 2, its *base*, read together 
 Manifests may come from anyone (an import, an upload): :func:`parse_manifest` validates
 them with pydantic and the archive's rules (relative canonical paths, no ``..``, no
 control characters, sorted unique paths with their parents first, sizes that add up,
-counts and totals within :class:`~profiles.archive.ArchiveLimits`) and raises
+counts and totals within :class:`~profiles.state.archive.ArchiveLimits`) and raises
 ``ArchiveInvalid``.
 """
 
@@ -42,11 +42,11 @@ from pydantic import (
     ValidationError,
 )
 
-from profiles.archive import _CONTROL, MAX_DEPTH, NAME_MAX, PATH_MAX, ArchiveLimits
 from profiles.blobs.base import BlobStore
 from profiles.errors import ArchiveInvalid, NotFound, StateCorrupt
-from profiles.state_rules import Engine
-from profiles.tar_guard import shown
+from profiles.state.archive import _CONTROL, MAX_DEPTH, NAME_MAX, PATH_MAX, ArchiveLimits
+from profiles.state.rules import Engine
+from profiles.state.tar_guard import shown
 
 __all__ = [
     "MANIFEST_MAGIC",

@@ -18,7 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from profiles.errors import Conflict, ProfileError
-from profiles.service import CatalogService
+from profiles.service.catalog import CatalogService
 from profiles.store import ProfileStore
 
 __all__ = ["TransferReport", "transfer"]

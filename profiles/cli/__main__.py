@@ -1,0 +1,7 @@
+"""``python -m profiles.cli``: the same as the ``profiles`` command."""
+
+import sys
+
+from profiles.cli.main import main
+
+sys.exit(main())

@@ -1,0 +1,184 @@
+"""The profile service: what any backend answers, separate from what happens on a machine.
+
+A :class:`ProfileService` holds profiles, snapshots, the audit log, state bytes (as streams,
+named by their SHA-256) and writer leases. It knows nothing of directories, browsers or
+working copies: those belong to the machine's workspace, which :class:`~profiles.store.
+ProfileStore` (the front door) keeps next to a service. Implementations:
+:class:`~profiles.service.catalog.CatalogService` (a catalog and a blob store, embedded or
+shared) and :class:`~profiles.http.client.HttpService` (``profiles serve`` over HTTP).
+"""
+
+from __future__ import annotations
+
+import builtins
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import IO, Any, BinaryIO, Final
+
+from profiles.catalog.base import LeaseGrant, StateUpdate
+from profiles.models import AuditEvent, AuditType, Holder, Page, Profile, ProfileStatus, Snapshot
+from profiles.state.manifest import Manifest
+
+__all__ = ["UNSET", "ProfileService", "Unset"]
+
+
+class Unset:
+    """The type of :data:`UNSET`: "not passed", as opposed to ``None``."""
+
+    _instance: Unset | None = None
+
+    def __new__(cls) -> Unset:
+        if cls._instance is None:
+            cls._instance = super().__new__(cls)
+        return cls._instance
+
+    def __repr__(self) -> str:
+        return "UNSET"
+
+    def __bool__(self) -> bool:
+        return False
+
+
+UNSET: Final = Unset()
+
+
+class ProfileService(ABC):
+    """What any backend answers. Records come back as they are stored (the workspace may
+    present an ``uploading`` status differently); errors are :class:`ProfileError`\\ s."""
+
+    #: Where the records and bytes live, for messages (no secrets).
+    location: str
+    #: Whether other machines share it (leases then decide who writes, with expiry).
+    shared: bool
+
+    # profiles
+    @abstractmethod
+    def create(
+        self,
+        name: str,
+        *,
+        archetype: str | None = None,
+        description: str | None = None,
+        labels: dict[str, str] | None = None,
+    ) -> Profile: ...
+    @abstractmethod
+    def get(self, ref: str) -> Profile: ...
+    @abstractmethod
+    def list(self, *, limit: int = 50, cursor: str | None = None) -> Page[Profile]: ...
+    @abstractmethod
+    def update(
+        self,
+        ref: str,
+        *,
+        name: str | Unset = UNSET,
+        description: str | Unset | None = UNSET,
+        labels: dict[str, str] | Unset = UNSET,
+        archetype: str | Unset = UNSET,
+        add_labels: Mapping[str, str] | None = None,
+        remove_labels: Iterable[str] | None = None,
+    ) -> Profile: ...
+    @abstractmethod
+    def delete(self, ref: str) -> Profile:
+        """Delete the record (its state bytes are freed unless referenced); the deleted
+        record is returned."""
+
+    @abstractmethod
+    def clone(
+        self,
+        ref: str,
+        *,
+        name: str | None = None,
+        with_state: bool = False,
+        archetype: str | None = None,
+    ) -> Profile: ...
+    @abstractmethod
+    def similar_names(self, name: str, *, limit: int = 3) -> builtins.list[str]: ...
+
+    # snapshots
+    @abstractmethod
+    def snapshot(
+        self, ref: str, *, label: str | None = None, description: str | None = None
+    ) -> Snapshot: ...
+    @abstractmethod
+    def snapshots(
+        self, ref: str | None = None, *, limit: int = 50, cursor: str | None = None
+    ) -> Page[Snapshot]: ...
+    @abstractmethod
+    def get_snapshot(self, snapshot_id: str) -> Snapshot: ...
+    @abstractmethod
+    def delete_snapshot(self, snapshot_id: str) -> None: ...
+    @abstractmethod
+    def restore(self, snapshot_id: str, *, name: str | None = None) -> Profile: ...
+
+    # audit
+    @abstractmethod
+    def audit(
+        self, *, profile: str | None = None, limit: int = 50, cursor: str | None = None
+    ) -> Page[AuditEvent]: ...
+    @abstractmethod
+    def record_event(self, type_: AuditType, profile_id: str | None, **payload: Any) -> None: ...
+    @abstractmethod
+    def record_use(self, ref: str, **payload: Any) -> Profile: ...
+
+    # state bytes, as streams
+    @abstractmethod
+    def open_state(self, profile: Profile) -> BinaryIO:
+        """The bytes of ``profile``'s committed state as this record names them
+        (``profile.checksum``), read from start to end (never seeked). ``NoStateData`` when
+        it has none."""
+
+    @abstractmethod
+    def store_state(
+        self,
+        profile: Profile,
+        spool: Path,
+        state: StateUpdate,
+        *,
+        epoch: int | None,
+        event: AuditType,
+        **payload: Any,
+    ) -> Profile:
+        """Store the bytes in ``spool`` (named ``state.checksum``) and make them the
+        profile's committed state, only while ``epoch`` is current (``LeaseLost``)."""
+
+    def import_archive(
+        self, ref: str, source: IO[bytes], *, browser_version: str | None = None
+    ) -> Profile | None:
+        """Import an uploaded archive on the service's side (checked there as hostile input)
+        and return the updated record; ``None`` (the default): the service does not, and
+        the store imports it here (unpack, check, :meth:`store_state`)."""
+        return None
+
+    @abstractmethod
+    def set_status(self, profile_id: str, status: ProfileStatus) -> Profile: ...
+    @abstractmethod
+    def settle_status(self, profile_id: str) -> None: ...
+    @abstractmethod
+    def collect_garbage(self, *, min_age: float, wait: float) -> builtins.list[str]: ...
+
+    # writer leases
+    @abstractmethod
+    def acquire_lease(
+        self, profile_id: str, holder: Holder, *, ttl: float | None, force: bool = False
+    ) -> LeaseGrant | None: ...
+    @abstractmethod
+    def renew_lease(self, profile_id: str, epoch: int, *, ttl: float | None) -> bool: ...
+    @abstractmethod
+    def release_lease(self, profile_id: str, epoch: int) -> None: ...
+    @abstractmethod
+    def lease_holder(self, profile_id: str) -> Holder | None: ...
+    @abstractmethod
+    def leases(self) -> builtins.list[tuple[str, Holder]]: ...
+
+    def close(self) -> None:  # noqa: B027 - nothing to release by default
+        """Release connections."""
+
+    # Chunked, deduplicated state (profiles.state.chunked): a service that holds chunks itself
+    # says so; the workspace then commits and checks out chunk by chunk.
+    supports_chunks: bool = False
+
+    def manifest_of(self, profile: Profile) -> Manifest | None:
+        """The manifest of ``profile``'s committed state, or ``None`` when the state is a
+        whole archive (the format before chunking) or there is none."""
+        return None
