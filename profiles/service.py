@@ -229,10 +229,23 @@ class ProfileService(ABC):
         *,
         epoch: int | None,
         event: AuditType,
+        end_session: Mapping[str, Any] | None = None,
         **payload: Any,
     ) -> Profile:
         """Store the bytes in ``spool`` (named ``state.checksum``) and make them the
-        profile's committed state, only while ``epoch`` is current (``LeaseLost``)."""
+        profile's committed state, only while ``epoch`` is current (``LeaseLost``).
+        With ``end_session`` (the payload of ``session.ended``), once the state is stored
+        the lease ``epoch`` is released and the event recorded (:meth:`end_session`); a
+        commit that fails ends nothing."""
+
+    def end_session(self, profile_id: str, epoch: int | None, **payload: Any) -> None:
+        """A session ended: release its writer lease ``epoch`` (if any) and record
+        ``session.ended`` with ``payload`` (one request over HTTP)."""
+        try:
+            if epoch is not None:
+                self.release_lease(profile_id, epoch)
+        finally:
+            self.record_event("session.ended", profile_id, **payload)
 
     def import_archive(
         self, ref: str, source: IO[bytes], *, browser_version: str | None = None
@@ -252,8 +265,18 @@ class ProfileService(ABC):
     # writer leases
     @abstractmethod
     def acquire_lease(
-        self, profile_id: str, holder: Holder, *, ttl: float | None, force: bool = False
-    ) -> LeaseGrant | None: ...
+        self,
+        profile_id: str,
+        holder: Holder,
+        *,
+        ttl: float | None,
+        force: bool = False,
+        wait: float = 0.0,
+    ) -> LeaseGrant | None:
+        """The lease, or ``None`` when another holder has it. ``wait``: a service that can
+        wait on its side for a busy lease to free (over HTTP) may, for at most that long;
+        others answer at once and the caller polls."""
+
     @abstractmethod
     def renew_lease(self, profile_id: str, epoch: int, *, ttl: float | None) -> bool: ...
     @abstractmethod
@@ -519,6 +542,7 @@ class CatalogService(ProfileService):
         *,
         epoch: int | None,
         event: AuditType,
+        end_session: Mapping[str, Any] | None = None,
         **payload: Any,
     ) -> Profile:
         with self._blob_writer():
@@ -527,6 +551,8 @@ class CatalogService(ProfileService):
             updated, replaced = self._set_state(profile, state, epoch, event, **payload)
         if replaced != state.checksum:
             self._free_blobs(replaced)
+        if end_session is not None:
+            self.end_session(profile.id, epoch, **end_session)
         return updated
 
     def collect_garbage(self, *, min_age: float, wait: float) -> builtins.list[str]:
@@ -556,7 +582,13 @@ class CatalogService(ProfileService):
 
     # writer leases
     def acquire_lease(
-        self, profile_id: str, holder: Holder, *, ttl: float | None, force: bool = False
+        self,
+        profile_id: str,
+        holder: Holder,
+        *,
+        ttl: float | None,
+        force: bool = False,
+        wait: float = 0.0,
     ) -> LeaseGrant | None:
         with self.catalog.transaction() as tx:
             return tx.acquire_lease(profile_id, holder, ttl=ttl, force=force)
