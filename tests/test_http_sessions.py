@@ -16,10 +16,11 @@ import httpx
 import pytest
 from http_service import HttpServer, start_http_server
 
-from conftest import require_engine
 from driver import Session
 from profiles import ProfileStore
 from profiles.http.client import Forbidden
+
+from conftest import require_engine
 
 pytestmark = pytest.mark.browser
 
@@ -125,6 +126,4 @@ def test_a_read_key_asking_for_a_writer_session_fails_before_the_browser_starts(
         with pytest.raises(Forbidden, match="admin"), session:
             pass
         assert reader.holder("shared") is None  # nothing was left held
-        assert [e.type for e in reader.audit(profile="shared", limit=5).data] == [
-            "profile.created"
-        ]
+        assert [e.type for e in reader.audit(profile="shared", limit=5).data] == ["profile.created"]
