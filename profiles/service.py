@@ -289,6 +289,10 @@ class ProfileService(ABC):
     def close(self) -> None:  # noqa: B027 - nothing to release by default
         """Release connections."""
 
+    #: Whether :meth:`store_state` reads and checks the profile on the service's side (a
+    #: server does): the store then need not read the record before a commit.
+    checks_commits_itself: bool = False
+
     # Chunked, deduplicated state (profiles.chunked): a service that holds chunks itself
     # says so; the workspace then commits and checks out chunk by chunk.
     supports_chunks: bool = False

@@ -694,14 +694,17 @@ class ProfileStore:
         fencing token of the caller's writer lease) the state lands only while that lease
         is still the current one, else ``LeaseLost`` and the newer state stands.
 
-        ``ref`` may be the record the caller holds (a writer under its lease: the commit is
-        fenced by ``epoch`` anyway), which spares a read. With ``end_session`` (the payload
+        ``ref`` may be the record the caller holds: a service that checks the profile on
+        its side as it stores the state (over HTTP) is then not asked to read it first. With ``end_session`` (the payload
         of ``session.ended``) a successful commit also releases the lease ``epoch`` and
         records the session's end (with the commit, in one request over HTTP).
         """
         if browser_version is not None:
             browser_version = check_browser_version(browser_version)
-        profile = ref if isinstance(ref, Profile) else self.get(ref)
+        if isinstance(ref, Profile) and self.service.checks_commits_itself:
+            profile = ref
+        else:  # read first: a profile deleted meanwhile must leave no bytes behind
+            profile = self.get(ref.id if isinstance(ref, Profile) else ref)
         engine = profile.browser_name
         started = time.perf_counter()
         directory = Path(directory)

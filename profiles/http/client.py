@@ -413,6 +413,7 @@ class HttpService(ProfileService):
     """
 
     shared = True
+    checks_commits_itself = True  # the server reads the profile as it commits
 
     def __init__(
         self,
