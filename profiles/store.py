@@ -695,9 +695,10 @@ class ProfileStore:
         is still the current one, else ``LeaseLost`` and the newer state stands.
 
         ``ref`` may be the record the caller holds: a service that checks the profile on
-        its side as it stores the state (over HTTP) is then not asked to read it first. With ``end_session`` (the payload
-        of ``session.ended``) a successful commit also releases the lease ``epoch`` and
-        records the session's end (with the commit, in one request over HTTP).
+        its side as it stores the state (over HTTP) is then not asked to read it first.
+        With ``end_session`` (the payload of ``session.ended``) a successful commit also
+        releases the lease ``epoch`` and records the session's end (with the commit, in
+        one request over HTTP).
         """
         if browser_version is not None:
             browser_version = check_browser_version(browser_version)
