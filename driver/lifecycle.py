@@ -7,11 +7,14 @@ No Playwright call lives here, so the sync and async front ends stay thin::
     started()  record the use (usage_count, last_used_at, session.created)
     finish()   commit the closed browser's directory (or not), release the lock,
                record session.ended; clean up a read-only private copy
+
+Over HTTP each step is one request where it can be: the lease grant carries the record the
+checkout needs, the commit carries the lease's release and ``session.ended``, and a session
+that commits nothing ends with one request that does both.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import time
@@ -66,6 +69,10 @@ class _Releasable(Protocol):
     epoch: int | None
 
     def release(self) -> None: ...
+
+    def ending(self) -> None: ...
+
+    def forget(self) -> None: ...
 
 
 class SessionOptions(BaseModel):
@@ -260,7 +267,7 @@ class SessionLifecycle:
             self._private_dir = OwnedDir(self.store.tmp_dir, "readonly-")
             self._reader = self.store.reader_mark(profile.id)
             parent = self._private_dir.path
-            self.profile = self.store.private_copy(profile.id, parent / "state")
+            self.profile = self.store.private_copy(profile, parent / "state")
             self.user_data_dir = parent / "state"
         else:
             lock = self.store.lock(profile, timeout=self.options.lock_timeout)
@@ -477,6 +484,7 @@ class SessionLifecycle:
         started but did not open (its ``start_url`` failed, ...); nothing is committed."""
         outcome = "crashed" if crashed else ("error" if failed or start_failed else "ok")
         committed = False
+        ended = False  # session.ended recorded (and the lease released) with the commit
         reason: str | None = None
         try:
             if start_failed:
@@ -487,16 +495,25 @@ class SessionLifecycle:
                 log.warning("session on %s: %s", self.ref, reason)
             elif self.should_commit(failed=failed):
                 assert self.profile is not None and self.user_data_dir is not None
+                epoch = self.lock.epoch if self.lock is not None else None
+                end = None
+                if self.lock is not None and epoch is not None:
+                    end = self._ended_payload(outcome, committed=True, reason=None, error=error)
+                    self.lock.ending()
                 try:
                     self.profile = self.store.commit_state(
-                        self.profile.id,
+                        self.profile,
                         self.user_data_dir,
                         browser_version=self.browser_version,
                         event="state.uploaded",
-                        epoch=self.lock.epoch if self.lock is not None else None,
+                        epoch=epoch,
+                        end_session=end,
                         source="session",
                     )
                     committed = True
+                    if end is not None and self.lock is not None:
+                        ended = True
+                        self.lock.forget()  # released by the commit
                 except LeaseLost:
                     reason = (
                         "the writer lease was lost (another writer took the profile after it "
@@ -527,19 +544,39 @@ class SessionLifecycle:
             if not crashed and not start_failed:
                 self._refresh_engine_cache()  # still holding the lease or the private copy
         finally:
-            self._release()
-            if self.profile is not None:
-                with contextlib.suppress(ProfileError):
-                    self.store.record_event(
-                        "session.ended",
-                        self.profile.id,
-                        outcome=outcome,
-                        committed=committed,
-                        reason=reason,
-                        error=error,
-                        readonly=self.options.readonly,
-                        seconds=round(time.monotonic() - self._started_at, 3),
-                    )
+            try:
+                if not ended and self.profile is not None:
+                    self._end(self._ended_payload(outcome, committed, reason, error))
+            finally:
+                self._release()
+
+    def _ended_payload(
+        self, outcome: str, committed: bool, reason: str | None, error: str | None
+    ) -> dict[str, Any]:
+        return {
+            "outcome": outcome,
+            "committed": committed,
+            "reason": reason,
+            "error": error,
+            "readonly": self.options.readonly,
+            "seconds": round(time.monotonic() - self._started_at, 3),
+        }
+
+    def _end(self, payload: dict[str, Any]) -> None:
+        """Release the writer lease and record ``session.ended`` together (one request over
+        HTTP); when that fails, :meth:`_release` still releases the lease on its own."""
+        assert self.profile is not None
+        lock = self.lock
+        epoch = lock.epoch if lock is not None else None
+        if lock is not None and epoch is not None:
+            lock.ending()
+        try:
+            self.store.end_session(self.profile.id, epoch, **payload)
+        except ProfileError as exc:
+            log.debug("could not record the end of the session on %s: %s", self.ref, exc)
+            return
+        if lock is not None and epoch is not None:
+            lock.forget()
 
     def abort(self) -> None:
         """Start-up failed half-way: nothing is committed, everything is released."""

@@ -633,6 +633,11 @@ class ProfileStore:
         """Append one audit event (used by sessions)."""
         self.service.record_event(type_, profile_id, **payload)
 
+    def end_session(self, profile_id: str, epoch: int | None, **payload: Any) -> None:
+        """A session ended: release its writer lease ``epoch`` (if any) and record
+        ``session.ended`` (one request over HTTP)."""
+        self.service.end_session(profile_id, epoch, **payload)
+
     def record_use(self, ref: str, **payload: Any) -> Profile:
         """Count one session on the profile: ``usage_count`` + 1, ``last_used_at`` = now,
         and a ``session.created`` event."""
@@ -674,13 +679,14 @@ class ProfileStore:
 
     def commit_state(
         self,
-        ref: str,
+        ref: str | Profile,
         directory: Path,
         /,
         *,
         browser_version: str | None = None,
         event: AuditType = "state.uploaded",
         epoch: int | None = None,
+        end_session: Mapping[str, Any] | None = None,
         **payload: Any,
     ) -> Profile:
         """Pack ``directory`` (a user-data-dir of the profile's engine, with its browser
@@ -693,19 +699,31 @@ class ProfileStore:
         ``StorageUnavailable`` and leaves the previous state committed. With ``epoch`` (the
         fencing token of the caller's writer lease) the state lands only while that lease
         is still the current one, else ``LeaseLost`` and the newer state stands.
+
+        ``ref`` may be the record the caller holds: a service that checks the profile on
+        its side as it stores the state (over HTTP) is then not asked to read it first.
+        With ``end_session`` (the payload of ``session.ended``) a successful commit also
+        releases the lease ``epoch`` and records the session's end (with the commit, in
+        one request over HTTP).
         """
         if browser_version is not None:
             browser_version = check_browser_version(browser_version)
-        profile = self.get(ref)
+        if isinstance(ref, Profile) and self.service.checks_commits_itself:
+            profile = ref
+        else:  # read first: a profile deleted meanwhile must leave no bytes behind
+            profile = self.get(ref.id if isinstance(ref, Profile) else ref)
         engine = profile.browser_name
         started = time.perf_counter()
         directory = Path(directory)
         with self._storage_faults("committing a state"):
             size = tighten_tree(directory) if _is_within(directory, self.home) else None
             if self.chunked and isinstance(self.service, CatalogService):
-                return self._commit_chunked(
+                done = self._commit_chunked(
                     profile, directory, browser_version, size, epoch, event, **payload
                 )
+                if end_session is not None:
+                    self.service.end_session(profile.id, epoch, **end_session)
+                return done
             with owned_dir(self._tmp, "commit-") as scratch:
                 spool = scratch / "state"
                 flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
@@ -730,6 +748,7 @@ class ProfileStore:
                     state,
                     epoch=epoch,
                     event=event,
+                    end_session=end_session,
                     **{
                         "files": stats.files,
                         "seconds": round(time.perf_counter() - started, 3),
@@ -863,7 +882,11 @@ class ProfileStore:
         """
         if not lock.is_locked:
             raise ValidationFailed("checkout needs the profile's writer lock held.")
-        profile = self.get(ref)
+        granted = getattr(lock, "granted", None)  # the record sent with the lease, if any
+        if isinstance(granted, Profile) and ref in (granted.id, granted.name):
+            profile = self._visible(granted)
+        else:
+            profile = self.get(ref)
         with self._storage_faults("preparing the working copy"):
             if profile.status == "uploading":
                 # We hold the writer lock, so no import is running: one died half-way.
@@ -911,7 +934,7 @@ class ProfileStore:
             restored = restore_chunked(manifest, blobs, path, replace=True, limits=self.limits)
         self.working_copies.save_stat_cache(profile.id, restored.stat_cache)
 
-    def private_copy(self, ref: str, target: Path) -> Profile:
+    def private_copy(self, ref: str | Profile, target: Path) -> Profile:
         """A private copy of the committed state in ``target`` (which must not exist), for a
         read-only session.
 
@@ -919,15 +942,19 @@ class ProfileStore:
         committed state, it is copied with its caches (under the writer lock, for the
         moment the copy takes), so the browser starts warm; otherwise the committed archive
         is unpacked, which needs no lock because archives are immutable.
+
+        ``ref`` may be a record the caller just read: the copy is then of the state that
+        record names (read again otherwise), which spares a read or two.
         """
-        profile = self.get(ref)
+        given = isinstance(ref, Profile)
+        profile = ref if isinstance(ref, Profile) else self.get(ref)
         with self._storage_faults("copying a profile for a read-only session"):
             release = None if self.read_only else self._try_lock(profile.id)
             if release is None:
                 log.debug("profile %s has a writer; unpacking its archive", profile.name)
             else:
                 try:
-                    current = self.get(profile.id)
+                    current = profile if given else self.get(profile.id)
                     work = self.working_copies.path(profile.id)
                     clean = self.working_copies.clean_state(profile.id)
                     if clean == (current.checksum or EMPTY_STATE):

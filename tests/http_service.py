@@ -11,8 +11,10 @@ fixture :func:`http_server_url` gives one such server per test as an :class:`Htt
                       headers={"Authorization": f"Bearer {http_server_url.api_key}"})
 
 Import it into a test module (or conftest.py): ``from http_service import http_server_url``.
-The rate limit is raised (100000 requests per minute) so tests are not throttled unless
-they ask for it with ``extra_args=["--rate-limit", "5/60"]``.
+The rate limits are raised (100000 requests per minute per address, and for the account's
+tier) so tests are not throttled unless they ask for it with ``extra_args=["--rate-limit",
+"5/60"]`` (per address) or ``["--tier-rate-limit", "enterprise=5/60"]`` (per account), or
+run with the server's defaults (``default_limits=True``).
 """
 
 from __future__ import annotations
@@ -72,6 +74,7 @@ def start_http_server(
     tier: str = "enterprise",
     profile_cap: int | None = None,
     env: dict[str, str] | None = None,
+    default_limits: bool = False,
 ) -> Iterator[HttpServer]:
     """Run ``profiles serve`` on loopback with ``home``; stop it (SIGTERM, then SIGKILL)
     at the end of the block."""
@@ -95,8 +98,8 @@ def start_http_server(
         str(port),
         "--home",
         str(home),
-        "--rate-limit",
-        "100000/60",
+        *(() if default_limits else ("--rate-limit", "100000/60")),
+        *(() if default_limits else ("--tier-rate-limit", f"{tier}=100000/60")),
         *extra_args,
     ]
     child_env = {**os.environ, **(env or {})}

@@ -512,7 +512,8 @@ def test_a_server_back_within_the_retries_serves_the_request(
 def test_rate_limits_are_waited_out_for_reads_and_raised_for_writes(
     tmp_path: Path,
 ) -> None:
-    with start_http_server(tmp_path / "limited", extra_args=["--rate-limit", "3/2"]) as server:
+    limited = ["--tier-rate-limit", "enterprise=3/2"]
+    with start_http_server(tmp_path / "limited", extra_args=limited) as server:
         svc = HttpService(f"{server.url}/v1", api_key=server.api_key, max_retry_after=10)
         try:
             for _ in range(6):  # past the limit: each GET waits for Retry-After, then passes
@@ -522,8 +523,27 @@ def test_rate_limits_are_waited_out_for_reads_and_raised_for_writes(
                     svc.create(f"p{time.monotonic_ns()}")
                 except RateLimited as err:
                     assert err.status == 429 and err.code == "RateLimited"
-                    assert float(err.details["retry_after"]) >= 0
+                    wait = err.details["retry_after"]
+                    assert 0 <= float(wait) <= 2
+                    assert f"in {wait:.0f} s" in str(err)  # the message says how long
                     break
+        finally:
+            svc.close()
+
+
+def test_a_rate_limited_read_does_not_wait_past_the_callers_deadline(tmp_path: Path) -> None:
+    limited = ["--tier-rate-limit", "enterprise=2/30"]
+    with start_http_server(tmp_path / "limited", extra_args=limited) as server:
+        svc = HttpService(f"{server.url}/v1", api_key=server.api_key, max_retry_after=60)
+        try:
+            svc.list()
+            svc.list()
+            started = time.monotonic()
+            with HttpService.deadline(5), pytest.raises(RateLimited) as caught:
+                svc.list()  # the wait (about 30 s) does not fit: raised at once
+            assert time.monotonic() - started < 25
+            wait = caught.value.details["retry_after"]
+            assert 20 <= wait <= 30 and f"in {wait:.0f} s" in str(caught.value)
         finally:
             svc.close()
 

@@ -749,20 +749,68 @@ def test_600_mb_upload_is_refused_with_flat_memory(tmp_path: Path) -> None:
         assert answer.startswith(b"HTTP/1.1 413 "), answer[:200]
 
 
-def test_rate_limit_with_retry_after(tmp_path: Path) -> None:
+def test_rate_limit_per_address_for_requests_without_a_live_key(tmp_path: Path) -> None:
     with (
         start_http_server(tmp_path / "h", extra_args=["--rate-limit", "5/60"]) as s,
         httpx.Client(base_url=s.url) as c,
     ):
-        codes = [c.get("/v1/profiles", headers=s.headers()).status_code for _ in range(5)]
-        assert codes == [200] * 5
-        r = c.get("/v1/profiles", headers=s.headers())
+        fake = "pk_" + "0" * 16 + "_" + "A" * 43  # shaped like a key, unknown
+        wrong_secret = s.api_key[:-1] + ("B" if s.api_key.endswith("A") else "A")
+        strangers = [
+            {},
+            {"Authorization": f"Bearer {fake}"},
+            {"Authorization": "Bearer not-a-key"},
+            {"Authorization": "Bearer " + "x" * 5000},
+            {"Authorization": f"Bearer {wrong_secret}"},  # a live key id, a wrong secret
+        ]
+        assert [c.get("/v1/profiles", headers=h).status_code for h in strangers] == [401] * 5
+        r = c.get("/v1/profiles", headers={"Authorization": f"Bearer {fake}"})
         assert r.status_code == 429
         assert 1 <= int(r.headers["Retry-After"]) <= 60
-        assert err(r)["code"] == "RateLimited"
-        # unauthenticated requests count too; health does not
-        assert c.get("/v1/profiles").status_code == 429
+        body = err(r)
+        assert body["code"] == "RateLimited" and body["scope"] == "address"
+        assert f"in {body['retry_after']} s" in body["message"]
+        # a renewal without a live key counts like the rest; health never does
+        assert c.post("/v1/profiles/p/lease/renew", json={"epoch": 1}).status_code == 429
         assert c.get("/v1/health").status_code == 200
+        # the address's budget is spent, but a live key has its account's own
+        ok = c.get("/v1/profiles", headers=s.headers())
+        assert ok.status_code == 200 and int(ok.headers["RateLimit-Remaining"]) > 5
+
+
+def test_rate_limit_per_account_shared_by_its_keys_and_heartbeats_are_free(
+    tmp_path: Path,
+) -> None:
+    with (
+        start_http_server(
+            tmp_path / "h",
+            extra_args=["--rate-limit", "3/60", "--tier-rate-limit", "enterprise=6/60"],
+        ) as s,
+        httpx.Client(base_url=s.url) as c,
+    ):
+        profile = c.post("/v1/profiles", json={"name": "p"}, headers=s.headers()).json()
+        lease = c.post(
+            f"/v1/profiles/{profile['id']}/lease", json={"ttl": 60}, headers=s.headers()
+        ).json()
+        assert lease["profile"]["id"] == profile["id"]  # the grant carries the record
+        for _ in range(20):  # heartbeats with a live key are not counted
+            renew = c.post(
+                f"/v1/profiles/{profile['id']}/lease/renew",
+                json={"epoch": lease["epoch"], "ttl": 60},
+                headers=s.headers(),
+            )
+            assert renew.status_code == 200 and renew.json() == {"renewed": True}
+        # both keys of the account share one budget: 2 spent, 4 left
+        codes = [
+            c.get("/v1/profiles", headers=s.headers(key)).status_code
+            for key in (s.api_key, s.read_key, s.api_key, s.read_key)
+        ]
+        assert codes == [200] * 4
+        r = c.get("/v1/profiles", headers=s.headers(s.read_key))
+        assert r.status_code == 429
+        assert err(r)["scope"] == "account" and err(r)["limit"] == 6
+        # the account's budget is not the address's: strangers still get theirs
+        assert c.get("/v1/profiles").status_code == 401
 
 
 # ------------------------------------------------------------------ the CLI

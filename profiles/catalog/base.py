@@ -117,6 +117,9 @@ class LeaseGrant:
     profile_id: str
     epoch: int
     expires_at: datetime | None  # None: held until released (the embedded file lock)
+    # The profile's record as the holder starts from, when the service sends it along (over
+    # HTTP: no second request to read it); None: read it after the grant.
+    profile: Profile | None = None
 
 
 def cap_reached(limit: int, current: int) -> TierLimit:

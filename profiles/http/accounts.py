@@ -35,6 +35,7 @@ from profiles.errors import Conflict, NotFound, ValidationFailed
 __all__ = [
     "SCOPES",
     "TIER_CAPS",
+    "TIER_RATE_LIMITS",
     "Account",
     "AccountsDB",
     "ApiKey",
@@ -58,6 +59,21 @@ TIER_CAPS: Final[dict[str, int | None]] = {
     "api-builder": 25,
     "api-scale": 100,
     "enterprise": None,
+}
+
+#: Requests per window (seconds) per account by tier, for traffic with a live API key
+#: (``profiles serve --tier-rate-limit TIER=N/SECONDS`` overrides one). A session through
+#: the HTTP store costs about four requests (lease renewals are not counted), so even a
+#: trial account runs a session every few seconds for the whole window.
+TIER_RATE_LIMITS: Final[dict[str, tuple[int, float]]] = {
+    "trial": (600, 900.0),
+    "solo": (1500, 900.0),
+    "team": (6000, 900.0),
+    "agency": (15000, 900.0),
+    "api-starter": (3000, 900.0),
+    "api-builder": (9000, 900.0),
+    "api-scale": (30000, 900.0),
+    "enterprise": (60000, 900.0),
 }
 
 KEY_PREFIX: Final = "pk_"
@@ -373,6 +389,36 @@ class AccountsDB:
         if row["revoked_at"] is not None:
             return None
         return self._key(row)
+
+    def identify(self, token: str) -> tuple[ApiKey, Account] | None:
+        """The live key ``token`` names and its (active) account, or ``None``: one
+        primary-key read and one SHA-256, whatever the token (the rate limiter calls this
+        for every request that carries something shaped like a key)."""
+        match = _KEY.fullmatch(token)
+        if match is None:
+            return None
+        key_id, secret = match.groups()
+        digest = _digest(secret)
+        with self._lock:
+            row = self._conn.execute(
+                "SELECT k.*, a.name AS a_name, a.tier AS a_tier, a.profile_cap AS a_cap, "
+                "a.active AS a_active, a.created_at AS a_created FROM api_keys k "
+                "JOIN accounts a ON a.id = k.account_id WHERE k.id = ?",
+                (key_id,),
+            ).fetchone()
+        if row is None or not hmac.compare_digest(str(row["secret_sha256"]), digest):
+            return None
+        if row["revoked_at"] is not None or not row["a_active"]:
+            return None
+        account = Account(
+            id=row["account_id"],
+            name=row["a_name"],
+            tier=row["a_tier"],
+            profile_cap=row["a_cap"],
+            active=True,
+            created_at=row["a_created"],
+        )
+        return self._key(row), account
 
     # memberships
     def add_member(self, account_id: str, member_account_id: str, role: str) -> Membership:

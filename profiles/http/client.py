@@ -14,12 +14,17 @@ travels only in the ``Authorization`` header, and no URL carries it.
 
 Requests that are safe to repeat (GET, PUT of checksum-named state, DELETE, lease renew and
 release) are retried with exponential backoff on connection errors and 502/503/504, and wait
-out a 429's ``Retry-After``; the other POSTs are sent once.
+out a 429's ``Retry-After`` when the wait fits both ``max_retry_after`` and the caller's
+deadline (:meth:`HttpService.deadline`, and a lease's own wait); the other POSTs are sent
+once. A :class:`RateLimited` error says in its message how many seconds to wait
+(``retry_after`` in its details).
 """
 
 from __future__ import annotations
 
 import builtins
+import contextlib
+import contextvars
 import email.utils
 import hashlib
 import io
@@ -84,8 +89,14 @@ DEFAULT_BACKOFF: Final = 0.2
 MAX_RETRY_AFTER: Final = 30.0  # never sleep longer than this on one 429
 MAX_BACKOFF: Final = 5.0
 
+LEASE_POLL_MAX: Final = 25.0  # the longest a lease request waits on the server
 Progress = Callable[[int], None]
 M = TypeVar("M", bound=BaseModel)
+
+#: The caller's deadline (``time.monotonic()``), set by :meth:`HttpService.deadline`.
+_DEADLINE: contextvars.ContextVar[float | None] = contextvars.ContextVar(
+    "profiles_http_deadline", default=None
+)
 
 
 # --------------------------------------------------------------------------- errors
@@ -187,6 +198,24 @@ def _retry_after(response: httpx.Response) -> float | None:
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
     return max(0.0, (when - datetime.now(UTC)).total_seconds())
+
+
+def _rate_limited(error: ProfileError, header_wait: float | None, fallback: float) -> float:
+    """How long a 429 says to wait (its body's ``retry_after``, else ``Retry-After``, else
+    ``fallback``), kept in ``retry_after`` and said in the message."""
+    sent = error.details.get("retry_after")
+    if isinstance(sent, int | float) and not isinstance(sent, bool) and 0 <= sent < 10**7:
+        wait = float(sent)
+    elif header_wait is not None:
+        wait = min(header_wait, 1e7)
+    else:
+        wait = fallback
+    error.details["retry_after"] = wait
+    shown = f"{wait:.0f}" if wait >= 1 else f"{wait:.1f}"
+    if "retry after" not in error.message.lower() and f"in {shown} s" not in error.message:
+        error.message = f"{error.message.rstrip()} Retry after {shown} s."
+        error.args = (error.message,)
+    return wait
 
 
 def _check_text(value: object, check: Callable[[Any], object]) -> None:
@@ -316,6 +345,7 @@ class HttpService(ProfileService):
     """
 
     shared = True
+    checks_commits_itself = True  # the server reads the profile as it commits
 
     def __init__(
         self,
@@ -346,6 +376,7 @@ class HttpService(ProfileService):
         if account:
             headers["X-Account"] = account.strip()
         self.account = account
+        self.read_timeout = float(timeout)
         self._client = httpx.Client(
             base_url=self.url + "/",
             headers=headers,
@@ -355,6 +386,19 @@ class HttpService(ProfileService):
 
     def __repr__(self) -> str:
         return f"HttpService({self.url!r})"
+
+    @staticmethod
+    @contextlib.contextmanager
+    def deadline(seconds: float) -> Iterator[None]:
+        """Within the block (this thread or task), no request of any service waits to
+        retry (a 429's ``Retry-After``) past ``seconds`` from now: it raises instead."""
+        when = time.monotonic() + max(0.0, float(seconds))
+        outer = _DEADLINE.get()
+        token = _DEADLINE.set(when if outer is None else min(outer, when))
+        try:
+            yield
+        finally:
+            _DEADLINE.reset(token)
 
     def close(self) -> None:
         self._client.close()
@@ -374,8 +418,14 @@ class HttpService(ProfileService):
         headers: Mapping[str, str] | None = None,
         idempotent: bool,
         stream: bool = False,
+        deadline: float | None = None,
     ) -> httpx.Response:
-        """One request, retried when that is safe; a non-2xx answer raises its error."""
+        """One request, retried when that is safe; a non-2xx answer raises its error.
+        ``deadline`` (``time.monotonic()``; also :meth:`deadline`): no wait for a retry
+        goes past it."""
+        ambient = _DEADLINE.get()
+        if ambient is not None:
+            deadline = ambient if deadline is None else min(deadline, ambient)
         query = {k: v for k, v in (params or {}).items() if v is not None}
         extra = dict(headers or {})
         content: bytes | None = None
@@ -422,13 +472,12 @@ class HttpService(ProfileService):
                 time.sleep(delay)
                 delay = min(delay * 2, MAX_BACKOFF)
                 continue
+            header_wait = _retry_after(response)
             error = self._error(response)
             if isinstance(error, RateLimited):
-                wait = _retry_after(response)
-                if wait is None:
-                    wait = delay
-                error.details.setdefault("retry_after", wait)
-                if idempotent and not last and wait <= self.max_retry_after:
+                wait = _rate_limited(error, header_wait, delay)
+                fits = deadline is None or time.monotonic() + wait <= deadline
+                if idempotent and not last and wait <= self.max_retry_after and fits:
                     log.info("rate limited by %s; retrying in %.1f s", self.location, wait)
                     time.sleep(wait)
                     delay = min(delay * 2, MAX_BACKOFF)
@@ -646,9 +695,18 @@ class HttpService(ProfileService):
         self._send("POST", path, json_body=body, idempotent=False).close()
 
     def record_use(self, ref: str, **payload: Any) -> Profile:
-        path = self._profile_path(ref, "/events")
-        body = {"type": "session.created", "payload": _payload(payload)}
+        """``POST .../sessions``: a read key may record a read-only session's use."""
+        path = self._profile_path(ref, "/sessions")
+        readonly = bool(payload.pop("readonly", False))
+        body = {"readonly": readonly, "payload": _payload(payload)}
         return _model(Profile, self._json("POST", path, json_body=body, idempotent=False))
+
+    def end_session(self, profile_id: str, epoch: int | None, **payload: Any) -> None:
+        """``POST .../sessions/end``: release the lease and record ``session.ended`` in one
+        request (without ``epoch``, a read-only session's end: a read key may)."""
+        path = self._profile_path(profile_id, "/sessions/end")
+        body = {"epoch": epoch, "payload": _payload(payload)}
+        self._send("POST", path, json_body=body, idempotent=False).close()
 
     # ------------------------------------------------------------------ state bytes
 
@@ -707,11 +765,13 @@ class HttpService(ProfileService):
         epoch: int | None,
         event: AuditType,
         progress: Progress | None = None,
+        end_session: Mapping[str, Any] | None = None,
         **payload: Any,
     ) -> Profile:
         """Send the spooled archive (streamed from the file) to become the committed state,
         fenced by ``epoch``. The audit payload travels as the JSON query parameter
-        ``payload``."""
+        ``payload``; ``end_session`` (the ``session.ended`` payload) as ``ended``: the
+        server then releases the lease and records the end with the commit."""
         size = os.path.getsize(spool)
 
         def chunks() -> Iterator[bytes]:
@@ -730,6 +790,10 @@ class HttpService(ProfileService):
         }
         if payload:
             params["payload"] = json.dumps(payload, default=str, separators=(",", ":"))
+        if end_session is not None:
+            if epoch is None:
+                raise ValidationFailed("Ending a session with its commit needs the epoch.")
+            params["ended"] = json.dumps(_payload(end_session), default=str, separators=(",", ":"))
         body = self._json(
             "PUT",
             self._profile_path(profile.id, "/state"),
@@ -820,8 +884,16 @@ class HttpService(ProfileService):
     # ------------------------------------------------------------------ writer leases
 
     def acquire_lease(
-        self, profile_id: str, holder: Holder, *, ttl: float | None, force: bool = False
+        self,
+        profile_id: str,
+        holder: Holder,
+        *,
+        ttl: float | None,
+        force: bool = False,
+        wait: float = 0.0,
     ) -> LeaseGrant | None:
+        """``wait``: the server holds the request until the lease is free, for at most
+        that long (capped at :data:`LEASE_POLL_MAX`): one request instead of a poll."""
         if force:
             raise ProfileError(
                 "A forced (file-lock) lease is the embedded store's mode and is not "
@@ -831,10 +903,15 @@ class HttpService(ProfileService):
         body: dict[str, Any] = {"kind": holder.kind, "host": holder.host, "pid": holder.pid}
         if ttl is not None:
             body["ttl"] = ttl
-        body["wait"] = 0
+        hold = max(0.0, min(float(wait), LEASE_POLL_MAX, self.read_timeout / 2))
+        body["wait"] = round(hold, 3)
         try:
             grant = self._json(
-                "POST", self._profile_path(profile_id, "/lease"), json_body=body, idempotent=False
+                "POST",
+                self._profile_path(profile_id, "/lease"),
+                json_body=body,
+                idempotent=False,
+                deadline=time.monotonic() + wait if wait > 0 else None,
             )
         except ProfileBusy:
             return None
@@ -844,12 +921,14 @@ class HttpService(ProfileService):
                 cause="bad lease",
             )
         expires = grant.get("expires_at")
+        record = grant.get("profile")
         return LeaseGrant(
             profile_id=str(grant.get("profile_id") or profile_id),
             epoch=grant["epoch"],
             expires_at=datetime.fromisoformat(expires.replace("Z", "+00:00"))
             if isinstance(expires, str)
             else None,
+            profile=_model(Profile, record) if isinstance(record, dict) else None,
         )
 
     def renew_lease(self, profile_id: str, epoch: int, *, ttl: float | None) -> bool:

@@ -5,8 +5,9 @@ construction: a profile of another account is simply not in the caller's store, 
 ``404``, never ``403``). API keys, accounts and memberships live in ``<home>/accounts.sqlite3``
 (:mod:`profiles.http.accounts`); download links and upload targets are HMAC-signed with the
 secret in ``<home>/server-secret`` (:mod:`profiles.http.signing`); request bodies are streamed
-to disk under a cap (:mod:`profiles.http.server_streams`); a sliding-window rate limit per
-client IP sits in front of everything (:mod:`profiles.http.ratelimit`).
+to disk under a cap (:mod:`profiles.http.server_streams`); sliding-window rate limits per
+account (by tier, for live keys) and per client address (everything else) sit in front of
+everything (:mod:`profiles.http.ratelimit`).
 
 Errors are ``{"error": {"code", "status", "message", ...details}}``, the
 :meth:`~profiles.errors.ProfileError.to_dict` of the error, with the messages of the hosted
@@ -61,8 +62,8 @@ from profiles.errors import (
     Unauthorized,
     ValidationFailed,
 )
-from profiles.http.accounts import Account, AccountsDB, ApiKey
-from profiles.http.ratelimit import RateLimit, RateLimitMiddleware
+from profiles.http.accounts import TIER_RATE_LIMITS, Account, AccountsDB, ApiKey
+from profiles.http.ratelimit import DEFAULT_ADDRESS_LIMIT, RateLimit, RateLimitMiddleware
 from profiles.http.server_streams import (
     NOT_GZIP,
     archive_codec,
@@ -132,7 +133,10 @@ class ServerConfig:
     home: Path
     catalog: str | None = None
     blobs: str | None = None
-    rate_limit: RateLimit | None = field(default_factory=lambda: RateLimit(100, 900.0))
+    rate_limit: RateLimit | None = DEFAULT_ADDRESS_LIMIT  # per address, without a live key
+    tier_rate_limits: dict[str, RateLimit | None] = field(
+        default_factory=lambda: {t: RateLimit(n, w) for t, (n, w) in TIER_RATE_LIMITS.items()}
+    )
     download_expires_in: float = 3600.0
     upload_expires_in: float = 3600.0
     max_upload_bytes: int = MAX_UPLOAD_BYTES
@@ -276,6 +280,16 @@ class LeaseBody(_Body):
     wait: float = Field(default=0.0, ge=0, le=3600.0)
 
 
+class SessionStartBody(_Body):
+    readonly: bool = False
+    payload: dict[str, Any] = Field(default_factory=dict)
+
+
+class SessionEndBody(_Body):
+    epoch: int | None = Field(default=None, ge=0, le=2**62)
+    payload: dict[str, Any] = Field(default_factory=dict)
+
+
 class RenewBody(_Body):
     epoch: int = Field(ge=0, le=2**62)
     ttl: float = Field(default=30.0, gt=0, le=MAX_LEASE_TTL)
@@ -315,6 +329,15 @@ class Caller:
     store: ProfileStore
     can_write: bool
 
+    def require_admin(self, doing: str) -> None:
+        """``Forbidden`` (before anything is done) unless the key may write."""
+        if not self.can_write:
+            raise Forbidden(
+                f"API key missing required permission: admin ({doing} writes; a read key "
+                "runs read-only sessions).",
+                permission="admin",
+            )
+
 
 def _bearer(request: Request) -> str:
     header = request.headers.get("authorization")
@@ -330,17 +353,32 @@ _bearer_doc = HTTPBearer(auto_error=False, description="An API key: pk_<key id>_
 
 
 async def caller(request: Request, _doc: Annotated[Any, Depends(_bearer_doc)] = None) -> Caller:
-    """The authenticated caller: its key, the account it acts on, that account's store."""
+    """The authenticated caller: its key, the account it acts on, that account's store.
+    Writes (any method but GET, HEAD and OPTIONS) need the ``admin`` scope."""
+    return await _authorize(request, write=request.method not in ("GET", "HEAD", "OPTIONS"))
+
+
+async def reader(request: Request, _doc: Annotated[Any, Depends(_bearer_doc)] = None) -> Caller:
+    """The caller of a route that reads, whatever its method (a read-only session's start
+    and end): the ``read`` scope suffices; the route asks :meth:`Caller.require_admin` for
+    what needs more."""
+    return await _authorize(request, write=False)
+
+
+async def _authorize(request: Request, *, write: bool) -> Caller:
     accounts: AccountsDB = request.app.state.accounts
     stores: AccountStores = request.app.state.stores
     token = _bearer(request)
-    key = accounts.authenticate(token)
-    if key is None:
-        raise Unauthorized("Invalid or revoked API key")
-    own = accounts.get_account(key.account_id)
+    found = getattr(request.state, "identified_key", None)  # the rate limiter's look-up
+    if found is not None:
+        key, own = found
+    else:
+        key = accounts.authenticate(token)
+        if key is None:
+            raise Unauthorized("Invalid or revoked API key")
+        own = accounts.get_account(key.account_id)
     if not own.active:
         raise Forbidden("Account is deactivated")
-    write = request.method not in ("GET", "HEAD", "OPTIONS")
     role: str | None = None
     target = own
     acting = request.headers.get("x-account")
@@ -363,10 +401,12 @@ async def caller(request: Request, _doc: Annotated[Any, Depends(_bearer_doc)] = 
         )
     request.state.account = target
     store = await _run(lambda: stores.get(target))
-    return Caller(key=key, account=target, store=store, can_write=write)
+    can_write = "admin" in key.scopes and role != "member"
+    return Caller(key=key, account=target, store=store, can_write=can_write)
 
 
 Auth = Annotated[Caller, Depends(caller)]
+ReadAuth = Annotated[Caller, Depends(reader)]
 
 
 # ------------------------------------------------------------------ downloads
@@ -408,10 +448,14 @@ class _QueueWriter:
             self._buf.clear()
 
 
-_RESERVED_PAYLOAD = frozenset({"checksum", "blob_size", "epoch", "event"})
+# What the server records itself, and the names of the parameters the payload is passed
+# beside (``record_event(type_, profile_id, **payload)``, ``record_use(ref, **payload)``).
+_RESERVED_PAYLOAD = frozenset(
+    {"checksum", "blob_size", "epoch", "event", "type_", "profile_id", "ref", "self"}
+)
 
 
-def _audit_payload(raw: str | None) -> dict[str, Any]:
+def _audit_payload(raw: str | None, *, field: str = "payload") -> dict[str, Any]:
     """The audit details a remote session sends along with its state (a small JSON
     object of scalars); anything else is refused, and nothing may override what the server
     records itself."""
@@ -420,15 +464,21 @@ def _audit_payload(raw: str | None) -> dict[str, Any]:
     try:
         value = json.loads(raw)
     except ValueError:
-        raise ValidationFailed("payload must be a JSON object.", field="payload") from None
+        raise ValidationFailed(f"{field} must be a JSON object.", field=field) from None
+    return _clean_payload(value, field=field)
+
+
+def _clean_payload(value: Any, *, field: str = "payload") -> dict[str, Any]:
+    """An audit payload from a client: at most 32 identifier keys, none the server's own,
+    scalar values (text redacted)."""
     if not isinstance(value, dict) or len(value) > 32:
-        raise ValidationFailed("payload must be a JSON object of at most 32 keys.", field="payload")
+        raise ValidationFailed(f"{field} must be a JSON object of at most 32 keys.", field=field)
     clean: dict[str, Any] = {}
     for key, item in value.items():
         if not isinstance(key, str) or not key.isidentifier() or key in _RESERVED_PAYLOAD:
-            raise ValidationFailed(f"payload key {key!r} is not allowed.", field="payload")
+            raise ValidationFailed(f"{field} key {key!r} is not allowed.", field=field)
         if not isinstance(item, str | int | float | bool) and item is not None:
-            raise ValidationFailed("payload values must be scalars.", field="payload")
+            raise ValidationFailed(f"{field} values must be scalars.", field=field)
         clean[key] = redact_text(item) if isinstance(item, str) else item
     return clean
 
@@ -582,7 +632,18 @@ def create_app(config: ServerConfig) -> FastAPI:
         response.headers["Cache-Control"] = "no-store"
         return response
 
-    app.add_middleware(RateLimitMiddleware, rate=config.rate_limit)
+    def identify(token: str) -> tuple[str, str, Any] | None:
+        found = accounts.identify(token)
+        if found is None:
+            return None
+        return found[1].id, found[1].tier, found
+
+    app.add_middleware(
+        RateLimitMiddleware,
+        rate=config.rate_limit,
+        tiers=config.tier_rate_limits,
+        identify=identify,
+    )
 
     # -------------------------------------------------------------- auth
 
@@ -704,13 +765,38 @@ def create_app(config: ServerConfig) -> FastAPI:
             raise ValidationFailed("limit must be from 1 to 100.", field="limit")
         return {"names": c.store.similar_names(ref, limit=limit)}
 
+    @app.post("/v1/profiles/{ref}/sessions", tags=["sessions"])
+    def session_started(c: ReadAuth, ref: str, body: SessionStartBody) -> dict[str, Any]:
+        """A session started on the profile: ``usage_count`` + 1, ``last_used_at``, and a
+        ``session.created`` event. A read key may record a read-only session's use."""
+        if not body.readonly:
+            c.require_admin("a writer session")
+        payload = {**_clean_payload(body.payload), "readonly": body.readonly}
+        return _dump(c.store.record_use(ref, **payload))
+
+    @app.post("/v1/profiles/{ref}/sessions/end", status_code=204, tags=["sessions"])
+    def session_ended(c: ReadAuth, ref: str, body: SessionEndBody) -> Response:
+        """A session ended: its writer lease (``epoch``) is released and ``session.ended``
+        recorded, in one request. Without ``epoch`` (a read-only session) a read key may."""
+        if body.epoch is not None:
+            c.require_admin("releasing a writer lease")
+        payload = _clean_payload(body.payload)
+        profile = c.store.get(ref)
+        try:
+            if body.epoch is not None:
+                c.store.service.release_lease(profile.id, body.epoch)
+        finally:
+            c.store.record_event("session.ended", profile.id, **payload)
+        return Response(status_code=204)
+
     @app.post("/v1/profiles/{ref}/events", tags=["profiles"])
     def post_event(c: Auth, ref: str, body: EventBody) -> Response:
+        payload = _clean_payload(body.payload)
         if body.type == "session.created":
-            profile = c.store.record_use(ref, **body.payload)
+            profile = c.store.record_use(ref, **payload)
             return JSONResponse(_dump(profile))
         profile = c.store.get(ref)
-        c.store.record_event("session.ended", profile.id, **body.payload)
+        c.store.record_event("session.ended", profile.id, **payload)
         return Response(status_code=204)
 
     # -------------------------------------------------------------- snapshots
@@ -864,10 +950,20 @@ def create_app(config: ServerConfig) -> FastAPI:
         browser_version: Annotated[str | None, Query(max_length=64)] = None,
         event: Literal["state.uploaded", "session.ended"] = "state.uploaded",
         payload: Annotated[str | None, Query(max_length=4096)] = None,
+        ended: Annotated[str | None, Query(max_length=4096)] = None,
     ) -> dict[str, Any]:
+        """Commit a state. With ``epoch`` and ``ended`` (a JSON object, the payload of the
+        session's ``session.ended`` event) the commit also ends the writer session: once
+        the state is stored, the lease is released and the event recorded, so a session's
+        end costs one request. A commit that fails ends nothing."""
         announced = (request.headers.get("x-checksum") or "").strip().lower()
         try:
             extras = _audit_payload(payload)
+            end_payload = None if ended is None else _audit_payload(ended, field="ended")
+            if end_payload is not None and epoch is None:
+                raise ValidationFailed(
+                    "ended ends a writer session: pass its lease's epoch too.", field="ended"
+                )
             if not _CHECKSUM.fullmatch(announced):
                 raise ValidationFailed(
                     "The X-Checksum header must be the SHA-256 of the body, 64 hex digits.",
@@ -906,7 +1002,7 @@ def create_app(config: ServerConfig) -> FastAPI:
                     grant_epoch = own.epoch
                 try:
                     with body.path.open("rb") as src:
-                        return c.store.commit_archive(
+                        updated = c.store.commit_archive(
                             profile.id,
                             src,
                             epoch=grant_epoch,
@@ -914,6 +1010,12 @@ def create_app(config: ServerConfig) -> FastAPI:
                             event=kind,
                             **extras,
                         )
+                    if end_payload is not None:
+                        try:
+                            c.store.service.release_lease(profile.id, grant_epoch)
+                        finally:
+                            c.store.record_event("session.ended", profile.id, **end_payload)
+                    return updated
                 finally:
                     if own is not None:
                         with contextlib.suppress(ProfileError):
@@ -934,12 +1036,16 @@ def create_app(config: ServerConfig) -> FastAPI:
                 lambda: c.store.service.acquire_lease(profile.id, holder, ttl=body.ttl)
             )
             if grant is not None:
+                # The record as the holder starts from (no one else commits while it holds
+                # the lease): the client needs no second request to read it.
+                current = await _run(lambda: c.store.get(profile.id))
                 return {
                     "profile_id": grant.profile_id,
                     "epoch": grant.epoch,
                     "expires_at": None
                     if grant.expires_at is None
                     else grant.expires_at.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+                    "profile": _dump(current),
                 }
             if time.monotonic() >= deadline:
                 raise await _run(lambda: _busy(c.store, profile))

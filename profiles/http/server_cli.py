@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from profiles.errors import ProfileError, ValidationFailed
-from profiles.http.accounts import SCOPES, TIER_CAPS, AccountsDB
-from profiles.http.ratelimit import parse_rate_limit
+from profiles.http.accounts import SCOPES, TIER_CAPS, TIER_RATE_LIMITS, AccountsDB
+from profiles.http.ratelimit import RateLimit, parse_rate_limit, parse_tier_rate_limit
 
 __all__ = ["add_server_commands", "main", "serve"]
 
@@ -60,6 +60,13 @@ def _rate_limit(value: str) -> Any:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _tier_rate_limit(value: str) -> tuple[str, RateLimit | None]:
+    try:
+        return parse_tier_rate_limit(value, TIER_CAPS)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def cmd_serve(_store: object, args: argparse.Namespace) -> None:
     serve(
         home=_server_home(args),
@@ -68,6 +75,7 @@ def cmd_serve(_store: object, args: argparse.Namespace) -> None:
         catalog=getattr(args, "catalog", None),
         blobs=getattr(args, "blobs", None),
         rate_limit=args.rate_limit,
+        tier_rate_limits=dict(args.tier_rate_limit or ()),
         download_expires_in=args.download_expires,
         upload_expires_in=args.upload_expires,
         max_upload_mb=args.max_upload_mb,
@@ -83,13 +91,16 @@ def serve(
     catalog: str | None = None,
     blobs: str | None = None,
     rate_limit: Any = "100/900",
+    tier_rate_limits: dict[str, RateLimit | None] | None = None,
     download_expires_in: float = 3600.0,
     upload_expires_in: float = 3600.0,
     max_upload_mb: int = 500,
     public_url: str | None = None,
 ) -> None:
     """Run the server until SIGINT/SIGTERM (uvicorn; its access log is off: download and
-    upload tokens are in URL paths)."""
+    upload tokens are in URL paths). ``rate_limit`` is the budget per client address of
+    requests without a live key; ``tier_rate_limits`` overrides the budgets per account of
+    some tiers (the others keep :data:`~profiles.http.accounts.TIER_RATE_LIMITS`)."""
     import uvicorn
 
     from profiles.http.server import ServerConfig, create_app
@@ -109,6 +120,10 @@ def serve(
             catalog=catalog,
             blobs=blobs,
             rate_limit=rate,
+            tier_rate_limits={
+                **{t: RateLimit(n, w) for t, (n, w) in TIER_RATE_LIMITS.items()},
+                **(tier_rate_limits or {}),
+            },
             download_expires_in=download_expires_in,
             upload_expires_in=upload_expires_in,
             max_upload_bytes=max_upload_mb * 1024 * 1024,
@@ -118,11 +133,13 @@ def serve(
         raise ValidationFailed(str(exc), field="catalog") from None
     app = create_app(config)
     log.info(
-        "serving profiles of %s on http://%s:%d (rate limit %s)",
+        "serving profiles of %s on http://%s:%d (rate limits: %s per address without a "
+        "live key; per account by tier: %s)",
         config.home,
         host,
         port,
         rate or "off",
+        ", ".join(f"{t} {r or 'off'}" for t, r in config.tier_rate_limits.items()),
     )
     uvicorn.run(app, host=host, port=port, access_log=False, log_level="info", log_config=None)
 
@@ -219,7 +236,18 @@ def add_server_commands(sub: Any, command: Command) -> None:
         type=_rate_limit,
         default=parse_rate_limit("100/900"),
         metavar="N/SECONDS",
-        help="requests per client IP per window (default 100/900; 'off' for none)",
+        help="requests per client address per window for requests without a live API key "
+        "(default 100/900; 'off' for none); requests with a key count against their "
+        "account's tier budget (--tier-rate-limit)",
+    )
+    p.add_argument(
+        "--tier-rate-limit",
+        type=_tier_rate_limit,
+        action="append",
+        metavar="TIER=N/SECONDS",
+        help="requests per account per window for one tier, repeatable (defaults: "
+        + ", ".join(f"{t}={n}/{w:g}" for t, (n, w) in TIER_RATE_LIMITS.items())
+        + "; 'off' for none); lease renewals are not counted",
     )
     p.add_argument(
         "--download-expires",

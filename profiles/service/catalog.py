@@ -354,6 +354,7 @@ class CatalogService(ProfileService):
         *,
         epoch: int | None,
         event: AuditType,
+        end_session: Mapping[str, Any] | None = None,
         **payload: Any,
     ) -> Profile:
         with self._blob_writer():
@@ -362,6 +363,8 @@ class CatalogService(ProfileService):
             updated, replaced = self._set_state(profile, state, epoch, event, **payload)
         if replaced != state.checksum:
             self._free_blobs(replaced)
+        if end_session is not None:
+            self.end_session(profile.id, epoch, **end_session)
         return updated
 
     def collect_garbage(self, *, min_age: float, wait: float) -> builtins.list[str]:
@@ -391,7 +394,13 @@ class CatalogService(ProfileService):
 
     # writer leases
     def acquire_lease(
-        self, profile_id: str, holder: Holder, *, ttl: float | None, force: bool = False
+        self,
+        profile_id: str,
+        holder: Holder,
+        *,
+        ttl: float | None,
+        force: bool = False,
+        wait: float = 0.0,
     ) -> LeaseGrant | None:
         with self.catalog.transaction() as tx:
             return tx.acquire_lease(profile_id, holder, ttl=ttl, force=force)

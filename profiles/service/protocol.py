@@ -137,10 +137,23 @@ class ProfileService(ABC):
         *,
         epoch: int | None,
         event: AuditType,
+        end_session: Mapping[str, Any] | None = None,
         **payload: Any,
     ) -> Profile:
         """Store the bytes in ``spool`` (named ``state.checksum``) and make them the
-        profile's committed state, only while ``epoch`` is current (``LeaseLost``)."""
+        profile's committed state, only while ``epoch`` is current (``LeaseLost``).
+        With ``end_session`` (the payload of ``session.ended``), once the state is stored
+        the lease ``epoch`` is released and the event recorded (:meth:`end_session`); a
+        commit that fails ends nothing."""
+
+    def end_session(self, profile_id: str, epoch: int | None, **payload: Any) -> None:
+        """A session ended: release its writer lease ``epoch`` (if any) and record
+        ``session.ended`` with ``payload`` (one request over HTTP)."""
+        try:
+            if epoch is not None:
+                self.release_lease(profile_id, epoch)
+        finally:
+            self.record_event("session.ended", profile_id, **payload)
 
     def import_archive(
         self, ref: str, source: IO[bytes], *, browser_version: str | None = None
@@ -160,8 +173,18 @@ class ProfileService(ABC):
     # writer leases
     @abstractmethod
     def acquire_lease(
-        self, profile_id: str, holder: Holder, *, ttl: float | None, force: bool = False
-    ) -> LeaseGrant | None: ...
+        self,
+        profile_id: str,
+        holder: Holder,
+        *,
+        ttl: float | None,
+        force: bool = False,
+        wait: float = 0.0,
+    ) -> LeaseGrant | None:
+        """The lease, or ``None`` when another holder has it. ``wait``: a service that can
+        wait on its side for a busy lease to free (over HTTP) may, for at most that long;
+        others answer at once and the caller polls."""
+
     @abstractmethod
     def renew_lease(self, profile_id: str, epoch: int, *, ttl: float | None) -> bool: ...
     @abstractmethod
@@ -173,6 +196,10 @@ class ProfileService(ABC):
 
     def close(self) -> None:  # noqa: B027 - nothing to release by default
         """Release connections."""
+
+    #: Whether :meth:`store_state` reads and checks the profile on the service's side (a
+    #: server does): the store then need not read the record before a commit.
+    checks_commits_itself: bool = False
 
     # Chunked, deduplicated state (profiles.state.chunked): a service that holds chunks itself
     # says so; the workspace then commits and checks out chunk by chunk.

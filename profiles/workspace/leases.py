@@ -35,6 +35,7 @@ from profiles.models import Holder, HolderKind
 from profiles.workspace.locks import ProfileLock, poll_until_free
 
 if TYPE_CHECKING:
+    from profiles.models import Profile
     from profiles.service.protocol import ProfileService
 
 __all__ = ["DEFAULT_LEASE_TTL", "WriterLease"]
@@ -75,7 +76,10 @@ class WriterLease:
             locks_dir, profile_id, timeout=timeout, name=name, kind=kind
         )
         self.epoch: int | None = None
+        #: The profile's record sent along with the grant (over HTTP), else None.
+        self.granted: Profile | None = None
         self.lost = False
+        self._ending = False
         self._stop = threading.Event()
         self._heartbeat: threading.Thread | None = None
 
@@ -108,10 +112,11 @@ class WriterLease:
                 pid=os.getpid(),
                 since=datetime.now(UTC),
             )
+            self._ending = False
             if not self.shared:
                 grant = self.service.acquire_lease(self.profile_id, me, ttl=None, force=True)
                 assert grant is not None
-                self.epoch = grant.epoch
+                self.epoch, self.granted = grant.epoch, grant.profile
                 return
             left = max(0.0, wait - (time.monotonic() - started))
             self.epoch = self._acquire_shared(me, left)
@@ -126,9 +131,17 @@ class WriterLease:
             raise
 
     def _acquire_shared(self, me: Holder, wait: float) -> int:
+        deadline = time.monotonic() + wait
+
         def attempt() -> int | None:
-            grant = self.service.acquire_lease(self.profile_id, me, ttl=self.ttl)
-            return None if grant is None else grant.epoch
+            # A service that can wait on its side (HTTP) holds the request until the lease
+            # frees (one request, not a poll); the others answer at once.
+            left = max(0.0, deadline - time.monotonic())
+            grant = self.service.acquire_lease(self.profile_id, me, ttl=self.ttl, wait=left)
+            if grant is None:
+                return None
+            self.granted = grant.profile
+            return grant.epoch
 
         return poll_until_free(
             attempt,
@@ -152,6 +165,8 @@ class WriterLease:
                 log.warning("could not renew the lease on %s: %s", self.display_name, exc)
                 continue
             if not kept:
+                if self._ending or self._stop.is_set():
+                    return  # released with the session's end meanwhile: not lost
                 self.lost = True
                 log.warning(
                     "the lease on profile %r was lost (epoch %d): another writer took it; "
@@ -160,6 +175,22 @@ class WriterLease:
                     epoch,
                 )
                 return
+
+    def ending(self) -> None:
+        """The session's end (which releases the lease on the service's side) is on its
+        way: a renewal refused from now on means released, not lost. The heartbeat keeps
+        renewing meanwhile (a long commit keeps its lease)."""
+        self._ending = True
+
+    def forget(self) -> None:
+        """The lease was released on the service's side (with a commit or a session's
+        end): stop renewing it; :meth:`release` then frees only the machine lock."""
+        self._ending = True
+        self.epoch = None
+        self._stop.set()
+        if self._heartbeat is not None:
+            self._heartbeat.join(timeout=5)
+            self._heartbeat = None
 
     def release(self) -> None:
         epoch, self.epoch = self.epoch, None
