@@ -1403,7 +1403,9 @@ def _open_store(args: argparse.Namespace, mode: str) -> ProfileStore:
                 home=str(home),
             )
         kwargs["create"] = False
-    return ProfileStore(home, **kwargs)
+    # Without --home the store resolves $PROFILES_HOME or the default itself, so that a new
+    # home named by $PROFILES_HOME is said at WARNING and the default one made quietly.
+    return ProfileStore(home if args.home is not None else None, **kwargs)
 
 
 def _backend(args: argparse.Namespace) -> tuple[str | None, str | None]:

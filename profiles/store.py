@@ -219,6 +219,15 @@ class ProfileStore:
                 api_key=api_key if api_key is not None else os.environ.get("PROFILES_API_KEY"),
                 account=account if account is not None else os.environ.get("PROFILES_ACCOUNT"),
             )
+        # Where the home was named, for the warning when an explicitly named one is new:
+        # a typo there must not silently give an empty store (and a logged-out session).
+        named_by = (
+            "the home argument"
+            if home is not None
+            else "$PROFILES_HOME"
+            if os.environ.get("PROFILES_HOME")
+            else None
+        )
         self.home = Path(home).expanduser() if home is not None else default_home()
         self.cache_max_bytes = cache_max_bytes
         self.codec: Codec = codec
@@ -234,7 +243,7 @@ class ProfileStore:
         try:
             with self._storage_faults("opening the store"):
                 # With a shared catalog the home is only this machine's workspace: make it.
-                self._open_home(create=create or remote)
+                self._open_home(create=create or remote, named_by=None if remote else named_by)
         except BaseException:
             if service is not None:
                 service.close()
@@ -289,7 +298,10 @@ class ProfileStore:
             self._tmp = Path(tempfile.mkdtemp(prefix="playwright-profiles-ro-"))
             log.info("the store at %s is read-only here: reads only", self.home)
 
-    def _open_home(self, *, create: bool) -> None:
+    def _open_home(self, *, create: bool, named_by: str | None = None) -> None:
+        """Open (or make) the home. ``named_by`` says where an explicitly named home came
+        from: making one that did not exist is then said at WARNING (the platform's
+        default home is made quietly on first use)."""
         if not self.home.exists():
             if not create:
                 raise NotFound(
@@ -300,6 +312,14 @@ class ProfileStore:
                     home=str(self.home),
                 )
             self.home.mkdir(mode=0o700, parents=True)
+            if named_by is not None:
+                log.warning(
+                    "the store's home %s (from %s) did not exist: created a new, empty "
+                    "profile store there. If you meant an existing store, check the path; "
+                    "ProfileStore(home, create=False) refuses a missing home instead",
+                    self.home,
+                    named_by,
+                )
             return
         if not self.home.is_dir():
             raise ValidationFailed(
