@@ -506,6 +506,10 @@ def _extract(raw: IO[bytes] | BinaryIO, staging: Path, limits: ArchiveLimits) ->
     )
     reader = TarReader(meter.read, max_header_bytes=limits.max_header_bytes)
     tree = _Tree(staging)
+    # Directories get their member's mtime (a directory made for a file without a member
+    # of its own, that file's), set once every file is written: the same archive then
+    # always unpacks to the same tree, and so to the same state.
+    dir_times: dict[tuple[str, ...], float] = {}
     files = directories = total = members = 0
     try:
         while (member := reader.next()) is not None:
@@ -530,9 +534,13 @@ def _extract(raw: IO[bytes] | BinaryIO, staging: Path, limits: ArchiveLimits) ->
             try:
                 if member.isdir():
                     tree.make(parts)
+                    if parts:
+                        dir_times[parts] = member.mtime
                     directories += 1
                     continue
                 tree.make(parts[:-1])
+                for depth in range(1, len(parts)):
+                    dir_times.setdefault(parts[:depth], member.mtime)
                 total += _write_member(reader, tree.path(parts), member)
                 files += 1
             except OSError as exc:
@@ -550,6 +558,8 @@ def _extract(raw: IO[bytes] | BinaryIO, staging: Path, limits: ArchiveLimits) ->
             f"corrupt ({exc}).",
             field="file",
         ) from exc
+    for parts, mtime in dir_times.items():
+        os.utime(tree.path(parts), (mtime, mtime))
     return UnpackStats(files=files, directories=directories, uncompressed_bytes=total, codec=codec)
 
 
