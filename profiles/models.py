@@ -36,6 +36,9 @@ AuditType = Literal[
     "state.uploaded",
     "session.created",
     "session.ended",
+    "state.exported",
+    "state.download_link_created",
+    "state.downloaded",
 ]
 
 

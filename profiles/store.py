@@ -127,6 +127,12 @@ def _is_within(path: Path, root: Path) -> bool:
         return False
 
 
+def _export_target(dest: Path | str | IO[bytes]) -> str:
+    """What the audit log says an export went to: ``file`` or ``stream``, never a path of
+    this machine (the log may be read by whoever reads the profile)."""
+    return "file" if isinstance(dest, str | Path) else "stream"
+
+
 class _CountingReader:
     """Wraps a binary source and reports how many bytes have been read."""
 
@@ -1117,10 +1123,30 @@ class ProfileStore:
         *,
         codec: Codec = "gzip",
         progress: Progress | None = None,
+        audit: bool = True,
     ) -> int:
         """Write the committed state as ``.tar.gz`` (or ``.tar.zst``) to ``dest``; return
         the number of bytes written. ``NoStateData`` if the profile has none. An import in
-        flight does not hide the state committed before it."""
+        flight does not hide the state committed before it. A completed export is recorded
+        in the audit log (``state.exported``); ``audit=False`` is for a caller that records
+        what the bytes were for itself (the HTTP service's signed downloads)."""
+        profile, written = self._export_state(ref, dest, codec=codec, progress=progress)
+        if audit:
+            event = {"codec": codec, "bytes": written, "to": _export_target(dest)}
+            if self.read_only:  # a read-only home serves exports and can record nothing
+                log.info("export of %s not recorded: the store is read-only here", profile.id)
+            else:
+                self.record_event("state.exported", profile.id, checksum=profile.checksum, **event)
+        return written
+
+    def _export_state(
+        self,
+        ref: str,
+        dest: Path | str | IO[bytes],
+        *,
+        codec: Codec,
+        progress: Progress | None,
+    ) -> tuple[Profile, int]:
         profile = self.get(ref)
         if profile.checksum is None:
             raise NoStateData(
@@ -1147,7 +1173,7 @@ class ProfileStore:
             manifest = self.service.manifest_of(profile)
         if target is None:
             assert not isinstance(dest, str | Path)
-            return self._write_export(profile, manifest, dest, codec, progress)
+            return profile, self._write_export(profile, manifest, dest, codec, progress)
         try:
             fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
             try:
@@ -1166,7 +1192,7 @@ class ProfileStore:
                 "space or choose another file.",
                 file=str(target),
             ) from exc
-        return written
+        return profile, written
 
     def _write_export(
         self,

@@ -273,6 +273,49 @@ def test_upload_then_signed_download(srv: HttpServer, client: httpx.Client, acct
     assert acct.admin not in log_text and "/v1/downloads/" not in log_text
 
 
+def test_x_checksum_is_the_sha256_of_the_body_and_one_file_is_one_state(
+    client: httpx.Client, acct: Acct
+) -> None:
+    """A header named checksum is the checksum of the body a curl user saved; the state's
+    identity is X-State-Checksum (the profile's ``checksum``), and the same file uploaded
+    twice is the same state (an implicit directory, ``Default``, included)."""
+    create(client, acct, "p")
+    data = chromium_targz("twice")
+    first = upload(client, acct, "p", data).json()["checksum"]
+    second = upload(client, acct, "p", data).json()["checksum"]
+    assert second == first
+    link = client.get("/v1/profiles/p/download", headers=acct.h()).json()["downloadUrl"]
+    got = httpx.get(link, timeout=TIMEOUT)
+    assert got.status_code == 200
+    assert got.headers["x-checksum"] == hashlib.sha256(got.content).hexdigest()
+    assert got.headers["x-state-checksum"] == first
+    assert int(got.headers["content-length"]) == len(got.content)
+    # What came down goes up again as the same state.
+    assert upload(client, acct, "p", got.content).json()["checksum"] == first
+
+
+def test_exports_and_signed_downloads_are_in_the_audit_log(
+    client: httpx.Client, acct: Acct
+) -> None:
+    p = create(client, acct, "p")
+    assert upload(client, acct, "p", chromium_targz("audit")).status_code == 200
+    link = client.get("/v1/profiles/p/download", headers=acct.h()).json()["downloadUrl"]
+    got = httpx.get(link, timeout=TIMEOUT)
+    assert got.status_code == 200
+    events = client.get(f"/v1/audit?profile={p['id']}", headers=acct.h()).json()["data"]
+    by_type = {e["type"]: e["payload"] for e in events}
+    made = by_type["state.download_link_created"]
+    assert made["checksum"] == got.headers["x-state-checksum"] and made["expires_at"]
+    assert made["key_id"] and acct.admin not in json.dumps(events)
+    done = by_type["state.downloaded"]
+    assert done["sha256"] == got.headers["x-checksum"] and done["bytes"] == len(got.content)
+    assert token_of(link) not in json.dumps(events)
+
+
+def token_of(link: str) -> str:
+    return link.rsplit("/", 1)[1]
+
+
 def test_download_link_expires(tmp_path: Path) -> None:
     with start_http_server(tmp_path / "h", extra_args=["--download-expires", "0.5"]) as s:
         h = s.headers()

@@ -23,6 +23,7 @@ paths): uvicorn's access log is off.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -37,7 +38,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any, Final, Literal, TypeVar
+from typing import IO, Annotated, Any, Final, Literal, TypeVar, cast
 
 import anyio.to_thread
 from fastapi import Depends, FastAPI, Query, Request
@@ -45,6 +46,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from fastapi.security import HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from profiles.archive import Codec
@@ -276,7 +278,7 @@ class RestoreBody(_Body):
 
 
 class EventBody(_Body):
-    type: Literal["session.created", "session.ended"]
+    type: Literal["session.created", "session.ended", "state.exported"]
     payload: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -454,7 +456,9 @@ def _export_stream(store: ProfileStore, profile_id: str, codec: Codec = "gzip") 
 
     def produce() -> None:
         try:
-            store.export_state(profile_id, sink, codec=codec)  # type: ignore[arg-type]
+            # A remote store's read of the state (a checkout, or the client's own export,
+            # which that client records): not an export of the server's.
+            store.export_state(profile_id, sink, codec=codec, audit=False)  # type: ignore[arg-type]
             sink.close_out()
         except BaseException as exc:
             with contextlib.suppress(BaseException):
@@ -480,6 +484,34 @@ def _export_stream(store: ProfileStore, profile_id: str, codec: Codec = "gzip") 
         with contextlib.suppress(queue.Empty):
             while True:
                 q.get_nowait()
+
+
+class _HashingWriter:
+    """A file-like sink that writes through to ``raw`` and hashes what it writes."""
+
+    def __init__(self, raw: Any) -> None:
+        self._raw = raw
+        self._sha = hashlib.sha256()
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        self._sha.update(data)
+        return int(self._raw.write(data))
+
+    def flush(self) -> None:
+        self._raw.flush()
+
+    def hexdigest(self) -> str:
+        return self._sha.hexdigest()
+
+
+def _file_stream(path: Path, scratch: Path) -> Iterator[bytes]:
+    """The file's bytes; the scratch directory holding it goes when the stream ends."""
+    try:
+        with path.open("rb") as src:
+            while chunk := src.read(1024 * 1024):
+                yield chunk
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _blob_stream(source: Any, head: bytes) -> Iterator[bytes]:
@@ -722,7 +754,7 @@ def create_app(config: ServerConfig) -> FastAPI:
             profile = c.store.record_use(ref, **body.payload)
             return JSONResponse(_dump(profile))
         profile = c.store.get(ref)
-        c.store.record_event("session.ended", profile.id, **body.payload)
+        c.store.record_event(body.type, profile.id, **body.payload)
         return Response(status_code=204)
 
     # -------------------------------------------------------------- snapshots
@@ -809,6 +841,13 @@ def create_app(config: ServerConfig) -> FastAPI:
             checksum=profile.checksum,
             expires_in=config.download_expires_in,
         )
+        c.store.record_event(
+            "state.download_link_created",
+            profile.id,
+            checksum=profile.checksum,
+            expires_at=_iso(claim.expires_at),
+            key_id=c.key.id,
+        )
         return {
             "downloadUrl": f"{base_url(request)}/v1/downloads/{token}",
             "expiresAt": _iso(claim.expires_at),
@@ -833,13 +872,45 @@ def create_app(config: ServerConfig) -> FastAPI:
                 "The profile's state changed since this link was made; ask for a new one.",
                 field="token",
             )
+        # The archive is written to scratch first, hashed on the way: X-Checksum is then the
+        # SHA-256 of exactly the bytes sent (what `sha256sum` of the saved file prints), and
+        # Content-Length is known. X-State-Checksum is the state's identity (the profile's
+        # `checksum`), which is not a hash of these bytes.
+        scratch = Path(tempfile.mkdtemp(prefix=SCRATCH_PREFIX, dir=store.tmp_dir))
+        try:
+            spool = scratch / "state.tar.gz"
+            with spool.open("wb") as raw:
+                sink = _HashingWriter(raw)
+                size = store.export_state(
+                    profile.id, cast(IO[bytes], sink), codec="gzip", audit=False
+                )
+            if store.get(profile.id).checksum != claim.checksum:
+                raise LinkExpired(
+                    "The profile's state changed since this link was made; ask for a new one.",
+                    field="token",
+                )
+            store.record_event(
+                "state.downloaded",
+                profile.id,
+                checksum=claim.checksum,
+                sha256=sink.hexdigest(),
+                bytes=size,
+                codec="gzip",
+            )
+        except BaseException:
+            shutil.rmtree(scratch, ignore_errors=True)
+            raise
         return StreamingResponse(
-            _export_stream(store, profile.id),
+            _file_stream(spool, scratch),
             media_type="application/gzip",
             headers={
                 "Content-Disposition": f'attachment; filename="{profile.id}.tar.gz"',
-                "X-Checksum": claim.checksum or "",
+                "Content-Length": str(size),
+                "X-Checksum": sink.hexdigest(),
+                "X-State-Checksum": claim.checksum or "",
             },
+            # Also when the client goes away before the stream started.
+            background=BackgroundTask(shutil.rmtree, scratch, ignore_errors=True),
         )
 
     @app.get("/v1/profiles/{ref}/state", tags=["state"])
