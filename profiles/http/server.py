@@ -62,6 +62,7 @@ from profiles.errors import (
     TierLimit,
     ValidationFailed,
 )
+from profiles.http.access_log import AccessLogMiddleware
 from profiles.http.accounts import Account, AccountsDB, ApiKey
 from profiles.http.ratelimit import RateLimit, RateLimitMiddleware
 from profiles.http.server_streams import (
@@ -627,6 +628,7 @@ def create_app(config: ServerConfig) -> FastAPI:
         return response
 
     app.add_middleware(RateLimitMiddleware, rate=config.rate_limit)
+    app.add_middleware(AccessLogMiddleware)  # outermost: it logs the 429s too
 
     # -------------------------------------------------------------- auth
 
@@ -855,7 +857,7 @@ def create_app(config: ServerConfig) -> FastAPI:
         }
 
     @app.get("/v1/downloads/{token}", tags=["state"])
-    def download(token: str) -> Response:
+    def download(token: str, request: Request) -> Response:
         from profiles.http.signing import LinkExpired
 
         claim = signer.verify(token, "download")
@@ -863,6 +865,7 @@ def create_app(config: ServerConfig) -> FastAPI:
             account = accounts.get_account(claim.account_id)
         except NotFound:
             raise NotFound("Profile not found", resource="profile") from None
+        request.state.account = account  # for the access log
         if not account.active:
             raise Forbidden("Account is deactivated")
         store = stores.get(account)
