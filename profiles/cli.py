@@ -844,7 +844,24 @@ def cmd_import(store: ProfileStore, args: argparse.Namespace) -> None:
         source, total = sys.stdin.buffer, None
     else:
         source = Path(args.file)
-        total = source.stat().st_size if source.is_file() else None
+        # A file that cannot be read is a file error (exit 1, as the README's table says),
+        # found before --create makes anything.
+        problem = (
+            (errno.EISDIR, "it is a directory")
+            if source.is_dir()
+            else (errno.ENOENT, "no such file")
+            if not source.is_file()
+            else (errno.EACCES, "permission denied")
+            if not os.access(source, os.R_OK)
+            else None
+        )
+        if problem is not None:
+            raise OSError(
+                problem[0],
+                f"Cannot import {source}: {problem[1]}. Check the path, or pass - to read "
+                "the archive from stdin.",
+            )
+        total = source.stat().st_size
     created = _import_target(store, args)
     bar = _Progress(total, "importing")
     try:
