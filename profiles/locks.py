@@ -66,7 +66,7 @@ class Holder(BaseModel):
         age = max(0.0, (datetime.now(UTC) - self.since).total_seconds())
         return (
             f"{'an import' if self.kind == 'import' else 'a ' + self.kind} by pid {self.pid} "
-            f"on {self.host}, since {self.since:%Y-%m-%d %H:%M:%S} UTC ({_duration(age)})"
+            f"on {self.host}, since {self.since:%Y-%m-%d %H:%M:%S} UTC ({seconds_text(age)})"
         )
 
 
@@ -77,12 +77,19 @@ class Activity(Holder):
     profile_name: str
 
 
-def _duration(seconds: float) -> str:
+def seconds_text(seconds: float) -> str:
+    """A wait or an age for people: ``0.5 s``, ``2.5 s``, ``42 s``, ``5 min``, ``1.5 h``.
+    What is left of a deadline (``299.997``) reads as the deadline the caller set (``5
+    min``), never to the millisecond."""
+    seconds = max(0.0, float(seconds))
+    if seconds < 10:
+        text = f"{seconds:.1f}".removesuffix(".0")
+        return f"{text} s"
     if seconds < 90:
         return f"{seconds:.0f} s"
     if seconds < 5400:
         return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 3600:.1f} h".replace(".0 h", " h")
 
 
 def _open_private(path: Path, flags: int) -> int:
@@ -143,7 +150,7 @@ def poll_until_free(
             who = current.describe() if current else nobody
             if waited >= wait:
                 raise ProfileBusy(
-                    f"Profile {name!r} is in use: {who}; waited {wait:g} s. "
+                    f"Profile {name!r} is in use: {who}; waited {seconds_text(wait)}. "
                     "Wait for that session to end, raise lock_timeout, or open it with "
                     "readonly=True.",
                     profile_id=profile_id,
@@ -151,7 +158,10 @@ def poll_until_free(
                 )
             noticed = True
             log.warning(
-                "waiting for profile %r: it is held by %s (waiting up to %g s)", name, who, wait
+                "waiting for profile %r: it is held by %s (waiting up to %s)",
+                name,
+                who,
+                seconds_text(wait),
             )
         time.sleep(POLL_INTERVAL)
 
