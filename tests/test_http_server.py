@@ -213,9 +213,60 @@ def test_400_only_tar_gz(client: httpx.Client, acct: Acct) -> None:
         r = upload(client, acct, "p", data, name)
         assert r.status_code == 400, r.text
         e = err(r)
-        assert e["message"] == "Only .tar.gz files are allowed"
+        assert e["message"].startswith("Only .tar.gz files are allowed: ")  # doc 000's words
         assert e["code"] == "ArchiveInvalid"
     assert client.get("/v1/profiles/p", headers=acct.h()).json()["status"] == "empty"
+
+
+def test_random_bytes_as_tar_gz_get_the_message_the_cli_gives(
+    client: httpx.Client, acct: Acct, tmp_path: Path
+) -> None:
+    """What is wrong and what to do, over HTTP as in the CLI, for each way a file is not
+    an archive: random bytes, a ZIP, an uncompressed tar, an empty file."""
+    from profiles import ArchiveInvalid, ProfileStore
+
+    create(client, acct, "p")
+    cases = {
+        "random": bytes(range(7, 250)) * 40,
+        "zip": b"PK\x03\x04 a zip file",
+        "tar": _tar({"Local State": b"{}"}),
+        "empty": b"",
+    }
+    with ProfileStore(tmp_path / "cli-home") as local:
+        local.create("p")
+        for what, data in cases.items():
+            (tmp_path / what).write_bytes(data)
+            with pytest.raises(ArchiveInvalid) as cli_err:
+                local.import_state("p", tmp_path / what)
+            said = cli_err.value.message.split(": ", 1)[1]  # after "Only .tar.gz (...) ...: "
+            r = upload(client, acct, "p", data)
+            assert r.status_code == 400, r.text
+            message = err(r)["message"]
+            assert message == f"Only .tar.gz files are allowed: {said}", what
+            assert "tar czf" in message
+            r = client.put(
+                "/v1/profiles/p/state",
+                headers=acct.h(**{"X-Checksum": hashlib.sha256(data).hexdigest()}),
+                content=data,
+            )
+            assert r.status_code == 400 and err(r)["message"].endswith(said), r.text
+    assert "uncompressed tar" in upload(client, acct, "p", cases["tar"]).text
+
+
+def test_broken_json_names_no_bogus_field(client: httpx.Client, acct: Acct) -> None:
+    """Malformed JSON is about the body (with where it broke), never a field named after
+    the character offset."""
+    headers = acct.h(**{"Content-Type": "application/json"})
+    for body in ('{"name": "x",, }', '{"name": ', "[1, 2", "nul\x00"):
+        r = client.post("/v1/profiles", headers=headers, content=body)
+        assert r.status_code == 400, r.text
+        e = err(r)
+        assert e["code"] == "ValidationFailed" and e["field"] == "body", e
+        assert "not valid JSON" in e["message"] and "character" in e["message"], e
+        assert isinstance(e["position"], int)
+    # A real field error still names its field.
+    r = client.post("/v1/profiles", headers=acct.h(), json={"name": "x", "labels": {"a": 8}})
+    assert r.status_code == 400 and err(r)["field"] == "labels.a", r.text
 
 
 def test_400_no_data_to_download(client: httpx.Client, acct: Acct) -> None:

@@ -49,7 +49,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from profiles.archive import Codec
+from profiles.archive import Codec, not_an_archive
 from profiles.blobs import LocalBlobStore
 from profiles.catalog import SQLiteCatalog
 from profiles.errors import (
@@ -575,13 +575,27 @@ def create_app(config: ServerConfig) -> FastAPI:
         assert isinstance(exc, RequestValidationError)
         errors = exc.errors()
         first = errors[0] if errors else {}
-        loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path")]
-        where = ".".join(loc) or None
-        message = str(first.get("msg", "invalid request"))
-        err = ValidationFailed(
-            f"Invalid request: {where + ': ' if where else ''}{message}.",
-            field=where,
-        )
+        if first.get("type") == "json_invalid":
+            # Its loc is ("body", <character offset>): a position, not a field.
+            loc_of = first.get("loc", ())
+            offset = loc_of[-1] if loc_of and isinstance(loc_of[-1], int) else None
+            ctx = first.get("ctx")
+            why = ctx.get("error") if isinstance(ctx, dict) else None
+            at = f" at character {offset}" if offset is not None else ""
+            err = ValidationFailed(
+                f"Invalid request: the body is not valid JSON{at}"
+                f"{f' ({why})' if isinstance(why, str) else ''}. Send a JSON object.",
+                field="body",
+                position=offset,
+            )
+        else:
+            loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path")]
+            where = ".".join(loc) or None
+            message = str(first.get("msg", "invalid request"))
+            err = ValidationFailed(
+                f"Invalid request: {where + ': ' if where else ''}{message}.",
+                field=where,
+            )
         if request.url.path.endswith("/complete-upload"):
             err.status = 422  # doc 003
         return _error_response(err)
@@ -810,7 +824,7 @@ def create_app(config: ServerConfig) -> FastAPI:
         with _scratch(c.store) as scratch:
             up = await spool_multipart(request, scratch / "file", limit=config.max_upload_bytes)
             if archive_codec(up.head) is None:
-                raise ArchiveInvalid(NOT_GZIP, field="file")
+                raise ArchiveInvalid(f"{NOT_GZIP}: {not_an_archive(up.head)}", field="file")
             assert up.file_path is not None
             path = up.file_path
             version = up.fields.get("browser_version") or None
@@ -976,7 +990,8 @@ def create_app(config: ServerConfig) -> FastAPI:
                 )
             if archive_codec(body.head) is None:
                 raise ArchiveInvalid(
-                    "The state must be a .tar.zst or .tar.gz archive.", field="body"
+                    f"The state must be a .tar.zst or .tar.gz archive: {not_an_archive(body.head)}",
+                    field="body",
                 )
             kind: AuditType = event
 
@@ -1089,7 +1104,7 @@ def create_app(config: ServerConfig) -> FastAPI:
                 )
             codec = archive_codec(up.head)
             if codec is None:
-                raise ArchiveInvalid(NOT_GZIP, field="file")
+                raise ArchiveInvalid(f"{NOT_GZIP}: {not_an_archive(up.head)}", field="file")
             assert up.file_path is not None
             target = pending / f"{claim.profile_id}.archive"
             meta = pending / f"{claim.profile_id}.json"
