@@ -475,13 +475,18 @@ class SessionLifecycle:
         crashed: bool,
         error: str | None = None,
         start_failed: bool = False,
+        interrupted: str | None = None,
     ) -> None:
         """After the browser has exited: commit (or not), release, record. Always releases;
         re-raises a commit failure (``NotFound`` for a profile deleted meanwhile).
 
         ``error`` is what the audit log keeps: pass it through
         :func:`profiles.redact.describe_error`. ``start_failed``: the session was recorded as
-        started but did not open (its ``start_url`` failed, ...); nothing is committed."""
+        started but did not open (its ``start_url`` failed, ...); nothing is committed.
+        ``interrupted`` names the signal that ended the block (``"SIGINT"``, ...): a clean
+        end, recorded as ``outcome="ok"`` with ``reason="interrupted (SIGINT)"``."""
+        if interrupted is not None:
+            failed = False
         outcome = "crashed" if crashed else ("error" if failed or start_failed else "ok")
         committed = False
         ended = False  # session.ended recorded (and the lease released) with the commit
@@ -498,7 +503,8 @@ class SessionLifecycle:
                 epoch = self.lock.epoch if self.lock is not None else None
                 end = None
                 if self.lock is not None and epoch is not None:
-                    end = self._ended_payload(outcome, committed=True, reason=None, error=error)
+                    said = f"interrupted ({interrupted})" if interrupted is not None else None
+                    end = self._ended_payload(outcome, committed=True, reason=said, error=error)
                     self.lock.ending()
                 try:
                     self.profile = self.store.commit_state(
@@ -541,6 +547,8 @@ class SessionLifecycle:
                     ) from exc
             else:
                 reason = f"save={self.options.save!r}" if not self.options.readonly else "readonly"
+            if interrupted is not None and reason is None and not crashed:
+                reason = f"interrupted ({interrupted})"
             if not crashed and not start_failed:
                 self._refresh_engine_cache()  # still holding the lease or the private copy
         finally:

@@ -336,6 +336,18 @@ class _LoopSignals:
         self.installed = []
 
 
+def _runner_saw_ctrl_c() -> bool:
+    """Whether ``asyncio.run``'s runner has received Ctrl-C (it then cancels its main task:
+    the cancellation an async session sees is that Ctrl-C). Reads the runner's own SIGINT
+    handler; any other handler, or another Python's runner, says no."""
+    handler = signal.getsignal(signal.SIGINT)
+    runner = getattr(getattr(handler, "func", None), "__self__", None)
+    if not isinstance(runner, asyncio.Runner):
+        return False
+    count = getattr(runner, "_interrupt_count", 0)
+    return isinstance(count, int) and count > 0
+
+
 _loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopSignals] = (
     weakref.WeakKeyDictionary()
 )
@@ -345,6 +357,8 @@ _loops: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _LoopSignals] = (
 
 
 class _SessionBase:
+    _signal: int | None = None  # the signal ending an async session's task
+
     def __init__(
         self,
         profile: str,
@@ -558,12 +572,28 @@ class _SessionBase:
         log.warning("%s failed: %s", what, describe_error(err))
         self._crashed = True
 
+    def _interruption(self, exc: BaseException | None) -> str | None:
+        """The signal that ended the block, when ``exc`` is how a signal ends one (Ctrl-C's
+        ``KeyboardInterrupt``, the ``SystemExit(128 + signal)`` of SIGTERM and SIGHUP, an
+        async session's task cancelled by one): the README calls these clean ends."""
+        if isinstance(exc, KeyboardInterrupt):
+            return "SIGINT"
+        if self._signal is not None:
+            return signal.Signals(self._signal).name
+        if isinstance(exc, SystemExit) and isinstance(exc.code, int):
+            for signum in (signal.SIGTERM, signal.SIGHUP):
+                if exc.code == 128 + signum:
+                    return signum.name
+        return None
+
     def _finish(self, exc: BaseException | None) -> None:
+        interrupted = self._interruption(exc)
         try:
             self._life.finish(
                 failed=exc is not None,
                 crashed=self._crashed,
-                error=describe_error(exc) if exc is not None else None,
+                error=describe_error(exc) if exc is not None and interrupted is None else None,
+                interrupted=interrupted,
             )
         finally:
             if self._owns_store:
@@ -794,6 +824,7 @@ class AsyncSession(_SessionBase):
     _task: asyncio.Task[Any] | None = None
     _signal: int | None = None
     _loop_signals: _LoopSignals | None = None
+    _runner_ctrl_c = False
 
     @property
     def _given_playwright(self) -> AsyncPlaywright | None:
@@ -897,6 +928,8 @@ class AsyncSession(_SessionBase):
         if self._state != "open":
             return
         self._state = "closed"
+        if isinstance(exc, asyncio.CancelledError) and _runner_saw_ctrl_c():
+            self._runner_ctrl_c = True
         try:
             await _shielded(self._teardown(exc))
         finally:
@@ -957,6 +990,11 @@ class AsyncSession(_SessionBase):
         self._signal = signum
         log.info("signal %d: ending the session on %s", signum, self._life.ref)
         task.cancel(f"signal {signum}: ending the session")
+
+    def _interruption(self, exc: BaseException | None) -> str | None:
+        if self._runner_ctrl_c:  # asyncio.run cancels its main task on Ctrl-C
+            return "SIGINT"
+        return super()._interruption(exc)
 
     def _raise_signal_exit(self) -> None:
         assert self._signal is not None

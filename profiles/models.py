@@ -25,6 +25,7 @@ __all__ = [
     "Snapshot",
     "format_timestamp",
     "new_id",
+    "seconds_text",
     "utcnow",
 ]
 
@@ -38,6 +39,9 @@ AuditType = Literal[
     "state.uploaded",
     "session.created",
     "session.ended",
+    "state.exported",
+    "state.download_link_created",
+    "state.downloaded",
 ]
 
 
@@ -76,16 +80,23 @@ class Holder(BaseModel):
         age = max(0.0, (datetime.now(UTC) - self.since).total_seconds())
         return (
             f"{'an import' if self.kind == 'import' else 'a ' + self.kind} by pid {self.pid} "
-            f"on {self.host}, since {self.since:%Y-%m-%d %H:%M:%S} UTC ({_duration(age)})"
+            f"on {self.host}, since {self.since:%Y-%m-%d %H:%M:%S} UTC ({seconds_text(age)})"
         )
 
 
-def _duration(seconds: float) -> str:
+def seconds_text(seconds: float) -> str:
+    """A wait or an age for people: ``0.5 s``, ``2.5 s``, ``42 s``, ``5 min``, ``1.5 h``.
+    What is left of a deadline (``299.997``) reads as the deadline the caller set (``5
+    min``), never to the millisecond."""
+    seconds = max(0.0, float(seconds))
+    if seconds < 10:
+        text = f"{seconds:.1f}".removesuffix(".0")
+        return f"{text} s"
     if seconds < 90:
         return f"{seconds:.0f} s"
     if seconds < 5400:
         return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 3600:.1f} h".replace(".0 h", " h")
 
 
 class _Record(BaseModel):

@@ -135,6 +135,12 @@ def _is_within(path: Path, root: Path) -> bool:
         return False
 
 
+def _export_target(dest: Path | str | IO[bytes]) -> str:
+    """What the audit log says an export went to: ``file`` or ``stream``, never a path of
+    this machine (the log may be read by whoever reads the profile)."""
+    return "file" if isinstance(dest, str | Path) else "stream"
+
+
 class _CountingReader:
     """Wraps a binary source and reports how many bytes have been read."""
 
@@ -225,6 +231,15 @@ class ProfileStore:
                 api_key=api_key if api_key is not None else os.environ.get("PROFILES_API_KEY"),
                 account=account if account is not None else os.environ.get("PROFILES_ACCOUNT"),
             )
+        # Where the home was named, for the warning when an explicitly named one is new:
+        # a typo there must not silently give an empty store (and a logged-out session).
+        named_by = (
+            "the home argument"
+            if home is not None
+            else "$PROFILES_HOME"
+            if os.environ.get("PROFILES_HOME")
+            else None
+        )
         self.home = Path(home).expanduser() if home is not None else default_home()
         self.cache_max_bytes = cache_max_bytes
         self.codec: Codec = codec
@@ -240,7 +255,7 @@ class ProfileStore:
         try:
             with self._storage_faults("opening the store"):
                 # With a shared catalog the home is only this machine's workspace: make it.
-                self._open_home(create=create or remote)
+                self._open_home(create=create or remote, named_by=None if remote else named_by)
         except BaseException:
             if service is not None:
                 service.close()
@@ -295,7 +310,10 @@ class ProfileStore:
             self._tmp = Path(tempfile.mkdtemp(prefix="playwright-profiles-ro-"))
             log.info("the store at %s is read-only here: reads only", self.home)
 
-    def _open_home(self, *, create: bool) -> None:
+    def _open_home(self, *, create: bool, named_by: str | None = None) -> None:
+        """Open (or make) the home. ``named_by`` says where an explicitly named home came
+        from: making one that did not exist is then said at WARNING (the platform's
+        default home is made quietly on first use)."""
         if not self.home.exists():
             if not create:
                 raise NotFound(
@@ -306,6 +324,14 @@ class ProfileStore:
                     home=str(self.home),
                 )
             self.home.mkdir(mode=0o700, parents=True)
+            if named_by is not None:
+                log.warning(
+                    "the store's home %s (from %s) did not exist: created a new, empty "
+                    "profile store there. If you meant an existing store, check the path; "
+                    "ProfileStore(home, create=False) refuses a missing home instead",
+                    self.home,
+                    named_by,
+                )
             return
         if not self.home.is_dir():
             raise ValidationFailed(
@@ -1130,10 +1156,32 @@ class ProfileStore:
         *,
         codec: Codec = "gzip",
         progress: Progress | None = None,
+        audit: bool = True,
     ) -> int:
         """Write the committed state as ``.tar.gz`` (or ``.tar.zst``) to ``dest``; return
         the number of bytes written. ``NoStateData`` if the profile has none. An import in
-        flight does not hide the state committed before it."""
+        flight does not hide the state committed before it. A completed export is recorded
+        in the audit log (``state.exported``); ``audit=False`` is for a caller that records
+        what the bytes were for itself (the HTTP service's signed downloads)."""
+        profile, written = self._export_state(ref, dest, codec=codec, progress=progress)
+        if audit:
+            event = {"codec": codec, "bytes": written, "to": _export_target(dest)}
+            if self.read_only:  # a read-only home serves exports and can record nothing
+                log.info("export of %s not recorded: the store is read-only here", profile.id)
+            else:
+                self.record_event(
+                    "state.exported", profile.id, state_checksum=profile.checksum, **event
+                )
+        return written
+
+    def _export_state(
+        self,
+        ref: str,
+        dest: Path | str | IO[bytes],
+        *,
+        codec: Codec,
+        progress: Progress | None,
+    ) -> tuple[Profile, int]:
         profile = self.get(ref)
         if profile.checksum is None:
             raise NoStateData(
@@ -1160,7 +1208,7 @@ class ProfileStore:
             manifest = self.service.manifest_of(profile)
         if target is None:
             assert not isinstance(dest, str | Path)
-            return self._write_export(profile, manifest, dest, codec, progress)
+            return profile, self._write_export(profile, manifest, dest, codec, progress)
         try:
             fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.")
             try:
@@ -1179,7 +1227,7 @@ class ProfileStore:
                 "space or choose another file.",
                 file=str(target),
             ) from exc
-        return written
+        return profile, written
 
     def _write_export(
         self,

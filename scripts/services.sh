@@ -1,22 +1,79 @@
 #!/usr/bin/env bash
 # The shared backend's servers for tests and trials on this machine:
 #   scripts/services.sh start   install (if missing) and start PostgreSQL and moto's S3 server
-#   scripts/services.sh stop    stop both
+#   scripts/services.sh stop    stop both, and drop the role and database start created
 #   scripts/services.sh env     print the environment that points tests and stores at them
-# Start writes .services.env (sourced by .ci/run); tests read PROFILES_TEST_POSTGRES_URL and
-# PROFILES_TEST_S3_ENDPOINT from it and otherwise start private servers of their own.
+# Start writes .services.env (0600; sourced by .ci/run); tests read PROFILES_TEST_POSTGRES_URL
+# and PROFILES_TEST_S3_ENDPOINT from it and otherwise start private servers of their own.
+# PostgreSQL gets a role of its own per start (profiles_<random>: LOGIN, CREATEDB, member of
+# pg_signal_backend; no SUPERUSER, CREATEROLE or REPLICATION), with a random password and a
+# database of the same name; stop drops both (and any database the role still owns).
+# Environment: PROFILES_SERVICES_DIR (where .services/ and .services.env go; default the
+# checkout), PROFILES_SERVICES_POSTGRES=[HOST]:PORT (a PostgreSQL that runs already, reached
+# as its superuser 'postgres': only the role and database are made, the cluster is not
+# touched), PROFILES_SERVICES_S3=off (no moto), PROFILES_S3_PORT (default 5599).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+umask 077  # .services.env holds a password
 
-PG_USER=profiles
-PG_PASSWORD=profiles
-PG_DB=profiles
 S3_PORT=${PROFILES_S3_PORT:-5599}
-STATE=.services
-ENV_FILE=.services.env
+OUT=${PROFILES_SERVICES_DIR:-.}
+STATE=$OUT/.services
+ENV_FILE=$OUT/.services.env
+EXTERNAL_PG=${PROFILES_SERVICES_POSTGRES:-}
 
 usage() {
-  sed -n '2,6p' "$0" | sed 's/^# \{0,1\}//'
+  sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'
+}
+
+random_hex() {  # $1 random bytes as hex
+  od -An -N"$1" -tx1 /dev/urandom | tr -d ' \n'
+}
+
+pg_admin() {  # psql as the superuser of the server at $1 (host, empty: the socket) port $2
+  local host=$1 port=$2
+  shift 2
+  as_root runuser -u postgres -- psql -X -q -v ON_ERROR_STOP=1 ${host:+-h "$host"} -p "$port" -d postgres "$@"
+}
+
+provision_postgres() {  # a least-privilege role and its database on host $1 port $2
+  local host=$1 port=$2 role password
+  [ ! -f "$STATE/postgres-role" ] || deprovision_postgres  # a start without a stop
+  role="profiles_$(random_hex 6)"
+  password=$(random_hex 24)
+  echo "$role ${host:--} $port" >"$STATE/postgres-role"  # first: stop cleans up a half start
+  # SQL on stdin, never on a command line (ps would show the password).
+  pg_admin "$host" "$port" >/dev/null <<SQL
+CREATE ROLE "$role" LOGIN CREATEDB NOSUPERUSER NOCREATEROLE NOREPLICATION NOBYPASSRLS
+  PASSWORD '$password';
+GRANT pg_signal_backend TO "$role";
+CREATE DATABASE "$role" OWNER "$role";
+REVOKE ALL ON DATABASE "$role" FROM PUBLIC;
+SQL
+  echo "export PROFILES_TEST_POSTGRES_URL=postgresql://$role:$password@${host:-127.0.0.1}:$port/$role" >>"$ENV_FILE"
+  if [ "$(pg_admin "$host" "$port" -tAc "SELECT 1 FROM pg_roles WHERE rolname = 'profiles' AND rolsuper")" = 1 ]; then
+    echo "services: a SUPERUSER role 'profiles' (made by an earlier services.sh) is still there;" \
+      "remove it: DROP DATABASE profiles WITH (FORCE); DROP ROLE profiles;" >&2
+  fi
+}
+
+deprovision_postgres() {  # drop what provision_postgres recorded; keep the record on failure
+  local role host port databases
+  read -r role host port <"$STATE/postgres-role"
+  [ "$host" != - ] || host=
+  if ! databases=$(pg_admin "$host" "$port" -tAc \
+    "SELECT datname FROM pg_database WHERE datdba = (SELECT oid FROM pg_roles WHERE rolname = '$role')"); then
+    echo "services: could not reach PostgreSQL on port $port to drop role $role; run stop again" >&2
+    return 1
+  fi
+  {
+    while IFS= read -r db; do
+      [ -z "$db" ] || echo "DROP DATABASE IF EXISTS \"$db\" WITH (FORCE);"
+    done <<<"$databases"
+    echo "DROP ROLE IF EXISTS \"$role\";"
+  } | pg_admin "$host" "$port" >/dev/null
+  rm -f "$STATE/postgres-role"
+  echo "services: dropped role $role and its databases"
 }
 
 as_root() {
@@ -32,6 +89,11 @@ http_ok() {  # whether a GET of $1 answers 2xx
 }
 
 start_postgres() {
+  if [ -n "$EXTERNAL_PG" ]; then
+    provision_postgres "${EXTERNAL_PG%:*}" "${EXTERNAL_PG##*:}"
+    echo "services: PostgreSQL on ${EXTERNAL_PG} (running already: stop leaves it running)"
+    return
+  fi
   if ! command -v pg_lsclusters >/dev/null 2>&1 || [ -z "$(ls /usr/lib/postgresql 2>/dev/null)" ]; then
     echo "services: installing postgresql with apt-get"
     as_root apt-get update -qq
@@ -51,17 +113,7 @@ start_postgres() {
     sleep 0.2
   done
   pg_isready -q -h 127.0.0.1 -p "$port" || { echo "services: PostgreSQL did not start" >&2; exit 1; }
-  as_root runuser -u postgres -- psql -q -p "$port" -v ON_ERROR_STOP=1 <<SQL >/dev/null
-DO \$\$ BEGIN
-  IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = '$PG_USER') THEN
-    CREATE ROLE $PG_USER LOGIN SUPERUSER PASSWORD '$PG_PASSWORD';
-  END IF;
-END \$\$;
-SQL
-  if ! as_root runuser -u postgres -- psql -p "$port" -tAc "SELECT 1 FROM pg_database WHERE datname = '$PG_DB'" | grep -q 1; then
-    as_root runuser -u postgres -- createdb -p "$port" -O "$PG_USER" "$PG_DB"
-  fi
-  echo "export PROFILES_TEST_POSTGRES_URL=postgresql://$PG_USER:$PG_PASSWORD@127.0.0.1:$port/$PG_DB" >>"$ENV_FILE"
+  provision_postgres "" "$port"
   echo "services: PostgreSQL $version ($name) on 127.0.0.1:$port"
 }
 
@@ -93,6 +145,10 @@ start_s3() {
 }
 
 stop() {
+  local failed=0
+  if [ -f "$STATE/postgres-role" ]; then
+    deprovision_postgres || failed=1
+  fi
   if [ -f "$STATE/moto.pid" ]; then
     kill "$(cat "$STATE/moto.pid")" 2>/dev/null || true
     rm -f "$STATE/moto.pid"
@@ -104,6 +160,7 @@ stop() {
   fi
   rm -f "$ENV_FILE"
   echo "services: stopped"
+  return "$failed"
 }
 
 case "${1-}" in
@@ -111,10 +168,10 @@ case "${1-}" in
     mkdir -p "$STATE"
     rm -f "$ENV_FILE"
     start_postgres
-    start_s3
+    [ "${PROFILES_SERVICES_S3:-on}" = off ] || start_s3
     ;;
   stop) stop ;;
   env) cat "$ENV_FILE" ;;
-  -h | --help) usage ;;
+  -h | --help | help) usage ;;
   *) usage >&2; exit 2 ;;
 esac

@@ -102,7 +102,18 @@ def test_unreachable_server_is_storage_unavailable_quickly(
 
 @pytest.fixture
 def password_role(postgres_url: str) -> Iterator[str]:  # noqa: F811
-    """A role that logs in with SECRET (dropped afterwards); its name."""
+    """A role that logs in with SECRET (dropped afterwards); its name. A server whose URL
+    may not create roles (services.sh's least-privilege role) lends the URL's own role:
+    it has a password too, and a wrong one is refused the same way."""
+    with psycopg.connect(postgres_url, autocommit=True) as conn:
+        row = conn.execute(
+            "SELECT current_user, rolsuper OR rolcreaterole FROM pg_roles "
+            "WHERE rolname = current_user"
+        ).fetchone()
+    assert row is not None
+    if not row[1]:
+        yield str(row[0])
+        return
     role = f"profiles_pw_{secrets.token_hex(4)}"
     with psycopg.connect(postgres_url, autocommit=True) as conn:
         conn.execute(

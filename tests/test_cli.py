@@ -370,7 +370,7 @@ def test_file_errors_and_a_closed_pipe(
 ) -> None:
     run_json(capsys, "create", "one")
     code, out, err = run(capsys, "import", "one", str(tmp_path / "missing.tar.gz"))
-    assert code == 2 and "No file provided" in err and not out
+    assert code == 1 and "no such file" in err and not out  # a file error (README)
     garbage = tmp_path / "garbage.tar.gz"
     garbage.write_bytes(b"not an archive at all")
     code, _, err = run(capsys, "import", "one", str(garbage), "--json")
@@ -512,6 +512,9 @@ def test_open_waits_for_a_signal_and_commits(
     try:
         assert proc.stderr is not None
         banner = proc.stderr.readline()
+        if banner.startswith("WARNING profiles.store:"):  # $PROFILES_HOME is new: said first
+            assert "did not exist" in banner
+            banner = proc.stderr.readline()
         assert "Browser open on profile typed" in banner and "Ctrl-C" in banner
         if to_group:
             os.killpg(proc.pid, sig)
@@ -1197,3 +1200,23 @@ def test_migrate_converts_archive_states_and_skips_profiles_in_use(
     assert code == 0 and out == "migrated 0 profiles; 3 had nothing to convert\n"
     code, _, err = run(capsys, "--home", str(home), "migrate", "nope")
     assert code == 3 and "nope" in err
+
+
+def test_import_of_a_file_that_is_not_there_is_a_file_error(
+    capsys: pytest.CaptureFixture[str], store: ProfileStore, tmp_path: Path
+) -> None:
+    """Exit 1 (the README's "a file error"), naming the path, before --create makes
+    anything; not 2, which is for a bad archive or bad usage."""
+    store.create("there")
+    missing = tmp_path / "typo.tar.gz"
+    for argv in (
+        ("there", str(missing)),
+        ("new", str(missing), "--create"),
+        ("new", str(tmp_path), "--create"),
+    ):
+        code, out, err = run(capsys, "import", *argv)
+        assert code == 1, err
+        assert f"Cannot import {argv[1]}" in err and out == ""
+    code, out, err = run(capsys, "--json", "import", "there", str(missing))
+    assert code == 1 and json.loads(err.splitlines()[-1])["error"]["code"] == "OSError"
+    assert [p.name for p in store.iter_profiles()] == ["there"]

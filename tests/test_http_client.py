@@ -145,6 +145,23 @@ def test_bad_service_urls_are_refused(home: Path) -> None:
         ProfileStore("http://127.0.0.1:1/v1", max_profiles=3)
 
 
+def test_a_url_without_v1_is_named_as_the_likely_mistake(
+    server: HttpServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="profiles.http.client")
+    with ProfileStore(server.url, api_key=server.api_key) as store:
+        assert f"use {server.url}/v1" in caplog.text  # said at once
+        for call in (store.list, lambda: store.get("p"), lambda: store.create("p")):
+            with pytest.raises(NotFound, match="ending in /v1") as err:
+                call()
+            assert f"({server.url}/v1)?" in err.value.message
+            assert err.value.details["resource"] == "route"
+    with ProfileStore(f"{server.url}/v1", api_key=server.api_key) as store:
+        with pytest.raises(NotFound) as err:  # a missing record is not a missing route
+            store.get("missing")
+        assert "/v1" not in err.value.message and err.value.details["resource"] == "profile"
+
+
 # ---------------------------------------------------------------------------- errors
 
 
@@ -292,6 +309,33 @@ def test_lease_errors_and_fencing_over_http(store: ProfileStore, tmp_path: Path)
         second.release()
     with pytest.raises(ProfileError, match="not available over HTTP"):
         store.service.acquire_lease(committed.id, holder, ttl=None, force=True)
+
+
+def test_a_wait_is_said_as_the_caller_set_it(store: ProfileStore, tmp_path: Path) -> None:
+    """A lease wait over HTTP runs on what the machine lock left of the timeout: the
+    message says the timeout (``1.5 s``), not what was left of it (``1.49873 s``)."""
+    store.create("waits")
+    first = store.lock("waits")
+    first.acquire()
+    try:
+        with ProfileStore(
+            tmp_path / "other-machine", service=store.service.location, api_key=_key(store)
+        ) as other:
+            err = _raised(other.lock("waits", timeout=1.5).acquire)
+            assert isinstance(err, ProfileBusy)
+            assert "; waited 1.5 s." in err.message, err.message
+    finally:
+        first.release()
+    from profiles.workspace.locks import seconds_text
+
+    assert [seconds_text(x) for x in (0.25, 1.49873, 9.96, 42.4, 299.997, 5400)] == [
+        "0.2 s",
+        "1.5 s",
+        "10 s",
+        "42 s",
+        "5 min",
+        "1.5 h",
+    ]
 
 
 def test_a_lease_is_renewed_by_the_heartbeat_and_expires_without_it(

@@ -213,9 +213,60 @@ def test_400_only_tar_gz(client: httpx.Client, acct: Acct) -> None:
         r = upload(client, acct, "p", data, name)
         assert r.status_code == 400, r.text
         e = err(r)
-        assert e["message"] == "Only .tar.gz files are allowed"
+        assert e["message"].startswith("Only .tar.gz files are allowed: ")  # doc 000's words
         assert e["code"] == "ArchiveInvalid"
     assert client.get("/v1/profiles/p", headers=acct.h()).json()["status"] == "empty"
+
+
+def test_random_bytes_as_tar_gz_get_the_message_the_cli_gives(
+    client: httpx.Client, acct: Acct, tmp_path: Path
+) -> None:
+    """What is wrong and what to do, over HTTP as in the CLI, for each way a file is not
+    an archive: random bytes, a ZIP, an uncompressed tar, an empty file."""
+    from profiles import ArchiveInvalid, ProfileStore
+
+    create(client, acct, "p")
+    cases = {
+        "random": bytes(range(7, 250)) * 40,
+        "zip": b"PK\x03\x04 a zip file",
+        "tar": _tar({"Local State": b"{}"}),
+        "empty": b"",
+    }
+    with ProfileStore(tmp_path / "cli-home") as local:
+        local.create("p")
+        for what, data in cases.items():
+            (tmp_path / what).write_bytes(data)
+            with pytest.raises(ArchiveInvalid) as cli_err:
+                local.import_state("p", tmp_path / what)
+            said = cli_err.value.message.split(": ", 1)[1]  # after "Only .tar.gz (...) ...: "
+            r = upload(client, acct, "p", data)
+            assert r.status_code == 400, r.text
+            message = err(r)["message"]
+            assert message == f"Only .tar.gz files are allowed: {said}", what
+            assert "tar czf" in message
+            r = client.put(
+                "/v1/profiles/p/state",
+                headers=acct.h(**{"X-Checksum": hashlib.sha256(data).hexdigest()}),
+                content=data,
+            )
+            assert r.status_code == 400 and err(r)["message"].endswith(said), r.text
+    assert "uncompressed tar" in upload(client, acct, "p", cases["tar"]).text
+
+
+def test_broken_json_names_no_bogus_field(client: httpx.Client, acct: Acct) -> None:
+    """Malformed JSON is about the body (with where it broke), never a field named after
+    the character offset."""
+    headers = acct.h(**{"Content-Type": "application/json"})
+    for body in ('{"name": "x",, }', '{"name": ', "[1, 2", "nul\x00"):
+        r = client.post("/v1/profiles", headers=headers, content=body)
+        assert r.status_code == 400, r.text
+        e = err(r)
+        assert e["code"] == "ValidationFailed" and e["field"] == "body", e
+        assert "not valid JSON" in e["message"] and "character" in e["message"], e
+        assert isinstance(e["position"], int)
+    # A real field error still names its field.
+    r = client.post("/v1/profiles", headers=acct.h(), json={"name": "x", "labels": {"a": 8}})
+    assert r.status_code == 400 and err(r)["field"] == "labels.a", r.text
 
 
 def test_400_no_data_to_download(client: httpx.Client, acct: Acct) -> None:
@@ -270,7 +321,51 @@ def test_upload_then_signed_download(srv: HttpServer, client: httpx.Client, acct
     # tokens and keys never reach the log
     log_text = srv.log_text()
     assert token not in log_text and payload not in log_text
-    assert acct.admin not in log_text and "/v1/downloads/" not in log_text
+    assert acct.admin not in log_text
+    assert "/v1/downloads/" not in log_text.replace("/v1/downloads/{token}", "")
+
+
+def test_x_checksum_is_the_sha256_of_the_body_and_one_file_is_one_state(
+    client: httpx.Client, acct: Acct
+) -> None:
+    """A header named checksum is the checksum of the body a curl user saved; the state's
+    identity is X-State-Checksum (the profile's ``checksum``), and the same file uploaded
+    twice is the same state (an implicit directory, ``Default``, included)."""
+    create(client, acct, "p")
+    data = chromium_targz("twice")
+    first = upload(client, acct, "p", data).json()["checksum"]
+    second = upload(client, acct, "p", data).json()["checksum"]
+    assert second == first
+    link = client.get("/v1/profiles/p/download", headers=acct.h()).json()["downloadUrl"]
+    got = httpx.get(link, timeout=TIMEOUT)
+    assert got.status_code == 200
+    assert got.headers["x-checksum"] == hashlib.sha256(got.content).hexdigest()
+    assert got.headers["x-state-checksum"] == first
+    assert int(got.headers["content-length"]) == len(got.content)
+    # What came down goes up again as the same state.
+    assert upload(client, acct, "p", got.content).json()["checksum"] == first
+
+
+def test_exports_and_signed_downloads_are_in_the_audit_log(
+    client: httpx.Client, acct: Acct
+) -> None:
+    p = create(client, acct, "p")
+    assert upload(client, acct, "p", chromium_targz("audit")).status_code == 200
+    link = client.get("/v1/profiles/p/download", headers=acct.h()).json()["downloadUrl"]
+    got = httpx.get(link, timeout=TIMEOUT)
+    assert got.status_code == 200
+    events = client.get(f"/v1/audit?profile={p['id']}", headers=acct.h()).json()["data"]
+    by_type = {e["type"]: e["payload"] for e in events}
+    made = by_type["state.download_link_created"]
+    assert made["checksum"] == got.headers["x-state-checksum"] and made["expires_at"]
+    assert made["key_id"] and acct.admin not in json.dumps(events)
+    done = by_type["state.downloaded"]
+    assert done["sha256"] == got.headers["x-checksum"] and done["bytes"] == len(got.content)
+    assert token_of(link) not in json.dumps(events)
+
+
+def token_of(link: str) -> str:
+    return link.rsplit("/", 1)[1]
 
 
 def test_download_link_expires(tmp_path: Path) -> None:
@@ -875,3 +970,66 @@ def test_openapi_no_server_errors(srv: HttpServer) -> None:
 
         run()
     assert len(seen) >= len(operations)
+
+
+def test_the_access_log_names_routes_statuses_and_accounts_never_secrets(
+    tmp_path: Path,
+) -> None:
+    """``profiles serve --log-format json``: a line per request (method, route template,
+    status, duration, account), 429s included; no key, token, query string or raw path."""
+    with (
+        start_http_server(
+            tmp_path / "h",
+            extra_args=["--tier-rate-limit", "enterprise=8/600", "--log-format", "json"],
+        ) as s,
+        httpx.Client(base_url=s.url, timeout=TIMEOUT) as c,
+    ):
+        h = s.headers()
+        assert c.post("/v1/profiles", headers=h, json={"name": "logged"}).status_code == 200
+        assert c.get("/v1/profiles/logged?cursor=secret-cursor", headers=h).status_code == 200
+        r = c.post("/v1/profiles/logged/upload", headers=h, files={"file": ("p.tar.gz", b"x")})
+        assert r.status_code == 400
+        assert c.get("/v1/no/such/secret-path", headers=h).status_code == 404
+        assert c.get("/v1/profiles", headers={"Authorization": "Bearer pk_bad"}).status_code == 401
+        statuses = [c.get("/v1/profiles", headers=h).status_code for _ in range(5)]
+        assert statuses[-1] == 429
+        deadline = time.monotonic() + 30
+        while True:
+            lines = [json.loads(line) for line in s.log_text().splitlines() if line.startswith("{")]
+            access = [x for x in lines if x["logger"] == "profiles.http.access"]
+            if len(access) >= 10 or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+    seen = {(x["method"], x["route"], x["status"]) for x in access}
+    assert ("POST", "/v1/profiles", 200) in seen
+    assert ("GET", "/v1/profiles/{ref}", 200) in seen
+    assert ("POST", "/v1/profiles/{ref}/upload", 400) in seen
+    assert ("GET", "(no route)", 404) in seen
+    assert ("GET", "/v1/profiles", 401) in seen
+    assert ("GET", "/v1/profiles", 429) in seen
+    ok = next(x for x in access if x["route"] == "/v1/profiles/{ref}")
+    assert ok["account"] == s.account_id and ok["duration_ms"] >= 0 and ok["level"] == "INFO"
+    assert next(x for x in access if x["status"] == 401)["account"] is None
+    text = s.log_text()
+    for secret in (s.api_key, "secret-cursor", "secret-path", "pk_bad"):
+        assert secret not in text, secret
+    assert not [x for x in access if "logged" in json.dumps(x)]  # templates, not paths
+
+
+def test_the_access_log_is_text_by_default(
+    srv: HttpServer, client: httpx.Client, acct: Acct
+) -> None:
+    create(client, acct, "text-log")
+    assert client.get("/v1/profiles/text-log", headers=acct.h()).status_code == 200
+
+    # The line is written once the response has gone out: poll for it.
+    def ours() -> list[str]:
+        return [
+            x for x in srv.log_text().splitlines() if f"account={acct.id}" in x and "{ref} 200" in x
+        ]
+
+    deadline = time.monotonic() + 30
+    while not ours() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    [line] = ours()
+    assert "profiles.http.access" in line and " ms " in line

@@ -31,6 +31,7 @@ from profiles import (
 )
 from profiles.catalog.sqlite import MIGRATIONS, SQLiteCatalog
 from profiles.models import Profile, new_id, utcnow
+from profiles.state.archive import pack_dir
 from profiles.validation import check_name
 
 
@@ -116,6 +117,23 @@ def test_delete_twice_is_not_found(store: ProfileStore) -> None:
         "profile.deleted",
         "profile.created",
     ]
+
+
+def test_an_export_is_in_the_audit_log(store: ProfileStore, tmp_path: Path) -> None:
+    store.create("exported")
+    archive = tmp_path / "in.tar.gz"
+    with archive.open("wb") as out:
+        pack_dir(_chromium_dir(tmp_path / "src"), out, engine="chromium", codec="gzip")
+    state = store.import_state("exported", archive).checksum
+    written = store.export_state("exported", tmp_path / "out.tar.gz")
+    [event] = [e for e in store.audit(profile="exported").data if e.type == "state.exported"]
+    assert event.payload == {
+        "codec": "gzip",
+        "bytes": written,
+        "to": "file",
+        "state_checksum": state,
+    }
+    assert str(tmp_path) not in json.dumps(event.payload)  # no path of this machine
 
 
 # ---------------------------------------------------------------------------- validation

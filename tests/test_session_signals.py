@@ -143,7 +143,7 @@ def _assert_committed(home: Path, base: str, *, localstorage: bool) -> None:
         ended = [e for e in events if e.type == "session.ended"]
         assert ended, [e.type for e in events]
         assert ended[0].payload["committed"] is True, ended[0].payload
-        assert ended[0].payload["outcome"] in ("ok", "error"), ended[0].payload
+        assert ended[0].payload["outcome"] == "ok", ended[0].payload
         assert "127.0.0.1" in profile.cookie_domains
         with Session(profile=PROFILE, store=store, readonly=True) as page:
             page.goto(f"{base}/")
@@ -455,3 +455,43 @@ def test_sync_session_leaves_a_python_sigint_handler_alone(store: ProfileStore) 
             assert page.evaluate("1 + 1") == 2  # the handler ran; the session is still open
         assert signal.getsignal(signal.SIGINT) is handler
         assert calls == [signal.SIGINT]
+
+
+def _ended(store: ProfileStore, profile: str) -> dict[str, object]:
+    events = store.audit(profile=profile, limit=100).data
+    return next(e for e in events if e.type == "session.ended").payload
+
+
+def test_a_session_ended_by_a_signal_is_recorded_as_a_clean_end(
+    store: ProfileStore, http_server: str
+) -> None:
+    """Ctrl-C and SIGTERM end a session cleanly (the README's word): ``outcome="ok"``,
+    ``reason="interrupted (SIG...)"``, no error, the state committed, also with
+    ``save="on_success"``."""
+    require_engine("chromium")
+    with pytest.raises(KeyboardInterrupt), Session(profile="ctrl-c", store=store) as page:
+        page.goto(f"{http_server}/set-cookie")
+        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C, through the session's own handler
+        page.wait_for_timeout(30_000)
+    ended = _ended(store, "ctrl-c")
+    assert ended["outcome"] == "ok" and ended["reason"] == "interrupted (SIGINT)", ended
+    assert ended["error"] is None and ended["committed"] is True
+    assert "127.0.0.1" in store.get("ctrl-c").cookie_domains
+
+    with (
+        pytest.raises(SystemExit) as stopped,
+        Session(profile="term", store=store, save="on_success") as page,
+    ):
+        page.goto(f"{http_server}/set-cookie")
+        os.kill(os.getpid(), signal.SIGTERM)
+        page.wait_for_timeout(30_000)
+    assert stopped.value.code == 128 + signal.SIGTERM
+    ended = _ended(store, "term")
+    assert ended["outcome"] == "ok" and ended["reason"] == "interrupted (SIGTERM)", ended
+    assert ended["committed"] is True and store.get("term").status == "ready"
+
+    # A real error is still one.
+    with pytest.raises(RuntimeError), Session(profile="boom", store=store):
+        raise RuntimeError("boom")
+    ended = _ended(store, "boom")
+    assert ended["outcome"] == "error" and ended["error"] == "RuntimeError: boom"

@@ -50,6 +50,41 @@ def test_a_missing_home_is_not_created_for_reads(tmp_path: Path) -> None:
         assert reader.get("first").name == "first"
 
 
+def test_a_new_home_named_explicitly_is_created_with_a_warning(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def warnings() -> list[str]:
+        found = [
+            r.getMessage()
+            for r in caplog.records
+            if r.levelno == logging.WARNING and "did not exist" in r.getMessage()
+        ]
+        caplog.clear()
+        return found
+
+    caplog.set_level(logging.WARNING, logger="profiles.store")
+    typo = tmp_path / "porfiles"
+    with ProfileStore(typo):  # by argument
+        pass
+    [said] = warnings()
+    assert str(typo) in said and "the home argument" in said and "check the path" in said
+    with ProfileStore(typo):  # the second time it is a store: quiet
+        pass
+    assert warnings() == []
+    env_typo = tmp_path / "env-porfiles"
+    monkeypatch.setenv("PROFILES_HOME", str(env_typo))
+    with ProfileStore():  # by $PROFILES_HOME
+        pass
+    [said] = warnings()
+    assert str(env_typo) in said and "$PROFILES_HOME" in said
+    # The platform's default home is made quietly on first use.
+    monkeypatch.delenv("PROFILES_HOME")
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "xdg"))
+    with ProfileStore() as default:
+        assert default.home.is_relative_to(tmp_path / "xdg")
+    assert warnings() == []
+
+
 # ----------------------------------------------------------------------------- holders
 
 

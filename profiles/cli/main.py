@@ -750,7 +750,24 @@ def cmd_import(store: ProfileStore, args: argparse.Namespace) -> None:
         source, total = sys.stdin.buffer, None
     else:
         source = Path(args.file)
-        total = source.stat().st_size if source.is_file() else None
+        # A file that cannot be read is a file error (exit 1, as the README's table says),
+        # found before --create makes anything.
+        problem = (
+            (errno.EISDIR, "it is a directory")
+            if source.is_dir()
+            else (errno.ENOENT, "no such file")
+            if not source.is_file()
+            else (errno.EACCES, "permission denied")
+            if not os.access(source, os.R_OK)
+            else None
+        )
+        if problem is not None:
+            raise OSError(
+                problem[0],
+                f"Cannot import {source}: {problem[1]}. Check the path, or pass - to read "
+                "the archive from stdin.",
+            )
+        total = source.stat().st_size
     created = _import_target(store, args)
     bar = _Progress(total, "importing")
     try:
@@ -1309,7 +1326,9 @@ def _open_store(args: argparse.Namespace, mode: str) -> ProfileStore:
                 home=str(home),
             )
         kwargs["create"] = False
-    return ProfileStore(home, **kwargs)
+    # Without --home the store resolves $PROFILES_HOME or the default itself, so that a new
+    # home named by $PROFILES_HOME is said at WARNING and the default one made quietly.
+    return ProfileStore(home if args.home is not None else None, **kwargs)
 
 
 def _backend(args: argparse.Namespace) -> tuple[str | None, str | None]:

@@ -147,6 +147,12 @@ def error_from_body(status: int, body: Any, *, location: str) -> ProfileError:
     return rebuild_error(cls, message, {})
 
 
+def _ours(body: Any) -> bool:
+    """Whether an error body has the service's shape (``{"error": {"message": ...}}``)."""
+    payload = body.get("error") if isinstance(body, dict) else None
+    return isinstance(payload, dict) and isinstance(payload.get("message"), str)
+
+
 def _short(body: Any) -> str:
     if body is None or body == "":
         return ""
@@ -361,6 +367,12 @@ class HttpService(ProfileService):
     ) -> None:
         self.url = _check_url(url)
         self.location = self.url
+        if not urlsplit(self.url).path.strip("/"):
+            log.warning(
+                "the profile service URL %s has no path; the API's routes are under /v1: use %s/v1",
+                self.url,
+                self.url.rstrip("/"),
+            )
         if api_key is not None and (not isinstance(api_key, str) or not api_key.strip()):
             raise ValidationFailed("api_key must be a non-empty string.", field="api_key")
         if account is not None and (not isinstance(account, str) or not account.strip()):
@@ -492,7 +504,27 @@ class HttpService(ProfileService):
             body = response.text if response.content else None
         finally:
             response.close()
-        return error_from_body(response.status_code, body, location=self.location)
+        error = error_from_body(response.status_code, body, location=self.location)
+        if response.status_code == 404 and (
+            error.details.get("resource") == "route" or not _ours(body)
+        ):
+            return self._no_such_route(response.request, error)
+        return error
+
+    def _no_such_route(self, request: httpx.Request, error: ProfileError) -> NotFound:
+        """A 404 for the route itself, not for a record: most often a URL that is not the
+        API's base (``http://host:8787`` for ``http://host:8787/v1``). Say so."""
+        path = urlsplit(self.url).path.rstrip("/")
+        if path.endswith("/v1"):
+            hint = "is this client as new as the server?"
+        else:
+            hint = f"is the URL the API's base, ending in /v1 ({self.url.rstrip('/')}/v1)?"
+        return NotFound(
+            f"The profile service at {self.location} has no route {request.method} "
+            f"{request.url.path}: {hint}",
+            resource="route",
+            cause=error.message,
+        )
 
     def _unreachable(self, exc: httpx.TransportError) -> StorageUnavailable:
         cause = _describe(exc)

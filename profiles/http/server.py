@@ -24,6 +24,7 @@ paths): uvicorn's access log is off.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import logging
 import os
@@ -38,7 +39,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any, Final, Literal, TypeVar
+from typing import IO, Annotated, Any, Final, Literal, TypeVar, cast
 
 import anyio.to_thread
 from fastapi import Depends, FastAPI, Query, Request
@@ -46,6 +47,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from fastapi.security import HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from profiles.blobs import LocalBlobStore
@@ -62,6 +64,7 @@ from profiles.errors import (
     Unauthorized,
     ValidationFailed,
 )
+from profiles.http.access_log import AccessLogMiddleware
 from profiles.http.accounts import TIER_RATE_LIMITS, Account, AccountsDB, ApiKey
 from profiles.http.ratelimit import DEFAULT_ADDRESS_LIMIT, RateLimit, RateLimitMiddleware
 from profiles.http.server_streams import (
@@ -76,7 +79,7 @@ from profiles.models import AuditType, Holder, Page, Profile, new_id, utcnow
 from profiles.redact import redact_text
 from profiles.service.catalog import CatalogService
 from profiles.service.protocol import UNSET, Unset
-from profiles.state.archive import Codec
+from profiles.state.archive import Codec, not_an_archive
 from profiles.state.rules import ENGINES
 from profiles.store import ProfileStore
 from profiles.validation import (
@@ -268,7 +271,7 @@ class RestoreBody(_Body):
 
 
 class EventBody(_Body):
-    type: Literal["session.created", "session.ended"]
+    type: Literal["session.created", "session.ended", "state.exported"]
     payload: dict[str, Any] = Field(default_factory=dict)
 
 
@@ -492,7 +495,9 @@ def _export_stream(store: ProfileStore, profile_id: str, codec: Codec = "gzip") 
 
     def produce() -> None:
         try:
-            store.export_state(profile_id, sink, codec=codec)  # type: ignore[arg-type]
+            # A remote store's read of the state (a checkout, or the client's own export,
+            # which that client records): not an export of the server's.
+            store.export_state(profile_id, sink, codec=codec, audit=False)  # type: ignore[arg-type]
             sink.close_out()
         except BaseException as exc:
             with contextlib.suppress(BaseException):
@@ -518,6 +523,34 @@ def _export_stream(store: ProfileStore, profile_id: str, codec: Codec = "gzip") 
         with contextlib.suppress(queue.Empty):
             while True:
                 q.get_nowait()
+
+
+class _HashingWriter:
+    """A file-like sink that writes through to ``raw`` and hashes what it writes."""
+
+    def __init__(self, raw: Any) -> None:
+        self._raw = raw
+        self._sha = hashlib.sha256()
+
+    def write(self, data: bytes | bytearray | memoryview) -> int:
+        self._sha.update(data)
+        return int(self._raw.write(data))
+
+    def flush(self) -> None:
+        self._raw.flush()
+
+    def hexdigest(self) -> str:
+        return self._sha.hexdigest()
+
+
+def _file_stream(path: Path, scratch: Path) -> Iterator[bytes]:
+    """The file's bytes; the scratch directory holding it goes when the stream ends."""
+    try:
+        with path.open("rb") as src:
+            while chunk := src.read(1024 * 1024):
+                yield chunk
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _blob_stream(source: Any, head: bytes) -> Iterator[bytes]:
@@ -580,13 +613,27 @@ def create_app(config: ServerConfig) -> FastAPI:
         assert isinstance(exc, RequestValidationError)
         errors = exc.errors()
         first = errors[0] if errors else {}
-        loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path")]
-        where = ".".join(loc) or None
-        message = str(first.get("msg", "invalid request"))
-        err = ValidationFailed(
-            f"Invalid request: {where + ': ' if where else ''}{message}.",
-            field=where,
-        )
+        if first.get("type") == "json_invalid":
+            # Its loc is ("body", <character offset>): a position, not a field.
+            loc_of = first.get("loc", ())
+            offset = loc_of[-1] if loc_of and isinstance(loc_of[-1], int) else None
+            ctx = first.get("ctx")
+            why = ctx.get("error") if isinstance(ctx, dict) else None
+            at = f" at character {offset}" if offset is not None else ""
+            err = ValidationFailed(
+                f"Invalid request: the body is not valid JSON{at}"
+                f"{f' ({why})' if isinstance(why, str) else ''}. Send a JSON object.",
+                field="body",
+                position=offset,
+            )
+        else:
+            loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path")]
+            where = ".".join(loc) or None
+            message = str(first.get("msg", "invalid request"))
+            err = ValidationFailed(
+                f"Invalid request: {where + ': ' if where else ''}{message}.",
+                field=where,
+            )
         if request.url.path.endswith("/complete-upload"):
             err.status = 422  # doc 003
         return _error_response(err)
@@ -644,6 +691,7 @@ def create_app(config: ServerConfig) -> FastAPI:
         tiers=config.tier_rate_limits,
         identify=identify,
     )
+    app.add_middleware(AccessLogMiddleware)  # outermost: it logs the 429s too
 
     # -------------------------------------------------------------- auth
 
@@ -796,7 +844,7 @@ def create_app(config: ServerConfig) -> FastAPI:
             profile = c.store.record_use(ref, **payload)
             return JSONResponse(_dump(profile))
         profile = c.store.get(ref)
-        c.store.record_event("session.ended", profile.id, **payload)
+        c.store.record_event(body.type, profile.id, **payload)
         return Response(status_code=204)
 
     # -------------------------------------------------------------- snapshots
@@ -850,7 +898,7 @@ def create_app(config: ServerConfig) -> FastAPI:
         with _scratch(c.store) as scratch:
             up = await spool_multipart(request, scratch / "file", limit=config.max_upload_bytes)
             if archive_codec(up.head) is None:
-                raise ArchiveInvalid(NOT_GZIP, field="file")
+                raise ArchiveInvalid(f"{NOT_GZIP}: {not_an_archive(up.head)}", field="file")
             assert up.file_path is not None
             path = up.file_path
             version = up.fields.get("browser_version") or None
@@ -883,6 +931,13 @@ def create_app(config: ServerConfig) -> FastAPI:
             checksum=profile.checksum,
             expires_in=config.download_expires_in,
         )
+        c.store.record_event(
+            "state.download_link_created",
+            profile.id,
+            checksum=profile.checksum,
+            expires_at=_iso(claim.expires_at),
+            key_id=c.key.id,
+        )
         return {
             "downloadUrl": f"{base_url(request)}/v1/downloads/{token}",
             "expiresAt": _iso(claim.expires_at),
@@ -890,7 +945,7 @@ def create_app(config: ServerConfig) -> FastAPI:
         }
 
     @app.get("/v1/downloads/{token}", tags=["state"])
-    def download(token: str) -> Response:
+    def download(token: str, request: Request) -> Response:
         from profiles.http.signing import LinkExpired
 
         claim = signer.verify(token, "download")
@@ -898,6 +953,7 @@ def create_app(config: ServerConfig) -> FastAPI:
             account = accounts.get_account(claim.account_id)
         except NotFound:
             raise NotFound("Profile not found", resource="profile") from None
+        request.state.account = account  # for the access log
         if not account.active:
             raise Forbidden("Account is deactivated")
         store = stores.get(account)
@@ -907,13 +963,45 @@ def create_app(config: ServerConfig) -> FastAPI:
                 "The profile's state changed since this link was made; ask for a new one.",
                 field="token",
             )
+        # The archive is written to scratch first, hashed on the way: X-Checksum is then the
+        # SHA-256 of exactly the bytes sent (what `sha256sum` of the saved file prints), and
+        # Content-Length is known. X-State-Checksum is the state's identity (the profile's
+        # `checksum`), which is not a hash of these bytes.
+        scratch = Path(tempfile.mkdtemp(prefix=SCRATCH_PREFIX, dir=store.tmp_dir))
+        try:
+            spool = scratch / "state.tar.gz"
+            with spool.open("wb") as raw:
+                sink = _HashingWriter(raw)
+                size = store.export_state(
+                    profile.id, cast(IO[bytes], sink), codec="gzip", audit=False
+                )
+            if store.get(profile.id).checksum != claim.checksum:
+                raise LinkExpired(
+                    "The profile's state changed since this link was made; ask for a new one.",
+                    field="token",
+                )
+            store.record_event(
+                "state.downloaded",
+                profile.id,
+                checksum=claim.checksum,
+                sha256=sink.hexdigest(),
+                bytes=size,
+                codec="gzip",
+            )
+        except BaseException:
+            shutil.rmtree(scratch, ignore_errors=True)
+            raise
         return StreamingResponse(
-            _export_stream(store, profile.id),
+            _file_stream(spool, scratch),
             media_type="application/gzip",
             headers={
                 "Content-Disposition": f'attachment; filename="{profile.id}.tar.gz"',
-                "X-Checksum": claim.checksum or "",
+                "Content-Length": str(size),
+                "X-Checksum": sink.hexdigest(),
+                "X-State-Checksum": claim.checksum or "",
             },
+            # Also when the client goes away before the stream started.
+            background=BackgroundTask(shutil.rmtree, scratch, ignore_errors=True),
         )
 
     @app.get("/v1/profiles/{ref}/state", tags=["state"])
@@ -986,7 +1074,8 @@ def create_app(config: ServerConfig) -> FastAPI:
                 )
             if archive_codec(body.head) is None:
                 raise ArchiveInvalid(
-                    "The state must be a .tar.zst or .tar.gz archive.", field="body"
+                    f"The state must be a .tar.zst or .tar.gz archive: {not_an_archive(body.head)}",
+                    field="body",
                 )
             kind: AuditType = event
 
@@ -1109,7 +1198,7 @@ def create_app(config: ServerConfig) -> FastAPI:
                 )
             codec = archive_codec(up.head)
             if codec is None:
-                raise ArchiveInvalid(NOT_GZIP, field="file")
+                raise ArchiveInvalid(f"{NOT_GZIP}: {not_an_archive(up.head)}", field="file")
             assert up.file_path is not None
             target = pending / f"{claim.profile_id}.archive"
             meta = pending / f"{claim.profile_id}.json"

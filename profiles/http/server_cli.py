@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from profiles.errors import ProfileError, ValidationFailed
+from profiles.http.access_log import LogFormat, configure_server_logging
 from profiles.http.accounts import SCOPES, TIER_CAPS, TIER_RATE_LIMITS, AccountsDB
 from profiles.http.ratelimit import RateLimit, parse_rate_limit, parse_tier_rate_limit
 
@@ -80,6 +81,7 @@ def cmd_serve(_store: object, args: argparse.Namespace) -> None:
         upload_expires_in=args.upload_expires,
         max_upload_mb=args.max_upload_mb,
         public_url=args.public_url,
+        log_format=args.log_format,
     )
 
 
@@ -96,11 +98,14 @@ def serve(
     upload_expires_in: float = 3600.0,
     max_upload_mb: int = 500,
     public_url: str | None = None,
+    log_format: LogFormat = "text",
 ) -> None:
-    """Run the server until SIGINT/SIGTERM (uvicorn; its access log is off: download and
-    upload tokens are in URL paths). ``rate_limit`` is the budget per client address of
-    requests without a live key; ``tier_rate_limits`` overrides the budgets per account of
-    some tiers (the others keep :data:`~profiles.http.accounts.TIER_RATE_LIMITS`)."""
+    """Run the server until SIGINT/SIGTERM. Uvicorn's own access log is off (download and
+    upload tokens are in URL paths); ours (:mod:`profiles.http.access_log`) logs each
+    request's route template, status, duration and account on stderr, as text or JSON.
+    ``rate_limit`` is the budget per client address of requests without a live key;
+    ``tier_rate_limits`` overrides the budgets per account of some tiers (the others keep
+    :data:`~profiles.http.accounts.TIER_RATE_LIMITS`)."""
     import uvicorn
 
     from profiles.http.server import ServerConfig, create_app
@@ -131,6 +136,7 @@ def serve(
         )
     except ValueError as exc:
         raise ValidationFailed(str(exc), field="catalog") from None
+    configure_server_logging(log_format)
     app = create_app(config)
     log.info(
         "serving profiles of %s on http://%s:%d (rate limits: %s per address without a "
@@ -271,6 +277,13 @@ def add_server_commands(sub: Any, command: Command) -> None:
         default=None,
         metavar="URL",
         help="base URL for the links the server hands out (default: as requested)",
+    )
+    p.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default="text",
+        help="the server's log on stderr, access log included: text lines or one JSON "
+        "object a line (default text)",
     )
 
     p = command(sub, "keys", None, "Create, list and revoke API keys of the server.")

@@ -43,6 +43,7 @@ MAX_FIELDS: Final = 32
 MAX_FIELD_BYTES: Final = 16 * 1024
 NO_FILE: Final = "No file provided"
 NOT_GZIP: Final = "Only .tar.gz files are allowed"
+HEAD_BYTES: Final = 512  # kept of a body: its magic bytes, and a tar header's "ustar" (at 257)
 
 
 def too_large(limit: int) -> ArchiveInvalid:
@@ -104,8 +105,8 @@ async def spool_body(request: Request, path: Path, *, limit: int) -> SpooledBody
                 if size > limit:
                     await drain(chunks)
                     raise too_large(limit)
-                if len(head) < 8:
-                    head = (head + chunk)[:8]
+                if len(head) < HEAD_BYTES:
+                    head = (head + chunk)[:HEAD_BYTES]
                 digest.update(chunk)
                 out.write(chunk)
     except ClientDisconnect:
@@ -178,8 +179,8 @@ class _Parts:
             self.result.size += len(chunk)
             if self.result.size > self.limit:
                 raise too_large(self.limit)
-            if len(self.result.head) < 8:
-                self.result.head = (self.result.head + chunk)[:8]
+            if len(self.result.head) < HEAD_BYTES:
+                self.result.head = (self.result.head + chunk)[:HEAD_BYTES]
             self._digest.update(chunk)
             view = memoryview(chunk)
             while view:

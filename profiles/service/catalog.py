@@ -45,6 +45,7 @@ from profiles.models import (
     ProfileStatus,
     Snapshot,
     new_id,
+    seconds_text,
     utcnow,
 )
 from profiles.service.protocol import UNSET, ProfileService, Unset
@@ -373,7 +374,7 @@ class CatalogService(ProfileService):
         with self._collector(wait=wait) as granted:
             if not granted:
                 raise StorageUnavailable(
-                    f"Writers kept the store at {self.location} busy for {wait:g} s; "
+                    f"Writers kept the store at {self.location} busy for {seconds_text(wait)}; "
                     "collect garbage again later.",
                     home=self.location,
                     cause="writers busy",
@@ -863,7 +864,7 @@ class CatalogService(ProfileService):
             if time.monotonic() >= deadline:
                 raise StorageUnavailable(
                     f"The store at {self.location} is collecting garbage and did not let "
-                    f"writers in for {BLOB_WRITER_WAIT:g} s; try again.",
+                    f"writers in for {seconds_text(BLOB_WRITER_WAIT)}; try again.",
                     home=self.location,
                     cause="collector busy",
                 )

@@ -290,18 +290,27 @@ def detect_codec(head: bytes) -> Codec:
         return "gzip"
     if head.startswith(ZSTD_MAGIC):
         return "zstd"
+    raise ArchiveInvalid(
+        f"Only .tar.gz (or .tar.zst) files are allowed: {not_an_archive(head)}", field="file"
+    )
+
+
+def not_an_archive(head: bytes) -> str:
+    """Why bytes starting with ``head`` are no ``.tar.gz`` / ``.tar.zst``, and what to do:
+    the end of the sentence every refusal of such a file uses (CLI, library and HTTP)."""
     if not head:
         what = "the file is empty"
     elif head.startswith(b"PK"):
         what = "it looks like a ZIP file"
     elif head.startswith((b"BZh", b"\xfd7zXZ")):
         what = "it is bzip2/xz compressed"
+    elif head.startswith(b"ustar", 257):
+        what = "it looks like an uncompressed tar; compress it (gzip or zstd)"
     else:
-        what = f"it starts with {head[:8]!r}"
-    raise ArchiveInvalid(
-        f"Only .tar.gz (or .tar.zst) files are allowed: {what}. Pack the browser's "
-        "user-data-dir with 'tar czf state.tar.gz -C <dir> .' or export it from a store.",
-        field="file",
+        what = f"it starts with {head[:8]!r}, not the gzip or zstd magic bytes"
+    return (
+        f"{what}. Pack the browser's user-data-dir with 'tar czf state.tar.gz -C <dir> .' "
+        "or export it from a store."
     )
 
 
@@ -484,6 +493,9 @@ def _extract(raw: IO[bytes] | BinaryIO, staging: Path, limits: ArchiveLimits) ->
             field="file",
         )
     head = raw.read(4)
+    if not head.startswith((GZIP_MAGIC, ZSTD_MAGIC)):
+        # Refused: read a tar header's worth more, so the message can say what it is.
+        detect_codec(head + raw.read(508))
     codec = detect_codec(head)
     counted = _SourceReader(raw, head, limits.max_compressed_bytes)
     source = io.BufferedReader(counted, CHUNK)
@@ -506,6 +518,10 @@ def _extract(raw: IO[bytes] | BinaryIO, staging: Path, limits: ArchiveLimits) ->
     )
     reader = TarReader(meter.read, max_header_bytes=limits.max_header_bytes)
     tree = _Tree(staging)
+    # Directories get their member's mtime (a directory made for a file without a member
+    # of its own, that file's), set once every file is written: the same archive then
+    # always unpacks to the same tree, and so to the same state.
+    dir_times: dict[tuple[str, ...], float] = {}
     files = directories = total = members = 0
     try:
         while (member := reader.next()) is not None:
@@ -530,9 +546,13 @@ def _extract(raw: IO[bytes] | BinaryIO, staging: Path, limits: ArchiveLimits) ->
             try:
                 if member.isdir():
                     tree.make(parts)
+                    if parts:
+                        dir_times[parts] = member.mtime
                     directories += 1
                     continue
                 tree.make(parts[:-1])
+                for depth in range(1, len(parts)):
+                    dir_times.setdefault(parts[:depth], member.mtime)
                 total += _write_member(reader, tree.path(parts), member)
                 files += 1
             except OSError as exc:
@@ -550,6 +570,8 @@ def _extract(raw: IO[bytes] | BinaryIO, staging: Path, limits: ArchiveLimits) ->
             f"corrupt ({exc}).",
             field="file",
         ) from exc
+    for parts, mtime in dir_times.items():
+        os.utime(tree.path(parts), (mtime, mtime))
     return UnpackStats(files=files, directories=directories, uncompressed_bytes=total, codec=codec)
 
 

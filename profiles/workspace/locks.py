@@ -32,7 +32,7 @@ from typing import TypeVar
 from pydantic import ValidationError
 
 from profiles.errors import ProfileBusy, StorageUnavailable
-from profiles.models import Holder, HolderKind
+from profiles.models import Holder, HolderKind, seconds_text
 
 __all__ = [
     "WAIT_NOTICE_AFTER",
@@ -116,7 +116,7 @@ def poll_until_free(
             who = current.describe() if current else nobody
             if waited >= wait:
                 raise ProfileBusy(
-                    f"Profile {name!r} is in use: {who}; waited {wait:g} s. "
+                    f"Profile {name!r} is in use: {who}; waited {seconds_text(wait)}. "
                     "Wait for that session to end, raise lock_timeout, or open it with "
                     "readonly=True.",
                     profile_id=profile_id,
@@ -124,7 +124,10 @@ def poll_until_free(
                 )
             noticed = True
             log.warning(
-                "waiting for profile %r: it is held by %s (waiting up to %g s)", name, who, wait
+                "waiting for profile %r: it is held by %s (waiting up to %s)",
+                name,
+                who,
+                seconds_text(wait),
             )
         time.sleep(POLL_INTERVAL)
 
