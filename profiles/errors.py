@@ -14,6 +14,7 @@ top can map them one to one::
     ├── Conflict                       (409, "Conflict")
     │   ├── ProfileBusy                (409, "ProfileBusy")
     │   ├── LeaseLost                  (409, "LeaseLost")
+    │   ├── PendingConflict            (409, "PendingConflict")
     │   └── BrowserDowngrade           (409, "BrowserDowngrade")
     ├── TierLimit                      (429, "TierLimit")
     ├── BrowserNotFound                (503, "BrowserNotFound")
@@ -22,6 +23,13 @@ top can map them one to one::
     └── StateCommitFailed              (500, "StateCommitFailed")
 
 Messages say what went wrong and what to do about it.
+
+``transient`` marks an error of the store's *service* that may pass by itself: a profile
+service over HTTP, a PostgreSQL catalog or an S3 endpoint that cannot be reached, times out,
+answers 5xx or 429, or is busy. It is what a session's commit keeps its work for (as a
+pending commit, :mod:`profiles.pending`) instead of losing it; a refusal (``LeaseLost``,
+``NotFound``, ``ValidationFailed``) and a fault of this machine's own home (a full disk)
+are never transient.
 """
 
 from __future__ import annotations
@@ -37,6 +45,7 @@ __all__ = [
     "LeaseLost",
     "NoStateData",
     "NotFound",
+    "PendingConflict",
     "ProfileBusy",
     "ProfileError",
     "StateCommitFailed",
@@ -52,6 +61,9 @@ class ProfileError(Exception):
 
     code: str = "ProfileError"
     status: int = 500
+    #: The store's service could not be reached or failed in a way that may pass (see the
+    #: module docstring); set on the instance by the backends that raise it.
+    transient: bool = False
 
     def __init__(self, message: str, **details: Any) -> None:
         super().__init__(message)
@@ -117,6 +129,14 @@ class LeaseLost(Conflict):
     epoch): this writer's state is refused, and the newer state stands."""
 
     code = "LeaseLost"
+
+
+class PendingConflict(Conflict):
+    """A session's pending commit on this machine (kept when the service could not be
+    reached) cannot land by itself: the profile was committed since the session started.
+    ``profiles sync REF --force`` or ``--discard`` decides (see :mod:`profiles.pending`)."""
+
+    code = "PendingConflict"
 
 
 class BrowserDowngrade(Conflict):

@@ -1017,12 +1017,14 @@ class CatalogService(ProfileService):
                 if tx.register_blob_writer(writer_id, ttl=BLOB_WRITER_TTL):
                     break
             if time.monotonic() >= deadline:
-                raise StorageUnavailable(
+                busy = StorageUnavailable(
                     f"The store at {self.location} is collecting garbage and did not let "
                     f"writers in for {BLOB_WRITER_WAIT:g} s; try again.",
                     home=self.location,
                     cause="collector busy",
                 )
+                busy.transient = True
+                raise busy
             time.sleep(0.05)
         try:
             yield

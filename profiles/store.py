@@ -45,6 +45,8 @@ from profiles.errors import (
     Conflict,
     NoStateData,
     NotFound,
+    PendingConflict,
+    ProfileBusy,
     ProfileError,
     StateCorrupt,
     StorageUnavailable,
@@ -71,6 +73,17 @@ from profiles.models import (
     Snapshot,
     utcnow,
 )
+from profiles.pending import (
+    PendingCommit,
+    PendingCommits,
+    PendingEntry,
+    PendingInfo,
+    PendingStatus,
+    conflict_error,
+    land,
+    status_of,
+)
+from profiles.redact import redact_text
 from profiles.scratch import owned_dir, sweep
 from profiles.service import UNSET, CatalogService, ProfileService, Unset
 from profiles.state_rules import ENGINES
@@ -276,6 +289,9 @@ class ProfileStore:
         # with expiry); the embedded one leaves it to this machine's file lock.
         self.shared = self.service.shared
         self.working_copies = WorkingCopies(self.home / "work", create=writable)
+        #: Sessions' work this machine keeps while the service cannot take it (see
+        #: profiles.pending): landed by the next session on the profile or by sync_pending.
+        self.pending = PendingCommits(self.home / "pending")
         self._locks_dir = self.home / "locks"
         self._readers_dir = self.home / "readers"
         if writable:
@@ -504,6 +520,161 @@ class ProfileStore:
                 cap,
             )
         return result
+
+    # ------------------------------------------------------------------ pending commits
+
+    def keep_pending(
+        self,
+        profile: Profile,
+        directory: Path,
+        *,
+        base: str,
+        epoch: int | None,
+        browser_version: str | None,
+        reason: str,
+    ) -> Path:
+        """Keep a session's working copy ``directory`` as the profile's pending commit (its
+        commit could not reach the service); returns where it now is. ``base`` is the
+        :func:`~profiles.pending.state_identity` the session started from."""
+        meta = PendingCommit(
+            profile_id=profile.id,
+            profile_name=profile.name,
+            engine=profile.browser_name,
+            browser_version=browser_version,
+            base=base,
+            base_epoch=epoch,
+            kept_at=utcnow(),
+            reason=redact_text(reason, limit=2000),
+            location=self.location,
+        )
+        with self._storage_faults("keeping a pending commit"):
+            kept = self.pending.keep(directory, meta)
+            self.working_copies.remove(profile.id)  # its markers: the copy moved away
+        log.warning(
+            "the state of %s is kept on this machine as a pending commit: %s", profile.name, kept
+        )
+        return kept
+
+    def land_pending(self, profile_id: str, *, lock: WriterLease) -> Profile | None:
+        """Before a writer session: commit the profile's pending commit on this machine,
+        if any (``None`` when there is none). A conflict raises ``PendingConflict`` (the
+        session must not run on the older committed state while a newer local one waits);
+        an unreachable service raises and keeps it pending."""
+        entry = self.pending.get(profile_id)
+        if entry is None:
+            return None
+        profile = self.get(profile_id)
+        if status_of(entry, profile) != "waiting":
+            raise conflict_error(entry, profile, ref=profile.name)
+        return land(self, entry, lease=lock)
+
+    def pending_commits(self) -> builtins.list[PendingInfo]:
+        """The pending commits on this machine, oldest first, each with its status:
+        ``waiting`` (lands as it is), ``conflict``, ``deleted`` (the profile is gone) or
+        ``unknown`` (the service cannot be reached to tell)."""
+        rows: builtins.list[PendingInfo] = []
+        for entry in self.pending.entries():
+            profile: Profile | None = None
+            status: PendingStatus
+            try:
+                profile = self.get(entry.profile_id)
+                status = status_of(entry, profile)
+            except NotFound:
+                status = "deleted"
+            except ProfileError as exc:
+                if not exc.transient:
+                    raise
+                status = "unknown"
+            rows.append(PendingInfo.of(entry, status, profile))
+        return rows
+
+    def sync_pending(
+        self,
+        ref: str | None = None,
+        *,
+        force: bool = False,
+        discard: bool = False,
+        lock_timeout: float = 600.0,
+    ) -> builtins.list[tuple[PendingInfo, str]]:
+        """Land the pending commits on this machine (``ref``: only that profile's), each
+        under its profile's writer lease. Returns ``(entry, outcome)`` pairs, outcome one of
+        ``landed``, ``discarded``, ``conflict``, ``deleted``, ``unreachable``, ``busy``.
+        ``force`` commits a conflicting one over the newer state; ``discard`` deletes it;
+        both need ``ref``."""
+        if force and discard:
+            raise ValidationFailed("Pass --force or --discard, not both.", field="force")
+        if (force or discard) and ref is None:
+            raise ValidationFailed(
+                "Name the profile whose pending commit to force or discard "
+                "(profiles sync REF --force / --discard).",
+                field="ref",
+            )
+        entries = self.pending.entries()
+        if ref is not None:
+            chosen = [
+                e for e in entries if ref in (e.profile_id, e.meta.profile_name if e.meta else None)
+            ]
+            if not chosen:
+                try:
+                    profile = self.get(ref)
+                except NotFound:
+                    profile = None
+                chosen = [e for e in entries if profile is not None and e.profile_id == profile.id]
+            if not chosen:
+                raise NotFound(
+                    f"No pending commit for {ref!r} on this machine ('profiles ps' lists them).",
+                    resource="pending commit",
+                    ref=ref,
+                )
+            entries = chosen[:1]
+        results: builtins.list[tuple[PendingInfo, str]] = []
+        for entry in entries:
+            results.append(self._sync_one(entry, force, discard, lock_timeout))
+        return results
+
+    def _sync_one(
+        self, entry: PendingEntry, force: bool, discard: bool, lock_timeout: float
+    ) -> tuple[PendingInfo, str]:
+        info = PendingInfo.of(entry, "waiting", None)
+        if discard:  # this machine's lock only: no service needed to delete local work
+            lock = ProfileLock(
+                self._locks_dir, entry.profile_id, kind="maintenance", timeout=lock_timeout
+            )
+            lock.acquire()
+            try:
+                if self.pending.get(entry.profile_id) is not None:
+                    with self._storage_faults("discarding a pending commit"):
+                        self.pending.remove(entry.profile_id)
+            finally:
+                lock.release()
+            log.info("discarded the pending commit of %s", info.profile_name)
+            return info, "discarded"
+        try:
+            profile = self.get(entry.profile_id)
+        except NotFound:
+            if force:
+                raise
+            return info.model_copy(update={"status": "deleted"}), "deleted"
+        except ProfileError as exc:
+            if not exc.transient:
+                raise
+            return info.model_copy(update={"status": "unknown"}), "unreachable"
+        info = PendingInfo.of(entry, status_of(entry, profile), profile)
+        try:
+            with self.lock(profile, timeout=lock_timeout, kind="maintenance") as lease:
+                current = self.pending.get(entry.profile_id)
+                if current is None:  # a session landed it meanwhile
+                    return info, "landed"
+                land(self, current, lease=lease, force=force)
+        except PendingConflict:
+            return info.model_copy(update={"status": "conflict"}), "conflict"
+        except ProfileBusy:
+            return info, "busy"
+        except ProfileError as exc:
+            if not exc.transient:
+                raise
+            return info, "unreachable"
+        return info, "landed"
 
     @property
     def tmp_dir(self) -> Path:

@@ -758,12 +758,16 @@ class PostgresCatalog(Catalog):
             )
         else:
             outcome = "Nothing was changed"
-        return StorageUnavailable(
+        error = StorageUnavailable(
             f"The store's catalog at {self.location} failed while {doing}: {cause}. "
             f"{outcome}; then try again.",
             home=self.location,
             cause=cause,
         )
+        # The server down, unreachable, restarting or out of connections (a pool timeout
+        # is one too): it may pass. A rule of the data or a bad query does not.
+        error.transient = isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError)
+        return error
 
     # ---------------------------------------------------------------- migrations
     def _too_new(self, version: int) -> ProfileError:

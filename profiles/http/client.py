@@ -46,6 +46,7 @@ from profiles.errors import (
     LeaseLost,
     NoStateData,
     NotFound,
+    PendingConflict,
     ProfileBusy,
     ProfileError,
     StateCommitFailed,
@@ -119,6 +120,7 @@ class RateLimited(ProfileError):
 
     code = "RateLimited"
     status = 429
+    transient = True
 
 
 _ERRORS: Final[dict[str, type[ProfileError]]] = {
@@ -133,6 +135,7 @@ _ERRORS: Final[dict[str, type[ProfileError]]] = {
         Conflict,
         ProfileBusy,
         LeaseLost,
+        PendingConflict,
         BrowserDowngrade,
         TierLimit,
         BrowserNotFound,
@@ -322,13 +325,15 @@ class _StateReader(io.RawIOBase):
                 self._finish()
                 break
             except httpx.HTTPError as exc:
-                raise StorageUnavailable(
+                error = StorageUnavailable(
                     f"Reading the state of {self._name!r} from the profile service at "
                     f"{self._location} failed after {self._count} bytes: "
                     f"{_describe(exc)}. Nothing was changed; try again.",
                     home=self._location,
                     cause=_describe(exc),
-                ) from exc
+                )
+                error.transient = True
+                raise error from exc
             if self._expected is not None:
                 self._hash.update(chunk)
             self._count += len(chunk)
@@ -491,6 +496,8 @@ class HttpService(ProfileService):
                 delay = min(delay * 2, MAX_BACKOFF)
                 continue
             error = self._error(response)
+            if response.status_code >= 500:
+                error.transient = True  # the service failed, not the request: it may pass
             if isinstance(error, RateLimited):
                 wait = _retry_after(response)
                 if wait is None:
@@ -516,12 +523,14 @@ class HttpService(ProfileService):
     def _unreachable(self, exc: httpx.TransportError) -> StorageUnavailable:
         cause = _describe(exc)
         what = "timed out" if isinstance(exc, httpx.TimeoutException) else "is unreachable"
-        return StorageUnavailable(
+        error = StorageUnavailable(
             f"The profile service at {self.location} {what} ({cause}). Nothing was changed "
             "that was not confirmed; check the URL and that the service runs, then try again.",
             home=self.location,
             cause=cause,
         )
+        error.transient = True
+        return error
 
     def _json(self, method: str, path: str, *, idempotent: bool, **kwargs: Any) -> Any:
         response = self._send(method, path, idempotent=idempotent, **kwargs)
