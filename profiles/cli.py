@@ -16,7 +16,7 @@ Exit codes:
 1    any other ProfileError (StateCommitFailed, ...), a file error, deletion declined
 2    ValidationFailed (and ArchiveInvalid, NoStateData), command-line usage errors
 3    NotFound
-4    Conflict (and ProfileBusy, BrowserDowngrade)
+4    Conflict (and ProfileBusy, BrowserDowngrade, PendingConflict)
 5    TierLimit
 6    BrowserNotFound
 7    StorageUnavailable (a full disk, a read-only or missing home, an I/O error)
@@ -565,12 +565,11 @@ def _pending_hints(pending: Sequence[PendingInfo]) -> None:
 
 
 def cmd_sync(store: ProfileStore, args: argparse.Namespace) -> None:
-    if args.force or args.discard:
-        if len(args.refs) != 1:
-            raise ValidationFailed(
-                "Name exactly one profile with --force or --discard (profiles sync REF --force).",
-                field="ref",
-            )
+    if (args.force or args.discard) and len(args.refs) != 1:
+        raise ValidationFailed(
+            "Name exactly one profile with --force or --discard (profiles sync REF --force).",
+            field="ref",
+        )
     refs: list[str | None] = list(args.refs) or [None]
     results: list[tuple[PendingInfo, str]] = []
     for ref in refs:
@@ -1057,8 +1056,8 @@ visits and commits right away.
 EPILOG = """\
 exit codes: 0 ok; 1 other error (StateCommitFailed, file error, deletion declined);
 2 ValidationFailed / usage; 3 NotFound (a profile, a snapshot, the store); 4 Conflict
-(ProfileBusy, BrowserDowngrade); 5 TierLimit; 6 BrowserNotFound; 7 StorageUnavailable;
-130 interrupted; 141 stdout closed early."""
+(ProfileBusy, BrowserDowngrade, PendingConflict); 5 TierLimit; 6 BrowserNotFound;
+7 StorageUnavailable; 130 interrupted; 141 stdout closed early."""
 
 
 def _common_options(parser: argparse.ArgumentParser) -> None:

@@ -175,7 +175,15 @@ def _rebuild(cls: type[ProfileError], message: str, details: dict[str, Any]) -> 
 
 def error_from_body(status: int, body: Any, *, location: str) -> ProfileError:
     """The :class:`ProfileError` an error response stands for: the class its ``code``
-    names, with the same message and details; by status when the body is not ours."""
+    names, with the same message and details; by status when the body is not ours. A 5xx
+    is ``transient`` (the service failed, not the request: it may pass), as a 429 is."""
+    error = _error_from_body(status, body, location=location)
+    if status >= 500:
+        error.transient = True
+    return error
+
+
+def _error_from_body(status: int, body: Any, *, location: str) -> ProfileError:
     payload = body.get("error") if isinstance(body, dict) else None
     if isinstance(payload, dict) and isinstance(payload.get("message"), str):
         details = {k: v for k, v in payload.items() if k not in ("code", "status", "message")}
@@ -496,8 +504,6 @@ class HttpService(ProfileService):
                 delay = min(delay * 2, MAX_BACKOFF)
                 continue
             error = self._error(response)
-            if response.status_code >= 500:
-                error.transient = True  # the service failed, not the request: it may pass
             if isinstance(error, RateLimited):
                 wait = _retry_after(response)
                 if wait is None:
