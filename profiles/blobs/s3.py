@@ -126,7 +126,7 @@ def _transient(exc: BaseException) -> bool:
         status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
         is_5xx = isinstance(status, int) and (status >= 500 or status == 429)
         return is_5xx or _error_code(exc) in _TRANSIENT_CODES
-    return isinstance(exc, _UNREACHABLE | urllib3.exceptions.HTTPError | OSError)
+    return isinstance(exc, (*_UNREACHABLE, urllib3.exceptions.HTTPError, OSError))
 
 
 # Multipart uploads running in this process (by upload id): a sweep never aborts them.
