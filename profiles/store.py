@@ -661,7 +661,8 @@ class ProfileStore:
             return info.model_copy(update={"status": "unknown"}), "unreachable"
         info = PendingInfo.of(entry, status_of(entry, profile), profile)
         try:
-            with self.lock(profile, timeout=lock_timeout, kind="maintenance") as lease:
+            # "import": it brings state from this machine (what a lease holder may be)
+            with self.lock(profile, timeout=lock_timeout, kind="import") as lease:
                 current = self.pending.get(entry.profile_id)
                 if current is None:  # a session landed it meanwhile
                     return info, "landed"
