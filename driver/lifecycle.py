@@ -45,6 +45,7 @@ from profiles.service.catalog import CatalogService
 from profiles.state.archive import remove_engine_locks
 from profiles.store import ProfileStore
 from profiles.workspace.locks import ReaderMark
+from profiles.workspace.pending import state_identity
 from profiles.workspace.scratch import OwnedDir
 
 __all__ = ["SESSION_COOKIES_FILE", "LaunchPlan", "SaveMode", "SessionLifecycle", "SessionOptions"]
@@ -148,6 +149,12 @@ def _shared_service(store: ProfileStore) -> CatalogService | None:
     return service
 
 
+def _cause(exc: ProfileError) -> str:
+    """What failed, in a few words: a storage error's cause, else the error's code."""
+    cause = exc.details.get("cause")
+    return str(cause) if cause else f"{exc.code}: {exc.message}"
+
+
 def _validation_failed(exc: pydantic.ValidationError) -> ValidationFailed:
     first = exc.errors(include_url=False)[0]
     loc = [str(part) for part in first.get("loc", ())]
@@ -205,6 +212,7 @@ class SessionLifecycle:
         self._reader: ReaderMark | None = None
         self._started_at = 0.0
         self.browser_version: str | None = None
+        self._base: str | None = None  # the committed state a writer session started from
 
     # ---------------------------------------------------------------- start
 
@@ -273,7 +281,11 @@ class SessionLifecycle:
             lock = self.store.lock(profile, timeout=self.options.lock_timeout)
             lock.acquire()
             self.lock = lock
+            # Work a session left on this machine while the service was unreachable lands
+            # first (or, when it conflicts, the session refuses to run on the older state).
+            self.store.land_pending(profile.id, lock=lock)
             self.profile, self.user_data_dir = self.store.checkout(profile.id, lock=lock)
+            self._base = state_identity(self.profile)
         self._check_downgrade(self.profile, at_hand)  # ...and again on what was committed since
         self._seed_engine_cache(profile, at_hand)
         removed = remove_engine_locks(self.user_data_dir, profile.browser_name)
@@ -536,7 +548,14 @@ class SessionLifecycle:
                         resource="profile",
                         ref=self.profile.id,
                     ) from exc
-                except (OSError, StorageUnavailable) as exc:  # a full disk, a lost home, ...
+                except (OSError, ProfileError) as exc:
+                    if isinstance(exc, ProfileError) and exc.transient:
+                        # The service is down, unreachable or overloaded: keep the work.
+                        reason = f"the store's service is unreachable: {_cause(exc)}"
+                        raise self._keep_pending(exc) from exc
+                    if not isinstance(exc, OSError | StorageUnavailable):
+                        raise
+                    # a full disk, a lost home, ...
                     cause = exc.cause if isinstance(exc, StorageUnavailable) else str(exc)
                     reason = f"writing the state failed: {cause}"
                     raise StateCommitFailed(
@@ -585,6 +604,43 @@ class SessionLifecycle:
             return
         if lock is not None and epoch is not None:
             lock.forget()
+
+    def _keep_pending(self, exc: ProfileError) -> StateCommitFailed:
+        """The commit could not reach the service: keep the working copy on this machine as
+        a pending commit (profiles.workspace.pending) and say so; the error to raise."""
+        assert self.profile is not None and self.user_data_dir is not None
+        name, cause = self.profile.name, _cause(exc)
+        where = str(exc.details.get("home") or self.store.location)
+        try:
+            kept = self.store.keep_pending(
+                self.profile,
+                self.user_data_dir,
+                base=self._base or state_identity(self.profile),
+                epoch=self.lock.epoch if self.lock is not None else None,
+                browser_version=self.browser_version,
+                reason=f"{where} is unreachable: {cause}",
+            )
+        except (ProfileError, OSError, ValueError) as keep_exc:
+            failed = keep_exc.message if isinstance(keep_exc, ProfileError) else str(keep_exc)
+            return StateCommitFailed(
+                f"Could not commit the state of profile {name!r}: the store's service at "
+                f"{where} is unreachable ({cause}), and keeping the state on this machine "
+                f"failed too ({failed}). The previous committed state is kept; the session's "
+                f"directory is left in {self.user_data_dir}.",
+                profile_id=self.profile.id,
+                pending=False,
+            )
+        return StateCommitFailed(
+            f"Could not commit the state of profile {name!r}: the store's service at {where} "
+            f"is unreachable ({cause}). The session's state is kept on this machine as a "
+            f"pending commit ({kept.parent}); the next session on {name!r} here, or "
+            f"'profiles sync {name}', commits it once the service is back. If the profile "
+            "is committed elsewhere meanwhile, 'profiles ps' lists it as a conflict for "
+            f"'profiles sync {name} --force' or '--discard'.",
+            profile_id=self.profile.id,
+            pending=True,
+            state_dir=str(kept),
+        )
 
     def abort(self) -> None:
         """Start-up failed half-way: nothing is committed, everything is released."""

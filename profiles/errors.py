@@ -14,6 +14,7 @@ top can map them one to one::
     ├── Conflict                       (409, "Conflict")
     │   ├── ProfileBusy                (409, "ProfileBusy")
     │   ├── LeaseLost                  (409, "LeaseLost")
+    │   ├── PendingConflict            (409, "PendingConflict")
     │   └── BrowserDowngrade           (409, "BrowserDowngrade")
     ├── TierLimit                      (429, "TierLimit")
     ├── BrowserNotFound                (503, "BrowserNotFound")
@@ -35,6 +36,13 @@ are defined: the HTTP service sends ``{"error": error.to_dict()}`` and its clien
 the same class with :func:`error_from_dict`, so ``except StateCorrupt`` works the same
 through ``profiles serve`` as on this machine. A class keeps the details it also exposes as
 attributes in ``attributes``; a rebuilt error has them back.
+
+``transient`` marks an error of the store's *service* that may pass by itself: a profile
+service over HTTP, a PostgreSQL catalog or an S3 endpoint that cannot be reached, times out,
+answers 5xx or 429, or is busy. It is what a session's commit keeps its work for (as a
+pending commit, :mod:`profiles.workspace.pending`) instead of losing it; a refusal (``LeaseLost``,
+``NotFound``, ``ValidationFailed``) and a fault of this machine's own home (a full disk)
+are never transient.
 """
 
 from __future__ import annotations
@@ -54,6 +62,7 @@ __all__ = [
     "NavigationFailed",
     "NoStateData",
     "NotFound",
+    "PendingConflict",
     "ProfileBusy",
     "ProfileError",
     "RateLimited",
@@ -88,6 +97,10 @@ class ProfileError(Exception):
         if taken is not None and taken.__qualname__ != cls.__qualname__:
             raise TypeError(f"error code {cls.code!r} is taken by {taken.__qualname__}")
         _REGISTRY[cls.code] = cls
+
+    #: The store's service could not be reached or failed in a way that may pass (see the
+    #: module docstring); set on the instance by the backends that raise it.
+    transient: bool = False
 
     def __init__(self, message: str, **details: Any) -> None:
         super().__init__(message)
@@ -154,6 +167,15 @@ class LeaseLost(Conflict):
     epoch): this writer's state is refused, and the newer state stands."""
 
     code = "LeaseLost"
+
+
+class PendingConflict(Conflict):
+    """A session's pending commit on this machine (kept when the service could not be
+    reached) cannot land by itself: the profile was committed since the session started.
+    ``profiles sync REF --force`` or ``--discard`` decides (see
+    :mod:`profiles.workspace.pending`)."""
+
+    code = "PendingConflict"
 
 
 class BrowserDowngrade(Conflict):
@@ -268,6 +290,7 @@ class RateLimited(ProfileError):
 
     code = "RateLimited"
     status = 429
+    transient = True
 
 
 _REGISTRY[ProfileError.code] = ProfileError

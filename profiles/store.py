@@ -44,12 +44,14 @@ from profiles.errors import (
     Conflict,
     NoStateData,
     NotFound,
+    PendingConflict,
+    ProfileBusy,
     ProfileError,
     StateCorrupt,
     StorageUnavailable,
     ValidationFailed,
 )
-from profiles.fsutil import remove_tree, tighten_tree
+from profiles.fsutil import fsync_dir, remove_tree, tighten_tree
 from profiles.models import (
     AuditEvent,
     AuditType,
@@ -59,8 +61,10 @@ from profiles.models import (
     Profile,
     ProfileStatus,
     Snapshot,
+    format_timestamp,
     utcnow,
 )
+from profiles.redact import redact_text
 from profiles.service.catalog import CatalogService
 from profiles.service.protocol import UNSET, ProfileService, Unset
 from profiles.state.archive import (
@@ -83,6 +87,16 @@ from profiles.workspace.locks import (
     ProfileLock,
     ReaderMark,
     read_holder,
+)
+from profiles.workspace.pending import (
+    META,
+    PendingCommit,
+    PendingCommits,
+    PendingEntry,
+    PendingInfo,
+    PendingStatus,
+    conflict_error,
+    status_of,
 )
 from profiles.workspace.scratch import owned_dir, sweep
 from profiles.workspace.working_copies import EMPTY_STATE, CachePrune, WorkingCopies
@@ -297,6 +311,10 @@ class ProfileStore:
         # with expiry); the embedded one leaves it to this machine's file lock.
         self.shared = self.service.shared
         self.working_copies = WorkingCopies(self.home / "work", create=writable)
+        #: Sessions' work this machine keeps while the service cannot take it (see
+        #: profiles.workspace.pending): landed by the next session on the profile or by
+        #: sync_pending.
+        self.pending = PendingCommits(self.home / "pending")
         self._locks_dir = self.home / "locks"
         self._readers_dir = self.home / "readers"
         if writable:
@@ -536,6 +554,164 @@ class ProfileStore:
                 cap,
             )
         return result
+
+    # ------------------------------------------------------------------ pending commits
+
+    def keep_pending(
+        self,
+        profile: Profile,
+        directory: Path,
+        *,
+        base: str,
+        epoch: int | None,
+        browser_version: str | None,
+        reason: str,
+    ) -> Path:
+        """Keep a session's working copy ``directory`` as the profile's pending commit (its
+        commit could not reach the service); returns where it now is. ``base`` is the
+        :func:`~profiles.workspace.pending.state_identity` the session started from."""
+        meta = PendingCommit(
+            profile_id=profile.id,
+            profile_name=profile.name,
+            engine=profile.browser_name,
+            browser_version=browser_version,
+            base=base,
+            base_epoch=epoch,
+            kept_at=utcnow(),
+            reason=redact_text(reason, limit=2000),
+            location=self.location,
+        )
+        with self._storage_faults("keeping a pending commit"):
+            kept = self.pending.keep(directory, meta)
+            self.working_copies.remove(profile.id)  # its markers: the copy moved away
+        log.warning(
+            "the state of %s is kept on this machine as a pending commit: %s", profile.name, kept
+        )
+        return kept
+
+    def land_pending(self, profile_id: str, *, lock: WriterLease) -> Profile | None:
+        """Before a writer session: commit the profile's pending commit on this machine,
+        if any (``None`` when there is none). A conflict raises ``PendingConflict`` (the
+        session must not run on the older committed state while a newer local one waits);
+        an unreachable service raises and keeps it pending."""
+        entry = self.pending.get(profile_id)
+        if entry is None:
+            return None
+        profile = self.get(profile_id)
+        if status_of(entry, profile) != "waiting":
+            raise conflict_error(entry, profile, ref=profile.name)
+        landed = self._land_pending(entry, lease=lock)
+        lock.granted = landed  # the checkout that follows starts from the landed state
+        return landed
+
+    def pending_commits(self) -> builtins.list[PendingInfo]:
+        """The pending commits on this machine, oldest first, each with its status:
+        ``waiting`` (lands as it is), ``conflict``, ``deleted`` (the profile is gone) or
+        ``unknown`` (the service cannot be reached to tell)."""
+        rows: builtins.list[PendingInfo] = []
+        for entry in self.pending.entries():
+            profile: Profile | None = None
+            status: PendingStatus
+            try:
+                profile = self.get(entry.profile_id)
+                status = status_of(entry, profile)
+            except NotFound:
+                status = "deleted"
+            except ProfileError as exc:
+                if not exc.transient:
+                    raise
+                status = "unknown"
+            rows.append(PendingInfo.of(entry, status, profile))
+        return rows
+
+    def sync_pending(
+        self,
+        ref: str | None = None,
+        *,
+        force: bool = False,
+        discard: bool = False,
+        lock_timeout: float = 600.0,
+    ) -> builtins.list[tuple[PendingInfo, str]]:
+        """Land the pending commits on this machine (``ref``: only that profile's), each
+        under its profile's writer lease. Returns ``(entry, outcome)`` pairs, outcome one of
+        ``landed``, ``discarded``, ``conflict``, ``deleted``, ``unreachable``, ``busy``.
+        ``force`` commits a conflicting one over the newer state; ``discard`` deletes it;
+        both need ``ref``."""
+        if force and discard:
+            raise ValidationFailed("Pass --force or --discard, not both.", field="force")
+        if (force or discard) and ref is None:
+            raise ValidationFailed(
+                "Name the profile whose pending commit to force or discard "
+                "(profiles sync REF --force / --discard).",
+                field="ref",
+            )
+        entries = self.pending.entries()
+        if ref is not None:
+            chosen = [
+                e for e in entries if ref in (e.profile_id, e.meta.profile_name if e.meta else None)
+            ]
+            if not chosen:
+                try:
+                    profile = self.get(ref)
+                except NotFound:
+                    profile = None
+                chosen = [e for e in entries if profile is not None and e.profile_id == profile.id]
+            if not chosen:
+                raise NotFound(
+                    f"No pending commit for {ref!r} on this machine ('profiles ps' lists them).",
+                    resource="pending commit",
+                    ref=ref,
+                )
+            entries = chosen[:1]
+        results: builtins.list[tuple[PendingInfo, str]] = []
+        for entry in entries:
+            results.append(self._sync_one(entry, force, discard, lock_timeout))
+        return results
+
+    def _sync_one(
+        self, entry: PendingEntry, force: bool, discard: bool, lock_timeout: float
+    ) -> tuple[PendingInfo, str]:
+        info = PendingInfo.of(entry, "waiting", None)
+        if discard:  # this machine's lock only: no service needed to delete local work
+            lock = ProfileLock(
+                self._locks_dir, entry.profile_id, kind="maintenance", timeout=lock_timeout
+            )
+            lock.acquire()
+            try:
+                if self.pending.get(entry.profile_id) is not None:
+                    with self._storage_faults("discarding a pending commit"):
+                        self.pending.remove(entry.profile_id)
+            finally:
+                lock.release()
+            log.info("discarded the pending commit of %s", info.profile_name)
+            return info, "discarded"
+        try:
+            profile = self.get(entry.profile_id)
+        except NotFound:
+            if force:
+                raise
+            return info.model_copy(update={"status": "deleted"}), "deleted"
+        except ProfileError as exc:
+            if not exc.transient:
+                raise
+            return info.model_copy(update={"status": "unknown"}), "unreachable"
+        info = PendingInfo.of(entry, status_of(entry, profile), profile)
+        try:
+            # "import": it brings state from this machine (what a lease holder may be)
+            with self.lock(profile, timeout=lock_timeout, kind="import") as lease:
+                current = self.pending.get(entry.profile_id)
+                if current is None:  # a session landed it meanwhile
+                    return info, "landed"
+                self._land_pending(current, lease=lease, force=force)
+        except PendingConflict:
+            return info.model_copy(update={"status": "conflict"}), "conflict"
+        except ProfileBusy:
+            return info, "busy"
+        except ProfileError as exc:
+            if not exc.transient:
+                raise
+            return info, "unreachable"
+        return info, "landed"
 
     @property
     def tmp_dir(self) -> Path:
@@ -1272,6 +1448,72 @@ class ProfileStore:
         with self._storage_faults("collecting garbage"):
             self.sweep_scratch()
             return self.service.collect_garbage(min_age=min_age, wait=wait)
+
+    def _land_pending(
+        self, entry: PendingEntry, *, lease: WriterLease, force: bool = False
+    ) -> Profile:
+        """Commit the pending ``entry`` under ``lease`` (the profile's writer lease, held), when
+        the profile is still at the state it started from (or ``force``); else
+        ``PendingConflict``. On success the state becomes the profile's working copy, known
+        clean, and the entry is gone. A failure to reach the service leaves it pending."""
+        if not lease.is_locked:
+            raise ValueError("landing a pending commit needs the profile's writer lease held")
+        try:
+            profile = self.get(entry.profile_id)
+        except NotFound:
+            raise NotFound(
+                f"The profile {entry.profile_id} of a pending commit on this machine was deleted; "
+                f"run 'profiles sync {entry.profile_id} --discard' to delete the pending state "
+                f"(it is in {entry.state_dir}).",
+                resource="profile",
+                ref=entry.profile_id,
+            ) from None
+        if not force and status_of(entry, profile) != "waiting":
+            raise conflict_error(entry, profile, ref=profile.name)
+        meta = entry.meta
+        try:
+            updated = self.commit_state(
+                profile.id,
+                entry.state_dir,
+                browser_version=meta.browser_version if meta else None,
+                event="state.uploaded",
+                epoch=lease.epoch,
+                source="pending",
+                forced=force,
+                kept_at=format_timestamp(entry.kept_at) if entry.kept_at else None,
+            )
+        except ProfileError as exc:
+            if exc.transient:
+                raise StorageUnavailable(
+                    f"{exc.message} The pending commit of profile {profile.name!r} stays on this "
+                    f"machine; run 'profiles sync {profile.name}' once {self.location} is back.",
+                    home=self.location,
+                    cause=getattr(exc, "cause", exc.code),
+                    pending=True,
+                ) from exc
+            raise
+        self._adopt_pending(entry, updated)
+        log.info("landed the pending commit of %s (%s)", profile.name, profile.id)
+        return updated
+
+    def _adopt_pending(self, entry: PendingEntry, updated: Profile) -> None:
+        """After the commit: the entry stops being pending (its metadata goes first) and its
+        state becomes the working copy, known to match the new committed state."""
+        copies = self.working_copies
+        pending = self.pending
+        entry_dir = entry.state_dir.parent
+        with contextlib.suppress(FileNotFoundError):
+            (entry_dir / META).unlink()
+            fsync_dir(entry_dir)
+        try:
+            copies.remove(entry.profile_id)
+            copies.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+            os.rename(entry.state_dir, copies.path(entry.profile_id))
+            if updated.checksum:
+                copies.mark_clean(entry.profile_id, updated.checksum)
+        except OSError as exc:  # the commit stands; the next checkout unpacks it
+            log.warning("could not reuse the landed state as the working copy: %s", exc)
+        pending.remove(entry.profile_id)
 
 
 class _HashingWriter:

@@ -50,6 +50,8 @@ class HttpServer:
     pid: int = 0
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
     log_path: Path | None = None
+    command: list[str] = field(default_factory=list, repr=False)
+    env: dict[str, str] | None = field(default=None, repr=False)
 
     def headers(self, key: str | None = None, **extra: str) -> dict[str, str]:
         """``Authorization: Bearer <key>`` (the admin key by default) plus ``extra``."""
@@ -58,6 +60,30 @@ class HttpServer:
     def log_text(self) -> str:
         """What the server wrote to stdout and stderr so far."""
         return self.log_path.read_text(errors="replace") if self.log_path else ""
+
+    def stop(self) -> None:
+        """Stop the server (SIGTERM, then SIGKILL): its port stops answering."""
+        proc = self.process
+        if proc is None or proc.poll() is not None:
+            return
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)
+
+    def start(self) -> None:
+        """Start the server again on the same port and home, with the same keys."""
+        assert self.command, "only a server started by start_http_server can be restarted"
+        self.stop()
+        assert self.log_path is not None
+        with self.log_path.open("ab") as log_file:
+            self.process = subprocess.Popen(
+                self.command, stdout=log_file, stderr=subprocess.STDOUT, env=self.env
+            )
+        self.pid = self.process.pid
+        _wait_healthy(self)
 
 
 def free_port() -> int:
@@ -117,30 +143,33 @@ def start_http_server(
         pid=proc.pid,
         process=proc,
         log_path=log_path,
+        command=cmd,
+        env=child_env,
     )
     try:
-        deadline = time.monotonic() + STARTUP_TIMEOUT
-        while True:
-            if proc.poll() is not None:
-                raise RuntimeError(
-                    f"profiles serve exited with {proc.returncode}:\n{server.log_text()}"
-                )
-            try:
-                if httpx.get(f"{url}/v1/health", timeout=1.0).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"profiles serve did not start:\n{server.log_text()}")
-            time.sleep(0.05)
+        _wait_healthy(server)
         yield server
     finally:
-        proc.terminate()
+        server.stop()
+
+
+def _wait_healthy(server: HttpServer) -> None:
+    proc = server.process
+    assert proc is not None
+    deadline = time.monotonic() + STARTUP_TIMEOUT
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(
+                f"profiles serve exited with {proc.returncode}:\n{server.log_text()}"
+            )
         try:
-            proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
+            if httpx.get(f"{server.url}/v1/health", timeout=1.0).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"profiles serve did not start:\n{server.log_text()}")
+        time.sleep(0.05)
 
 
 @pytest.fixture

@@ -112,6 +112,7 @@ def test_missing_bucket(
     assert f"s3://{bucket}/some/prefix" in str(err)
     assert s3_env.endpoint_url in str(err)
     assert "does not exist" in str(err)
+    assert not err.transient  # a refusal: a session's commit does not wait for it to pass
     assert err.home == f"s3://{bucket}/some/prefix"
     assert_no_secret(s3_env.secret_access_key, err, caplog)
 
@@ -125,6 +126,7 @@ def test_refused_credentials(
         S3BlobStore(f"s3://{s3_bucket}/p")
     err = info.value
     assert "refused the credentials" in str(err)
+    assert not err.transient
     assert f"s3://{s3_bucket}/p" in str(err)
     assert s3_env.endpoint_url in str(err)
     assert "AWS_ACCESS_KEY_ID" in str(err)
@@ -148,6 +150,7 @@ def test_missing_credentials(
     assert "AWS_ACCESS_KEY_ID" in str(err)
     assert "~/.aws/credentials" in str(err)
     assert err.cause == "NoCredentialsError"
+    assert not err.transient
 
 
 def test_unreachable_endpoint(
@@ -166,6 +169,7 @@ def test_unreachable_endpoint(
     assert endpoint in str(err)
     assert f"s3://{s3_bucket}/p" in str(err)
     assert "Could not reach" in str(err)
+    assert err.transient  # unreachable: a session keeps its work as a pending commit
     assert_no_secret(s3_env.secret_access_key, err, caplog)
 
 

@@ -156,6 +156,7 @@ def test_wrong_password_is_storage_unavailable_quickly(
     assert "password" in info.value.cause.lower()
     assert "not-the-password" not in str(info.value)
     assert info.value.home == redact_location(wrong)
+    assert not info.value.transient  # a refusal, not an outage: nothing waits for it
 
 
 def test_missing_database_is_storage_unavailable(postgres_url: str) -> None:  # noqa: F811
@@ -163,6 +164,7 @@ def test_missing_database_is_storage_unavailable(postgres_url: str) -> None:  # 
     with pytest.raises(StorageUnavailable) as info:
         PostgresCatalog(url, connect_timeout=5)
     assert "does not exist" in info.value.cause
+    assert not info.value.transient
 
 
 def _open_at(url: str, start_at: float) -> int:
@@ -239,6 +241,7 @@ def test_server_restart_mid_transaction(
         postgres_service.server.restart()
         tx.bump_usage(kept.id, lost.created_at)
     assert catalog.location in info.value.message
+    assert info.value.transient  # the server went away: it may come back
     # The pool recovers: idle connections broken by the restart are replaced on checkout.
     for _ in range(5):
         with catalog.transaction(write=False) as tx:

@@ -32,6 +32,7 @@ from profiles import (
     LeaseLost,
     NoStateData,
     NotFound,
+    PendingConflict,
     ProfileBusy,
     ProfileError,
     ProfileStore,
@@ -189,6 +190,13 @@ def test_every_error_class_round_trips_through_its_body() -> None:
         body = json.loads(json.dumps({"error": sample.to_dict()}))
         back = error_from_body(sample.status, body, location="http://h/v1")
         _same_error(back, sample)
+        # What the service failed at (5xx, 429) may pass: a session keeps its work for it.
+        assert back.transient == (sample.status >= 500), sample.code
+    pending = PendingConflict("kept", profile_id="p", state_dir="/h/pending/p/state")
+    _same_error(error_from_body(409, {"error": pending.to_dict()}, location="x"), pending)
+    assert error_from_body(
+        429, {"error": {"code": "RateLimited", "status": 429, "message": "slow down"}}, location="x"
+    ).transient
     tier = error_from_body(429, {"error": samples[11].to_dict()}, location="x")
     assert isinstance(tier, TierLimit)
     assert (tier.limit, tier.current, tier.tier, tier.resource) == (5, 5, "solo", "profile")

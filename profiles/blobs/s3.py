@@ -113,6 +113,21 @@ _MISSING_CREDENTIALS = (
 )
 _UNREACHABLE = (bex.ConnectionError, bex.ReadTimeoutError)
 _STREAM_ERRORS = (bex.BotoCoreError, urllib3.exceptions.HTTPError, OSError)
+# Answers that say "later" rather than "no" (S3's throttling and internal errors).
+_TRANSIENT_CODES = frozenset(
+    {"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "InternalError",
+     "ServiceUnavailable", "RequestLimitExceeded"}
+)  # fmt: skip
+
+
+def _transient(exc: BaseException) -> bool:
+    """Whether an S3 failure may pass: the endpoint unreachable, a read cut, 5xx, 429."""
+    if isinstance(exc, bex.ClientError):
+        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+        is_5xx = isinstance(status, int) and (status >= 500 or status == 429)
+        return is_5xx or _error_code(exc) in _TRANSIENT_CODES
+    return isinstance(exc, (*_UNREACHABLE, urllib3.exceptions.HTTPError, OSError))
+
 
 # Multipart uploads running in this process (by upload id): a sweep never aborts them.
 _live_uploads: set[str] = set()
@@ -239,7 +254,9 @@ class S3BlobStore(BlobStore):
             cause = type(exc).__name__
             message = f"S3 failed to {doing} at {where}: {cause}."
         log.debug("S3 %s failed at %s: %s", doing, self.location, cause)
-        raise StorageUnavailable(message, home=self.location, cause=cause) from exc
+        error = StorageUnavailable(message, home=self.location, cause=cause)
+        error.transient = _transient(exc)
+        raise error from exc
 
     def _call(self, doing: str, fn: Callable[[], _T]) -> _T:
         try:

@@ -687,6 +687,26 @@ def _configure_connection(conn: psycopg.Connection[Any]) -> None:
     conn.execute(f"SET idle_in_transaction_session_timeout = '{IDLE_IN_TRANSACTION_TIMEOUT}'")
 
 
+# What libpq says when it was answered "no" rather than not answered (its messages carry no
+# SQLSTATE on a failed connection): credentials, pg_hba.conf, a database or role missing.
+_REFUSALS = (
+    "password authentication failed",
+    "authentication failed",
+    "no pg_hba.conf entry",
+    "does not exist",
+    "permission denied",
+)
+
+
+def _refusal(exc: BaseException) -> bool:
+    """Whether a connection error is the server refusing (not an outage)."""
+    state = getattr(exc, "sqlstate", None) or ""
+    if state[:2] in ("28", "3D", "42"):  # authorization, missing catalog, privileges
+        return True
+    text = str(exc).lower()
+    return any(words in text for words in _REFUSALS)
+
+
 class PostgresCatalog(Catalog):
     """The catalog in a PostgreSQL database (see the module docstring).
 
@@ -757,12 +777,19 @@ class PostgresCatalog(Catalog):
             )
         else:
             outcome = "Nothing was changed"
-        return StorageUnavailable(
+        error = StorageUnavailable(
             f"The store's catalog at {self.location} failed while {doing}: {cause}. "
             f"{outcome}; then try again.",
             home=self.location,
             cause=cause,
         )
+        # The server down, unreachable, restarting or out of connections (a pool timeout
+        # is one too): it may pass. A rule of the data, a bad query, refused credentials or
+        # a missing database do not.
+        error.transient = isinstance(
+            exc, psycopg.OperationalError | psycopg.InterfaceError
+        ) and not _refusal(exc)
+        return error
 
     # ---------------------------------------------------------------- migrations
     def _too_new(self, version: int) -> ProfileError:

@@ -16,7 +16,7 @@ Exit codes:
 1    any other ProfileError (StateCommitFailed, ...), a file error, deletion declined
 2    ValidationFailed (and ArchiveInvalid, NoStateData), command-line usage errors
 3    NotFound
-4    Conflict (and ProfileBusy, BrowserDowngrade)
+4    Conflict (and ProfileBusy, BrowserDowngrade, PendingConflict)
 5    TierLimit
 6    BrowserNotFound
 7    StorageUnavailable (a full disk, a read-only or missing home, an I/O error)
@@ -71,6 +71,7 @@ from profiles.errors import (
     BrowserNotFound,
     Conflict,
     NotFound,
+    PendingConflict,
     ProfileBusy,
     ProfileError,
     StateCorrupt,
@@ -82,6 +83,7 @@ from profiles.maintenance.transfer import transfer
 from profiles.models import AuditEvent, Page, Profile, Snapshot
 from profiles.state.rules import ENGINES
 from profiles.store import UNSET, ProfileStore, Unset, default_home
+from profiles.workspace.pending import PendingInfo
 
 __all__ = [
     "CLI_WORDING",
@@ -272,6 +274,7 @@ def _profile_names(store: ProfileStore, events: Sequence[AuditEvent]) -> dict[st
 
 
 PS_HEADERS = ("name", "id", "kind", "host", "pid", "since", "for")
+PENDING_HEADERS = ("name", "id", "status", "kept", "why")
 
 
 def _held_for(since: datetime) -> str:
@@ -409,12 +412,14 @@ def cmd_show(store: ProfileStore, args: argparse.Namespace) -> None:
 
 def cmd_ps(store: ProfileStore, args: argparse.Namespace) -> None:
     found = store.activity()
+    pending = store.pending_commits()
     if args.json:
         _json(
             {
                 "data": [a.model_dump(mode="json") for a in found],
                 "has_more": False,
                 "next_cursor": None,
+                "pending": [p.model_dump(mode="json") for p in pending],
             }
         )
         return
@@ -433,6 +438,93 @@ def cmd_ps(store: ProfileStore, args: argparse.Namespace) -> None:
             for a in found
         ),
         "(no profile is in use)",
+    )
+    if pending:
+        _out()
+        _out("pending commits (kept on this machine while the service was unreachable):")
+        _table(
+            PENDING_HEADERS,
+            (
+                [p.profile_name, p.profile_id, p.status, _when(p.kept_at), p.reason or "-"]
+                for p in pending
+            ),
+            "",
+        )
+        _pending_hints(pending)
+
+
+def _pending_hints(pending: Sequence[PendingInfo]) -> None:
+    """What to run for each pending commit that needs a person (on stderr)."""
+    for p in pending:
+        if p.status == "conflict":
+            _err(
+                f"{p.profile_name}: the profile was committed since; run 'profiles sync "
+                f"{p.profile_id} --force' to commit this state over it, or '--discard'"
+            )
+        elif p.status == "deleted":
+            _err(
+                f"{p.profile_id}: the profile was deleted; 'profiles sync {p.profile_id} "
+                f"--discard' deletes the state kept in {p.state_dir}"
+            )
+        elif p.status in ("waiting", "unknown"):
+            _err(f"{p.profile_name}: 'profiles sync' commits it once the service is back")
+
+
+def cmd_sync(store: ProfileStore, args: argparse.Namespace) -> None:
+    if (args.force or args.discard) and len(args.refs) != 1:
+        raise ValidationFailed(
+            "Name exactly one profile with --force or --discard (profiles sync REF --force).",
+            field="ref",
+        )
+    refs: list[str | None] = list(args.refs) or [None]
+    results: list[tuple[PendingInfo, str]] = []
+    for ref in refs:
+        results += store.sync_pending(
+            ref, force=args.force, discard=args.discard, lock_timeout=args.lock_timeout
+        )
+    if args.json:
+        _json(
+            {
+                "data": [
+                    {**info.model_dump(mode="json"), "outcome": outcome}
+                    for info, outcome in results
+                ]
+            }
+        )
+    else:
+        for info, outcome in results:
+            _out(f"{outcome} {info.profile_name} ({info.profile_id})")
+        if not results:
+            _out("no pending commit on this machine")
+    left = [(info, outcome) for info, outcome in results if outcome not in ("landed", "discarded")]
+    if not left:
+        return
+    if not args.json:
+        _pending_hints(
+            [
+                i.model_copy(update={"status": "unknown"}) if o == "unreachable" else i
+                for i, o in left
+            ]
+        )
+    outcomes = {outcome for _, outcome in left}
+    names = ", ".join(info.profile_name for info, _ in left)
+    if "unreachable" in outcomes:
+        raise StorageUnavailable(
+            f"The store's service at {store.location} is still unreachable; the pending "
+            f"commits of {names} stay on this machine. Run 'profiles sync' again later.",
+            home=store.location,
+            cause="unreachable",
+        )
+    if outcomes & {"conflict", "busy"}:
+        raise PendingConflict(
+            f"Not committed: {names} (a conflict, or a session holds the profile). Nothing "
+            "was overwritten; see above for what to run.",
+            profiles=[info.profile_id for info, _ in left],
+        )
+    raise NotFound(
+        f"The profiles of the pending commits of {names} were deleted; discard them with "
+        "'profiles sync ID --discard'.",
+        resource="profile",
     )
 
 
@@ -887,8 +979,8 @@ visits and commits right away.
 EPILOG = """\
 exit codes: 0 ok; 1 other error (StateCommitFailed, file error, deletion declined);
 2 ValidationFailed / usage; 3 NotFound (a profile, a snapshot, the store); 4 Conflict
-(ProfileBusy, BrowserDowngrade); 5 TierLimit; 6 BrowserNotFound; 7 StorageUnavailable;
-130 interrupted; 141 stdout closed early."""
+(ProfileBusy, BrowserDowngrade, PendingConflict); 5 TierLimit; 6 BrowserNotFound;
+7 StorageUnavailable; 130 interrupted; 141 stdout closed early."""
 
 
 def _common_options(parser: argparse.ArgumentParser) -> None:
@@ -1120,6 +1212,39 @@ def build_parser() -> argparse.ArgumentParser:
         "List the profiles in use right now: sessions, imports, read-only sessions.",
         "List the profiles in use right now on this machine: writer sessions, imports and\n"
         "read-only sessions, with who holds each (host, pid) and since when, oldest first.",
+    )
+
+    p = command(
+        sub,
+        "sync",
+        cmd_sync,
+        "Commit the sessions' work kept on this machine while the service was unreachable.",
+        "A session whose commit cannot reach the store's service (down, unreachable, 5xx,\n"
+        "429) keeps its state on this machine as a pending commit ('profiles ps' lists\n"
+        "them). This commits them, each under its profile's writer lease, when the profile\n"
+        "is still at the state the session started from. When another writer committed the\n"
+        "profile meanwhile it is a conflict and stays (exit 4): --force commits it over the\n"
+        "newer state (a new commit), --discard deletes it. Nothing is ever dropped or\n"
+        "overwritten otherwise. The next session on a profile lands its pending commit too.",
+    )
+    p.add_argument(
+        "refs", nargs="*", metavar="REF", help="profiles to sync (default: every pending one)"
+    )
+    how = p.add_mutually_exclusive_group()
+    how.add_argument(
+        "--force",
+        action="store_true",
+        help="commit a conflicting pending state over the newer one (one REF)",
+    )
+    how.add_argument(
+        "--discard", action="store_true", help="delete the pending state instead (one REF)"
+    )
+    p.add_argument(
+        "--lock-timeout",
+        metavar="SECONDS",
+        type=float,
+        default=60.0,
+        help="how long to wait for a session holding the profile (60)",
     )
 
     p = command(

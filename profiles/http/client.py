@@ -117,7 +117,15 @@ _BY_STATUS: Final[dict[int, type[ProfileError]]] = {
 def error_from_body(status: int, body: Any, *, location: str) -> ProfileError:
     """The :class:`ProfileError` an error response stands for: the class its ``code``
     names in the registry of :mod:`profiles.errors`, with the same message and details;
-    by status when the body is not the service's."""
+    by status when the body is not the service's. A 5xx is ``transient`` (the service
+    failed, not the request: it may pass), as a 429 is."""
+    error = _error_from_body(status, body, location=location)
+    if status >= 500:
+        error.transient = True
+    return error
+
+
+def _error_from_body(status: int, body: Any, *, location: str) -> ProfileError:
     payload = body.get("error") if isinstance(body, dict) else None
     if isinstance(payload, dict) and isinstance(payload.get("message"), str):
         known = error_from_dict(payload, status=status)
@@ -289,13 +297,15 @@ class _StateReader(io.RawIOBase):
                 self._finish()
                 break
             except httpx.HTTPError as exc:
-                raise StorageUnavailable(
+                error = StorageUnavailable(
                     f"Reading the state of {self._name!r} from the profile service at "
                     f"{self._location} failed after {self._count} bytes: "
                     f"{_describe(exc)}. Nothing was changed; try again.",
                     home=self._location,
                     cause=_describe(exc),
-                ) from exc
+                )
+                error.transient = True
+                raise error from exc
             if self._expected is not None:
                 self._hash.update(chunk)
             self._count += len(chunk)
@@ -529,12 +539,14 @@ class HttpService(ProfileService):
     def _unreachable(self, exc: httpx.TransportError) -> StorageUnavailable:
         cause = _describe(exc)
         what = "timed out" if isinstance(exc, httpx.TimeoutException) else "is unreachable"
-        return StorageUnavailable(
+        error = StorageUnavailable(
             f"The profile service at {self.location} {what} ({cause}). Nothing was changed "
             "that was not confirmed; check the URL and that the service runs, then try again.",
             home=self.location,
             cause=cause,
         )
+        error.transient = True
+        return error
 
     def _json(self, method: str, path: str, *, idempotent: bool, **kwargs: Any) -> Any:
         response = self._send(method, path, idempotent=idempotent, **kwargs)

@@ -862,12 +862,14 @@ class CatalogService(ProfileService):
                 if tx.register_blob_writer(writer_id, ttl=BLOB_WRITER_TTL):
                     break
             if time.monotonic() >= deadline:
-                raise StorageUnavailable(
+                busy = StorageUnavailable(
                     f"The store at {self.location} is collecting garbage and did not let "
                     f"writers in for {seconds_text(BLOB_WRITER_WAIT)}; try again.",
                     home=self.location,
                     cause="collector busy",
                 )
+                busy.transient = True
+                raise busy
             time.sleep(0.05)
         try:
             yield
