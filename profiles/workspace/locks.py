@@ -12,6 +12,8 @@ holder information is always the current holder's, and never outlives the lock.
 
 A waiter says once, after :data:`WAIT_NOTICE_AFTER` seconds, that it is waiting and for whom
 (a WARNING log record, which the CLI prints on stderr).
+
+Why this is not ``filelock``: docs/design.md.
 """
 
 from __future__ import annotations
