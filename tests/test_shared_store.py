@@ -135,7 +135,7 @@ def test_a_lease_fences_a_late_writer(urls: tuple[str, str], tmp_path: Path) -> 
         a.create("fenced")
         late = a.lock("fenced")
         late.acquire()
-        late._stop.set()  # this worker is paused: its heartbeat stops renewing the lease
+        late.pause_heartbeat()  # this worker is paused: its heartbeat stops renewing the lease
         with pytest.raises(ProfileBusy):
             b.lock("fenced").acquire(timeout=0.2)  # still held: not yet expired
         time.sleep(1.0)
@@ -158,7 +158,7 @@ def test_a_dead_workers_lease_expires(urls: tuple[str, str], tmp_path: Path) -> 
         a.create("abandoned")
         lease = a.lock("abandoned")
         lease.acquire()
-        lease._stop.set()  # as if the process died: no more heartbeats, nothing released
+        lease.pause_heartbeat()  # as if the process died: no more heartbeats, nothing released
         holder = a.holder("abandoned")
         assert holder is not None and holder.kind == "session"
         with _machine(urls, tmp_path / "b", lease_ttl=0.5) as b:

@@ -182,22 +182,26 @@ class WriterLease:
         renewing meanwhile (a long commit keeps its lease)."""
         self._ending = True
 
-    def forget(self) -> None:
-        """The lease was released on the service's side (with a commit or a session's
-        end): stop renewing it; :meth:`release` then frees only the machine lock."""
-        self._ending = True
-        self.epoch = None
+    def pause_heartbeat(self) -> None:
+        """Stop renewing the lease and wait for the heartbeat to stop, keeping everything
+        else: what a paused or frozen worker looks like to the others (its lease expires
+        after its ttl and another writer may take it; this one's commit is then fenced off
+        with ``LeaseLost``). :meth:`release` still frees what it holds."""
         self._stop.set()
         if self._heartbeat is not None:
             self._heartbeat.join(timeout=5)
             self._heartbeat = None
 
+    def forget(self) -> None:
+        """The lease was released on the service's side (with a commit or a session's
+        end): stop renewing it; :meth:`release` then frees only the machine lock."""
+        self._ending = True
+        self.epoch = None
+        self.pause_heartbeat()
+
     def release(self) -> None:
         epoch, self.epoch = self.epoch, None
-        self._stop.set()
-        if self._heartbeat is not None:
-            self._heartbeat.join(timeout=5)
-            self._heartbeat = None
+        self.pause_heartbeat()
         try:
             if epoch is not None:
                 with contextlib.suppress(ProfileError):
