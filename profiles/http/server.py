@@ -300,24 +300,26 @@ def _multipart(
     required: tuple[str, ...] = ("file",),
 ) -> dict[str, Any]:
     """The ``multipart/form-data`` request body of a streamed upload route (its handler
-    reads the request itself, through :func:`profiles.http.server_streams.spool_multipart`)."""
-    properties = {**fields, "file": {"type": "string", "format": "binary"}}
+    reads the request itself, through :func:`profiles.http.server_streams.spool_multipart`).
+    Its schema goes to the document's components as ``title`` (see :func:`_typed_openapi`)."""
+    _FORMS[title] = {
+        "title": title,
+        "type": "object",
+        "properties": {**fields, "file": {"type": "string", "format": "binary"}},
+        "required": list(required),
+    }
     return {
         "requestBody": {
             "required": True,
             "description": description,
             "content": {
-                "multipart/form-data": {
-                    "schema": {
-                        "title": title,
-                        "type": "object",
-                        "properties": properties,
-                        "required": list(required),
-                    }
-                }
+                "multipart/form-data": {"schema": {"$ref": f"#/components/schemas/{title}"}}
             },
         }
     }
+
+
+_FORMS: dict[str, dict[str, Any]] = {}  # the multipart forms of the streamed uploads
 
 
 def _typed_openapi(app: FastAPI) -> Callable[[], dict[str, Any]]:
@@ -339,9 +341,11 @@ def _typed_openapi(app: FastAPI) -> Callable[[], dict[str, Any]]:
                 answer = operation.get("responses", {}).get("422")
                 if answer is not None and "HTTPValidationError" in json.dumps(answer):
                     del operation["responses"]["422"]
-        schemas = document.get("components", {}).get("schemas", {})
+        schemas = document.setdefault("components", {}).setdefault("schemas", {})
         for name in ("HTTPValidationError", "ValidationError"):
             schemas.pop(name, None)
+        schemas.update(_FORMS)
+        document["components"]["schemas"] = dict(sorted(schemas.items()))
         app.openapi_schema = document
         return document
 
@@ -619,6 +623,9 @@ def create_app(config: ServerConfig) -> FastAPI:
         version="1",
         description="Named, persistent browser profiles, per account.",
         lifespan=lifespan,
+        # operationId: the handler's name (create_profile, upload, download, ...), which
+        # becomes the function's name in a generated client.
+        generate_unique_id_function=lambda route: route.name,
     )
     app.openapi = _typed_openapi(app)  # type: ignore[method-assign]
     app.state.accounts = accounts
