@@ -791,3 +791,51 @@ def test_the_profiles_command_uses_a_service_named_in_the_environment(
     assert run.returncode == 0, run.stderr
     assert [p["name"] for p in json.loads(run.stdout)["data"]] == ["remote-one"]
     assert server.api_key not in run.stdout + run.stderr
+
+
+def test_bodies_are_the_servers_models_and_refused_as_the_server_refuses(
+    server: HttpServer, service: HttpService
+) -> None:
+    """The client builds its bodies with the server's models (profiles.http.schemas): a
+    body the server would refuse is refused before it is sent, with the server's own
+    message; the answers are read with the same models."""
+    import httpx
+
+    service.create("contract", labels={"team": "qa"})
+    bad = {"labels": {"team": 7}}
+    raw = httpx.patch(
+        f"{server.url}/v1/profiles/contract", json=bad, headers=server.headers(), timeout=30
+    )
+    assert raw.status_code == 400
+    patches = _logged(server, "PATCH /v1/profiles/{ref} 400", at_least=1)
+    with pytest.raises(ValidationFailed) as caught:
+        service.update("contract", labels=bad["labels"])  # type: ignore[dict-item]
+    assert caught.value.message == raw.json()["error"]["message"]
+    assert caught.value.field == raw.json()["error"]["field"] == "labels.team"
+    gets = _logged(server, "GET /v1/profiles/{ref} 200", at_least=0)
+    service.get("contract")  # logged after the refused update would have been
+    _logged(server, "GET /v1/profiles/{ref} 200", at_least=gets + 1)
+    assert _logged(server, "PATCH /v1/profiles/{ref} 400", at_least=0) == patches  # not sent
+    renewed = httpx.post(
+        f"{server.url}/v1/profiles/contract/lease/renew",
+        json={"epoch": 1, "ttl": 7200},
+        headers=server.headers(),
+        timeout=30,
+    )
+    with pytest.raises(ValidationFailed) as caught:
+        service.renew_lease(service.get("contract").id, 1, ttl=7200)
+    assert caught.value.message == renewed.json()["error"]["message"]
+    assert service.get("contract").labels == {"team": "qa"}  # nothing was changed
+    assert service.similar_names("contrac") == ["contract"]
+
+
+def _logged(server: HttpServer, line: str, *, at_least: int) -> int:
+    """How many access-log lines of the server hold ``line``, once there are ``at_least``
+    (they are written after the response goes out)."""
+    deadline = time.monotonic() + 10
+    while True:
+        count = server.log_text().count(line)
+        if count >= at_least or time.monotonic() > deadline:
+            assert count >= at_least, server.log_text()[-2000:]
+            return count
+        time.sleep(0.05)

@@ -40,6 +40,7 @@ from urllib.parse import quote, urlsplit
 
 import httpx
 from pydantic import BaseModel
+from pydantic import ValidationError as PydanticValidationError
 
 from profiles.catalog.base import LeaseGrant, StateUpdate
 from profiles.errors import (
@@ -58,6 +59,27 @@ from profiles.errors import (
     ValidationFailed,
     error_from_dict,
     rebuild_error,
+)
+from profiles.http.schemas import (
+    AuditPage,
+    CloneBody,
+    CreateBody,
+    EventBody,
+    LeaseBody,
+    LeaseGrantBody,
+    LeaseHolderBody,
+    LeaseList,
+    LeaseRow,
+    PatchBody,
+    ProfileList,
+    RenewBody,
+    RenewResult,
+    RestoreBody,
+    SessionEndBody,
+    SessionStartBody,
+    SimilarNames,
+    SnapshotBody,
+    SnapshotPage,
 )
 from profiles.models import AuditEvent, AuditType, Holder, Page, Profile, ProfileStatus, Snapshot
 from profiles.service.protocol import UNSET, ProfileService, Unset
@@ -244,11 +266,44 @@ def _payload(payload: Mapping[str, Any]) -> Any:
     return json.loads(json.dumps(dict(payload), default=str))
 
 
-def _model(cls: type[M], data: Any) -> M:
-    """A record from JSON, ignoring fields this client does not know (a newer server)."""
+def _model(cls: type[M], data: Any, *, location: str = "the server") -> M:
+    """An answer read with its model (a record of :mod:`profiles.models` or a shape of
+    :mod:`profiles.http.schemas`), ignoring fields this client does not know (a newer
+    server's); an answer that does not fit it is a :class:`ProfileError`."""
     if isinstance(data, dict):
         data = {k: v for k, v in data.items() if k in cls.model_fields}
-    return cls.model_validate(data)
+    try:
+        return cls.model_validate(data)
+    except PydanticValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "the body"
+        raise ProfileError(
+            f"The profile service at {location} answered with a {cls.__name__} that does not "
+            f"fit this client ({where}: {first['msg']}); is this client as new "
+            "as the server?",
+            cause="bad answer",
+        ) from None
+
+
+def _body(cls: type[BaseModel], **fields: Any) -> dict[str, Any]:
+    """A request body built with the server's own model (:mod:`profiles.http.schemas`),
+    read from its JSON as the server reads it: only the fields given are sent, and what
+    the server would refuse is refused here, with its message (``Invalid request:
+    <field>: <why>.``)."""
+    try:
+        text = json.dumps(fields, allow_nan=False)
+    except (TypeError, ValueError) as exc:
+        raise ValidationFailed(f"The request cannot be sent as JSON: {exc}.") from None
+    try:
+        model = cls.model_validate_json(text)
+    except PydanticValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or None
+        message = str(first["msg"])
+        raise ValidationFailed(
+            f"Invalid request: {where + ': ' if where else ''}{message}.", field=where
+        ) from None
+    return model.model_dump(mode="json", exclude_unset=True)
 
 
 # --------------------------------------------------------------------------- streams
@@ -565,6 +620,9 @@ class HttpService(ProfileService):
             raise ValidationFailed(f"A {what} id or name is required.", field=what)
         return quote(ref, safe="")
 
+    def _profile(self, answer: Any) -> Profile:
+        return _model(Profile, answer, location=self.location)
+
     def _profile_path(self, ref: str, tail: str = "") -> str:
         return f"profiles/{self._ref(ref)}{tail}"
 
@@ -574,18 +632,19 @@ class HttpService(ProfileService):
         return f"profile-snapshots/{quote(snapshot_id, safe='')}{tail}"
 
     def _page(
-        self, cls: type[Profile] | type[Snapshot] | type[AuditEvent], body: Any
+        self,
+        page: type[ProfileList] | type[SnapshotPage] | type[AuditPage],
+        cls: type[Profile] | type[Snapshot] | type[AuditEvent],
+        body: Any,
     ) -> dict[str, Any]:
         if not isinstance(body, dict) or not isinstance(body.get("data"), list):
             raise ProfileError(
                 f"The profile service at {self.location} answered a listing without data.",
                 cause="bad listing",
             )
-        return {
-            "data": [_model(cls, row) for row in body["data"]],
-            "has_more": bool(body.get("has_more")),
-            "next_cursor": body.get("next_cursor"),
-        }
+        rows = [_model(cls, row, location=self.location) for row in body["data"]]
+        read = _model(page, {**body, "data": rows}, location=self.location)
+        return {"data": read.data, "has_more": read.has_more, "next_cursor": read.next_cursor}
 
     # ------------------------------------------------------------------ profiles
 
@@ -598,24 +657,19 @@ class HttpService(ProfileService):
         labels: dict[str, str] | None = None,
     ) -> Profile:
         _check_text(name, check_name)
-        body: dict[str, Any] = {"name": name}
-        if archetype is not None:
-            body["archetype"] = archetype
-        if description is not None:
-            body["description"] = description
-        if labels is not None:
-            body["labels"] = labels
-        return _model(Profile, self._json("POST", "profiles", json_body=body, idempotent=False))
+        given = {"archetype": archetype, "description": description, "labels": labels}
+        body = _body(CreateBody, name=name, **{k: v for k, v in given.items() if v is not None})
+        return self._profile(self._json("POST", "profiles", json_body=body, idempotent=False))
 
     def get(self, ref: str) -> Profile:
-        return _model(Profile, self._json("GET", self._profile_path(ref), idempotent=True))
+        return self._profile(self._json("GET", self._profile_path(ref), idempotent=True))
 
     def list(self, *, limit: int = 50, cursor: str | None = None) -> Page[Profile]:
         check_limit(limit)
         body = self._json(
             "GET", "profiles", params={"limit": limit, "cursor": cursor}, idempotent=True
         )
-        return Page[Profile](**self._page(Profile, body))
+        return Page[Profile](**self._page(ProfileList, Profile, body))
 
     def update(
         self,
@@ -648,7 +702,8 @@ class HttpService(ProfileService):
                 )
             body["remove_labels"] = builtins.list(remove_labels)
         path = self._profile_path(ref)
-        return _model(Profile, self._json("PATCH", path, json_body=body, idempotent=False))
+        body = _body(PatchBody, **body)
+        return self._profile(self._json("PATCH", path, json_body=body, idempotent=False))
 
     def delete(self, ref: str) -> Profile:
         profile = self.get(ref)
@@ -670,14 +725,14 @@ class HttpService(ProfileService):
         if archetype is not None:
             body["archetype"] = archetype
         path = self._profile_path(ref, "/clone")
-        return _model(Profile, self._json("POST", path, json_body=body, idempotent=False))
+        body = _body(CloneBody, **body)
+        return self._profile(self._json("POST", path, json_body=body, idempotent=False))
 
     def similar_names(self, name: str, *, limit: int = 3) -> builtins.list[str]:
         body = self._json(
             "GET", self._profile_path(name, "/similar"), params={"limit": limit}, idempotent=True
         )
-        names = body.get("names") if isinstance(body, dict) else None
-        return [n for n in names if isinstance(n, str)] if isinstance(names, builtins.list) else []
+        return _model(SimilarNames, body, location=self.location).names
 
     # ------------------------------------------------------------------ snapshots
 
@@ -690,7 +745,9 @@ class HttpService(ProfileService):
         if description is not None:
             body["description"] = description
         path = self._profile_path(ref, "/snapshots")
-        return _model(Snapshot, self._json("POST", path, json_body=body, idempotent=False))
+        body = _body(SnapshotBody, **body)
+        answer = self._json("POST", path, json_body=body, idempotent=False)
+        return _model(Snapshot, answer, location=self.location)
 
     def snapshots(
         self, ref: str | None = None, *, limit: int = 50, cursor: str | None = None
@@ -698,12 +755,11 @@ class HttpService(ProfileService):
         check_limit(limit)
         path = "profile-snapshots" if ref is None else self._profile_path(ref, "/snapshots")
         body = self._json("GET", path, params={"limit": limit, "cursor": cursor}, idempotent=True)
-        return Page[Snapshot](**self._page(Snapshot, body))
+        return Page[Snapshot](**self._page(SnapshotPage, Snapshot, body))
 
     def get_snapshot(self, snapshot_id: str) -> Snapshot:
-        return _model(
-            Snapshot, self._json("GET", self._snapshot_path(snapshot_id), idempotent=True)
-        )
+        answer = self._json("GET", self._snapshot_path(snapshot_id), idempotent=True)
+        return _model(Snapshot, answer, location=self.location)
 
     def delete_snapshot(self, snapshot_id: str) -> None:
         self._send("DELETE", self._snapshot_path(snapshot_id), idempotent=True).close()
@@ -711,9 +767,9 @@ class HttpService(ProfileService):
     def restore(self, snapshot_id: str, *, name: str | None = None) -> Profile:
         if name is not None:
             _check_text(name, check_name)
-        body: dict[str, Any] = {} if name is None else {"name": name}
+        body = _body(RestoreBody) if name is None else _body(RestoreBody, name=name)
         path = self._snapshot_path(snapshot_id, "/restore")
-        return _model(Profile, self._json("POST", path, json_body=body, idempotent=False))
+        return self._profile(self._json("POST", path, json_body=body, idempotent=False))
 
     # ------------------------------------------------------------------ audit
 
@@ -727,7 +783,7 @@ class HttpService(ProfileService):
             params={"profile": profile, "limit": limit, "cursor": cursor},
             idempotent=True,
         )
-        return Page[AuditEvent](**self._page(AuditEvent, body))
+        return Page[AuditEvent](**self._page(AuditPage, AuditEvent, body))
 
     def record_event(self, type_: AuditType, profile_id: str | None, **payload: Any) -> None:
         if profile_id is None:
@@ -735,21 +791,21 @@ class HttpService(ProfileService):
                 "Over HTTP an audit event belongs to a profile; pass its id.", field="profile"
             )
         path = self._profile_path(profile_id, "/events")
-        body = {"type": type_, "payload": _payload(payload)}
+        body = _body(EventBody, type=type_, payload=_payload(payload))
         self._send("POST", path, json_body=body, idempotent=False).close()
 
     def record_use(self, ref: str, **payload: Any) -> Profile:
         """``POST .../sessions``: a read key may record a read-only session's use."""
         path = self._profile_path(ref, "/sessions")
         readonly = bool(payload.pop("readonly", False))
-        body = {"readonly": readonly, "payload": _payload(payload)}
-        return _model(Profile, self._json("POST", path, json_body=body, idempotent=False))
+        body = _body(SessionStartBody, readonly=readonly, payload=_payload(payload))
+        return self._profile(self._json("POST", path, json_body=body, idempotent=False))
 
     def end_session(self, profile_id: str, epoch: int | None, **payload: Any) -> None:
         """``POST .../sessions/end``: release the lease and record ``session.ended`` in one
         request (without ``epoch``, a read-only session's end: a read key may)."""
         path = self._profile_path(profile_id, "/sessions/end")
-        body = {"epoch": epoch, "payload": _payload(payload)}
+        body = _body(SessionEndBody, epoch=epoch, payload=_payload(payload))
         self._send("POST", path, json_body=body, idempotent=False).close()
 
     # ------------------------------------------------------------------ state bytes
@@ -850,7 +906,7 @@ class HttpService(ProfileService):
             },
             idempotent=True,
         )
-        return _model(Profile, body)
+        return self._profile(body)
 
     def upload(
         self,
@@ -895,7 +951,7 @@ class HttpService(ProfileService):
             data=data,
             idempotent=False,
         )
-        return _model(Profile, body)
+        return self._profile(body)
 
     def import_archive(
         self,
@@ -944,11 +1000,15 @@ class HttpService(ProfileService):
                 f"available over HTTP ({self.location}); leases there expire and are renewed.",
                 profile_id=profile_id,
             )
-        body: dict[str, Any] = {"kind": holder.kind, "host": holder.host, "pid": holder.pid}
-        if ttl is not None:
-            body["ttl"] = ttl
         hold = max(0.0, min(float(wait), LEASE_POLL_MAX, self.read_timeout / 2))
-        body["wait"] = round(hold, 3)
+        body = _body(
+            LeaseBody,
+            kind=holder.kind,
+            host=holder.host,
+            pid=holder.pid,
+            wait=round(hold, 3),
+            **({} if ttl is None else {"ttl": ttl}),
+        )
         try:
             grant = self._json(
                 "POST",
@@ -964,25 +1024,32 @@ class HttpService(ProfileService):
                 f"The profile service at {self.location} granted a lease without an epoch.",
                 cause="bad lease",
             )
-        expires = grant.get("expires_at")
         record = grant.get("profile")
+        read = _model(
+            LeaseGrantBody,
+            {**grant, "profile": self._profile(record) if isinstance(record, dict) else record},
+            location=self.location,
+        )
+        expires = read.expires_at
         return LeaseGrant(
-            profile_id=str(grant.get("profile_id") or profile_id),
-            epoch=grant["epoch"],
-            expires_at=datetime.fromisoformat(expires.replace("Z", "+00:00"))
-            if isinstance(expires, str)
-            else None,
-            profile=_model(Profile, record) if isinstance(record, dict) else None,
+            profile_id=read.profile_id or profile_id,
+            epoch=read.epoch,
+            expires_at=None
+            if expires is None
+            else datetime.fromisoformat(expires.replace("Z", "+00:00")),
+            profile=read.profile,
         )
 
     def renew_lease(self, profile_id: str, epoch: int, *, ttl: float | None) -> bool:
         body = self._json(
             "POST",
             self._profile_path(profile_id, "/lease/renew"),
-            json_body={"epoch": epoch} if ttl is None else {"epoch": epoch, "ttl": ttl},
+            json_body=_body(RenewBody, epoch=epoch)
+            if ttl is None
+            else _body(RenewBody, epoch=epoch, ttl=ttl),
             idempotent=True,
         )
-        return bool(isinstance(body, dict) and body.get("renewed"))
+        return _model(RenewResult, body, location=self.location).renewed
 
     def release_lease(self, profile_id: str, epoch: int) -> None:
         path = self._profile_path(profile_id, "/lease")
@@ -994,13 +1061,30 @@ class HttpService(ProfileService):
         except NotFound:
             return None
         found = body.get("holder") if isinstance(body, dict) and "holder" in body else body
-        return _model(Holder, found) if isinstance(found, dict) else None
+        holder = _model(Holder, found, location=self.location) if isinstance(found, dict) else None
+        return _model(LeaseHolderBody, {"holder": holder}, location=self.location).holder
 
     def leases(self) -> builtins.list[tuple[str, Holder]]:
         body = self._json("GET", "leases", idempotent=True)
         rows = body.get("data") if isinstance(body, dict) else None
-        out: builtins.list[tuple[str, Holder]] = []
-        for row in rows if isinstance(rows, builtins.list) else []:
-            if isinstance(row, dict) and isinstance(row.get("holder"), dict):
-                out.append((str(row["profile_id"]), _model(Holder, row["holder"])))
-        return out
+        if not isinstance(rows, builtins.list):
+            rows = []
+        read = _model(
+            LeaseList,
+            {
+                "data": [
+                    _model(
+                        LeaseRow,
+                        {
+                            **row,
+                            "holder": _model(Holder, row.get("holder"), location=self.location),
+                        },
+                        location=self.location,
+                    )
+                    for row in rows
+                    if isinstance(row, dict) and isinstance(row.get("holder"), dict)
+                ]
+            },
+            location=self.location,
+        )
+        return [(row.profile_id, row.holder) for row in read.data]

@@ -42,11 +42,11 @@ from pathlib import Path
 from typing import IO, Annotated, Any, Final, Literal, TypeVar, cast
 
 import anyio.to_thread
-from fastapi import Depends, FastAPI, Query, Request
+from fastapi import Depends, FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from fastapi.security import HTTPBearer
-from pydantic import BaseModel, ConfigDict, Field
 from starlette.background import BackgroundTask
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -67,6 +67,32 @@ from profiles.errors import (
 from profiles.http.access_log import AccessLogMiddleware
 from profiles.http.accounts import TIER_RATE_LIMITS, Account, AccountsDB, ApiKey
 from profiles.http.ratelimit import DEFAULT_ADDRESS_LIMIT, RateLimit, RateLimitMiddleware
+from profiles.http.schemas import (
+    AuditPage,
+    CloneBody,
+    CompleteUploadBody,
+    CreateBody,
+    DownloadLink,
+    ErrorBody,
+    EventBody,
+    Health,
+    LeaseBody,
+    LeaseGrantBody,
+    LeaseHolderBody,
+    LeaseList,
+    LeaseRow,
+    PatchBody,
+    ProfileList,
+    RenewBody,
+    RenewResult,
+    RestoreBody,
+    SessionEndBody,
+    SessionStartBody,
+    SimilarNames,
+    SnapshotBody,
+    SnapshotPage,
+    UploadTarget,
+)
 from profiles.http.server_streams import (
     NOT_GZIP,
     archive_codec,
@@ -75,7 +101,7 @@ from profiles.http.server_streams import (
     spool_multipart,
 )
 from profiles.http.signing import Signer, load_secret
-from profiles.models import AuditType, Holder, Page, Profile, new_id, utcnow
+from profiles.models import AuditType, Holder, Page, Profile, Snapshot, new_id, utcnow
 from profiles.redact import redact_text
 from profiles.service.catalog import CatalogService
 from profiles.service.protocol import UNSET, Unset
@@ -96,7 +122,6 @@ log = logging.getLogger(__name__)
 MAX_UPLOAD_BYTES: Final = 500 * 1024 * 1024
 MAX_JSON_BODY: Final = 1024 * 1024
 MAX_LEASE_WAIT: Final = 60.0
-MAX_LEASE_TTL: Final = 3600.0
 SERVER_LEASE_TTL: Final = 600.0
 UPLOAD_LOCK_WAIT: Final = 10.0
 MAX_PAGE_NUMBER: Final = 10_000
@@ -232,90 +257,99 @@ async def _run(fn: Callable[[], T]) -> T:
     return await anyio.to_thread.run_sync(fn)
 
 
-# ------------------------------------------------------------------ request bodies
+P = TypeVar("P", bound=Page[Any])
 
 
-class _Body(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+def _page(cls: type[P], page: Page[Any]) -> P:
+    return cls(data=page.data, has_more=page.has_more, next_cursor=page.next_cursor)
 
 
-class CreateBody(_Body):
-    name: str
-    archetype: str | None = None
-    description: str | None = None
-    labels: dict[str, str] | None = None
+# ------------------------------------------------------------------ the OpenAPI document
+
+_ERROR_DESCRIPTIONS: Final = {
+    400: "Invalid request: ValidationFailed, ArchiveInvalid, ChecksumMismatch, NoStateData",
+    401: "Unauthorized: API key required, or invalid or revoked",
+    403: "Forbidden: a missing permission, a deactivated account, a bad signature",
+    404: "NotFound: no such profile, snapshot or account in this account's store",
+    409: "Conflict: a name in use, ProfileBusy (another writer), LeaseLost, BrowserDowngrade",
+    410: "LinkExpired: the signed link or upload target expired or no longer applies",
+    413: "The body is larger than the cap (ArchiveInvalid or ValidationFailed, status 413)",
+    422: "Invalid request (doc 003 answers 422 on this route)",
+    429: "RateLimited (Retry-After), or TierLimit: the account's profile cap",
+}
+AUTH: Final = (400, 401, 403, 429)  # every route with an API key
+READ: Final = AUTH
+WRITE: Final = (*AUTH, 413)  # and a JSON body
 
 
-class PatchBody(_Body):
-    name: str | None = None
-    description: str | None = None
-    labels: dict[str, str] | None = None
-    add_labels: dict[str, str] | None = None
-    remove_labels: list[str] | None = None
-    archetype: str | None = None
+def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """The error answers of a route, each the one ``ErrorBody`` shape."""
+    return {s: {"model": ErrorBody, "description": _ERROR_DESCRIPTIONS[s]} for s in statuses}
 
 
-class CloneBody(_Body):
-    name: str | None = None
-    with_state: bool = False
-    archetype: str | None = None
+def _binary(description: str, *media_types: str) -> dict[str, Any]:
+    schema = {"type": "string", "format": "binary"}
+    return {"description": description, "content": {m: {"schema": schema} for m in media_types}}
 
 
-class SnapshotBody(_Body):
-    label: str | None = None
-    description: str | None = None
-
-
-class RestoreBody(_Body):
-    name: str | None = None
-
-
-class EventBody(_Body):
-    type: Literal["session.created", "session.ended", "state.exported"]
-    payload: dict[str, Any] = Field(default_factory=dict)
-
-
-class LeaseBody(_Body):
-    kind: Literal["session", "import"] = "session"
-    host: str = Field(default="unknown", min_length=1, max_length=255)
-    pid: int = Field(default=0, ge=0, le=2**31)
-    ttl: float = Field(default=30.0, gt=0, le=MAX_LEASE_TTL)
-    wait: float = Field(default=0.0, ge=0, le=3600.0)
-
-
-class SessionStartBody(_Body):
-    readonly: bool = False
-    payload: dict[str, Any] = Field(default_factory=dict)
-
-
-class SessionEndBody(_Body):
-    epoch: int | None = Field(default=None, ge=0, le=2**62)
-    payload: dict[str, Any] = Field(default_factory=dict)
-
-
-class RenewBody(_Body):
-    epoch: int = Field(ge=0, le=2**62)
-    ttl: float = Field(default=30.0, gt=0, le=MAX_LEASE_TTL)
-
-
-class CompleteUploadBody(_Body):
-    name: str
-    browser_name: str
-    browser_version: str
-    description: str | None = None
-    labels: dict[str, str] | None = None
-
-
-def _dump(record: BaseModel) -> dict[str, Any]:
-    return record.model_dump(mode="json")
-
-
-def _page(page: Page[Any]) -> dict[str, Any]:
-    return {
-        "data": [_dump(r) for r in page.data],
-        "has_more": page.has_more,
-        "next_cursor": page.next_cursor,
+def _multipart(
+    title: str,
+    fields: dict[str, dict[str, Any]],
+    description: str,
+    *,
+    required: tuple[str, ...] = ("file",),
+) -> dict[str, Any]:
+    """The ``multipart/form-data`` request body of a streamed upload route (its handler
+    reads the request itself, through :func:`profiles.http.server_streams.spool_multipart`).
+    Its schema goes to the document's components as ``title`` (see :func:`_typed_openapi`)."""
+    _FORMS[title] = {
+        "title": title,
+        "type": "object",
+        "properties": {**fields, "file": {"type": "string", "format": "binary"}},
+        "required": list(required),
     }
+    return {
+        "requestBody": {
+            "required": True,
+            "description": description,
+            "content": {
+                "multipart/form-data": {"schema": {"$ref": f"#/components/schemas/{title}"}}
+            },
+        }
+    }
+
+
+_FORMS: dict[str, dict[str, Any]] = {}  # the multipart forms of the streamed uploads
+
+
+def _typed_openapi(app: FastAPI) -> Callable[[], dict[str, Any]]:
+    """``app.openapi`` without FastAPI's own ``422 HTTPValidationError`` answers: this
+    service answers invalid requests with ``400`` and an ``ErrorBody`` (``422`` only where
+    a route declares it)."""
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        document = get_openapi(
+            title=app.title,
+            version=app.version,
+            description=app.description,
+            routes=app.routes,
+        )
+        for item in document.get("paths", {}).values():
+            for operation in item.values():
+                answer = operation.get("responses", {}).get("422")
+                if answer is not None and "HTTPValidationError" in json.dumps(answer):
+                    del operation["responses"]["422"]
+        schemas = document.setdefault("components", {}).setdefault("schemas", {})
+        for name in ("HTTPValidationError", "ValidationError"):
+            schemas.pop(name, None)
+        schemas.update(_FORMS)
+        document["components"]["schemas"] = dict(sorted(schemas.items()))
+        app.openapi_schema = document
+        return document
+
+    return openapi
 
 
 def _iso(ts: float) -> str:
@@ -589,7 +623,11 @@ def create_app(config: ServerConfig) -> FastAPI:
         version="1",
         description="Named, persistent browser profiles, per account.",
         lifespan=lifespan,
+        # operationId: the handler's name (create_profile, upload, download, ...), which
+        # becomes the function's name in a generated client.
+        generate_unique_id_function=lambda route: route.name,
     )
+    app.openapi = _typed_openapi(app)  # type: ignore[method-assign]
     app.state.accounts = accounts
     app.state.stores = stores
     app.state.config = config
@@ -700,22 +738,31 @@ def create_app(config: ServerConfig) -> FastAPI:
 
     # -------------------------------------------------------------- health
 
-    @app.get("/v1/health", tags=["service"])
-    def health() -> dict[str, bool]:
-        return {"ok": True}
+    @app.get("/v1/health", tags=["service"], responses=_errors(429))
+    def health() -> Health:
+        return Health(ok=True)
 
     # -------------------------------------------------------------- profiles
 
-    @app.get("/v1/profiles", tags=["profiles"])
+    @app.get(
+        "/v1/profiles",
+        tags=["profiles"],
+        response_model=ProfileList,
+        responses=_errors(*READ),
+    )
     def list_profiles(
         c: Auth,
         limit: int | None = None,
         cursor: Annotated[str | None, Query(max_length=200)] = None,
         pageSize: int | None = None,
         pageNumber: int | None = None,
-    ) -> dict[str, Any]:
+    ) -> Response:
         if pageSize is None and pageNumber is None:
-            return _page(c.store.list(limit=50 if limit is None else limit, cursor=cursor))
+            listed = c.store.list(limit=50 if limit is None else limit, cursor=cursor)
+            plain = ProfileList(
+                data=listed.data, has_more=listed.has_more, next_cursor=listed.next_cursor
+            )
+            return JSONResponse(plain.model_dump(mode="json", exclude={"pageNumber", "pageSize"}))
         size = 50 if pageSize is None else pageSize
         number = 1 if pageNumber is None else pageNumber
         if not 1 <= number <= MAX_PAGE_NUMBER:
@@ -731,21 +778,26 @@ def create_app(config: ServerConfig) -> FastAPI:
                 page = Page[Profile](data=[], has_more=False, next_cursor=None)
                 break
             page = c.store.list(limit=size, cursor=page.next_cursor)
-        return {**_page(page), "pageNumber": number, "pageSize": size}
+        numbered = ProfileList(
+            data=page.data,
+            has_more=page.has_more,
+            next_cursor=page.next_cursor,
+            pageNumber=number,
+            pageSize=size,
+        )
+        return JSONResponse(numbered.model_dump(mode="json"))
 
-    @app.post("/v1/profiles", tags=["profiles"])
-    def create_profile(c: Auth, body: CreateBody) -> dict[str, Any]:
-        return _dump(
-            c.store.create(
-                body.name,
-                archetype=body.archetype,
-                description=body.description,
-                labels=body.labels,
-            )
+    @app.post("/v1/profiles", tags=["profiles"], responses=_errors(*WRITE, 409))
+    def create_profile(c: Auth, body: CreateBody) -> Profile:
+        return c.store.create(
+            body.name,
+            archetype=body.archetype,
+            description=body.description,
+            labels=body.labels,
         )
 
-    @app.post("/v1/profiles/initiate-upload", tags=["uploads"])
-    def initiate_upload(c: Auth, request: Request) -> dict[str, Any]:
+    @app.post("/v1/profiles/initiate-upload", tags=["uploads"], responses=_errors(*AUTH))
+    def initiate_upload(c: Auth, request: Request) -> UploadTarget:
         cap = c.account.cap
         if cap is not None:
             current = c.store.list(limit=min(100, cap + 1)).data
@@ -760,22 +812,22 @@ def create_app(config: ServerConfig) -> FastAPI:
             checksum=None,
             expires_in=config.upload_expires_in,
         )
-        return {
-            "profile_id": profile_id,
-            "upload_url": f"{base_url(request)}/v1/uploads/{token}",
-            "upload_fields": {
+        return UploadTarget(
+            profile_id=profile_id,
+            upload_url=f"{base_url(request)}/v1/uploads/{token}",
+            upload_fields={
                 "key": f"pending/{c.account.id}/{profile_id}",
                 "x-signature": token,
             },
-            "upload_expires_in": int(config.upload_expires_in),
-        }
+            upload_expires_in=int(config.upload_expires_in),
+        )
 
-    @app.get("/v1/profiles/{ref}", tags=["profiles"])
-    def get_profile(c: Auth, ref: str) -> dict[str, Any]:
-        return _dump(c.store.get(ref))
+    @app.get("/v1/profiles/{ref}", tags=["profiles"], responses=_errors(*READ, 404))
+    def get_profile(c: Auth, ref: str) -> Profile:
+        return c.store.get(ref)
 
-    @app.patch("/v1/profiles/{ref}", tags=["profiles"])
-    def patch_profile(c: Auth, ref: str, body: PatchBody) -> dict[str, Any]:
+    @app.patch("/v1/profiles/{ref}", tags=["profiles"], responses=_errors(*WRITE, 404, 409))
+    def patch_profile(c: Auth, ref: str, body: PatchBody) -> Profile:
         given = body.model_fields_set
 
         def opt(name: str) -> Any:
@@ -783,46 +835,51 @@ def create_app(config: ServerConfig) -> FastAPI:
             return UNSET if name not in given or value is None else value
 
         description: str | Unset | None = body.description if "description" in given else UNSET
-        return _dump(
-            c.store.update(
-                ref,
-                name=opt("name"),
-                description=description,
-                labels=opt("labels"),
-                archetype=opt("archetype"),
-                add_labels=body.add_labels,
-                remove_labels=body.remove_labels,
-            )
+        return c.store.update(
+            ref,
+            name=opt("name"),
+            description=description,
+            labels=opt("labels"),
+            archetype=opt("archetype"),
+            add_labels=body.add_labels,
+            remove_labels=body.remove_labels,
         )
 
-    @app.delete("/v1/profiles/{ref}", status_code=204, tags=["profiles"])
+    @app.delete(
+        "/v1/profiles/{ref}", status_code=204, tags=["profiles"], responses=_errors(*AUTH, 404)
+    )
     def delete_profile(c: Auth, ref: str) -> Response:
         c.store.delete(ref)
         return Response(status_code=204)
 
-    @app.post("/v1/profiles/{ref}/clone", tags=["profiles"])
-    def clone_profile(c: Auth, ref: str, body: CloneBody | None = None) -> dict[str, Any]:
+    @app.post("/v1/profiles/{ref}/clone", tags=["profiles"], responses=_errors(*WRITE, 404, 409))
+    def clone_profile(c: Auth, ref: str, body: CloneBody | None = None) -> Profile:
         body = body or CloneBody()
-        return _dump(
-            c.store.clone(ref, name=body.name, with_state=body.with_state, archetype=body.archetype)
+        return c.store.clone(
+            ref, name=body.name, with_state=body.with_state, archetype=body.archetype
         )
 
-    @app.get("/v1/profiles/{ref}/similar", tags=["profiles"])
-    def similar(c: Auth, ref: str, limit: int = 3) -> dict[str, Any]:
+    @app.get("/v1/profiles/{ref}/similar", tags=["profiles"], responses=_errors(*READ))
+    def similar(c: Auth, ref: str, limit: int = 3) -> SimilarNames:
         if not 1 <= limit <= 100:
             raise ValidationFailed("limit must be from 1 to 100.", field="limit")
-        return {"names": c.store.similar_names(ref, limit=limit)}
+        return SimilarNames(names=c.store.similar_names(ref, limit=limit))
 
-    @app.post("/v1/profiles/{ref}/sessions", tags=["sessions"])
-    def session_started(c: ReadAuth, ref: str, body: SessionStartBody) -> dict[str, Any]:
+    @app.post("/v1/profiles/{ref}/sessions", tags=["sessions"], responses=_errors(*WRITE, 404))
+    def session_started(c: ReadAuth, ref: str, body: SessionStartBody) -> Profile:
         """A session started on the profile: ``usage_count`` + 1, ``last_used_at``, and a
         ``session.created`` event. A read key may record a read-only session's use."""
         if not body.readonly:
             c.require_admin("a writer session")
         payload = {**_clean_payload(body.payload), "readonly": body.readonly}
-        return _dump(c.store.record_use(ref, **payload))
+        return c.store.record_use(ref, **payload)
 
-    @app.post("/v1/profiles/{ref}/sessions/end", status_code=204, tags=["sessions"])
+    @app.post(
+        "/v1/profiles/{ref}/sessions/end",
+        status_code=204,
+        tags=["sessions"],
+        responses=_errors(*WRITE, 404, 409),
+    )
     def session_ended(c: ReadAuth, ref: str, body: SessionEndBody) -> Response:
         """A session ended: its writer lease (``epoch``) is released and ``session.ended``
         recorded, in one request. Without ``epoch`` (a read-only session) a read key may."""
@@ -837,59 +894,90 @@ def create_app(config: ServerConfig) -> FastAPI:
             c.store.record_event("session.ended", profile.id, **payload)
         return Response(status_code=204)
 
-    @app.post("/v1/profiles/{ref}/events", tags=["profiles"])
+    @app.post(
+        "/v1/profiles/{ref}/events",
+        tags=["profiles"],
+        response_model=Profile,
+        responses={
+            200: {"description": "session.created: the profile, its use counted"},
+            204: {"description": "The event was recorded"},
+            **_errors(*WRITE, 404),
+        },
+    )
     def post_event(c: Auth, ref: str, body: EventBody) -> Response:
         payload = _clean_payload(body.payload)
         if body.type == "session.created":
             profile = c.store.record_use(ref, **payload)
-            return JSONResponse(_dump(profile))
+            return JSONResponse(profile.model_dump(mode="json"))
         profile = c.store.get(ref)
         c.store.record_event(body.type, profile.id, **payload)
         return Response(status_code=204)
 
     # -------------------------------------------------------------- snapshots
 
-    @app.post("/v1/profiles/{ref}/snapshots", tags=["snapshots"])
-    def snapshot(c: Auth, ref: str, body: SnapshotBody | None = None) -> dict[str, Any]:
+    @app.post(
+        "/v1/profiles/{ref}/snapshots", tags=["snapshots"], responses=_errors(*WRITE, 404, 409)
+    )
+    def snapshot(c: Auth, ref: str, body: SnapshotBody | None = None) -> Snapshot:
         body = body or SnapshotBody()
-        return _dump(c.store.snapshot(ref, label=body.label, description=body.description))
+        return c.store.snapshot(ref, label=body.label, description=body.description)
 
-    @app.get("/v1/profiles/{ref}/snapshots", tags=["snapshots"])
+    @app.get("/v1/profiles/{ref}/snapshots", tags=["snapshots"], responses=_errors(*READ, 404))
     def profile_snapshots(
         c: Auth, ref: str, limit: int = 50, cursor: str | None = None
-    ) -> dict[str, Any]:
-        return _page(c.store.snapshots(ref, limit=limit, cursor=cursor))
+    ) -> SnapshotPage:
+        return _page(SnapshotPage, c.store.snapshots(ref, limit=limit, cursor=cursor))
 
-    @app.get("/v1/profile-snapshots", tags=["snapshots"])
-    def all_snapshots(c: Auth, limit: int = 50, cursor: str | None = None) -> dict[str, Any]:
-        return _page(c.store.snapshots(None, limit=limit, cursor=cursor))
+    @app.get("/v1/profile-snapshots", tags=["snapshots"], responses=_errors(*READ))
+    def all_snapshots(c: Auth, limit: int = 50, cursor: str | None = None) -> SnapshotPage:
+        return _page(SnapshotPage, c.store.snapshots(None, limit=limit, cursor=cursor))
 
-    @app.get("/v1/profile-snapshots/{snapshot_id}", tags=["snapshots"])
-    def get_snapshot(c: Auth, snapshot_id: str) -> dict[str, Any]:
-        return _dump(c.store.get_snapshot(snapshot_id))
+    @app.get(
+        "/v1/profile-snapshots/{snapshot_id}", tags=["snapshots"], responses=_errors(*READ, 404)
+    )
+    def get_snapshot(c: Auth, snapshot_id: str) -> Snapshot:
+        return c.store.get_snapshot(snapshot_id)
 
-    @app.delete("/v1/profile-snapshots/{snapshot_id}", status_code=204, tags=["snapshots"])
+    @app.delete(
+        "/v1/profile-snapshots/{snapshot_id}",
+        status_code=204,
+        tags=["snapshots"],
+        responses=_errors(*AUTH, 404),
+    )
     def delete_snapshot(c: Auth, snapshot_id: str) -> Response:
         c.store.delete_snapshot(snapshot_id)
         return Response(status_code=204)
 
-    @app.post("/v1/profile-snapshots/{snapshot_id}/restore", tags=["snapshots"])
-    def restore(c: Auth, snapshot_id: str, body: RestoreBody | None = None) -> dict[str, Any]:
+    @app.post(
+        "/v1/profile-snapshots/{snapshot_id}/restore",
+        tags=["snapshots"],
+        responses=_errors(*WRITE, 404, 409),
+    )
+    def restore(c: Auth, snapshot_id: str, body: RestoreBody | None = None) -> Profile:
         body = body or RestoreBody()
-        return _dump(c.store.restore(snapshot_id, name=body.name))
+        return c.store.restore(snapshot_id, name=body.name)
 
     # -------------------------------------------------------------- audit
 
-    @app.get("/v1/audit", tags=["audit"])
+    @app.get("/v1/audit", tags=["audit"], responses=_errors(*READ, 404))
     def audit(
         c: Auth, profile: str | None = None, limit: int = 50, cursor: str | None = None
-    ) -> dict[str, Any]:
-        return _page(c.store.audit(profile=profile, limit=limit, cursor=cursor))
+    ) -> AuditPage:
+        return _page(AuditPage, c.store.audit(profile=profile, limit=limit, cursor=cursor))
 
     # -------------------------------------------------------------- state
 
-    @app.post("/v1/profiles/{ref}/upload", tags=["state"])
-    async def upload(c: Auth, ref: str, request: Request) -> dict[str, Any]:
+    @app.post(
+        "/v1/profiles/{ref}/upload",
+        tags=["state"],
+        responses=_errors(*WRITE, 404, 409),
+        openapi_extra=_multipart(
+            "UploadForm",
+            {"browser_version": {"type": "string", "maxLength": 64}},
+            "The archive (.tar.gz or .tar.zst) as the part `file`; streamed to disk.",
+        ),
+    )
+    async def upload(c: Auth, ref: str, request: Request) -> Profile:
         try:
             profile = await _run(lambda: c.store.get(ref))
         except ProfileError:
@@ -912,10 +1000,10 @@ def create_app(config: ServerConfig) -> FastAPI:
                     )
 
             updated = await _run(run)
-        return _dump(updated)
+        return updated
 
-    @app.get("/v1/profiles/{ref}/download", tags=["state"])
-    def download_link(c: Auth, ref: str, request: Request) -> dict[str, Any]:
+    @app.get("/v1/profiles/{ref}/download", tags=["state"], responses=_errors(*READ, 404))
+    def download_link(c: Auth, ref: str, request: Request) -> DownloadLink:
         profile = c.store.get(ref)
         if profile.checksum is None or profile.status != "ready":
             from profiles.errors import NoStateData
@@ -938,13 +1026,21 @@ def create_app(config: ServerConfig) -> FastAPI:
             expires_at=_iso(claim.expires_at),
             key_id=c.key.id,
         )
-        return {
-            "downloadUrl": f"{base_url(request)}/v1/downloads/{token}",
-            "expiresAt": _iso(claim.expires_at),
-            "expiresIn": int(config.download_expires_in),
-        }
+        return DownloadLink(
+            downloadUrl=f"{base_url(request)}/v1/downloads/{token}",
+            expiresAt=_iso(claim.expires_at),
+            expiresIn=int(config.download_expires_in),
+        )
 
-    @app.get("/v1/downloads/{token}", tags=["state"])
+    @app.get(
+        "/v1/downloads/{token}",
+        tags=["state"],
+        response_class=StreamingResponse,
+        responses={
+            200: _binary("The state as .tar.gz", "application/gzip"),
+            **_errors(400, 403, 404, 410, 429),
+        },
+    )
     def download(token: str, request: Request) -> Response:
         from profiles.http.signing import LinkExpired
 
@@ -1004,7 +1100,15 @@ def create_app(config: ServerConfig) -> FastAPI:
             background=BackgroundTask(shutil.rmtree, scratch, ignore_errors=True),
         )
 
-    @app.get("/v1/profiles/{ref}/state", tags=["state"])
+    @app.get(
+        "/v1/profiles/{ref}/state",
+        tags=["state"],
+        response_class=StreamingResponse,
+        responses={
+            200: _binary("The committed state", "application/zstd", "application/gzip"),
+            **_errors(*READ, 404),
+        },
+    )
     def get_state(c: Auth, ref: str) -> Response:
         profile = c.store.get(ref)
         if profile.checksum is not None and c.store.service.manifest_of(profile) is not None:
@@ -1029,22 +1133,39 @@ def create_app(config: ServerConfig) -> FastAPI:
             headers=headers,
         )
 
-    @app.put("/v1/profiles/{ref}/state", tags=["state"])
+    @app.put(
+        "/v1/profiles/{ref}/state",
+        tags=["state"],
+        responses=_errors(*WRITE, 404, 409),
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "description": "The state archive (.tar.zst or .tar.gz); streamed to disk.",
+                "content": {
+                    "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}
+                },
+            }
+        },
+    )
     async def put_state(
         c: Auth,
         ref: str,
         request: Request,
+        x_checksum: Annotated[
+            str | None,
+            Header(description="The SHA-256 of the body, 64 hex digits (required)."),
+        ] = None,
         epoch: Annotated[int | None, Query(ge=0, le=2**62)] = None,
         browser_version: Annotated[str | None, Query(max_length=64)] = None,
         event: Literal["state.uploaded", "session.ended"] = "state.uploaded",
         payload: Annotated[str | None, Query(max_length=4096)] = None,
         ended: Annotated[str | None, Query(max_length=4096)] = None,
-    ) -> dict[str, Any]:
+    ) -> Profile:
         """Commit a state. With ``epoch`` and ``ended`` (a JSON object, the payload of the
         session's ``session.ended`` event) the commit also ends the writer session: once
         the state is stored, the lease is released and the event recorded, so a session's
         end costs one request. A commit that fails ends nothing."""
-        announced = (request.headers.get("x-checksum") or "").strip().lower()
+        announced = (x_checksum or "").strip().lower()
         try:
             extras = _audit_payload(payload)
             end_payload = None if ended is None else _audit_payload(ended, field="ended")
@@ -1111,12 +1232,12 @@ def create_app(config: ServerConfig) -> FastAPI:
                             c.store.service.release_lease(profile.id, own.epoch)
 
             updated = await _run(run)
-        return _dump(updated)
+        return updated
 
     # -------------------------------------------------------------- leases
 
-    @app.post("/v1/profiles/{ref}/lease", tags=["leases"])
-    async def acquire_lease(c: Auth, ref: str, body: LeaseBody) -> dict[str, Any]:
+    @app.post("/v1/profiles/{ref}/lease", tags=["leases"], responses=_errors(*WRITE, 404, 409))
+    async def acquire_lease(c: Auth, ref: str, body: LeaseBody) -> LeaseGrantBody:
         profile = await _run(lambda: c.store.get(ref))
         holder = Holder(kind=body.kind, host=body.host, pid=body.pid, since=datetime.now(UTC))
         deadline = time.monotonic() + min(body.wait, config.max_lease_wait)
@@ -1128,47 +1249,62 @@ def create_app(config: ServerConfig) -> FastAPI:
                 # The record as the holder starts from (no one else commits while it holds
                 # the lease): the client needs no second request to read it.
                 current = await _run(lambda: c.store.get(profile.id))
-                return {
-                    "profile_id": grant.profile_id,
-                    "epoch": grant.epoch,
-                    "expires_at": None
+                return LeaseGrantBody(
+                    profile_id=grant.profile_id,
+                    epoch=grant.epoch,
+                    expires_at=None
                     if grant.expires_at is None
                     else grant.expires_at.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
-                    "profile": _dump(current),
-                }
+                    profile=current,
+                )
             if time.monotonic() >= deadline:
                 raise await _run(lambda: _busy(c.store, profile))
             await anyio.sleep(min(0.1, max(0.0, deadline - time.monotonic())))
 
-    @app.post("/v1/profiles/{ref}/lease/renew", tags=["leases"])
-    def renew_lease(c: Auth, ref: str, body: RenewBody) -> dict[str, bool]:
+    @app.post("/v1/profiles/{ref}/lease/renew", tags=["leases"], responses=_errors(*WRITE, 404))
+    def renew_lease(c: Auth, ref: str, body: RenewBody) -> RenewResult:
         profile = c.store.get(ref)
-        return {"renewed": c.store.service.renew_lease(profile.id, body.epoch, ttl=body.ttl)}
+        return RenewResult(
+            renewed=c.store.service.renew_lease(profile.id, body.epoch, ttl=body.ttl)
+        )
 
-    @app.delete("/v1/profiles/{ref}/lease", status_code=204, tags=["leases"])
+    @app.delete(
+        "/v1/profiles/{ref}/lease",
+        status_code=204,
+        tags=["leases"],
+        responses=_errors(*AUTH, 404, 409),
+    )
     def release_lease(c: Auth, ref: str, epoch: Annotated[int, Query(ge=0, le=2**62)]) -> Response:
         profile = c.store.get(ref)
         c.store.service.release_lease(profile.id, epoch)
         return Response(status_code=204)
 
-    @app.get("/v1/profiles/{ref}/lease", tags=["leases"])
-    def lease_holder(c: Auth, ref: str) -> dict[str, Any]:
+    @app.get("/v1/profiles/{ref}/lease", tags=["leases"], responses=_errors(*READ, 404))
+    def lease_holder(c: Auth, ref: str) -> LeaseHolderBody:
         profile = c.store.get(ref)
-        holder = c.store.service.lease_holder(profile.id)
-        return {"holder": None if holder is None else holder.model_dump(mode="json")}
+        return LeaseHolderBody(holder=c.store.service.lease_holder(profile.id))
 
-    @app.get("/v1/leases", tags=["leases"])
-    def leases(c: Auth) -> dict[str, Any]:
-        return {
-            "data": [
-                {"profile_id": pid, "holder": h.model_dump(mode="json")}
-                for pid, h in c.store.service.leases()
-            ]
-        }
+    @app.get("/v1/leases", tags=["leases"], responses=_errors(*READ))
+    def leases(c: Auth) -> LeaseList:
+        return LeaseList(
+            data=[LeaseRow(profile_id=pid, holder=h) for pid, h in c.store.service.leases()]
+        )
 
     # -------------------------------------------------------------- presigned uploads
 
-    @app.post("/v1/uploads/{token}", status_code=204, tags=["uploads"])
+    @app.post(
+        "/v1/uploads/{token}",
+        status_code=204,
+        tags=["uploads"],
+        responses=_errors(400, 403, 409, 410, 413, 429),
+        openapi_extra=_multipart(
+            "PresignedUploadForm",
+            {"key": {"type": "string"}, "x-signature": {"type": "string"}},
+            "upload_fields exactly as initiate-upload returned them, then the archive as "
+            "`file` (.tar.gz); streamed to disk.",
+            required=("key", "x-signature", "file"),
+        ),
+    )
     async def presigned_upload(token: str, request: Request) -> Response:
         try:
             claim = signer.verify(token, "upload")
@@ -1218,8 +1354,13 @@ def create_app(config: ServerConfig) -> FastAPI:
             os.replace(up.file_path, target)
         return Response(status_code=204)
 
-    @app.post("/v1/profiles/{profile_id}/complete-upload", status_code=201, tags=["uploads"])
-    def complete_upload(c: Auth, profile_id: str, body: CompleteUploadBody) -> JSONResponse:
+    @app.post(
+        "/v1/profiles/{profile_id}/complete-upload",
+        status_code=201,
+        tags=["uploads"],
+        responses=_errors(*AUTH, 404, 409, 413, 422),
+    )
+    def complete_upload(c: Auth, profile_id: str, body: CompleteUploadBody) -> Profile:
         try:
             name = check_name(body.name)
             if body.browser_name not in ENGINES:
@@ -1299,7 +1440,7 @@ def create_app(config: ServerConfig) -> FastAPI:
         for path in (archive, meta_path):
             with contextlib.suppress(OSError):
                 path.unlink()
-        return JSONResponse(_dump(created), status_code=201)
+        return created
 
     return app
 
