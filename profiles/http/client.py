@@ -61,7 +61,7 @@ from profiles.errors import (
 )
 from profiles.models import AuditEvent, AuditType, Holder, Page, Profile, ProfileStatus, Snapshot
 from profiles.service.protocol import UNSET, ProfileService, Unset
-from profiles.validation import check_limit, check_name
+from profiles.validation import check_labels, check_limit, check_name
 
 __all__ = [
     "ACCOUNT_ENV",
@@ -229,6 +229,15 @@ def _check_text(value: object, check: Callable[[Any], object]) -> None:
     refuses them; the server checks everything else, with the same messages."""
     if not isinstance(value, str):
         check(value)
+
+
+def _check_labels(labels: object) -> None:
+    """Labels that are not text to text are refused here, as the local store refuses them
+    (the server's body schema would name the field differently)."""
+    if not isinstance(labels, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in labels.items()
+    ):
+        check_labels(labels)
 
 
 def _payload(payload: Mapping[str, Any]) -> Any:
@@ -592,6 +601,7 @@ class HttpService(ProfileService):
         if description is not None:
             body["description"] = description
         if labels is not None:
+            _check_labels(labels)
             body["labels"] = labels
         return _model(Profile, self._json("POST", "profiles", json_body=body, idempotent=False))
 
@@ -623,10 +633,12 @@ class HttpService(ProfileService):
         if not isinstance(description, Unset):
             body["description"] = description
         if not isinstance(labels, Unset):
+            _check_labels(labels)
             body["labels"] = labels
         if not isinstance(archetype, Unset):
             body["archetype"] = archetype
         if add_labels is not None:
+            _check_labels(add_labels)
             body["add_labels"] = dict(add_labels) if isinstance(add_labels, Mapping) else add_labels
         if remove_labels is not None:
             if isinstance(remove_labels, str):

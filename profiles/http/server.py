@@ -1142,13 +1142,21 @@ def create_app(config: ServerConfig) -> FastAPI:
 
     @app.post("/v1/profiles/{ref}/lease/renew", tags=["leases"])
     def renew_lease(c: Auth, ref: str, body: RenewBody) -> dict[str, bool]:
-        profile = c.store.get(ref)
+        # renewed: false when the lease is no longer held, also when its profile is gone
+        # (deleted meanwhile): the holder has lost it, as with a local service.
+        try:
+            profile = c.store.get(ref)
+        except NotFound:
+            return {"renewed": False}
         return {"renewed": c.store.service.renew_lease(profile.id, body.epoch, ttl=body.ttl)}
 
     @app.delete("/v1/profiles/{ref}/lease", status_code=204, tags=["leases"])
     def release_lease(c: Auth, ref: str, epoch: Annotated[int, Query(ge=0, le=2**62)]) -> Response:
-        profile = c.store.get(ref)
-        c.store.service.release_lease(profile.id, epoch)
+        # Releasing a lease that is not held (another epoch, a profile gone) changes
+        # nothing and is not an error, as with a local service.
+        with contextlib.suppress(NotFound):
+            profile = c.store.get(ref)
+            c.store.service.release_lease(profile.id, epoch)
         return Response(status_code=204)
 
     @app.get("/v1/profiles/{ref}/lease", tags=["leases"])
