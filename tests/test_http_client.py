@@ -802,16 +802,16 @@ def test_bodies_are_the_servers_models_and_refused_as_the_server_refuses(
     import httpx
 
     service.create("contract", labels={"team": "qa"})
-    bad = {"labels": {"team": 7}}
+    bad = {"remove_labels": [7]}
     raw = httpx.patch(
         f"{server.url}/v1/profiles/contract", json=bad, headers=server.headers(), timeout=30
     )
     assert raw.status_code == 400
     patches = _logged(server, "PATCH /v1/profiles/{ref} 400", at_least=1)
     with pytest.raises(ValidationFailed) as caught:
-        service.update("contract", labels=bad["labels"])  # type: ignore[dict-item]
+        service.update("contract", remove_labels=bad["remove_labels"])  # type: ignore[list-item]
     assert caught.value.message == raw.json()["error"]["message"]
-    assert caught.value.field == raw.json()["error"]["field"] == "labels.team"
+    assert caught.value.field == raw.json()["error"]["field"] == "remove_labels.0"
     gets = _logged(server, "GET /v1/profiles/{ref} 200", at_least=0)
     service.get("contract")  # logged after the refused update would have been
     _logged(server, "GET /v1/profiles/{ref} 200", at_least=gets + 1)

@@ -83,7 +83,7 @@ from profiles.http.schemas import (
 )
 from profiles.models import AuditEvent, AuditType, Holder, Page, Profile, ProfileStatus, Snapshot
 from profiles.service.protocol import UNSET, ProfileService, Unset
-from profiles.validation import check_limit, check_name
+from profiles.validation import check_labels, check_limit, check_name
 
 __all__ = [
     "ACCOUNT_ENV",
@@ -259,6 +259,15 @@ def _check_text(value: object, check: Callable[[Any], object]) -> None:
     refuses them; the server checks everything else, with the same messages."""
     if not isinstance(value, str):
         check(value)
+
+
+def _check_labels(labels: object) -> None:
+    """Labels that are not text to text are refused here, as the local store refuses them
+    (the server's body schema would name the field differently)."""
+    if not isinstance(labels, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in labels.items()
+    ):
+        check_labels(labels)
 
 
 def _payload(payload: Mapping[str, Any]) -> Any:
@@ -657,6 +666,8 @@ class HttpService(ProfileService):
         labels: dict[str, str] | None = None,
     ) -> Profile:
         _check_text(name, check_name)
+        if labels is not None:
+            _check_labels(labels)  # refused as the local store refuses them (field "labels")
         given = {"archetype": archetype, "description": description, "labels": labels}
         body = _body(CreateBody, name=name, **{k: v for k, v in given.items() if v is not None})
         return self._profile(self._json("POST", "profiles", json_body=body, idempotent=False))
@@ -689,10 +700,12 @@ class HttpService(ProfileService):
         if not isinstance(description, Unset):
             body["description"] = description
         if not isinstance(labels, Unset):
+            _check_labels(labels)
             body["labels"] = labels
         if not isinstance(archetype, Unset):
             body["archetype"] = archetype
         if add_labels is not None:
+            _check_labels(add_labels)
             body["add_labels"] = dict(add_labels) if isinstance(add_labels, Mapping) else add_labels
         if remove_labels is not None:
             if isinstance(remove_labels, str):

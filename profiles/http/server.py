@@ -1263,7 +1263,12 @@ def create_app(config: ServerConfig) -> FastAPI:
 
     @app.post("/v1/profiles/{ref}/lease/renew", tags=["leases"], responses=_errors(*WRITE, 404))
     def renew_lease(c: Auth, ref: str, body: RenewBody) -> RenewResult:
-        profile = c.store.get(ref)
+        # renewed: false when the lease is no longer held, also when its profile is gone
+        # (deleted meanwhile): the holder has lost it, as with a local service.
+        try:
+            profile = c.store.get(ref)
+        except NotFound:
+            return RenewResult(renewed=False)
         return RenewResult(
             renewed=c.store.service.renew_lease(profile.id, body.epoch, ttl=body.ttl)
         )
@@ -1275,8 +1280,11 @@ def create_app(config: ServerConfig) -> FastAPI:
         responses=_errors(*AUTH, 404, 409),
     )
     def release_lease(c: Auth, ref: str, epoch: Annotated[int, Query(ge=0, le=2**62)]) -> Response:
-        profile = c.store.get(ref)
-        c.store.service.release_lease(profile.id, epoch)
+        # Releasing a lease that is not held (another epoch, a profile gone) changes
+        # nothing and is not an error, as with a local service.
+        with contextlib.suppress(NotFound):
+            profile = c.store.get(ref)
+            c.store.service.release_lease(profile.id, epoch)
         return Response(status_code=204)
 
     @app.get("/v1/profiles/{ref}/lease", tags=["leases"], responses=_errors(*READ, 404))

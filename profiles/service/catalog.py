@@ -106,6 +106,14 @@ def _close_names(name: str, names: Iterable[str], *, limit: int = 3) -> list[str
     return (folded + close)[:limit]
 
 
+def _check_ttl(ttl: float | None) -> None:
+    """A lease's time to live: ``None`` (no expiry) or seconds above 0, as over HTTP."""
+    if ttl is not None and (
+        isinstance(ttl, bool) or not isinstance(ttl, int | float) or not ttl > 0
+    ):
+        raise ValidationFailed("A lease's ttl must be a number of seconds above 0.", field="ttl")
+
+
 def _page(records: list[R], limit: int) -> Page[R]:
     has_more = len(records) > limit
     data = records[:limit]
@@ -403,10 +411,12 @@ class CatalogService(ProfileService):
         force: bool = False,
         wait: float = 0.0,
     ) -> LeaseGrant | None:
+        _check_ttl(ttl)
         with self.catalog.transaction() as tx:
             return tx.acquire_lease(profile_id, holder, ttl=ttl, force=force)
 
     def renew_lease(self, profile_id: str, epoch: int, *, ttl: float | None) -> bool:
+        _check_ttl(ttl)
         with self.catalog.transaction() as tx:
             return tx.renew_lease(profile_id, epoch, ttl=ttl)
 
@@ -446,6 +456,10 @@ class CatalogService(ProfileService):
     def similar_names(self, name: str, *, limit: int = 3) -> builtins.list[str]:
         """Names of existing profiles that look like ``name`` (a typo of it), closest first;
         ``name`` itself is not among them."""
+        if not isinstance(name, str) or not name:
+            raise ValidationFailed("A profile id or name is required.", field="profile")
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 100:
+            raise ValidationFailed("limit must be from 1 to 100.", field="limit")
         with self.catalog.transaction(write=False) as tx:
             return _close_names(name, tx.profile_names(), limit=limit)
 
@@ -733,7 +747,13 @@ class CatalogService(ProfileService):
             rows = tx.list_snapshots(profile_id=profile_id, limit=limit + 1, after=cursor)
             return _page(rows, limit)
 
+    @staticmethod
+    def _check_snapshot_id(snapshot_id: str) -> None:
+        if not isinstance(snapshot_id, str) or not snapshot_id:
+            raise ValidationFailed("A snapshot id is required.", field="snapshot")
+
     def get_snapshot(self, snapshot_id: str) -> Snapshot:
+        self._check_snapshot_id(snapshot_id)
         with self.catalog.transaction(write=False) as tx:
             snap = tx.get_snapshot(snapshot_id)
         if snap is None:
@@ -756,6 +776,7 @@ class CatalogService(ProfileService):
     def restore(self, snapshot_id: str, *, name: str | None = None) -> Profile:
         """A new profile from a snapshot: its archetype, description and state. The parent
         is never touched. Without a name: ``<parent_name>-restored``, ``-restored-2``, ..."""
+        self._check_snapshot_id(snapshot_id)
         if name is not None:
             name = check_name(name)
         with self.catalog.transaction() as tx:

@@ -117,7 +117,10 @@ class ProfileService(ABC):
         self, *, profile: str | None = None, limit: int = 50, cursor: str | None = None
     ) -> Page[AuditEvent]: ...
     @abstractmethod
-    def record_event(self, type_: AuditType, profile_id: str | None, **payload: Any) -> None: ...
+    def record_event(self, type_: AuditType, profile_id: str | None, **payload: Any) -> None:
+        """Append one audit event. Portable payloads are flat: identifier keys and scalar
+        values (a server refuses others from its clients, and needs ``profile_id``)."""
+
     @abstractmethod
     def record_use(self, ref: str, **payload: Any) -> Profile: ...
 

@@ -1,0 +1,105 @@
+"""The service contract (profiles.testing.service_contract) run against every service:
+CatalogService on SQLite + local blobs, CatalogService on PostgreSQL + S3 (real servers, see
+pg_service.py and s3_service.py), and HttpService through a real ``profiles serve``
+(http_service.py: one server for the module, a fresh account, so a fresh store, per test)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from http_service import HttpServer, start_http_server
+from s3_service import S3Endpoint
+
+from profiles.blobs.local import LocalBlobStore
+from profiles.blobs.s3 import S3BlobStore
+from profiles.catalog.postgres import PostgresCatalog
+from profiles.catalog.sqlite import SQLiteCatalog
+from profiles.http.accounts import AccountsDB
+from profiles.http.client import HttpService
+from profiles.service.catalog import CatalogService
+from profiles.service.protocol import ProfileService
+from profiles.testing.service_contract import ServiceContract
+
+
+class TestEmbeddedService(ServiceContract):
+    @pytest.fixture
+    def service(self, tmp_path: Path) -> Iterator[ProfileService]:
+        svc = CatalogService(
+            SQLiteCatalog(tmp_path / "catalog.sqlite3"), LocalBlobStore(tmp_path / "blobs")
+        )
+        try:
+            yield svc
+        finally:
+            svc.close()
+
+    def test_it_is_not_shared(self, service: ProfileService) -> None:
+        assert service.shared is False
+
+    @pytest.mark.xfail(
+        strict=True,
+        reason="CatalogService.record_event records an event for any profile id, even one "
+        "that does not exist; over HTTP it is NotFound (issue 19: decide, then align)",
+    )
+    def test_events_of_a_missing_profile_are_not_found(self, service: ProfileService) -> None:
+        super().test_events_of_a_missing_profile_are_not_found(service)
+
+
+class TestSharedService(ServiceContract):
+    @pytest.fixture
+    def service(
+        self, postgres_url: str, s3_endpoint: S3Endpoint, s3_bucket: str
+    ) -> Iterator[ProfileService]:
+        from pg_service import fresh_database
+
+        with fresh_database(postgres_url) as url:
+            client = s3_endpoint.client()
+            try:
+                svc = CatalogService(
+                    PostgresCatalog(url, min_size=1, max_size=4),
+                    S3BlobStore(f"s3://{s3_bucket}/svc-{uuid.uuid4().hex[:12]}", client=client),
+                )
+                try:
+                    yield svc
+                finally:
+                    svc.close()
+            finally:
+                client.close()
+
+    def test_it_is_shared(self, service: ProfileService) -> None:
+        assert service.shared is True
+
+    @pytest.mark.xfail(
+        strict=True,
+        reason="CatalogService.record_event records an event for any profile id, even one "
+        "that does not exist; over HTTP it is NotFound (issue 19: decide, then align)",
+    )
+    def test_events_of_a_missing_profile_are_not_found(self, service: ProfileService) -> None:
+        super().test_events_of_a_missing_profile_are_not_found(service)
+
+
+@pytest.fixture(scope="module")
+def profile_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HttpServer]:
+    with start_http_server(tmp_path_factory.mktemp("service-contract") / "server-home") as server:
+        yield server
+
+
+class TestHttpService(ServiceContract):
+    # The server unpacks a committed archive (hostile input) and stores it its own way.
+    keeps_archives = False
+
+    @pytest.fixture
+    def service(self, profile_server: HttpServer) -> Iterator[ProfileService]:
+        with AccountsDB(profile_server.home / "accounts.sqlite3") as db:
+            account = db.create_account(f"contract-{uuid.uuid4().hex[:8]}", tier="enterprise")
+            _, key = db.create_key(account.id, scopes=("read", "admin"), name="admin")
+        svc = HttpService(f"{profile_server.url}/v1", api_key=key)
+        try:
+            yield svc
+        finally:
+            svc.close()
+
+    def test_it_is_shared(self, service: ProfileService) -> None:
+        assert service.shared is True
