@@ -12,15 +12,15 @@ the working copy is not lost: it is moved aside, atomically (a rename inside the
 checksum and when it was committed) and its lease epoch, when and why the commit failed, and
 the store's location (never a secret). Everything is private to the owner (0700 / 0600).
 
-A pending commit *lands* (:func:`land`) under the profile's writer lease: when the
-profile's committed state is still the one the session started from, it is committed as
-the session would have; otherwise it is a **conflict** (another writer committed meanwhile)
-and stays aside until ``profiles sync REF --force`` (commit it over the newer state: a new
-commit, the newer state stays in the history as a normal commit leaves it) or ``--discard``
-(delete it). It is never dropped silently and never overwrites a newer state by itself. The
-next writer session on the profile on this machine lands it first, or refuses (naming the
-command to run) when it is a conflict, so nobody runs on an older state while a newer local
-one waits.
+A pending commit *lands* (``ProfileStore.land_pending`` and ``sync_pending``) under the
+profile's writer lease: when the profile's committed state is still the one the session
+started from, it is committed as the session would have; otherwise it is a **conflict**
+(another writer committed meanwhile) and stays aside until ``profiles sync REF --force``
+(commit it over the newer state: a new commit, the newer state stays in the history as a
+normal commit leaves it) or ``--discard`` (delete it). It is never dropped silently and
+never overwrites a newer state by itself. The next writer session on the profile on this
+machine lands it first, or refuses (naming the command to run) when it is a conflict, so
+nobody runs on an older state while a newer local one waits.
 
 Crashes: the state is moved before ``pending.json`` is written, so a crash in between
 leaves an entry without (or with unreadable) metadata. Its origin is unknown, so it is never
