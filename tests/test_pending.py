@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 from http_service import HttpServer, start_http_server
-from pg_service import PostgresService, fresh_database
+from pg_service import PostgresService, PrivateServer, fresh_database
 
 from driver import Session
 from profiles import PendingConflict, ProfileStore, StateCommitFailed
@@ -178,23 +178,35 @@ def test_a_conflict_is_listed_refused_and_resolved_by_discard_and_by_force(
         assert not (home_a / "pending" / a.get("work").id).exists()
 
 
+@pytest.fixture
+def stoppable_postgres(postgres_service: PostgresService) -> Iterator[PrivateServer]:
+    """A PostgreSQL server this test may stop: the session's private one, or, when the
+    tests run against an external server (CI's, which no test may stop), one of its own."""
+    if postgres_service.server is not None:
+        yield postgres_service.server
+        return
+    own = PrivateServer.launch()
+    try:
+        yield own
+    finally:
+        own.stop()
+
+
 def test_the_shared_backend_keeps_the_work_while_postgresql_is_down(
-    postgres_service: PostgresService,
+    stoppable_postgres: PrivateServer,
     s3_bucket: str,
     s3_env: Any,
     http_server: str,
     tmp_path: Path,
 ) -> None:
     require_engine("chromium")
-    if postgres_service.server is None:
-        pytest.skip("PostgreSQL is an external server here: it cannot be stopped by the test")
     url = f"{http_server}/index.html"
-    with fresh_database(postgres_service.url) as catalog_url:
+    with fresh_database(stoppable_postgres.url) as catalog_url:
         catalog = PostgresCatalog(catalog_url, connect_timeout=2)
         blobs = f"s3://{s3_bucket}/pending-{tmp_path.name}"
         with ProfileStore(tmp_path / "machine", catalog=catalog, blobs=blobs) as store:
             _write(store, url, "first")
-            server = postgres_service.server
+            server = stoppable_postgres
             with contextlib.ExitStack() as stack:  # stopped mid-session, started at the end
                 error = _left_pending(
                     store, url, "second", lambda: stack.enter_context(server.down())
