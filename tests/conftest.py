@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import http.server
 import os
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -111,3 +112,13 @@ ARCHETYPE_OF: dict[Engine, str] = {
     "firefox": "desktop-firefox",
     "webkit": "desktop-webkit",
 }
+
+
+def open_command(home: Path, profile: str, engine: Engine, url: str, *extra: str) -> list[str]:
+    """``python -m profiles --home HOME open PROFILE --archetype ... --url URL [extra]``:
+    the command line a person types to fill a profile by hand."""
+    return [
+        sys.executable,
+        *("-m", "profiles", "--home", str(home), "open", profile),
+        *("--archetype", ARCHETYPE_OF[engine], "--url", url, *extra),
+    ]

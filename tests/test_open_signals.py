@@ -23,7 +23,6 @@ import select
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -35,7 +34,7 @@ from driver import Session
 from profiles import ProfileStore
 from profiles.state.rules import Engine
 
-from conftest import ARCHETYPE_OF
+from conftest import open_command
 
 pytestmark = pytest.mark.browser
 
@@ -106,20 +105,8 @@ def xvfb_display() -> Iterator[str]:
 
 
 def _command(home: Path, base: str, engine: Engine, *, headed: bool) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "profiles",
-        "--home",
-        str(home),
-        "open",
-        PROFILE,
-        "--archetype",
-        ARCHETYPE_OF[engine],
-        "--url",
-        f"{base}/visit.html",
-        *(["--headed"] if headed else []),
-    ]
+    extra = ["--headed"] if headed else []
+    return open_command(home, PROFILE, engine, f"{base}/visit.html", *extra)
 
 
 def _read_until(fd: int, wanted: bytes, seen: bytearray, deadline: float) -> bool:

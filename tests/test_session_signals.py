@@ -28,7 +28,7 @@ from driver import AsyncSession, Session
 from profiles import ProfileStore
 from profiles.state.rules import Engine
 
-from conftest import ARCHETYPE_OF, require_engine
+from conftest import ARCHETYPE_OF, open_command, require_engine
 
 pytestmark = pytest.mark.browser
 
@@ -84,19 +84,7 @@ def _child_command(tmp_path: Path, home: Path, base: str, engine: Engine, mode: 
     script = tmp_path / "child.py"
     script.write_text(CHILD)
     if mode == "cli":
-        return [
-            sys.executable,
-            "-m",
-            "profiles",
-            "--home",
-            str(home),
-            "open",
-            PROFILE,
-            "--archetype",
-            ARCHETYPE_OF[engine],
-            "--url",
-            f"{base}/set-cookie",
-        ]
+        return open_command(home, PROFILE, engine, f"{base}/set-cookie")
     return [sys.executable, str(script), str(home), base, ARCHETYPE_OF[engine], mode]
 
 
