@@ -1,7 +1,7 @@
 """A real profile server (``profiles serve``) on loopback for the tests, and its keys.
 
 :func:`start_http_server` runs the server in a subprocess (``python -m
-profiles.http.server_cli serve``) on 127.0.0.1 with a free port, its own home, an account
+profiles.http.server.cli serve``) on 127.0.0.1 with a free port, its own home, an account
 (tier ``enterprise``: no profile cap unless ``profile_cap`` is given) with an admin key
 (scopes read + admin) and a read-only key, and waits until ``GET /v1/health`` answers. The
 fixture :func:`http_server_url` gives one such server per test as an :class:`HttpServer`::
@@ -104,7 +104,7 @@ def start_http_server(
 ) -> Iterator[HttpServer]:
     """Run ``profiles serve`` on loopback with ``home``; stop it (SIGTERM, then SIGKILL)
     at the end of the block."""
-    from profiles.http.accounts import AccountsDB
+    from profiles.http.server.accounts import AccountsDB
 
     home.mkdir(mode=0o700, parents=True, exist_ok=True)
     with AccountsDB(home / "accounts.sqlite3") as db:
@@ -116,7 +116,7 @@ def start_http_server(
     cmd = [
         sys.executable,
         "-m",
-        "profiles.http.server_cli",
+        "profiles.http.server.cli",
         "serve",
         "--host",
         "127.0.0.1",

@@ -532,7 +532,7 @@ def test_a_server_back_within_the_retries_serves_the_request(
                 [
                     sys.executable,
                     "-m",
-                    "profiles.http.server_cli",
+                    "profiles.http.server.cli",
                     "serve",
                     "--host",
                     "127.0.0.1",

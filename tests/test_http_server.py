@@ -28,7 +28,7 @@ from http_service import HttpServer, start_http_server
 from hypothesis import HealthCheck, given, settings
 from schemathesis.core.result import Ok
 
-from profiles.http.accounts import AccountsDB
+from profiles.http.server.accounts import AccountsDB
 from profiles.state.archive import unpack_archive
 from profiles.state.inspection import detect_engine
 
@@ -916,7 +916,7 @@ def test_cli_accounts_and_keys(tmp_path: Path) -> None:
 
     def run(*args: str) -> str:
         done = subprocess.run(
-            [sys.executable, "-m", "profiles.http.server_cli", *args, "--home", str(home)],
+            [sys.executable, "-m", "profiles.http.server.cli", *args, "--home", str(home)],
             capture_output=True,
             text=True,
             check=True,

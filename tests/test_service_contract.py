@@ -17,8 +17,8 @@ from profiles.blobs.local import LocalBlobStore
 from profiles.blobs.s3 import S3BlobStore
 from profiles.catalog.postgres import PostgresCatalog
 from profiles.catalog.sqlite import SQLiteCatalog
-from profiles.http.accounts import AccountsDB
 from profiles.http.client import HttpService
+from profiles.http.server.accounts import AccountsDB
 from profiles.service.catalog import CatalogService
 from profiles.service.protocol import ProfileService
 from profiles.testing.service_contract import ServiceContract

@@ -1309,7 +1309,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--full", action="store_true", help="read and hash every byte, not only check presence"
     )
 
-    from profiles.http.server_cli import add_server_commands  # serve, keys, accounts
+    from profiles.http.server.cli import add_server_commands  # serve, keys, accounts
 
     add_server_commands(sub, command)
 

@@ -2,7 +2,7 @@
 
 :func:`add_server_commands` registers them on the ``profiles`` parser (``build_parser``
 calls it with its sub-parser group and its ``command`` helper). ``python -m
-profiles.http.server_cli`` runs the same commands on their own (the tests start the server
+profiles.http.server.cli`` runs the same commands on their own (the tests start the server
 that way).
 
 The server's home holds ``accounts.sqlite3`` (accounts, hashed API keys, memberships),
@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from profiles.errors import ProfileError, ValidationFailed
-from profiles.http.access_log import LogFormat, configure_server_logging
-from profiles.http.accounts import SCOPES, TIER_CAPS, TIER_RATE_LIMITS, AccountsDB
-from profiles.http.ratelimit import RateLimit, parse_rate_limit, parse_tier_rate_limit
+from profiles.http.server.access_log import LogFormat, configure_server_logging
+from profiles.http.server.accounts import SCOPES, TIER_CAPS, TIER_RATE_LIMITS, AccountsDB
+from profiles.http.server.ratelimit import RateLimit, parse_rate_limit, parse_tier_rate_limit
 
 __all__ = ["add_server_commands", "main", "serve"]
 
@@ -101,11 +101,11 @@ def serve(
     log_format: LogFormat = "text",
 ) -> None:
     """Run the server until SIGINT/SIGTERM. Uvicorn's own access log is off (download and
-    upload tokens are in URL paths); ours (:mod:`profiles.http.access_log`) logs each
+    upload tokens are in URL paths); ours (:mod:`profiles.http.server.access_log`) logs each
     request's route template, status, duration and account on stderr, as text or JSON.
     ``rate_limit`` is the budget per client address of requests without a live key;
     ``tier_rate_limits`` overrides the budgets per account of some tiers (the others keep
-    :data:`~profiles.http.accounts.TIER_RATE_LIMITS`)."""
+    :data:`~profiles.http.server.accounts.TIER_RATE_LIMITS`)."""
     import uvicorn
 
     from profiles.http.server import ServerConfig, create_app

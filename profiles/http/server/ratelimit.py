@@ -3,7 +3,7 @@
 Two budgets, each a sliding window (at most ``limit`` requests per ``window`` seconds):
 
 - **per account**, for requests that carry a live API key: the budget of the key's account
-  tier (:data:`profiles.http.accounts.TIER_RATE_LIMITS`, ``profiles serve --tier-rate-limit``
+  tier (:data:`profiles.http.server.accounts.TIER_RATE_LIMITS`, ``profiles serve --tier-rate-limit``
   overrides it). Every key and every worker of an account share it, wherever they run.
 - **per client address**, for everything else: no key, an unknown, revoked or malformed key,
   a deactivated account, and the token routes (signed downloads and uploads). Doc 000's
@@ -11,7 +11,7 @@ Two budgets, each a sliding window (at most ``limit`` requests per ``window`` se
 
 Identifying the key is cheap on purpose: a header that does not have a key's shape is never
 looked up, and one that has costs one primary-key read of the accounts database and one
-SHA-256 (:meth:`~profiles.http.accounts.AccountsDB.identify`); nothing else runs before the
+SHA-256 (:meth:`~profiles.http.server.accounts.AccountsDB.identify`); nothing else runs before the
 budget is checked. The key identified is handed to the route (``scope["state"]``) so it is
 not looked up twice.
 

@@ -17,6 +17,7 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Iterable, Iterator
 from datetime import UTC, datetime
 from typing import Any, Final, Literal
 
@@ -35,6 +36,17 @@ access_log = logging.getLogger(ACCESS_LOGGER)
 _FIELDS: Final = ("method", "route", "status", "duration_ms", "account")
 
 
+def _leaf_routes(routes: Iterable[Any]) -> Iterator[Any]:
+    """The routes with a path template, also those of included routers (FastAPI keeps an
+    included router as one entry whose ``original_router`` holds its routes)."""
+    for route in routes:
+        nested = getattr(getattr(route, "original_router", None), "routes", None)
+        if nested is not None:
+            yield from _leaf_routes(nested)
+        else:
+            yield route
+
+
 def _route_template(scope: Scope) -> str:
     """The template of the route ``scope`` matches (the app's own routes, matched again so
     that requests answered before routing, such as a 429, are named too)."""
@@ -45,7 +57,7 @@ def _route_template(scope: Scope) -> str:
     app = scope.get("app")
     router = getattr(app, "router", None)
     partial: str | None = None
-    for candidate in getattr(router, "routes", ()):
+    for candidate in _leaf_routes(getattr(router, "routes", ())):
         try:
             match, _ = candidate.matches(scope)
         except Exception:  # a route that cannot judge this scope is not it

@@ -1,0 +1,197 @@
+"""The profile service over HTTP: ``profiles serve`` (FastAPI, run by uvicorn).
+
+Every account owns a :class:`~profiles.store.ProfileStore` of its own (isolation by
+construction: a profile of another account is simply not in the caller's store, so it is
+``404``, never ``403``). API keys, accounts and memberships live in ``<home>/accounts.sqlite3``
+(:mod:`.accounts`); download links and upload targets are HMAC-signed with the
+secret in ``<home>/server-secret`` (:mod:`.signing`); request bodies are streamed
+to disk under a cap (:mod:`.streams`); sliding-window rate limits per
+account (by tier, for live keys) and per client address (everything else) sit in front of
+everything (:mod:`.ratelimit`).
+
+Errors are ``{"error": {"code", "status", "message", ...details}}``, the
+:meth:`~profiles.errors.ProfileError.to_dict` of the error, with the messages of the hosted
+APIs in ``shared/reference`` where they name one (``API key required``, ``Invalid or
+revoked API key``, ``Account is deactivated``, ``API key missing required permission:
+admin``, ``No file provided``, ``Only .tar.gz files are allowed``, ``Profile has no data to
+download``). Invalid request bodies and parameters are ``400 ValidationFailed``, except on
+``complete-upload`` where doc 003 says ``422``.
+
+Nothing here logs an API key, a token or a URL path (download and upload tokens are in
+paths): uvicorn's access log is off.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from profiles.errors import NotFound, ProfileError, TierLimit, ValidationFailed
+from profiles.http.schemas import Health
+from profiles.http.server.access_log import AccessLogMiddleware
+from profiles.http.server.accounts import Account, AccountsDB
+from profiles.http.server.config import MAX_JSON_BODY, AccountStores, ServerConfig
+from profiles.http.server.deps import Services, error_response
+from profiles.http.server.openapi import error_responses, typed_openapi
+from profiles.http.server.ratelimit import RateLimitMiddleware
+from profiles.http.server.routes import leases, profiles, sessions, snapshots, state, uploads
+from profiles.http.server.signing import Signer, load_secret
+
+__all__ = ["ServerConfig", "create_app"]
+
+log = logging.getLogger(__name__)
+
+
+def create_app(config: ServerConfig) -> FastAPI:
+    """The FastAPI application of ``profiles serve`` over ``config.home``."""
+    config.home.mkdir(mode=0o700, parents=True, exist_ok=True)
+    accounts = AccountsDB(config.home / "accounts.sqlite3")
+    signer = Signer(load_secret(config.home / "server-secret"))
+    stores = AccountStores(config)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(_: FastAPI) -> Any:
+        try:
+            yield
+        finally:
+            stores.close()
+            accounts.close()
+
+    app = FastAPI(
+        title="playwright-profiles",
+        version="1",
+        description="Named, persistent browser profiles, per account.",
+        lifespan=lifespan,
+        # operationId: the handler's name (create_profile, upload, download, ...), which
+        # becomes the function's name in a generated client.
+        generate_unique_id_function=lambda route: route.name,
+    )
+    app.openapi = typed_openapi(app)  # type: ignore[method-assign]
+    app.state.services = Services(config=config, accounts=accounts, signer=signer, stores=stores)
+    app.state.accounts = accounts
+    app.state.stores = stores
+    app.state.config = config
+
+    # -------------------------------------------------------------- error handlers
+
+    async def on_profile_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, ProfileError)
+        account: Account | None = getattr(request.state, "account", None)
+        if isinstance(exc, TierLimit) and account is not None:
+            exc = TierLimit(
+                f"Tier limit: the {account.tier} tier allows {exc.limit} profiles and this "
+                f"account has {exc.current}. Delete a profile or move to a larger tier.",
+                limit=exc.limit,
+                current=exc.current,
+                tier=account.tier,
+            )
+        return error_response(exc)
+
+    async def on_validation_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RequestValidationError)
+        errors = exc.errors()
+        first = errors[0] if errors else {}
+        if first.get("type") == "json_invalid":
+            # Its loc is ("body", <character offset>): a position, not a field.
+            loc_of = first.get("loc", ())
+            offset = loc_of[-1] if loc_of and isinstance(loc_of[-1], int) else None
+            ctx = first.get("ctx")
+            why = ctx.get("error") if isinstance(ctx, dict) else None
+            at = f" at character {offset}" if offset is not None else ""
+            err = ValidationFailed(
+                f"Invalid request: the body is not valid JSON{at}"
+                f"{f' ({why})' if isinstance(why, str) else ''}. Send a JSON object.",
+                field="body",
+                position=offset,
+            )
+        else:
+            loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path")]
+            where = ".".join(loc) or None
+            message = str(first.get("msg", "invalid request"))
+            err = ValidationFailed(
+                f"Invalid request: {where + ': ' if where else ''}{message}.",
+                field=where,
+            )
+        if request.url.path.endswith("/complete-upload"):
+            err.status = 422  # doc 003
+        return error_response(err)
+
+    async def on_http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, StarletteHTTPException)
+        if exc.status_code == 404:
+            err: ProfileError = NotFound("Not found: no such route.", resource="route")
+        elif exc.status_code == 405:
+            err = ValidationFailed("Method not allowed on this route.")
+            err.status = 405
+        else:
+            err = ProfileError(str(exc.detail))
+            err.status = exc.status_code
+        return error_response(err, headers=dict(exc.headers or {}))
+
+    async def on_unexpected(request: Request, exc: Exception) -> Response:
+        log.error("internal error on %s: %s", request.method, type(exc).__name__, exc_info=exc)
+        return error_response(ProfileError("Internal server error"))
+
+    app.add_exception_handler(ProfileError, on_profile_error)
+    app.add_exception_handler(RequestValidationError, on_validation_error)
+    app.add_exception_handler(StarletteHTTPException, on_http_error)
+    app.add_exception_handler(Exception, on_unexpected)
+
+    @app.middleware("http")
+    async def json_body_cap(request: Request, call_next: Any) -> Response:
+        streamed = request.url.path.endswith(("/upload", "/state")) or request.url.path.startswith(
+            "/v1/uploads/"
+        )
+        declared = request.headers.get("content-length")
+        if not streamed and declared is not None:
+            if not declared.isdigit():
+                return error_response(ValidationFailed("Invalid Content-Length."))
+            if int(declared) > MAX_JSON_BODY:
+                err = ValidationFailed(
+                    f"The request body is larger than {MAX_JSON_BODY} bytes.",
+                    limit=MAX_JSON_BODY,
+                )
+                err.status = 413
+                return error_response(err)
+        response: Response = await call_next(request)
+        response.headers["Cache-Control"] = "no-store"
+        return response
+
+    def identify(token: str) -> tuple[str, str, Any] | None:
+        found = accounts.identify(token)
+        if found is None:
+            return None
+        return found[1].id, found[1].tier, found
+
+    app.add_middleware(
+        RateLimitMiddleware,
+        rate=config.rate_limit,
+        tiers=config.tier_rate_limits,
+        identify=identify,
+    )
+    app.add_middleware(AccessLogMiddleware)  # outermost: it logs the 429s too
+
+    # -------------------------------------------------------------- health
+
+    @app.get("/v1/health", tags=["service"], responses=error_responses(429))
+    def health() -> Health:
+        return Health(ok=True)
+
+    # -------------------------------------------------------------- profiles
+
+    for router in (
+        profiles.router,
+        uploads.router,
+        sessions.router,
+        snapshots.router,
+        state.router,
+        leases.router,
+    ):
+        app.include_router(router)
+    return app

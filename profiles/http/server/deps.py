@@ -1,0 +1,184 @@
+"""What every route of ``profiles serve`` stands on: the server's parts (:class:`Services`),
+the authenticated caller (:func:`caller`, :func:`reader`), and small shared helpers."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import tempfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any, Literal, TypeVar
+
+import anyio.to_thread
+from fastapi import Depends, Request
+from fastapi.responses import JSONResponse
+from fastapi.security import HTTPBearer
+
+from profiles.errors import Forbidden, NotFound, ProfileBusy, ProfileError, Unauthorized
+from profiles.http.server.accounts import Account, AccountsDB, ApiKey
+from profiles.http.server.config import SCRATCH_PREFIX, AccountStores, ServerConfig
+from profiles.http.server.signing import Signer
+from profiles.models import Holder, Page, Profile
+from profiles.store import ProfileStore
+
+T = TypeVar("T")
+P = TypeVar("P", bound=Page[Any])
+
+
+@dataclass
+class Services:
+    """The parts of one running server, shared by its routes."""
+
+    config: ServerConfig
+    accounts: AccountsDB
+    signer: Signer
+    stores: AccountStores
+
+
+def services(request: Request) -> Services:
+    found: Services = request.app.state.services
+    return found
+
+
+Svc = Annotated[Services, Depends(services)]
+
+
+def error_response(err: ProfileError, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": err.to_dict()}, status_code=err.status, headers=headers)
+
+
+def base_url(request: Request) -> str:
+    """The server's address as links it makes should name it."""
+    public = services(request).config.public_url
+    return (public or str(request.base_url)).rstrip("/")
+
+
+@contextlib.contextmanager
+def scratch_dir(store: ProfileStore) -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix=SCRATCH_PREFIX, dir=store.tmp_dir))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+async def run_sync(fn: Callable[[], T]) -> T:
+    """``fn()`` on a worker thread (the store's calls block)."""
+    return await anyio.to_thread.run_sync(fn)
+
+
+def page_of(cls: type[P], page: Page[Any]) -> P:
+    return cls(data=page.data, has_more=page.has_more, next_cursor=page.next_cursor)
+
+
+def iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def server_holder(kind: Literal["session", "import"]) -> Holder:
+    return Holder(kind=kind, host=socket.gethostname(), pid=os.getpid(), since=datetime.now(UTC))
+
+
+def busy(store: ProfileStore, profile: Profile) -> ProfileBusy:
+    holder = store.service.lease_holder(profile.id)
+    who = holder.describe() if holder else "another writer"
+    return ProfileBusy(
+        f"Profile {profile.name!r} is in use: {who}. Wait for it to end and try again.",
+        profile_id=profile.id,
+        holder=holder.model_dump(mode="json") if holder else None,
+    )
+
+
+# ------------------------------------------------------------------ the caller
+
+
+@dataclass
+class Caller:
+    key: ApiKey
+    account: Account
+    store: ProfileStore
+    can_write: bool
+
+    def require_admin(self, doing: str) -> None:
+        """``Forbidden`` (before anything is done) unless the key may write."""
+        if not self.can_write:
+            raise Forbidden(
+                f"API key missing required permission: admin ({doing} writes; a read key "
+                "runs read-only sessions).",
+                permission="admin",
+            )
+
+
+def _bearer(request: Request) -> str:
+    header = request.headers.get("authorization")
+    if not header:
+        raise Unauthorized("API key required")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthorized("Invalid or revoked API key")
+    return token.strip()
+
+
+_bearer_doc = HTTPBearer(auto_error=False, description="An API key: pk_<key id>_<secret>")
+
+
+async def caller(request: Request, _doc: Annotated[Any, Depends(_bearer_doc)] = None) -> Caller:
+    """The authenticated caller: its key, the account it acts on, that account's store.
+    Writes (any method but GET, HEAD and OPTIONS) need the ``admin`` scope."""
+    return await _authorize(request, write=request.method not in ("GET", "HEAD", "OPTIONS"))
+
+
+async def reader(request: Request, _doc: Annotated[Any, Depends(_bearer_doc)] = None) -> Caller:
+    """The caller of a route that reads, whatever its method (a read-only session's start
+    and end): the ``read`` scope suffices; the route asks :meth:`Caller.require_admin` for
+    what needs more."""
+    return await _authorize(request, write=False)
+
+
+async def _authorize(request: Request, *, write: bool) -> Caller:
+    accounts = services(request).accounts
+    stores = services(request).stores
+    token = _bearer(request)
+    found = getattr(request.state, "identified_key", None)  # the rate limiter's look-up
+    if found is not None:
+        key, own = found
+    else:
+        key = accounts.authenticate(token)
+        if key is None:
+            raise Unauthorized("Invalid or revoked API key")
+        own = accounts.get_account(key.account_id)
+    if not own.active:
+        raise Forbidden("Account is deactivated")
+    role: str | None = None
+    target = own
+    acting = request.headers.get("x-account")
+    if acting and acting != own.id:
+        role = accounts.role(acting, own.id)
+        if role is None:
+            raise NotFound("Account not found", resource="account")
+        target = accounts.get_account(acting)
+        if not target.active:
+            raise Forbidden("Account is deactivated")
+    if write and "admin" not in key.scopes:
+        raise Forbidden("API key missing required permission: admin", permission="admin")
+    if not write and not {"read", "admin"} & set(key.scopes):
+        raise Forbidden("API key missing required permission: read", permission="read")
+    if write and role == "member":
+        raise Forbidden(
+            "Account role member is read-only: API key missing required permission: admin",
+            permission="admin",
+            role="member",
+        )
+    request.state.account = target
+    store = await run_sync(lambda: stores.get(target))
+    can_write = "admin" in key.scopes and role != "member"
+    return Caller(key=key, account=target, store=store, can_write=can_write)
+
+
+Auth = Annotated[Caller, Depends(caller)]
+ReadAuth = Annotated[Caller, Depends(reader)]

@@ -1,0 +1,1 @@
+"""The routes of ``profiles serve``, one module per resource."""
