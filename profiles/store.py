@@ -259,6 +259,7 @@ class ProfileStore:
         self.codec: Codec = codec
         self.limits = limits or ArchiveLimits()
         self.read_only = False
+        self._location: str | None = None
         if catalog is None:
             catalog = catalog_url_from_env()
         if blobs is None:
@@ -302,6 +303,8 @@ class ProfileStore:
                 opened_catalog.close()
                 raise
             opened_blobs = blobs or LocalBlobStore(self.home / "blobs", create=writable)
+            if blobs is None and isinstance(opened_catalog, SQLiteCatalog):
+                self._location = str(self.home)  # all of it under the home
             service = CatalogService(
                 opened_catalog, opened_blobs, max_profiles=max_profiles, limits=self.limits
             )
@@ -396,10 +399,7 @@ class ProfileStore:
         removed = sweep(self._tmp, SCRATCH_PREFIXES)
         # a directory a process was making when it died (see OwnedDir): old ones only
         removed += sweep(self._tmp, (".unborn-",), min_age=60.0)
-        if isinstance(self.service, CatalogService) and isinstance(
-            self.service.blobs, LocalBlobStore
-        ):
-            removed += self.service.blobs.sweep_scratch()
+        removed += self.service.sweep_scratch()
         for name in _unpack_leftovers(self.working_copies.root):
             profile_id = name[1:].split(".", 1)[0]
             release = self._try_lock(profile_id)
@@ -418,29 +418,27 @@ class ProfileStore:
     @property
     def location(self) -> str:
         """Where the store's records and bytes live, for messages (no secrets)."""
-        if self.service.shared or not isinstance(self.service, CatalogService):
-            return self.service.location
-        if isinstance(self.service.blobs, LocalBlobStore):
-            return str(self.home)
-        return self.service.location
+        return self._location or self.service.location
 
     @property
     def catalog(self) -> Catalog:
         """The catalog under the service (for maintenance and tests)."""
-        if not isinstance(self.service, CatalogService):
-            raise AttributeError("this store's service has no catalog of its own")
-        return self.service.catalog
+        return self._storage()[0]
 
     @property
     def blobs(self) -> BlobStore:
         """The blob store under the service (for maintenance and tests)."""
-        if not isinstance(self.service, CatalogService):
-            raise AttributeError("this store's service has no blob store of its own")
-        return self.service.blobs
+        return self._storage()[1]
+
+    def _storage(self) -> tuple[Catalog, BlobStore]:
+        storage = self.service.storage()
+        if storage is None:
+            raise AttributeError(f"{self.service.location} keeps no catalog or blobs here")
+        return storage
 
     @property
     def max_profiles(self) -> int | None:
-        return self.service.max_profiles if isinstance(self.service, CatalogService) else None
+        return self.service.max_profiles
 
     def close(self) -> None:
         self.service.close()
@@ -916,13 +914,17 @@ class ProfileStore:
         directory = Path(directory)
         with self._storage_faults("committing a state"):
             size = tighten_tree(directory) if _is_within(directory, self.home) else None
-            if self.chunked and isinstance(self.service, CatalogService):
-                done = self._commit_chunked(
-                    profile, directory, browser_version, size, epoch, event, **payload
+            if self.chunked and self.service.supports_chunks:
+                return self._commit_chunked(
+                    profile,
+                    directory,
+                    browser_version,
+                    size,
+                    epoch,
+                    event,
+                    end_session=end_session,
+                    **payload,
                 )
-                if end_session is not None:
-                    self.service.end_session(profile.id, epoch, **end_session)
-                return done
             with owned_dir(self._tmp, "commit-") as scratch:
                 spool = scratch / "state"
                 flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
@@ -971,12 +973,12 @@ class ProfileStore:
         epoch: int | None,
         event: AuditType,
         fresh: bool = False,
+        end_session: Mapping[str, Any] | None = None,
         **payload: Any,
     ) -> Profile:
         """Commit as chunks: the previous manifest and this directory's stat cache let
         unchanged files go unread, and only changed chunks are stored (``fresh``: read
         every file and store every chunk in new packs, as :meth:`migrate` does)."""
-        assert isinstance(self.service, CatalogService)
         engine = profile.browser_name
         is_work = directory == self.working_copies.path(profile.id)
         previous: Manifest | None = None
@@ -998,6 +1000,7 @@ class ProfileStore:
                 cookie_domains=domains,
                 epoch=epoch,
                 event=event,
+                end_session=end_session,
                 **payload,
             )
         if is_work:
@@ -1025,10 +1028,9 @@ class ProfileStore:
                 "Open it with chunked=True to convert them.",
                 field="chunked",
             )
-        if not isinstance(self.service, CatalogService):
+        if not self.service.supports_chunks:
             raise ValidationFailed(
-                "Cannot migrate states over HTTP: run 'profiles migrate' where the server's "
-                "catalog and blobs are reachable (the server commits chunked states itself)."
+                f"Cannot migrate states: {self.service.location} does not keep chunked states."
             )
         profile = self.get(ref)
         if self._outdated_format(profile) is None:
@@ -1112,12 +1114,11 @@ class ProfileStore:
             with self.service.open_state(profile) as src:
                 unpack_archive(src, path, limits=self.limits, replace=True)
             return
-        assert isinstance(self.service, CatalogService)
-        blobs = self.service.blobs
+        blobs = self.service.chunk_source()
         old: Manifest | None = None
         if clean not in (None, EMPTY_STATE) and path.is_dir():
             with contextlib.suppress(ProfileError):
-                old = self.service._manifest_blob(str(clean))
+                old = self.service.manifest(str(clean))
         with self.service.reading_state_of(profile):
             if old is not None and old.engine == manifest.engine:
                 applied = apply_chunked(
@@ -1168,9 +1169,11 @@ class ProfileStore:
                 target.mkdir(mode=0o700, parents=True)
                 return profile
             manifest = self.service.manifest_of(profile)
-            if manifest is not None and isinstance(self.service, CatalogService):
+            if manifest is not None:
                 with self.service.reading_state_of(profile):
-                    restore_chunked(manifest, self.service.blobs, target, limits=self.limits)
+                    restore_chunked(
+                        manifest, self.service.chunk_source(), target, limits=self.limits
+                    )
                 return profile
             with self.service.open_state(profile) as src:
                 unpack_archive(src, target, limits=self.limits)
@@ -1412,26 +1415,24 @@ class ProfileStore:
     ) -> int:
         """The committed state as a compressed tar, into ``out``: a chunked state's tar
         stream is built from its chunks (each verified), a whole archive is copied."""
-        if manifest is None or not isinstance(self.service, CatalogService):
+        if manifest is None:
             with self.service.open_state(profile) as src:
                 return _copy_as(src, out, codec, progress)
         counted = _CountingWriter(out, progress)
         with self.service.reading_state_of(profile):
             if codec == "gzip":
                 with gzip.GzipFile(fileobj=counted, mode="wb", compresslevel=6, mtime=0) as z:
-                    write_tar(manifest, self.service.blobs, z)
+                    write_tar(manifest, self.service.chunk_source(), z)
             else:
                 cctx = zstandard.ZstdCompressor(level=3)
                 with cctx.stream_writer(counted, closefd=False) as zw:  # type: ignore[arg-type]
-                    write_tar(manifest, self.service.blobs, zw)
+                    write_tar(manifest, self.service.chunk_source(), zw)
         return counted.count
 
     def verify(self, *, full: bool = False) -> builtins.list[tuple[str, str]]:
         """Check every committed state a profile or snapshot references: its bytes exist
         and, for chunked states, every chunk does (``full``: every byte is read and hashed).
         Returns ``(checksum, problem)`` pairs; empty when all is well."""
-        if not isinstance(self.service, CatalogService):
-            raise ProfileError(f"{self.service.location} verifies its own states.")
         with self._storage_faults("verifying states"):
             return self.service.verify(full=full)
 

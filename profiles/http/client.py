@@ -60,11 +60,14 @@ from profiles.errors import (
     error_from_dict,
     rebuild_error,
 )
+from profiles.http.remote_blobs import RemoteBlobs
 from profiles.http.schemas import (
     AuditPage,
     CloneBody,
+    CommitBody,
     CreateBody,
     EventBody,
+    Health,
     LeaseBody,
     LeaseGrantBody,
     LeaseHolderBody,
@@ -83,6 +86,10 @@ from profiles.http.schemas import (
 )
 from profiles.models import AuditEvent, AuditType, Holder, Page, Profile, ProfileStatus, Snapshot
 from profiles.service.protocol import UNSET, ProfileService, Unset
+from profiles.state.archive import ArchiveLimits
+from profiles.state.chunked import PackResult, StatCache, pack_chunked
+from profiles.state.manifest import Manifest
+from profiles.state.manifest_reader import ManifestReader
 from profiles.validation import check_labels, check_limit, check_name
 
 __all__ = [
@@ -463,6 +470,9 @@ class HttpService(ProfileService):
             headers["X-Account"] = account.strip()
         self.account = account
         self.read_timeout = float(timeout)
+        self._chunks: bool | None = None  # whether the server speaks chunks, once asked
+        self._blobs = RemoteBlobs(self)
+        self._manifests = ManifestReader(self._blobs, ArchiveLimits())
         self._client = httpx.Client(
             base_url=self.url + "/",
             headers=headers,
@@ -920,6 +930,79 @@ class HttpService(ProfileService):
             idempotent=True,
         )
         return self._profile(body)
+
+    # ------------------------------------------------------------------ state as chunks
+
+    @property
+    def supports_chunks(self) -> bool:
+        """Whether the server speaks chunks (``GET /v1/health`` lists ``"chunks"``): asked
+        once. A server without them gets whole archives, as before."""
+        if self._chunks is None:
+            try:
+                health = Health.model_validate(self._json("GET", "health", idempotent=True))
+            except (ProfileError, ValueError) as exc:
+                log.debug("the profile service's features are unknown (%s): archives", exc)
+                return False
+            self._chunks = "chunks" in health.features
+        return self._chunks
+
+    def chunk_source(self) -> RemoteBlobs:
+        return self._blobs
+
+    def manifest(self, checksum: str) -> Manifest | None:
+        if not self.supports_chunks:
+            return None
+        return self._manifests.read(checksum)
+
+    def manifest_of(self, profile: Profile) -> Manifest | None:
+        if profile.checksum is None or not self.supports_chunks:
+            return None
+        with self.reading_state_of(profile):
+            return self._manifests.read(profile.checksum, missing_ok=False)
+
+    def store_directory(
+        self,
+        profile: Profile,
+        directory: Path,
+        *,
+        previous: Manifest | None,
+        previous_stat: StatCache | None,
+        browser_version: str | None,
+        cookie_domains: builtins.list[str],
+        epoch: int | None,
+        event: AuditType,
+        end_session: Mapping[str, Any] | None = None,
+        **payload: Any,
+    ) -> tuple[Profile, PackResult]:
+        """Chunk ``directory`` here (unchanged files unread, with ``previous_stat``), upload
+        the packs the server lacks and then the manifest, and commit the manifest fenced by
+        ``epoch``: a commit sends what the session changed. The server reads the browser
+        version and cookie domains from the state itself (the ones given are not sent)."""
+        if end_session is not None and epoch is None:
+            raise ValidationFailed("Ending a session with its commit needs the epoch.")
+        result = pack_chunked(
+            directory,
+            profile.browser_name,
+            self._blobs,
+            previous=previous,
+            previous_stat=previous_stat,
+        )
+        self._manifests.remember(result.manifest)
+        fields: dict[str, Any] = {
+            "checksum": result.checksum,
+            "epoch": epoch,
+            "event": event,
+            "payload": _payload(payload),
+        }
+        if end_session is not None:
+            fields["ended"] = _payload(end_session)
+        answer = self._json(
+            "POST",
+            self._profile_path(profile.id, "/state/commit"),
+            json_body=_body(CommitBody, **fields),
+            idempotent=True,
+        )
+        return self._profile(answer), result
 
     def upload(
         self,

@@ -22,7 +22,9 @@ from profiles.models import AuditEvent, Holder, Page, Profile, Snapshot
 __all__ = [
     "MAX_LEASE_TTL",
     "AuditPage",
+    "BlobStored",
     "CloneBody",
+    "CommitBody",
     "CompleteUploadBody",
     "CreateBody",
     "DownloadLink",
@@ -111,7 +113,7 @@ class LeaseBody(_Body):
     """``POST /v1/profiles/{ref}/lease``: ``wait`` seconds the server holds the request
     until the lease is free."""
 
-    kind: Literal["session", "import"] = "session"
+    kind: Literal["session", "import", "maintenance"] = "session"
     host: str = Field(default="unknown", min_length=1, max_length=255)
     pid: int = Field(default=0, ge=0, le=2**31)
     ttl: float = Field(default=30.0, gt=0, le=MAX_LEASE_TTL)
@@ -130,6 +132,27 @@ class SessionEndBody(_Body):
 
     epoch: int | None = Field(default=None, ge=0, le=2**62)
     payload: dict[str, Any] = Field(default_factory=dict)
+
+
+class CommitBody(_Body):
+    """``POST /v1/profiles/{ref}/state/commit``: make the manifest uploaded under
+    ``checksum`` (after its packs, ``PUT /v1/state/blobs/{checksum}``) the profile's
+    state, fenced by the writer lease's ``epoch`` (without one the server takes a lease for
+    the commit). ``ended`` (the payload of the session's ``session.ended`` event) also ends
+    the writer session once the state is stored."""
+
+    checksum: str = Field(pattern=r"^[0-9a-f]{64}$")
+    epoch: int | None = Field(default=None, ge=0, le=2**62)
+    event: Literal["state.uploaded", "session.ended"] = "state.uploaded"
+    payload: dict[str, Any] = Field(default_factory=dict)
+    ended: dict[str, Any] | None = None
+
+
+class BlobStored(BaseModel):
+    """``PUT /v1/state/blobs/{checksum}``: whether this request stored the blob (``false``:
+    the account's storage held it already)."""
+
+    stored: bool
 
 
 class RenewBody(_Body):
@@ -170,7 +193,11 @@ class ErrorBody(BaseModel):
 
 
 class Health(BaseModel):
+    """``GET /v1/health``: ``features`` names what this server speaks beyond the first
+    version of the API (``"chunks"``: states as packs and manifests, ``/v1/state/blobs``)."""
+
     ok: bool
+    features: list[str] = Field(default_factory=list)
 
 
 class ProfileList(Page[Profile]):

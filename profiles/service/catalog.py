@@ -16,9 +16,7 @@ import contextlib
 import difflib
 import hashlib
 import logging
-import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
@@ -50,15 +48,18 @@ from profiles.models import (
 )
 from profiles.service.protocol import UNSET, ProfileService, Unset
 from profiles.state.archive import ArchiveLimits
-from profiles.state.chunked import PackResult, StatCache, missing_blobs, pack_chunked, write_tar
-from profiles.state.manifest import (
-    MANIFEST_MAGIC,
-    MAX_MANIFEST_BLOB,
-    Manifest,
-    is_manifest,
-    parse_manifest,
-    read_capped,
+from profiles.state.chunked import (
+    PackResult,
+    StatCache,
+    check_chunks_in,
+    missing_blobs,
+    pack_chunked,
+    restore_chunked,
+    write_tar,
 )
+from profiles.state.inspection import inspected_paths, read_browser_version, read_cookie_domains
+from profiles.state.manifest import Manifest, sub_manifest
+from profiles.state.manifest_reader import ManifestReader
 from profiles.validation import (
     MAX_LABELS,
     MAX_NAME_LENGTH,
@@ -77,7 +78,6 @@ MAX_LABEL_LENGTH = 128
 BLOB_WRITER_TTL = 3600.0  # a writer that died stops holding collectors off after this
 BLOB_WRITER_WAIT = 120.0
 COLLECTOR_TTL = 600.0
-MANIFESTS_KEPT = 16
 
 R = TypeVar("R", Profile, Snapshot, AuditEvent)
 
@@ -146,8 +146,7 @@ class CatalogService(ProfileService):
         self.location = f"{catalog.location} + {blobs.location}"
         # Manifests are immutable (named by their hash): the last few read or written are
         # kept, so a commit after a checkout does not fetch the previous one again.
-        self._manifests: OrderedDict[str, Manifest] = OrderedDict()
-        self._manifests_lock = threading.Lock()
+        self.manifests = ManifestReader(blobs, self.limits)
 
     def close(self) -> None:
         try:
@@ -177,98 +176,28 @@ class CatalogService(ProfileService):
         self._free_blobs(profile.checksum)
         return profile
 
-    supports_chunks = True
+    @property
+    def supports_chunks(self) -> bool:
+        return True
 
     def manifest_of(self, profile: Profile) -> Manifest | None:
         if profile.checksum is None:
             return None
         with self.reading_state_of(profile):
-            return self._manifest_blob(profile.checksum, missing_ok=False)
+            return self.manifests.read(profile.checksum, missing_ok=False)
 
-    @contextlib.contextmanager
-    def reading_state_of(self, profile: Profile) -> Iterator[None]:
-        """Name the profile in a :class:`StateCorrupt` raised while reading its state (a
-        missing manifest, pack or chunk), with what to do about it."""
-        try:
-            yield
-        except StateCorrupt as exc:
-            if "profile_id" in exc.details:
-                raise
-            raise StateCorrupt(
-                f"The committed state of profile {profile.name!r} ({profile.id}) cannot be "
-                f"read: {exc.message} Restore it from a snapshot or an export; "
-                "'profiles verify' lists every state affected.",
-                profile_id=profile.id,
-                **exc.details,
-            ) from exc
+    def manifest(self, checksum: str) -> Manifest | None:
+        """The manifest stored under ``checksum`` (``None``: a whole archive, or nothing)."""
+        return self.manifests.read(checksum)
 
-    def _remember(self, manifest: Manifest) -> None:
-        with self._manifests_lock:
-            self._manifests[manifest.checksum] = manifest
-            self._manifests.move_to_end(manifest.checksum)
-            while len(self._manifests) > MANIFESTS_KEPT:
-                self._manifests.popitem(last=False)
+    def chunk_source(self) -> BlobStore:
+        return self.blobs
 
-    def _manifest_blob(
-        self, checksum: str, *, missing_ok: bool = True, full: bool = False
-    ) -> Manifest | None:
-        """The manifest stored under ``checksum``, or ``None`` for a whole archive. A
-        delta is read with its base (``full``: the base of a delta is being read, and must
-        be a full manifest)."""
-        with self._manifests_lock:
-            kept = self._manifests.get(checksum)
-        if kept is not None and not (full and kept.base is not None):
-            return kept
-        try:
-            with self.blobs.open(checksum) as stream:
-                head = stream.read(len(MANIFEST_MAGIC))
-                if not is_manifest(head):
-                    return None
-                rest = read_capped(stream, MAX_MANIFEST_BLOB)
-        except NotFound:
-            if missing_ok:
-                return None
-            raise StateCorrupt(
-                f"The committed state {checksum} is missing from {self.blobs.location}.",
-                checksum=checksum,
-            ) from None
-        if rest is None:
-            raise ArchiveInvalid(
-                f"The state manifest {checksum} is larger than {MAX_MANIFEST_BLOB} bytes.",
-                field="manifest",
-            )
-        blob = head + rest
-        manifest = parse_manifest(blob, limits=self.limits, bases=None if full else self._base_of)
-        if hashlib.sha256(blob).hexdigest() == checksum:
-            manifest._checksum = checksum
-            self._remember(manifest)
-        return manifest
+    def storage(self) -> tuple[Catalog, BlobStore] | None:
+        return self.catalog, self.blobs
 
-    def _base_of(self, checksum: str) -> Manifest:
-        """The full manifest a delta names as its base, checked against its name."""
-        try:
-            base = self._manifest_blob(checksum, missing_ok=False, full=True)
-        except StateCorrupt as exc:
-            raise StateCorrupt(
-                f"The base manifest {checksum} of a delta state cannot be read: {exc.message}",
-                chunk=checksum,
-            ) from exc
-        except ArchiveInvalid as exc:
-            raise ArchiveInvalid(
-                f"The base manifest {checksum} of a delta state is refused: {exc.message}",
-                field="manifest",
-            ) from exc
-        if base is None:
-            raise ArchiveInvalid(
-                f"The state manifest names {checksum} as its base, which is not a manifest.",
-                field="manifest",
-            )
-        if base.checksum != checksum:
-            raise StateCorrupt(
-                f"The base manifest {checksum} in {self.blobs.location} does not hash to its name.",
-                chunk=checksum,
-            )
-        return base
+    def sweep_scratch(self) -> builtins.list[str]:
+        return self.blobs.sweep_scratch()
 
     def store_directory(
         self,
@@ -281,6 +210,7 @@ class CatalogService(ProfileService):
         cookie_domains: builtins.list[str],
         epoch: int | None,
         event: AuditType,
+        end_session: Mapping[str, Any] | None = None,
         **payload: Any,
     ) -> tuple[Profile, PackResult]:
         """Commit ``directory`` as chunks: only the chunks that changed are stored, then the
@@ -311,10 +241,106 @@ class CatalogService(ProfileService):
                 "seconds": round(time.perf_counter() - started, 3),
             }
             updated, replaced = self._set_state(profile, state, epoch, event, **details)
-        self._remember(result.manifest)
+        self.manifests.remember(result.manifest)
         if replaced != result.checksum:
             self._free_blobs(replaced)  # the manifest (or old archive); chunks go to gc
+        if end_session is not None:
+            self.end_session(profile.id, epoch, **end_session)
         return updated, result
+
+    def store_blob(self, checksum: str, path: Path) -> bool:
+        """Store the file at ``path`` as the blob ``checksum`` (checked against it), as a
+        registered writer; whether it was not there before. A blob no state names yet (a
+        pack a client uploads before its commit) is collected only once older than the
+        collector's ``min_age``."""
+        with self._blob_writer(), path.open("rb") as source:
+            return self.blobs.put(checksum, source, size=path.stat().st_size)
+
+    def commit_manifest(
+        self,
+        profile: Profile,
+        checksum: str,
+        *,
+        epoch: int | None,
+        event: AuditType,
+        scratch: Path,
+        **payload: Any,
+    ) -> Profile:
+        """Make the manifest stored under ``checksum`` the profile's state: a client that
+        chunked the state itself uploaded its new packs and then the manifest. All of it is
+        hostile input: the manifest is read under this service's limits (a delta with its
+        base), must be of the profile's engine, and may name only blobs this store holds;
+        every chunk in a blob the profile's current state does not use is read and checked
+        against the manifest (content digests too, since the next commit reuses chunks by
+        them); the cookie domains and browser version are read from the state's own files,
+        restored alone into ``scratch``. ``ArchiveInvalid`` for a manifest refused,
+        ``LeaseLost`` when ``epoch`` is not current."""
+        started = time.perf_counter()
+        with self._blob_writer():
+            try:
+                manifest = self.manifests.read(checksum, missing_ok=False)
+            except StateCorrupt:
+                raise ValidationFailed(
+                    f"No manifest {checksum} was uploaded: upload the state's packs and its "
+                    "manifest, then commit.",
+                    field="checksum",
+                ) from None
+            if manifest is None:
+                raise ArchiveInvalid(
+                    f"The blob {checksum} is not a state manifest.", field="manifest"
+                )
+            if manifest.engine != profile.browser_name:
+                raise ArchiveInvalid(
+                    f"The manifest is a {manifest.engine} state; profile {profile.name!r} is "
+                    f"{profile.browser_name}.",
+                    field="manifest",
+                )
+            try:
+                current = self.manifest_of(profile)
+            except (StateCorrupt, ArchiveInvalid):
+                current = None
+            # What the current state names is there; only the rest is looked up.
+            known = current.blob_checksums() if current is not None else set()
+            unknown = manifest.blob_checksums() - known
+            missing = sorted(c for c in unknown if not self.blobs.exists(c))
+            if missing:
+                raise ValidationFailed(
+                    f"The manifest names {len(missing)} blobs this store does not hold "
+                    f"(first {missing[0]}): upload them, then commit again.",
+                    field="manifest",
+                    missing=missing[:20],
+                )
+            try:
+                checked = check_chunks_in(manifest, self.blobs, unknown)
+                inspect = scratch / "inspect"
+                restore_chunked(
+                    sub_manifest(manifest, inspected_paths(manifest.engine)),
+                    self.blobs,
+                    inspect,
+                    limits=self.limits,
+                )
+            except StateCorrupt as exc:
+                raise ArchiveInvalid(
+                    f"The uploaded state does not match its manifest: {exc.message}",
+                    field="manifest",
+                ) from None
+            state = StateUpdate(
+                checksum=checksum,
+                blob_size=manifest.total_bytes,
+                uploaded_at=utcnow(),
+                browser_version=read_browser_version(inspect, manifest.engine),
+                cookie_domains=read_cookie_domains(inspect, manifest.engine, scratch=scratch),
+            )
+            details = {
+                **payload,
+                "files": sum(1 for _ in manifest.files()),
+                "bytes_checked": checked,
+                "seconds": round(time.perf_counter() - started, 3),
+            }
+            updated, replaced = self._set_state(profile, state, epoch, event, **details)
+        if replaced != checksum:
+            self._free_blobs(replaced)
+        return updated
 
     def verify(self, *, full: bool = False) -> builtins.list[tuple[str, str]]:
         """Check every state a profile or snapshot references: ``(checksum, problem)`` for
@@ -328,7 +354,7 @@ class CatalogService(ProfileService):
                 if not self.blobs.exists(checksum):
                     problems.append((checksum, "missing"))
                     continue
-                manifest = self._manifest_blob(checksum)
+                manifest = self.manifests.read(checksum)
                 if manifest is None:
                     if full:
                         digest = hashlib.sha256()
@@ -392,7 +418,7 @@ class CatalogService(ProfileService):
                 in_use = tx.checksums_in_use() | tx.engine_cache_checksums()
             live = set(in_use)
             for checksum in in_use:  # a manifest keeps its packs and chunks alive
-                manifest = self._manifest_blob(checksum)
+                manifest = self.manifests.read(checksum)
                 if manifest is not None:
                     live |= manifest.blob_checksums()
             for blob in self.blobs.list():
@@ -525,7 +551,7 @@ class CatalogService(ProfileService):
         """Whether the state blob ``checksum`` is a full manifest (or cannot be read as a
         whole archive or a delta), which a delta state elsewhere may name as its base."""
         try:
-            manifest = self._manifest_blob(checksum)
+            manifest = self.manifests.read(checksum)
         except (ProfileError, OSError):
             return True
         return manifest is not None and manifest.base is None

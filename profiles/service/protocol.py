@@ -11,13 +11,17 @@ shared) and :class:`~profiles.http.client.HttpService` (``profiles serve`` over 
 from __future__ import annotations
 
 import builtins
+import contextlib
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any, BinaryIO, Final
 
-from profiles.catalog.base import LeaseGrant, StateUpdate
+from profiles.blobs.base import BlobStore
+from profiles.catalog.base import Catalog, LeaseGrant, StateUpdate
+from profiles.errors import ProfileError, StateCorrupt, ValidationFailed
 from profiles.models import AuditEvent, AuditType, Holder, Page, Profile, ProfileStatus, Snapshot
+from profiles.state.chunked import PackResult, StatCache
 from profiles.state.manifest import Manifest
 
 __all__ = ["UNSET", "ProfileService", "Unset"]
@@ -51,6 +55,8 @@ class ProfileService(ABC):
     location: str
     #: Whether other machines share it (leases then decide who writes, with expiry).
     shared: bool
+    #: The most profiles it holds (``TierLimit`` past it), when it says.
+    max_profiles: int | None = None
 
     # profiles
     @abstractmethod
@@ -204,11 +210,87 @@ class ProfileService(ABC):
     #: server does): the store then need not read the record before a commit.
     checks_commits_itself: bool = False
 
-    # Chunked, deduplicated state (profiles.state.chunked): a service that holds chunks itself
-    # says so; the workspace then commits and checks out chunk by chunk.
-    supports_chunks: bool = False
+    # ------------------------------------------------------------------ state as chunks
+    #
+    # Chunked, deduplicated state (profiles.state.chunked): a service that holds packs and
+    # manifests says so (``supports_chunks``); the workspace then commits, checks out and
+    # exports chunk by chunk through these, whatever the service is (a catalog and a blob
+    # store here, or a server over HTTP). A service without them stores whole archives
+    # (:meth:`store_state`, :meth:`open_state`).
+
+    @property
+    def supports_chunks(self) -> bool:
+        return False
 
     def manifest_of(self, profile: Profile) -> Manifest | None:
         """The manifest of ``profile``'s committed state, or ``None`` when the state is a
-        whole archive (the format before chunking) or there is none."""
+        whole archive (the format before chunking) or there is none. A missing state is
+        ``StateCorrupt`` naming the profile."""
         return None
+
+    def manifest(self, checksum: str) -> Manifest | None:
+        """The manifest stored under ``checksum``; ``None`` for a whole archive or for
+        nothing stored under it (a working copy's old state, collected since)."""
+        return None
+
+    def chunk_source(self) -> BlobStore:
+        """Where the packs and chunks of states are read from (only reads are made of it:
+        ``open``, ``read_range``, ``exists``)."""
+        raise ValidationFailed(f"{self.location} does not keep chunked states.")
+
+    @contextlib.contextmanager
+    def reading_state_of(self, profile: Profile) -> Iterator[None]:
+        """Name the profile in a ``StateCorrupt`` raised while reading its state (a missing
+        manifest, pack or chunk), with what to do about it."""
+        try:
+            yield
+        except StateCorrupt as exc:
+            if "profile_id" in exc.details:
+                raise
+            raise StateCorrupt(
+                f"The committed state of profile {profile.name!r} ({profile.id}) cannot be "
+                f"read: {exc.message} Restore it from a snapshot or an export; "
+                "'profiles verify' lists every state affected.",
+                profile_id=profile.id,
+                **exc.details,
+            ) from exc
+
+    def store_directory(
+        self,
+        profile: Profile,
+        directory: Path,
+        *,
+        previous: Manifest | None,
+        previous_stat: StatCache | None,
+        browser_version: str | None,
+        cookie_domains: builtins.list[str],
+        epoch: int | None,
+        event: AuditType,
+        end_session: Mapping[str, Any] | None = None,
+        fresh: bool = False,
+        **payload: Any,
+    ) -> tuple[Profile, PackResult]:
+        """Commit ``directory`` (a user-data-dir, its browser closed) as the profile's state,
+        storing only the chunks that changed since ``previous`` (its stat cache
+        ``previous_stat`` spares reading unchanged files), only while ``epoch`` is current
+        (``LeaseLost``). Data first, metadata last. ``end_session`` as in
+        :meth:`store_state`; ``fresh``: store every chunk in new packs (a migration).
+        ``browser_version`` and ``cookie_domains`` are what the caller read from the
+        directory; a service that does not trust its caller reads them itself."""
+        raise ValidationFailed(f"{self.location} does not keep chunked states.")
+
+    def verify(self, *, full: bool = False) -> builtins.list[tuple[str, str]]:
+        """Check every state a profile or snapshot references (``full``: read every byte):
+        ``(checksum, problem)`` pairs, empty when all is well."""
+        raise ProfileError(f"{self.location} verifies its own states.")
+
+    def storage(self) -> tuple[Catalog, BlobStore] | None:
+        """The catalog and blob store under the service, when it has them here (``None``
+        over HTTP): for maintenance, and, when :attr:`shared`, for what a fleet of machines
+        shares beside profiles (the engine cache)."""
+        return None
+
+    def sweep_scratch(self) -> builtins.list[str]:
+        """Remove scratch the service's own storage keeps (partial blobs of processes that
+        died); the names removed."""
+        return []

@@ -40,12 +40,23 @@ from profiles.http.server.config import MAX_JSON_BODY, AccountStores, ServerConf
 from profiles.http.server.deps import Services, error_response
 from profiles.http.server.openapi import error_responses, typed_openapi
 from profiles.http.server.ratelimit import RateLimitMiddleware
-from profiles.http.server.routes import leases, profiles, sessions, snapshots, state, uploads
+from profiles.http.server.routes import (
+    chunks,
+    leases,
+    profiles,
+    sessions,
+    snapshots,
+    state,
+    uploads,
+)
 from profiles.http.server.signing import Signer, load_secret
 
 __all__ = ["ServerConfig", "create_app"]
 
 log = logging.getLogger(__name__)
+
+#: What this server speaks beyond the API's first version (GET /v1/health).
+FEATURES = ("chunks",)
 
 
 def create_app(config: ServerConfig) -> FastAPI:
@@ -146,7 +157,7 @@ def create_app(config: ServerConfig) -> FastAPI:
     @app.middleware("http")
     async def json_body_cap(request: Request, call_next: Any) -> Response:
         streamed = request.url.path.endswith(("/upload", "/state")) or request.url.path.startswith(
-            "/v1/uploads/"
+            ("/v1/uploads/", "/v1/state/blobs/")
         )
         declared = request.headers.get("content-length")
         if not streamed and declared is not None:
@@ -181,7 +192,7 @@ def create_app(config: ServerConfig) -> FastAPI:
 
     @app.get("/v1/health", tags=["service"], responses=error_responses(429))
     def health() -> Health:
-        return Health(ok=True)
+        return Health(ok=True, features=list(FEATURES))
 
     # -------------------------------------------------------------- profiles
 
@@ -191,6 +202,7 @@ def create_app(config: ServerConfig) -> FastAPI:
         sessions.router,
         snapshots.router,
         state.router,
+        chunks.router,
         leases.router,
     ):
         app.include_router(router)
