@@ -1,6 +1,6 @@
 """A smoke run of scripts/bench.py with tiny sizes: every section reports numbers; and the
-benchmark's tables rendered by scripts/bench_tables.py from a small JSON fixture (no
-browser, no benchmark run).
+tables of docs/benchmark.md rendered by scripts/bench_tables.py from a small JSON fixture
+(no browser, no benchmark run).
 
 Benchmarks are not tests: nothing here asserts a timing.
 """
@@ -25,6 +25,7 @@ from conftest import require_engine
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "scripts" / "bench.py"
 FIXTURE = Path(__file__).resolve().parent / "data" / "bench-small.json"
+DOC = ROOT / "docs" / "benchmark.md"
 SECTIONS = (
     "Session overhead",
     "Teardown",
@@ -146,3 +147,10 @@ def test_the_generator_replaces_only_the_block(tmp_path: Path) -> None:
     assert doc.read_text("utf-8") == after  # a second run changes nothing
     with pytest.raises(ValueError, match="no block"):
         bench_tables.replace_block("# no markers\n", "x")
+
+
+def test_docs_benchmark_has_the_block_the_generator_replaces() -> None:
+    text = DOC.read_text("utf-8")
+    assert text.count(bench_tables.BEGIN) == 1 and text.count(bench_tables.END) == 1
+    assert text.index(bench_tables.BEGIN) < text.index(bench_tables.END)
+    assert "scripts/bench_tables.py" in text.split(bench_tables.BEGIN)[0]  # says how
