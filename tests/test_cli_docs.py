@@ -5,13 +5,15 @@ quick start says.
 Every command and every option of :func:`profiles.cli.main.build_parser` must be in the
 hand-written tables of docs/cli.md, and every command and option they name must exist; every
 command must have help text; every exit code must be in the table and in ``profiles --help``.
-The README's quick start test command must be the
+The generated part of docs/cli.md (every command's ``--help``) must be what
+``scripts/cli_reference.py`` writes now. The README's quick start test command must be the
 one ``.ci/run`` runs.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import re
 import shutil
@@ -19,6 +21,7 @@ import subprocess
 import sys
 from importlib.metadata import version
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -35,13 +38,27 @@ GLOBAL = {"--json", "--home", "--catalog", "--blobs", "--max-profiles", "-v", "-
 HELP = {"-h", "--help"}
 
 
+def _load_cli_reference() -> ModuleType:
+    spec = importlib.util.spec_from_file_location(
+        "cli_reference", ROOT / "scripts" / "cli_reference.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+cli_reference = _load_cli_reference()
+
+
 class CLI_DOC_TEXT:
     value: str | None = None
 
 
 def _hand_written() -> str:
-    """The hand-written tables of docs/cli.md."""
-    return CLI_DOC_TEXT.value or CLI_DOC.read_text("utf-8")
+    """The hand-written part of docs/cli.md: everything before the generated reference."""
+    text = CLI_DOC_TEXT.value or CLI_DOC.read_text("utf-8")
+    return text.split(cli_reference.BEGIN)[0]
 
 
 def _rows(section: str) -> list[list[str]]:
@@ -194,6 +211,23 @@ def test_the_doc_checks_catch_a_wrong_table(
     assert failed >= 1
     monkeypatch.undo()
     test_every_command_and_option_is_documented()  # and the real docs/cli.md passes
+
+
+def test_the_generated_reference_is_current() -> None:
+    """docs/cli.md's generated block is every command's --help as the parser gives it now."""
+    text = CLI_DOC.read_text("utf-8")
+    assert cli_reference.BEGIN in text and cli_reference.END in text
+    assert cli_reference.current_block(text) == cli_reference.reference().strip(), (
+        "docs/cli.md's generated --help reference is out of date: run"
+        " .venv/bin/python scripts/cli_reference.py and commit docs/cli.md"
+    )
+
+
+def test_the_generated_reference_covers_every_command() -> None:
+    block = cli_reference.current_block(CLI_DOC.read_text("utf-8"))
+    for name in ["", *parser_commands(build_parser())]:
+        heading = f"### `profiles {name}`" if name else "### `profiles`"
+        assert f"\n{heading}\n" in f"\n{block}\n", f"no --help of 'profiles {name}'"
 
 
 def test_the_quick_start_is_what_ci_runs() -> None:
