@@ -2,7 +2,7 @@
 
 Every error the library raises on purpose is a :class:`ProfileError`. Each class
 carries a machine-readable ``code`` and an HTTP-like ``status`` that match the
-hosted profile APIs we follow (see ``shared/reference``), so a service built on
+hosted profile APIs we follow (docs/http-api.md names them), so a service built on
 top can map them one to one::
 
     ProfileError                       (500, "ProfileError")

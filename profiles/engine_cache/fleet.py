@@ -1,5 +1,5 @@
 """The engine cache of a fleet: each browser build's cache published once to the shared
-backend, fetched by every fresh machine (issue 12).
+backend, fetched by every fresh machine.
 
 :class:`~profiles.engine_cache.cache.EngineCache` keeps one warm-up cache per browser build on a
 machine (Firefox's ``startupCache``: without it a cold start costs about 1.5x). A fresh

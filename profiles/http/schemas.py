@@ -163,7 +163,9 @@ class RenewBody(_Body):
 
 
 class CompleteUploadBody(_Body):
-    """``POST /v1/profiles/{profile_id}/complete-upload`` (doc 003)."""
+    """``POST /v1/profiles/{profile_id}/complete-upload``: the profile an initiated upload
+    becomes (its name, browser name and version, description and labels); a body that does
+    not validate is 422 on this route, as the upload API this route follows answers."""
 
     name: str
     browser_name: str

@@ -1,135 +1,15 @@
-"""Incremental, deduplicated states: a manifest of files, each cut into fixed-size chunks.
+"""Chunked states: write a directory as chunks in packs plus a manifest, and read it back.
 
-A committed state used to be one compressed tar of the whole user-data-dir, so a session
-that changed one cookie re-packed and re-stored the whole profile. Here a state is
-
-* **chunks**: the content of every file, cut at fixed offsets from the file's start
-  (:data:`CHUNK_SIZE`, 256 KiB), each compressed with zstd (level 3) and named by the
-  SHA-256 of its compressed bytes;
-* **packs**: the chunks a commit adds, their zstd frames back to back in walk order, in
-  blobs of about :data:`PACK_TARGET` (4 MiB) named by their own SHA-256 (so
-  :meth:`BlobStore.put` verifies them); and
-* a **manifest** (:mod:`profiles.state.manifest`): per file its chunk list, the packs it uses
-  and where each chunk lies in them. The manifest is a blob too; its checksum is the
-  state's identity.
-
-Format 1 (the first chunked format) stored every chunk as a blob of its own; its manifests
-have no pack table (location ``(-1, 0, 0)`` means the same in format 2) and are still read.
-
-Why packs: an object store bills and waits per request. One blob per chunk made a cold
-restore of 100 MB from S3 (moto) take 1.8 s against 0.3 s for one archive, and a first
-commit 4.3 s; packs make both a few requests, while a commit still writes only what
-changed. A restore reads chunks that lie back to back in a pack with one ranged read of up
-to :data:`READ_SPAN` bytes (4 MiB: 223 ms for 100 MB from moto, against 272 ms at 2 MiB and
-377 ms at 1 MiB).
-
-Packs are shared by lineage: a commit reuses the chunks of the state it follows (and
-clones, snapshots and imports over a profile reuse theirs), not chunks of unrelated
-profiles; that needs no store-wide chunk index to keep consistent across backends, and the
-repetition in browser profiles is within a profile's history. The collector keeps every
-blob a live manifest names and deletes the rest, as before. Dead chunks in a live pack are
-reclaimed by *compaction at commit* (:func:`_plan_folds`) rather than by a separate repack
-that would have to rewrite manifests under readers: chunks the new state still uses from a
-pack it uses less than half of, from the small packs holding the fewest live bytes once
-it uses more than :data:`MAX_SMALL_PACKS` small packs, or stored on their own (format 1)
-are copied into the commit's new pack, so the old pack drops out of the state and goes
-once no kept state names it.
-
-Why fixed-size chunks per file, not content-defined chunking of the tar stream
------------------------------------------------------------------------------
-
-casync/restic cut a *stream* at content-defined boundaries so that an insertion does not
-shift every later boundary. A browser profile is not a stream of edited text; it is:
-
-* **SQLite databases** (Cookies, History, Web Data, Favicons, Login Data, ...): fixed-size
-  pages updated *in place*. A one-row update changes page 1 (the change counter) and the
-  row's page; with per-file fixed chunks that is one or two chunks, at the same offsets.
-* **LevelDB** (Local Storage, IndexedDB, Session Storage): append-only ``.log`` files and
-  new immutable ``.ldb`` tables. An append changes only the file's last chunk; a new table
-  adds only its own chunks; a deleted table removes only its own.
-* **Write-once blob files** (IndexedDB blobs, CacheStorage bodies): never change.
-
-Nothing in there inserts bytes in the middle of a file, so boundaries that never move is
-exactly what dedupes it, and per *file* boundaries never shift when another file grows
-(in a tar stream every later member moves). A rolling hash would also cost a pass of pure
-Python (or a C extension) over every byte; fixed chunks cost a ``read`` and a SHA-256
-(~1.9 GB/s here), and only for files whose stat changed.
-
-Chunk size, measured on an 82 MB SQLite database (text rows, a one-row update plus a
-one-row insert: 3 pages change): 64 KiB chunks write 56 KB, 256 KiB 208 KB, 1 MiB 635 KB
-compressed; the compression ratio barely moves (0.27, 0.24, 0.24). 256 KiB keeps a
-one-row update well under 1 MB while giving a 400 MB profile ~1,600 large chunks
-(plus one chunk per small file: ``scripts/bench_chunked.py`` prints the counts), a
-manifest of ~100-200 KB compressed. Small files are one chunk each (packs, not chunks,
-group them for storage), so each one is reused on its own; identical small files
-(``CURRENT``, empty ``LOG``) are stored once.
-
-SQLite databases (recognised by their 16-byte header) are cut finer: at the smallest
-power of two of at least their page size and :data:`MIN_PAGE_CHUNK` (4 KiB) that cuts the
-file into at most :data:`SQLITE_CHUNKS` (32) chunks, capped at :data:`CHUNK_SIZE`. A
-one-cookie update of a 70 KB ``Cookies`` then stores two 4 KiB pages (about 2 KB) instead
-of the whole file (about 20 KB), while a 100 MB ``History`` keeps 256 KiB chunks. Page
-chunks compress a little worse: a 1 MB profile's first state takes 5% more, a 10 MB
-one's 2%. A database that grows past a power-of-two boundary is re-cut once.
-
-Manifests as deltas
--------------------
-
-With small chunks, the manifest dominates what a small commit writes (4 KB a state for a
-1 MB profile, 100-200 KB for 400 MB). A commit therefore writes its manifest as a *delta*
-(format 3, :class:`profiles.state.manifest.Delta`) against the last *full* manifest of its
-lineage: the entries that differ from it, the paths it lacks, and where their chunks are,
-about 2 KB for a one-cookie change. Deltas never chain: the next commit's delta is against
-the same full manifest, until the delta would exceed :data:`MAX_DELTA_SHARE` of it; then
-the commit writes a full manifest, the next base. Reading a delta reads its base (kept in
-memory by the service), so a state is at most two manifests away. A delta's base is among
-the blobs it needs (:meth:`Manifest.blob_checksums`), so the collector and transfers keep
-it; since any kept delta may name a full manifest, a replaced full manifest waits for the
-collector instead of being deleted at once (a replaced delta still is).
-
-Making a commit cost what the session changed
----------------------------------------------
-
-:func:`pack_chunked` walks the tree with the same engine excludes as
-:func:`profiles.state.archive.pack_dir`, and for each file:
-
-1. **Skips unchanged files without reading them**: the caller passes the previous
-   manifest and a :class:`StatCache` (size, mtime_ns, inode, ctime_ns, device per path,
-   kept *locally* next to the working copy, never in the shared manifest). A file whose
-   stat is unchanged reuses its previous entry. As in git, a file whose mtime is within
-   :data:`RACY_NS` of the walk is not trusted next time ("racily clean"), and the cache
-   only applies to the manifest it was made for.
-2. **Hashes, but does not compress, unchanged chunks** of files it reads: a chunk whose
-   uncompressed SHA-256 is in the previous manifest reuses that blob. So a lost stat
-   cache costs a hash pass, not a re-pack; and a zstd upgrade that changes compressed
-   bytes re-uploads nothing that did not change.
-3. **Compresses only new chunks**, in a thread pool (zstd and hashlib release the GIL;
-   chunks under :data:`INLINE_BYTES` are done inline), and appends them to new packs in
-   walk order, uploading each full pack in the background: data first, the manifest last.
-
-``verify=True`` distrusts all of that: it reads and compresses every file and stores every
-chunk afresh (the same tree packs to the same packs, so what was intact is not stored
-twice, and what went missing is stored again).
-
-Restoring
----------
-
-:func:`restore_chunked` builds the tree in a private temporary sibling and renames it
-into place (all or nothing, like ``unpack_archive``). Directories and empty files are made
-in manifest order; then a thread pool fetches (one ranged read per span of a pack), checks
-and decompresses batches of at least 1 MiB of chunks and writes them at their offsets
-(``pwrite``), so S3 latency, file creation, zstd and hashing overlap. Handing chunks back
-to one writing thread in order was measured slower than ``unpack_archive``: the writer
-queues for the GIL behind the pool at every chunk. Each chunk's stored bytes must hash to
-its name (which the manifest pins; zstd decompression is a function, so that pins the
-content too) and decompress to its length; ``verify_content=True`` hashes the
-decompressed bytes against the manifest's digests instead, for a manifest this library
-did not write (format 1, 400 MB: 1.30 s checking names, 1.73 s checking content, 1.56 s
-``unpack_archive``, medians on a busy 2-CPU box).
-Mtimes are set last. A missing pack or a damaged chunk is :class:`StateCorrupt` and
-leaves nothing behind. :func:`apply_chunked` moves a working copy known to be at one state to
-another by writing only what changed (changed chunks in place). :func:`tar_stream`
-exports a state as the very tar stream :func:`pack_dir` writes (in order: a stream).
+:func:`pack_chunked` stores a user-data-dir as zstd chunks (fixed :data:`CHUNK_SIZE`
+offsets per file, finer for SQLite databases) appended to packs of about
+:data:`PACK_TARGET`, reusing the previous state's chunks and skipping files its
+:class:`StatCache` shows unchanged, compacting ("folding") chunks out of barely used packs,
+and writing the manifest last (a delta while small). :func:`restore_chunked` builds a state's
+tree all or nothing, :func:`apply_chunked` moves a working copy from one state to another
+writing only what changed, and :func:`tar_stream` / :func:`write_tar` export a state as the
+tar stream :func:`~profiles.state.archive.pack_dir` writes. A missing or damaged chunk is
+:class:`StateCorrupt`. The manifest format is :mod:`profiles.state.manifest`; why the format
+is built this way (and the measurements behind its constants): docs/state-format.md.
 """
 
 from __future__ import annotations
