@@ -645,23 +645,46 @@ def bench_shared_handoff(rounds: int, home: Path, urls: tuple[str, str]) -> dict
 
 
 def _blob_sizes(store: ProfileStore) -> dict[str, int]:
-    return {b.checksum: b.size for b in store.blobs.list()}
+    blobs = getattr(store, "bench_server_blobs", None) or store.blobs
+    return {b.checksum: b.size for b in blobs.list()}
+
+
+class _Sent:
+    """The request bytes an HTTP store's client sends (its Content-Length headers)."""
+
+    def __init__(self, store: ProfileStore) -> None:
+        self.bytes = 0
+        client = getattr(store.service, "_client", None)
+        if client is not None:
+            client.event_hooks["request"].append(self._count)
+
+    def _count(self, request: Any) -> None:
+        self.bytes += int(request.headers.get("content-length", "0"))
 
 
 def bench_incremental(
-    mb: float, repeats: int, home: Path, urls: tuple[str, str] | None
+    mb: float,
+    repeats: int,
+    home: Path,
+    urls: tuple[str, str] | None,
+    server: Any = None,
 ) -> list[dict[str, Any]]:
     """One size: commit costs of a one-cookie and a 10 % change, per backend and format.
 
     "written" is the bytes of blobs a commit added (new chunks and manifest, or the new
-    archive); the storage ratio keeps all ten states of ten one-cookie commits (as
-    snapshots) and compares the store with what the first state alone took."""
+    archive); "sent" (through HTTP) the bytes the client sent for it; the storage ratio
+    keeps all ten states of ten one-cookie commits (as snapshots) and compares the store
+    with what the first state alone took."""
     from bench_chunked import make_profile, one_cookie, ten_percent
+
+    from profiles.blobs import LocalBlobStore
 
     rows: list[dict[str, Any]] = []
     backends: list[tuple[str, dict[str, Any]]] = [("embedded", {})]
     if urls is not None:
         backends.append(("shared", {"catalog": urls[0], "blobs": urls[1]}))
+    if server is not None:
+        backends.append(("http", {"service": f"{server.url}/v1", "api_key": server.api_key}))
     for backend, where in backends:
         for chunked in (True, False):
             tag = f"{backend}-{'chunked' if chunked else 'archive'}-{mb:g}"
@@ -669,6 +692,11 @@ def bench_incremental(
             if "blobs" in own:  # each arm its own prefix, so its storage is its own
                 own["blobs"] = f"{own['blobs']}/{tag}"
             store = ProfileStore(home / f"inc-{tag}", chunked=chunked, cache_max_bytes=None, **own)
+            if backend == "http":  # what the server's account store holds
+                store.bench_server_blobs = LocalBlobStore(  # type: ignore[attr-defined]
+                    server.home / "accounts" / server.account_id / "blobs"
+                )
+            sent = _Sent(store)
             name = f"inc-{tag}"
             store.create(name)
             lease = store.lock(name)
@@ -680,12 +708,14 @@ def bench_incremental(
             store.snapshot(name)
             one_state = sum(_blob_sizes(store).values())
 
-            def commit_after(change: Callable[[int], object], n: int) -> tuple[float, int]:
+            def commit_after(change: Callable[[int], object], n: int) -> tuple[float, int, int]:
                 before = _blob_sizes(store)  # noqa: B023
                 change(n)
+                sent.bytes = 0  # noqa: B023
                 took = timed(lambda: store.commit_state(name, work, epoch=lease.epoch))  # noqa: B023
+                over_the_wire = sent.bytes  # noqa: B023
                 after = _blob_sizes(store)  # noqa: B023
-                return took, sum(v for k, v in after.items() if k not in before)
+                return took, sum(v for k, v in after.items() if k not in before), over_the_wire
 
             cookie = []
             for i in range(9):  # ten states in all, each kept by a snapshot
@@ -705,6 +735,7 @@ def bench_incremental(
             colds = []
             for i in range(3):
                 at = home / f"inc-{tag}" if backend == "embedded" else home / f"cold-{tag}-{i}"
+                # (a fresh HttpService too: its manifests kept in memory go with it)
                 fresh = ProfileStore(at, chunked=chunked, cache_max_bytes=None, **own)
                 fresh.working_copies.remove(profile_id)
                 colds.append(timed(lambda: _checkout(fresh, name)))  # noqa: B023
@@ -716,10 +747,13 @@ def bench_incremental(
                     "backend": backend,
                     "format": "chunked" if chunked else "archive",
                     "first_commit_s": first_s,
-                    "cookie_commit_s": statistics.median(t for t, _ in cookie),
-                    "cookie_written": statistics.median(w for _, w in cookie),
-                    "ten_commit_s": statistics.median(t for t, _ in ten),
-                    "ten_written": statistics.median(w for _, w in ten),
+                    "cookie_commit_s": statistics.median(t for t, _, _ in cookie),
+                    "cookie_written": statistics.median(w for _, w, _ in cookie),
+                    "cookie_sent": statistics.median(s for _, _, s in cookie)
+                    if backend == "http"
+                    else None,
+                    "ten_commit_s": statistics.median(t for t, _, _ in ten),
+                    "ten_written": statistics.median(w for _, w, _ in ten),
                     "storage_10_vs_1": ten_states / max(1, one_state),
                     "cold_checkout_s": cold,
                 }
@@ -875,11 +909,15 @@ def main(argv: list[str] | None = None) -> int:
         with shared_backend() if shared_wanted else contextlib.nullcontext() as urls:
             if wanted("incremental"):
                 sizes = [1.0] if args.quick else [1.0, 10.0, 100.0] + ([400.0] if args.big else [])
-                results["incremental"] = [
-                    row
-                    for mb in sizes
-                    for row in bench_incremental(mb, 1 if args.quick else 3, home, urls)
-                ]
+                sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+                from http_service import start_http_server
+
+                with start_http_server(home / "inc-server") as server:
+                    results["incremental"] = [
+                        row
+                        for mb in sizes
+                        for row in bench_incremental(mb, 1 if args.quick else 3, home, urls, server)
+                    ]
             if wanted("http"):
                 results["http"] = bench_http(repeats, url, home, args.quick)
             if wanted("shared") and not args.no_shared and urls is not None:
