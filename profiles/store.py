@@ -21,7 +21,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any, BinaryIO, Final, cast
 
@@ -53,19 +53,18 @@ from profiles.errors import (
 )
 from profiles.fsutil import fsync_dir, remove_tree, tighten_tree
 from profiles.models import (
-    AuditEvent,
     AuditType,
     Holder,
     HolderKind,
     Page,
     Profile,
     ProfileStatus,
-    Snapshot,
     format_timestamp,
     utcnow,
 )
 from profiles.redact import redact_text
 from profiles.service.catalog import CatalogService
+from profiles.service.delegation import Delegated
 from profiles.service.protocol import UNSET, ProfileService, Unset
 from profiles.state.archive import (
     ArchiveLimits,
@@ -734,111 +733,21 @@ class ProfileStore:
             return profile
         return profile.model_copy(update={"status": _committed_status(profile)})
 
-    # Record operations are the service's; the front door passes them through.
-
-    def create(
-        self,
-        name: str,
-        *,
-        archetype: str | None = None,
-        description: str | None = None,
-        labels: dict[str, str] | None = None,
-    ) -> Profile:
-        """Create an empty profile pinned to ``archetype`` (default ``desktop-chromium``)."""
-        return self.service.create(
-            name, archetype=archetype, description=description, labels=labels
-        )
-
-    def update(
-        self,
-        ref: str,
-        *,
-        name: str | Unset = UNSET,
-        description: str | Unset | None = UNSET,
-        labels: dict[str, str] | Unset = UNSET,
-        archetype: str | Unset = UNSET,
-        add_labels: Mapping[str, str] | None = None,
-        remove_labels: Iterable[str] | None = None,
-    ) -> Profile:
-        """Change only what is passed. ``description=None`` clears it. The archetype is
-        sticky: passing a different one raises ``ValidationFailed`` (clone instead).
-
-        ``labels`` replaces every label; ``add_labels`` (add or replace these) and
-        ``remove_labels`` (drop these keys) merge into the labels as they are when the
-        change is written, so concurrent edits of different labels all survive."""
-        return self.service.update(
-            ref,
-            name=name,
-            description=description,
-            labels=labels,
-            archetype=archetype,
-            add_labels=add_labels,
-            remove_labels=remove_labels,
-        )
-
-    def clone(
-        self,
-        ref: str,
-        *,
-        name: str | None = None,
-        with_state: bool = False,
-        archetype: str | None = None,
-    ) -> Profile:
-        """A new profile with the source's archetype, description and labels.
-
-        State is not copied unless ``with_state``. Without a name one is derived:
-        ``<source>-copy``, ``<source>-copy-2``, ... ``-copy-99``, then ``Conflict``. Pass
-        ``archetype`` to repin (state can only come along within the same engine).
-        """
-        return self.service.clone(ref, name=name, with_state=with_state, archetype=archetype)
-
-    def similar_names(self, name: str, *, limit: int = 3) -> builtins.list[str]:
-        """Names of existing profiles that look like ``name`` (a typo of it), closest first."""
-        return self.service.similar_names(name, limit=limit)
-
-    def snapshot(
-        self, ref: str, *, label: str | None = None, description: str | None = None
-    ) -> Snapshot:
-        """Capture the profile's committed state, name and archetype, frozen."""
-        return self.service.snapshot(ref, label=label, description=description)
-
-    def snapshots(
-        self, ref: str | None = None, *, limit: int = 50, cursor: str | None = None
-    ) -> Page[Snapshot]:
-        """One profile's snapshots (or every snapshot), newest first."""
-        return self.service.snapshots(ref, limit=limit, cursor=cursor)
-
-    def get_snapshot(self, snapshot_id: str) -> Snapshot:
-        return self.service.get_snapshot(snapshot_id)
-
-    def delete_snapshot(self, snapshot_id: str) -> None:
-        self.service.delete_snapshot(snapshot_id)
-
-    def restore(self, snapshot_id: str, *, name: str | None = None) -> Profile:
-        """A new profile from a snapshot: its archetype, description and state. The parent
-        is never touched. Without a name: ``<parent_name>-restored``, ``-restored-2``, ..."""
-        return self.service.restore(snapshot_id, name=name)
-
-    def audit(
-        self, *, profile: str | None = None, limit: int = 50, cursor: str | None = None
-    ) -> Page[AuditEvent]:
-        """Audit events, newest first; ``profile`` (id or name) narrows to one profile.
-        A deleted profile's events stay readable by its id."""
-        return self.service.audit(profile=profile, limit=limit, cursor=cursor)
-
-    def record_event(self, type_: AuditType, profile_id: str | None, **payload: Any) -> None:
-        """Append one audit event (used by sessions)."""
-        self.service.record_event(type_, profile_id, **payload)
-
-    def end_session(self, profile_id: str, epoch: int | None, **payload: Any) -> None:
-        """A session ended: release its writer lease ``epoch`` (if any) and record
-        ``session.ended`` (one request over HTTP)."""
-        self.service.end_session(profile_id, epoch, **payload)
-
-    def record_use(self, ref: str, **payload: Any) -> Profile:
-        """Count one session on the profile: ``usage_count`` + 1, ``last_used_at`` = now,
-        and a ``session.created`` event."""
-        return self.service.record_use(ref, **payload)
+    # Record operations are the service's, declared once in its protocol (with their
+    # docstrings); the front door passes them through, typed from the protocol.
+    create = Delegated(ProfileService.create)
+    update = Delegated(ProfileService.update)
+    clone = Delegated(ProfileService.clone)
+    similar_names = Delegated(ProfileService.similar_names)
+    snapshot = Delegated(ProfileService.snapshot)
+    snapshots = Delegated(ProfileService.snapshots)
+    get_snapshot = Delegated(ProfileService.get_snapshot)
+    delete_snapshot = Delegated(ProfileService.delete_snapshot)
+    restore = Delegated(ProfileService.restore)
+    audit = Delegated(ProfileService.audit)
+    record_event = Delegated(ProfileService.record_event)
+    end_session = Delegated(ProfileService.end_session)
+    record_use = Delegated(ProfileService.record_use)
 
     def iter_profiles(self, *, page_size: int = 100) -> Iterator[Profile]:
         """Every profile, newest first, fetched a page at a time."""

@@ -67,11 +67,18 @@ class ProfileService(ABC):
         archetype: str | None = None,
         description: str | None = None,
         labels: dict[str, str] | None = None,
-    ) -> Profile: ...
+    ) -> Profile:
+        """Create an empty profile pinned to ``archetype`` (default ``desktop-chromium``).
+        ``Conflict`` if the name is taken, ``TierLimit`` past the profile cap."""
+
     @abstractmethod
-    def get(self, ref: str) -> Profile: ...
+    def get(self, ref: str) -> Profile:
+        """A profile by id or name; ``NotFound`` if there is none."""
+
     @abstractmethod
-    def list(self, *, limit: int = 50, cursor: str | None = None) -> Page[Profile]: ...
+    def list(self, *, limit: int = 50, cursor: str | None = None) -> Page[Profile]:
+        """Profiles, newest first (``created_at`` desc, then ``id`` desc)."""
+
     @abstractmethod
     def update(
         self,
@@ -83,7 +90,14 @@ class ProfileService(ABC):
         archetype: str | Unset = UNSET,
         add_labels: Mapping[str, str] | None = None,
         remove_labels: Iterable[str] | None = None,
-    ) -> Profile: ...
+    ) -> Profile:
+        """Change only what is passed. ``description=None`` clears it. The archetype is
+        sticky: passing a different one raises ``ValidationFailed`` (clone instead).
+
+        ``labels`` replaces every label; ``add_labels`` (add or replace these) and
+        ``remove_labels`` (drop these keys) merge into the labels as they are when the
+        change is written, so concurrent edits of different labels all survive."""
+
     @abstractmethod
     def delete(self, ref: str) -> Profile:
         """Delete the record (its state bytes are freed unless referenced); the deleted
@@ -97,38 +111,61 @@ class ProfileService(ABC):
         name: str | None = None,
         with_state: bool = False,
         archetype: str | None = None,
-    ) -> Profile: ...
+    ) -> Profile:
+        """A new profile with the source's archetype, description and labels.
+
+        State is not copied unless ``with_state``. Without a name one is derived:
+        ``<source>-copy``, ``<source>-copy-2``, ... ``-copy-99``, then ``Conflict``. Pass
+        ``archetype`` to repin (state can only come along within the same engine)."""
+
     @abstractmethod
-    def similar_names(self, name: str, *, limit: int = 3) -> builtins.list[str]: ...
+    def similar_names(self, name: str, *, limit: int = 3) -> builtins.list[str]:
+        """Names of existing profiles that look like ``name`` (a typo of it), closest
+        first."""
 
     # snapshots
     @abstractmethod
     def snapshot(
         self, ref: str, *, label: str | None = None, description: str | None = None
-    ) -> Snapshot: ...
+    ) -> Snapshot:
+        """Capture the profile's committed state, name and archetype, frozen."""
+
     @abstractmethod
     def snapshots(
         self, ref: str | None = None, *, limit: int = 50, cursor: str | None = None
-    ) -> Page[Snapshot]: ...
+    ) -> Page[Snapshot]:
+        """One profile's snapshots (or every snapshot), newest first."""
+
     @abstractmethod
-    def get_snapshot(self, snapshot_id: str) -> Snapshot: ...
+    def get_snapshot(self, snapshot_id: str) -> Snapshot:
+        """A snapshot by id; ``NotFound`` if there is none."""
+
     @abstractmethod
-    def delete_snapshot(self, snapshot_id: str) -> None: ...
+    def delete_snapshot(self, snapshot_id: str) -> None:
+        """Delete a snapshot (its state bytes are freed unless referenced)."""
+
     @abstractmethod
-    def restore(self, snapshot_id: str, *, name: str | None = None) -> Profile: ...
+    def restore(self, snapshot_id: str, *, name: str | None = None) -> Profile:
+        """A new profile from a snapshot: its archetype, description and state. The parent
+        is never touched. Without a name: ``<parent_name>-restored``, ``-restored-2``, ..."""
 
     # audit
     @abstractmethod
     def audit(
         self, *, profile: str | None = None, limit: int = 50, cursor: str | None = None
-    ) -> Page[AuditEvent]: ...
+    ) -> Page[AuditEvent]:
+        """Audit events, newest first; ``profile`` (id or name) narrows to one profile.
+        A deleted profile's events stay readable by its id."""
+
     @abstractmethod
-    def record_event(self, type_: AuditType, profile_id: str | None, **payload: Any) -> None:
+    def record_event(self, /, type_: AuditType, profile_id: str | None, **payload: Any) -> None:
         """Append one audit event. Portable payloads are flat: identifier keys and scalar
         values (a server refuses others from its clients, and needs ``profile_id``)."""
 
     @abstractmethod
-    def record_use(self, ref: str, **payload: Any) -> Profile: ...
+    def record_use(self, /, ref: str, **payload: Any) -> Profile:
+        """Count one session on the profile: ``usage_count`` + 1, ``last_used_at`` = now,
+        and a ``session.created`` event."""
 
     # state bytes, as streams
     @abstractmethod
@@ -155,7 +192,7 @@ class ProfileService(ABC):
         the lease ``epoch`` is released and the event recorded (:meth:`end_session`); a
         commit that fails ends nothing."""
 
-    def end_session(self, profile_id: str, epoch: int | None, **payload: Any) -> None:
+    def end_session(self, /, profile_id: str, epoch: int | None, **payload: Any) -> None:
         """A session ended: release its writer lease ``epoch`` (if any) and record
         ``session.ended`` with ``payload`` (one request over HTTP)."""
         try:
