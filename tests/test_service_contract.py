@@ -38,14 +38,6 @@ class TestEmbeddedService(ServiceContract):
     def test_it_is_not_shared(self, service: ProfileService) -> None:
         assert service.shared is False
 
-    @pytest.mark.xfail(
-        strict=True,
-        reason="CatalogService.record_event records an event for any profile id, even one "
-        "that does not exist; over HTTP it is NotFound (issue 19: decide, then align)",
-    )
-    def test_events_of_a_missing_profile_are_not_found(self, service: ProfileService) -> None:
-        super().test_events_of_a_missing_profile_are_not_found(service)
-
 
 class TestSharedService(ServiceContract):
     @pytest.fixture
@@ -70,14 +62,6 @@ class TestSharedService(ServiceContract):
 
     def test_it_is_shared(self, service: ProfileService) -> None:
         assert service.shared is True
-
-    @pytest.mark.xfail(
-        strict=True,
-        reason="CatalogService.record_event records an event for any profile id, even one "
-        "that does not exist; over HTTP it is NotFound (issue 19: decide, then align)",
-    )
-    def test_events_of_a_missing_profile_are_not_found(self, service: ProfileService) -> None:
-        super().test_events_of_a_missing_profile_are_not_found(service)
 
 
 @pytest.fixture(scope="module")

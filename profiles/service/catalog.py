@@ -852,8 +852,16 @@ class CatalogService(ProfileService):
             return _page(rows, limit)
 
     def record_event(self, type_: AuditType, profile_id: str | None, **payload: Any) -> None:
-        """Append one audit event (used by sessions)."""
+        """Append one audit event (used by sessions). An event names a profile that exists
+        (``NotFound`` otherwise, as over HTTP): the audit keeps a deleted profile's events
+        from while it existed, never events of a profile that never did."""
         with self.catalog.transaction() as tx:
+            if profile_id is not None and tx.get_profile(profile_id) is None:
+                raise NotFound(
+                    f"Profile {profile_id!r} not found: no event recorded.",
+                    resource="profile",
+                    ref=profile_id,
+                )
             self._event(tx, type_, profile_id, **payload)
 
     def record_use(self, ref: str, **payload: Any) -> Profile:
