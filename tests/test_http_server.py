@@ -554,6 +554,185 @@ def test_profile_routes(client: httpx.Client, acct: Acct) -> None:
     assert client.get(f"/v1/profile-snapshots/{snap['id']}", headers=acct.h()).status_code == 404
 
 
+# ------------------------------------------------------------------ audit payloads
+
+# Keys a client may not use: what the server records itself, and the names of the
+# parameters a payload is passed beside (a clash was a TypeError, a 500).
+_SERVER_KEYS = ("ref", "type_", "profile_id", "tx", "self", "checksum", "epoch", "blob_size")
+# ... and on a commit, the parameters of the commit's own path.
+_COMMIT_KEYS = ("browser_version", "end_session", "directory", "profile", "fresh", "state")
+_BAD_SHAPES: tuple[Any, ...] = (
+    {"nested": {"a": 1}},
+    {"listed": [1, 2]},
+    {f"k{i}": i for i in range(33)},
+    {"k" * 65: 1},
+    {"not-an-identifier": 1},
+    {"": 1},
+    {"1st": 1},
+    {"big": "x" * (300 * 1024)},
+    {"deep": {"deeper": ["x" * (300 * 1024)]}},
+    ["not", "an", "object"],
+)
+
+
+def test_audit_payloads_are_checked_redacted_and_never_a_500(
+    srv: HttpServer, client: httpx.Client, acct: Acct
+) -> None:
+    """Every route that takes an audit payload from a client (an event, a session's start
+    and end, a commit's ``payload`` and ``ended``) checks it with one model: no key of the
+    server's or of a parameter it is passed beside, identifier keys, at most 32, scalar
+    values of bounded length; 400 for the rest, answered at once (a 300 KiB value took
+    the redaction minutes), never a 500 or a traceback in the log. Text is redacted as
+    everywhere else: no userinfo, query string or ``token=`` value is stored."""
+    p = create(client, acct, "audited")
+    grant = _lease(client, acct, "audited").json()
+    lease_headers = {"X-Lease-Token": grant["token"]} if "token" in grant else {}
+    logged = len(srv.log_text())
+    data = chromium_targz("payload")
+
+    def sends(payload: Any, *, commit: bool) -> list[httpx.Response]:
+        text = json.dumps(payload)
+        answers = [
+            client.post(
+                "/v1/profiles/audited/events",
+                headers=acct.h(),
+                json={"type": kind, "payload": payload},
+                timeout=20,
+            )
+            for kind in ("session.ended", "session.created", "state.exported")
+        ]
+        answers.append(
+            client.post(
+                "/v1/profiles/audited/sessions",
+                headers=acct.h(),
+                json={"readonly": True, "payload": payload},
+                timeout=20,
+            )
+        )
+        answers.append(
+            client.post(
+                "/v1/profiles/audited/sessions/end",
+                headers=acct.h(),
+                json={"payload": payload},
+                timeout=20,
+            )
+        )
+        if len(text) < 4000:  # the query parameters are capped at 4096 characters
+            if commit:
+                answers.append(_put_state(client, acct, "other", data, payload=text))
+            answers.append(
+                client.put(
+                    "/v1/profiles/audited/state",
+                    headers=acct.h(
+                        **{"X-Checksum": hashlib.sha256(data).hexdigest(), **lease_headers}
+                    ),
+                    params={"epoch": grant["epoch"], "ended": text},
+                    content=data,
+                    timeout=20,
+                )
+            )
+        return answers
+
+    create(client, acct, "other")
+    for key in _SERVER_KEYS:
+        for r in sends({key: 1}, commit=True):
+            assert r.status_code == 400, (key, r.request.url.path, r.text)
+            assert err(r)["code"] == "ValidationFailed" and key in err(r)["message"]
+    for key in _COMMIT_KEYS:
+        r = _put_state(client, acct, "other", data, payload=json.dumps({key: "1"}))
+        assert r.status_code == 400, (key, r.text)
+        assert err(r)["code"] == "ValidationFailed" and key in err(r)["message"]
+    for bad in _BAD_SHAPES:
+        started = time.monotonic()
+        for r in sends(bad, commit=True):
+            assert r.status_code == 400, (json.dumps(bad)[:80], r.request.url.path, r.text)
+            assert err(r)["code"] == "ValidationFailed"
+            assert len(r.text) < 2000  # the error does not quote the value back
+        assert time.monotonic() - started < 10, json.dumps(bad)[:80]
+    # Nothing of that was stored: the lease is still held, the profile has no state.
+    assert client.get("/v1/profiles/audited", headers=acct.h()).json()["status"] == "empty"
+    assert client.get("/v1/profiles/audited/lease", headers=acct.h()).json()["holder"]
+    assert client.get("/v1/profiles/other", headers=acct.h()).json()["status"] == "empty"
+
+    # What is allowed is stored redacted, the same way on every route.
+    secret = {
+        "url": "https://alice:hunter2@example.com/cb?token=abc123&code=xyz#frag",
+        "note": "failed with token=abc123 and password: hunter2",
+        "count": 3,
+        "ratio": 0.5,
+        "ok": True,
+        "nothing": None,
+    }
+    for r in sends(secret, commit=False):
+        assert r.status_code in (200, 204), (r.request.url.path, r.text)
+    r = _put_state(client, acct, "other", data, payload=json.dumps(secret))
+    assert r.status_code == 200, r.text
+    assert client.get("/v1/profiles/audited/lease", headers=acct.h()).json() == {"holder": None}
+    events = [
+        *client.get(f"/v1/audit?profile={p['id']}&limit=50", headers=acct.h()).json()["data"],
+        *client.get("/v1/audit?profile=other&limit=50", headers=acct.h()).json()["data"],
+    ]
+    stored = [e["payload"] for e in events if "url" in e["payload"]]
+    assert len(stored) == 7  # 3 events, a start, an end, a commit's ended and payload
+    for payload in stored:
+        assert payload["url"] == "https://…@example.com/cb?…"
+        assert "hunter2" not in json.dumps(payload) and "abc123" not in json.dumps(payload)
+        assert (payload["count"], payload["ratio"], payload["ok"]) == (3, 0.5, True)
+    log = srv.log_text()[logged:]
+    assert "Traceback" not in log and "internal error" not in log and " 500 " not in log
+
+
+def test_the_audit_payload_model_is_in_the_openapi_document(client: httpx.Client) -> None:
+    schemas = client.get("/openapi.json").json()["components"]["schemas"]
+    payload = schemas["AuditPayload"]
+    assert payload["type"] == "object" and payload["maxProperties"] == 32
+    assert payload["propertyNames"]["pattern"]
+    assert "ref" in payload["propertyNames"]["not"]["enum"]
+    for body in ("EventBody", "SessionStartBody", "SessionEndBody"):
+        assert schemas[body]["properties"]["payload"]["$ref"].endswith("/AuditPayload")
+
+
+def test_no_audit_payload_key_can_name_a_parameter_it_is_passed_beside() -> None:
+    """A client's payload reaches the store as ``**payload``, beside named parameters: a
+    key with a parameter's name was a ``TypeError`` (a 500) or changed what the call did
+    (``fresh``, ``epoch``). Every parameter of those paths is reserved; a parameter added
+    to them fails here until it is."""
+    import inspect
+
+    from profiles.http.schemas import COMMIT_RESERVED_KEYS, RESERVED_KEYS
+    from profiles.service.catalog import CatalogService
+    from profiles.service.protocol import ProfileService
+    from profiles.store import ProfileStore
+
+    def named(fn: Any) -> set[str]:
+        kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+        return {p.name for p in inspect.signature(fn).parameters.values() if p.kind in kinds}
+
+    events = (
+        ProfileStore.record_event,
+        ProfileStore.record_use,
+        ProfileStore.end_session,
+        CatalogService.record_event,
+        CatalogService.record_use,
+        CatalogService.end_session,
+        CatalogService._event,
+        ProfileService.end_session,
+    )
+    commits = (
+        ProfileStore.commit_archive,
+        ProfileStore.commit_state,
+        ProfileStore._commit_chunked,
+        CatalogService.store_state,
+        CatalogService.store_directory,
+        CatalogService._set_state,
+    )
+    for fn in events:
+        assert named(fn) <= RESERVED_KEYS, (fn.__qualname__, named(fn) - RESERVED_KEYS)
+    for fn in commits + events:
+        missing = named(fn) - COMMIT_RESERVED_KEYS
+        assert not missing, (fn.__qualname__, missing)
+
+
 def test_pagination_cursor_and_page_numbers(client: httpx.Client, acct: Acct) -> None:
     names = [f"p{i}" for i in range(5)]
     for n in names:

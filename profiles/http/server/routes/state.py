@@ -36,7 +36,7 @@ from profiles.http.server.deps import (
     server_holder,
 )
 from profiles.http.server.openapi import READ, WRITE, binary_body, error_responses, multipart_body
-from profiles.http.server.payloads import audit_payload
+from profiles.http.server.payloads import audit_payload, commit_payload
 from profiles.http.server.state_io import HashingWriter, blob_stream, export_stream, file_stream
 from profiles.http.server.streams import NOT_GZIP, archive_codec, drain, spool_body, spool_multipart
 from profiles.models import AuditType, Profile
@@ -238,8 +238,22 @@ async def put_state(
     epoch: Annotated[int | None, Query(ge=0, le=2**62)] = None,
     browser_version: Annotated[str | None, Query(max_length=64)] = None,
     event: Literal["state.uploaded", "session.ended"] = "state.uploaded",
-    payload: Annotated[str | None, Query(max_length=4096)] = None,
-    ended: Annotated[str | None, Query(max_length=4096)] = None,
+    payload: Annotated[
+        str | None,
+        Query(
+            max_length=4096,
+            description="The commit's audit details: a JSON AuditPayload, none of whose keys "
+            "is a parameter of the commit (browser_version, ...).",
+        ),
+    ] = None,
+    ended: Annotated[
+        str | None,
+        Query(
+            max_length=4096,
+            description="With epoch, ends the writer session: the JSON AuditPayload of its "
+            "session.ended event.",
+        ),
+    ] = None,
 ) -> Profile:
     """Commit a state. With ``epoch`` and ``ended`` (a JSON object, the payload of the
     session's ``session.ended`` event) the commit also ends the writer session: once
@@ -247,7 +261,7 @@ async def put_state(
     end costs one request. A commit that fails ends nothing."""
     announced = (x_checksum or "").strip().lower()
     try:
-        extras = audit_payload(payload)
+        extras = commit_payload(payload)
         end_payload = None if ended is None else audit_payload(ended, field="ended")
         if end_payload is not None and epoch is None:
             raise ValidationFailed(
