@@ -83,17 +83,13 @@ _PAYLOAD_KEY = re.compile(PAYLOAD_KEY, re.ASCII)
 #: a ``TypeError`` (a 500) or changed what the call did.
 RESERVED_KEYS: Final = frozenset(
     {
-        # recorded by the server
+        # recorded by the server (who acted, which state, under which lease)
         "account_id",
         "blob_size",
-        "bytes",
         "checksum",
-        "codec",
         "epoch",
         "event",
-        "expires_at",
         "key_id",
-        "sha256",
         # parameters beside the payload
         "profile_id",
         "ref",
