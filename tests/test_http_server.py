@@ -586,7 +586,7 @@ def test_audit_payloads_are_checked_redacted_and_never_a_500(
     everywhere else: no userinfo, query string or ``token=`` value is stored."""
     p = create(client, acct, "audited")
     grant = _lease(client, acct, "audited").json()
-    lease_headers = {"X-Lease-Token": grant["token"]} if "token" in grant else {}
+    lease_headers = {"X-Lease-Token": grant["token"]}
     logged = len(srv.log_text())
     data = chromium_targz("payload")
 
@@ -880,15 +880,15 @@ def test_leases(client: httpx.Client, acct: Acct) -> None:
     assert r.status_code == 409
     e = err(r)
     assert e["code"] == "ProfileBusy" and e["holder"]["host"] == "w1"
-    r = client.post(
-        "/v1/profiles/busy/lease/renew", headers=acct.h(), json={"epoch": grant["epoch"]}
-    )
+    held = acct.h(**{"X-Lease-Token": grant["token"]})
+    r = client.post("/v1/profiles/busy/lease/renew", headers=held, json={"epoch": grant["epoch"]})
     assert r.json() == {"renewed": True}
+    # another epoch: its token is not this one
     r = client.post(
-        "/v1/profiles/busy/lease/renew", headers=acct.h(), json={"epoch": grant["epoch"] + 5}
+        "/v1/profiles/busy/lease/renew", headers=held, json={"epoch": grant["epoch"] + 5}
     )
-    assert r.json() == {"renewed": False}
-    r = client.delete(f"/v1/profiles/busy/lease?epoch={grant['epoch']}", headers=acct.h())
+    assert r.status_code == 409 and err(r)["code"] == "LeaseLost"
+    r = client.delete(f"/v1/profiles/busy/lease?epoch={grant['epoch']}", headers=held)
     assert r.status_code == 204
     assert client.get("/v1/profiles/busy/lease", headers=acct.h()).json() == {"holder": None}
     r = _lease(client, acct, "busy", kind="import")
@@ -902,7 +902,11 @@ def test_lease_expires_and_is_taken_over(client: httpx.Client, acct: Acct) -> No
     assert client.get("/v1/profiles/p/lease", headers=acct.h()).json() == {"holder": None}
     second = _lease(client, acct, "p", ttl=30, host="w2").json()
     assert second["epoch"] == first["epoch"] + 1
-    r = client.post("/v1/profiles/p/lease/renew", headers=acct.h(), json={"epoch": first["epoch"]})
+    r = client.post(
+        "/v1/profiles/p/lease/renew",
+        headers=acct.h(**{"X-Lease-Token": first["token"]}),
+        json={"epoch": first["epoch"]},
+    )
     assert r.json() == {"renewed": False}
 
 
@@ -910,9 +914,11 @@ def _put_state(
     client: httpx.Client, acct: Acct, ref: str, data: bytes, **params: Any
 ) -> httpx.Response:
     checksum = params.pop("checksum", hashlib.sha256(data).hexdigest())
+    token = params.pop("token", None)
+    lease = {"X-Lease-Token": token} if token is not None else {}
     return client.put(
         f"/v1/profiles/{ref}/state",
-        headers=acct.h(**{"X-Checksum": checksum}),
+        headers=acct.h(**{"X-Checksum": checksum, **lease}),
         params=params,
         content=data,
     )
@@ -920,8 +926,11 @@ def _put_state(
 
 def test_put_state_and_get_state(client: httpx.Client, acct: Acct, tmp_path: Path) -> None:
     create(client, acct, "p")
-    epoch = _lease(client, acct, "p").json()["epoch"]
-    r = _put_state(client, acct, "p", chromium_targz("s1"), epoch=epoch, browser_version="131.0")
+    grant = _lease(client, acct, "p").json()
+    epoch, token = grant["epoch"], grant["token"]
+    r = _put_state(
+        client, acct, "p", chromium_targz("s1"), epoch=epoch, token=token, browser_version="131.0"
+    )
     assert r.status_code == 200, r.text
     profile = r.json()
     assert profile["status"] == "ready" and profile["browser_version"] == "131.0"
@@ -934,26 +943,136 @@ def test_put_state_and_get_state(client: httpx.Client, acct: Acct, tmp_path: Pat
     unpack_archive(io.BytesIO(r.content), unpacked)
     assert detect_engine(unpacked) == "chromium"
     # a body that does not hash to its X-Checksum
-    r = _put_state(client, acct, "p", chromium_targz("s2"), epoch=epoch, checksum="0" * 64)
+    r = _put_state(
+        client, acct, "p", chromium_targz("s2"), epoch=epoch, token=token, checksum="0" * 64
+    )
     assert r.status_code == 400 and err(r)["code"] == "ChecksumMismatch"
     # no epoch: the server takes the lease itself, and the session holds it
     r = _put_state(client, acct, "p", chromium_targz("s3"))
     assert r.status_code == 409 and err(r)["code"] == "ProfileBusy"
-    client.delete(f"/v1/profiles/p/lease?epoch={epoch}", headers=acct.h())
+    r = client.delete(
+        f"/v1/profiles/p/lease?epoch={epoch}", headers=acct.h(**{"X-Lease-Token": token})
+    )
+    assert r.status_code == 204
     assert _put_state(client, acct, "p", chromium_targz("s3")).status_code == 200
 
 
 def test_put_state_with_stale_epoch_is_lease_lost(client: httpx.Client, acct: Acct) -> None:
     create(client, acct, "p")
-    old = _lease(client, acct, "p", ttl=0.2).json()["epoch"]
+    first = _lease(client, acct, "p", ttl=0.2).json()
+    old = first["epoch"]
     time.sleep(0.4)
     new = _lease(client, acct, "p", ttl=30).json()["epoch"]
-    r = _put_state(client, acct, "p", chromium_targz("late"), epoch=old)
+    r = _put_state(client, acct, "p", chromium_targz("late"), epoch=old, token=first["token"])
     assert r.status_code == 409
     e = err(r)
-    assert e["code"] == "LeaseLost"
-    assert (e["epoch"], e["current_epoch"]) == (old, new)
+    assert e["code"] == "LeaseLost" and e["epoch"] == old
+    # The answer names the caller's epoch, not the current one (issue 20, hole 5).
+    assert "current_epoch" not in e and f"epoch {new}" not in e["message"]
     assert client.get("/v1/profiles/p", headers=acct.h()).json()["status"] == "empty"
+
+
+def test_a_lease_is_held_by_the_key_it_was_granted_to(
+    srv: HttpServer, client: httpx.Client, acct: Acct
+) -> None:
+    """The epoch orders writers; the lease's token proves holding it. Another key of the
+    account, or an admin member through ``X-Account``, that knows the epoch can neither
+    commit, renew, release nor end the session under the holder's lease: each is a
+    ``LeaseLost`` that names neither the current epoch nor a token. The holder can."""
+    member = new_account(srv, name="member")
+    with AccountsDB(srv.home / "accounts.sqlite3") as db:
+        _, key_b = db.create_key(acct.id, scopes=("read", "admin"), name="b")
+        db.add_member(acct.id, member.id, "admin")
+    p = create(client, acct, "held")
+    grant = _lease(client, acct, "held", ttl=60).json()
+    epoch = grant["epoch"]
+    create(client, acct, "mine")
+    theirs = _lease(client, acct, "mine", ttl=60).json()
+    data = chromium_targz("intruder")
+    checksum = hashlib.sha256(data).hexdigest()
+    intruders = {
+        "another key": acct.h(key_b),
+        "an admin member": member.h(**{"X-Account": acct.id}),
+    }
+    tokens: tuple[str | None, ...] = (None, "A" * 43, theirs.get("token") or "")
+    for who, headers in intruders.items():
+        for token in tokens:
+            h = {**headers, **({"X-Lease-Token": token} if token is not None else {})}
+            answers = {
+                "commit": client.put(
+                    "/v1/profiles/held/state",
+                    headers={**h, "X-Checksum": checksum},
+                    params={"epoch": epoch},
+                    content=data,
+                ),
+                "renew": client.post(
+                    "/v1/profiles/held/lease/renew", headers=h, json={"epoch": epoch}
+                ),
+                "release": client.delete(f"/v1/profiles/held/lease?epoch={epoch}", headers=h),
+                "end": client.post(
+                    "/v1/profiles/held/sessions/end",
+                    headers=h,
+                    json={"epoch": epoch, "payload": {"by": "intruder"}},
+                ),
+            }
+            for what, r in answers.items():
+                assert r.status_code == 409, (who, token, what, r.status_code, r.text)
+                e = err(r)
+                assert e["code"] == "LeaseLost", (who, what, e)
+                assert "current_epoch" not in e and "token" not in e, (who, what, e)
+                if grant.get("token"):
+                    assert grant["token"] not in r.text
+    # Nothing happened: the holder holds, the profile has no state, no session ended.
+    holder = client.get("/v1/profiles/held/lease", headers=acct.h()).json()["holder"]
+    assert holder is not None and holder["host"] == "w1"
+    assert client.get("/v1/profiles/held", headers=acct.h()).json()["status"] == "empty"
+    events = client.get(f"/v1/audit?profile={p['id']}", headers=acct.h()).json()["data"]
+    assert "session.ended" not in [e["type"] for e in events]
+
+    # The holder's key, with the grant's token, can.
+    token = grant["token"]
+    assert isinstance(token, str) and len(token) >= 32 and str(epoch) != token
+    mine = acct.h(**{"X-Lease-Token": token})
+    r = client.post("/v1/profiles/held/lease/renew", headers=mine, json={"epoch": epoch})
+    assert r.json() == {"renewed": True}
+    # ... but not without it, nor with it for another epoch.
+    r = client.post("/v1/profiles/held/lease/renew", headers=acct.h(), json={"epoch": epoch})
+    assert r.status_code == 409 and err(r)["code"] == "LeaseLost"
+    r = client.post("/v1/profiles/held/lease/renew", headers=mine, json={"epoch": epoch + 1})
+    assert r.status_code == 409 and err(r)["code"] == "LeaseLost"
+    r = _put_state(client, acct, "held", data, epoch=epoch)
+    assert r.status_code == 409 and err(r)["code"] == "LeaseLost"
+    r = client.put(
+        "/v1/profiles/held/state",
+        headers={**mine, "X-Checksum": checksum},
+        params={"epoch": epoch},
+        content=data,
+    )
+    assert r.status_code == 200, r.text
+    r = client.post(
+        "/v1/profiles/held/sessions/end",
+        headers=mine,
+        json={"epoch": epoch, "payload": {"by": "holder"}},
+    )
+    assert r.status_code == 204, r.text
+    assert client.get("/v1/profiles/held/lease", headers=acct.h()).json() == {"holder": None}
+    # A new grant has a new token; the old one is worth nothing under it.
+    again = _lease(client, acct, "held", ttl=60).json()
+    assert again["token"] != token
+    r = client.delete(
+        f"/v1/profiles/held/lease?epoch={again['epoch']}",
+        headers=acct.h(**{"X-Lease-Token": token}),
+    )
+    assert r.status_code == 409
+    assert client.get("/v1/profiles/held/lease", headers=acct.h()).json()["holder"]
+    r = client.delete(
+        f"/v1/profiles/held/lease?epoch={again['epoch']}",
+        headers=acct.h(**{"X-Lease-Token": again["token"]}),
+    )
+    assert r.status_code == 204
+    assert client.get("/v1/profiles/held/lease", headers=acct.h()).json() == {"holder": None}
+    # Tokens never reach the log.
+    assert token not in srv.log_text() and again["token"] not in srv.log_text()
 
 
 # ------------------------------------------------------------------ limits
@@ -1071,7 +1190,7 @@ def test_rate_limit_per_account_shared_by_its_keys_and_heartbeats_are_free(
             renew = c.post(
                 f"/v1/profiles/{profile['id']}/lease/renew",
                 json={"epoch": lease["epoch"], "ttl": 60},
-                headers=s.headers(),
+                headers=s.headers(**{"X-Lease-Token": lease["token"]}),
             )
             assert renew.status_code == 200 and renew.json() == {"renewed": True}
         # both keys of the account share one budget: 2 spent, 4 left

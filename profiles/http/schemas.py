@@ -391,11 +391,15 @@ class DownloadLink(BaseModel):
 
 
 class LeaseGrantBody(BaseModel):
-    """A writer lease granted: its fencing ``epoch``, when it expires, and the profile as
-    the holder starts from."""
+    """A writer lease granted: its fencing ``epoch``, its ``token``, when it expires, and
+    the profile as the holder starts from. The epoch orders writers; the token (only the
+    API key the lease was granted to gets it) proves holding the lease: renewing,
+    releasing, committing under it and ending its session send it as ``X-Lease-Token``
+    with the epoch. Keep it as secret as the key."""
 
     profile_id: str
     epoch: int
+    token: str = Field(min_length=1, max_length=256)
     expires_at: str | None
     profile: Profile
 

@@ -15,11 +15,18 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
 import anyio.to_thread
-from fastapi import Depends, Request
+from fastapi import Depends, Header, Request
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPBearer
 
-from profiles.errors import Forbidden, NotFound, ProfileBusy, ProfileError, Unauthorized
+from profiles.errors import (
+    Forbidden,
+    LeaseLost,
+    NotFound,
+    ProfileBusy,
+    ProfileError,
+    Unauthorized,
+)
 from profiles.http.server.accounts import Account, AccountsDB, ApiKey
 from profiles.http.server.config import SCRATCH_PREFIX, AccountStores, ServerConfig
 from profiles.http.server.signing import Signer
@@ -49,7 +56,8 @@ Svc = Annotated[Services, Depends(services)]
 
 
 def error_response(err: ProfileError, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"error": err.to_dict()}, status_code=err.status, headers=headers)
+    """The error's body, without its private details (a ``LeaseLost``'s current epoch)."""
+    return JSONResponse({"error": err.public_dict()}, status_code=err.status, headers=headers)
 
 
 def base_url(request: Request) -> str:
@@ -182,3 +190,44 @@ async def _authorize(request: Request, *, write: bool) -> Caller:
 
 Auth = Annotated[Caller, Depends(caller)]
 ReadAuth = Annotated[Caller, Depends(reader)]
+
+
+# ------------------------------------------------------------------ writer leases
+
+LEASE_TOKEN_HEADER = "X-Lease-Token"
+
+LeaseToken = Annotated[
+    str | None,
+    Header(
+        alias=LEASE_TOKEN_HEADER,
+        description="The token of the writer lease (the grant's `token`): with `epoch`, the "
+        "proof of holding the lease; only the API key it was granted to has it.",
+        max_length=256,
+    ),
+]
+
+
+def lease_token(s: Services, c: Caller, profile_id: str, epoch: int) -> str:
+    """The token of the lease ``epoch`` on the profile, granted to the caller's key."""
+    return s.signer.lease_token(
+        account_id=c.account.id, profile_id=profile_id, epoch=epoch, key_id=c.key.id
+    )
+
+
+def require_lease(s: Services, c: Caller, profile: Profile, epoch: int, token: str | None) -> None:
+    """``LeaseLost`` unless ``token`` proves the caller's key was granted the lease ``epoch``
+    on the profile. Checked before the lease is looked at: the answer says nothing of the
+    lease's state (who holds it, its current epoch), and it never names a token."""
+    if s.signer.lease_token_matches(
+        token, account_id=c.account.id, profile_id=profile.id, epoch=epoch, key_id=c.key.id
+    ):
+        return
+    why = "without its token" if not token else "with a token that is not its own"
+    raise LeaseLost(
+        f"The writer lease on profile {profile.name!r} (epoch {epoch}) is not held by this "
+        f"caller: the request came {why}. A lease is held by the API key it was granted "
+        f"to, which sends the grant's token as {LEASE_TOKEN_HEADER} with the epoch; acquire "
+        "the lease to write.",
+        profile_id=profile.id,
+        epoch=epoch,
+    )

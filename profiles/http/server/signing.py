@@ -7,6 +7,11 @@ A token is ``<payload>.<signature>``: the payload is URL-safe base64 of compact 
 does not verify is ``SignatureInvalid`` (403); a token past its expiry is ``LinkExpired``
 (410). The account is inside the signed payload, so a link only ever reaches the account it
 was made for.
+
+A writer lease's token (:meth:`Signer.lease_token`) is the proof of holding the lease: an
+HMAC-SHA256, under a key derived from the same secret, of the account, the profile, the
+lease's epoch and the id of the API key it was granted to. It is stateless (every replica
+sharing the secret checks it) and unguessable; the epoch alone proves nothing.
 """
 
 from __future__ import annotations
@@ -70,6 +75,8 @@ class Signer:
 
     def __init__(self, secret: bytes) -> None:
         self._secret = secret
+        # A key of its own for lease tokens: a lease token is never a valid link's MAC.
+        self._lease_key = hmac.new(secret, b"profiles lease token v1", hashlib.sha256).digest()
 
     def _mac(self, payload: str) -> str:
         return _b64(hmac.new(self._secret, payload.encode("ascii"), hashlib.sha256).digest())
@@ -101,6 +108,24 @@ class Signer:
         }
         payload = _b64(json.dumps(body, separators=(",", ":")).encode())
         return f"{payload}.{self._mac(payload)}", claim
+
+    def lease_token(self, *, account_id: str, profile_id: str, epoch: int, key_id: str) -> str:
+        """The token of the writer lease ``epoch`` on the profile, granted to the API key
+        ``key_id`` of (or acting on) the account."""
+        message = "\0".join((account_id, profile_id, str(int(epoch)), key_id)).encode()
+        return _b64(hmac.new(self._lease_key, message, hashlib.sha256).digest())
+
+    def lease_token_matches(
+        self, token: str | None, *, account_id: str, profile_id: str, epoch: int, key_id: str
+    ) -> bool:
+        """Whether ``token`` is the token of that lease, granted to that key (compared in
+        constant time)."""
+        if not isinstance(token, str) or not token or len(token) > MAX_TOKEN_LENGTH:
+            return False
+        expected = self.lease_token(
+            account_id=account_id, profile_id=profile_id, epoch=epoch, key_id=key_id
+        )
+        return hmac.compare_digest(expected.encode(), token.encode("utf-8", "replace"))
 
     def verify(self, token: str, purpose: str) -> SignedClaim:
         """The claim of a valid, unexpired token for ``purpose``."""

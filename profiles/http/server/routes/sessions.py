@@ -6,7 +6,7 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response
 
 from profiles.http.schemas import EventBody, SessionEndBody, SessionStartBody
-from profiles.http.server.deps import Auth, ReadAuth
+from profiles.http.server.deps import Auth, LeaseToken, ReadAuth, Svc, require_lease
 from profiles.http.server.openapi import WRITE, error_responses
 from profiles.models import Profile
 
@@ -31,13 +31,18 @@ def session_started(c: ReadAuth, ref: str, body: SessionStartBody) -> Profile:
     tags=["sessions"],
     responses=error_responses(*WRITE, 404, 409),
 )
-def session_ended(c: ReadAuth, ref: str, body: SessionEndBody) -> Response:
-    """A session ended: its writer lease (``epoch``) is released and ``session.ended``
-    recorded, in one request. Without ``epoch`` (a read-only session) a read key may."""
+def session_ended(
+    s: Svc, c: ReadAuth, ref: str, body: SessionEndBody, x_lease_token: LeaseToken = None
+) -> Response:
+    """A session ended: its writer lease (``epoch``, with its token as ``X-Lease-Token``)
+    is released and ``session.ended`` recorded, in one request. Without ``epoch`` (a
+    read-only session) a read key may."""
     if body.epoch is not None:
         c.require_admin("releasing a writer lease")
     payload = body.payload.root
     profile = c.store.get(ref)
+    if body.epoch is not None:
+        require_lease(s, c, profile, body.epoch, x_lease_token)
     try:
         if body.epoch is not None:
             c.store.service.release_lease(profile.id, body.epoch)

@@ -27,10 +27,12 @@ from profiles.http.schemas import DownloadLink
 from profiles.http.server.config import SCRATCH_PREFIX, SERVER_LEASE_TTL, UPLOAD_LOCK_WAIT
 from profiles.http.server.deps import (
     Auth,
+    LeaseToken,
     Svc,
     base_url,
     busy,
     iso,
+    require_lease,
     run_sync,
     scratch_dir,
     server_holder,
@@ -254,11 +256,14 @@ async def put_state(
             "session.ended event.",
         ),
     ] = None,
+    x_lease_token: LeaseToken = None,
 ) -> Profile:
-    """Commit a state. With ``epoch`` and ``ended`` (a JSON object, the payload of the
-    session's ``session.ended`` event) the commit also ends the writer session: once
-    the state is stored, the lease is released and the event recorded, so a session's
-    end costs one request. A commit that fails ends nothing."""
+    """Commit a state, under the writer lease ``epoch`` (with its token as
+    ``X-Lease-Token``) or, without one, under a lease the server takes for the commit
+    (``ProfileBusy`` while another writer holds it). With ``epoch`` and ``ended`` (a JSON
+    object, the payload of the session's ``session.ended`` event) the commit also ends
+    the writer session: once the state is stored, the lease is released and the event
+    recorded, so a session's end costs one request. A commit that fails ends nothing."""
     announced = (x_checksum or "").strip().lower()
     try:
         extras = commit_payload(payload)
@@ -275,6 +280,8 @@ async def put_state(
         if browser_version is not None:
             check_browser_version(browser_version)
         profile = await run_sync(lambda: c.store.get(ref))
+        if epoch is not None:
+            require_lease(s, c, profile, epoch, x_lease_token)
     except ProfileError:
         await drain(request.stream())
         raise
