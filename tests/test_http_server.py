@@ -387,6 +387,63 @@ def test_download_link_expires(tmp_path: Path) -> None:
         assert err(r)["code"] == "LinkExpired"
 
 
+def test_a_signed_link_dies_with_the_key_that_made_it(
+    srv: HttpServer, client: httpx.Client, acct: Acct
+) -> None:
+    """A download link or an upload target made by a key stops working when that key is
+    revoked, its account deactivated, or (made by a member through ``X-Account``) the
+    membership removed: as an S3 presigned URL dies with its credentials. What a live
+    key made still works."""
+    member = new_account(srv, name="member")
+    with AccountsDB(srv.home / "accounts.sqlite3") as db:
+        key_b, secret_b = db.create_key(acct.id, scopes=("read", "admin"), name="b")
+        db.add_member(acct.id, member.id, "admin")
+    create(client, acct, "linked")
+    assert upload(client, acct, "linked", chromium_targz("linked")).status_code == 200
+
+    def link(headers: dict[str, str]) -> str:
+        r = client.get("/v1/profiles/linked/download", headers=headers)
+        assert r.status_code == 200, r.text
+        url: str = r.json()["downloadUrl"]
+        return url
+
+    def target(headers: dict[str, str]) -> dict[str, Any]:
+        r = client.post("/v1/profiles/initiate-upload", headers=headers)
+        assert r.status_code == 200, r.text
+        found: dict[str, Any] = r.json()
+        return found
+
+    by_b, by_a = link(acct.h(secret_b)), link(acct.h())
+    by_member = link(member.h(**{"X-Account": acct.id}))
+    target_b, target_a = target(acct.h(secret_b)), target(acct.h())
+    target_member = target(member.h(**{"X-Account": acct.id}))
+    assert httpx.get(by_b, timeout=TIMEOUT).status_code == 200  # while the key is live
+    with AccountsDB(srv.home / "accounts.sqlite3") as db:
+        db.revoke_key(key_b.id)
+        db.remove_member(acct.id, member.id)
+    for dead in (by_b, by_member):
+        r = httpx.get(dead, timeout=TIMEOUT)
+        assert r.status_code == 403, r.text
+        e = err(r)
+        assert e["code"] == "Forbidden" and "revoked" in e["message"], e
+        assert token_of(dead) not in r.text
+    for dead_target in (target_b, target_member):
+        r = _post_to_target(dead_target, chromium_targz("late"))
+        assert r.status_code == 403, r.text
+        assert err(r)["code"] == "Forbidden" and "revoked" in err(r)["message"]
+    # What the live key made still works.
+    assert httpx.get(by_a, timeout=TIMEOUT).status_code == 200
+    assert _post_to_target(target_a, chromium_targz("pre")).status_code == 204
+    # A deactivated account's links die too (and come back with it).
+    with AccountsDB(srv.home / "accounts.sqlite3") as db:
+        db.set_active(acct.id, False)
+    r = httpx.get(by_a, timeout=TIMEOUT)
+    assert r.status_code == 403 and err(r)["code"] == "Forbidden"
+    with AccountsDB(srv.home / "accounts.sqlite3") as db:
+        db.set_active(acct.id, True)
+    assert httpx.get(by_a, timeout=TIMEOUT).status_code == 200
+
+
 # ------------------------------------------------------------------ doc 001
 
 

@@ -29,7 +29,7 @@ from profiles.errors import (
 )
 from profiles.http.server.accounts import Account, AccountsDB, ApiKey
 from profiles.http.server.config import SCRATCH_PREFIX, AccountStores, ServerConfig
-from profiles.http.server.signing import Signer
+from profiles.http.server.signing import SignedClaim, Signer
 from profiles.models import Holder, Page, Profile
 from profiles.store import ProfileStore
 
@@ -190,6 +190,47 @@ async def _authorize(request: Request, *, write: bool) -> Caller:
 
 Auth = Annotated[Caller, Depends(caller)]
 ReadAuth = Annotated[Caller, Depends(reader)]
+
+
+# ------------------------------------------------------------------ signed links
+
+
+def link_account(s: Services, claim: SignedClaim, *, write: bool) -> Account:
+    """The account a signed link (a download link, an upload target) acts on, once the
+    API key that made it may still do what the link does: the key is not revoked, its
+    account is active, and (made through ``X-Account``) its account is still a member,
+    an admin one for a ``write``. A link dies with its key's right, as an S3 presigned
+    URL dies with its credentials: ``Forbidden`` otherwise. ``NotFound`` (as for the
+    profile: nothing is said of other accounts) when the account is gone."""
+    try:
+        account = s.accounts.get_account(claim.account_id)
+    except NotFound:
+        raise NotFound("Profile not found", resource="profile") from None
+    if not account.active:
+        raise Forbidden("Account is deactivated")
+    try:
+        key = s.accounts.get_key(claim.key_id)
+    except NotFound:
+        key = None
+    if key is None or key.revoked_at is not None:
+        raise Forbidden(
+            "The API key that made this link was revoked, and its links with it; ask for "
+            "a new link with a live key.",
+            field="token",
+        )
+    if write and "admin" not in key.scopes:
+        raise Forbidden("API key missing required permission: admin", permission="admin")
+    if key.account_id != account.id:
+        own = s.accounts.get_account(key.account_id)
+        role = s.accounts.role(account.id, own.id)
+        if not own.active or role is None or (write and role != "admin"):
+            raise Forbidden(
+                "The API key that made this link can no longer act on this account (its "
+                "account was deactivated or its membership revoked), and its links died "
+                "with that; ask for a new link with a live key.",
+                field="token",
+            )
+    return account
 
 
 # ------------------------------------------------------------------ writer leases

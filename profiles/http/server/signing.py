@@ -1,12 +1,13 @@
 """Signed, expiring tokens for download links and upload targets.
 
 A token is ``<payload>.<signature>``: the payload is URL-safe base64 of compact JSON
-(``{"k": purpose, "a": account id, "p": profile id, "c": checksum, "x": expiry (unix s),
-"n": nonce}``), the signature URL-safe base64 of its HMAC-SHA256 under the server's secret
-(``<home>/server-secret``, 32 random bytes, ``0600``, made on first start). Anything that
-does not verify is ``SignatureInvalid`` (403); a token past its expiry is ``LinkExpired``
-(410). The account is inside the signed payload, so a link only ever reaches the account it
-was made for.
+(``{"k": purpose, "a": account id, "p": profile id, "c": checksum, "i": id of the API key
+that made it, "x": expiry (unix s), "n": nonce}``), the signature URL-safe base64 of its
+HMAC-SHA256 under the server's secret (``<home>/server-secret``, 32 random bytes, ``0600``,
+made on first start). Anything that does not verify is ``SignatureInvalid`` (403); a token
+past its expiry is ``LinkExpired`` (410). The account is inside the signed payload, so a
+link only ever reaches the account it was made for; the key is too, so a link lives no
+longer than the key's right to do what it does (the routes check that it is still live).
 
 A writer lease's token (:meth:`Signer.lease_token`) is the proof of holding the lease: an
 HMAC-SHA256, under a key derived from the same secret, of the account, the profile, the
@@ -68,6 +69,7 @@ class SignedClaim:
     checksum: str | None
     expires_at: float
     nonce: str
+    key_id: str
 
 
 class Signer:
@@ -89,7 +91,10 @@ class Signer:
         profile_id: str,
         checksum: str | None,
         expires_in: float,
+        key_id: str,
     ) -> tuple[str, SignedClaim]:
+        """A token for ``purpose`` on the account's profile, made by the API key
+        ``key_id``."""
         claim = SignedClaim(
             purpose=purpose,
             account_id=account_id,
@@ -97,12 +102,14 @@ class Signer:
             checksum=checksum,
             expires_at=time.time() + expires_in,
             nonce=secrets.token_hex(12),
+            key_id=key_id,
         )
         body: dict[str, Any] = {
             "k": purpose,
             "a": account_id,
             "p": profile_id,
             "c": checksum,
+            "i": key_id,
             "x": round(claim.expires_at, 3),
             "n": claim.nonce,
         }
@@ -148,6 +155,7 @@ class Signer:
                 checksum=None if body["c"] is None else str(body["c"]),
                 expires_at=float(body["x"]),
                 nonce=str(body["n"]),
+                key_id=str(body["i"]),  # a token made before links named their key: invalid
             )
         except (ValueError, KeyError, TypeError, binascii.Error):
             raise invalid from None

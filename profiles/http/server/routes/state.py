@@ -16,10 +16,8 @@ from starlette.background import BackgroundTask
 from profiles.errors import (
     ArchiveInvalid,
     ChecksumMismatch,
-    Forbidden,
     LinkExpired,
     NoStateData,
-    NotFound,
     ProfileError,
     ValidationFailed,
 )
@@ -32,6 +30,7 @@ from profiles.http.server.deps import (
     base_url,
     busy,
     iso,
+    link_account,
     require_lease,
     run_sync,
     scratch_dir,
@@ -100,6 +99,7 @@ def download_link(s: Svc, c: Auth, ref: str, request: Request) -> DownloadLink:
         profile_id=profile.id,
         checksum=profile.checksum,
         expires_in=s.config.download_expires_in,
+        key_id=c.key.id,
     )
     c.store.record_event(
         "state.download_link_created",
@@ -126,13 +126,8 @@ def download_link(s: Svc, c: Auth, ref: str, request: Request) -> DownloadLink:
 )
 def download(s: Svc, token: str, request: Request) -> Response:
     claim = s.signer.verify(token, "download")
-    try:
-        account = s.accounts.get_account(claim.account_id)
-    except NotFound:
-        raise NotFound("Profile not found", resource="profile") from None
+    account = link_account(s, claim, write=False)
     request.state.account = account  # for the access log
-    if not account.active:
-        raise Forbidden("Account is deactivated")
     store = s.stores.get(account)
     profile = store.get(claim.profile_id)
     if profile.checksum != claim.checksum:
