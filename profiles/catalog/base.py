@@ -134,11 +134,13 @@ def cap_reached(limit: int, current: int) -> TierLimit:
 
 def lease_lost(profile_id: str, epoch: int, current: int) -> LeaseLost:
     """The ``LeaseLost`` every backend raises when a fenced write comes too late."""
+    # The message names no current epoch: it travels to remote callers (over HTTP), and
+    # ``current_epoch`` is a private detail (LeaseLost.private), kept on this machine.
     return LeaseLost(
-        f"The writer lease on profile {profile_id} was lost (this writer had epoch {epoch}, "
-        f"the profile is now at epoch {current}): another writer took it after it expired. "
-        "This session's state was not written; the newer state stands. Renew leases in "
-        "time (a paused or partitioned worker loses them), or raise the lease expiry.",
+        f"The writer lease on profile {profile_id} was lost (this writer had epoch {epoch}): "
+        "another writer took it after it expired. This session's state was not written; "
+        "the newer state stands. Renew leases in time (a paused or partitioned worker "
+        "loses them), or raise the lease expiry.",
         profile_id=profile_id,
         epoch=epoch,
         current_epoch=current,

@@ -48,6 +48,7 @@ from profiles.errors import (
     ChecksumMismatch,
     Conflict,
     Forbidden,
+    LeaseLost,
     LinkExpired,
     NoStateData,
     NotFound,
@@ -473,6 +474,10 @@ class HttpService(ProfileService):
         self._chunks: bool | None = None  # whether the server speaks chunks, once asked
         self._blobs = RemoteBlobs(self)
         self._manifests = ManifestReader(self._blobs, ArchiveLimits())
+        # The token of each writer lease this service was granted, by (profile id, epoch):
+        # the proof of holding it, sent as X-Lease-Token with the epoch (renew, release,
+        # a commit under it, the session's end). Another key's epoch alone proves nothing.
+        self._lease_tokens: dict[tuple[str, int], str] = {}
         self._client = httpx.Client(
             base_url=self.url + "/",
             headers=headers,
@@ -829,7 +834,9 @@ class HttpService(ProfileService):
         request (without ``epoch``, a read-only session's end: a read key may)."""
         path = self._profile_path(profile_id, "/sessions/end")
         body = _body(SessionEndBody, epoch=epoch, payload=_payload(payload))
-        self._send("POST", path, json_body=body, idempotent=False).close()
+        headers = self._lease_header(profile_id, epoch)
+        self._send("POST", path, json_body=body, headers=headers, idempotent=False).close()
+        self._forget_lease(profile_id, epoch)
 
     # ------------------------------------------------------------------ state bytes
 
@@ -926,9 +933,12 @@ class HttpService(ProfileService):
                 "Content-Type": "application/octet-stream",
                 "Content-Length": str(size),
                 "X-Checksum": state.checksum,
+                **self._lease_header(profile.id, epoch),
             },
             idempotent=True,
         )
+        if end_session is not None:
+            self._forget_lease(profile.id, epoch)  # released with the commit
         return self._profile(body)
 
     # ------------------------------------------------------------------ state as chunks
@@ -1000,8 +1010,11 @@ class HttpService(ProfileService):
             "POST",
             self._profile_path(profile.id, "/state/commit"),
             json_body=_body(CommitBody, **fields),
+            headers=self._lease_header(profile.id, epoch),
             idempotent=True,
         )
+        if end_session is not None:
+            self._forget_lease(profile.id, epoch)  # released with the commit
         return self._profile(answer), result
 
     def upload(
@@ -1127,6 +1140,7 @@ class HttpService(ProfileService):
             location=self.location,
         )
         expires = read.expires_at
+        self._lease_tokens[(read.profile_id or profile_id, read.epoch)] = read.token
         return LeaseGrant(
             profile_id=read.profile_id or profile_id,
             epoch=read.epoch,
@@ -1137,19 +1151,43 @@ class HttpService(ProfileService):
         )
 
     def renew_lease(self, profile_id: str, epoch: int, *, ttl: float | None) -> bool:
-        body = self._json(
-            "POST",
-            self._profile_path(profile_id, "/lease/renew"),
-            json_body=_body(RenewBody, epoch=epoch)
-            if ttl is None
-            else _body(RenewBody, epoch=epoch, ttl=ttl),
-            idempotent=True,
-        )
+        """False when the lease is no longer held, also when this service was not
+        granted it (no token of it: the server answers ``LeaseLost``)."""
+        try:
+            body = self._json(
+                "POST",
+                self._profile_path(profile_id, "/lease/renew"),
+                json_body=_body(RenewBody, epoch=epoch)
+                if ttl is None
+                else _body(RenewBody, epoch=epoch, ttl=ttl),
+                headers=self._lease_header(profile_id, epoch),
+                idempotent=True,
+            )
+        except LeaseLost:
+            return False
         return _model(RenewResult, body, location=self.location).renewed
 
     def release_lease(self, profile_id: str, epoch: int) -> None:
+        """Releasing a lease that is not held (or was not granted to this service) changes
+        nothing and is not an error, as with a local service."""
         path = self._profile_path(profile_id, "/lease")
-        self._send("DELETE", path, params={"epoch": epoch}, idempotent=True).close()
+        headers = self._lease_header(profile_id, epoch)
+        try:
+            self._send(
+                "DELETE", path, params={"epoch": epoch}, headers=headers, idempotent=True
+            ).close()
+        except LeaseLost:
+            log.debug("the lease %s on %s was not this service's to release", epoch, profile_id)
+        self._forget_lease(profile_id, epoch)
+
+    def _lease_header(self, profile_id: str, epoch: int | None) -> dict[str, str]:
+        """``X-Lease-Token`` of the lease ``epoch``, if this service was granted it."""
+        token = None if epoch is None else self._lease_tokens.get((profile_id, epoch))
+        return {"X-Lease-Token": token} if token is not None else {}
+
+    def _forget_lease(self, profile_id: str, epoch: int | None) -> None:
+        if epoch is not None:
+            self._lease_tokens.pop((profile_id, epoch), None)
 
     def lease_holder(self, profile_id: str) -> Holder | None:
         try:

@@ -34,6 +34,11 @@ class Delegated(Generic[P, R]):
         if name != self._name:
             raise TypeError(f"{owner.__name__}.{name} delegates {self._name}: use one name")
 
+    def __call__(self, instance: HasService, /, *args: P.args, **kwargs: P.kwargs) -> R:
+        """Called on the class, as a plain method is: ``ProfileStore.create(store, ...)``."""
+        method: Callable[P, R] = getattr(instance.service, self._name)
+        return method(*args, **kwargs)
+
     @overload
     def __get__(self, instance: None, owner: type | None = None) -> Delegated[P, R]: ...
     @overload

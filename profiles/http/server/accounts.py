@@ -360,6 +360,14 @@ class AccountsDB:
                 ).fetchall()
         return [self._key(r) for r in rows]
 
+    def get_key(self, key_id: str) -> ApiKey:
+        """The key ``key_id`` names, revoked or not (``NotFound`` if there is none)."""
+        with self._lock:
+            row = self._conn.execute("SELECT * FROM api_keys WHERE id = ?", (key_id,)).fetchone()
+        if row is None:
+            raise NotFound(f"API key {key_id!r} not found.", resource="api_key")
+        return self._key(row)
+
     def revoke_key(self, key_id: str) -> ApiKey:
         key_id = key_id.removeprefix(KEY_PREFIX).split("_", 1)[0]
         with self._tx() as c:

@@ -18,9 +18,18 @@ from fastapi.responses import Response, StreamingResponse
 from profiles.errors import ChecksumMismatch, NotFound, ProfileError, ValidationFailed
 from profiles.http.schemas import BlobStored, CommitBody
 from profiles.http.server.config import SERVER_LEASE_TTL
-from profiles.http.server.deps import Auth, ReadAuth, busy, run_sync, scratch_dir, server_holder
+from profiles.http.server.deps import (
+    Auth,
+    LeaseToken,
+    ReadAuth,
+    Svc,
+    busy,
+    require_lease,
+    run_sync,
+    scratch_dir,
+    server_holder,
+)
 from profiles.http.server.openapi import READ, WRITE, binary_body, error_responses
-from profiles.http.server.payloads import clean_payload
 from profiles.http.server.state_io import blob_stream
 from profiles.http.server.streams import drain, spool_body
 from profiles.models import Profile
@@ -147,13 +156,15 @@ async def put_blob(c: Auth, checksum: str, request: Request) -> BlobStored:
     tags=["chunks"],
     responses=error_responses(*WRITE, 404, 409),
 )
-def commit_manifest(c: Auth, ref: str, body: CommitBody) -> Profile:
+def commit_manifest(
+    s: Svc, c: Auth, ref: str, body: CommitBody, x_lease_token: LeaseToken = None
+) -> Profile:
     """Make an uploaded manifest the profile's state. The manifest and the packs it names
     are checked as hostile input (limits, paths, sizes; every blob must be in the
     account's storage; chunks of packs the current state does not use are read and
     checked); the cookie domains and browser version are read from the state itself."""
-    payload = clean_payload(body.payload)
-    ended = None if body.ended is None else clean_payload(body.ended, field="ended")
+    payload = body.payload.root
+    ended = None if body.ended is None else body.ended.root
     if ended is not None and body.epoch is None:
         raise ValidationFailed(
             "ended ends a writer session: pass its lease's epoch too.", field="ended"
@@ -161,7 +172,9 @@ def commit_manifest(c: Auth, ref: str, body: CommitBody) -> Profile:
     service = _service(c)
     profile = c.store.get(ref)
     epoch, own = body.epoch, None
-    if epoch is None:
+    if epoch is not None:
+        require_lease(s, c, profile, epoch, x_lease_token)
+    else:
         own = service.acquire_lease(profile.id, server_holder("import"), ttl=SERVER_LEASE_TTL)
         if own is None:
             raise busy(c.store, profile)

@@ -16,10 +16,8 @@ from starlette.background import BackgroundTask
 from profiles.errors import (
     ArchiveInvalid,
     ChecksumMismatch,
-    Forbidden,
     LinkExpired,
     NoStateData,
-    NotFound,
     ProfileError,
     ValidationFailed,
 )
@@ -27,16 +25,19 @@ from profiles.http.schemas import DownloadLink
 from profiles.http.server.config import SCRATCH_PREFIX, SERVER_LEASE_TTL, UPLOAD_LOCK_WAIT
 from profiles.http.server.deps import (
     Auth,
+    LeaseToken,
     Svc,
     base_url,
     busy,
     iso,
+    link_account,
+    require_lease,
     run_sync,
     scratch_dir,
     server_holder,
 )
 from profiles.http.server.openapi import READ, WRITE, binary_body, error_responses, multipart_body
-from profiles.http.server.payloads import audit_payload
+from profiles.http.server.payloads import audit_payload, commit_payload
 from profiles.http.server.state_io import HashingWriter, blob_stream, export_stream, file_stream
 from profiles.http.server.streams import NOT_GZIP, archive_codec, drain, spool_body, spool_multipart
 from profiles.models import AuditType, Profile
@@ -98,6 +99,7 @@ def download_link(s: Svc, c: Auth, ref: str, request: Request) -> DownloadLink:
         profile_id=profile.id,
         checksum=profile.checksum,
         expires_in=s.config.download_expires_in,
+        key_id=c.key.id,
     )
     c.store.record_event(
         "state.download_link_created",
@@ -124,13 +126,8 @@ def download_link(s: Svc, c: Auth, ref: str, request: Request) -> DownloadLink:
 )
 def download(s: Svc, token: str, request: Request) -> Response:
     claim = s.signer.verify(token, "download")
-    try:
-        account = s.accounts.get_account(claim.account_id)
-    except NotFound:
-        raise NotFound("Profile not found", resource="profile") from None
+    account = link_account(s, claim, write=False)
     request.state.account = account  # for the access log
-    if not account.active:
-        raise Forbidden("Account is deactivated")
     store = s.stores.get(account)
     profile = store.get(claim.profile_id)
     if profile.checksum != claim.checksum:
@@ -238,16 +235,33 @@ async def put_state(
     epoch: Annotated[int | None, Query(ge=0, le=2**62)] = None,
     browser_version: Annotated[str | None, Query(max_length=64)] = None,
     event: Literal["state.uploaded", "session.ended"] = "state.uploaded",
-    payload: Annotated[str | None, Query(max_length=4096)] = None,
-    ended: Annotated[str | None, Query(max_length=4096)] = None,
+    payload: Annotated[
+        str | None,
+        Query(
+            max_length=4096,
+            description="The commit's audit details: a JSON AuditPayload, none of whose keys "
+            "is a parameter of the commit (browser_version, ...).",
+        ),
+    ] = None,
+    ended: Annotated[
+        str | None,
+        Query(
+            max_length=4096,
+            description="With epoch, ends the writer session: the JSON AuditPayload of its "
+            "session.ended event.",
+        ),
+    ] = None,
+    x_lease_token: LeaseToken = None,
 ) -> Profile:
-    """Commit a state. With ``epoch`` and ``ended`` (a JSON object, the payload of the
-    session's ``session.ended`` event) the commit also ends the writer session: once
-    the state is stored, the lease is released and the event recorded, so a session's
-    end costs one request. A commit that fails ends nothing."""
+    """Commit a state, under the writer lease ``epoch`` (with its token as
+    ``X-Lease-Token``) or, without one, under a lease the server takes for the commit
+    (``ProfileBusy`` while another writer holds it). With ``epoch`` and ``ended`` (a JSON
+    object, the payload of the session's ``session.ended`` event) the commit also ends
+    the writer session: once the state is stored, the lease is released and the event
+    recorded, so a session's end costs one request. A commit that fails ends nothing."""
     announced = (x_checksum or "").strip().lower()
     try:
-        extras = audit_payload(payload)
+        extras = commit_payload(payload)
         end_payload = None if ended is None else audit_payload(ended, field="ended")
         if end_payload is not None and epoch is None:
             raise ValidationFailed(
@@ -261,6 +275,8 @@ async def put_state(
         if browser_version is not None:
             check_browser_version(browser_version)
         profile = await run_sync(lambda: c.store.get(ref))
+        if epoch is not None:
+            require_lease(s, c, profile, epoch, x_lease_token)
     except ProfileError:
         await drain(request.stream())
         raise

@@ -15,7 +15,6 @@ from profiles.errors import (
     ArchiveInvalid,
     ChecksumMismatch,
     Conflict,
-    Forbidden,
     NotFound,
     ProfileError,
     SignatureInvalid,
@@ -24,7 +23,7 @@ from profiles.errors import (
 )
 from profiles.http.schemas import CompleteUploadBody, UploadTarget
 from profiles.http.server.config import ARCHETYPE_OF, UPLOAD_LOCK_WAIT, sweep_old
-from profiles.http.server.deps import Auth, Svc, base_url, run_sync, scratch_dir
+from profiles.http.server.deps import Auth, Svc, base_url, link_account, run_sync, scratch_dir
 from profiles.http.server.openapi import AUTH, error_responses, multipart_body
 from profiles.http.server.state_io import hash_file
 from profiles.http.server.streams import NOT_GZIP, archive_codec, drain, spool_multipart
@@ -58,6 +57,7 @@ def initiate_upload(s: Svc, c: Auth, request: Request) -> UploadTarget:
         profile_id=profile_id,
         checksum=None,
         expires_in=s.config.upload_expires_in,
+        key_id=c.key.id,
     )
     return UploadTarget(
         profile_id=profile_id,
@@ -86,9 +86,7 @@ def initiate_upload(s: Svc, c: Auth, request: Request) -> UploadTarget:
 async def presigned_upload(s: Svc, token: str, request: Request) -> Response:
     try:
         claim = s.signer.verify(token, "upload")
-        account = s.accounts.get_account(claim.account_id)
-        if not account.active:
-            raise Forbidden("Account is deactivated")
+        account = link_account(s, claim, write=True)
         if not s.accounts.claim_token(claim.nonce, claim.expires_at):
             raise Conflict(
                 "This upload target was already used; call initiate-upload again.",
