@@ -413,6 +413,27 @@ class _StateReader(io.RawIOBase):
                 super().close()
 
 
+def _json_content(json_body: Any, headers: dict[str, str]) -> bytes | None:
+    """``json_body`` as the bytes of a JSON request (its Content-Type added to
+    ``headers``), or ``None`` without one."""
+    if json_body is None:
+        return None
+    try:
+        content = json.dumps(json_body, allow_nan=False).encode()
+    except (TypeError, ValueError) as exc:
+        raise ValidationFailed(f"The request cannot be sent as JSON: {exc}.") from None
+    headers["Content-Type"] = "application/json"
+    return content
+
+
+def _body_of(response: httpx.Response) -> Any:
+    """A read response's body: its JSON, else its text, else ``None``."""
+    try:
+        return response.json() if response.content else None
+    except ValueError:
+        return response.text if response.content else None
+
+
 def _describe(exc: BaseException) -> str:
     """What went wrong on the wire, without URLs (they are named separately)."""
     text = str(exc).strip() or type(exc).__name__
@@ -529,18 +550,10 @@ class HttpService(ProfileService):
             deadline = ambient if deadline is None else min(deadline, ambient)
         query = {k: v for k, v in (params or {}).items() if v is not None}
         extra = dict(headers or {})
-        content: bytes | None = None
-        if json_body is not None:
-            try:
-                content = json.dumps(json_body, allow_nan=False).encode()
-            except (TypeError, ValueError) as exc:
-                raise ValidationFailed(f"The request cannot be sent as JSON: {exc}.") from None
-            extra["Content-Type"] = "application/json"
+        content = _json_content(json_body, extra)
         delay = self.backoff
-        attempt = 0
-        while True:
-            attempt += 1
-            last = attempt >= self.attempts
+        for attempt in range(1, self.attempts + 1):
+            retry = idempotent and attempt < self.attempts
             request = self._client.build_request(
                 method,
                 path,
@@ -553,37 +566,48 @@ class HttpService(ProfileService):
             try:
                 response = self._client.send(request, stream=stream)
             except httpx.TransportError as exc:
-                if idempotent and not last:
-                    log.debug("%s %s: %s; retrying in %.1f s", method, path, _describe(exc), delay)
-                    time.sleep(delay)
-                    delay = min(delay * 2, MAX_BACKOFF)
-                    continue
-                raise self._unreachable(exc) from exc
-            if response.is_success:
-                return response
-            if response.status_code in RETRY_STATUSES and idempotent and not last:
-                response.close()
-                log.debug(
-                    "%s %s: HTTP %d; retrying in %.1f s",
-                    method,
-                    path,
-                    response.status_code,
-                    delay,
-                )
-                time.sleep(delay)
-                delay = min(delay * 2, MAX_BACKOFF)
-                continue
-            header_wait = _retry_after(response)
-            error = self._error(response)
-            if isinstance(error, RateLimited):
-                wait = _rate_limited(error, header_wait, delay)
-                fits = deadline is None or time.monotonic() + wait <= deadline
-                if idempotent and not last and wait <= self.max_retry_after and fits:
-                    log.info("rate limited by %s; retrying in %.1f s", self.location, wait)
-                    time.sleep(wait)
-                    delay = min(delay * 2, MAX_BACKOFF)
-                    continue
-            raise error
+                if not retry:
+                    raise self._unreachable(exc) from exc
+                log.debug("%s %s: %s; retrying in %.1f s", method, path, _describe(exc), delay)
+            else:
+                if response.is_success:
+                    return response
+                wait = self._wait_to_retry(response, delay, deadline) if retry else None
+                if wait is None:
+                    raise self._error(response)
+                delay = wait
+            time.sleep(delay)
+            delay = min(delay * 2, MAX_BACKOFF)
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+    def _wait_to_retry(
+        self, response: httpx.Response, delay: float, deadline: float | None
+    ) -> float | None:
+        """How long to wait before sending again after the failed ``response`` (closed
+        here), or ``None`` when it is not worth retrying; then the caller raises its error.
+        A 5xx (``RETRY_STATUSES``) waits ``delay``; a 429 what it asks, within
+        ``max_retry_after`` and the ``deadline``."""
+        if response.status_code in RETRY_STATUSES:
+            response.close()
+            log.debug("%s: HTTP %d; retrying in %.1f s", self.location, response.status_code, delay)
+            return delay
+        if response.status_code != 429:
+            return None
+        try:
+            response.read()
+        except httpx.HTTPError:
+            return None
+        header_wait = _retry_after(response)
+        error = error_from_body(response.status_code, _body_of(response), location=self.location)
+        if not isinstance(error, RateLimited):
+            return None
+        wait = _rate_limited(error, header_wait, delay)
+        fits = deadline is None or time.monotonic() + wait <= deadline
+        if wait > self.max_retry_after or not fits:
+            return None
+        response.close()
+        log.info("rate limited by %s; retrying in %.1f s", self.location, wait)
+        return wait
 
     def _error(self, response: httpx.Response) -> ProfileError:
         try:

@@ -125,6 +125,48 @@ class _NullSink:
         return len(data)
 
 
+def _checked_changes(
+    name: str | Unset, description: str | Unset | None, labels: dict[str, str] | Unset
+) -> dict[str, Any]:
+    """The fields an update passes (``UNSET``: not passed), each checked."""
+    changes: dict[str, Any] = {}
+    if not isinstance(name, Unset):
+        changes["name"] = check_name(name)
+    if not isinstance(description, Unset):
+        changes["description"] = check_description(description)
+    if not isinstance(labels, Unset):
+        changes["labels"] = check_labels(labels)
+    return changes
+
+
+def _checked_label_edits(
+    add_labels: Mapping[str, str] | None, remove_labels: Iterable[str] | None
+) -> tuple[dict[str, str], set[str]]:
+    """The labels an update adds and the keys it removes, checked."""
+    adding = dict(check_labels(dict(add_labels))) if add_labels else {}
+    if isinstance(remove_labels, str):
+        raise ValidationFailed(
+            "remove_labels must be a list of label keys, not one string.",
+            field="remove_labels",
+        )
+    removing = set(remove_labels or ())
+    if not all(isinstance(k, str) for k in removing):
+        raise ValidationFailed("remove_labels must hold label keys.", field="remove_labels")
+    return adding, removing
+
+
+def _keep_archetype(current: Profile, archetype: str | Unset) -> None:
+    """``ValidationFailed`` when an update would change the (sticky) archetype."""
+    if not isinstance(archetype, Unset) and archetype != current.archetype:
+        raise ValidationFailed(
+            f"The archetype of profile {current.name!r} is {current.archetype!r} and "
+            "cannot be changed. To repin, clone it with the new archetype "
+            f"(profiles clone {current.name} --archetype {archetype}) and delete "
+            "the old profile after migrating.",
+            field="archetype",
+        )
+
+
 class CatalogService(ProfileService):
     """The service over a catalog and a blob store (embedded or shared)."""
 
@@ -622,57 +664,50 @@ class CatalogService(ProfileService):
         ``remove_labels`` (drop these keys) merge into the labels as they are when the
         change is written, inside one transaction, so concurrent edits of different labels
         all survive."""
-        changes: dict[str, Any] = {}
-        if not isinstance(name, Unset):
-            changes["name"] = check_name(name)
-        if not isinstance(description, Unset):
-            changes["description"] = check_description(description)
-        if not isinstance(labels, Unset):
-            changes["labels"] = check_labels(labels)
-        adding = dict(check_labels(dict(add_labels))) if add_labels else {}
-        if isinstance(remove_labels, str):
-            raise ValidationFailed(
-                "remove_labels must be a list of label keys, not one string.",
-                field="remove_labels",
-            )
-        removing = set(remove_labels or ())
-        if not all(isinstance(k, str) for k in removing):
-            raise ValidationFailed("remove_labels must hold label keys.", field="remove_labels")
+        changes = _checked_changes(name, description, labels)
+        adding, removing = _checked_label_edits(add_labels, remove_labels)
         with self.catalog.transaction() as tx:
             current = self._find(tx, ref)
-            if not isinstance(archetype, Unset) and archetype != current.archetype:
-                raise ValidationFailed(
-                    f"The archetype of profile {current.name!r} is {current.archetype!r} and "
-                    "cannot be changed. To repin, clone it with the new archetype "
-                    f"(profiles clone {current.name} --archetype {archetype}) and delete "
-                    "the old profile after migrating.",
-                    field="archetype",
-                )
+            _keep_archetype(current, archetype)
             changed = sorted(k for k, v in changes.items() if getattr(current, k) != v)
             if adding or removing:
                 changed = sorted({*changed, "labels"})
             if not changed:
                 return current
-            now = utcnow()
-            fields = {k: v for k, v in changes.items() if k != "labels" and k in changed}
-            updated = tx.update_fields(current.id, {**fields, "updated_at": now})
-            if "labels" in changed:
-                updated = tx.merge_labels(
-                    current.id,
-                    add=adding,
-                    remove=frozenset(removing),
-                    replace=changes.get("labels"),
-                    updated_at=now,
-                )
-                assert updated is not None
-                if len(updated.labels) > MAX_LABELS:
-                    raise ValidationFailed(
-                        f"A profile can have at most {MAX_LABELS} labels; this change would "
-                        f"give {current.name!r} {len(updated.labels)}. Remove some first.",
-                        field="labels",
-                    )
-            assert updated is not None
+            updated = self._write_changes(tx, current, changes, changed, adding, removing)
             self._event(tx, "profile.updated", current.id, changed=changed)
+        return updated
+
+    @staticmethod
+    def _write_changes(
+        tx: CatalogTransaction,
+        current: Profile,
+        changes: Mapping[str, Any],
+        changed: builtins.list[str],
+        adding: dict[str, str],
+        removing: set[str],
+    ) -> Profile:
+        """Write the fields that change, then merge the labels (as they are now, in this
+        transaction) and check their count."""
+        now = utcnow()
+        fields = {k: v for k, v in changes.items() if k != "labels" and k in changed}
+        updated = tx.update_fields(current.id, {**fields, "updated_at": now})
+        if "labels" in changed:
+            updated = tx.merge_labels(
+                current.id,
+                add=adding,
+                remove=frozenset(removing),
+                replace=changes.get("labels"),
+                updated_at=now,
+            )
+            assert updated is not None
+            if len(updated.labels) > MAX_LABELS:
+                raise ValidationFailed(
+                    f"A profile can have at most {MAX_LABELS} labels; this change would "
+                    f"give {current.name!r} {len(updated.labels)}. Remove some first.",
+                    field="labels",
+                )
+        assert updated is not None
         return updated
 
     def clone(
