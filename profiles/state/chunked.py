@@ -424,6 +424,101 @@ def pack_chunked(
     started = time.perf_counter()
     walk_ns = time.time_ns()
     trusted_before = walk_ns - RACY_NS
+    by_path, reuse, cache = _previous_index(previous, previous_stat, verify)
+    counts = _Counts()
+    new_cache: dict[str, StatKey] = {}
+    # Entries in walk order; a file being chunked holds its pending futures until the end.
+    slots: list[_Slot] = []
+    packs = _PackWriter(blobs, target=PACK_TARGET)
+    store = _ChunkStore(packs, reuse=reuse, verify=verify, workers=workers or _pack_workers())
+    skipped: str | None = None  # a directory left out, with all below it
+    try:
+        for relpath, dirent in walk_state(directory, engine, apply_excludes=apply_excludes):
+            if dirent is None:
+                counts.excluded += 1
+                continue
+            if skipped is not None and relpath.startswith(skipped):
+                continue
+            try:
+                st = dirent.stat(follow_symlinks=False)
+            except OSError:
+                continue
+            old = by_path.get(relpath)
+            if stat.S_ISDIR(st.st_mode):
+                if old is None and not _representable(relpath):
+                    skipped = relpath + "/"
+                    continue
+                counts.dirs += 1
+                slots.append(_dir_entry(relpath, st.st_mtime_ns))
+                continue
+            key = _stat_key(st)
+            if _unchanged(old, cache.get(relpath), key, st):
+                assert old is not None
+                slots.append(old)
+                new_cache[relpath] = key
+                counts.files += 1
+                counts.files_reused += 1
+                counts.total += old.size
+                continue
+            if old is None and not _representable(relpath):
+                continue
+            slot = _chunk_file(relpath, dirent.path, store, chunk_size, trusted_before, counts)
+            if slot is not None:
+                slots.append(slot[0])
+                if slot[1] is not None:
+                    new_cache[relpath] = slot[1]
+        entries = _settle(slots)
+        store.close()
+        folded = _fold(blobs, packs, previous, entries, verify)
+        packs.finish()
+    finally:
+        store.close()
+        packs.close()
+    manifest, blob, manifest_written = _seal(blobs, engine, entries, packs, previous, verify)
+    stats = ChunkedPackStats(
+        files=counts.files,
+        directories=counts.dirs,
+        excluded=counts.excluded,
+        uncompressed_bytes=counts.total,
+        files_read=counts.files_read,
+        files_reused=counts.files_reused,
+        bytes_read=counts.bytes_read,
+        chunks=sum(len(entry.chunks) for entry in entries),
+        chunks_reused=store.reused,
+        chunks_written=len(packs.stored - folded),
+        chunks_moved=len(folded),
+        packs_written=packs.written,
+        bytes_written=packs.bytes_written + manifest_written,
+        manifest_bytes=len(blob),
+        seconds=round(time.perf_counter() - started, 6),
+    )
+    log.debug("packed %s as %s: %s", directory, manifest.checksum, stats)
+    return PackResult(manifest, manifest.checksum, stats, StatCache(manifest.checksum, new_cache))
+
+
+# A file in walk order: its entry, or (path, mtime, the chunks being stored) until settled.
+_Slot: TypeAlias = "Entry | tuple[str, int, list[Future[Chunk]]]"
+
+
+@dataclass
+class _Counts:
+    """What a pack walked, for its stats."""
+
+    files: int = 0
+    dirs: int = 0
+    excluded: int = 0
+    total: int = 0
+    files_read: int = 0
+    files_reused: int = 0
+    bytes_read: int = 0
+
+
+def _previous_index(
+    previous: Manifest | None, previous_stat: StatCache | None, verify: bool
+) -> tuple[dict[str, Entry], dict[str, Chunk], dict[str, StatKey]]:
+    """From the state a directory was last committed as: its entries by path, its chunks by
+    content digest (reused by content), and the stat cache that lets unchanged files go
+    unread (empty when it is for another state, or with ``verify``)."""
     by_path: dict[str, Entry] = {}
     reuse: dict[str, Chunk] = {}
     if previous is not None:
@@ -441,100 +536,94 @@ def pack_chunked(
                 previous_stat.manifest,
                 previous.checksum,
             )
-    new_cache: dict[str, StatKey] = {}
-    # Entries in walk order; a file being chunked holds its pending futures until the end.
-    slots: list[Entry | tuple[str, int, list[Future[Chunk]]]] = []
-    files = dirs = excluded = total = files_read = files_reused = bytes_read = 0
-    packs = _PackWriter(blobs, target=PACK_TARGET)
-    store = _ChunkStore(packs, reuse=reuse, verify=verify, workers=workers or _pack_workers())
-    skipped: str | None = None  # a directory left out, with all below it
+    return by_path, reuse, cache
+
+
+def _unchanged(old: Entry | None, cached: StatKey | None, key: StatKey, st: os.stat_result) -> bool:
+    """Whether the file is the previous state's, unread: same stat as when last packed."""
+    return (
+        old is not None
+        and old.kind == "file"
+        and cached == key
+        and old.size == st.st_size
+        and old.mtime_ns == st.st_mtime_ns
+    )
+
+
+def _chunk_file(
+    relpath: str,
+    path: str,
+    store: _ChunkStore,
+    chunk_size: int,
+    trusted_before: int,
+    counts: _Counts,
+) -> tuple[_Slot, StatKey | None] | None:
+    """Read the file and hand its chunks to ``store``: its slot, and its stat key when the
+    stat cache may trust it next time (not changed while read, not too recent); ``None``
+    for a file that is gone, unreadable or not a regular file."""
     try:
-        for relpath, dirent in walk_state(directory, engine, apply_excludes=apply_excludes):
-            if dirent is None:
-                excluded += 1
-                continue
-            if skipped is not None and relpath.startswith(skipped):
-                continue
-            try:
-                st = dirent.stat(follow_symlinks=False)
-            except OSError:
-                continue
-            old = by_path.get(relpath)
-            if stat.S_ISDIR(st.st_mode):
-                if old is None and not _representable(relpath):
-                    skipped = relpath + "/"
-                    continue
-                dirs += 1
-                slots.append(_dir_entry(relpath, st.st_mtime_ns))
-                continue
-            key = _stat_key(st)
-            if (
-                old is not None
-                and old.kind == "file"
-                and cache.get(relpath) == key
-                and old.size == st.st_size
-                and old.mtime_ns == st.st_mtime_ns
-            ):
-                slots.append(old)
-                new_cache[relpath] = key
-                files += 1
-                files_reused += 1
-                total += old.size
-                continue
-            if old is None and not _representable(relpath):
-                continue
-            try:
-                with _open_for_read(dirent.path) as f:
-                    before = os.fstat(f.fileno())
-                    if not stat.S_ISREG(before.st_mode):
-                        continue
-                    pending: list[Future[Chunk]] = []
-                    size = 0
-                    step = _chunk_size_of(f, before.st_size, chunk_size)
-                    while data := read_up_to(f, step):
-                        size += len(data)
-                        pending.append(store.submit(data))
-                    after = os.fstat(f.fileno())
-            except (FileNotFoundError, PermissionError) as exc:
-                log.warning("skipping %s: %s", relpath, exc)
-                continue
-            files += 1
-            files_read += 1
-            bytes_read += size
-            total += size
-            slots.append((relpath, _mtime(before.st_mtime_ns), pending))
-            moved = (before.st_size, before.st_mtime_ns, before.st_ctime_ns) != (
-                after.st_size,
-                after.st_mtime_ns,
-                after.st_ctime_ns,
+        with _open_for_read(path) as f:
+            before = os.fstat(f.fileno())
+            if not stat.S_ISREG(before.st_mode):
+                return None
+            pending: list[Future[Chunk]] = []
+            size = 0
+            step = _chunk_size_of(f, before.st_size, chunk_size)
+            while data := read_up_to(f, step):
+                size += len(data)
+                pending.append(store.submit(data))
+            after = os.fstat(f.fileno())
+    except (FileNotFoundError, PermissionError) as exc:
+        log.warning("skipping %s: %s", relpath, exc)
+        return None
+    counts.files += 1
+    counts.files_read += 1
+    counts.bytes_read += size
+    counts.total += size
+    slot: _Slot = (relpath, _mtime(before.st_mtime_ns), pending)
+    moved = (before.st_size, before.st_mtime_ns, before.st_ctime_ns) != (
+        after.st_size,
+        after.st_mtime_ns,
+        after.st_ctime_ns,
+    )
+    if moved or before.st_size != size:
+        log.warning("%s changed while it was packed (is the browser closed?)", relpath)
+        return slot, None
+    return slot, (_stat_key(before) if before.st_mtime_ns < trusted_before else None)
+
+
+def _settle(slots: list[_Slot]) -> list[Entry]:
+    """The entries in walk order, each file's chunks once they are stored."""
+    entries: list[Entry] = []
+    for slot in slots:
+        if isinstance(slot, Entry):
+            entries.append(slot)
+            continue
+        relpath, mtime_ns, pending = slot
+        chunks = tuple(future.result() for future in pending)
+        entries.append(
+            Entry.model_construct(
+                path=relpath,
+                kind="file",
+                mtime_ns=mtime_ns,
+                size=sum(chunk[1] for chunk in chunks),
+                mode=FILE_MODE,
+                chunks=chunks,
             )
-            if moved or before.st_size != size:
-                log.warning("%s changed while it was packed (is the browser closed?)", relpath)
-            elif before.st_mtime_ns < trusted_before:
-                new_cache[relpath] = _stat_key(before)
-        entries: list[Entry] = []
-        for slot in slots:
-            if isinstance(slot, Entry):
-                entries.append(slot)
-                continue
-            relpath, mtime_ns, pending = slot
-            chunks = tuple(future.result() for future in pending)
-            entries.append(
-                Entry.model_construct(
-                    path=relpath,
-                    kind="file",
-                    mtime_ns=mtime_ns,
-                    size=sum(chunk[1] for chunk in chunks),
-                    mode=FILE_MODE,
-                    chunks=chunks,
-                )
-            )
-        store.close()
-        folded = _fold(blobs, packs, previous, entries, verify)
-        packs.finish()
-    finally:
-        store.close()
-        packs.close()
+        )
+    return entries
+
+
+def _seal(
+    blobs: BlobStore,
+    engine: Engine,
+    entries: list[Entry],
+    packs: _PackWriter,
+    previous: Manifest | None,
+    verify: bool,
+) -> tuple[Manifest, bytes, int]:
+    """Store the manifest of ``entries`` (last: the packs are stored): the manifest, its
+    blob, and the bytes written for it (0: the store held it already)."""
     manifest = _with_locations(
         Manifest.model_construct(version=FORMAT_VERSION, engine=engine, entries=tuple(entries)),
         packs,
@@ -545,26 +634,8 @@ def pack_chunked(
     manifest._checksum = checksum
     manifest._blob_size = len(blob)
     # put is conditional and says whether it stored: no separate existence check.
-    manifest_written = len(blob) if blobs.put(checksum, io.BytesIO(blob), size=len(blob)) else 0
-    stats = ChunkedPackStats(
-        files=files,
-        directories=dirs,
-        excluded=excluded,
-        uncompressed_bytes=total,
-        files_read=files_read,
-        files_reused=files_reused,
-        bytes_read=bytes_read,
-        chunks=sum(len(entry.chunks) for entry in entries),
-        chunks_reused=store.reused,
-        chunks_written=len(packs.stored - folded),
-        chunks_moved=len(folded),
-        packs_written=packs.written,
-        bytes_written=packs.bytes_written + manifest_written,
-        manifest_bytes=len(blob),
-        seconds=round(time.perf_counter() - started, 6),
-    )
-    log.debug("packed %s as %s: %s", directory, checksum, stats)
-    return PackResult(manifest, checksum, stats, StatCache(checksum, new_cache))
+    written = len(blob) if blobs.put(checksum, io.BytesIO(blob), size=len(blob)) else 0
+    return manifest, blob, written
 
 
 def _plan_folds(previous: Manifest | None, refs: dict[str, Chunk], packs: _PackWriter) -> list[str]:
