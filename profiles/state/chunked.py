@@ -29,7 +29,7 @@ import time
 from collections import deque
 from collections.abc import Generator, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, TypeAlias
 
@@ -1182,6 +1182,94 @@ def _offsets(chunks: tuple[Chunk, ...]) -> Iterator[tuple[int, Chunk]]:
         offset += chunk[1]
 
 
+@dataclass
+class _ApplyPlan:
+    """What applying a state writes: chunks at offsets, the entries whose size and mtime
+    are set afterwards, and the counts for the stats."""
+
+    writes: list[_Write] = field(default_factory=list)
+    changed: list[Entry] = field(default_factory=list)
+    created: int = 0
+    patched: int = 0
+    touched: int = 0
+
+
+def _remove_what_went(old: Manifest, new: Manifest, root: str) -> int:
+    """Remove what ``new`` does not have (or has as the other kind), deepest first; how
+    many entries went."""
+    new_by_path = {entry.path: entry for entry in new.entries}
+    removed = 0
+    for entry in reversed(old.entries):
+        now = new_by_path.get(entry.path)
+        if now is not None and now.kind == entry.kind:
+            continue
+        path = os.path.join(root, entry.path)
+        if entry.kind == "dir":
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+        removed += 1
+    return removed
+
+
+def _plan_apply(old: Manifest, new: Manifest, root: str) -> _ApplyPlan:
+    """Make the new directories and (empty) new files, in order, and plan which chunks go
+    where: every chunk of a new file, the chunks of a changed file that differ."""
+    old_by_path = {entry.path: entry for entry in old.entries}
+    plan = _ApplyPlan()
+    for entry in new.entries:
+        path = os.path.join(root, entry.path)
+        was = old_by_path.get(entry.path)
+        if entry.kind == "dir":
+            if was is None or was.kind != "dir":
+                os.makedirs(path, 0o700, exist_ok=True)
+            continue
+        if was is not None and was.kind == "file":
+            if was.chunks == entry.chunks:
+                if was.mtime_ns != entry.mtime_ns:
+                    plan.touched += 1
+                    plan.changed.append(entry)
+                continue
+            have = {(off, c[1], c[2]) for off, c in _offsets(was.chunks)}
+            plan.writes.extend(
+                (entry.path, off, c)
+                for off, c in _offsets(entry.chunks)
+                if (off, c[1], c[2]) not in have
+            )
+            plan.patched += 1
+        else:
+            flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | _NOFOLLOW
+            os.close(os.open(path, flags, 0o600))
+            plan.writes.extend((entry.path, off, c) for off, c in _offsets(entry.chunks))
+            plan.created += 1
+        plan.changed.append(entry)
+    return plan
+
+
+def _applied_stat_cache(
+    old: Manifest,
+    new: Manifest,
+    root: str,
+    changed: list[Entry],
+    stat_cache: StatCache | None,
+) -> dict[str, StatKey]:
+    """The stat cache of the applied directory: files written now (once not too recent),
+    and what the old cache vouched for among the files left alone."""
+    walk_ns = time.time_ns()
+    carried = stat_cache.entries if stat_cache and stat_cache.manifest == old.checksum else {}
+    written = {entry.path for entry in changed}
+    cache: dict[str, StatKey] = {}
+    for entry in new.files():
+        if entry.path in written:
+            if entry.mtime_ns < walk_ns - RACY_NS:
+                cache[entry.path] = _stat_key(os.stat(os.path.join(root, entry.path)))
+        elif entry.path in carried:
+            cache[entry.path] = carried[entry.path]
+    return cache
+
+
 def apply_chunked(
     old: Manifest,
     new: Manifest,
@@ -1207,78 +1295,23 @@ def apply_chunked(
     directory = Path(directory)
     check_manifest(new, limits, root=directory)
     root = os.fspath(directory)
-    old_by_path = {entry.path: entry for entry in old.entries}
-    new_by_path = {entry.path: entry for entry in new.entries}
-    removed = 0
-    # 1. What ``new`` does not have (or has as the other kind), deepest first.
-    for entry in reversed(old.entries):
-        now = new_by_path.get(entry.path)
-        if now is not None and now.kind == entry.kind:
-            continue
-        path = os.path.join(root, entry.path)
-        if entry.kind == "dir":
-            if os.path.isdir(path) and not os.path.islink(path):
-                shutil.rmtree(path)
-        else:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)
-        removed += 1
-    # 2. New directories and files, in order; which chunks go where.
-    created = patched = touched = 0
-    changed: list[Entry] = []
-    writes: list[_Write] = []
-    for entry in new.entries:
-        path = os.path.join(root, entry.path)
-        was = old_by_path.get(entry.path)
-        if entry.kind == "dir":
-            if was is None or was.kind != "dir":
-                os.makedirs(path, 0o700, exist_ok=True)
-            continue
-        if was is not None and was.kind == "file":
-            if was.chunks == entry.chunks:
-                if was.mtime_ns != entry.mtime_ns:
-                    touched += 1
-                    changed.append(entry)
-                continue
-            have = {(off, c[1], c[2]) for off, c in _offsets(was.chunks)}
-            writes.extend(
-                (entry.path, off, c)
-                for off, c in _offsets(entry.chunks)
-                if (off, c[1], c[2]) not in have
-            )
-            patched += 1
-        else:
-            flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | _NOFOLLOW
-            os.close(os.open(path, flags, 0o600))
-            writes.extend((entry.path, off, c) for off, c in _offsets(entry.chunks))
-            created += 1
-        changed.append(entry)
-    # 3. Write the chunks in parallel, then sizes and mtimes.
-    fetched_bytes = _write_chunks(blobs, root, writes, new.where(), workers, verify_content)
-    for entry in changed:
+    removed = _remove_what_went(old, new, root)
+    plan = _plan_apply(old, new, root)
+    fetched_bytes = _write_chunks(blobs, root, plan.writes, new.where(), workers, verify_content)
+    for entry in plan.changed:
         path = os.path.join(root, entry.path)
         os.truncate(path, entry.size)
         os.utime(path, ns=(entry.mtime_ns, entry.mtime_ns))
     for entry in new.entries:
         if entry.kind == "dir":
             os.utime(os.path.join(root, entry.path), ns=(entry.mtime_ns, entry.mtime_ns))
-    # 4. The stat cache of the result.
-    walk_ns = time.time_ns()
-    carried = stat_cache.entries if stat_cache and stat_cache.manifest == old.checksum else {}
-    written = {entry.path for entry in changed}
-    cache: dict[str, StatKey] = {}
-    for entry in new.files():
-        if entry.path in written:
-            if entry.mtime_ns < walk_ns - RACY_NS:
-                cache[entry.path] = _stat_key(os.stat(os.path.join(root, entry.path)))
-        elif entry.path in carried:
-            cache[entry.path] = carried[entry.path]
+    cache = _applied_stat_cache(old, new, root, plan.changed, stat_cache)
     stats = ApplyStats(
-        files_created=created,
-        files_patched=patched,
-        files_touched=touched,
+        files_created=plan.created,
+        files_patched=plan.patched,
+        files_touched=plan.touched,
         removed=removed,
-        chunks_fetched=len(writes),
+        chunks_fetched=len(plan.writes),
         bytes_fetched=fetched_bytes,
         seconds=round(time.perf_counter() - started, 6),
     )
