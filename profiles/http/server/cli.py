@@ -24,6 +24,11 @@ from profiles.errors import ProfileError, ValidationFailed
 from profiles.http.server.access_log import LogFormat, configure_server_logging
 from profiles.http.server.accounts import SCOPES, TIER_CAPS, TIER_RATE_LIMITS, AccountsDB
 from profiles.http.server.ratelimit import RateLimit, parse_rate_limit, parse_tier_rate_limit
+from profiles.http.server.transport import (
+    Transport,
+    parse_forwarded_allow_ips,
+    uvicorn_options,
+)
 
 __all__ = ["add_server_commands", "main", "serve"]
 
@@ -68,6 +73,13 @@ def _tier_rate_limit(value: str) -> tuple[str, RateLimit | None]:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _forwarded_allow_ips(value: str) -> tuple[str, ...]:
+    try:
+        return parse_forwarded_allow_ips(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def cmd_serve(_store: object, args: argparse.Namespace) -> None:
     serve(
         home=_server_home(args),
@@ -82,6 +94,7 @@ def cmd_serve(_store: object, args: argparse.Namespace) -> None:
         max_upload_mb=args.max_upload_mb,
         public_url=args.public_url,
         log_format=args.log_format,
+        transport=Transport(forwarded_allow_ips=args.forwarded_allow_ips),
     )
 
 
@@ -99,13 +112,15 @@ def serve(
     max_upload_mb: int = 500,
     public_url: str | None = None,
     log_format: LogFormat = "text",
+    transport: Transport | None = None,
 ) -> None:
     """Run the server until SIGINT/SIGTERM. Uvicorn's own access log is off (download and
     upload tokens are in URL paths); ours (:mod:`profiles.http.server.access_log`) logs each
     request's route template, status, duration and account on stderr, as text or JSON.
     ``rate_limit`` is the budget per client address of requests without a live key;
     ``tier_rate_limits`` overrides the budgets per account of some tiers (the others keep
-    :data:`~profiles.http.server.accounts.TIER_RATE_LIMITS`)."""
+    :data:`~profiles.http.server.accounts.TIER_RATE_LIMITS`). ``transport`` holds what the
+    connections are held to (:mod:`profiles.http.server.transport`)."""
     import uvicorn
 
     from profiles.http.server import ServerConfig, create_app
@@ -147,7 +162,15 @@ def serve(
         rate or "off",
         ", ".join(f"{t} {r or 'off'}" for t, r in config.tier_rate_limits.items()),
     )
-    uvicorn.run(app, host=host, port=port, access_log=False, log_level="info", log_config=None)
+    uvicorn.run(
+        app,
+        host=host,
+        port=port,
+        access_log=False,
+        log_level="info",
+        log_config=None,
+        **uvicorn_options(transport or Transport()),
+    )
 
 
 def cmd_keys_create(_store: object, args: argparse.Namespace) -> None:
@@ -277,6 +300,16 @@ def add_server_commands(sub: Any, command: Command) -> None:
         default=None,
         metavar="URL",
         help="base URL for the links the server hands out (default: as requested)",
+    )
+    p.add_argument(
+        "--forwarded-allow-ips",
+        type=_forwarded_allow_ips,
+        default=(),
+        metavar="ADDRS",
+        help="reverse proxies whose X-Forwarded-For and X-Forwarded-Proto are believed, "
+        "as addresses or networks separated by commas (default: none, and the headers are "
+        "ignored: the rate limit counts the connection's own address; '*' believes every "
+        "peer, only behind a proxy that always overwrites them)",
     )
     p.add_argument(
         "--log-format",
