@@ -7,10 +7,22 @@ Nothing is mocked: every test talks to a real uvicorn process on loopback.
 
 from __future__ import annotations
 
+import gzip
+import hashlib
+import io
+import json
+import os
+import select
+import socket
+import tarfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-from http_service import start_http_server
+from http_service import HttpServer, start_http_server
+
+MIB = 1024 * 1024
+TIMEOUT = httpx.Timeout(60.0)
 
 
 def _err(r: httpx.Response) -> dict[str, object]:
@@ -19,6 +31,147 @@ def _err(r: httpx.Response) -> dict[str, object]:
     error: dict[str, object] = body["error"]
     assert error["status"] == r.status_code, body
     return error
+
+
+def _vm_hwm_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmHWM")
+
+
+def _chromium_targz(size: int) -> bytes:
+    """A Chromium user-data-dir as .tar.gz of about ``size`` bytes (incompressible)."""
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w") as tar:
+        for name, data in {
+            "Local State": json.dumps({"seed": "1"}).encode(),
+            "Default/Preferences": b"{}",
+            "Default/blob": os.urandom(size),
+        }.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            info.mode = 0o600
+            tar.addfile(info, io.BytesIO(data))
+    return gzip.compress(raw.getvalue(), compresslevel=1)
+
+
+def _chunked(total: int, piece: int = 64 * 1024) -> Iterator[bytes]:
+    """A JSON-looking body of ``total`` bytes, sent Transfer-Encoding: chunked (httpx
+    chunks a generator's body)."""
+    yield b'{"description": "'
+    sent = 18
+    while sent < total:
+        yield b"x" * piece
+        sent += piece
+    yield b'"}'
+
+
+def _address(s: HttpServer) -> tuple[str, int]:
+    host, port = s.url.removeprefix("http://").split(":")
+    return host, int(port)
+
+
+def _send_chunked_until_answered(
+    s: HttpServer, head: str, total: int, piece: int = MIB
+) -> tuple[bytes, int]:
+    """Send ``head`` and then a chunked body of up to ``total`` bytes on a raw socket,
+    stopping as soon as the server answers or closes: (what it answered, bytes sent)."""
+    answer = b""
+    sent = 0
+    chunk = f"{piece:x}\r\n".encode() + b"x" * piece + b"\r\n"
+    with socket.create_connection(_address(s), timeout=30) as sock:
+        sock.sendall(head.encode())
+        try:
+            while sent < total:
+                readable, _, _ = select.select([sock], [], [], 0)
+                if readable:
+                    break
+                sock.sendall(chunk)
+                sent += piece
+            else:
+                sock.sendall(b"0\r\n\r\n")
+        except OSError:  # the server answered and closed: what it said is still readable
+            pass
+        try:
+            while b"\r\n\r\n" not in answer and (data := sock.recv(65536)):
+                answer += data
+        except OSError:
+            pass
+    return answer, sent
+
+
+# ------------------------------------------------------------------ bodies
+
+
+def test_a_body_without_a_key_is_not_read(tmp_path: Path) -> None:
+    """A chunked body to a JSON route from a client with no key: answered 401 before the
+    body is read, so neither the server's memory nor its time goes to it."""
+    with start_http_server(tmp_path / "h") as s:
+        host, _ = _address(s)
+        assert httpx.get(f"{s.url}/v1/profiles", headers=s.headers()).status_code == 200
+        before = _vm_hwm_kb(s.pid)
+        total = 256 * MIB
+        for method, path, auth in [
+            ("POST", "/v1/profiles", ""),
+            ("PATCH", "/v1/profiles/upload", "Authorization: Bearer pk_nope\r\n"),
+        ]:
+            answer, sent = _send_chunked_until_answered(
+                s,
+                f"{method} {path} HTTP/1.1\r\nHost: {host}\r\n{auth}"
+                "Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n",
+                total,
+            )
+            grown_mb = (_vm_hwm_kb(s.pid) - before) / 1024
+            assert grown_mb < 32, f"{path}: the server's peak RSS grew by {grown_mb:.0f} MB"
+            assert sent < total // 4, f"{path}: the server read {sent // MIB} MiB before answering"
+            assert answer.startswith(b"HTTP/1.1 401 "), (path, answer[:300])
+
+
+def test_json_bodies_are_capped_as_they_are_read_whatever_the_path(tmp_path: Path) -> None:
+    """The 1 MiB cap of JSON bodies holds for chunked bodies and for routes whose path ends
+    like a streamed one's (a profile named "upload" or "state"); the streamed routes,
+    chosen by the route matched, still take bodies past it."""
+    with (
+        start_http_server(tmp_path / "h") as s,
+        httpx.Client(base_url=s.url, headers=s.headers(), timeout=TIMEOUT) as c,
+    ):
+        for name in ("upload", "state"):
+            assert c.post("/v1/profiles", json={"name": name}).status_code == 200
+        for method, path in [
+            ("POST", "/v1/profiles"),
+            ("PATCH", "/v1/profiles/upload"),
+            ("PATCH", "/v1/profiles/state"),
+        ]:
+            r = c.request(
+                method,
+                path,
+                content=_chunked(3 * MIB),
+                headers={"Content-Type": "application/json"},
+            )
+            assert r.status_code == 413, (method, path, r.status_code, r.text[:300])
+            e = _err(r)
+            assert e["code"] == "ValidationFailed" and e["limit"] == MIB, e
+            # a declared length past the cap: refused before it is read
+            r = c.request(
+                method,
+                path,
+                content=b'{"description": "' + b"x" * (2 * MIB) + b'"}',
+                headers={"Content-Type": "application/json"},
+            )
+            assert r.status_code == 413, (method, path, r.status_code, r.text[:300])
+        # the streamed routes, on the same profiles: past 1 MiB, and stored
+        archive = _chromium_targz(2 * MIB)
+        assert len(archive) > 2 * MIB
+        r = c.post("/v1/profiles/upload/upload", files={"file": ("p.tar.gz", archive)})
+        assert r.status_code == 200, r.text
+        r = c.put(
+            "/v1/profiles/state/state",
+            content=archive,
+            headers={"X-Checksum": hashlib.sha256(archive).hexdigest()},
+        )
+        assert r.status_code == 200, r.text
+        assert c.get("/v1/profiles/state").json()["checksum"]
 
 
 # ------------------------------------------------------------------ forwarded headers

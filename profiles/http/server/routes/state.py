@@ -24,6 +24,7 @@ from profiles.errors import (
     ValidationFailed,
 )
 from profiles.http.schemas import DownloadLink
+from profiles.http.server.bodies import streams_body
 from profiles.http.server.config import SCRATCH_PREFIX, SERVER_LEASE_TTL, UPLOAD_LOCK_WAIT
 from profiles.http.server.deps import (
     Auth,
@@ -58,6 +59,7 @@ router = APIRouter()
         "The archive (.tar.gz or .tar.zst) as the part `file`; streamed to disk.",
     ),
 )
+@streams_body
 async def upload(s: Svc, c: Auth, ref: str, request: Request) -> Profile:
     try:
         profile = await run_sync(lambda: c.store.get(ref))
@@ -226,6 +228,7 @@ def get_state(c: Auth, ref: str) -> Response:
         }
     },
 )
+@streams_body
 async def put_state(
     s: Svc,
     c: Auth,

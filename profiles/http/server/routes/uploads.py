@@ -23,6 +23,7 @@ from profiles.errors import (
     ValidationFailed,
 )
 from profiles.http.schemas import CompleteUploadBody, UploadTarget
+from profiles.http.server.bodies import streams_body
 from profiles.http.server.config import ARCHETYPE_OF, UPLOAD_LOCK_WAIT, sweep_old
 from profiles.http.server.deps import Auth, Svc, base_url, run_sync, scratch_dir
 from profiles.http.server.openapi import AUTH, error_responses, multipart_body
@@ -83,6 +84,7 @@ def initiate_upload(s: Svc, c: Auth, request: Request) -> UploadTarget:
         required=("key", "x-signature", "file"),
     ),
 )
+@streams_body
 async def presigned_upload(s: Svc, token: str, request: Request) -> Response:
     try:
         claim = s.signer.verify(token, "upload")
