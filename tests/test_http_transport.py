@@ -15,11 +15,17 @@ import os
 import select
 import socket
 import tarfile
+import time
+from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+import pytest
 from http_service import HttpServer, start_http_server
+
+from profiles.http.server.accounts import AccountsDB
 
 MIB = 1024 * 1024
 TIMEOUT = httpx.Timeout(60.0)
@@ -172,6 +178,68 @@ def test_json_bodies_are_capped_as_they_are_read_whatever_the_path(tmp_path: Pat
         )
         assert r.status_code == 200, r.text
         assert c.get("/v1/profiles/state").json()["checksum"]
+
+
+# ------------------------------------------------------------------ accounts apart
+
+
+@pytest.mark.parametrize(
+    "slots", [None, 64], ids=["default-state-operations", "waits-without-a-thread"]
+)
+def test_one_account_waiting_on_a_held_profile_does_not_stall_another(
+    tmp_path: Path, slots: int | None
+) -> None:
+    """45 uploads of one account to a profile whose lease it holds (each would wait up to
+    10 s for it) leave another account's requests as fast as ever: one account runs a
+    bounded number of state operations at once (the rest are 429 RateLimited with
+    Retry-After), and, with the bound above 45, waiting still holds no worker thread."""
+    archive = _chromium_targz(1024)
+    extra = [] if slots is None else ["--max-state-operations", str(slots)]
+    with (
+        start_http_server(tmp_path / "h", extra_args=extra) as s,
+        httpx.Client(
+            base_url=s.url, timeout=TIMEOUT, limits=httpx.Limits(max_connections=100)
+        ) as c,
+    ):
+        with AccountsDB(s.home / "accounts.sqlite3") as db:
+            other = db.create_account("other", tier="enterprise")
+            _, other_key = db.create_key(other.id, scopes=("read", "admin"))
+        profile = c.post("/v1/profiles", json={"name": "p"}, headers=s.headers()).json()
+        lease = c.post(f"/v1/profiles/{profile['id']}/lease", json={"ttl": 60}, headers=s.headers())
+        assert lease.status_code == 200, lease.text
+
+        def flood(_: int) -> httpx.Response:
+            return c.post(
+                f"/v1/profiles/{profile['id']}/upload",
+                files={"file": ("p.tar.gz", archive)},
+                headers=s.headers(),
+            )
+
+        with ThreadPoolExecutor(max_workers=45) as pool:
+            uploads = [pool.submit(flood, i) for i in range(45)]
+            time.sleep(1.5)  # the uploads are in: waiting for the lease
+            took = []
+            for _ in range(3):
+                started = time.monotonic()
+                r = c.get("/v1/profiles", headers={"Authorization": f"Bearer {other_key}"})
+                took.append(time.monotonic() - started)
+                assert r.status_code == 200, r.text
+            waiting = sum(not u.done() for u in uploads)
+            c.delete(
+                f"/v1/profiles/{profile['id']}/lease",
+                params={"epoch": lease.json()["epoch"]},
+                headers=s.headers(),
+            )
+            answers = [u.result() for u in uploads]
+        assert max(took) < 2.0, f"the other account waited {max(took):.1f} s ({waiting} waiting)"
+        codes = Counter(r.status_code for r in answers)
+        assert set(codes) <= ({200, 409, 429} if slots is None else {200, 409}), codes
+        for r in answers:
+            if r.status_code == 429:
+                e = _err(r)
+                assert e["code"] == "RateLimited" and int(r.headers["Retry-After"]) >= 1, e
+        # the account's own work still went through once the lease was released
+        assert codes[200] >= 1, codes
 
 
 # ------------------------------------------------------------------ forwarded headers

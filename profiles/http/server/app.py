@@ -34,13 +34,14 @@ from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from profiles.errors import NotFound, ProfileError, TierLimit, ValidationFailed
+from profiles.errors import NotFound, ProfileError, RateLimited, TierLimit, ValidationFailed
 from profiles.http.schemas import Health
 from profiles.http.server.access_log import AccessLogMiddleware
 from profiles.http.server.accounts import Account, AccountsDB
 from profiles.http.server.bodies import BodyGuardMiddleware, BodyRefused
 from profiles.http.server.config import MAX_JSON_BODY, AccountStores, ServerConfig
 from profiles.http.server.deps import Services, authenticate, caller, error_response, reader
+from profiles.http.server.fairness import StateSlots
 from profiles.http.server.openapi import error_responses, typed_openapi
 from profiles.http.server.ratelimit import RateLimitMiddleware
 from profiles.http.server.routes import leases, profiles, sessions, snapshots, state, uploads
@@ -97,7 +98,13 @@ def create_app(config: ServerConfig) -> FastAPI:
         generate_unique_id_function=lambda route: route.name,
     )
     app.openapi = typed_openapi(app)  # type: ignore[method-assign]
-    app.state.services = Services(config=config, accounts=accounts, signer=signer, stores=stores)
+    app.state.services = Services(
+        config=config,
+        accounts=accounts,
+        signer=signer,
+        stores=stores,
+        state_slots=StateSlots(config.max_state_operations),
+    )
     app.state.accounts = accounts
     app.state.stores = stores
     app.state.config = config
@@ -115,7 +122,8 @@ def create_app(config: ServerConfig) -> FastAPI:
                 current=exc.current,
                 tier=account.tier,
             )
-        return error_response(exc)
+        wait = exc.details.get("retry_after") if isinstance(exc, RateLimited) else None
+        return error_response(exc, headers={"Retry-After": str(wait)} if wait else None)
 
     async def on_validation_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestValidationError)

@@ -23,6 +23,7 @@ from typing import Any
 from profiles.errors import ProfileError, ValidationFailed
 from profiles.http.server.access_log import LogFormat, configure_server_logging
 from profiles.http.server.accounts import SCOPES, TIER_CAPS, TIER_RATE_LIMITS, AccountsDB
+from profiles.http.server.config import MAX_STATE_OPERATIONS
 from profiles.http.server.ratelimit import RateLimit, parse_rate_limit, parse_tier_rate_limit
 from profiles.http.server.transport import (
     Transport,
@@ -94,6 +95,7 @@ def cmd_serve(_store: object, args: argparse.Namespace) -> None:
         max_upload_mb=args.max_upload_mb,
         public_url=args.public_url,
         log_format=args.log_format,
+        max_state_operations=args.max_state_operations,
         transport=Transport(forwarded_allow_ips=args.forwarded_allow_ips),
     )
 
@@ -112,6 +114,7 @@ def serve(
     max_upload_mb: int = 500,
     public_url: str | None = None,
     log_format: LogFormat = "text",
+    max_state_operations: int = MAX_STATE_OPERATIONS,
     transport: Transport | None = None,
 ) -> None:
     """Run the server until SIGINT/SIGTERM. Uvicorn's own access log is off (download and
@@ -119,7 +122,9 @@ def serve(
     request's route template, status, duration and account on stderr, as text or JSON.
     ``rate_limit`` is the budget per client address of requests without a live key;
     ``tier_rate_limits`` overrides the budgets per account of some tiers (the others keep
-    :data:`~profiles.http.server.accounts.TIER_RATE_LIMITS`). ``transport`` holds what the
+    :data:`~profiles.http.server.accounts.TIER_RATE_LIMITS`). ``max_state_operations``: the
+    uploads, commits and downloads of states one account runs at once (more are answered
+    429, :mod:`profiles.http.server.fairness`). ``transport`` holds what the
     connections are held to (:mod:`profiles.http.server.transport`)."""
     import uvicorn
 
@@ -134,6 +139,10 @@ def serve(
             raise ValidationFailed(f"The {name} must be above 0 seconds.")
     if max_upload_mb < 1:
         raise ValidationFailed("--max-upload-mb must be at least 1.", field="max_upload_mb")
+    if max_state_operations < 1:
+        raise ValidationFailed(
+            "--max-state-operations must be at least 1.", field="max_state_operations"
+        )
     try:
         config = ServerConfig(
             home=home,
@@ -148,6 +157,7 @@ def serve(
             upload_expires_in=upload_expires_in,
             max_upload_bytes=max_upload_mb * 1024 * 1024,
             public_url=public_url,
+            max_state_operations=max_state_operations,
         )
     except ValueError as exc:
         raise ValidationFailed(str(exc), field="catalog") from None
@@ -294,6 +304,15 @@ def add_server_commands(sub: Any, command: Command) -> None:
     )
     p.add_argument(
         "--max-upload-mb", type=int, default=500, metavar="MB", help="upload cap (default 500)"
+    )
+    p.add_argument(
+        "--max-state-operations",
+        type=int,
+        default=MAX_STATE_OPERATIONS,
+        metavar="N",
+        help="uploads, commits and downloads of states one account runs at once (default "
+        f"{MAX_STATE_OPERATIONS}); more are answered 429 with Retry-After, so one account's "
+        "load leaves the others' alone",
     )
     p.add_argument(
         "--public-url",

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
 
 import anyio.to_thread
 from fastapi import Depends, Request
@@ -26,6 +26,9 @@ from profiles.http.server.signing import Signer
 from profiles.models import Holder, Page, Profile
 from profiles.store import ProfileStore
 
+if TYPE_CHECKING:
+    from profiles.http.server.fairness import StateSlots
+
 T = TypeVar("T")
 P = TypeVar("P", bound=Page[Any])
 
@@ -38,6 +41,7 @@ class Services:
     accounts: AccountsDB
     signer: Signer
     stores: AccountStores
+    state_slots: StateSlots
 
 
 def services(request: Request) -> Services:

@@ -36,6 +36,7 @@ from profiles.http.server.deps import (
     scratch_dir,
     server_holder,
 )
+from profiles.http.server.fairness import DownloadSlot, StateSlot, import_when_free
 from profiles.http.server.openapi import READ, WRITE, binary_body, error_responses, multipart_body
 from profiles.http.server.payloads import audit_payload
 from profiles.http.server.state_io import HashingWriter, blob_stream, export_stream, file_stream
@@ -60,7 +61,7 @@ router = APIRouter()
     ),
 )
 @streams_body
-async def upload(s: Svc, c: Auth, ref: str, request: Request) -> Profile:
+async def upload(s: Svc, c: Auth, _slot: StateSlot, ref: str, request: Request) -> Profile:
     try:
         profile = await run_sync(lambda: c.store.get(ref))
     except ProfileError:
@@ -76,13 +77,14 @@ async def upload(s: Svc, c: Auth, ref: str, request: Request) -> Profile:
         if version is not None:
             version = check_browser_version(version)
 
-        def run() -> Profile:
+        def attempt(lock_timeout: float) -> Profile:
             with path.open("rb") as src:
                 return c.store.import_state(
-                    profile.id, src, browser_version=version, lock_timeout=UPLOAD_LOCK_WAIT
+                    profile.id, src, browser_version=version, lock_timeout=lock_timeout
                 )
 
-        updated = await run_sync(run)
+        # A session holding the profile: wait for it on the event loop, not on a thread.
+        updated = await import_when_free(c.store, profile, attempt, wait=UPLOAD_LOCK_WAIT)
     return updated
 
 
@@ -124,7 +126,7 @@ def download_link(s: Svc, c: Auth, ref: str, request: Request) -> DownloadLink:
         **error_responses(400, 403, 404, 410, 429),
     },
 )
-def download(s: Svc, token: str, request: Request) -> Response:
+def download(s: Svc, _slot: DownloadSlot, token: str, request: Request) -> Response:
     claim = s.signer.verify(token, "download")
     try:
         account = s.accounts.get_account(claim.account_id)
@@ -189,7 +191,7 @@ def download(s: Svc, token: str, request: Request) -> Response:
         **error_responses(*READ, 404),
     },
 )
-def get_state(c: Auth, ref: str) -> Response:
+def get_state(c: Auth, _slot: StateSlot, ref: str) -> Response:
     profile = c.store.get(ref)
     if profile.checksum is not None and c.store.service.manifest_of(profile) is not None:
         # A chunked state: its tar stream is built from the (verified) chunks. The body
@@ -232,6 +234,7 @@ def get_state(c: Auth, ref: str) -> Response:
 async def put_state(
     s: Svc,
     c: Auth,
+    _slot: StateSlot,
     ref: str,
     request: Request,
     x_checksum: Annotated[

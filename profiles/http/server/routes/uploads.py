@@ -26,6 +26,7 @@ from profiles.http.schemas import CompleteUploadBody, UploadTarget
 from profiles.http.server.bodies import streams_body
 from profiles.http.server.config import ARCHETYPE_OF, UPLOAD_LOCK_WAIT, sweep_old
 from profiles.http.server.deps import Auth, Svc, base_url, run_sync, scratch_dir
+from profiles.http.server.fairness import StateSlot, UploadSlot
 from profiles.http.server.openapi import AUTH, error_responses, multipart_body
 from profiles.http.server.state_io import hash_file
 from profiles.http.server.streams import NOT_GZIP, archive_codec, drain, spool_multipart
@@ -85,7 +86,7 @@ def initiate_upload(s: Svc, c: Auth, request: Request) -> UploadTarget:
     ),
 )
 @streams_body
-async def presigned_upload(s: Svc, token: str, request: Request) -> Response:
+async def presigned_upload(s: Svc, _slot: UploadSlot, token: str, request: Request) -> Response:
     try:
         claim = s.signer.verify(token, "upload")
         account = s.accounts.get_account(claim.account_id)
@@ -137,7 +138,9 @@ async def presigned_upload(s: Svc, token: str, request: Request) -> Response:
     tags=["uploads"],
     responses=error_responses(*AUTH, 404, 409, 413, 422),
 )
-def complete_upload(c: Auth, profile_id: str, body: CompleteUploadBody) -> Profile:
+def complete_upload(
+    c: Auth, _slot: StateSlot, profile_id: str, body: CompleteUploadBody
+) -> Profile:
     try:
         name = check_name(body.name)
         if body.browser_name not in ENGINES:
