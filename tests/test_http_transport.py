@@ -7,11 +7,13 @@ Nothing is mocked: every test talks to a real uvicorn process on loopback.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import io
 import json
 import os
+import resource
 import select
 import socket
 import tarfile
@@ -178,6 +180,110 @@ def test_json_bodies_are_capped_as_they_are_read_whatever_the_path(tmp_path: Pat
         )
         assert r.status_code == 200, r.text
         assert c.get("/v1/profiles/state").json()["checksum"]
+
+
+# ------------------------------------------------------------------ connections
+
+
+def _read_available(sock: socket.socket) -> tuple[bytes, bool]:
+    """What the server sent on ``sock`` so far, and whether it closed it (EOF or reset),
+    without waiting."""
+    sock.setblocking(False)
+    got = b""
+    try:
+        while data := sock.recv(65536):
+            got += data
+    except BlockingIOError:
+        return got, False
+    except OSError:
+        return got, True
+    return got, True
+
+
+FILES = 512  # the server's open-file limit in the next test
+SOCKETS = 600  # more connections than that, from one address
+HEADER_TIMEOUT = 5.0
+
+
+def test_idle_and_slow_header_connections_do_not_take_the_server_down(tmp_path: Path) -> None:
+    """More idle and slow-header connections from one address than the server has file
+    descriptors: past the per-address limit they are refused as they come, another client
+    is still served at once, the rest are closed at the header timeout, and the server
+    never runs out of descriptors."""
+    with contextlib.ExitStack() as stack:
+        # the server starts with 512 descriptors (it reads the limit when it starts)
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (FILES, hard))
+        try:
+            s = stack.enter_context(
+                start_http_server(
+                    tmp_path / "h", extra_args=["--header-timeout", str(HEADER_TIMEOUT)]
+                )
+            )
+        finally:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+        resource.prlimit(s.pid, resource.RLIMIT_NOFILE, (FILES, FILES))
+        address = _address(s)
+        idle: list[socket.socket] = []
+        slow: list[socket.socket] = []
+        for i in range(SOCKETS):
+            sock = stack.enter_context(socket.create_connection(address, timeout=5))
+            if i % 2:
+                sock.sendall(b"GET /v1/profiles HTTP/1.1\r\nHost: x\r\n")
+                slow.append(sock)
+            else:
+                idle.append(sock)
+        started = time.monotonic()
+        other = httpx.HTTPTransport(local_address="127.0.0.2")
+        with httpx.Client(base_url=s.url, transport=other, timeout=10.0) as c:
+            r = c.get("/v1/profiles", headers=s.headers())
+        assert r.status_code == 200, r.text
+        assert time.monotonic() - started < 3.0
+        # past the per-address limit (128 by default): answered 429 and closed at once
+        # (what a slow one had sent makes its close a reset, and the answer is lost)
+        time.sleep(0.5)
+        seen = [_read_available(sock) for sock in idle + slow]
+        assert sum(not closed for _, closed in seen) <= 128
+        assert all(closed and got.startswith(b"HTTP/1.1 429 ") for got, closed in seen if got)
+        assert sum(bool(got) for got, _ in seen[: len(idle)]) > 0
+        # the slow ones trickle a header line now and then: it does not buy them time
+        deadline = time.monotonic() + HEADER_TIMEOUT + 1.0
+        while time.monotonic() < deadline:
+            for sock in slow:
+                with contextlib.suppress(OSError):
+                    sock.sendall(b"X-Slow: 1\r\n")
+            time.sleep(0.5)
+        still_open = [sock for sock in idle + slow if not _read_available(sock)[1]]
+        assert not still_open, f"{len(still_open)} of {SOCKETS} connections still open"
+        with httpx.Client(base_url=s.url, timeout=10.0) as c:
+            assert c.get("/v1/profiles", headers=s.headers()).status_code == 200
+        assert "out of system resource" not in s.log_text(), s.log_text()[-2000:]
+
+
+def test_a_body_that_stops_coming_is_cut_off(tmp_path: Path) -> None:
+    """A client that stops in the middle of a body (to a route that reads it, and to one
+    that answered without it) loses its connection after the read timeout."""
+    with start_http_server(tmp_path / "h", extra_args=["--read-timeout", "1"]) as s:
+        host, _ = _address(s)
+        socks = []
+        for head in [
+            f"POST /v1/uploads/not-a-token HTTP/1.1\r\nHost: {host}\r\n",  # drains it
+            f"POST /v1/profiles/p/upload HTTP/1.1\r\nHost: {host}\r\n",  # 401, unread
+        ]:
+            sock = socket.create_connection(_address(s), timeout=5)
+            sock.sendall(f"{head}Content-Length: 100000\r\n\r\n".encode() + b"x" * 1000)
+            socks.append(sock)
+        try:
+            time.sleep(0.5)
+            early = [_read_available(sock) for sock in socks]
+            assert not any(closed for _, closed in early), early
+            time.sleep(2.0)
+            late = [_read_available(sock) for sock in socks]
+            assert all(closed for _, closed in late), late
+            assert (early[1][0] + late[1][0]).startswith(b"HTTP/1.1 401 "), early + late
+        finally:
+            for sock in socks:
+                sock.close()
 
 
 # ------------------------------------------------------------------ accounts apart

@@ -26,9 +26,14 @@ from profiles.http.server.accounts import SCOPES, TIER_CAPS, TIER_RATE_LIMITS, A
 from profiles.http.server.config import MAX_STATE_OPERATIONS
 from profiles.http.server.ratelimit import RateLimit, parse_rate_limit, parse_tier_rate_limit
 from profiles.http.server.transport import (
+    DEFAULT_HEADER_TIMEOUT,
+    DEFAULT_KEEP_ALIVE,
+    DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
+    DEFAULT_READ_TIMEOUT,
     Transport,
     parse_forwarded_allow_ips,
-    uvicorn_options,
+    serve_app,
 )
 
 __all__ = ["add_server_commands", "main", "serve"]
@@ -81,6 +86,30 @@ def _forwarded_allow_ips(value: str) -> tuple[str, ...]:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _positive(kind: type[float] | type[int]) -> Callable[[str], Any]:
+    def parse(value: str) -> Any:
+        try:
+            number = kind(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{value!r} is not a number") from None
+        if not number > 0:
+            raise argparse.ArgumentTypeError(f"{value!r}: give a number above 0")
+        return number
+
+    return parse
+
+
+def _transport(args: argparse.Namespace) -> Transport:
+    return Transport(
+        forwarded_allow_ips=args.forwarded_allow_ips,
+        header_timeout=args.header_timeout,
+        keep_alive=args.keep_alive,
+        read_timeout=args.read_timeout,
+        max_connections=args.max_connections,
+        max_connections_per_address=args.max_connections_per_address,
+    )
+
+
 def cmd_serve(_store: object, args: argparse.Namespace) -> None:
     serve(
         home=_server_home(args),
@@ -96,7 +125,7 @@ def cmd_serve(_store: object, args: argparse.Namespace) -> None:
         public_url=args.public_url,
         log_format=args.log_format,
         max_state_operations=args.max_state_operations,
-        transport=Transport(forwarded_allow_ips=args.forwarded_allow_ips),
+        transport=_transport(args),
     )
 
 
@@ -126,8 +155,6 @@ def serve(
     uploads, commits and downloads of states one account runs at once (more are answered
     429, :mod:`profiles.http.server.fairness`). ``transport`` holds what the
     connections are held to (:mod:`profiles.http.server.transport`)."""
-    import uvicorn
-
     from profiles.http.server import ServerConfig, create_app
 
     rate = parse_rate_limit(rate_limit) if isinstance(rate_limit, str) else rate_limit
@@ -172,14 +199,26 @@ def serve(
         rate or "off",
         ", ".join(f"{t} {r or 'off'}" for t, r in config.tier_rate_limits.items()),
     )
-    uvicorn.run(
+    limits = transport or Transport()
+    log.info(
+        "connections: at most %d at once (and half the open-file limit), %d per client "
+        "address; header timeout %g s, keep-alive %d s, read timeout %g s; forwarded "
+        "headers believed from %s",
+        limits.max_connections,
+        limits.max_connections_per_address,
+        limits.header_timeout,
+        limits.keep_alive,
+        limits.read_timeout,
+        ", ".join(limits.forwarded_allow_ips) or "no proxy",
+    )
+    serve_app(
         app,
         host=host,
         port=port,
+        transport=limits,
         access_log=False,
         log_level="info",
         log_config=None,
-        **uvicorn_options(transport or Transport()),
     )
 
 
@@ -319,6 +358,48 @@ def add_server_commands(sub: Any, command: Command) -> None:
         default=None,
         metavar="URL",
         help="base URL for the links the server hands out (default: as requested)",
+    )
+    p.add_argument(
+        "--max-connections",
+        type=_positive(int),
+        default=DEFAULT_MAX_CONNECTIONS,
+        metavar="N",
+        help=f"connections open at once, from all clients (default {DEFAULT_MAX_CONNECTIONS}, "
+        "and at most half the open-file limit); past it a new connection is answered 503 "
+        "and closed at once",
+    )
+    p.add_argument(
+        "--max-connections-per-address",
+        type=_positive(int),
+        default=DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
+        metavar="N",
+        help="connections open at once from one client address (default "
+        f"{DEFAULT_MAX_CONNECTIONS_PER_ADDRESS}; the proxies of --forwarded-allow-ips are "
+        "held only to --max-connections); past it a new one is answered 429 and closed",
+    )
+    p.add_argument(
+        "--header-timeout",
+        type=_positive(float),
+        default=DEFAULT_HEADER_TIMEOUT,
+        metavar="SECONDS",
+        help="time a client has to send a request's line and headers, from the "
+        "connection's opening or the request's first byte (default "
+        f"{DEFAULT_HEADER_TIMEOUT:g}); then the connection is closed",
+    )
+    p.add_argument(
+        "--keep-alive",
+        type=_positive(int),
+        default=DEFAULT_KEEP_ALIVE,
+        metavar="SECONDS",
+        help=f"silence allowed between two requests on a connection (default {DEFAULT_KEEP_ALIVE})",
+    )
+    p.add_argument(
+        "--read-timeout",
+        type=_positive(float),
+        default=DEFAULT_READ_TIMEOUT,
+        metavar="SECONDS",
+        help="longest silence of a client in the middle of a request body (default "
+        f"{DEFAULT_READ_TIMEOUT:g}); then the connection is closed",
     )
     p.add_argument(
         "--forwarded-allow-ips",
