@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
 
 import anyio.to_thread
 from fastapi import Depends, Header, Request
@@ -33,6 +33,9 @@ from profiles.http.server.signing import SignedClaim, Signer
 from profiles.models import Holder, Page, Profile
 from profiles.store import ProfileStore
 
+if TYPE_CHECKING:
+    from profiles.http.server.fairness import StateSlots
+
 T = TypeVar("T")
 P = TypeVar("P", bound=Page[Any])
 
@@ -45,6 +48,7 @@ class Services:
     accounts: AccountsDB
     signer: Signer
     stores: AccountStores
+    state_slots: StateSlots
 
 
 def services(request: Request) -> Services:
@@ -122,14 +126,33 @@ class Caller:
             )
 
 
-def _bearer(request: Request) -> str:
-    header = request.headers.get("authorization")
+def _bearer(header: str | None) -> str:
     if not header:
         raise Unauthorized("API key required")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise Unauthorized("Invalid or revoked API key")
     return token.strip()
+
+
+def authenticate(
+    accounts: AccountsDB, authorization: str | None, identified: Any = None
+) -> tuple[ApiKey, Account]:
+    """The live key of an ``Authorization`` header and the account that owns it, or the
+    error the request is answered with (``401`` without a live key, ``403`` for a
+    deactivated account). ``identified``: what the rate limiter already found, if it did.
+    Scopes and ``X-Account`` are the route's to check (:func:`caller`)."""
+    token = _bearer(authorization)
+    if identified is not None:
+        key, own = identified
+    else:
+        key = accounts.authenticate(token)
+        if key is None:
+            raise Unauthorized("Invalid or revoked API key")
+        own = accounts.get_account(key.account_id)
+    if not own.active:
+        raise Forbidden("Account is deactivated")
+    return key, own
 
 
 _bearer_doc = HTTPBearer(auto_error=False, description="An API key: pk_<key id>_<secret>")
@@ -151,17 +174,12 @@ async def reader(request: Request, _doc: Annotated[Any, Depends(_bearer_doc)] = 
 async def _authorize(request: Request, *, write: bool) -> Caller:
     accounts = services(request).accounts
     stores = services(request).stores
-    token = _bearer(request)
-    found = getattr(request.state, "identified_key", None)  # the rate limiter's look-up
-    if found is not None:
-        key, own = found
-    else:
-        key = accounts.authenticate(token)
-        if key is None:
-            raise Unauthorized("Invalid or revoked API key")
-        own = accounts.get_account(key.account_id)
-    if not own.active:
-        raise Forbidden("Account is deactivated")
+    key, own = authenticate(
+        accounts,
+        request.headers.get("authorization"),
+        # the rate limiter's look-up (or the body guard's)
+        getattr(request.state, "identified_key", None),
+    )
     role: str | None = None
     target = own
     acting = request.headers.get("x-account")

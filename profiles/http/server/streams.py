@@ -6,7 +6,10 @@ push parser, fed from ``request.stream()``) and writes the ``file`` part to a fi
 fields before it are kept (capped), the file's bytes go straight to disk. Both stop at the
 cap (``ArchiveInvalid`` with status 413), then read and discard what the client still sends, up to
 :data:`DRAIN_LIMIT`, so that it receives the answer instead of a reset connection. A body
-whose ``Content-Length`` already passes the cap is refused before any of it is read.
+whose ``Content-Length`` already passes the cap is refused before any of it is read. The
+routes that read their body this way are marked with
+:func:`~profiles.http.server.bodies.streams_body`: every other body is capped at 1 MiB as it
+is read (:mod:`profiles.http.server.bodies`).
 """
 
 from __future__ import annotations

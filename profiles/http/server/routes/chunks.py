@@ -17,6 +17,7 @@ from fastapi.responses import Response, StreamingResponse
 
 from profiles.errors import ChecksumMismatch, NotFound, ProfileError, ValidationFailed
 from profiles.http.schemas import BlobStored, CommitBody
+from profiles.http.server.bodies import streams_body
 from profiles.http.server.config import SERVER_LEASE_TTL
 from profiles.http.server.deps import (
     Auth,
@@ -29,6 +30,7 @@ from profiles.http.server.deps import (
     scratch_dir,
     server_holder,
 )
+from profiles.http.server.fairness import StateSlot
 from profiles.http.server.openapi import READ, WRITE, binary_body, error_responses
 from profiles.http.server.state_io import blob_stream
 from profiles.http.server.streams import drain, spool_body
@@ -129,7 +131,8 @@ def read_blob(
         }
     },
 )
-async def put_blob(c: Auth, checksum: str, request: Request) -> BlobStored:
+@streams_body
+async def put_blob(c: Auth, _slot: StateSlot, checksum: str, request: Request) -> BlobStored:
     """Store a pack or a manifest in the account's storage before a commit names it. The
     bytes are hashed as they arrive; ones that do not hash to ``checksum`` are refused
     (``ChecksumMismatch``) and nothing is kept. A blob no commit names is collected later."""
@@ -157,7 +160,12 @@ async def put_blob(c: Auth, checksum: str, request: Request) -> BlobStored:
     responses=error_responses(*WRITE, 404, 409),
 )
 def commit_manifest(
-    s: Svc, c: Auth, ref: str, body: CommitBody, x_lease_token: LeaseToken = None
+    s: Svc,
+    c: Auth,
+    _slot: StateSlot,
+    ref: str,
+    body: CommitBody,
+    x_lease_token: LeaseToken = None,
 ) -> Profile:
     """Make an uploaded manifest the profile's state. The manifest and the packs it names
     are checked as hostile input (limits, paths, sizes; every blob must be in the

@@ -22,6 +22,7 @@ from profiles.errors import (
     ValidationFailed,
 )
 from profiles.http.schemas import DownloadLink
+from profiles.http.server.bodies import streams_body
 from profiles.http.server.config import SCRATCH_PREFIX, SERVER_LEASE_TTL, UPLOAD_LOCK_WAIT
 from profiles.http.server.deps import (
     Auth,
@@ -36,6 +37,7 @@ from profiles.http.server.deps import (
     scratch_dir,
     server_holder,
 )
+from profiles.http.server.fairness import DownloadSlot, StateSlot, import_when_free
 from profiles.http.server.openapi import READ, WRITE, binary_body, error_responses, multipart_body
 from profiles.http.server.payloads import audit_payload, commit_payload
 from profiles.http.server.state_io import HashingWriter, blob_stream, export_stream, file_stream
@@ -59,7 +61,8 @@ router = APIRouter()
         "The archive (.tar.gz or .tar.zst) as the part `file`; streamed to disk.",
     ),
 )
-async def upload(s: Svc, c: Auth, ref: str, request: Request) -> Profile:
+@streams_body
+async def upload(s: Svc, c: Auth, _slot: StateSlot, ref: str, request: Request) -> Profile:
     try:
         profile = await run_sync(lambda: c.store.get(ref))
     except ProfileError:
@@ -75,13 +78,14 @@ async def upload(s: Svc, c: Auth, ref: str, request: Request) -> Profile:
         if version is not None:
             version = check_browser_version(version)
 
-        def run() -> Profile:
+        def attempt(lock_timeout: float) -> Profile:
             with path.open("rb") as src:
                 return c.store.import_state(
-                    profile.id, src, browser_version=version, lock_timeout=UPLOAD_LOCK_WAIT
+                    profile.id, src, browser_version=version, lock_timeout=lock_timeout
                 )
 
-        updated = await run_sync(run)
+        # A session holding the profile: wait for it on the event loop, not on a thread.
+        updated = await import_when_free(c.store, profile, attempt, wait=UPLOAD_LOCK_WAIT)
     return updated
 
 
@@ -124,7 +128,7 @@ def download_link(s: Svc, c: Auth, ref: str, request: Request) -> DownloadLink:
         **error_responses(400, 403, 404, 410, 429),
     },
 )
-def download(s: Svc, token: str, request: Request) -> Response:
+def download(s: Svc, _slot: DownloadSlot, token: str, request: Request) -> Response:
     claim = s.signer.verify(token, "download")
     account = link_account(s, claim, write=False)
     request.state.account = account  # for the access log
@@ -184,7 +188,7 @@ def download(s: Svc, token: str, request: Request) -> Response:
         **error_responses(*READ, 404),
     },
 )
-def get_state(c: Auth, ref: str) -> Response:
+def get_state(c: Auth, _slot: StateSlot, ref: str) -> Response:
     profile = c.store.get(ref)
     if profile.checksum is not None and c.store.service.manifest_of(profile) is not None:
         # A chunked state: its tar stream is built from the (verified) chunks. The body
@@ -223,9 +227,11 @@ def get_state(c: Auth, ref: str) -> Response:
         }
     },
 )
+@streams_body
 async def put_state(
     s: Svc,
     c: Auth,
+    _slot: StateSlot,
     ref: str,
     request: Request,
     x_checksum: Annotated[
