@@ -172,6 +172,66 @@ class _CountingReader:
         return True
 
 
+def _check_options(
+    max_profiles: int | None, cache_max_bytes: int | None, codec: str, lease_ttl: float
+) -> None:
+    """``ValidationFailed`` for a store option out of range, naming it."""
+    if max_profiles is not None and (not isinstance(max_profiles, int) or max_profiles < 0):
+        raise ValidationFailed(
+            "max_profiles must be a whole number of at least 0.", field="max_profiles"
+        )
+    if cache_max_bytes is not None and (
+        not isinstance(cache_max_bytes, int) or cache_max_bytes < 0
+    ):
+        raise ValidationFailed(
+            "cache_max_bytes must be a number of bytes of at least 0, or None for no cap.",
+            field="cache_max_bytes",
+        )
+    if codec not in ("gzip", "zstd"):
+        raise ValidationFailed(f"Unknown codec {codec!r}; use gzip or zstd.", field="codec")
+    if not isinstance(lease_ttl, int | float) or lease_ttl <= 0:
+        raise ValidationFailed("lease_ttl must be a number of seconds above 0.", field="lease_ttl")
+
+
+def _service_from(
+    home: Path | str | None,
+    service: ProfileService | str | None,
+    catalog: Catalog | str | None,
+    blobs: BlobStore | str | None,
+    max_profiles: int | None,
+    api_key: str | None,
+    account: str | None,
+) -> tuple[Path | str | None, ProfileService | None]:
+    """The home and the profile service over HTTP, if one is named: the URL as ``home`` or
+    ``service``, else ``$PROFILES_URL`` when no catalog or blob store is named (the home
+    is then only this machine's workspace). ``None``: a catalog and blob store."""
+    if is_service_url(home):
+        if service is not None:
+            raise ValidationFailed("Pass the service URL once.", field="service")
+        home, service = None, home
+    if (
+        service is None
+        and catalog is None
+        and blobs is None
+        and not catalog_url_from_env()
+        and not blobs_url_from_env()
+    ):
+        service = os.environ.get("PROFILES_URL") or None
+    if isinstance(service, str):
+        if catalog is not None or blobs is not None or max_profiles is not None:
+            raise ValidationFailed(
+                "A store on a profile service over HTTP takes no catalog, blobs or "
+                "max_profiles: the server keeps and caps its records.",
+                field="service",
+            )
+        service = open_service(
+            service,
+            api_key=api_key if api_key is not None else os.environ.get("PROFILES_API_KEY"),
+            account=account if account is not None else os.environ.get("PROFILES_ACCOUNT"),
+        )
+    return home, service
+
+
 class ProfileStore:
     """Named, persistent browser profiles with snapshots and an audit log.
 
@@ -204,46 +264,8 @@ class ProfileStore:
         api_key: str | None = None,
         account: str | None = None,
     ) -> None:
-        if max_profiles is not None and (not isinstance(max_profiles, int) or max_profiles < 0):
-            raise ValidationFailed(
-                "max_profiles must be a whole number of at least 0.", field="max_profiles"
-            )
-        if cache_max_bytes is not None and (
-            not isinstance(cache_max_bytes, int) or cache_max_bytes < 0
-        ):
-            raise ValidationFailed(
-                "cache_max_bytes must be a number of bytes of at least 0, or None for no cap.",
-                field="cache_max_bytes",
-            )
-        if codec not in ("gzip", "zstd"):
-            raise ValidationFailed(f"Unknown codec {codec!r}; use gzip or zstd.", field="codec")
-        # A profile service over HTTP: the URL as ``home`` or ``service``, else
-        # $PROFILES_URL when no catalog or blob store is named. The home is then only this
-        # machine's workspace.
-        if is_service_url(home):
-            if service is not None:
-                raise ValidationFailed("Pass the service URL once.", field="service")
-            home, service = None, home
-        if (
-            service is None
-            and catalog is None
-            and blobs is None
-            and not catalog_url_from_env()
-            and not blobs_url_from_env()
-        ):
-            service = os.environ.get("PROFILES_URL") or None
-        if isinstance(service, str):
-            if catalog is not None or blobs is not None or max_profiles is not None:
-                raise ValidationFailed(
-                    "A store on a profile service over HTTP takes no catalog, blobs or "
-                    "max_profiles: the server keeps and caps its records.",
-                    field="service",
-                )
-            service = open_service(
-                service,
-                api_key=api_key if api_key is not None else os.environ.get("PROFILES_API_KEY"),
-                account=account if account is not None else os.environ.get("PROFILES_ACCOUNT"),
-            )
+        _check_options(max_profiles, cache_max_bytes, codec, lease_ttl)
+        home, service = _service_from(home, service, catalog, blobs, max_profiles, api_key, account)
         # Where the home was named, for the warning when an explicitly named one is new:
         # a typo there must not silently give an empty store (and a logged-out session).
         named_by = (
@@ -274,44 +296,56 @@ class ProfileStore:
             if service is not None:
                 service.close()
             raise
+        self.lease_ttl = float(lease_ttl)
+        #: Commit states as deduplicated chunks (profiles.state.chunked); False keeps whole
+        #: archives (the format before chunking, still read either way).
+        self.chunked = bool(chunked)
+        #: What the backend answers: records, state bytes, leases (see profiles.service.catalog).
+        self.service: ProfileService = service or self._catalog_service(
+            catalog, blobs, max_profiles, create=create
+        )
+        # A catalog other processes on other machines share decides who writes (leases
+        # with expiry); the embedded one leaves it to this machine's file lock.
+        self.shared = self.service.shared
+        self._open_workspace()
+
+    def _catalog_service(
+        self,
+        catalog: Catalog | str | None,
+        blobs: BlobStore | str | None,
+        max_profiles: int | None,
+        *,
+        create: bool,
+    ) -> CatalogService:
+        """The service over the catalog and blob store named (default: SQLite and files
+        under the home)."""
         catalog_path = self.home / "catalog.sqlite3"
-        if service is None and catalog is None and not create and not catalog_path.is_file():
+        if catalog is None and not create and not catalog_path.is_file():
             raise NotFound(
                 f"No profile store at {self.home}: it has no catalog. Check --home or "
                 "$PROFILES_HOME, or create a profile there first (profiles create NAME).",
                 resource="store",
                 home=str(self.home),
             )
-        if not isinstance(lease_ttl, int | float) or lease_ttl <= 0:
-            raise ValidationFailed(
-                "lease_ttl must be a number of seconds above 0.", field="lease_ttl"
-            )
-        self.lease_ttl = float(lease_ttl)
-        #: Commit states as deduplicated chunks (profiles.state.chunked); False keeps whole
-        #: archives (the format before chunking, still read either way).
-        self.chunked = bool(chunked)
+        if isinstance(catalog, str):
+            catalog = open_catalog(catalog, read_only=self.read_only)
+        opened_catalog = catalog or SQLiteCatalog(catalog_path, read_only=self.read_only)
+        try:
+            if isinstance(blobs, str):
+                blobs = open_blobs(blobs, create=not self.read_only)
+        except BaseException:
+            opened_catalog.close()
+            raise
+        opened_blobs = blobs or LocalBlobStore(self.home / "blobs", create=not self.read_only)
+        if blobs is None and isinstance(opened_catalog, SQLiteCatalog):
+            self._location = str(self.home)  # all of it under the home
+        return CatalogService(
+            opened_catalog, opened_blobs, max_profiles=max_profiles, limits=self.limits
+        )
+
+    def _open_workspace(self) -> None:
+        """This machine's part: working copies, pending commits, locks, scratch."""
         writable = not self.read_only
-        if service is None:
-            if isinstance(catalog, str):
-                catalog = open_catalog(catalog, read_only=self.read_only)
-            opened_catalog = catalog or SQLiteCatalog(catalog_path, read_only=self.read_only)
-            try:
-                if isinstance(blobs, str):
-                    blobs = open_blobs(blobs, create=writable)
-            except BaseException:
-                opened_catalog.close()
-                raise
-            opened_blobs = blobs or LocalBlobStore(self.home / "blobs", create=writable)
-            if blobs is None and isinstance(opened_catalog, SQLiteCatalog):
-                self._location = str(self.home)  # all of it under the home
-            service = CatalogService(
-                opened_catalog, opened_blobs, max_profiles=max_profiles, limits=self.limits
-            )
-        #: What the backend answers: records, state bytes, leases (see profiles.service.catalog).
-        self.service: ProfileService = service
-        # A catalog other processes on other machines share decides who writes (leases
-        # with expiry); the embedded one leaves it to this machine's file lock.
-        self.shared = self.service.shared
         self.working_copies = WorkingCopies(self.home / "work", create=writable)
         #: Sessions' work this machine keeps while the service cannot take it (see
         #: profiles.workspace.pending): landed by the next session on the profile or by
