@@ -886,7 +886,7 @@ class ProfileStore:
                     browser_version=version,
                     cookie_domains=domains,
                 )
-                updated = self.service.store_state(
+                updated = self.service.commit_archive(
                     profile,
                     spool,
                     state,
@@ -934,7 +934,7 @@ class ProfileStore:
         with owned_dir(self._tmp, "commit-") as scratch:
             version = browser_version or read_browser_version(directory, engine)
             domains = read_cookie_domains(directory, engine, scratch=scratch)
-            updated, result = self.service.store_directory(
+            updated, result = self.service.commit_directory(
                 profile,
                 directory,
                 previous=previous,

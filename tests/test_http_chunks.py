@@ -166,7 +166,7 @@ def test_the_server_reads_cookie_domains_itself(server: HttpServer, tmp_path: Pa
         service = store.service
         assert isinstance(service, HttpService)
         with store.lock("told") as lease:
-            updated, _ = service.store_directory(
+            updated, _ = service.commit_directory(
                 profile,
                 source,
                 previous=None,
@@ -348,7 +348,7 @@ def test_a_commit_without_a_lease_of_its_own_is_fenced(server: HttpServer, tmp_p
         service = c.service
         assert isinstance(service, HttpService)
         with pytest.raises(ValidationFailed, match="epoch"):
-            service.store_directory(
+            service.commit_directory(
                 c.get("fenced"),
                 source,
                 previous=None,

@@ -345,7 +345,7 @@ def test_another_key_cannot_use_a_lease_it_was_not_granted(
     other = HttpService(f"{server.url}/v1", api_key=key_b)
     try:
         err = _raised(
-            other.store_state,
+            other.commit_archive,
             profile,
             archive,
             state,
@@ -365,7 +365,7 @@ def test_another_key_cannot_use_a_lease_it_was_not_granted(
     assert held is not None and held.host == "host-a"
     assert service.get(profile.id).status == "empty"
     assert service.renew_lease(profile.id, grant.epoch, ttl=30.0) is True
-    done = service.store_state(
+    done = service.commit_archive(
         profile,
         archive,
         state,
@@ -490,7 +490,7 @@ def test_state_streams_both_ways_with_progress_and_checks(
         service.open_state(committed.model_copy(update={"checksum": None}))
 
 
-def test_store_state_sends_the_spool_as_a_stream_and_checks_it(
+def test_commit_archive_sends_the_spool_as_a_stream_and_checks_it(
     store: ProfileStore, tmp_path: Path
 ) -> None:
     # The service that took the lease (it keeps the lease's token) commits under it.
@@ -513,7 +513,7 @@ def test_store_state_sends_the_spool_as_a_stream_and_checks_it(
     with store.lock("spooled") as lease:
         # Bytes that do not hash to the announced checksum: refused, nothing kept.
         err = _raised(
-            service.store_state,
+            service.commit_archive,
             profile,
             archive,
             update("f" * 64),
@@ -522,7 +522,7 @@ def test_store_state_sends_the_spool_as_a_stream_and_checks_it(
         )
         assert isinstance(err, ChecksumMismatch) and err.status == 400
         assert store.get("spooled").status == "empty"
-        updated = service.store_state(
+        updated = service.commit_archive(
             profile,
             archive,
             update(digest),

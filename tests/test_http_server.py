@@ -779,8 +779,8 @@ def test_no_audit_payload_key_can_name_a_parameter_it_is_passed_beside() -> None
         ProfileStore.commit_archive,
         ProfileStore.commit_state,
         ProfileStore._commit_chunked,
-        CatalogService.store_state,
-        CatalogService.store_directory,
+        CatalogService.commit_archive,
+        CatalogService.commit_directory,
         CatalogService.commit_manifest,
         CatalogService._set_state,
     )

@@ -376,7 +376,7 @@ def test_migrate_packs_a_state_of_the_first_chunked_format(
     spool = tmp_path / "v1.manifest"
     spool.write_bytes(encode_manifest(v1))
     checksum = hashlib.sha256(spool.read_bytes()).hexdigest()
-    old = service.store_state(
+    old = service.commit_archive(
         packed,
         spool,
         StateUpdate(

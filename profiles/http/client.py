@@ -910,7 +910,7 @@ class HttpService(ProfileService):
         )
         return cast(BinaryIO, io.BufferedReader(reader, CHUNK))
 
-    def store_state(
+    def commit_archive(
         self,
         profile: Profile,
         spool: Path,
@@ -994,7 +994,7 @@ class HttpService(ProfileService):
         with self.reading_state_of(profile):
             return self._manifests.read(profile.checksum, missing_ok=False)
 
-    def store_directory(
+    def commit_directory(
         self,
         profile: Profile,
         directory: Path,
@@ -1041,7 +1041,7 @@ class HttpService(ProfileService):
             self._forget_lease(profile.id, epoch)  # released with the commit
         return self._profile(answer), result
 
-    def upload(
+    def _upload(
         self,
         ref: str,
         source: IO[bytes] | BinaryIO,
@@ -1094,7 +1094,7 @@ class HttpService(ProfileService):
         browser_version: str | None = None,
     ) -> Profile | None:
         """The server imports archives itself: see :meth:`upload`."""
-        return self.upload(ref, source, browser_version=browser_version)
+        return self._upload(ref, source, browser_version=browser_version)
 
     def set_status(self, profile_id: str, status: ProfileStatus) -> Profile:
         raise ProfileError(

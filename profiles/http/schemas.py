@@ -101,7 +101,7 @@ RESERVED_KEYS: Final = frozenset(
     }
 )
 #: And on a commit (``PUT /v1/profiles/{ref}/state``'s ``payload``), the parameters of the
-#: commit's path (``commit_archive``, ``commit_state``, ``store_state``, ...).
+#: commit's path (``commit_archive``, ``commit_state``, ``commit_archive``, ...).
 COMMIT_RESERVED_KEYS: Final = RESERVED_KEYS | frozenset(
     {
         "browser_version",

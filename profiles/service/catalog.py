@@ -102,8 +102,8 @@ def derive_name(base: str, suffix: str, taken: Callable[[str], bool]) -> str:
 def _close_names(name: str, names: Iterable[str], *, limit: int = 3) -> list[str]:
     candidates = [n for n in names if n != name]
     close = difflib.get_close_matches(name, candidates, n=limit, cutoff=0.75)
-    folded = [n for n in candidates if n.casefold() == name.casefold() and n not in close]
-    return (folded + close)[:limit]
+    same = [n for n in candidates if n.casefold() == name.casefold() and n not in close]
+    return (same + close)[:limit]
 
 
 def _check_ttl(ttl: float | None) -> None:
@@ -241,7 +241,7 @@ class CatalogService(ProfileService):
     def sweep_scratch(self) -> builtins.list[str]:
         return self.blobs.sweep_scratch()
 
-    def store_directory(
+    def commit_directory(
         self,
         profile: Profile,
         directory: Path,
@@ -423,7 +423,7 @@ class CatalogService(ProfileService):
             )
         return self.blobs.open(profile.checksum)
 
-    def store_state(
+    def commit_archive(
         self,
         profile: Profile,
         spool: Path,

@@ -175,7 +175,7 @@ class ProfileService(ABC):
         it has none."""
 
     @abstractmethod
-    def store_state(
+    def commit_archive(
         self,
         profile: Profile,
         spool: Path,
@@ -206,7 +206,7 @@ class ProfileService(ABC):
     ) -> Profile | None:
         """Import an uploaded archive on the service's side (checked there as hostile input)
         and return the updated record; ``None`` (the default): the service does not, and
-        the store imports it here (unpack, check, :meth:`store_state`)."""
+        the store imports it here (unpack, check, :meth:`commit_archive`)."""
         return None
 
     @abstractmethod
@@ -243,7 +243,7 @@ class ProfileService(ABC):
     def close(self) -> None:  # noqa: B027 - nothing to release by default
         """Release connections."""
 
-    #: Whether :meth:`store_state` reads and checks the profile on the service's side (a
+    #: Whether :meth:`commit_archive` reads and checks the profile on the service's side (a
     #: server does): the store then need not read the record before a commit.
     checks_commits_itself: bool = False
 
@@ -253,7 +253,7 @@ class ProfileService(ABC):
     # manifests says so (``supports_chunks``); the workspace then commits, checks out and
     # exports chunk by chunk through these, whatever the service is (a catalog and a blob
     # store here, or a server over HTTP). A service without them stores whole archives
-    # (:meth:`store_state`, :meth:`open_state`).
+    # (:meth:`commit_archive`, :meth:`open_state`).
 
     @property
     def supports_chunks(self) -> bool:
@@ -292,7 +292,7 @@ class ProfileService(ABC):
                 **exc.details,
             ) from exc
 
-    def store_directory(
+    def commit_directory(
         self,
         profile: Profile,
         directory: Path,
@@ -311,7 +311,7 @@ class ProfileService(ABC):
         storing only the chunks that changed since ``previous`` (its stat cache
         ``previous_stat`` spares reading unchanged files), only while ``epoch`` is current
         (``LeaseLost``). Data first, metadata last. ``end_session`` as in
-        :meth:`store_state`; ``fresh``: store every chunk in new packs (a migration).
+        :meth:`commit_archive`; ``fresh``: store every chunk in new packs (a migration).
         ``browser_version`` and ``cookie_domains`` are what the caller read from the
         directory; a service that does not trust its caller reads them itself."""
         raise ValidationFailed(f"{self.location} does not keep chunked states.")

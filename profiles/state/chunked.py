@@ -3,7 +3,7 @@
 :func:`pack_chunked` stores a user-data-dir as zstd chunks (fixed :data:`CHUNK_SIZE`
 offsets per file, finer for SQLite databases) appended to packs of about
 :data:`PACK_TARGET`, reusing the previous state's chunks and skipping files its
-:class:`StatCache` shows unchanged, compacting ("folding") chunks out of barely used packs,
+:class:`StatCache` shows unchanged, compacting chunks out of barely used packs,
 and writing the manifest last (a delta while small). :func:`restore_chunked` builds a state's
 tree all or nothing, :func:`apply_chunked` moves a working copy from one state to another
 writing only what changed, and :func:`tar_stream` / :func:`write_tar` export a state as the
@@ -107,11 +107,11 @@ FETCH_AHEAD_BYTES = 16 * MiB  # decompressed chunks an export fetches ahead of i
 # Compaction when committing: a pack the new state uses less than half of, a chunk stored
 # on its own (format 1), or (more than MAX_SMALL_PACKS packs under SMALL_PACK) the small
 # packs with the fewest live bytes have their live chunks copied into the new pack, at
-# most FOLD_MAX bytes per commit.
+# most COMPACTION_MAX bytes per commit.
 MIN_PACK_USE = 0.5
 SMALL_PACK = 1 * MiB
 MAX_SMALL_PACKS = 8
-FOLD_MAX = 64 * MiB
+COMPACTION_MAX = 64 * MiB
 # A file whose mtime is this close to the walk is not trusted to be unchanged next time:
 # it may be written again within the same timestamp tick (git's "racily clean" entries).
 # One second covers file systems with coarse timestamps (ext3, HFS+).
@@ -411,7 +411,7 @@ def pack_chunked(
     its chunks are reused by content, and with ``previous_stat`` (the :class:`StatCache`
     of the last commit or restore of this directory, for that manifest) files whose
     stat is unchanged are not even read. New chunks go into new packs, in walk order;
-    chunks of packs the new state barely uses are copied along (:func:`_plan_folds`).
+    chunks of packs the new state barely uses are copied along (:func:`_plan_compaction`).
     The caller must keep a garbage collector away while this runs (the blob-writer
     registration), since it reuses stored blobs. ``verify`` reads and compresses every
     chunk and stores them all afresh, repairing whatever went missing from the store.
@@ -469,7 +469,7 @@ def pack_chunked(
                     new_cache[relpath] = slot[1]
         entries = _settle(slots)
         store.close()
-        folded = _fold(blobs, packs, previous, entries, verify)
+        compacted = _compact(blobs, packs, previous, entries, verify)
         packs.finish()
     finally:
         store.close()
@@ -485,8 +485,8 @@ def pack_chunked(
         bytes_read=counts.bytes_read,
         chunks=sum(len(entry.chunks) for entry in entries),
         chunks_reused=store.reused,
-        chunks_written=len(packs.stored - folded),
-        chunks_moved=len(folded),
+        chunks_written=len(packs.stored - compacted),
+        chunks_moved=len(compacted),
         packs_written=packs.written,
         bytes_written=packs.bytes_written + manifest_written,
         manifest_bytes=len(blob),
@@ -638,14 +638,16 @@ def _seal(
     return manifest, blob, written
 
 
-def _plan_folds(previous: Manifest | None, refs: dict[str, Chunk], packs: _PackWriter) -> list[str]:
+def _plan_compaction(
+    previous: Manifest | None, refs: dict[str, Chunk], packs: _PackWriter
+) -> list[str]:
     """Which reused chunks to copy into this commit's packs, so that a state never spreads
     over many barely used packs (each one a request to restore it, and bytes no collector
     can free while one chunk in them lives): the chunks of packs the new state uses less
     than :data:`MIN_PACK_USE` of, of the small packs holding the fewest live bytes once there
     are more than :data:`MAX_SMALL_PACKS` (down to half that: the biggest small packs, such
     as a small profile's first pack, are not copied again), and chunks stored on their own
-    (format 1), least used first, up to :data:`FOLD_MAX` compressed bytes. Their old copies
+    (format 1), least used first, up to :data:`COMPACTION_MAX` compressed bytes. Their old copies
     go when no state uses them."""
     if previous is None:
         return []
@@ -662,7 +664,7 @@ def _plan_folds(previous: Manifest | None, refs: dict[str, Chunk], packs: _PackW
         else:
             by_pack.setdefault(location[0], []).append(checksum)
     live = {pack: sum(where[c][2] for c in chunks) for pack, chunks in by_pack.items()}
-    # Too many small packs: the ones with the fewest live bytes are folded until half the
+    # Too many small packs: the ones with the fewest live bytes are compacted until half the
     # allowance is left, so the biggest (a small profile's first pack) stays where it is.
     small = sorted((p for p in by_pack if sizes[p] < SMALL_PACK), key=lambda p: (live[p], p))
     excess = (
@@ -670,29 +672,29 @@ def _plan_folds(previous: Manifest | None, refs: dict[str, Chunk], packs: _PackW
     )
     chosen = [pack for pack in by_pack if live[pack] < MIN_PACK_USE * sizes[pack] or pack in excess]
     chosen.sort(key=lambda pack: (live[pack] / sizes[pack], pack))
-    folds: list[str] = []
-    budget = FOLD_MAX
+    compaction: list[str] = []
+    budget = COMPACTION_MAX
     for checksum in alone:
         budget -= _stored_cap(refs[checksum][1])
         if budget < 0:
-            return folds
-        folds.append(checksum)
+            return compaction
+        compaction.append(checksum)
     for pack in chosen:
         budget -= live[pack]
         if budget < 0:
             break
-        folds.extend(sorted(by_pack[pack], key=lambda c: where[c][1]))
-    return folds
+        compaction.extend(sorted(by_pack[pack], key=lambda c: where[c][1]))
+    return compaction
 
 
-def _fold(
+def _compact(
     blobs: BlobStore,
     packs: _PackWriter,
     previous: Manifest | None,
     entries: list[Entry],
     verify: bool,
 ) -> set[str]:
-    """Copy the chunks :func:`_plan_folds` picks into the open pack, byte for byte (each
+    """Copy the chunks :func:`_plan_compaction` picks into the open pack, byte for byte (each
     checked against its name); returns those moved. A chunk that cannot be read stays
     where it is (it is no worse for not moving)."""
     if previous is None or verify:
@@ -701,9 +703,9 @@ def _fold(
     for entry in entries:
         for chunk in entry.chunks:
             refs.setdefault(chunk[0], chunk)
-    folds = _plan_folds(previous, refs, packs)
+    compaction = _plan_compaction(previous, refs, packs)
     moved: set[str] = set()
-    for read in _plan_reads([("", 0, refs[c]) for c in folds], previous.where()):
+    for read in _plan_reads([("", 0, refs[c]) for c in compaction], previous.where()):
         try:
             raws = list(_read_raw(blobs, read))
         except StateCorrupt as exc:
@@ -715,8 +717,8 @@ def _fold(
                 moved.add(chunk[0])
             else:
                 log.warning("chunk %s is damaged; left in place while compacting", chunk[0])
-    if folds:
-        log.debug("compacting: moved %d of %d chunks", len(moved), len(folds))
+    if compaction:
+        log.debug("compacting: moved %d of %d chunks", len(moved), len(compaction))
     return moved
 
 
