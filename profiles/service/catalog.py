@@ -49,7 +49,7 @@ from profiles.models import (
     utcnow,
 )
 from profiles.service.protocol import UNSET, ProfileService, Unset
-from profiles.state.archive import ArchiveLimits
+from profiles.state.archive import GZIP_MAGIC, ZSTD_MAGIC, ArchiveLimits
 from profiles.state.chunked import PackResult, StatCache, missing_blobs, pack_chunked, write_tar
 from profiles.state.manifest import (
     MANIFEST_MAGIC,
@@ -185,23 +185,6 @@ class CatalogService(ProfileService):
         with self.reading_state_of(profile):
             return self._manifest_blob(profile.checksum, missing_ok=False)
 
-    @contextlib.contextmanager
-    def reading_state_of(self, profile: Profile) -> Iterator[None]:
-        """Name the profile in a :class:`StateCorrupt` raised while reading its state (a
-        missing manifest, pack or chunk), with what to do about it."""
-        try:
-            yield
-        except StateCorrupt as exc:
-            if "profile_id" in exc.details:
-                raise
-            raise StateCorrupt(
-                f"The committed state of profile {profile.name!r} ({profile.id}) cannot be "
-                f"read: {exc.message} Restore it from a snapshot or an export; "
-                "'profiles verify' lists every state affected.",
-                profile_id=profile.id,
-                **exc.details,
-            ) from exc
-
     def _remember(self, manifest: Manifest) -> None:
         with self._manifests_lock:
             self._manifests[manifest.checksum] = manifest
@@ -214,7 +197,12 @@ class CatalogService(ProfileService):
     ) -> Manifest | None:
         """The manifest stored under ``checksum``, or ``None`` for a whole archive. A
         delta is read with its base (``full``: the base of a delta is being read, and must
-        be a full manifest)."""
+        be a full manifest).
+
+        These bytes come from the store: a blob that is neither a manifest nor an archive,
+        or a manifest that does not hash to its name or cannot be parsed, is
+        ``StateCorrupt`` (the stored state is damaged), never ``ArchiveInvalid`` (which
+        says an upload is a bad file)."""
         with self._manifests_lock:
             kept = self._manifests.get(checksum)
         if kept is not None and not (full and kept.base is not None):
@@ -223,7 +211,13 @@ class CatalogService(ProfileService):
             with self.blobs.open(checksum) as stream:
                 head = stream.read(len(MANIFEST_MAGIC))
                 if not is_manifest(head):
-                    return None
+                    if head.startswith((GZIP_MAGIC, ZSTD_MAGIC)):
+                        return None  # a whole archive: its reader checks it
+                    raise StateCorrupt(
+                        f"The state {checksum} in {self.blobs.location} is damaged: it is "
+                        f"neither a manifest nor an archive (it starts with {head[:8]!r}).",
+                        chunk=checksum,
+                    )
                 rest = read_capped(stream, MAX_MANIFEST_BLOB)
         except NotFound:
             if missing_ok:
@@ -233,15 +227,30 @@ class CatalogService(ProfileService):
                 checksum=checksum,
             ) from None
         if rest is None:
-            raise ArchiveInvalid(
-                f"The state manifest {checksum} is larger than {MAX_MANIFEST_BLOB} bytes.",
-                field="manifest",
+            raise StateCorrupt(
+                f"The state manifest {checksum} in {self.blobs.location} is larger than "
+                f"{MAX_MANIFEST_BLOB} bytes.",
+                chunk=checksum,
             )
         blob = head + rest
-        manifest = parse_manifest(blob, limits=self.limits, bases=None if full else self._base_of)
-        if hashlib.sha256(blob).hexdigest() == checksum:
-            manifest._checksum = checksum
-            self._remember(manifest)
+        if hashlib.sha256(blob).hexdigest() != checksum:
+            raise StateCorrupt(
+                f"The state manifest {checksum} in {self.blobs.location} is damaged: it "
+                "does not hash to its name.",
+                chunk=checksum,
+            )
+        try:
+            manifest = parse_manifest(
+                blob, limits=self.limits, bases=None if full else self._base_of
+            )
+        except ArchiveInvalid as exc:
+            raise StateCorrupt(
+                f"The state manifest {checksum} in {self.blobs.location} cannot be read: "
+                f"{exc.message}",
+                chunk=checksum,
+            ) from exc
+        manifest._checksum = checksum
+        self._remember(manifest)
         return manifest
 
     def _base_of(self, checksum: str) -> Manifest:
@@ -252,11 +261,6 @@ class CatalogService(ProfileService):
             raise StateCorrupt(
                 f"The base manifest {checksum} of a delta state cannot be read: {exc.message}",
                 chunk=checksum,
-            ) from exc
-        except ArchiveInvalid as exc:
-            raise ArchiveInvalid(
-                f"The base manifest {checksum} of a delta state is refused: {exc.message}",
-                field="manifest",
             ) from exc
         if base is None:
             raise ArchiveInvalid(
@@ -391,10 +395,26 @@ class CatalogService(ProfileService):
                 # States, and the engine caches a fleet shares (catalog rule 10).
                 in_use = tx.checksums_in_use() | tx.engine_cache_checksums()
             live = set(in_use)
+            unreadable: builtins.list[str] = []
             for checksum in in_use:  # a manifest keeps its packs and chunks alive
-                manifest = self._manifest_blob(checksum)
+                try:
+                    manifest = self._manifest_blob(checksum)
+                except StateCorrupt:
+                    unreadable.append(checksum)
+                    continue
                 if manifest is not None:
                     live |= manifest.blob_checksums()
+            if unreadable:
+                # Which packs a damaged manifest needs is unknown: deleting any could make
+                # a repair (the manifest put back from a backup) impossible.
+                raise StateCorrupt(
+                    f"Nothing was collected: {len(unreadable)} stored states in "
+                    f"{self.location} are damaged ({', '.join(sorted(unreadable)[:3])}"
+                    f"{', ...' if len(unreadable) > 3 else ''}), so the packs they use "
+                    "are unknown. Run 'profiles verify' to see which profiles and snapshots "
+                    "they are; restore or delete those, then collect garbage again.",
+                    checksums=sorted(unreadable),
+                )
             for blob in self.blobs.list():
                 if blob.checksum not in live and now - blob.modified >= min_age:
                     self.blobs.delete(blob.checksum)

@@ -11,12 +11,14 @@ shared) and :class:`~profiles.http.client.HttpService` (``profiles serve`` over 
 from __future__ import annotations
 
 import builtins
+import contextlib
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any, BinaryIO, Final
 
 from profiles.catalog.base import LeaseGrant, StateUpdate
+from profiles.errors import ArchiveInvalid, StateCorrupt
 from profiles.models import AuditEvent, AuditType, Holder, Page, Profile, ProfileStatus, Snapshot
 from profiles.state.manifest import Manifest
 
@@ -210,5 +212,29 @@ class ProfileService(ABC):
 
     def manifest_of(self, profile: Profile) -> Manifest | None:
         """The manifest of ``profile``'s committed state, or ``None`` when the state is a
-        whole archive (the format before chunking) or there is none."""
+        whole archive (the format before chunking) or there is none. A state that is
+        missing or damaged is ``StateCorrupt`` naming the profile."""
         return None
+
+    @contextlib.contextmanager
+    def reading_state_of(self, profile: Profile) -> Iterator[None]:
+        """Read ``profile``'s committed state in the block: what goes wrong with the bytes
+        read is ``StateCorrupt`` naming the profile, with what to do about it.
+
+        The bytes come from the store, not from someone uploading them: a manifest, pack,
+        chunk or archive that is missing, does not hash to its name or cannot be parsed or
+        unpacked (``ArchiveInvalid``, which for an upload means a bad file) means the stored
+        state is damaged."""
+        try:
+            yield
+        except (StateCorrupt, ArchiveInvalid) as exc:
+            if isinstance(exc, StateCorrupt) and "profile_id" in exc.details:
+                raise
+            details = {k: v for k, v in exc.details.items() if k != "field"}
+            raise StateCorrupt(
+                f"The committed state of profile {profile.name!r} ({profile.id}) cannot be "
+                f"read: {exc.message.rstrip()} Restore it from a snapshot or an export; "
+                "'profiles verify' lists every state affected.",
+                profile_id=profile.id,
+                **details,
+            ) from exc
