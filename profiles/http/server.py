@@ -66,6 +66,7 @@ from profiles.errors import (
 )
 from profiles.http.access_log import AccessLogMiddleware
 from profiles.http.accounts import TIER_RATE_LIMITS, Account, AccountsDB, ApiKey
+from profiles.http.outcome import OUTCOME_HEADER, OUTCOME_VERSION, trailer
 from profiles.http.ratelimit import DEFAULT_ADDRESS_LIMIT, RateLimit, RateLimitMiddleware
 from profiles.http.schemas import (
     AuditPage,
@@ -520,9 +521,13 @@ def _clean_payload(value: Any, *, field: str = "payload") -> dict[str, Any]:
     return clean
 
 
-def _export_stream(store: ProfileStore, profile_id: str, codec: Codec = "gzip") -> Iterator[bytes]:
+def _export_stream(
+    store: ProfileStore, profile_id: str, codec: Codec = "gzip", *, outcome: bool = False
+) -> Iterator[bytes]:
     """The profile's committed state as ``.tar.gz`` (or ``.tar.zst``), produced by a thread
-    as it is read."""
+    as it is read. ``outcome``: end with the trailer that says how it ended
+    (:mod:`profiles.http.outcome`), so that an error found after the headers went (a pack
+    found damaged half-way) still reaches the client as itself."""
     q: queue.Queue[bytes | BaseException | None] = queue.Queue(maxsize=8)
     stop = threading.Event()
     sink = _QueueWriter(q, stop)
@@ -547,9 +552,14 @@ def _export_stream(store: ProfileStore, profile_id: str, codec: Codec = "gzip") 
         while True:
             item = q.get()
             if item is None:
+                if outcome:
+                    yield trailer()
                 return
             if isinstance(item, BaseException):
                 log.warning("a download of profile %s failed: %s", profile_id, type(item).__name__)
+                if outcome and isinstance(item, ProfileError):
+                    yield trailer(item)
+                    return
                 raise item
             yield item
     finally:
@@ -1109,15 +1119,20 @@ def create_app(config: ServerConfig) -> FastAPI:
             **_errors(*READ, 404),
         },
     )
-    def get_state(c: Auth, ref: str) -> Response:
+    def get_state(c: Auth, ref: str, request: Request) -> Response:
         profile = c.store.get(ref)
         if profile.checksum is not None and c.store.service.manifest_of(profile) is not None:
             # A chunked state: its tar stream is built from the (verified) chunks. The body
-            # is not the stored bytes, so only the state's identity is sent along.
+            # is not the stored bytes, so only the state's identity is sent along; a client
+            # that asks learns at the end how the stream ended.
+            outcome = request.headers.get(OUTCOME_HEADER) == OUTCOME_VERSION
+            headers = {"X-State-Checksum": profile.checksum}
+            if outcome:
+                headers[OUTCOME_HEADER] = OUTCOME_VERSION
             return StreamingResponse(
-                _export_stream(c.store, profile.id, "zstd"),
+                _export_stream(c.store, profile.id, "zstd", outcome=outcome),
                 media_type="application/zstd",
-                headers={"X-State-Checksum": profile.checksum},
+                headers=headers,
             )
         source = c.store.service.open_state(profile)
         try:
