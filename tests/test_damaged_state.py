@@ -12,6 +12,7 @@ read before the damage is remembered.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import random
@@ -236,3 +237,23 @@ def test_a_streamed_state_ends_with_how_it_ended() -> None:
     assert zstandard.ZstdDecompressor().decompressobj().decompress(packed) == data
     long = StateCorrupt("x" * 10_000, profile_id="y", many=["z" * 100] * 100)
     assert len(trailer(long)) == TRAILER_BYTES
+
+
+def test_the_collector_deletes_nothing_while_a_kept_manifest_is_damaged(tmp_path: Path) -> None:
+    """Which packs a damaged manifest needs is unknown: the collector deletes nothing (a
+    manifest put back from a backup must find its packs) and says which states to see to."""
+    blobs = tmp_path / "store" / "blobs"
+    with ProfileStore(tmp_path / "store") as store:
+        store.create("p")
+        profile = store.commit_state("p", chromium_dir(tmp_path / "src", payload_bytes=PAYLOAD))
+        assert profile.checksum is not None
+        garbage = os.urandom(100)  # referenced by nothing: collected when all is well
+        store.blobs.put(hashlib.sha256(garbage).hexdigest(), io.BytesIO(garbage), size=100)
+        _overwrite(_object(blobs, profile.checksum), os.urandom(1000))
+    before = sorted(p.name for p in (blobs / "sha256").rglob("*") if p.is_file())
+    with ProfileStore(tmp_path / "store") as store:
+        with pytest.raises(StateCorrupt, match="Nothing was collected") as info:
+            store.collect_garbage(min_age=0)
+        assert profile.checksum in info.value.message
+        assert sorted(p.name for p in (blobs / "sha256").rglob("*") if p.is_file()) == before
+        assert [c for c, _ in store.verify()] == [profile.checksum]
