@@ -183,7 +183,9 @@ class ProfileStore:
     (``postgresql://...``, ``s3://bucket/prefix``; defaults ``$PROFILES_CATALOG_URL`` and
     ``$PROFILES_BLOBS_URL``): the home then keeps only this machine's workspace (working
     copies, locks, scratch). ``max_profiles`` caps the number of profiles (``TierLimit``).
-    ``lease_ttl`` is how long a writer lease on a shared catalog lives without a heartbeat.
+    ``lease_ttl`` is how long a writer lease on a shared catalog lives without a heartbeat,
+    and how long a process writing or collecting state bytes holds the other side off
+    after it died (on the embedded catalog: not at all).
     ``service`` (or a ``http(s)://`` URL as ``home``; default ``$PROFILES_URL``) names a
     profile service over HTTP, with ``api_key`` and ``account`` (``$PROFILES_API_KEY``,
     ``$PROFILES_ACCOUNT``): the home then keeps only this machine's workspace.
@@ -304,7 +306,11 @@ class ProfileStore:
                 raise
             opened_blobs = blobs or LocalBlobStore(self.home / "blobs", create=writable)
             service = CatalogService(
-                opened_catalog, opened_blobs, max_profiles=max_profiles, limits=self.limits
+                opened_catalog,
+                opened_blobs,
+                max_profiles=max_profiles,
+                limits=self.limits,
+                upkeep_ttl=self.lease_ttl,  # a writer that dies frees gc within its lease's
             )
         #: What the backend answers: records, state bytes, leases (see profiles.service.catalog).
         self.service: ProfileService = service
