@@ -38,7 +38,7 @@ from profiles.service.catalog import CatalogService
 from profiles.state.archive import tree_digest
 from profiles.workspace.leases import DEFAULT_LEASE_TTL
 
-PAYLOAD = 12 * 1024 * 1024  # a few packs: a commit takes a while
+PAYLOAD = 40 * 1024 * 1024  # ten packs: a commit takes a while
 ITERATIONS = 5
 TTL = 2.0  # the lease expiry the children use on PostgreSQL (injectable; the default is 30 s)
 SLACK = 3.0  # what a loaded machine may add to the bound
@@ -135,15 +135,16 @@ def test_a_writer_killed_mid_commit_frees_the_collector_and_keeps_the_last_state
     name = "crash"
     sources: dict[str, dict[str, str]] = {}  # committed checksum -> the tree it holds
 
-    # The first commit runs to its end: how long a commit takes here.
-    first = chromium_dir(tmp_path / "src-0", payload_bytes=PAYLOAD, seed=0)
+    # Two commits run to their end (the second one warm): how long a commit takes here.
     with backend.store() as store:
         store.create(name)
-    child = _start_commit(backend, name, first)
-    started = time.monotonic()
-    out, err = child.communicate(timeout=120)
-    assert child.returncode == 0 and "committed" in out, err
-    took = time.monotonic() - started
+    for seed in (-2, -1):
+        first = chromium_dir(tmp_path / f"src{seed}", payload_bytes=PAYLOAD, seed=seed)
+        child = _start_commit(backend, name, first)
+        started = time.monotonic()
+        out, err = child.communicate(timeout=120)
+        assert child.returncode == 0 and "committed" in out, err
+        took = time.monotonic() - started
     with backend.store() as store:
         committed = store.get(name).checksum
         assert committed is not None
@@ -154,11 +155,13 @@ def test_a_writer_killed_mid_commit_frees_the_collector_and_keeps_the_last_state
             source = chromium_dir(tmp_path / f"src-{i}", payload_bytes=PAYLOAD, seed=i)
             digest = tree_digest(source, engine="chromium")
             child = _start_commit(backend, name, source)
-            time.sleep(rng.uniform(0, took * 1.1))
+            delay = rng.uniform(0, took)
+            time.sleep(delay)
             child.send_signal(signal.SIGKILL)
             out, err = child.communicate(timeout=60)
             assert child.returncode == -signal.SIGKILL or "committed" in out, err
             killed_mid_commit += "committed" not in out
+            print(f"iteration {i}: killed after {delay:.2f} s of {took:.2f}: {out.split()}")
 
             # The collector gets in: at once on the embedded store, within the lease
             # expiry on PostgreSQL (the dead writer's registration is left to expire).
@@ -181,6 +184,26 @@ def test_a_writer_killed_mid_commit_frees_the_collector_and_keeps_the_last_state
             assert store.verify(full=True) == []
         # The kills landed mid-commit at least once (else the test proves little).
         assert killed_mid_commit, "every commit finished before its kill: raise PAYLOAD"
+
+    # And 'profiles gc' after one more writer died half-way through its commit.
+    source = chromium_dir(tmp_path / "src-cli", payload_bytes=PAYLOAD, seed=99)
+    child = _start_commit(backend, name, source)
+    time.sleep(took / 3)
+    child.send_signal(signal.SIGKILL)
+    child.communicate(timeout=60)
+    where = ["--home", str(backend.home)]
+    if backend.catalog_url is not None:
+        where += ["--catalog", backend.catalog_url, "--blobs", str(backend.blobs)]
+    started = time.monotonic()
+    gc = subprocess.run(
+        [sys.executable, "-m", "profiles", *where, "gc", "--min-age", "0"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert gc.returncode == 0, gc.stderr
+    assert time.monotonic() - started < (0 if backend.kind == "sqlite" else TTL) + 10
 
 
 class _SlowBlobs(LocalBlobStore):
