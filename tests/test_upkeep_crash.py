@@ -33,7 +33,7 @@ from profiles import ProfileStore, StorageUnavailable
 from profiles.blobs.local import LocalBlobStore
 from profiles.catalog import Catalog, SQLiteCatalog
 from profiles.catalog.postgres import PostgresCatalog
-from profiles.catalog.registration import UPKEEP_TTL
+from profiles.catalog.registration import UPKEEP_TTL, Registration, blob_writer, collector
 from profiles.service.catalog import CatalogService
 from profiles.state.archive import tree_digest
 from profiles.workspace.leases import DEFAULT_LEASE_TTL
@@ -260,3 +260,55 @@ def test_a_slow_live_writer_is_never_taken_for_a_dead_one(backend: Backend, tmp_
         )
         assert store.verify(full=True) == []
     collector.close()
+
+
+def test_a_paused_writer_is_fenced_off_and_a_paused_collector_stops(
+    backend: Backend, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A registration can lapse while its process lives (paused past its ttl, or cut off
+    from the catalog): the other side then drops it and runs. A writer whose registration
+    went commits nothing (its uploads may be collected), and a collector whose lock went
+    deletes nothing more (writers may have uploaded since)."""
+    ttl = 0.5
+    backend.home.mkdir(parents=True)
+    service = CatalogService(backend.catalog(), _SlowBlobs(backend.blobs), upkeep_ttl=ttl)
+    other = CatalogService(backend.catalog(), LocalBlobStore(backend.blobs), upkeep_ttl=ttl)
+    with ProfileStore(tmp_path / "workspace", service=service) as store:
+        store.create("paused")
+        kept = store.commit_state("paused", chromium_dir(tmp_path / "a", seed=1))
+        # No heartbeat from here on: what a frozen process looks like to the others.
+        registered = threading.Event()
+        monkeypatch.setattr(Registration, "start", lambda self: registered.set())
+        collected: list[list[str]] = []
+
+        def collect_when_lapsed() -> None:
+            assert registered.wait(30)  # the commit's writer is in
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                try:
+                    collected.append(other.collect_garbage(min_age=0, wait=0))
+                    return
+                except StorageUnavailable:
+                    time.sleep(0.1)
+
+        thread = threading.Thread(target=collect_when_lapsed)
+        thread.start()
+        with pytest.raises(StorageUnavailable, match="registration lapsed") as info:
+            store.commit_state(
+                "paused", chromium_dir(tmp_path / "b", payload_bytes=PAYLOAD // 4, seed=2)
+            )
+        thread.join(30)
+        assert info.value.transient
+        assert collected, "the collector never got in while the writer was frozen"
+        assert store.get("paused").checksum == kept.checksum  # nothing was committed
+        assert store.verify(full=True) == []
+
+        with collector(backend.catalog(), ttl=ttl) as lock:
+            assert lock is not None
+            lock.check()  # held
+            time.sleep(ttl + 0.3)  # frozen: not renewed
+            with blob_writer(other.catalog, ttl=60) as writer:
+                assert writer is not None  # the lapsed collector lock was dropped for it
+            with pytest.raises(StorageUnavailable, match="Garbage collection stopped"):
+                lock.check()
+    other.close()
