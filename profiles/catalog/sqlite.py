@@ -243,7 +243,7 @@ class _OwnerLocks:
             if reg_id in self._mine():
                 return False
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CLOEXEC | _NOFOLLOW)
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | _NOFOLLOW)
         except OSError:
             return False
         try:
@@ -270,10 +270,13 @@ class _OwnerLocks:
                 self.gone(reg_id)
 
     def close(self) -> None:
+        """Let go of every lock of this process, leaving the files: its registrations then
+        read as gone, as after its exit."""
         with self._lock:
-            ids = list(self._mine())
-        for reg_id in ids:
-            self.release(reg_id)
+            fds = list(self._mine().values())
+            self._held.clear()
+        for fd in fds:
+            os.close(fd)
 
 
 class _SQLiteTransaction(CatalogTransaction):
