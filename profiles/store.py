@@ -21,6 +21,7 @@ import os
 import shutil
 import tempfile
 import time
+import zlib
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any, BinaryIO, Final, cast
@@ -241,7 +242,9 @@ class ProfileStore:
     (``postgresql://...``, ``s3://bucket/prefix``; defaults ``$PROFILES_CATALOG_URL`` and
     ``$PROFILES_BLOBS_URL``): the home then keeps only this machine's workspace (working
     copies, locks, scratch). ``max_profiles`` caps the number of profiles (``TierLimit``).
-    ``lease_ttl`` is how long a writer lease on a shared catalog lives without a heartbeat.
+    ``lease_ttl`` is how long a writer lease on a shared catalog lives without a heartbeat,
+    and how long a process writing or collecting state bytes holds the other side off
+    after it died (on the embedded catalog: not at all).
     ``service`` (or a ``http(s)://`` URL as ``home``; default ``$PROFILES_URL``) names a
     profile service over HTTP, with ``api_key`` and ``account`` (``$PROFILES_API_KEY``,
     ``$PROFILES_ACCOUNT``): the home then keeps only this machine's workspace.
@@ -340,7 +343,11 @@ class ProfileStore:
         if blobs is None and isinstance(opened_catalog, SQLiteCatalog):
             self._location = str(self.home)  # all of it under the home
         return CatalogService(
-            opened_catalog, opened_blobs, max_profiles=max_profiles, limits=self.limits
+            opened_catalog,
+            opened_blobs,
+            max_profiles=max_profiles,
+            limits=self.limits,
+            upkeep_ttl=self.lease_ttl,  # a writer that dies frees gc within its lease's
         )
 
     def _open_workspace(self) -> None:
@@ -1054,7 +1061,7 @@ class ProfileStore:
         copy is known to be at an older chunked state, else restore or unpack it whole."""
         manifest = self.service.manifest_of(profile)
         if manifest is None:  # a whole archive (the format before chunking)
-            with self.service.open_state(profile) as src:
+            with self._stored_archive(profile) as src:
                 unpack_archive(src, path, limits=self.limits, replace=True)
             return
         blobs = self.service.chunk_source()
@@ -1076,6 +1083,27 @@ class ProfileStore:
                 return
             restored = restore_chunked(manifest, blobs, path, replace=True, limits=self.limits)
         self.working_copies.save_stat_cache(profile.id, restored.stat_cache)
+
+    @contextlib.contextmanager
+    def _stored_archive(self, profile: Profile) -> Iterator[BinaryIO]:
+        """The profile's committed state as the service sends it (a whole archive, the
+        format before chunking, or over HTTP), hashed as it is read: a stored archive must
+        hash to the profile's checksum once read to its end. Those bytes come from the
+        store, so anything wrong with them (they do not unpack or decompress, or do not
+        hash to the checksum) is ``StateCorrupt`` naming the profile, not ``ArchiveInvalid``
+        as for an upload."""
+        # Over HTTP the client checks the body against X-Checksum when it is the stored
+        # archive (a chunked state is rendered into a tar on the fly: no stored hash).
+        service = self.service
+        expected, where = (
+            (profile.checksum, service.blobs.location)
+            if isinstance(service, CatalogService)
+            else (None, service.location)
+        )
+        with self.service.reading_state_of(profile), self.service.open_state(profile) as raw:
+            checked = _CheckedArchive(raw, expected, where)
+            yield cast(BinaryIO, checked)
+            checked.finish()
 
     def private_copy(self, ref: str | Profile, target: Path) -> Profile:
         """A private copy of the committed state in ``target`` (which must not exist), for a
@@ -1118,7 +1146,7 @@ class ProfileStore:
                         manifest, self.service.chunk_source(), target, limits=self.limits
                     )
                 return profile
-            with self.service.open_state(profile) as src:
+            with self._stored_archive(profile) as src:
                 unpack_archive(src, target, limits=self.limits)
         return profile
 
@@ -1359,7 +1387,7 @@ class ProfileStore:
         """The committed state as a compressed tar, into ``out``: a chunked state's tar
         stream is built from its chunks (each verified), a whole archive is copied."""
         if manifest is None:
-            with self.service.open_state(profile) as src:
+            with self._stored_archive(profile) as src:
                 return _copy_as(src, out, codec, progress)
         counted = _CountingWriter(out, progress)
         with self.service.reading_state_of(profile):
@@ -1492,6 +1520,36 @@ class _CountingWriter:
         self._raw.flush()
 
 
+class _CheckedArchive(io.RawIOBase):
+    """A stored archive as it is read, hashed: :meth:`finish` reads what is left and
+    raises ``StateCorrupt`` unless the bytes hash to ``checksum`` (the archive's name)."""
+
+    def __init__(self, raw: BinaryIO, checksum: str | None, location: str) -> None:
+        self._raw = raw
+        self._checksum = checksum
+        self._location = location
+        self._hash = hashlib.sha256()
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        data = self._raw.read(len(buffer))
+        self._hash.update(data)
+        buffer[: len(data)] = data
+        return len(data)
+
+    def finish(self) -> None:
+        while block := self._raw.read(1024 * 1024):
+            self._hash.update(block)
+        if self._checksum is not None and self._hash.hexdigest() != self._checksum:
+            raise StateCorrupt(
+                f"The archive {self._checksum} in {self._location} is damaged: it does not "
+                "hash to its name.",
+                checksum=self._checksum,
+            )
+
+
 class _Prefixed(io.RawIOBase):
     """``head`` followed by the rest of ``rest``, as one readable stream."""
 
@@ -1533,10 +1591,29 @@ def _copy_as(
         else zstandard.ZstdDecompressor().stream_reader(src)  # type: ignore[assignment]
     )
     with decompressed:
+        reading = cast(IO[bytes], _Decoding(decompressed))
         if codec == "gzip":
             with gzip.GzipFile(fileobj=out, mode="wb", compresslevel=6, mtime=0) as z:
-                shutil.copyfileobj(decompressed, z, 1024 * 1024)
+                shutil.copyfileobj(reading, z, 1024 * 1024)
         else:
             with zstandard.ZstdCompressor(level=3).stream_writer(out, closefd=False) as zw:  # type: ignore[arg-type]
-                shutil.copyfileobj(decompressed, zw, 1024 * 1024)
+                shutil.copyfileobj(reading, zw, 1024 * 1024)
     return out.count
+
+
+class _Decoding:
+    """Reads of a decompressing stream: damaged compressed data is ``ArchiveInvalid``, not
+    the decoder's own error (``BadGzipFile`` is an ``OSError``, which would read as a fault
+    of the disk written to)."""
+
+    def __init__(self, raw: IO[bytes]) -> None:
+        self._raw = raw
+
+    def read(self, size: int = -1) -> bytes:
+        try:
+            return self._raw.read(size)
+        except (EOFError, zlib.error, gzip.BadGzipFile, zstandard.ZstdError) as exc:
+            raise ArchiveInvalid(
+                f"The archive's compressed data is damaged ({type(exc).__name__}: {exc}).",
+                field="file",
+            ) from exc

@@ -61,6 +61,7 @@ from profiles.errors import (
     error_from_dict,
     rebuild_error,
 )
+from profiles.http.outcome import OUTCOME_HEADER, OUTCOME_VERSION, TRAILER_BYTES, parse_trailer
 from profiles.http.remote_blobs import RemoteBlobs
 from profiles.http.schemas import (
     AuditPage,
@@ -330,7 +331,11 @@ class _StateReader(io.RawIOBase):
     """The body of a ``GET .../state`` response as a readable, non-seekable stream.
 
     With ``expected``, the bytes are hashed as they are read and must hash to it at the
-    end (``ChecksumMismatch`` otherwise). Closing it closes the response."""
+    end (``ChecksumMismatch`` otherwise). With ``outcome``, the body ends with the trailer
+    that says how the server's stream ended (:mod:`profiles.http.outcome`): the last
+    :data:`TRAILER_BYTES` are held back and read at the end; an error there is raised as
+    itself, and a body without one was cut short (``StorageUnavailable``). Closing it
+    closes the response."""
 
     def __init__(
         self,
@@ -341,8 +346,11 @@ class _StateReader(io.RawIOBase):
         location: str,
         name: str,
         progress: Progress | None,
+        outcome: bool = False,
     ) -> None:
         super().__init__()
+        self._outcome = outcome
+        self._held = b""  # the last bytes received, which may be the trailer
         self._response = response
         self._chunks = response.iter_bytes(CHUNK)
         self._pending = b""
@@ -381,6 +389,9 @@ class _StateReader(io.RawIOBase):
             if self._expected is not None:
                 self._hash.update(chunk)
             self._count += len(chunk)
+            if self._outcome:
+                held = self._held + chunk
+                chunk, self._held = held[:-TRAILER_BYTES], held[-TRAILER_BYTES:]
             self._pending = chunk
             if self._progress is not None and chunk:
                 self._progress(self._count)
@@ -391,6 +402,8 @@ class _StateReader(io.RawIOBase):
 
     def _finish(self) -> None:
         self._done = True
+        if self._outcome:
+            self._end_of_stream()
         if self._expected is None:
             return
         got = self._hash.hexdigest()
@@ -404,6 +417,26 @@ class _StateReader(io.RawIOBase):
                 expected=self._expected,
                 actual=got,
             )
+
+    def _end_of_stream(self) -> None:
+        """Read the trailer: raise the error the server met while streaming, or
+        ``StorageUnavailable`` when the body ended without saying how it ended."""
+        said = parse_trailer(self._held)
+        if said is None:
+            error = StorageUnavailable(
+                f"Reading the state of {self._name!r} from the profile service at "
+                f"{self._location} stopped after {self._count} bytes, before the server said "
+                "the state was complete. Nothing was changed; try again.",
+                home=self._location,
+                cause="stream cut short",
+            )
+            error.transient = True
+            raise error
+        body = said.get("error")
+        if isinstance(body, dict):
+            status = body.get("status")
+            code = status if isinstance(status, int) else 500
+            raise error_from_body(code, {"error": body}, location=self._location)
 
     def close(self) -> None:
         if not self.closed:
@@ -882,7 +915,7 @@ class HttpService(ProfileService):
             "GET",
             self._profile_path(profile.id, "/state"),
             params={"checksum": profile.checksum},
-            headers={"Accept": "application/octet-stream"},
+            headers={"Accept": "application/octet-stream", OUTCOME_HEADER: OUTCOME_VERSION},
             idempotent=True,
             stream=True,
         )
@@ -907,6 +940,7 @@ class HttpService(ProfileService):
             location=self.location,
             name=profile.name,
             progress=progress,
+            outcome=response.headers.get(OUTCOME_HEADER) == OUTCOME_VERSION,
         )
         return cast(BinaryIO, io.BufferedReader(reader, CHUNK))
 

@@ -117,6 +117,7 @@ COMMIT_RESERVED_KEYS: Final = RESERVED_KEYS | frozenset(
         "size",
         "spool",
         "state",
+        "writer",
     }
 )
 _MAX_INT: Final = 2**53 - 1  # the integers JSON carries exactly everywhere

@@ -24,6 +24,7 @@ from typing import Any, BinaryIO, TypeVar
 from profiles.archetypes import DEFAULT_ARCHETYPE, get_archetype
 from profiles.blobs.base import BlobStore
 from profiles.catalog.base import Catalog, CatalogTransaction, LeaseGrant, StateUpdate
+from profiles.catalog.registration import UPKEEP_TTL, Registration, blob_writer, collector
 from profiles.errors import (
     ArchiveInvalid,
     Conflict,
@@ -75,9 +76,7 @@ log = logging.getLogger(__name__)
 
 MAX_DERIVED_NAMES = 99
 MAX_LABEL_LENGTH = 128
-BLOB_WRITER_TTL = 3600.0  # a writer that died stops holding collectors off after this
 BLOB_WRITER_WAIT = 120.0
-COLLECTOR_TTL = 600.0
 
 R = TypeVar("R", Profile, Snapshot, AuditEvent)
 
@@ -177,10 +176,23 @@ class CatalogService(ProfileService):
         *,
         max_profiles: int | None = None,
         limits: ArchiveLimits | None = None,
+        upkeep_ttl: float = UPKEEP_TTL,
     ) -> None:
         from profiles.catalog.sqlite import SQLiteCatalog
 
+        if (
+            isinstance(upkeep_ttl, bool)
+            or not isinstance(upkeep_ttl, int | float)
+            or not upkeep_ttl > 0
+        ):
+            raise ValidationFailed(
+                "upkeep_ttl must be a number of seconds above 0.", field="upkeep_ttl"
+            )
         self.catalog = catalog
+        #: How long a writer's registration or the collector lock of this service lives
+        #: without its heartbeat: a process that dies stops holding the other side off
+        #: after this (at once on the embedded catalog, which sees dead processes).
+        self.upkeep_ttl = float(upkeep_ttl)
         self.blobs = blobs
         self.max_profiles = max_profiles
         self.limits = limits or ArchiveLimits()
@@ -259,7 +271,7 @@ class CatalogService(ProfileService):
         manifest, then the catalog (data first, metadata last). Runs as a registered
         writer, so no collector removes a chunk this commit reuses before it is referenced."""
         started = time.perf_counter()
-        with self._blob_writer():
+        with self._blob_writer() as writer:
             result = pack_chunked(
                 directory,
                 profile.browser_name,
@@ -282,7 +294,9 @@ class CatalogService(ProfileService):
                 "bytes_written": result.stats.bytes_written,
                 "seconds": round(time.perf_counter() - started, 3),
             }
-            updated, replaced = self._set_state(profile, state, epoch, event, **details)
+            updated, replaced = self._set_state(
+                profile, state, epoch, event, writer=writer, **details
+            )
         self.manifests.remember(result.manifest)
         if replaced != result.checksum:
             self._free_blobs(replaced)  # the manifest (or old archive); chunks go to gc
@@ -318,14 +332,18 @@ class CatalogService(ProfileService):
         restored alone into ``scratch``. ``ArchiveInvalid`` for a manifest refused,
         ``LeaseLost`` when ``epoch`` is not current."""
         started = time.perf_counter()
-        with self._blob_writer():
-            try:
-                manifest = self.manifests.read(checksum, missing_ok=False)
-            except StateCorrupt:
+        with self._blob_writer() as writer:
+            if not self.blobs.exists(checksum):
                 raise ValidationFailed(
                     f"No manifest {checksum} was uploaded: upload the state's packs and its "
                     "manifest, then commit.",
                     field="checksum",
+                )
+            try:
+                manifest = self.manifests.read(checksum, missing_ok=False)
+            except StateCorrupt as exc:  # what the client uploaded: a bad file, not damage
+                raise ArchiveInvalid(
+                    f"The uploaded manifest is refused: {exc.message}", field="manifest"
                 ) from None
             if manifest is None:
                 raise ArchiveInvalid(
@@ -379,7 +397,9 @@ class CatalogService(ProfileService):
                 "bytes_checked": checked,
                 "seconds": round(time.perf_counter() - started, 3),
             }
-            updated, replaced = self._set_state(profile, state, epoch, event, **details)
+            updated, replaced = self._set_state(
+                profile, state, epoch, event, writer=writer, **details
+            )
         if replaced != checksum:
             self._free_blobs(replaced)
         return updated
@@ -434,10 +454,12 @@ class CatalogService(ProfileService):
         end_session: Mapping[str, Any] | None = None,
         **payload: Any,
     ) -> Profile:
-        with self._blob_writer():
+        with self._blob_writer() as writer:
             # Data first: the bytes are stored before the catalog points at them.
             self.blobs.put_file(state.checksum, spool)
-            updated, replaced = self._set_state(profile, state, epoch, event, **payload)
+            updated, replaced = self._set_state(
+                profile, state, epoch, event, writer=writer, **payload
+            )
         if replaced != state.checksum:
             self._free_blobs(replaced)
         if end_session is not None:
@@ -448,7 +470,7 @@ class CatalogService(ProfileService):
         now = time.time()
         freed: builtins.list[str] = []
         with self._collector(wait=wait) as granted:
-            if not granted:
+            if granted is None:
                 raise StorageUnavailable(
                     f"Writers kept the store at {self.location} busy for {seconds_text(wait)}; "
                     "collect garbage again later.",
@@ -459,12 +481,29 @@ class CatalogService(ProfileService):
                 # States, and the engine caches a fleet shares (catalog rule 10).
                 in_use = tx.checksums_in_use() | tx.engine_cache_checksums()
             live = set(in_use)
+            unreadable: builtins.list[str] = []
             for checksum in in_use:  # a manifest keeps its packs and chunks alive
-                manifest = self.manifests.read(checksum)
+                try:
+                    manifest = self.manifests.read(checksum)
+                except StateCorrupt:
+                    unreadable.append(checksum)
+                    continue
                 if manifest is not None:
                     live |= manifest.blob_checksums()
+            if unreadable:
+                # Which packs a damaged manifest needs is unknown: deleting any could make
+                # a repair (the manifest put back from a backup) impossible.
+                raise StateCorrupt(
+                    f"Nothing was collected: {len(unreadable)} stored states in "
+                    f"{self.location} are damaged ({', '.join(sorted(unreadable)[:3])}"
+                    f"{', ...' if len(unreadable) > 3 else ''}), so the packs they use "
+                    "are unknown. Run 'profiles verify' to see which profiles and snapshots "
+                    "they are; restore or delete those, then collect garbage again.",
+                    checksums=sorted(unreadable),
+                )
             for blob in self.blobs.list():
                 if blob.checksum not in live and now - blob.modified >= min_age:
+                    granted.check()  # still the collector: no writer came in meanwhile
                     self.blobs.delete(blob.checksum)
                     freed.append(blob.checksum)
         return freed
@@ -577,7 +616,7 @@ class CatalogService(ProfileService):
             return
         try:
             with self._collector(wait=0) as granted:
-                if not granted:
+                if granted is None:
                     log.debug("writers are active; %d blobs left for collect_garbage", len(wanted))
                     return
                 with self.catalog.transaction(write=False) as tx:
@@ -585,6 +624,7 @@ class CatalogService(ProfileService):
                 for checksum in unused:
                     if self._may_be_a_base(checksum):
                         continue  # deltas of kept states may name it: the collector decides
+                    granted.check()
                     self.blobs.delete(checksum)
         except (ProfileError, OSError) as exc:
             log.warning("could not free state bytes (collect_garbage will): %s", exc)
@@ -598,24 +638,10 @@ class CatalogService(ProfileService):
             return True
         return manifest is not None and manifest.base is None
 
-    @contextlib.contextmanager
-    def _collector(self, *, wait: float) -> Iterator[bool]:
-        """Hold the exclusive collector lock for the block (``False``: not granted)."""
-        collector_id = new_id("collector")
-        deadline = time.monotonic() + wait
-        granted = False
-        while True:
-            with self.catalog.transaction() as tx:
-                granted = tx.acquire_collector(collector_id, ttl=COLLECTOR_TTL)
-            if granted or time.monotonic() >= deadline:
-                break
-            time.sleep(0.05)
-        try:
-            yield granted
-        finally:
-            if granted:
-                with contextlib.suppress(ProfileError), self.catalog.transaction() as tx:
-                    tx.release_collector(collector_id)
+    def _collector(self, *, wait: float) -> contextlib.AbstractContextManager[Registration | None]:
+        """The exclusive collector lock for the block, renewed while it runs (``None``: not
+        granted within ``wait``). Check it before each deletion (:meth:`Registration.check`)."""
+        return collector(self.catalog, ttl=self.upkeep_ttl, wait=wait)
 
     def create(
         self,
@@ -916,11 +942,15 @@ class CatalogService(ProfileService):
         state: StateUpdate,
         epoch: int | None,
         event: AuditType,
+        *,
+        writer: Registration,
         **payload: Any,
     ) -> tuple[Profile, str | None]:
-        """Point the profile at stored bytes (metadata last), with its audit event."""
+        """Point the profile at stored bytes (metadata last), with its audit event, while
+        ``writer`` (the registration under which they were stored) still holds."""
         try:
             with self.catalog.transaction() as tx:
+                writer.confirm(tx)
                 updated, replaced = tx.set_state(profile.id, state, epoch=epoch)
                 self._event(
                     tx,
@@ -942,16 +972,14 @@ class CatalogService(ProfileService):
         return updated, replaced
 
     @contextlib.contextmanager
-    def _blob_writer(self) -> Iterator[None]:
+    def _blob_writer(self) -> Iterator[Registration]:
         """Register this process as a writer of state bytes for the block, so no collector
-        deletes bytes it uploads before its reference lands (catalog contract, rule 7)."""
-        writer_id = new_id("writer")
-        deadline = time.monotonic() + BLOB_WRITER_WAIT
-        while True:
-            with self.catalog.transaction() as tx:
-                if tx.register_blob_writer(writer_id, ttl=BLOB_WRITER_TTL):
-                    break
-            if time.monotonic() >= deadline:
+        deletes bytes it uploads before its reference lands (catalog contract, rule 7). A
+        heartbeat renews the registration while the block runs (a long commit stays
+        registered); the transaction that references the bytes confirms it
+        (:meth:`Registration.confirm`)."""
+        with blob_writer(self.catalog, ttl=self.upkeep_ttl, wait=BLOB_WRITER_WAIT) as writer:
+            if writer is None:
                 busy = StorageUnavailable(
                     f"The store at {self.location} is collecting garbage and did not let "
                     f"writers in for {seconds_text(BLOB_WRITER_WAIT)}; try again.",
@@ -960,12 +988,7 @@ class CatalogService(ProfileService):
                 )
                 busy.transient = True
                 raise busy
-            time.sleep(0.05)
-        try:
-            yield
-        finally:
-            with contextlib.suppress(ProfileError), self.catalog.transaction() as tx:
-                tx.unregister_blob_writer(writer_id)
+            yield writer
 
     def set_status(self, profile_id: str, status: ProfileStatus) -> Profile:
         with self.catalog.transaction() as tx:

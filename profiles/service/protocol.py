@@ -19,7 +19,7 @@ from typing import IO, Any, BinaryIO, Final
 
 from profiles.blobs.base import BlobStore
 from profiles.catalog.base import Catalog, LeaseGrant, StateUpdate
-from profiles.errors import ProfileError, StateCorrupt, ValidationFailed
+from profiles.errors import ArchiveInvalid, ProfileError, StateCorrupt, ValidationFailed
 from profiles.models import AuditEvent, AuditType, Holder, Page, Profile, ProfileStatus, Snapshot
 from profiles.state.chunked import PackResult, StatCache
 from profiles.state.manifest import Manifest
@@ -261,8 +261,8 @@ class ProfileService(ABC):
 
     def manifest_of(self, profile: Profile) -> Manifest | None:
         """The manifest of ``profile``'s committed state, or ``None`` when the state is a
-        whole archive (the format before chunking) or there is none. A missing state is
-        ``StateCorrupt`` naming the profile."""
+        whole archive (the format before chunking) or there is none. A state that is
+        missing or damaged is ``StateCorrupt`` naming the profile."""
         return None
 
     def manifest(self, checksum: str) -> Manifest | None:
@@ -277,19 +277,25 @@ class ProfileService(ABC):
 
     @contextlib.contextmanager
     def reading_state_of(self, profile: Profile) -> Iterator[None]:
-        """Name the profile in a ``StateCorrupt`` raised while reading its state (a missing
-        manifest, pack or chunk), with what to do about it."""
+        """Read ``profile``'s committed state in the block: what goes wrong with the bytes
+        read is ``StateCorrupt`` naming the profile, with what to do about it.
+
+        The bytes come from the store, not from someone uploading them: a manifest, pack,
+        chunk or archive that is missing, does not hash to its name or cannot be parsed or
+        unpacked (``ArchiveInvalid``, which for an upload means a bad file) means the stored
+        state is damaged."""
         try:
             yield
-        except StateCorrupt as exc:
-            if "profile_id" in exc.details:
+        except (StateCorrupt, ArchiveInvalid) as exc:
+            if isinstance(exc, StateCorrupt) and "profile_id" in exc.details:
                 raise
+            details = {k: v for k, v in exc.details.items() if k != "field"}
             raise StateCorrupt(
                 f"The committed state of profile {profile.name!r} ({profile.id}) cannot be "
-                f"read: {exc.message} Restore it from a snapshot or an export; "
+                f"read: {exc.message.rstrip()} Restore it from a snapshot or an export; "
                 "'profiles verify' lists every state affected.",
                 profile_id=profile.id,
-                **exc.details,
+                **details,
             ) from exc
 
     def commit_directory(
@@ -304,14 +310,13 @@ class ProfileService(ABC):
         epoch: int | None,
         event: AuditType,
         end_session: Mapping[str, Any] | None = None,
-        fresh: bool = False,
         **payload: Any,
     ) -> tuple[Profile, PackResult]:
         """Commit ``directory`` (a user-data-dir, its browser closed) as the profile's state,
         storing only the chunks that changed since ``previous`` (its stat cache
         ``previous_stat`` spares reading unchanged files), only while ``epoch`` is current
         (``LeaseLost``). Data first, metadata last. ``end_session`` as in
-        :meth:`commit_archive`; ``fresh``: store every chunk in new packs (a migration).
+        :meth:`commit_archive`.
         ``browser_version`` and ``cookie_domains`` are what the caller read from the
         directory; a service that does not trust its caller reads them itself."""
         raise ValidationFailed(f"{self.location} does not keep chunked states.")

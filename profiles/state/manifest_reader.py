@@ -10,7 +10,7 @@ from collections import OrderedDict
 
 from profiles.blobs.base import BlobStore
 from profiles.errors import ArchiveInvalid, NotFound, StateCorrupt
-from profiles.state.archive import ArchiveLimits
+from profiles.state.archive import GZIP_MAGIC, ZSTD_MAGIC, ArchiveLimits
 from profiles.state.manifest import (
     MANIFEST_MAGIC,
     MAX_MANIFEST_BLOB,
@@ -54,7 +54,12 @@ class ManifestReader:
         """The manifest stored under ``checksum``, or ``None`` for a whole archive (and for
         no blob at all, with ``missing_ok``; else ``StateCorrupt``). A delta is read with
         its base (``full``: the base of a delta is being read, and must be a full
-        manifest)."""
+        manifest).
+
+        These bytes come from the store: a blob that is neither a manifest nor an archive,
+        or a manifest that does not hash to its name or cannot be parsed, is
+        ``StateCorrupt`` (the stored state is damaged), never ``ArchiveInvalid`` (which
+        says an upload is a bad file)."""
         with self._lock:
             kept = self._manifests.get(checksum)
         if kept is not None and not (full and kept.base is not None):
@@ -63,7 +68,13 @@ class ManifestReader:
             with self.blobs.open(checksum) as stream:
                 head = stream.read(len(MANIFEST_MAGIC))
                 if not is_manifest(head):
-                    return None
+                    if head.startswith((GZIP_MAGIC, ZSTD_MAGIC)):
+                        return None  # a whole archive: its reader checks it
+                    raise StateCorrupt(
+                        f"The state {checksum} in {self.blobs.location} is damaged: it is "
+                        f"neither a manifest nor an archive (it starts with {head[:8]!r}).",
+                        chunk=checksum,
+                    )
                 rest = read_capped(stream, MAX_MANIFEST_BLOB)
         except NotFound:
             if missing_ok:
@@ -73,15 +84,30 @@ class ManifestReader:
                 checksum=checksum,
             ) from None
         if rest is None:
-            raise ArchiveInvalid(
-                f"The state manifest {checksum} is larger than {MAX_MANIFEST_BLOB} bytes.",
-                field="manifest",
+            raise StateCorrupt(
+                f"The state manifest {checksum} in {self.blobs.location} is larger than "
+                f"{MAX_MANIFEST_BLOB} bytes.",
+                chunk=checksum,
             )
         blob = head + rest
-        manifest = parse_manifest(blob, limits=self.limits, bases=None if full else self._base_of)
-        if hashlib.sha256(blob).hexdigest() == checksum:
-            manifest._checksum = checksum
-            self.remember(manifest)
+        if hashlib.sha256(blob).hexdigest() != checksum:
+            raise StateCorrupt(
+                f"The state manifest {checksum} in {self.blobs.location} is damaged: it "
+                "does not hash to its name.",
+                chunk=checksum,
+            )
+        try:
+            manifest = parse_manifest(
+                blob, limits=self.limits, bases=None if full else self._base_of
+            )
+        except ArchiveInvalid as exc:
+            raise StateCorrupt(
+                f"The state manifest {checksum} in {self.blobs.location} cannot be read: "
+                f"{exc.message}",
+                chunk=checksum,
+            ) from exc
+        manifest._checksum = checksum
+        self.remember(manifest)
         return manifest
 
     def _base_of(self, checksum: str) -> Manifest:
@@ -92,11 +118,6 @@ class ManifestReader:
             raise StateCorrupt(
                 f"The base manifest {checksum} of a delta state cannot be read: {exc.message}",
                 chunk=checksum,
-            ) from exc
-        except ArchiveInvalid as exc:
-            raise ArchiveInvalid(
-                f"The base manifest {checksum} of a delta state is refused: {exc.message}",
-                field="manifest",
             ) from exc
         if base is None:
             raise ArchiveInvalid(

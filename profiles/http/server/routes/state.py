@@ -21,6 +21,7 @@ from profiles.errors import (
     ProfileError,
     ValidationFailed,
 )
+from profiles.http.outcome import OUTCOME_HEADER, OUTCOME_VERSION
 from profiles.http.schemas import DownloadLink
 from profiles.http.server.bodies import streams_body
 from profiles.http.server.config import SCRATCH_PREFIX, SERVER_LEASE_TTL, UPLOAD_LOCK_WAIT
@@ -188,15 +189,20 @@ def download(s: Svc, _slot: DownloadSlot, token: str, request: Request) -> Respo
         **error_responses(*READ, 404),
     },
 )
-def get_state(c: Auth, _slot: StateSlot, ref: str) -> Response:
+def get_state(c: Auth, _slot: StateSlot, ref: str, request: Request) -> Response:
     profile = c.store.get(ref)
     if profile.checksum is not None and c.store.service.manifest_of(profile) is not None:
         # A chunked state: its tar stream is built from the (verified) chunks. The body
-        # is not the stored bytes, so only the state's identity is sent along.
+        # is not the stored bytes, so only the state's identity is sent along; a client
+        # that asks learns at the end how the stream ended.
+        outcome = request.headers.get(OUTCOME_HEADER) == OUTCOME_VERSION
+        headers = {"X-State-Checksum": profile.checksum}
+        if outcome:
+            headers[OUTCOME_HEADER] = OUTCOME_VERSION
         return StreamingResponse(
-            export_stream(c.store, profile.id, "zstd"),
+            export_stream(c.store, profile.id, "zstd", outcome=outcome),
             media_type="application/zstd",
-            headers={"X-State-Checksum": profile.checksum},
+            headers=headers,
         )
     source = c.store.service.open_state(profile)
     try:
