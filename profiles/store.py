@@ -939,8 +939,11 @@ class ProfileStore:
                 log.warning("the previous state of %s cannot be read (%s)", profile.name, exc)
         stat_cache = self.working_copies.stat_cache(profile.id) if is_work and not fresh else None
         with owned_dir(self._tmp, "commit-") as scratch:
-            version = browser_version or read_browser_version(directory, engine)
-            domains = read_cookie_domains(directory, engine, scratch=scratch)
+            if self.service.checks_commits_itself:  # it reads them from the state itself
+                version, domains = browser_version, []
+            else:
+                version = browser_version or read_browser_version(directory, engine)
+                domains = read_cookie_domains(directory, engine, scratch=scratch)
             updated, result = self.service.commit_directory(
                 profile,
                 directory,

@@ -16,6 +16,7 @@ import contextlib
 import difflib
 import hashlib
 import logging
+import os
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
@@ -305,12 +306,19 @@ class CatalogService(ProfileService):
         return updated, result
 
     def store_blob(self, checksum: str, path: Path) -> bool:
-        """Store the file at ``path`` as the blob ``checksum`` (checked against it), as a
-        registered writer; whether it was not there before. A blob no state names yet (a
-        pack a client uploads before its commit) is collected only once older than the
-        collector's ``min_age``."""
-        with self._blob_writer(), path.open("rb") as source:
-            return self.blobs.put(checksum, source, size=path.stat().st_size)
+        """Store the file at ``path``, which the caller hashed to ``checksum``, as that blob
+        (moved into place where the blob store can); whether it was not there before.
+
+        No writer registration: it would end with the request, while what keeps a blob no
+        state names yet (a pack a client uploads before its commit) is the collector's
+        ``min_age``. The commit that names it registers, and confirms the registration in
+        the transaction that references it."""
+        if self.blobs.exists(checksum):
+            return False
+        with path.open("rb") as spooled:
+            os.fsync(spooled.fileno())  # data first: durable before anything names it
+        self.blobs.put_file(checksum, path)
+        return True
 
     def commit_manifest(
         self,
