@@ -290,9 +290,13 @@ class ProfileService(ABC):
             if isinstance(exc, StateCorrupt) and "profile_id" in exc.details:
                 raise
             details = {k: v for k, v in exc.details.items() if k != "field"}
+            # An archive that does not unpack came from the store: its bytes are damaged.
+            why = exc.message.rstrip()
+            if isinstance(exc, ArchiveInvalid):
+                why = f"its stored bytes are damaged: {why}"
             raise StateCorrupt(
                 f"The committed state of profile {profile.name!r} ({profile.id}) cannot be "
-                f"read: {exc.message.rstrip()} Restore it from a snapshot or an export; "
+                f"read: {why} Restore it from a snapshot or an export; "
                 "'profiles verify' lists every state affected.",
                 profile_id=profile.id,
                 **details,
