@@ -359,3 +359,61 @@ def test_a_commit_without_a_lease_of_its_own_is_fenced(server: HttpServer, tmp_p
                 event="state.uploaded",
                 end_session={"reason": "x"},
             )
+
+
+def _push(
+    client: httpx.Client, ref: str, header: dict[str, object], *parts: bytes
+) -> httpx.Response:
+    import json
+
+    body = json.dumps(header).encode() + b"\n" + b"".join(parts)
+    return client.post(
+        f"profiles/{ref}/state/push",
+        content=body,
+        headers={"Content-Type": "application/octet-stream"},
+    )
+
+
+def test_a_push_carries_a_small_commit_in_one_request_and_refuses_what_does_not_add_up(
+    server: HttpServer, tmp_path: Path
+) -> None:
+    tree = tmp_path / "tree"
+    _chromium_tree(tree, megabytes=1, hosts=["push.example"])
+    manifest, packs = _manifest_of(tree, tmp_path)
+    blobs = [p.read_bytes() for p in packs] + [manifest]
+    listed = [{"checksum": hashlib.sha256(b).hexdigest(), "size": len(b)} for b in blobs]
+    commit = {"checksum": hashlib.sha256(manifest).hexdigest()}
+    with _store(server, tmp_path / "home") as store, _raw(server) as client:
+        store.create("pushed", archetype="desktop-chromium")
+        # Declared sizes that the body does not hold: short, long, or a part that lies.
+        short = _push(client, "pushed", {"commit": commit, "blobs": listed}, *blobs[:-1])
+        assert short.status_code == 400 and "short" in short.json()["error"]["message"]
+        extra = _push(client, "pushed", {"commit": commit, "blobs": listed}, *blobs, b"x")
+        assert extra.status_code == 400 and "more bytes" in extra.json()["error"]["message"]
+        lying = [dict(listed[0], checksum="f" * 64), *listed[1:]]
+        answer = _push(client, "pushed", {"commit": commit, "blobs": lying}, *blobs)
+        assert answer.status_code == 400
+        assert answer.json()["error"]["code"] == ChecksumMismatch.code
+        # Header: not JSON, unknown fields, too many blobs, too many bytes, no newline.
+        bad = client.post("profiles/pushed/state/push", content=b"{not json}\n")
+        assert bad.status_code == 400
+        assert _push(client, "pushed", {"commit": commit, "evil": 1}).status_code == 400
+        many = [{"checksum": "0" * 64, "size": 1}] * 65
+        assert _push(client, "pushed", {"commit": commit, "blobs": many}).status_code == 400
+        huge = [{"checksum": "0" * 64, "size": 40 * MiB}] * 2
+        assert _push(client, "pushed", {"commit": commit, "blobs": huge}).status_code == 413
+        endless = client.post("profiles/pushed/state/push", content=b"{" + b" " * 300_000)
+        assert endless.status_code in (400, 413)
+        assert store.get("pushed").checksum is None  # nothing of it committed
+        # Without a key, nothing is read.
+        assert (
+            httpx.post(f"{server.url}/v1/profiles/pushed/state/push", content=b"{}\n").status_code
+            == 401
+        )
+        # The honest push: one request, and the state is the tree.
+        done = _push(client, "pushed", {"commit": commit, "blobs": listed}, *blobs)
+        assert done.status_code == 200, done.text
+        assert done.json()["cookie_domains"] == ["push.example"]
+    with _store(server, tmp_path / "reader") as reader, reader.lock("pushed") as lease:
+        _, work = reader.checkout("pushed", lock=lease)
+        assert _tree_digest(work) == _tree_digest(tree)

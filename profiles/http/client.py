@@ -62,11 +62,10 @@ from profiles.errors import (
     rebuild_error,
 )
 from profiles.http.outcome import OUTCOME_HEADER, OUTCOME_VERSION, TRAILER_BYTES, parse_trailer
-from profiles.http.remote_blobs import RemoteBlobs
+from profiles.http.remote_blobs import BlobBatch, RemoteBlobs
 from profiles.http.schemas import (
     AuditPage,
     CloneBody,
-    CommitBody,
     CreateBody,
     EventBody,
     Health,
@@ -77,6 +76,7 @@ from profiles.http.schemas import (
     LeaseRow,
     PatchBody,
     ProfileList,
+    PushHeader,
     RenewBody,
     RenewResult,
     RestoreBody,
@@ -120,6 +120,9 @@ DEFAULT_BACKOFF: Final = 0.2
 MAX_RETRY_AFTER: Final = 30.0  # never sleep longer than this on one 429
 MAX_BACKOFF: Final = 5.0
 
+#: The most bytes of new blobs a commit sends with itself in one request (``state/push``);
+#: past it, each pack goes up on its own first.
+PUSH_INLINE_BYTES: Final = 16 * 1024 * 1024
 LEASE_POLL_MAX: Final = 25.0  # the longest a lease request waits on the server
 Progress = Callable[[int], None]
 M = TypeVar("M", bound=BaseModel)
@@ -1048,10 +1051,11 @@ class HttpService(ProfileService):
         version and cookie domains from the state itself (the ones given are not sent)."""
         if end_session is not None and epoch is None:
             raise ValidationFailed("Ending a session with its commit needs the epoch.")
+        batch = BlobBatch(self._blobs, limit=PUSH_INLINE_BYTES)
         result = pack_chunked(
             directory,
             profile.browser_name,
-            self._blobs,
+            batch,
             previous=previous,
             previous_stat=previous_stat,
         )
@@ -1064,11 +1068,29 @@ class HttpService(ProfileService):
         }
         if end_session is not None:
             fields["ended"] = _payload(end_session)
+        kept = batch.kept
+        header = _body(
+            PushHeader,
+            commit=fields,
+            blobs=[{"checksum": name, "size": len(data)} for name, data in kept],
+        )
+        head = json.dumps(header, separators=(",", ":")).encode() + b"\n"
+        size = len(head) + sum(len(data) for _, data in kept)
+
+        def body() -> Iterator[bytes]:
+            yield head
+            for _, data in kept:
+                yield data
+
         answer = self._json(
             "POST",
-            self._profile_path(profile.id, "/state/commit"),
-            json_body=_body(CommitBody, **fields),
-            headers=self._lease_header(profile.id, epoch),
+            self._profile_path(profile.id, "/state/push"),
+            body=body,
+            headers={
+                "Content-Type": "application/octet-stream",
+                "Content-Length": str(size),
+                **self._lease_header(profile.id, epoch),
+            },
             idempotent=True,
         )
         if end_session is not None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import builtins
 import io
+import threading
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, BinaryIO, cast
 
@@ -20,7 +21,7 @@ from profiles.errors import NotFound, ProfileError, StorageUnavailable
 if TYPE_CHECKING:
     from profiles.http.client import HttpService
 
-__all__ = ["RemoteBlobs"]
+__all__ = ["BlobBatch", "RemoteBlobs"]
 
 UPLOAD_PIECE = 1024 * 1024
 
@@ -140,3 +141,64 @@ class _ResponseStream(io.RawIOBase):
                 self._response.close()
             finally:
                 super().close()
+
+
+class BlobBatch(BlobStore):
+    """The blobs a commit writes, kept here to go with the commit in one request (``POST
+    .../state/push``) while they fit in ``limit`` bytes; past it, each goes up on its own
+    through ``remote`` (asking first whether the server has it). Reads of a kept blob are
+    answered from it, others by ``remote``. Thread-safe (packs are sealed on threads)."""
+
+    def __init__(self, remote: RemoteBlobs, *, limit: int) -> None:
+        self._remote = remote
+        self._limit = limit
+        self._kept: dict[str, bytes] = {}
+        self._size = 0
+        self._lock = threading.Lock()
+        self.location = remote.location
+
+    @property
+    def kept(self) -> builtins.list[tuple[str, bytes]]:
+        """The blobs kept to go with the commit, in the order they were written."""
+        with self._lock:
+            return list(self._kept.items())
+
+    def put(self, checksum: str, source: BinaryIO, *, size: int) -> bool:
+        data = source.read(size)
+        if len(data) != size:
+            raise ProfileError(f"The blob {checksum} came {len(data)} bytes short of {size}.")
+        with self._lock:
+            if checksum in self._kept:
+                return False
+            if self._size + size <= self._limit:
+                self._kept[checksum] = data
+                self._size += size
+                return True
+        return self._remote.put(checksum, io.BytesIO(data), size=size)
+
+    def open(self, checksum: str) -> BinaryIO:
+        with self._lock:
+            data = self._kept.get(checksum)
+        if data is not None:
+            return cast(BinaryIO, io.BytesIO(data))
+        return self._remote.open(checksum)
+
+    def read_range(self, checksum: str, offset: int, length: int) -> bytes:
+        check_range(offset, length)
+        with self._lock:
+            data = self._kept.get(checksum)
+        if data is not None:
+            return data[offset : offset + length]
+        return self._remote.read_range(checksum, offset, length)
+
+    def exists(self, checksum: str) -> bool:
+        with self._lock:
+            if checksum in self._kept:
+                return True
+        return self._remote.exists(checksum)
+
+    def delete(self, checksum: str) -> None:
+        self._remote.delete(checksum)
+
+    def list(self) -> Iterator[BlobInfo]:
+        return self._remote.list()

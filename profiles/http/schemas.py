@@ -34,6 +34,8 @@ from profiles.redact import redact_text
 __all__ = [
     "COMMIT_RESERVED_KEYS",
     "MAX_LEASE_TTL",
+    "MAX_PUSH_BLOBS",
+    "MAX_PUSH_BYTES",
     "PAYLOAD_MAX_KEYS",
     "PAYLOAD_MAX_TEXT",
     "RESERVED_KEYS",
@@ -57,6 +59,8 @@ __all__ = [
     "LeaseRow",
     "PatchBody",
     "ProfileList",
+    "PushHeader",
+    "PushedBlob",
     "RenewBody",
     "RenewResult",
     "RestoreBody",
@@ -69,6 +73,9 @@ __all__ = [
 ]
 
 MAX_LEASE_TTL: Final = 3600.0
+#: What one push may carry: the bytes of its blobs, and how many.
+MAX_PUSH_BYTES: Final = 64 * 1024 * 1024
+MAX_PUSH_BLOBS: Final = 64
 
 
 # ------------------------------------------------------------------ audit payloads
@@ -329,6 +336,22 @@ class CommitBody(_Body):
     event: Literal["state.uploaded", "session.ended"] = "state.uploaded"
     payload: CommitPayload = Field(default_factory=lambda: CommitPayload({}))
     ended: AuditPayload | None = None
+
+
+class PushedBlob(_Body):
+    """One blob in a push: its name (SHA-256) and its size in bytes."""
+
+    checksum: str = Field(pattern=r"^[0-9a-f]{64}$")
+    size: int = Field(ge=0, le=MAX_PUSH_BYTES)
+
+
+class PushHeader(_Body):
+    """``POST /v1/profiles/{ref}/state/push``: the body's first line (JSON, then a newline):
+    the commit, and the blobs whose bytes follow it, back to back in this order (the packs
+    a commit adds and its manifest): a small commit is one request."""
+
+    commit: CommitBody
+    blobs: list[PushedBlob] = Field(default_factory=list, max_length=MAX_PUSH_BLOBS)
 
 
 class BlobStored(BaseModel):

@@ -10,19 +10,23 @@ from __future__ import annotations
 
 import contextlib
 import re
+from pathlib import Path
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Request
 from fastapi.responses import Response, StreamingResponse
+from pydantic import ValidationError as PydanticValidationError
 
 from profiles.errors import ChecksumMismatch, NotFound, ProfileError, ValidationFailed
-from profiles.http.schemas import BlobStored, CommitBody
+from profiles.http.schemas import MAX_PUSH_BYTES, BlobStored, CommitBody, PushHeader
 from profiles.http.server.bodies import streams_body
 from profiles.http.server.config import SERVER_LEASE_TTL
 from profiles.http.server.deps import (
     Auth,
+    Caller,
     LeaseToken,
     ReadAuth,
+    Services,
     Svc,
     busy,
     require_lease,
@@ -33,7 +37,7 @@ from profiles.http.server.deps import (
 from profiles.http.server.fairness import StateSlot
 from profiles.http.server.openapi import READ, WRITE, binary_body, error_responses
 from profiles.http.server.state_io import blob_stream
-from profiles.http.server.streams import drain, spool_body
+from profiles.http.server.streams import FramedBody, drain, spool_body
 from profiles.models import Profile
 from profiles.service.catalog import CatalogService
 from profiles.state.manifest import MAX_MANIFEST_BLOB
@@ -44,6 +48,8 @@ router = APIRouter()
 MAX_BLOB_UPLOAD = MAX_MANIFEST_BLOB
 #: The largest span one ranged read returns (a checkout asks for at most 4 MiB).
 MAX_RANGE = 16 * 1024 * 1024
+#: The largest header line of a push (the commit and the list of its blobs).
+MAX_PUSH_HEADER = 256 * 1024
 _CHECKSUM = r"^[0-9a-f]{64}$"
 _RANGE = re.compile(r"bytes=(\d{1,15})-(\d{1,15})", re.ASCII)
 
@@ -171,6 +177,91 @@ def commit_manifest(
     are checked as hostile input (limits, paths, sizes; every blob must be in the
     account's storage; chunks of packs the current state does not use are read and
     checked); the cookie domains and browser version are read from the state itself."""
+    return _commit(s, c, ref, body, x_lease_token)
+
+
+@router.post(
+    "/v1/profiles/{ref}/state/push",
+    tags=["chunks"],
+    responses=error_responses(*WRITE, 404, 409),
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "description": "A PushHeader as one line of JSON and a newline, then the bytes "
+            "of the blobs it lists, back to back in its order (at most 64 MiB in all).",
+            "content": {
+                "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}
+            },
+        }
+    },
+)
+@streams_body
+async def push_state(
+    s: Svc,
+    c: Auth,
+    _slot: StateSlot,
+    ref: str,
+    request: Request,
+    x_lease_token: LeaseToken = None,
+) -> Profile:
+    """Upload the blobs a commit adds and commit its manifest in one request (what
+    ``HttpService`` does when a commit's new packs are small): each blob is hashed as it
+    arrives and refused when it does not hash to its name; then the commit is checked as
+    ``POST .../state/commit`` checks it."""
+    framed = FramedBody(request)
+    try:
+        line = await framed.header(MAX_PUSH_HEADER)
+        try:
+            push = PushHeader.model_validate_json(line)
+        except PydanticValidationError as exc:
+            first = exc.errors(include_input=False, include_url=False)[0]
+            where = ".".join(str(p) for p in first["loc"]) or "header"
+            raise ValidationFailed(
+                f"Invalid request: {where}: {first['msg']}.", field=where
+            ) from None
+        if sum(blob.size for blob in push.blobs) > MAX_PUSH_BYTES:
+            err = ValidationFailed(
+                f"A push carries at most {MAX_PUSH_BYTES} bytes of blobs; upload larger "
+                "ones with PUT /v1/state/blobs/{checksum} first.",
+                limit=MAX_PUSH_BYTES,
+            )
+            err.status = 413
+            raise err
+    except ProfileError:
+        await framed.drain()
+        raise
+    with scratch_dir(c.store) as scratch:
+        received: list[tuple[str, Path]] = []
+        try:
+            for i, blob in enumerate(push.blobs):
+                path = scratch / f"blob-{i}"
+                digest = await framed.part(path, blob.size)
+                if digest != blob.checksum:
+                    raise ChecksumMismatch(
+                        f"Blob {i} of the push does not hash to its name; nothing was kept. "
+                        "Send it again.",
+                        field="blobs",
+                        expected=blob.checksum,
+                        actual=digest,
+                    )
+                received.append((blob.checksum, path))
+            await framed.end()
+        except ProfileError:
+            await framed.drain()
+            raise
+
+        def run() -> Profile:
+            service = _service(c)
+            for checksum, path in received:
+                service.store_blob(checksum, path)
+            return _commit(s, c, ref, push.commit, x_lease_token)
+
+        return await run_sync(run)
+
+
+def _commit(s: Services, c: Caller, ref: str, body: CommitBody, token: str | None) -> Profile:
+    """The commit of an uploaded manifest, fenced by the caller's lease (or under one the
+    server takes for it), ending the session when ``body.ended`` says so."""
     payload = body.payload.root
     ended = None if body.ended is None else body.ended.root
     if ended is not None and body.epoch is None:
@@ -181,7 +272,7 @@ def commit_manifest(
     profile = c.store.get(ref)
     epoch, own = body.epoch, None
     if epoch is not None:
-        require_lease(s, c, profile, epoch, x_lease_token)
+        require_lease(s, c, profile, epoch, token)
     else:
         own = service.acquire_lease(profile.id, server_holder("import"), ttl=SERVER_LEASE_TTL)
         if own is None:
