@@ -32,16 +32,14 @@ from playwright.sync_api import Page
 import driver
 from driver import Session
 from profiles import ProfileError, ProfileStore, StorageUnavailable
-from profiles.cli.main import (
+from profiles.cli.main import byte_size, exit_code, main
+from profiles.cli.output import (
     CLI_WORDING,
     _dumps,
     _duration,
     _plural,
     _Progress,
-    byte_size,
     cli_message,
-    exit_code,
-    main,
     visible,
 )
 

@@ -45,28 +45,50 @@ import logging
 import os
 import re
 import sys
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from datetime import UTC, datetime
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import IO, Any, NoReturn, TextIO
-
-from pydantic import BaseModel
+from typing import IO, Any
 
 from profiles.archetypes import all_archetypes
+from profiles.cli.common import (
+    EXISTING,
+    MAY_CREATE,
+    NO_STORE,
+    REF_HELP,
+    Declined,
+    _backend,
+    _common_options,
+    _home,
+    _lock_timeout_option,
+    _open_store,
+    _page_options,
+    _Parser,
+    _store_exists,
+    _store_mode,
+    command,
+)
 from profiles.cli.output import (
+    CLI_WORDING,
     UsageError,
+    _describe_holder,
     _dumps,
+    _emit,
     _err,
     _fail,
+    _held_for,
     _json,
+    _listing,
     _out,
+    _plural,
+    _Progress,
     _short,
+    _show,
     _size,
     _table,
     _when,
-    visible,
+    cli_message,
 )
-from profiles.connect import blobs_url_from_env, catalog_url_from_env, redact_url_password
+from profiles.connect import redact_url_password
 from profiles.errors import (
     BrowserNotFound,
     Conflict,
@@ -80,9 +102,9 @@ from profiles.errors import (
     ValidationFailed,
 )
 from profiles.maintenance.transfer import transfer
-from profiles.models import AuditEvent, Page, Profile, Snapshot
+from profiles.models import AuditEvent, Profile, Snapshot
 from profiles.state.rules import ENGINES
-from profiles.store import UNSET, ProfileStore, Unset, default_home
+from profiles.store import UNSET, ProfileStore, Unset
 from profiles.workspace.pending import PendingInfo
 
 __all__ = [
@@ -112,89 +134,12 @@ EXIT_DECLINED = 1
 EXIT_OS_ERROR = 1
 EXIT_INTERRUPTED = 130
 EXIT_BROKEN_PIPE = 141
-PROGRESS_MIN_BYTES = 1024 * 1024
 PACKAGE = "playwright-profiles"
-CATALOG_FILE = "catalog.sqlite3"  # what makes a directory a store (ProfileStore's default)
-
-#: The library's messages name Python parameters; the CLI's name its flags. Each pair is
-#: (what the library says, what the CLI says instead), applied in order to the message of
-#: every ProfileError the CLI prints (see :func:`cli_message`). Phrases, not bare words, so
-#: that a profile name quoted in a message is never rewritten.
-CLI_WORDING: tuple[tuple[str, str], ...] = (
-    (
-        "raise lock_timeout, or open it with readonly=True",
-        "raise --lock-timeout, or use --readonly",
-    ),
-    ("open it with readonly=True", "use --readonly"),
-    ("raise lock_timeout", "raise --lock-timeout"),
-    ("raise max_profiles", "raise --max-profiles"),
-    ("max_profiles must", "--max-profiles must"),
-    ("clone without with_state", "clone without --with-state"),
-    ("Pass a name explicitly", "Pass --name"),
-    (
-        "or pass allow_downgrade=True",
-        "or, knowing the risk, open it from Python with allow_downgrade=True",
-    ),
-    ("; archetype=", "; --archetype "),
-    ("a profile the session creates", "a profile that 'profiles open' creates"),
-)
-
-
-class Declined(Exception):
-    """The user answered no at a confirmation prompt: exit code 1."""
 
 
 def exit_code(error: ProfileError) -> int:
     """The exit code for a :class:`ProfileError` (see the module docstring)."""
     return next(code for cls, code in EXIT_CODES if isinstance(error, cls))
-
-
-def cli_message(message: str) -> str:
-    """A library message in the CLI's words: Python parameters become flags (CLI_WORDING)."""
-    for python, flag in CLI_WORDING:
-        message = message.replace(python, flag)
-    return message
-
-
-def _plural(n: int, singular: str, plural: str | None = None) -> str:
-    """``1 domain``, ``2 domains``, ``0 working copies`` (with ``plural`` given)."""
-    return f"{n} {singular if n == 1 else (plural or singular + 's')}"
-
-
-def _duration(seconds: float) -> str:
-    """How long, for people: ``42s``, ``3m 05s``, ``2h 03m``, ``3d 04h``."""
-    s = int(max(0.0, seconds))
-    if s < 60:
-        return f"{s}s"
-    m, s = divmod(s, 60)
-    if m < 60:
-        return f"{m}m {s:02d}s"
-    h, m = divmod(m, 60)
-    if h < 24:
-        return f"{h}h {m:02d}m"
-    d, h = divmod(h, 24)
-    return f"{d}d {h:02d}h"
-
-
-def _show(record: BaseModel, extra: dict[str, str] | None = None) -> None:
-    """One record as ``key  value`` lines (labels, lists and sizes made readable), then
-    the ``extra`` lines; control characters in values are shown escaped."""
-    data = {**record.model_dump(mode="json"), **(extra or {})}
-    width = max(len(k) for k in data)
-    for key, value in data.items():
-        if key == "blob_size" and value is not None:
-            text = f"{value} ({_size(value)})"
-        elif isinstance(value, dict):
-            text = ", ".join(f"{k}={v}" for k, v in value.items()) or "-"
-        elif isinstance(value, list):
-            text = ", ".join(str(v) for v in value) or "-"
-        else:
-            text = "-" if value is None else str(value)
-        _out(f"{key.ljust(width)}  {visible(text)}")
-
-
-def _emit(args: argparse.Namespace, record: BaseModel) -> None:
-    _json(record) if args.json else _show(record)
 
 
 PROFILE_HEADERS = ("name", "id", "archetype", "status", "size", "usage", "last used")
@@ -277,71 +222,6 @@ PS_HEADERS = ("name", "id", "kind", "host", "pid", "since", "for")
 PENDING_HEADERS = ("name", "id", "status", "kept", "why")
 
 
-def _held_for(since: datetime) -> str:
-    return _duration((datetime.now(UTC) - since).total_seconds())
-
-
-def _describe_holder(holder: Any) -> str:
-    """``session, pid 4242 on build-7, since 2026-05-09 22:00:00Z (for 3m 05s)``."""
-    return (
-        f"{holder.kind}, pid {holder.pid} on {holder.host}, since {_when(holder.since)} "
-        f"(for {_held_for(holder.since)})"
-    )
-
-
-def _listing(
-    args: argparse.Namespace,
-    fetch: Callable[[str | None], Page[Any]],
-    headers: Sequence[str],
-    rows: Callable[[list[Any]], Iterable[Sequence[object]]],
-    empty: str,
-) -> None:
-    """One page of a listing (every page with ``--all``), then the next-page hint."""
-    page = fetch(args.cursor)
-    data = list(page.data)
-    while args.all and page.has_more:
-        page = fetch(page.next_cursor)
-        data.extend(page.data)
-    if args.json:
-        _json(
-            {
-                "data": [r.model_dump(mode="json") for r in data],
-                "has_more": page.has_more,
-                "next_cursor": page.next_cursor,
-            }
-        )
-        return
-    _table(headers, rows(data), empty)
-    if page.has_more:
-        _err(f"more: add --cursor {page.next_cursor} for the next page, or --all for every page")
-
-
-class _Progress:
-    """A byte progress bar on ``stream``: only on a terminal, and only past 1 MiB."""
-
-    def __init__(self, total: int | None, verb: str, stream: TextIO | None = None) -> None:
-        self.stream = stream if stream is not None else sys.stderr
-        self.total = total or 0
-        self.verb = verb
-        self.enabled = self.total > PROGRESS_MIN_BYTES and self.stream.isatty()
-        self._shown = -1
-
-    def __call__(self, done: int) -> None:
-        if not self.enabled:
-            return
-        percent = min(100, done * 100 // self.total)
-        if percent != self._shown:
-            self._shown = percent
-            bar = "#" * (percent // 4)
-            self.stream.write(f"\r{self.verb} [{bar:<25}] {percent:3d}% {_size(done)}")
-            self.stream.flush()
-
-    def finish(self) -> None:
-        if self._shown >= 0:
-            self.stream.write("\n")
-            self.stream.flush()
-
-
 # ------------------------------------------------------------------------------- parsing
 
 
@@ -366,14 +246,6 @@ def byte_size(text: str) -> int:
         )
     number, unit = match.groups()
     return int(float(number) * 1024 ** " KMGT".index(unit.upper() or " "))
-
-
-class _Parser(argparse.ArgumentParser):
-    """An ArgumentParser that raises :class:`UsageError` instead of exiting, so that
-    :func:`main` reports it (as JSON with ``--json``) and returns 2."""
-
-    def error(self, message: str) -> NoReturn:
-        raise UsageError(message, usage=self.format_usage(), prog=self.prog)
 
 
 # ------------------------------------------------------------------------------- commands
@@ -954,11 +826,6 @@ def cmd_open(store: ProfileStore, args: argparse.Namespace) -> None:
 
 # ------------------------------------------------------------------------------- parser
 
-Handler = Callable[[Any, argparse.Namespace], None]
-
-# What a command needs of the store: none at all, one that exists (it only reads, or changes
-# an existing profile: it never creates a store), or one it may create.
-NO_STORE, EXISTING, MAY_CREATE = "none", "existing", "may-create"
 
 OPEN_DESCRIPTION = """\
 Open a browser on a profile, to log in by hand or to refresh it; saving it when it ends.
@@ -981,67 +848,6 @@ exit codes: 0 ok; 1 other error (StateCommitFailed, file error, deletion decline
 2 ValidationFailed / usage; 3 NotFound (a profile, a snapshot, the store); 4 Conflict
 (ProfileBusy, BrowserDowngrade, PendingConflict); 5 TierLimit; 6 BrowserNotFound;
 7 StorageUnavailable; 130 interrupted; 141 stdout closed early."""
-
-
-def _common_options(parser: argparse.ArgumentParser) -> None:
-    """The global options. Their default is SUPPRESS so that, given again after the
-    command, they do not reset what was given before it (main's defaults fill the rest)."""
-    s = argparse.SUPPRESS
-    parser.add_argument(
-        "--json", action="store_true", default=s, help="print JSON on stdout instead of a table"
-    )
-    parser.add_argument(
-        "--home",
-        metavar="PATH",
-        default=s,
-        help="the store's home (default: $PROFILES_HOME, else the user data dir)",
-    )
-    parser.add_argument(
-        "--catalog",
-        metavar="URL",
-        default=s,
-        help="a shared catalog, postgresql://user@host/db (default: $PROFILES_CATALOG_URL, "
-        "else the home's own)",
-    )
-    parser.add_argument(
-        "--blobs",
-        metavar="URL",
-        default=s,
-        help="shared state storage, s3://bucket/prefix (default: $PROFILES_BLOBS_URL, else "
-        "the home's own)",
-    )
-    parser.add_argument(
-        "--max-profiles",
-        metavar="N",
-        type=int,
-        default=s,
-        help="refuse to create, clone or restore past N profiles (TierLimit)",
-    )
-    parser.add_argument(
-        "-v",
-        "--verbose",
-        action="count",
-        default=s,
-        help="log to stderr (-v info, -vv debug)",
-    )
-
-
-def _page_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--limit", metavar="N", type=int, default=50, help="records per page, 1 to 100 (50)"
-    )
-    parser.add_argument("--cursor", metavar="C", help="the next_cursor of the previous page")
-    parser.add_argument("--all", action="store_true", help="walk every page")
-
-
-def _lock_timeout_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--lock-timeout",
-        metavar="SECONDS",
-        type=float,
-        default=600.0,
-        help="how long to wait for another writer of the profile, then ProfileBusy (600)",
-    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -1070,27 +876,6 @@ def build_parser() -> argparse.ArgumentParser:
     # not required here, so that 'profiles --version' needs no command; main checks it
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    def command(
-        group: Any,
-        name: str,
-        handler: Handler | None,
-        help: str,
-        description: str = "",
-        store: str = EXISTING,
-    ) -> argparse.ArgumentParser:
-        p: argparse.ArgumentParser = group.add_parser(
-            name,
-            help=help,
-            description=description or help,
-            formatter_class=argparse.RawDescriptionHelpFormatter,
-        )
-        _common_options(p)
-        if handler is not None:
-            p.set_defaults(handler=handler, store=store)
-        return p
-
-    ref_help = "profile id or name"
-
     p = command(sub, "create", cmd_create, "Create an empty profile.", store=MAY_CREATE)
     p.add_argument(
         "name", metavar="NAME", help="1 to 64 characters, no whitespace; unique in the store"
@@ -1105,7 +890,7 @@ def build_parser() -> argparse.ArgumentParser:
     _page_options(p)
 
     p = command(sub, "show", cmd_show, "Show one profile.")
-    p.add_argument("ref", metavar="REF", help=ref_help)
+    p.add_argument("ref", metavar="REF", help=REF_HELP)
 
     p = command(
         sub,
@@ -1117,7 +902,7 @@ def build_parser() -> argparse.ArgumentParser:
         "labels as they are when the change is written. --clear-labels removes all first.\n"
         "The archetype cannot change: --archetype with another value is refused (clone).",
     )
-    p.add_argument("ref", metavar="REF", help=ref_help)
+    p.add_argument("ref", metavar="REF", help=REF_HELP)
     p.add_argument("--name", metavar="N", help="the new name")
     desc = p.add_mutually_exclusive_group()
     desc.add_argument("--description", metavar="D", help="the new description")
@@ -1149,7 +934,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Asks first on a terminal; when stdin is not a terminal, --yes is required.\n"
         "When a session or an import holds the profile, it says who, and since when.",
     )
-    p.add_argument("ref", metavar="REF", help=ref_help)
+    p.add_argument("ref", metavar="REF", help=REF_HELP)
     p.add_argument("-y", "--yes", action="store_true", help="delete without asking")
 
     p = command(
@@ -1158,7 +943,7 @@ def build_parser() -> argparse.ArgumentParser:
         cmd_clone,
         "Copy a profile's archetype, description and labels (and state with --with-state).",
     )
-    p.add_argument("ref", metavar="REF", help=ref_help)
+    p.add_argument("ref", metavar="REF", help=REF_HELP)
     p.add_argument("--name", metavar="N", help="default: <source>-copy, <source>-copy-2, ...")
     p.add_argument("--with-state", action="store_true", help="share the committed state too")
     p.add_argument("--archetype", metavar="A", help="pin the copy to another archetype")
@@ -1167,7 +952,7 @@ def build_parser() -> argparse.ArgumentParser:
     snap_sub = snap.add_subparsers(dest="snapshot_command", required=True, metavar="COMMAND")
 
     p = command(snap_sub, "create", cmd_snapshot_create, "Capture a profile's committed state.")
-    p.add_argument("ref", metavar="REF", help=ref_help)
+    p.add_argument("ref", metavar="REF", help=REF_HELP)
     p.add_argument("--label", metavar="L", help="a short tag, up to 128 characters")
     p.add_argument("--description", metavar="D", help="free text, up to 2048 characters")
 
@@ -1341,7 +1126,7 @@ def build_parser() -> argparse.ArgumentParser:
         "missing profile is created first (with --archetype, default desktop-chromium), so\n"
         "'profiles export REF - | ssh host profiles import REF - --create' works on a new host.",
     )
-    p.add_argument("ref", metavar="REF", help=ref_help)
+    p.add_argument("ref", metavar="REF", help=REF_HELP)
     p.add_argument("file", metavar="FILE", help="the archive, or - for stdin")
     p.add_argument(
         "--create", action="store_true", help="create the profile (and store) if missing"
@@ -1365,7 +1150,7 @@ def build_parser() -> argparse.ArgumentParser:
         "FILE '-' writes the archive to stdout (and nothing else). An existing FILE is\n"
         "not overwritten without --force.",
     )
-    p.add_argument("ref", metavar="REF", help=ref_help)
+    p.add_argument("ref", metavar="REF", help=REF_HELP)
     p.add_argument("file", metavar="FILE", help="where to write, or - for stdout")
     p.add_argument("--force", action="store_true", help="overwrite FILE if it exists")
     p.add_argument("--codec", choices=("gzip", "zstd"), default="gzip", help="compression (gzip)")
@@ -1407,58 +1192,6 @@ def _logging_to_stderr(verbosity: int) -> Iterator[None]:
     finally:
         root.removeHandler(handler)
         root.setLevel(previous)
-
-
-def _home(args: argparse.Namespace) -> tuple[Path, str]:
-    """The store's home and where that came from (for messages)."""
-    if args.home is not None:
-        return Path(args.home).expanduser(), "--home"
-    source = "$PROFILES_HOME" if os.environ.get("PROFILES_HOME") else "the default home"
-    return default_home(), source
-
-
-def _store_exists(home: Path) -> bool:
-    return (home / CATALOG_FILE).is_file()
-
-
-def _store_mode(args: argparse.Namespace) -> str:
-    if getattr(args, "no_create", False):  # open --no-create
-        return EXISTING
-    if getattr(args, "create", False):  # import --create
-        return MAY_CREATE
-    return str(args.store)
-
-
-def _open_store(args: argparse.Namespace, mode: str) -> ProfileStore:
-    """The store; for a command that must not create one, NotFound naming the home when
-    there is none (so a typo in --home or $PROFILES_HOME does not make an empty store)."""
-    home, source = _home(args)
-    kwargs: dict[str, Any] = {"max_profiles": args.max_profiles}
-    catalog, blobs = _backend(args)
-    if catalog is not None or blobs is not None:
-        # A shared backend: the home is only this machine's workspace.
-        return ProfileStore(home, catalog=catalog, blobs=blobs, **kwargs)
-    if os.environ.get("PROFILES_URL"):  # a profile service over HTTP ($PROFILES_API_KEY)
-        return ProfileStore(home, **kwargs)
-    if mode == EXISTING:
-        if not _store_exists(home):
-            what = "does not exist" if not home.exists() else f"has no {CATALOG_FILE}"
-            raise NotFound(
-                f"No profile store at {home} (from {source}): the directory {what}. Check "
-                "the path; to make a store there, run a command that creates a profile, "
-                "e.g. 'profiles create NAME' with the same home.",
-                resource="store",
-                home=str(home),
-            )
-        kwargs["create"] = False
-    # Without --home the store resolves $PROFILES_HOME or the default itself, so that a new
-    # home named by $PROFILES_HOME is said at WARNING and the default one made quietly.
-    return ProfileStore(home if args.home is not None else None, **kwargs)
-
-
-def _backend(args: argparse.Namespace) -> tuple[str | None, str | None]:
-    """The catalog and blobs URLs from --catalog / --blobs, else the environment."""
-    return (args.catalog or catalog_url_from_env(), args.blobs or blobs_url_from_env())
 
 
 def _version(args: argparse.Namespace) -> None:
