@@ -50,7 +50,7 @@ from pathlib import Path
 from typing import IO
 
 from profiles.archetypes import all_archetypes
-from profiles.cli import records
+from profiles.cli import records, snapshots
 from profiles.cli.common import (
     EXISTING,
     MAY_CREATE,
@@ -72,7 +72,6 @@ from profiles.cli.output import (
     CLI_WORDING,
     UsageError,
     _dumps,
-    _emit,
     _err,
     _fail,
     _held_for,
@@ -101,7 +100,7 @@ from profiles.errors import (
     ValidationFailed,
 )
 from profiles.maintenance.transfer import transfer
-from profiles.models import AuditEvent, Profile, Snapshot
+from profiles.models import AuditEvent, Profile
 from profiles.state.rules import ENGINES
 from profiles.store import ProfileStore
 from profiles.workspace.pending import PendingInfo
@@ -139,21 +138,6 @@ PACKAGE = "playwright-profiles"
 def exit_code(error: ProfileError) -> int:
     """The exit code for a :class:`ProfileError` (see the module docstring)."""
     return next(code for cls, code in EXIT_CODES if isinstance(error, cls))
-
-
-SNAPSHOT_HEADERS = ("id", "parent", "label", "archetype", "size", "captured")
-
-
-def _snapshot_rows(snaps: Iterable[Snapshot]) -> Iterator[list[object]]:
-    for s in snaps:
-        yield [
-            s.id,
-            s.parent_name,
-            s.label or "-",
-            s.parent_archetype,
-            _size(s.blob_size),
-            _when(s.captured_at),
-        ]
 
 
 EVENT_HEADERS = ("at", "type", "name", "profile", "details")
@@ -342,33 +326,6 @@ def cmd_sync(store: ProfileStore, args: argparse.Namespace) -> None:
         "'profiles sync ID --discard'.",
         resource="profile",
     )
-
-
-def cmd_snapshot_create(store: ProfileStore, args: argparse.Namespace) -> None:
-    _emit(args, store.snapshot(args.ref, label=args.label, description=args.description))
-
-
-def cmd_snapshot_list(store: ProfileStore, args: argparse.Namespace) -> None:
-    _listing(
-        args,
-        lambda cursor: store.snapshots(args.ref, limit=args.limit, cursor=cursor),
-        SNAPSHOT_HEADERS,
-        _snapshot_rows,
-        "(no snapshots)",
-    )
-
-
-def cmd_snapshot_show(store: ProfileStore, args: argparse.Namespace) -> None:
-    _emit(args, store.get_snapshot(args.id))
-
-
-def cmd_snapshot_delete(store: ProfileStore, args: argparse.Namespace) -> None:
-    store.delete_snapshot(args.id)
-    _json({"deleted": args.id}) if args.json else _out(f"deleted {args.id}")
-
-
-def cmd_snapshot_restore(store: ProfileStore, args: argparse.Namespace) -> None:
-    _emit(args, store.restore(args.id, name=args.name))
 
 
 def cmd_audit(store: ProfileStore, args: argparse.Namespace) -> None:
@@ -736,32 +693,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     records.add_commands(sub)
 
-    snap = command(sub, "snapshot", None, "Immutable point-in-time copies of a profile.")
-    snap_sub = snap.add_subparsers(dest="snapshot_command", required=True, metavar="COMMAND")
-
-    p = command(snap_sub, "create", cmd_snapshot_create, "Capture a profile's committed state.")
-    p.add_argument("ref", metavar="REF", help=REF_HELP)
-    p.add_argument("--label", metavar="L", help="a short tag, up to 128 characters")
-    p.add_argument("--description", metavar="D", help="free text, up to 2048 characters")
-
-    p = command(snap_sub, "list", cmd_snapshot_list, "List snapshots, newest first.")
-    p.add_argument("ref", metavar="REF", nargs="?", help="only this profile's (default: all)")
-    _page_options(p)
-
-    p = command(snap_sub, "show", cmd_snapshot_show, "Show one snapshot.")
-    p.add_argument("id", metavar="ID", help="snapshot id (psnap_...)")
-
-    p = command(snap_sub, "delete", cmd_snapshot_delete, "Delete a snapshot.")
-    p.add_argument("id", metavar="ID", help="snapshot id (psnap_...)")
-
-    p = command(
-        snap_sub,
-        "restore",
-        cmd_snapshot_restore,
-        "Create a new profile from a snapshot (the parent is not touched).",
-    )
-    p.add_argument("id", metavar="ID", help="snapshot id (psnap_...)")
-    p.add_argument("--name", metavar="N", help="default: <parent>-restored, -restored-2, ...")
+    snapshots.add_commands(sub)
 
     p = command(sub, "audit", cmd_audit, "Show the audit log, newest first.")
     p.add_argument(
