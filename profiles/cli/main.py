@@ -45,12 +45,12 @@ import logging
 import os
 import re
 import sys
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import IO
 
 from profiles.archetypes import all_archetypes
-from profiles.cli import records, snapshots
+from profiles.cli import info, records, snapshots
 from profiles.cli.common import (
     EXISTING,
     MAY_CREATE,
@@ -62,28 +62,23 @@ from profiles.cli.common import (
     _home,
     _lock_timeout_option,
     _open_store,
-    _page_options,
     _Parser,
     _store_exists,
     _store_mode,
     command,
 )
+from profiles.cli.info import _pending_hints
 from profiles.cli.output import (
     CLI_WORDING,
     UsageError,
     _dumps,
     _err,
     _fail,
-    _held_for,
     _json,
-    _listing,
     _out,
     _plural,
     _Progress,
-    _short,
     _size,
-    _table,
-    _when,
     cli_message,
 )
 from profiles.connect import redact_url_password
@@ -100,8 +95,7 @@ from profiles.errors import (
     ValidationFailed,
 )
 from profiles.maintenance.transfer import transfer
-from profiles.models import AuditEvent, Profile
-from profiles.state.rules import ENGINES
+from profiles.models import Profile
 from profiles.store import ProfileStore
 from profiles.workspace.pending import PendingInfo
 
@@ -140,55 +134,6 @@ def exit_code(error: ProfileError) -> int:
     return next(code for cls, code in EXIT_CODES if isinstance(error, cls))
 
 
-EVENT_HEADERS = ("at", "type", "name", "profile", "details")
-DELETED = "(deleted)"
-
-
-def _event_rows(
-    events: Iterable[AuditEvent], names: dict[str, str] | None = None
-) -> Iterator[list[object]]:
-    for e in events:
-        details = ", ".join(
-            f"{k}={_short(v, 24)}" for k, v in sorted(e.payload.items()) if v is not None
-        )
-        name = (names or {}).get(e.profile_id, "-") if e.profile_id else "-"
-        yield [_when(e.at), e.type, name, e.profile_id or "-", details or "-"]
-
-
-def _profile_names(store: ProfileStore, events: Sequence[AuditEvent]) -> dict[str, str]:
-    """The name of each profile the events are about: its current one, or for a deleted
-    profile the name its profile.deleted (or profile.created) event recorded."""
-    names: dict[str, str] = {}
-    for e in events:
-        if e.profile_id is None or e.profile_id in names:
-            continue
-        try:
-            names[e.profile_id] = store.get(e.profile_id).name
-            continue
-        except NotFound:
-            pass
-        recorded = next(
-            (
-                str(x.payload["name"])
-                for x in events
-                if x.profile_id == e.profile_id
-                and x.type in ("profile.deleted", "profile.created")
-                and x.payload.get("name")
-            ),
-            None,
-        )
-        if recorded is None:  # its profile.deleted event is its newest: look it up
-            newest = store.audit(profile=e.profile_id, limit=1).data
-            if newest and newest[0].type == "profile.deleted" and newest[0].payload.get("name"):
-                recorded = str(newest[0].payload["name"])
-        names[e.profile_id] = f"{recorded} {DELETED}" if recorded else DELETED
-    return names
-
-
-PS_HEADERS = ("name", "id", "kind", "host", "pid", "since", "for")
-PENDING_HEADERS = ("name", "id", "status", "kept", "why")
-
-
 # ------------------------------------------------------------------------------- parsing
 
 
@@ -208,66 +153,6 @@ def byte_size(text: str) -> int:
 
 
 # ------------------------------------------------------------------------------- commands
-
-
-def cmd_ps(store: ProfileStore, args: argparse.Namespace) -> None:
-    found = store.activity()
-    pending = store.pending_commits()
-    if args.json:
-        _json(
-            {
-                "data": [a.model_dump(mode="json") for a in found],
-                "has_more": False,
-                "next_cursor": None,
-                "pending": [p.model_dump(mode="json") for p in pending],
-            }
-        )
-        return
-    _table(
-        PS_HEADERS,
-        (
-            [
-                a.profile_name,
-                a.profile_id,
-                a.kind,
-                a.host,
-                a.pid,
-                _when(a.since),
-                _held_for(a.since),
-            ]
-            for a in found
-        ),
-        "(no profile is in use)",
-    )
-    if pending:
-        _out()
-        _out("pending commits (kept on this machine while the service was unreachable):")
-        _table(
-            PENDING_HEADERS,
-            (
-                [p.profile_name, p.profile_id, p.status, _when(p.kept_at), p.reason or "-"]
-                for p in pending
-            ),
-            "",
-        )
-        _pending_hints(pending)
-
-
-def _pending_hints(pending: Sequence[PendingInfo]) -> None:
-    """What to run for each pending commit that needs a person (on stderr)."""
-    for p in pending:
-        if p.status == "conflict":
-            _err(
-                f"{p.profile_name}: the profile was committed since; run 'profiles sync "
-                f"{p.profile_id} --force' to commit this state over it, or '--discard'"
-            )
-        elif p.status == "deleted":
-            _err(
-                f"{p.profile_id}: the profile was deleted; 'profiles sync {p.profile_id} "
-                f"--discard' deletes the state kept in {p.state_dir}"
-            )
-        elif p.status in ("waiting", "unknown"):
-            _err(f"{p.profile_name}: 'profiles sync' commits it once the service is back")
 
 
 def cmd_sync(store: ProfileStore, args: argparse.Namespace) -> None:
@@ -325,16 +210,6 @@ def cmd_sync(store: ProfileStore, args: argparse.Namespace) -> None:
         f"The profiles of the pending commits of {names} were deleted; discard them with "
         "'profiles sync ID --discard'.",
         resource="profile",
-    )
-
-
-def cmd_audit(store: ProfileStore, args: argparse.Namespace) -> None:
-    _listing(
-        args,
-        lambda cursor: store.audit(profile=args.profile, limit=args.limit, cursor=cursor),
-        EVENT_HEADERS,
-        lambda events: _event_rows(events, _profile_names(store, events)),
-        "(no events)",
     )
 
 
@@ -460,33 +335,6 @@ def cmd_migrate(store: ProfileStore, args: argparse.Namespace) -> None:
             "raise --lock-timeout.",
             profiles=busy,
         )
-
-
-def cmd_archetypes(store: ProfileStore | None, args: argparse.Namespace) -> None:
-    found = [a for a in all_archetypes().values() if args.engine in (None, a.engine)]
-    if args.json:
-        _json(
-            {
-                "data": [a.model_dump(mode="json") for a in found],
-                "has_more": False,
-                "next_cursor": None,
-            }
-        )
-        return
-    _table(
-        ("name", "engine", "device", "viewport", "mobile"),
-        (
-            [
-                a.name,
-                a.engine,
-                a.device,
-                f"{a.viewport.width}x{a.viewport.height}",
-                "yes" if a.is_mobile else "no",
-            ]
-            for a in found
-        ),
-        "(no archetypes)",
-    )
 
 
 _ENGINE_MISMATCH = re.compile(r"holds an? (chromium|firefox|webkit) profile")
@@ -695,29 +543,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     snapshots.add_commands(sub)
 
-    p = command(sub, "audit", cmd_audit, "Show the audit log, newest first.")
-    p.add_argument(
-        "--profile", metavar="REF", help="only this profile's events (a deleted one by id)"
-    )
-    _page_options(p)
-
-    p = command(
-        sub,
-        "archetypes",
-        cmd_archetypes,
-        "List the archetypes a profile can be pinned to.",
-        store=NO_STORE,
-    )
-    p.add_argument("--engine", choices=ENGINES, help="only this engine's")
-
-    command(
-        sub,
-        "ps",
-        cmd_ps,
-        "List the profiles in use right now: sessions, imports, read-only sessions.",
-        "List the profiles in use right now on this machine: writer sessions, imports and\n"
-        "read-only sessions, with who holds each (host, pid) and since when, oldest first.",
-    )
+    info.add_commands(sub)
 
     p = command(
         sub,
