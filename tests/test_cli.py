@@ -32,7 +32,7 @@ from playwright.sync_api import Page
 import driver
 from driver import Session
 from profiles import ProfileError, ProfileStore, StorageUnavailable
-from profiles.cli.main import byte_size, exit_code, main
+from profiles.cli.main import exit_code, main
 from profiles.cli.output import (
     CLI_WORDING,
     _dumps,
@@ -42,6 +42,7 @@ from profiles.cli.output import (
     cli_message,
     visible,
 )
+from profiles.cli.state import byte_size
 
 from conftest import require_engine
 
