@@ -119,7 +119,10 @@ def command(
     return p
 
 
-REF_HELP = "profile id or name"
+REF_HELP = "profile id or name"  # the help of every command's REF
+
+
+# ------------------------------------------------------------------------------- the store
 
 
 CATALOG_FILE = "catalog.sqlite3"  # what makes a directory a store (ProfileStore's default)
