@@ -40,7 +40,7 @@ __all__ = ["add_server_commands", "main", "serve"]
 
 log = logging.getLogger(__name__)
 
-NO_STORE = "none"  # profiles.cli.main's store mode for commands that open no profile store
+NO_STORE = "none"  # profiles.cli.common's store mode for commands that open no profile store
 Command = Callable[..., argparse.ArgumentParser]
 
 
