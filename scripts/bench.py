@@ -741,8 +741,8 @@ def bench_http(repeats: int, url: str, home: Path, quick: bool) -> dict[str, Any
     """Sessions through the HTTP client against the embedded store, bulk transfer, rps."""
     import httpx
 
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-    from http_service import start_http_server
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # for support/
+    from support.http_service import start_http_server
 
     def hwm_kb(pid: int) -> int:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():

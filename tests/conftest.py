@@ -17,8 +17,8 @@ import pytest
 from hypothesis import settings
 
 # The shared backend's servers (real PostgreSQL, moto's S3 server), for every test module.
-from pg_service import postgres_database, postgres_service, postgres_url  # noqa: F401
-from s3_service import s3_bucket, s3_endpoint, s3_env  # noqa: F401
+from support.pg_service import postgres_database, postgres_service, postgres_url  # noqa: F401
+from support.s3_service import s3_bucket, s3_endpoint, s3_env  # noqa: F401
 
 from profiles import BrowserNotFound, ProfileStore
 from profiles.state.rules import Engine

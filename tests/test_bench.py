@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from s3_service import S3Endpoint
+from support.s3_service import S3Endpoint
 
 from conftest import require_engine
 

@@ -1171,7 +1171,7 @@ def test_open_help_says_closing_the_window_saves(capsys: pytest.CaptureFixture[s
 def test_migrate_converts_archive_states_and_skips_profiles_in_use(
     capsys: pytest.CaptureFixture[str], home: Path, tmp_path: Path
 ) -> None:
-    from storefaults import chromium_archive
+    from support.storefaults import chromium_archive
 
     with ProfileStore(home, chunked=False) as old:  # states as written before chunking
         for name in ("a", "b", "lost"):

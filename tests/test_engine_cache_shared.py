@@ -23,9 +23,9 @@ from pathlib import Path
 
 import pytest
 import zstandard
-from backends import shared_urls, store_on
-from pg_service import fresh_database
-from s3_service import S3Endpoint
+from support.backends import shared_urls, store_on
+from support.pg_service import fresh_database
+from support.s3_service import S3Endpoint
 from test_engine_cache import CACHE_FILES, SECRET, fake_firefox, firefox_profile
 
 from driver import Session

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from backends import shared_urls
+from support.backends import shared_urls
 
 from driver import Session
 from profiles import ProfileStore

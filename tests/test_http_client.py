@@ -1,5 +1,5 @@
 """The profile service over HTTP (profiles.http.client.HttpService) against a real server
-(``profiles serve`` on loopback, tests/http_service.py): errors come back as the classes the
+(``profiles serve`` on loopback, tests/support/http_service.py): errors come back as the classes the
 local store raises, state streams both ways, leases fence commits, sessions and fleets of
 worker processes run through it, a server that is gone is StorageUnavailable, and the API
 key never reaches a log or a message."""
@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from http_service import HttpServer, free_port, http_server_url, start_http_server
+from support.http_service import HttpServer, free_port, http_server_url, start_http_server
 
 from driver import Session
 from profiles import (

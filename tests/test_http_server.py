@@ -24,9 +24,9 @@ from typing import Any
 import httpx
 import pytest
 import schemathesis
-from http_service import HttpServer, start_http_server
 from hypothesis import HealthCheck, given, settings
 from schemathesis.core.result import Ok
+from support.http_service import HttpServer, start_http_server
 
 from profiles.http.server.accounts import AccountsDB
 from profiles.state.archive import unpack_archive

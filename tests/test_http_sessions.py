@@ -14,7 +14,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from http_service import HttpServer, start_http_server
+from support.http_service import HttpServer, start_http_server
 
 from driver import Session
 from profiles import ProfileStore

@@ -23,7 +23,7 @@ from typing import Any
 
 import httpx
 import pytest
-from http_service import HttpServer, start_http_server
+from support.http_service import HttpServer, start_http_server
 
 from profiles.http.server import ServerConfig, create_app
 

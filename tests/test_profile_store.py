@@ -15,9 +15,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from backends import BACKENDS, LOCAL_BACKENDS, store_on
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from support.backends import BACKENDS, LOCAL_BACKENDS, store_on
 
 import driver
 import profiles

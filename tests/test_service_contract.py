@@ -1,7 +1,8 @@
 """The service contract (profiles.testing.service_contract) run against every service:
 CatalogService on SQLite + local blobs, CatalogService on PostgreSQL + S3 (real servers, see
-pg_service.py and s3_service.py), and HttpService through a real ``profiles serve``
-(http_service.py: one server for the module, a fresh account, so a fresh store, per test)."""
+support/pg_service.py and support/s3_service.py), and HttpService through a real ``profiles
+serve`` (support/http_service.py: one server for the module, a fresh account, so a fresh
+store, per test)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from http_service import HttpServer, start_http_server
-from s3_service import S3Endpoint
+from support.http_service import HttpServer, start_http_server
+from support.s3_service import S3Endpoint
 
 from profiles.blobs.local import LocalBlobStore
 from profiles.blobs.s3 import S3BlobStore
@@ -52,7 +53,7 @@ class TestSharedService(ServiceContract):
     def service(
         self, postgres_url: str, s3_endpoint: S3Endpoint, s3_bucket: str
     ) -> Iterator[ProfileService]:
-        from pg_service import fresh_database
+        from support.pg_service import fresh_database
 
         with fresh_database(postgres_url) as url:
             client = s3_endpoint.client()

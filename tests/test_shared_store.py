@@ -10,8 +10,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from backends import shared_urls, store_on
-from storefaults import chromium_dir
+from support.backends import shared_urls, store_on
+from support.storefaults import chromium_dir
 
 from profiles import Conflict, LeaseLost, NotFound, ProfileBusy, ProfileStore, TierLimit
 from profiles.maintenance.transfer import transfer

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from backends import BACKENDS, LOCAL_BACKENDS, store_on
+from support.backends import BACKENDS, LOCAL_BACKENDS, store_on
 
 from driver import Session
 from profiles import (

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from storefaults import chromium_archive, chromium_dir, lock_held_elsewhere, python
+from support.storefaults import chromium_archive, chromium_dir, lock_held_elsewhere, python
 
 from profiles import (
     ArchiveInvalid,

@@ -10,7 +10,8 @@ fixture :func:`http_server_url` gives one such server per test as an :class:`Htt
         r = httpx.get(f"{http_server_url.url}/v1/profiles",
                       headers={"Authorization": f"Bearer {http_server_url.api_key}"})
 
-Import it into a test module (or conftest.py): ``from http_service import http_server_url``.
+Import it into a test module (or conftest.py):
+``from support.http_service import http_server_url``.
 The rate limits are raised (100000 requests per minute per address, and for the account's
 tier) so tests are not throttled unless they ask for it with ``extra_args=["--rate-limit",
 "5/60"]`` (per address) or ``["--tier-rate-limit", "enterprise=5/60"]`` (per account), or

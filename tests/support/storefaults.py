@@ -14,7 +14,7 @@ from pathlib import Path
 
 from profiles.state.archive import pack_dir
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def chromium_dir(path: Path, *, payload_bytes: int = 64 * 1024, seed: int = 0) -> Path:

@@ -26,7 +26,7 @@ LOCAL_BACKENDS = ("embedded", "shared")
 
 def shared_urls(request: pytest.FixtureRequest) -> Iterator[tuple[str, str]]:
     """A fresh PostgreSQL database and a fresh S3 prefix: ``(catalog_url, blobs_url)``."""
-    from pg_service import fresh_database
+    from support.pg_service import fresh_database
 
     postgres_url: str = request.getfixturevalue("postgres_url")
     bucket: str = request.getfixturevalue("s3_bucket")
@@ -45,9 +45,9 @@ def store_on(
             yield store
         return
     if kind == "http":
-        # A real profile server on loopback (tests/http_service.py); its cap stands for
+        # A real profile server on loopback (support/http_service.py); its cap stands for
         # max_profiles, which the server keeps.
-        from http_service import start_http_server
+        from support.http_service import start_http_server
 
         tmp: Path = request.getfixturevalue("tmp_path")
         cap = options.pop("max_profiles", None)
