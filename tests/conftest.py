@@ -1,5 +1,14 @@
 """Shared fixtures: an isolated store home per test, a local HTTP server, browser checks.
 
+The fast lane, every test that needs no browser (a few minutes):
+
+    .venv/bin/python -m pytest -m "not browser"
+
+Tests that use a browser get the ``browser`` marker by themselves (the rule is in
+support/browser_lane.py: they go through :func:`require_engine`, directly or through a
+fixture or helper); the others run as if no browser were installed, so one that launches a
+browser anyway fails instead of slowing the fast lane.
+
 Browser tests never skip for Chromium or Firefox: a missing browser is a failure (CI must
 have them). WebKit tests skip with the reason when Playwright's WebKit is not installed.
 """
@@ -15,11 +24,13 @@ from pathlib import Path
 
 import pytest
 from hypothesis import settings
+from support.browser_lane import NO_BROWSER, uses_a_browser
 
 # The shared backend's servers (real PostgreSQL, moto's S3 server), for every test module.
 from support.pg_service import postgres_database, postgres_service, postgres_url  # noqa: F401
 from support.s3_service import s3_bucket, s3_endpoint, s3_env  # noqa: F401
 
+from driver.browsers import ENV_OVERRIDE
 from profiles import BrowserNotFound, ProfileStore
 from profiles.state.rules import Engine
 
@@ -28,6 +39,32 @@ PAGES = Path(__file__).parent / "pages"
 # No timing in tests: a loaded CI machine must not fail a property for being slow.
 settings.register_profile("no-deadline", deadline=None)
 settings.load_profile("no-deadline")
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m deselects by the marker
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The ``browser`` marker on every test that uses a browser (support/browser_lane.py)."""
+    for item in items:
+        if item.get_closest_marker("browser") is not None:
+            continue
+        info = getattr(item, "_fixtureinfo", None)
+        fixtures = [
+            fixturedef.func
+            for name in item.fixturenames
+            for fixturedef in (info.name2fixturedefs.get(name, ()) if info else ())
+        ]
+        if uses_a_browser(getattr(item, "function", None), fixtures):
+            item.add_marker(pytest.mark.browser)
+
+
+@pytest.fixture(autouse=True)
+def _no_browser_outside_the_browser_lane(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A test without the ``browser`` marker finds no browser (here or in its children)."""
+    if request.node.get_closest_marker("browser") is None:
+        for variable in ENV_OVERRIDE.values():
+            monkeypatch.setenv(variable, NO_BROWSER)
 
 
 @pytest.fixture(autouse=True)
@@ -91,6 +128,11 @@ def require_engine(engine: Engine) -> None:
     """Fail (Chromium, Firefox) or skip (WebKit) when the engine has no browser here."""
     from driver.browsers import find_browser
 
+    if os.environ.get(ENV_OVERRIDE[engine]) == NO_BROWSER:
+        pytest.fail(
+            "this test uses a browser and has no 'browser' marker: the rule of "
+            "support/browser_lane.py does not see it; mark it @pytest.mark.browser"
+        )
     try:
         find_browser(engine)
     except BrowserNotFound as exc:

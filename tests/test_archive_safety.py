@@ -310,7 +310,6 @@ def real_profiles(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return found
 
 
-@pytest.mark.browser
 @pytest.mark.parametrize("engine", ["chromium", "firefox"])
 @pytest.mark.parametrize("codec", ["gzip", "zstd"])
 def test_real_profiles_round_trip(
@@ -333,7 +332,6 @@ def test_real_profiles_round_trip(
     assert left_out and all(RULES[engine].excludes(p) for p in left_out)
 
 
-@pytest.mark.browser
 def test_stale_engine_locks_are_removed(real_profiles: dict[str, Path], tmp_path: Path) -> None:
     chromium = tmp_path / "c"
     (chromium / "Default").mkdir(parents=True)

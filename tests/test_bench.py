@@ -12,7 +12,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 from support.s3_service import S3Endpoint
 
 from conftest import require_engine
@@ -20,7 +19,6 @@ from conftest import require_engine
 BENCH = Path(__file__).resolve().parent.parent / "scripts" / "bench.py"
 
 
-@pytest.mark.browser
 def test_bench_runs_every_section(
     tmp_path: Path, postgres_url: str, s3_endpoint: S3Endpoint
 ) -> None:

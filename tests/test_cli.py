@@ -467,7 +467,6 @@ def test_open_refuses_before_launching(
 # ---------------------------------------------------------------------------- real browser
 
 
-@pytest.mark.browser
 def test_open_with_url_and_exit_commits(
     capsys: pytest.CaptureFixture[str], store: ProfileStore, http_server: str
 ) -> None:
@@ -489,7 +488,6 @@ def test_open_with_url_and_exit_commits(
     assert run(capsys, "open", "web", "--exit", "--no-create", "--archetype", "pixel-7")[0] == 2
 
 
-@pytest.mark.browser
 @pytest.mark.parametrize(
     ("sig", "to_group"),
     [
@@ -542,7 +540,6 @@ class _BrowserQuits(Session):
         return page
 
 
-@pytest.mark.browser
 def test_open_says_so_when_the_browser_closes_on_its_own(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, store: ProfileStore
 ) -> None:
@@ -556,7 +553,6 @@ def test_open_says_so_when_the_browser_closes_on_its_own(
     assert store.get("quits").status == "empty"
 
 
-@pytest.mark.browser
 def test_import_export_round_trip(
     capsys: pytest.CaptureFixture[str], store: ProfileStore, state_archive: Path, tmp_path: Path
 ) -> None:
@@ -601,7 +597,6 @@ def test_import_export_round_trip(
     assert code == 4 and "newer than" in err
 
 
-@pytest.mark.browser
 def test_open_waits_for_the_writer_lock(
     capsys: pytest.CaptureFixture[str], store: ProfileStore
 ) -> None:
@@ -612,7 +607,6 @@ def test_open_waits_for_the_writer_lock(
     assert code == 4 and "in use" in err
 
 
-@pytest.mark.browser
 def test_import_and_export_through_pipes(state_archive: Path, home: Path) -> None:
     assert cli("create", "piped").returncode == 0
     result = cli("import", "piped", "-", "--json", input=state_archive.read_bytes())

@@ -134,7 +134,6 @@ def _first(messages: list[str], fragment: str) -> int:
     return found[0]
 
 
-@pytest.mark.browser
 def test_a_fresh_container_fetches_and_seeds_before_its_first_launch(
     fleet: Fleet, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -160,7 +159,6 @@ def test_a_fresh_container_fetches_and_seeds_before_its_first_launch(
     assert _builds(home) == [fleet.key]
 
 
-@pytest.mark.browser
 def test_the_published_blob_holds_only_allowed_cache_files(fleet: Fleet, tmp_path: Path) -> None:
     with (
         _machine(fleet.catalog_url, fleet.blobs_url, tmp_path / "inspector") as store,
@@ -191,7 +189,6 @@ def test_the_published_blob_holds_only_allowed_cache_files(fleet: Fleet, tmp_pat
     assert str(fleet.donor_home).encode() not in blob  # nor where machine A keeps profiles
 
 
-@pytest.mark.browser
 def test_a_corrupt_published_cache_only_costs_speed(
     fleet: Fleet, request: pytest.FixtureRequest, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -26,8 +26,6 @@ from profiles import ProfileStore
 
 from conftest import require_engine
 
-pytestmark = pytest.mark.browser
-
 ROOT = Path(__file__).resolve().parent.parent
 
 WORKER = """

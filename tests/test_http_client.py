@@ -621,7 +621,6 @@ def test_no_key_in_logs_at_debug(
 # ---------------------------------------------------------------------------- browsers
 
 
-@pytest.mark.browser
 def test_a_session_commits_and_reopens_through_http(
     server: HttpServer, http_server: str, home: Path
 ) -> None:
@@ -694,7 +693,6 @@ def _counter(server: HttpServer, home: Path, url: str) -> int:
         return int(page.evaluate("() => Number(localStorage.getItem('n') || 0)"))
 
 
-@pytest.mark.browser
 def test_two_machines_count_every_session_through_http(
     server: HttpServer, http_server: str, tmp_path: Path
 ) -> None:

@@ -22,8 +22,6 @@ from profiles.http.client import Forbidden
 
 from conftest import require_engine
 
-pytestmark = pytest.mark.browser
-
 
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[HttpServer]:

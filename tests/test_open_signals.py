@@ -36,8 +36,6 @@ from profiles.state.rules import Engine
 
 from conftest import open_command
 
-pytestmark = pytest.mark.browser
-
 PROFILE = "by-hand"
 BANNER = b"Browser open on profile"
 # How long a person looks at the page before pressing Ctrl-C: long enough for the page to

@@ -27,8 +27,6 @@ from profiles.cli.main import main
 
 from conftest import require_engine
 
-pytestmark = pytest.mark.browser
-
 
 @pytest.fixture
 def server(tmp_path: Path) -> Iterator[HttpServer]:

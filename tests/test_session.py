@@ -17,7 +17,7 @@ import pytest
 from playwright.sync_api import Error as PlaywrightError
 
 from driver import AsyncSession, Session
-from driver.browsers import find_browser
+from driver.browsers import ENV_OVERRIDE, find_browser
 from driver.lifecycle import SESSION_COOKIES_FILE
 from profiles import (
     BrowserDowngrade,
@@ -31,8 +31,6 @@ from profiles import (
 from profiles.state.rules import Engine
 
 from conftest import ARCHETYPE_OF, require_engine
-
-pytestmark = pytest.mark.browser
 
 
 def _fill_state(page: object, base: str, *, worker: bool = True) -> None:
@@ -374,6 +372,8 @@ def test_missing_engine_says_what_to_install(
 ) -> None:
     monkeypatch.setenv("PATH", str(tmp_path))
     monkeypatch.setenv("PLAYWRIGHT_BROWSERS_PATH", str(tmp_path / "none"))
+    for variable in ENV_OVERRIDE.values():  # nor one named by the environment
+        monkeypatch.delenv(variable, raising=False)
     for engine, hint in [("chromium", "apt-get install chromium"), ("firefox", "firefox-esr")]:
         with pytest.raises(BrowserNotFound, match=hint):
             find_browser(engine)  # type: ignore[arg-type]

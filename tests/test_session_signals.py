@@ -30,8 +30,6 @@ from profiles.state.rules import Engine
 
 from conftest import ARCHETYPE_OF, open_command, require_engine
 
-pytestmark = pytest.mark.browser
-
 PROFILE = "sig"
 VALUE = 42
 
