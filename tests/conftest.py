@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pytest
 from hypothesis import settings
+from support.backends import BACKENDS, LOCAL_BACKENDS, fresh_shared_urls, store_on
 from support.browser_lane import NO_BROWSER, uses_a_browser
 
 # The shared backend's servers (real PostgreSQL, moto's S3 server), for every test module.
@@ -81,9 +82,39 @@ def home(_isolated_home: Path) -> Path:
 
 
 @pytest.fixture
-def store(home: Path) -> Iterator[ProfileStore]:
-    with ProfileStore(home) as s:
-        yield s
+def store(request: pytest.FixtureRequest, home: Path) -> Iterator[ProfileStore]:
+    """A store in the test's home: embedded, or in a module (or test) marked
+    ``@pytest.mark.backends``, on each backend in turn (see :func:`pytest_generate_tests`)."""
+    yield from store_on(request, home, getattr(request, "param", "embedded"))
+
+
+@pytest.fixture(params=LOCAL_BACKENDS)
+def local_store(request: pytest.FixtureRequest, home: Path) -> Iterator[ProfileStore]:
+    """For what only a store holding its own catalog and blobs can show (reaching into
+    them, or watching an import from the same process): embedded and PostgreSQL + S3."""
+    yield from store_on(request, home)
+
+
+@pytest.fixture
+def shared_urls(request: pytest.FixtureRequest) -> Iterator[tuple[str, str]]:
+    """A fresh shared backend for the test: ``(catalog_url, blobs_url)``, a new PostgreSQL
+    database and a new S3 prefix (the test's machines make their stores on it)."""
+    yield from fresh_shared_urls(request)
+
+
+@pytest.fixture
+def shared_store(shared_urls: tuple[str, str], home: Path) -> Iterator[ProfileStore]:
+    """A store in the test's home on :func:`shared_urls`."""
+    with ProfileStore(home, catalog=shared_urls[0], blobs=shared_urls[1]) as store:
+        yield store
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """``@pytest.mark.backends(*kinds)`` runs the ``store`` fixture on those backends (all
+    of :data:`support.backends.BACKENDS` without arguments): the behaviour suites."""
+    marker = metafunc.definition.get_closest_marker("backends")
+    if marker is not None and "store" in metafunc.fixturenames:
+        metafunc.parametrize("store", marker.args or BACKENDS, indirect=True)
 
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):

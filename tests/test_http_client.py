@@ -12,7 +12,6 @@ import logging
 import os
 import subprocess
 import sys
-import textwrap
 import threading
 import time
 from collections.abc import Iterator
@@ -20,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support.fleet import read_counter, start_worker
 from support.http_service import HttpServer, free_port, http_server_url, start_http_server
 
 from driver import Session
@@ -643,54 +643,14 @@ def test_a_session_commits_and_reopens_through_http(
         assert types.count("session.created") == 2 and types.count("session.ended") == 2
 
 
-WORKER = """
-import sys, time
-from driver import Session
-from profiles import LeaseLost, ProfileStore
-
-home, service, key, url, rounds, ttl, pause = sys.argv[1:8]
-store = ProfileStore(home, service=service, api_key=key, lease_ttl=float(ttl))
-try:
-    for _ in range(int(rounds)):
-        with Session(profile="counter", store=store, lock_timeout=120) as page:
-            page.goto(url)
-            value = page.evaluate(
-                "() => { const n = Number(localStorage.getItem('n') || 0) + 1;"
-                " localStorage.setItem('n', String(n)); return n; }"
-            )
-            print(f"set {value}", flush=True)
-            time.sleep(float(pause))
-except LeaseLost as exc:
-    print(f"LeaseLost: {exc.message}", flush=True)
-    sys.exit(3)
-finally:
-    store.close()
-print("done", flush=True)
-"""
-
-
-def _worker(
-    home: Path, server: HttpServer, url: str, *, rounds: int, ttl: float = 30.0, pause: float = 0
-) -> subprocess.Popen[str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(ROOT)
-    args = [home, f"{server.url}/v1", server.api_key, url, rounds, ttl, pause]
-    return subprocess.Popen(
-        [sys.executable, "-c", textwrap.dedent(WORKER), *map(str, args)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
+def _worker(home: Path, server: HttpServer, url: str, *, rounds: int) -> subprocess.Popen[str]:
+    options = {"service": f"{server.url}/v1", "api_key": server.api_key}
+    return start_worker(home, options, url, rounds=rounds)
 
 
 def _counter(server: HttpServer, home: Path, url: str) -> int:
-    with (
-        ProfileStore(home, service=f"{server.url}/v1", api_key=server.api_key) as store,
-        Session(profile="counter", store=store, readonly=True) as page,
-    ):
-        page.goto(url)
-        return int(page.evaluate("() => Number(localStorage.getItem('n') || 0)"))
+    with ProfileStore(home, service=f"{server.url}/v1", api_key=server.api_key) as store:
+        return read_counter(store, url)
 
 
 def test_two_machines_count_every_session_through_http(

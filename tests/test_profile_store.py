@@ -11,13 +11,11 @@ import sqlite3
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from support.backends import BACKENDS, LOCAL_BACKENDS, store_on
 
 import driver
 import profiles
@@ -34,17 +32,8 @@ from profiles.models import Profile, new_id, utcnow
 from profiles.state.archive import pack_dir
 from profiles.validation import check_name
 
-
-@pytest.fixture(params=BACKENDS)
-def store(request: pytest.FixtureRequest, home: Path) -> Iterator[ProfileStore]:
-    """The behaviour suite runs on every backend: embedded, PostgreSQL + S3, and HTTP."""
-    yield from store_on(request, home)
-
-
-@pytest.fixture(params=LOCAL_BACKENDS)
-def local_store(request: pytest.FixtureRequest, home: Path) -> Iterator[ProfileStore]:
-    """For what only a store holding its own catalog can show: embedded, PostgreSQL."""
-    yield from store_on(request, home)
+# The behaviour suite runs on every backend: embedded, PostgreSQL + S3, and HTTP.
+pytestmark = pytest.mark.backends()
 
 
 def _chromium_dir(root: Path, marker: str = "1") -> Path:

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support.backends import BACKENDS, LOCAL_BACKENDS, store_on
+from support.backends import store_on
 
 from driver import Session
 from profiles import (
@@ -29,18 +29,8 @@ from profiles.state.archive import detect_codec, tree_digest, unpack_archive
 
 from conftest import require_engine
 
-
-@pytest.fixture(params=BACKENDS)
-def store(request: pytest.FixtureRequest, home: Path) -> Iterator[ProfileStore]:
-    """The behaviour suite runs on every backend: embedded, PostgreSQL + S3, and HTTP."""
-    yield from store_on(request, home)
-
-
-@pytest.fixture(params=LOCAL_BACKENDS)
-def local_store(request: pytest.FixtureRequest, home: Path) -> Iterator[ProfileStore]:
-    """For what only a store holding its own catalog and blobs can show (reaching into
-    them, or watching an import from the same process): embedded and PostgreSQL + S3."""
-    yield from store_on(request, home)
+# The behaviour suite runs on every backend: embedded, PostgreSQL + S3, and HTTP.
+pytestmark = pytest.mark.backends()
 
 
 @pytest.fixture(scope="module")

@@ -24,7 +24,7 @@ BACKENDS = ("embedded", "shared", "http")
 LOCAL_BACKENDS = ("embedded", "shared")
 
 
-def shared_urls(request: pytest.FixtureRequest) -> Iterator[tuple[str, str]]:
+def fresh_shared_urls(request: pytest.FixtureRequest) -> Iterator[tuple[str, str]]:
     """A fresh PostgreSQL database and a fresh S3 prefix: ``(catalog_url, blobs_url)``."""
     from support.pg_service import fresh_database
 
@@ -59,6 +59,6 @@ def store_on(
         ):
             yield store
         return
-    for catalog_url, blobs_url in shared_urls(request):
+    for catalog_url, blobs_url in fresh_shared_urls(request):
         with ProfileStore(home, catalog=catalog_url, blobs=blobs_url, **options) as store:  # type: ignore[arg-type]
             yield store
