@@ -26,6 +26,7 @@ import pytest
 from hypothesis import settings
 from support.backends import BACKENDS, LOCAL_BACKENDS, fresh_shared_urls, store_on
 from support.browser_lane import NO_BROWSER, uses_a_browser
+from support.http_service import HttpServer, start_http_server
 
 # The shared backend's servers (real PostgreSQL, moto's S3 server), for every test module.
 from support.pg_service import postgres_database, postgres_service, postgres_url  # noqa: F401
@@ -115,6 +116,29 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     marker = metafunc.definition.get_closest_marker("backends")
     if marker is not None and "store" in metafunc.fixturenames:
         metafunc.parametrize("store", marker.args or BACKENDS, indirect=True)
+
+
+@pytest.fixture(scope="session")
+def shared_profile_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HttpServer]:
+    """One ``profiles serve`` for the whole run, which no test may stop. Each test works on it
+    through an account of its own (:meth:`HttpServer.with_new_account`, or
+    ``profile_server``), so it sees only its own profiles."""
+    with start_http_server(tmp_path_factory.mktemp("shared-server") / "home") as server:
+        yield server
+
+
+@pytest.fixture
+def profile_server(shared_profile_server: HttpServer) -> HttpServer:
+    """The session's ``profiles serve`` through a new account of this test's own."""
+    return shared_profile_server.with_new_account()
+
+
+@pytest.fixture
+def own_profile_server(tmp_path: Path) -> Iterator[HttpServer]:
+    """A ``profiles serve`` for this test alone (its home under ``tmp_path``): one the test
+    may stop and start again, or whose whole log is the test's."""
+    with start_http_server(tmp_path / "server-home") as server:
+        yield server
 
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 from support.fleet import read_counter, start_worker
-from support.http_service import HttpServer, free_port, http_server_url, start_http_server
+from support.http_service import HttpServer, free_port, start_http_server
 
 from driver import Session
 from profiles import (
@@ -54,8 +54,6 @@ from profiles.state.archive import unpack_archive
 
 from conftest import require_engine
 
-__all__ = ["http_server_url"]  # the fixture, imported for this module
-
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -71,8 +69,9 @@ def _chromium_dir(root: Path, marker: str = "1", payload: bytes = b"") -> Path:
 
 
 @pytest.fixture
-def server(http_server_url: HttpServer) -> HttpServer:
-    return http_server_url
+def server(profile_server: HttpServer) -> HttpServer:
+    """The session's profile server, through an account of this test's own."""
+    return profile_server
 
 
 @pytest.fixture
@@ -511,8 +510,9 @@ def test_a_refused_connection_is_storage_unavailable_naming_the_url_not_the_key(
 
 
 def test_a_server_back_within_the_retries_serves_the_request(
-    server: HttpServer, home: Path
+    own_profile_server: HttpServer, home: Path
 ) -> None:
+    server = own_profile_server  # stopped and started again
     url = f"{server.url}/v1"
     with ProfileStore(home, service=url, api_key=server.api_key) as store:
         store.create("survivor")
@@ -788,11 +788,12 @@ def test_bodies_are_the_servers_models_and_refused_as_the_server_refuses(
 
 
 def _logged(server: HttpServer, line: str, *, at_least: int) -> int:
-    """How many access-log lines of the server hold ``line``, once there are ``at_least``
-    (they are written after the response goes out)."""
+    """How many access-log lines of the server's account hold ``line``, once there are
+    ``at_least`` (they are written after the response goes out)."""
     deadline = time.monotonic() + 10
     while True:
-        count = server.log_text().count(line)
+        ours = [x for x in server.log_text().splitlines() if f"account={server.account_id}" in x]
+        count = sum(line in x for x in ours)
         if count >= at_least or time.monotonic() > deadline:
             assert count >= at_least, server.log_text()[-2000:]
             return count

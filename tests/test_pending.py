@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support.http_service import HttpServer, start_http_server
+from support.http_service import HttpServer
 from support.pg_service import PostgresService, PrivateServer, fresh_database
 
 from driver import Session
@@ -29,9 +29,9 @@ from conftest import require_engine
 
 
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[HttpServer]:
-    with start_http_server(tmp_path / "server-home") as running:
-        yield running
+def server(own_profile_server: HttpServer) -> HttpServer:
+    """A profile server for this test alone: the tests stop it mid-session."""
+    return own_profile_server
 
 
 def _http_store(server: HttpServer, home: Path) -> ProfileStore:

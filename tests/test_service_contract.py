@@ -1,8 +1,8 @@
 """The service contract (profiles.testing.service_contract) run against every service:
 CatalogService on SQLite + local blobs, CatalogService on PostgreSQL + S3 (real servers, see
 support/pg_service.py and support/s3_service.py), and HttpService through a real ``profiles
-serve`` (support/http_service.py: one server for the module, a fresh account, so a fresh
-store, per test)."""
+serve`` (support/http_service.py: the session's server, a fresh account, so a fresh store,
+per test)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support.http_service import HttpServer, start_http_server
+from support.http_service import HttpServer
 from support.s3_service import S3Endpoint
 
 from profiles.blobs.local import LocalBlobStore
@@ -19,7 +19,6 @@ from profiles.blobs.s3 import S3BlobStore
 from profiles.catalog.postgres import PostgresCatalog
 from profiles.catalog.sqlite import SQLiteCatalog
 from profiles.http.client import HttpService
-from profiles.http.server.accounts import AccountsDB
 from profiles.service.catalog import CatalogService
 from profiles.service.protocol import ProfileService
 from profiles.testing.service_contract import ServiceContract
@@ -81,22 +80,13 @@ class TestSharedService(ServiceContract):
         super().test_events_of_a_missing_profile_are_not_found(service)
 
 
-@pytest.fixture(scope="module")
-def profile_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HttpServer]:
-    with start_http_server(tmp_path_factory.mktemp("service-contract") / "server-home") as server:
-        yield server
-
-
 class TestHttpService(ServiceContract):
     # The server unpacks a committed archive (hostile input) and stores it its own way.
     keeps_archives = False
 
     @pytest.fixture
     def service(self, profile_server: HttpServer) -> Iterator[ProfileService]:
-        with AccountsDB(profile_server.home / "accounts.sqlite3") as db:
-            account = db.create_account(f"contract-{uuid.uuid4().hex[:8]}", tier="enterprise")
-            _, key = db.create_key(account.id, scopes=("read", "admin"), name="admin")
-        svc = HttpService(f"{profile_server.url}/v1", api_key=key)
+        svc = HttpService(f"{profile_server.url}/v1", api_key=profile_server.api_key)
         try:
             yield svc
         finally:

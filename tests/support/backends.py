@@ -1,12 +1,11 @@
 """Stores on every backend for the behaviour suites: ``embedded`` (SQLite + local files) and
 ``shared`` (PostgreSQL + S3 on real servers: see pg_service.py and s3_service.py) and ``http``
-(a real profile server on loopback, through :class:`profiles.http.client.HttpService`: see
-http_service.py).
+(a real profile server on loopback, shared by the session, through an account of the test's
+own and :class:`profiles.http.client.HttpService`: see http_service.py).
 
-A test module opts in by defining ``store`` through :func:`store_on`::
-
-    @pytest.fixture(params=BACKENDS)
-    def store(request, home): yield from store_on(request, home)
+conftest.py's ``store`` fixture runs on each of them in a module (or test) marked
+``@pytest.mark.backends``; ``local_store`` on :data:`LOCAL_BACKENDS`. A test that needs
+another store of its own calls :func:`store_on` with the kind it wants.
 """
 
 from __future__ import annotations
@@ -45,18 +44,15 @@ def store_on(
             yield store
         return
     if kind == "http":
-        # A real profile server on loopback (support/http_service.py); its cap stands for
-        # max_profiles, which the server keeps.
-        from support.http_service import start_http_server
+        # The session's profile server (conftest.py), through an account of the test's own;
+        # the account's cap stands for max_profiles, which the server keeps.
+        from support.http_service import HttpServer
 
-        tmp: Path = request.getfixturevalue("tmp_path")
-        cap = options.pop("max_profiles", None)
-        with (
-            start_http_server(tmp / "server-home", profile_cap=cap) as server,  # type: ignore[arg-type]
-            ProfileStore(
-                home, service=f"{server.url}/v1", api_key=server.api_key, **options
-            ) as store,  # type: ignore[arg-type]
-        ):
+        shared: HttpServer = request.getfixturevalue("shared_profile_server")
+        server = shared.with_new_account(profile_cap=options.pop("max_profiles", None))  # type: ignore[arg-type]
+        with ProfileStore(
+            home, service=f"{server.url}/v1", api_key=server.api_key, **options
+        ) as store:  # type: ignore[arg-type]
             yield store
         return
     for catalog_url, blobs_url in fresh_shared_urls(request):
