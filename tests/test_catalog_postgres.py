@@ -11,6 +11,7 @@ import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -160,9 +161,10 @@ def test_missing_database_is_storage_unavailable(postgres_url: str) -> None:
     assert not info.value.transient
 
 
-def _open_at(url: str, start_at: float) -> int:
-    """Open (and so migrate) the catalog at a given moment; its schema version."""
-    time.sleep(max(0.0, start_at - time.time()))
+def _open_at(url: str, start: Any) -> int:
+    """Open (and so migrate) the catalog once every process is at the ``start`` barrier;
+    its schema version."""
+    start.wait(timeout=60)
     catalog = PostgresCatalog(url, connect_timeout=10)
     catalog.close()
     with psycopg.connect(url) as conn:
@@ -173,10 +175,9 @@ def _open_at(url: str, start_at: float) -> int:
 def test_processes_migrating_a_fresh_database_at_once(postgres_url: str) -> None:
     context = multiprocessing.get_context("spawn")
     with fresh_database(postgres_url) as first, fresh_database(postgres_url) as second:
-        with context.Pool(4) as pool:
-            pool.apply(time.sleep, (0,))  # the workers are up before the clock starts
-            start_at = time.time() + 1.0
-            jobs = [pool.apply_async(_open_at, (url, start_at)) for url in (first, second) * 2]
+        with context.Manager() as manager, context.Pool(4) as pool:
+            start = manager.Barrier(4)  # the four jobs run at once, each in its own worker
+            jobs = [pool.apply_async(_open_at, (url, start)) for url in (first, second) * 2]
             versions = [job.get(60) for job in jobs]
         assert versions == [len(MIGRATIONS)] * 4
         catalog = PostgresCatalog(first)

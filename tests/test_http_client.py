@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 from support.fleet import read_counter, start_worker
 from support.http_service import HttpServer, free_port, start_http_server
+from support.waiting import wait_until
 
 from driver import Session
 from profiles import (
@@ -363,8 +364,7 @@ def test_a_lease_is_renewed_by_the_heartbeat_and_expires_without_it(
                     other.lock("beating", timeout=0.3).acquire()
                 # A holder that stops renewing (a dead machine) loses it within its ttl.
                 lease.pause_heartbeat()
-                time.sleep(1.0)
-                taken = other.lock("beating", timeout=5)
+                taken = other.lock("beating", timeout=5)  # waits for it to expire
                 taken.acquire()
                 taken.release()
             assert lease.epoch is not None
@@ -790,11 +790,16 @@ def test_bodies_are_the_servers_models_and_refused_as_the_server_refuses(
 def _logged(server: HttpServer, line: str, *, at_least: int) -> int:
     """How many access-log lines of the server's account hold ``line``, once there are
     ``at_least`` (they are written after the response goes out)."""
-    deadline = time.monotonic() + 10
-    while True:
+    counts: list[int] = []
+
+    def enough() -> bool:
         ours = [x for x in server.log_text().splitlines() if f"account={server.account_id}" in x]
-        count = sum(line in x for x in ours)
-        if count >= at_least or time.monotonic() > deadline:
-            assert count >= at_least, server.log_text()[-2000:]
-            return count
-        time.sleep(0.05)
+        counts.append(sum(line in x for x in ours))
+        return counts[-1] >= at_least
+
+    wait_until(
+        enough,
+        what=f"{at_least} access-log lines holding {line!r}",
+        detail=lambda: server.log_text()[-2000:],
+    )
+    return counts[-1]

@@ -27,6 +27,7 @@ import schemathesis
 from hypothesis import HealthCheck, given, settings
 from schemathesis.core.result import Ok
 from support.http_service import HttpServer, start_http_server
+from support.waiting import wait_until
 
 from profiles.http.server.accounts import AccountsDB
 from profiles.state.archive import unpack_archive
@@ -997,15 +998,15 @@ def test_the_access_log_names_routes_statuses_and_accounts_never_secrets(
         assert c.get("/v1/profiles", headers={"Authorization": "Bearer pk_bad"}).status_code == 401
         statuses = [c.get("/v1/profiles", headers=h).status_code for _ in range(5)]
         assert statuses[-1] == 429
-        deadline = time.monotonic() + 30
-        while True:
+
+        def all_logged() -> list[dict[str, Any]]:
             lines = [json.loads(line) for line in s.log_text().splitlines() if line.startswith("{")]
             access = [x for x in lines if x["logger"] == "profiles.http.access"]
             # The server's own health probe is a line too: wait for the last request's.
-            last = any(x["status"] == 429 for x in access)
-            if (len(access) >= 10 and last) or time.monotonic() > deadline:
-                break
-            time.sleep(0.1)
+            done = len(access) >= 10 and any(x["status"] == 429 for x in access)
+            return access if done else []
+
+        access = wait_until(all_logged, timeout=30, detail=s.log_text)
     seen = {(x["method"], x["route"], x["status"]) for x in access}
     assert ("POST", "/v1/profiles", 200) in seen
     assert ("GET", "/v1/profiles/{ref}", 200) in seen
@@ -1036,8 +1037,5 @@ def test_the_access_log_is_text_by_default(
             if f"account={acct.id}" in x and "{ref} 200" in x
         ]
 
-    deadline = time.monotonic() + 30
-    while not ours() and time.monotonic() < deadline:
-        time.sleep(0.1)
-    [line] = ours()
+    [line] = wait_until(ours, timeout=30, detail=shared_profile_server.log_text)
     assert "profiles.http.access" in line and " ms " in line

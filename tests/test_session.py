@@ -10,11 +10,11 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
 from playwright.sync_api import Error as PlaywrightError
+from support.waiting import wait_until
 
 from driver import AsyncSession, Session
 from driver.browsers import ENV_OVERRIDE, find_browser
@@ -305,9 +305,7 @@ def test_crashed_browser_keeps_the_previous_state(store: ProfileStore, http_serv
         page.evaluate("localStorage.setItem('counter', '6')")
         pid = _browser_pid(store, "crash")
         os.kill(pid, signal.SIGKILL)
-        deadline = time.monotonic() + 20
-        while page.context.pages and time.monotonic() < deadline:
-            time.sleep(0.1)
+        wait_until(lambda: not page.context.pages, timeout=20, what="the browser's pages to close")
     assert store.get("crash").checksum == committed
     ended = store.audit(profile="crash", limit=1).data[0]
     assert ended.type == "session.ended"
@@ -522,9 +520,7 @@ def _close_browser_from_inside(page: object) -> None:
     cdp = page.context.new_cdp_session(page)
     with contextlib.suppress(PlaywrightError):
         cdp.send("Browser.close")
-    deadline = time.monotonic() + 20
-    while page.context.pages and time.monotonic() < deadline:
-        time.sleep(0.1)
+    wait_until(lambda: not page.context.pages, timeout=20, what="the browser's pages to close")
 
 
 @pytest.mark.parametrize("commit", [True, False])
@@ -653,9 +649,7 @@ def test_a_killed_firefox_keeps_the_previous_state(store: ProfileStore, http_ser
         page.goto(f"{http_server}/")
         page.evaluate("localStorage.setItem('counter', '6')")
         os.kill(_browser_pid(store, "fxcrash"), signal.SIGKILL)
-        deadline = time.monotonic() + 20
-        while page.context.pages and time.monotonic() < deadline:
-            time.sleep(0.1)
+        wait_until(lambda: not page.context.pages, timeout=20, what="the browser's pages to close")
     assert store.get("fxcrash").checksum == committed
     ended = store.audit(profile="fxcrash", limit=1).data[0]
     assert ended.payload["outcome"] == "crashed" and ended.payload["committed"] is False

@@ -131,9 +131,8 @@ def test_a_lease_fences_a_late_writer(shared_urls: tuple[str, str], tmp_path: Pa
         late.pause_heartbeat()  # this worker is paused: its heartbeat stops renewing the lease
         with pytest.raises(ProfileBusy):
             b.lock("fenced").acquire(timeout=0.2)  # still held: not yet expired
-        time.sleep(1.0)
         winner = b.lock("fenced")
-        winner.acquire(timeout=5)
+        winner.acquire(timeout=5)  # waits for the late writer's lease to expire
         assert winner.epoch is not None and late.epoch is not None
         assert winner.epoch > late.epoch
         _, work = b.checkout("fenced", lock=winner)

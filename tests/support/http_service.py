@@ -26,12 +26,13 @@ import os
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+
+from support.waiting import wait_until
 
 __all__ = ["HttpServer", "free_port", "start_http_server"]
 
@@ -183,17 +184,20 @@ def start_http_server(
 def _wait_healthy(server: HttpServer) -> None:
     proc = server.process
     assert proc is not None
-    deadline = time.monotonic() + STARTUP_TIMEOUT
-    while True:
+
+    def healthy() -> bool:
         if proc.poll() is not None:
             raise RuntimeError(
                 f"profiles serve exited with {proc.returncode}:\n{server.log_text()}"
             )
         try:
-            if httpx.get(f"{server.url}/v1/health", timeout=1.0).status_code == 200:
-                return
+            return httpx.get(f"{server.url}/v1/health", timeout=1.0).status_code == 200
         except httpx.TransportError:
-            pass
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"profiles serve did not start:\n{server.log_text()}")
-        time.sleep(0.05)
+            return False
+
+    wait_until(
+        healthy,
+        timeout=STARTUP_TIMEOUT,
+        what=f"profiles serve to answer on {server.url}",
+        detail=server.log_text,
+    )
