@@ -9,9 +9,11 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from support.http_service import HttpServer
+from support.pg_service import fresh_database
 from support.s3_service import S3Endpoint
 
 from profiles.blobs.local import LocalBlobStore
@@ -22,6 +24,9 @@ from profiles.http.client import HttpService
 from profiles.service.catalog import CatalogService
 from profiles.service.protocol import ProfileService
 from profiles.testing.service_contract import ServiceContract
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
 
 
 class TestEmbeddedService(ServiceContract):
@@ -47,26 +52,31 @@ class TestEmbeddedService(ServiceContract):
         super().test_events_of_a_missing_profile_are_not_found(service)
 
 
+@pytest.fixture(scope="module")
+def s3_client(s3_endpoint: S3Endpoint) -> Iterator[S3Client]:
+    """One S3 client for the module's services (a client is thread-safe, and building one
+    costs more than most of these tests)."""
+    client = s3_endpoint.client()
+    try:
+        yield client
+    finally:
+        client.close()
+
+
 class TestSharedService(ServiceContract):
     @pytest.fixture
     def service(
-        self, postgres_url: str, s3_endpoint: S3Endpoint, s3_bucket: str
+        self, postgres_url: str, s3_client: S3Client, s3_bucket: str
     ) -> Iterator[ProfileService]:
-        from support.pg_service import fresh_database
-
         with fresh_database(postgres_url) as url:
-            client = s3_endpoint.client()
+            svc = CatalogService(
+                PostgresCatalog(url, min_size=1, max_size=4),
+                S3BlobStore(f"s3://{s3_bucket}/svc-{uuid.uuid4().hex[:12]}", client=s3_client),
+            )
             try:
-                svc = CatalogService(
-                    PostgresCatalog(url, min_size=1, max_size=4),
-                    S3BlobStore(f"s3://{s3_bucket}/svc-{uuid.uuid4().hex[:12]}", client=client),
-                )
-                try:
-                    yield svc
-                finally:
-                    svc.close()
+                yield svc
             finally:
-                client.close()
+                svc.close()
 
     def test_it_is_shared(self, service: ProfileService) -> None:
         assert service.shared is True
