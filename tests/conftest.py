@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pytest
 from hypothesis import settings
+from support.archives import make_target_area
 from support.backends import BACKENDS, LOCAL_BACKENDS, fresh_shared_urls, store_on
 from support.browser_lane import NO_BROWSER, uses_a_browser
 from support.http_service import HttpServer, start_http_server
@@ -139,6 +140,13 @@ def own_profile_server(tmp_path: Path) -> Iterator[HttpServer]:
     may stop and start again, or whose whole log is the test's."""
     with start_http_server(tmp_path / "server-home") as server:
         yield server
+
+
+@pytest.fixture
+def target_area(tmp_path: Path) -> tuple[Path, Path]:
+    """``(area, target)``: a profile directory an unpack replaces, next to a sentinel
+    (support/archives.py; ``assert_untouched`` checks both are as they were)."""
+    return make_target_area(tmp_path)
 
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):

@@ -55,8 +55,6 @@ from profiles.state.archive import unpack_archive
 
 from conftest import require_engine
 
-ROOT = Path(__file__).resolve().parent.parent
-
 
 def _chromium_dir(root: Path, marker: str = "1", payload: bytes = b"") -> Path:
     """A directory laid out as a Chromium user-data-dir (its files, written as data)."""
@@ -516,47 +514,17 @@ def test_a_server_back_within_the_retries_serves_the_request(
     url = f"{server.url}/v1"
     with ProfileStore(home, service=url, api_key=server.api_key) as store:
         store.create("survivor")
-    assert server.process is not None
-    server.process.terminate()
-    server.process.wait(timeout=10)
+    server.stop()
     # Down now; the same server comes back on the same port while the client retries
     # (8 attempts: about 12 s of backoff).
-    port = url.split(":")[-1].split("/")[0]
     svc = HttpService(url, api_key=server.api_key, attempts=8)
-    revived: list[subprocess.Popen[bytes]] = []
-
-    def revive() -> None:
-        time.sleep(0.5)
-        revived.append(
-            subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "profiles.http.server.cli",
-                    "serve",
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    port,
-                    "--home",
-                    str(server.home),
-                ],
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-                env={**os.environ, "PYTHONPATH": str(ROOT)},
-            )
-        )
-
-    thread = threading.Thread(target=revive)
-    thread.start()
+    reviver = threading.Timer(0.5, server.start)  # the same command: same port, same home
+    reviver.start()
     try:
         assert svc.get("survivor").name == "survivor"
     finally:
-        thread.join()
+        reviver.join()
         svc.close()
-        for proc in revived:
-            proc.terminate()
-            proc.wait(timeout=10)
 
 
 def test_rate_limits_are_waited_out_for_reads_and_raised_for_writes(
