@@ -955,7 +955,7 @@ IMPORT_CREATE = ("import", "prod", "-", "--create", "--archetype", "pixel-7", "-
 
 
 def test_import_create_through_a_pipe_into_a_fresh_home(
-    store: ProfileStore, tmp_path: Path
+    store: ProfileStore, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     store.create("prod", archetype="pixel-7")
     store.import_state("prod", fake_state(tmp_path, domains=("example.test",)))
@@ -982,10 +982,10 @@ def test_import_create_through_a_pipe_into_a_fresh_home(
 
     # into an existing profile --create just imports; without --create a missing one is 3
     archive = tmp_path / "chromium-state.tar.gz"
-    again = cli("--home", str(fresh), "import", "prod", str(archive), "--create")
-    assert again.returncode == 0 and again.stdout.startswith(b"imported "), again.stderr
-    missing = cli("--home", str(fresh), "import", "other", str(archive))
-    assert missing.returncode == 3 and b"not found" in missing.stderr
+    code, out, err = run(capsys, "--home", str(fresh), "import", "prod", str(archive), "--create")
+    assert code == 0 and out.startswith("imported "), err
+    code, out, err = run(capsys, "--home", str(fresh), "import", "other", str(archive))
+    assert code == 3 and "not found" in err
     with ProfileStore(fresh) as other:
         assert [p.name for p in other.iter_profiles()] == ["prod"]
 
