@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from playwright.sync_api import Error as PlaywrightError
+from playwright.sync_api import Page
 from support.waiting import wait_until
 
 from driver import AsyncSession, Session
@@ -35,8 +36,6 @@ from conftest import ARCHETYPE_OF, require_engine
 
 def _fill_state(page: object, base: str, *, worker: bool = True) -> None:
     """Visit the test page and leave every kind of state a profile should keep."""
-    from playwright.sync_api import Page
-
     assert isinstance(page, Page)
     page.goto(f"{base}/set-cookie")
     page.wait_for_function("document.getElementById('status').textContent === 'ready'")
@@ -47,8 +46,6 @@ def _fill_state(page: object, base: str, *, worker: bool = True) -> None:
 
 
 def _read_state(page: object, base: str) -> dict[str, object]:
-    from playwright.sync_api import Page
-
     assert isinstance(page, Page)
     page.goto(f"{base}/")
     page.wait_for_function("document.getElementById('status').textContent === 'ready'")
@@ -305,7 +302,7 @@ def test_crashed_browser_keeps_the_previous_state(store: ProfileStore, http_serv
         page.evaluate("localStorage.setItem('counter', '6')")
         pid = _browser_pid(store, "crash")
         os.kill(pid, signal.SIGKILL)
-        wait_until(lambda: not page.context.pages, timeout=20, what="the browser's pages to close")
+        _until_playwright_sees_the_browser_gone(page)
     assert store.get("crash").checksum == committed
     ended = store.audit(profile="crash", limit=1).data[0]
     assert ended.type == "session.ended"
@@ -314,6 +311,20 @@ def test_crashed_browser_keeps_the_previous_state(store: ProfileStore, http_serv
     with Session(profile="crash", store=store) as page:
         page.goto(f"{http_server}/")
         assert page.evaluate("window.readCounter()") == 5
+
+
+def _until_playwright_sees_the_browser_gone(page: Page) -> None:
+    """Until the browser's pages are closed as Playwright sees them. Its sync API reads the
+    browser's events only while one of its calls runs (a sleep would wait for nothing), so
+    each look waits briefly for the context's close."""
+
+    def gone() -> bool:
+        if page.context.pages:
+            with contextlib.suppress(PlaywrightError):  # a timeout, or a context gone
+                page.context.wait_for_event("close", timeout=200)
+        return not page.context.pages
+
+    wait_until(gone, timeout=20, interval=0, what="Playwright to see the browser gone")
 
 
 def _browser_pid(store: ProfileStore, name: str) -> int:
@@ -514,13 +525,11 @@ def test_session_archetype_mistakes_are_reported(store: ProfileStore) -> None:
 
 def _close_browser_from_inside(page: object) -> None:
     """Make Chromium shut itself down gracefully, as when a person closes its last window."""
-    from playwright.sync_api import Page
-
     assert isinstance(page, Page)
     cdp = page.context.new_cdp_session(page)
     with contextlib.suppress(PlaywrightError):
         cdp.send("Browser.close")
-    wait_until(lambda: not page.context.pages, timeout=20, what="the browser's pages to close")
+    _until_playwright_sees_the_browser_gone(page)
 
 
 @pytest.mark.parametrize("commit", [True, False])
@@ -649,7 +658,7 @@ def test_a_killed_firefox_keeps_the_previous_state(store: ProfileStore, http_ser
         page.goto(f"{http_server}/")
         page.evaluate("localStorage.setItem('counter', '6')")
         os.kill(_browser_pid(store, "fxcrash"), signal.SIGKILL)
-        wait_until(lambda: not page.context.pages, timeout=20, what="the browser's pages to close")
+        _until_playwright_sees_the_browser_gone(page)
     assert store.get("fxcrash").checksum == committed
     ended = store.audit(profile="fxcrash", limit=1).data[0]
     assert ended.payload["outcome"] == "crashed" and ended.payload["committed"] is False

@@ -8,7 +8,6 @@ import io
 import tarfile
 import time
 import zipfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -34,27 +33,17 @@ pytestmark = pytest.mark.backends()
 
 
 @pytest.fixture(scope="module")
-def chromium_state(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+def chromium_state(tmp_path_factory: pytest.TempPathFactory, http_server: str) -> Path:
     """A .tar.gz exported from a real Chromium session that logged in to a local page."""
     require_engine("chromium")
-    import http.server
-    import threading
-
-    from conftest import _QuietHandler
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _QuietHandler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    base = f"http://127.0.0.1:{server.server_address[1]}"
     home = tmp_path_factory.mktemp("source-home")
     archive = home / "state.tar.gz"
     with ProfileStore(home) as store:
         with Session(profile="source", store=store) as page:
-            page.goto(f"{base}/set-cookie")
+            page.goto(f"{http_server}/set-cookie")
             page.evaluate("window.bumpCounter()")
         store.export_state("source", archive)
-    server.shutdown()
-    server.server_close()
-    yield archive
+    return archive
 
 
 def test_import_then_export_round_trip(
