@@ -22,10 +22,12 @@ BENCH = Path(__file__).resolve().parent.parent / "scripts" / "bench.py"
 def test_bench_runs_every_section(
     tmp_path: Path, postgres_url: str, s3_endpoint: S3Endpoint
 ) -> None:
-    for engine in ("chromium", "firefox"):
-        require_engine(engine)  # type: ignore[arg-type]
+    require_engine("chromium")
     out = tmp_path / "bench.json"
+    # One engine: a second runs the same sections again (the engines' own behaviour is the
+    # other tests' business), and Firefox's sections took two thirds of the run.
     argv = ["--quick", "--repeats", "1", "--profiles", "120", "--writers", "2", "--json", str(out)]
+    argv += ["--engines", "chromium"]
     env = {
         **os.environ,
         **s3_endpoint.env(),
@@ -48,7 +50,7 @@ def test_bench_runs_every_section(
     ):
         assert heading in report
     data = json.loads(out.read_text())
-    assert [s["engine"] for s in data["sessions"]] == ["chromium", "firefox"]
+    assert [s["engine"] for s in data["sessions"]] == ["chromium"]
     for section in data["sessions"]:
         assert all(math.isfinite(v) and v > 0 for v in section["median_s"].values())
     for section in data["teardown"]:
