@@ -1,13 +1,14 @@
-"""Shared fixtures: an isolated store home per test, a local HTTP server, browser checks.
+"""Shared fixtures (an isolated store home per test, stores on every backend, profile
+servers, a local page server) and the browser lane.
 
-The fast lane, every test that needs no browser (a few minutes):
+The fast lane, every test that needs no browser (no browser starts in it):
 
     .venv/bin/python -m pytest -m "not browser"
 
-Tests that use a browser get the ``browser`` marker by themselves (the rule is in
-support/browser_lane.py: they go through :func:`require_engine`, directly or through a
-fixture or helper); the others run as if no browser were installed, so one that launches a
-browser anyway fails instead of slowing the fast lane.
+and ``-m browser`` the rest. Tests that use a browser get the ``browser`` marker by
+themselves (the rule is in support/browser_lane.py: they go through :func:`require_engine`,
+directly or through a fixture or helper); the others run as if no browser were installed,
+so one that launches a browser anyway fails instead of slowing the fast lane.
 
 Browser tests never skip for Chromium or Firefox: a missing browser is a failure (CI must
 have them). WebKit tests skip with the reason when Playwright's WebKit is not installed.
@@ -120,7 +121,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 
 @pytest.fixture(scope="session")
-def shared_profile_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HttpServer]:
+def session_profile_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HttpServer]:
     """One ``profiles serve`` for the whole run, which no test may stop. Each test works on it
     through an account of its own (:meth:`HttpServer.with_new_account`, or
     ``profile_server``), so it sees only its own profiles."""
@@ -129,9 +130,9 @@ def shared_profile_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[
 
 
 @pytest.fixture
-def profile_server(shared_profile_server: HttpServer) -> HttpServer:
+def profile_server(session_profile_server: HttpServer) -> HttpServer:
     """The session's ``profiles serve`` through a new account of this test's own."""
-    return shared_profile_server.with_new_account()
+    return session_profile_server.with_new_account()
 
 
 @pytest.fixture

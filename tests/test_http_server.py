@@ -97,13 +97,13 @@ def err(r: httpx.Response) -> dict[str, Any]:
 
 
 @pytest.fixture
-def acct(shared_profile_server: HttpServer) -> Acct:
-    return new_account(shared_profile_server)
+def acct(session_profile_server: HttpServer) -> Acct:
+    return new_account(session_profile_server)
 
 
 @pytest.fixture
-def client(shared_profile_server: HttpServer) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=shared_profile_server.url, timeout=TIMEOUT) as c:
+def client(session_profile_server: HttpServer) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=session_profile_server.url, timeout=TIMEOUT) as c:
         yield c
 
 
@@ -134,7 +134,7 @@ def test_401_api_key_required(client: httpx.Client) -> None:
 
 
 def test_401_invalid_or_revoked_key(
-    shared_profile_server: HttpServer, client: httpx.Client, acct: Acct
+    session_profile_server: HttpServer, client: httpx.Client, acct: Acct
 ) -> None:
     r = client.get("/v1/profiles", headers={"Authorization": "Bearer pk_0123456789abcdef_nope"})
     assert r.status_code == 401
@@ -144,7 +144,7 @@ def test_401_invalid_or_revoked_key(
     r = client.get("/v1/profiles", headers=acct.h(forged))
     assert err(r)["message"] == "Invalid or revoked API key"
     assert client.get("/v1/profiles", headers=acct.h()).status_code == 200
-    with AccountsDB(shared_profile_server.home / "accounts.sqlite3") as db:
+    with AccountsDB(session_profile_server.home / "accounts.sqlite3") as db:
         db.revoke_key(acct.admin)
     r = client.get("/v1/profiles", headers=acct.h())
     assert r.status_code == 401
@@ -152,9 +152,9 @@ def test_401_invalid_or_revoked_key(
 
 
 def test_403_account_deactivated(
-    shared_profile_server: HttpServer, client: httpx.Client, acct: Acct
+    session_profile_server: HttpServer, client: httpx.Client, acct: Acct
 ) -> None:
-    with AccountsDB(shared_profile_server.home / "accounts.sqlite3") as db:
+    with AccountsDB(session_profile_server.home / "accounts.sqlite3") as db:
         db.set_active(acct.id, False)
     r = client.get("/v1/profiles", headers=acct.h())
     assert r.status_code == 403
@@ -281,7 +281,7 @@ def test_400_no_data_to_download(client: httpx.Client, acct: Acct) -> None:
 
 
 def test_upload_then_signed_download(
-    shared_profile_server: HttpServer, client: httpx.Client, acct: Acct
+    session_profile_server: HttpServer, client: httpx.Client, acct: Acct
 ) -> None:
     create(client, acct, "p")
     r = upload(client, acct, "p", chromium_targz("up"))
@@ -292,7 +292,7 @@ def test_upload_then_signed_download(
     assert r.status_code == 200
     link = r.json()
     assert link["expiresIn"] == 3600 and link["expiresAt"].endswith("Z")
-    assert link["downloadUrl"].startswith(f"{shared_profile_server.url}/v1/downloads/")
+    assert link["downloadUrl"].startswith(f"{session_profile_server.url}/v1/downloads/")
     got = httpx.get(link["downloadUrl"], timeout=TIMEOUT)  # no Authorization needed
     assert got.status_code == 200
     assert got.headers["content-type"] == "application/gzip"
@@ -321,7 +321,7 @@ def test_upload_then_signed_download(
     r = httpx.get(link2, timeout=TIMEOUT)
     assert r.status_code == 404 and err(r)["code"] == "NotFound"
     # tokens and keys never reach the log
-    log_text = shared_profile_server.log_text()
+    log_text = session_profile_server.log_text()
     assert token not in log_text and payload not in log_text
     assert acct.admin not in log_text
     assert "/v1/downloads/" not in log_text.replace("/v1/downloads/{token}", "")
@@ -424,8 +424,8 @@ def test_409_name_taken(client: httpx.Client, acct: Acct) -> None:
     assert r.status_code == 409
 
 
-def test_429_tier_limit_body(shared_profile_server: HttpServer, client: httpx.Client) -> None:
-    trial = new_account(shared_profile_server, tier="trial")
+def test_429_tier_limit_body(session_profile_server: HttpServer, client: httpx.Client) -> None:
+    trial = new_account(session_profile_server, tier="trial")
     create(client, trial, "only")
     for method, path, body in [
         ("POST", "/v1/profiles", {"name": "second"}),
@@ -442,16 +442,16 @@ def test_429_tier_limit_body(shared_profile_server: HttpServer, client: httpx.Cl
     r = client.post(f"/v1/profile-snapshots/{snap['id']}/restore", headers=trial.h(), json={})
     assert r.status_code == 429
     # a cap of the account's own overrides the tier's
-    custom = new_account(shared_profile_server, tier="trial", cap=2)
+    custom = new_account(session_profile_server, tier="trial", cap=2)
     create(client, custom, "one")
     create(client, custom, "two")
     r = client.post("/v1/profiles", headers=custom.h(), json={"name": "three"})
     assert r.status_code == 429 and err(r)["limit"] == 2
 
 
-def test_404_cross_account(shared_profile_server: HttpServer, client: httpx.Client) -> None:
-    a = new_account(shared_profile_server, name="a")
-    b = new_account(shared_profile_server, name="b")
+def test_404_cross_account(session_profile_server: HttpServer, client: httpx.Client) -> None:
+    a = new_account(session_profile_server, name="a")
+    b = new_account(session_profile_server, name="b")
     p = create(client, a, "secret")
     snap = client.post("/v1/profiles/secret/snapshots", headers=a.h(), json={}).json()
     for ref in (p["id"], "secret"):
@@ -490,12 +490,12 @@ def test_204_delete_then_404(client: httpx.Client, acct: Acct) -> None:
 
 
 def test_x_account_member_read_only_admin_writes(
-    shared_profile_server: HttpServer, client: httpx.Client
+    session_profile_server: HttpServer, client: httpx.Client
 ) -> None:
-    owner = new_account(shared_profile_server, name="owner")
-    reader = new_account(shared_profile_server, name="reader")
-    writer = new_account(shared_profile_server, name="writer")
-    with AccountsDB(shared_profile_server.home / "accounts.sqlite3") as db:
+    owner = new_account(session_profile_server, name="owner")
+    reader = new_account(session_profile_server, name="reader")
+    writer = new_account(session_profile_server, name="writer")
+    with AccountsDB(session_profile_server.home / "accounts.sqlite3") as db:
         db.add_member(owner.id, reader.id, "member")
         db.add_member(owner.id, writer.id, "admin")
     create(client, owner, "shared")
@@ -658,16 +658,16 @@ def test_003_422_archive_of_another_engine(client: httpx.Client, acct: Acct) -> 
 
 
 def test_upload_target_fields_are_signed(
-    shared_profile_server: HttpServer, client: httpx.Client
+    session_profile_server: HttpServer, client: httpx.Client
 ) -> None:
-    a = new_account(shared_profile_server)
+    a = new_account(session_profile_server)
     target = client.post("/v1/profiles/initiate-upload", headers=a.h()).json()
     forged = {**target, "upload_fields": {**target["upload_fields"], "key": "pending/x/y"}}
     r = _post_to_target(forged, chromium_targz())
     assert r.status_code == 403 and err(r)["code"] == "SignatureInvalid"
     token = target["upload_url"].rsplit("/", 1)[1]
     r = httpx.post(
-        f"{shared_profile_server.url}/v1/uploads/{token[:-3]}abc",
+        f"{session_profile_server.url}/v1/uploads/{token[:-3]}abc",
         files={"file": ("p.tar.gz", chromium_targz())},
         timeout=TIMEOUT,
     )
@@ -949,14 +949,14 @@ def test_cli_accounts_and_keys(tmp_path: Path, capsys: pytest.CaptureFixture[str
 # ------------------------------------------------------------------ schemathesis
 
 
-def test_openapi_no_server_errors(shared_profile_server: HttpServer) -> None:
+def test_openapi_no_server_errors(session_profile_server: HttpServer) -> None:
     """Every operation of /openapi.json, with generated requests and the admin key: the
     server never answers 5xx. (schemathesis' lazy pytest fixture loader does not run under
     pytest 9, so the operations' strategies are driven by hypothesis here.)"""
-    acct = new_account(shared_profile_server, name="fuzz")
-    with httpx.Client(base_url=shared_profile_server.url, timeout=TIMEOUT) as c:
+    acct = new_account(session_profile_server, name="fuzz")
+    with httpx.Client(base_url=session_profile_server.url, timeout=TIMEOUT) as c:
         create(c, acct, "fuzzed")
-    api = schemathesis.openapi.from_url(f"{shared_profile_server.url}/openapi.json")
+    api = schemathesis.openapi.from_url(f"{session_profile_server.url}/openapi.json")
     results = list(api.get_all_operations())
     operations = [r.ok() for r in results if isinstance(r, Ok)]
     assert len(operations) == len(results)  # every operation's schema is valid
@@ -974,7 +974,7 @@ def test_openapi_no_server_errors(shared_profile_server: HttpServer) -> None:
         )
         @given(case=operation.as_strategy())
         def run(case: Any) -> None:
-            response = case.call(base_url=shared_profile_server.url, headers=headers, timeout=30)
+            response = case.call(base_url=session_profile_server.url, headers=headers, timeout=30)
             assert response.status_code < 500, (case.method, case.path, response.text)
             seen.append(f"{case.method} {response.status_code}")
 
@@ -1029,7 +1029,7 @@ def test_the_access_log_names_routes_statuses_and_accounts_never_secrets(
 
 
 def test_the_access_log_is_text_by_default(
-    shared_profile_server: HttpServer, client: httpx.Client, acct: Acct
+    session_profile_server: HttpServer, client: httpx.Client, acct: Acct
 ) -> None:
     create(client, acct, "text-log")
     assert client.get("/v1/profiles/text-log", headers=acct.h()).status_code == 200
@@ -1038,9 +1038,9 @@ def test_the_access_log_is_text_by_default(
     def ours() -> list[str]:
         return [
             x
-            for x in shared_profile_server.log_text().splitlines()
+            for x in session_profile_server.log_text().splitlines()
             if f"account={acct.id}" in x and "{ref} 200" in x
         ]
 
-    [line] = wait_until(ours, timeout=30, detail=shared_profile_server.log_text)
+    [line] = wait_until(ours, timeout=30, detail=session_profile_server.log_text)
     assert "profiles.http.access" in line and " ms " in line

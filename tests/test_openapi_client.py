@@ -129,9 +129,9 @@ def test_every_route_names_its_models_and_its_errors(tmp_path: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def srv(shared_profile_server: HttpServer) -> HttpServer:
+def srv(session_profile_server: HttpServer) -> HttpServer:
     """The session's profile server, through an account of this module's own."""
-    return shared_profile_server.with_new_account()
+    return session_profile_server.with_new_account()
 
 
 @pytest.fixture(scope="module")

@@ -48,7 +48,7 @@ def store_on(
         # the account's cap stands for max_profiles, which the server keeps.
         from support.http_service import HttpServer
 
-        shared: HttpServer = request.getfixturevalue("shared_profile_server")
+        shared: HttpServer = request.getfixturevalue("session_profile_server")
         server = shared.with_new_account(profile_cap=options.pop("max_profiles", None))  # type: ignore[arg-type]
         with ProfileStore(
             home, service=f"{server.url}/v1", api_key=server.api_key, **options
