@@ -642,8 +642,14 @@ def test_the_entry_points_run(tmp_path: Path) -> None:
 
     script = Path(PYTHON).parent / "profiles"
     assert script.is_file(), "the 'profiles' console script is not installed in the venv"
+    # The script imports the package the venv was installed from; this checkout's, please
+    # (a venv shared by several checkouts of the project points at one of them).
     listed = subprocess.run(
-        [str(script), "list", "--home", str(env_home)], capture_output=True, text=True, check=False
+        [str(script), "list", "--home", str(env_home)],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
     )
     assert listed.returncode == 0 and "via-cli" in listed.stdout
 
