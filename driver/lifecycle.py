@@ -28,6 +28,8 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, Strict
 
 from driver.browsers import BrowserInstall, find_browser, major_version, probe_version
 from profiles.archetypes import Archetype, get_archetype
+from profiles.blobs.base import BlobStore
+from profiles.catalog.base import Catalog
 from profiles.engine_cache.cache import EngineCache
 from profiles.engine_cache.fleet import fetch_shared, publish_shared, sharing_mode
 from profiles.errors import (
@@ -41,7 +43,6 @@ from profiles.errors import (
     ValidationFailed,
 )
 from profiles.models import Profile
-from profiles.service.catalog import CatalogService
 from profiles.state.archive import remove_engine_locks
 from profiles.store import ProfileStore
 from profiles.workspace.locks import ReaderMark
@@ -140,13 +141,13 @@ class SessionOptions(BaseModel):
             raise _validation_failed(exc) from None
 
 
-def _shared_service(store: ProfileStore) -> CatalogService | None:
-    """The store's catalog service when other machines share it (a catalog other than the
-    embedded SQLite one: PostgreSQL + S3), and the store may be written; else None."""
-    service = store.service
-    if store.read_only or not isinstance(service, CatalogService) or not service.shared:
+def _fleet_storage(store: ProfileStore) -> tuple[Catalog, BlobStore] | None:
+    """The catalog and blob store under the store's service when other machines share them
+    directly (PostgreSQL + S3) and the store may be written: where the fleet's engine
+    caches are. None otherwise (the embedded store, a service over HTTP)."""
+    if store.read_only or not store.service.shared:
         return None
-    return service
+    return store.service.storage()
 
 
 def _cause(exc: ProfileError) -> str:
@@ -310,12 +311,11 @@ class SessionLifecycle:
             self._engine_key = self._engine_cache.build_key(
                 profile.browser_name, at_hand or "unknown", Path(self.browser.executable_path)
             )
-            shared = _shared_service(self.store)
+            shared = _fleet_storage(self.store)
             if shared is not None and sharing_mode() != "off":
                 outcome = fetch_shared(
                     self._engine_cache,
-                    shared.catalog,
-                    shared.blobs,
+                    *shared,
                     profile.browser_name,
                     self._engine_key,
                 )
@@ -340,12 +340,11 @@ class SessionLifecycle:
         except (OSError, ProfileError, ValueError) as exc:
             log.debug("engine cache not refreshed: %s", exc)
             return
-        shared = _shared_service(self.store)
+        shared = _fleet_storage(self.store)
         if stored and shared is not None and sharing_mode() == "on":
             publish_shared(
                 cache,
-                shared.catalog,
-                shared.blobs,
+                *shared,
                 engine,
                 key,
                 replacing=self._engine_cache_refused,

@@ -319,7 +319,7 @@ class _SessionBase:
     def _interruption(self, exc: BaseException | None) -> str | None:
         """The signal that ended the block, when ``exc`` is how a signal ends one (Ctrl-C's
         ``KeyboardInterrupt``, the ``SystemExit(128 + signal)`` of SIGTERM and SIGHUP, an
-        async session's task cancelled by one): the README calls these clean ends."""
+        async session's task cancelled by one): docs/sessions.md calls these clean ends."""
         if isinstance(exc, KeyboardInterrupt):
             return "SIGINT"
         if self._signal is not None:

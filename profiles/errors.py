@@ -2,7 +2,7 @@
 
 Every error the library raises on purpose is a :class:`ProfileError`. Each class
 carries a machine-readable ``code`` and an HTTP-like ``status`` that match the
-hosted profile APIs we follow (see ``shared/reference``), so a service built on
+hosted profile APIs we follow (docs/http-api.md names them), so a service built on
 top can map them one to one::
 
     ProfileError                       (500, "ProfileError")
@@ -88,6 +88,9 @@ class ProfileError(Exception):
     status: int = 500
     #: The details this class also keeps as attributes (set again when it is rebuilt).
     attributes: ClassVar[tuple[str, ...]] = ()
+    #: The details kept for this machine's callers and never sent to a remote one
+    #: (:meth:`public_dict`): what would tell another client more than it may know.
+    private: ClassVar[tuple[str, ...]] = ()
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -110,6 +113,13 @@ class ProfileError(Exception):
     def to_dict(self) -> dict[str, Any]:
         """The error as a JSON-ready body: ``{"code", "status", "message", ...details}``."""
         return {"code": self.code, "status": self.status, "message": self.message, **self.details}
+
+    def public_dict(self) -> dict[str, Any]:
+        """:meth:`to_dict` without the :attr:`private` details: what a service sends."""
+        body = self.to_dict()
+        for name in self.private:
+            body.pop(name, None)
+        return body
 
 
 class ValidationFailed(ProfileError):
@@ -164,9 +174,12 @@ class ProfileBusy(Conflict):
 
 class LeaseLost(Conflict):
     """The writer's lease on the profile expired and another writer took it (a newer
-    epoch): this writer's state is refused, and the newer state stands."""
+    epoch), or the caller does not hold it (over HTTP: not the key it was granted to, or
+    without its token): this writer's state is refused, and the newer state stands. The
+    current epoch (``current_epoch``) is kept for this machine's callers only."""
 
     code = "LeaseLost"
+    private = ("current_epoch",)
 
 
 class PendingConflict(Conflict):

@@ -1,7 +1,7 @@
 """The records the store hands out: Profile, Snapshot, AuditEvent and Page.
 
 They are pydantic models, frozen, and serialise timestamps as ISO 8601 UTC with a ``Z``
-(``2026-05-09T22:00:00.000000Z``), as the reference APIs do.
+(``2026-05-09T22:00:00.000000Z``), as the hosted profile APIs we follow do.
 """
 
 from __future__ import annotations

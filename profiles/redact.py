@@ -14,13 +14,19 @@ __all__ = ["MAX_ERROR_TEXT", "describe_error", "redact_text", "redact_url"]
 
 MAX_ERROR_TEXT = 500
 
-# scheme://[userinfo@]host[:port][/path][?query][#fragment], up to whitespace or a quote.
-_URL = re.compile(r"""(?P<scheme>[a-zA-Z][a-zA-Z0-9+.\-]*://)(?P<rest>[^\s'"<>]+)""")
-# name=value pairs that carry secrets when they appear outside a URL too.
+# Both patterns run in time linear in the text (a client's audit text reaches them): no
+# unbounded run is scanned again from each of its positions.
+# scheme://[userinfo@]host[:port][/path][?query][#fragment], up to whitespace or a quote. A
+# scheme is at most 32 characters: a longer run before "://" is matched from where the last
+# 32 start (the text before is kept as it is either way).
+_URL = re.compile(r"""(?P<scheme>[a-zA-Z][a-zA-Z0-9+.\-]{0,31}://)(?P<rest>[^\s'"<>]+)""")
+# name=value pairs that carry secrets when they appear outside a URL too: a name (a run of
+# word characters, dots and dashes, tried once from where the run starts) that holds one of
+# the words, then ``=`` or ``:``, then the value.
 _SECRET_PAIR = re.compile(
-    r"""(?i)\b(?P<key>[\w.\-]*(?:token|secret|password|passwd|pwd|session|sid|auth|key|code|"""
-    r"""cookie|signature|sig|credential)[\w.\-]*)(?P<sep>\s*[=:]\s*)(?P<value>"[^"]*"|'[^']*'|"""
-    r"""[^\s&;,'"]+)"""
+    r"""(?i)(?<![\w.\-])(?=[\w.\-]*?(?:token|secret|password|passwd|pwd|session|sid|auth|key|"""
+    r"""code|cookie|signature|sig|credential))(?P<key>[\w.\-]++)(?P<sep>\s*+[=:]\s*+)"""
+    r"""(?P<value>"[^"]*+"|'[^']*+'|[^\s&;,'"]++)"""
 )
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 

@@ -21,7 +21,8 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping
+import zlib
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import IO, Any, BinaryIO, Final, cast
 
@@ -53,19 +54,18 @@ from profiles.errors import (
 )
 from profiles.fsutil import fsync_dir, remove_tree, tighten_tree
 from profiles.models import (
-    AuditEvent,
     AuditType,
     Holder,
     HolderKind,
     Page,
     Profile,
     ProfileStatus,
-    Snapshot,
     format_timestamp,
     utcnow,
 )
 from profiles.redact import redact_text
 from profiles.service.catalog import CatalogService
+from profiles.service.delegation import Delegated
 from profiles.service.protocol import UNSET, ProfileService, Unset
 from profiles.state.archive import (
     ArchiveLimits,
@@ -173,6 +173,66 @@ class _CountingReader:
         return True
 
 
+def _check_options(
+    max_profiles: int | None, cache_max_bytes: int | None, codec: str, lease_ttl: float
+) -> None:
+    """``ValidationFailed`` for a store option out of range, naming it."""
+    if max_profiles is not None and (not isinstance(max_profiles, int) or max_profiles < 0):
+        raise ValidationFailed(
+            "max_profiles must be a whole number of at least 0.", field="max_profiles"
+        )
+    if cache_max_bytes is not None and (
+        not isinstance(cache_max_bytes, int) or cache_max_bytes < 0
+    ):
+        raise ValidationFailed(
+            "cache_max_bytes must be a number of bytes of at least 0, or None for no cap.",
+            field="cache_max_bytes",
+        )
+    if codec not in ("gzip", "zstd"):
+        raise ValidationFailed(f"Unknown codec {codec!r}; use gzip or zstd.", field="codec")
+    if not isinstance(lease_ttl, int | float) or lease_ttl <= 0:
+        raise ValidationFailed("lease_ttl must be a number of seconds above 0.", field="lease_ttl")
+
+
+def _service_from(
+    home: Path | str | None,
+    service: ProfileService | str | None,
+    catalog: Catalog | str | None,
+    blobs: BlobStore | str | None,
+    max_profiles: int | None,
+    api_key: str | None,
+    account: str | None,
+) -> tuple[Path | str | None, ProfileService | None]:
+    """The home and the profile service over HTTP, if one is named: the URL as ``home`` or
+    ``service``, else ``$PROFILES_URL`` when no catalog or blob store is named (the home
+    is then only this machine's workspace). ``None``: a catalog and blob store."""
+    if is_service_url(home):
+        if service is not None:
+            raise ValidationFailed("Pass the service URL once.", field="service")
+        home, service = None, home
+    if (
+        service is None
+        and catalog is None
+        and blobs is None
+        and not catalog_url_from_env()
+        and not blobs_url_from_env()
+    ):
+        service = os.environ.get("PROFILES_URL") or None
+    if isinstance(service, str):
+        if catalog is not None or blobs is not None or max_profiles is not None:
+            raise ValidationFailed(
+                "A store on a profile service over HTTP takes no catalog, blobs or "
+                "max_profiles: the server keeps and caps its records.",
+                field="service",
+            )
+        service = open_service(
+            service,
+            api_key=api_key if api_key is not None else os.environ.get("PROFILES_API_KEY"),
+            account=account if account is not None else os.environ.get("PROFILES_ACCOUNT"),
+        )
+    return home, service
+
+
 class ProfileStore:
     """Named, persistent browser profiles with snapshots and an audit log.
 
@@ -182,7 +242,9 @@ class ProfileStore:
     (``postgresql://...``, ``s3://bucket/prefix``; defaults ``$PROFILES_CATALOG_URL`` and
     ``$PROFILES_BLOBS_URL``): the home then keeps only this machine's workspace (working
     copies, locks, scratch). ``max_profiles`` caps the number of profiles (``TierLimit``).
-    ``lease_ttl`` is how long a writer lease on a shared catalog lives without a heartbeat.
+    ``lease_ttl`` is how long a writer lease on a shared catalog lives without a heartbeat,
+    and how long a process writing or collecting state bytes holds the other side off
+    after it died (on the embedded catalog: not at all).
     ``service`` (or a ``http(s)://`` URL as ``home``; default ``$PROFILES_URL``) names a
     profile service over HTTP, with ``api_key`` and ``account`` (``$PROFILES_API_KEY``,
     ``$PROFILES_ACCOUNT``): the home then keeps only this machine's workspace.
@@ -205,46 +267,8 @@ class ProfileStore:
         api_key: str | None = None,
         account: str | None = None,
     ) -> None:
-        if max_profiles is not None and (not isinstance(max_profiles, int) or max_profiles < 0):
-            raise ValidationFailed(
-                "max_profiles must be a whole number of at least 0.", field="max_profiles"
-            )
-        if cache_max_bytes is not None and (
-            not isinstance(cache_max_bytes, int) or cache_max_bytes < 0
-        ):
-            raise ValidationFailed(
-                "cache_max_bytes must be a number of bytes of at least 0, or None for no cap.",
-                field="cache_max_bytes",
-            )
-        if codec not in ("gzip", "zstd"):
-            raise ValidationFailed(f"Unknown codec {codec!r}; use gzip or zstd.", field="codec")
-        # A profile service over HTTP: the URL as ``home`` or ``service``, else
-        # $PROFILES_URL when no catalog or blob store is named. The home is then only this
-        # machine's workspace.
-        if is_service_url(home):
-            if service is not None:
-                raise ValidationFailed("Pass the service URL once.", field="service")
-            home, service = None, home
-        if (
-            service is None
-            and catalog is None
-            and blobs is None
-            and not catalog_url_from_env()
-            and not blobs_url_from_env()
-        ):
-            service = os.environ.get("PROFILES_URL") or None
-        if isinstance(service, str):
-            if catalog is not None or blobs is not None or max_profiles is not None:
-                raise ValidationFailed(
-                    "A store on a profile service over HTTP takes no catalog, blobs or "
-                    "max_profiles: the server keeps and caps its records.",
-                    field="service",
-                )
-            service = open_service(
-                service,
-                api_key=api_key if api_key is not None else os.environ.get("PROFILES_API_KEY"),
-                account=account if account is not None else os.environ.get("PROFILES_ACCOUNT"),
-            )
+        _check_options(max_profiles, cache_max_bytes, codec, lease_ttl)
+        home, service = _service_from(home, service, catalog, blobs, max_profiles, api_key, account)
         # Where the home was named, for the warning when an explicitly named one is new:
         # a typo there must not silently give an empty store (and a logged-out session).
         named_by = (
@@ -259,6 +283,7 @@ class ProfileStore:
         self.codec: Codec = codec
         self.limits = limits or ArchiveLimits()
         self.read_only = False
+        self._location: str | None = None
         if catalog is None:
             catalog = catalog_url_from_env()
         if blobs is None:
@@ -274,42 +299,60 @@ class ProfileStore:
             if service is not None:
                 service.close()
             raise
+        self.lease_ttl = float(lease_ttl)
+        #: Commit states as deduplicated chunks (profiles.state.chunked); False keeps whole
+        #: archives (the format before chunking, still read either way).
+        self.chunked = bool(chunked)
+        #: What the backend answers: records, state bytes, leases (see profiles.service.catalog).
+        self.service: ProfileService = service or self._catalog_service(
+            catalog, blobs, max_profiles, create=create
+        )
+        # A catalog other processes on other machines share decides who writes (leases
+        # with expiry); the embedded one leaves it to this machine's file lock.
+        self.shared = self.service.shared
+        self._open_workspace()
+
+    def _catalog_service(
+        self,
+        catalog: Catalog | str | None,
+        blobs: BlobStore | str | None,
+        max_profiles: int | None,
+        *,
+        create: bool,
+    ) -> CatalogService:
+        """The service over the catalog and blob store named (default: SQLite and files
+        under the home)."""
         catalog_path = self.home / "catalog.sqlite3"
-        if service is None and catalog is None and not create and not catalog_path.is_file():
+        if catalog is None and not create and not catalog_path.is_file():
             raise NotFound(
                 f"No profile store at {self.home}: it has no catalog. Check --home or "
                 "$PROFILES_HOME, or create a profile there first (profiles create NAME).",
                 resource="store",
                 home=str(self.home),
             )
-        if not isinstance(lease_ttl, int | float) or lease_ttl <= 0:
-            raise ValidationFailed(
-                "lease_ttl must be a number of seconds above 0.", field="lease_ttl"
-            )
-        self.lease_ttl = float(lease_ttl)
-        #: Commit states as deduplicated chunks (profiles.state.chunked); False keeps whole
-        #: archives (the format before chunking, still read either way).
-        self.chunked = bool(chunked)
+        if isinstance(catalog, str):
+            catalog = open_catalog(catalog, read_only=self.read_only)
+        opened_catalog = catalog or SQLiteCatalog(catalog_path, read_only=self.read_only)
+        try:
+            if isinstance(blobs, str):
+                blobs = open_blobs(blobs, create=not self.read_only)
+        except BaseException:
+            opened_catalog.close()
+            raise
+        opened_blobs = blobs or LocalBlobStore(self.home / "blobs", create=not self.read_only)
+        if blobs is None and isinstance(opened_catalog, SQLiteCatalog):
+            self._location = str(self.home)  # all of it under the home
+        return CatalogService(
+            opened_catalog,
+            opened_blobs,
+            max_profiles=max_profiles,
+            limits=self.limits,
+            upkeep_ttl=self.lease_ttl,  # a writer that dies frees gc within its lease's
+        )
+
+    def _open_workspace(self) -> None:
+        """This machine's part: working copies, pending commits, locks, scratch."""
         writable = not self.read_only
-        if service is None:
-            if isinstance(catalog, str):
-                catalog = open_catalog(catalog, read_only=self.read_only)
-            opened_catalog = catalog or SQLiteCatalog(catalog_path, read_only=self.read_only)
-            try:
-                if isinstance(blobs, str):
-                    blobs = open_blobs(blobs, create=writable)
-            except BaseException:
-                opened_catalog.close()
-                raise
-            opened_blobs = blobs or LocalBlobStore(self.home / "blobs", create=writable)
-            service = CatalogService(
-                opened_catalog, opened_blobs, max_profiles=max_profiles, limits=self.limits
-            )
-        #: What the backend answers: records, state bytes, leases (see profiles.service.catalog).
-        self.service: ProfileService = service
-        # A catalog other processes on other machines share decides who writes (leases
-        # with expiry); the embedded one leaves it to this machine's file lock.
-        self.shared = self.service.shared
         self.working_copies = WorkingCopies(self.home / "work", create=writable)
         #: Sessions' work this machine keeps while the service cannot take it (see
         #: profiles.workspace.pending): landed by the next session on the profile or by
@@ -396,10 +439,7 @@ class ProfileStore:
         removed = sweep(self._tmp, SCRATCH_PREFIXES)
         # a directory a process was making when it died (see OwnedDir): old ones only
         removed += sweep(self._tmp, (".unborn-",), min_age=60.0)
-        if isinstance(self.service, CatalogService) and isinstance(
-            self.service.blobs, LocalBlobStore
-        ):
-            removed += self.service.blobs.sweep_scratch()
+        removed += self.service.sweep_scratch()
         for name in _unpack_leftovers(self.working_copies.root):
             profile_id = name[1:].split(".", 1)[0]
             release = self._try_lock(profile_id)
@@ -418,29 +458,27 @@ class ProfileStore:
     @property
     def location(self) -> str:
         """Where the store's records and bytes live, for messages (no secrets)."""
-        if self.service.shared or not isinstance(self.service, CatalogService):
-            return self.service.location
-        if isinstance(self.service.blobs, LocalBlobStore):
-            return str(self.home)
-        return self.service.location
+        return self._location or self.service.location
 
     @property
     def catalog(self) -> Catalog:
         """The catalog under the service (for maintenance and tests)."""
-        if not isinstance(self.service, CatalogService):
-            raise AttributeError("this store's service has no catalog of its own")
-        return self.service.catalog
+        return self._storage()[0]
 
     @property
     def blobs(self) -> BlobStore:
         """The blob store under the service (for maintenance and tests)."""
-        if not isinstance(self.service, CatalogService):
-            raise AttributeError("this store's service has no blob store of its own")
-        return self.service.blobs
+        return self._storage()[1]
+
+    def _storage(self) -> tuple[Catalog, BlobStore]:
+        storage = self.service.storage()
+        if storage is None:
+            raise AttributeError(f"{self.service.location} keeps no catalog or blobs here")
+        return storage
 
     @property
     def max_profiles(self) -> int | None:
-        return self.service.max_profiles if isinstance(self.service, CatalogService) else None
+        return self.service.max_profiles
 
     def close(self) -> None:
         self.service.close()
@@ -736,111 +774,21 @@ class ProfileStore:
             return profile
         return profile.model_copy(update={"status": _committed_status(profile)})
 
-    # Record operations are the service's; the front door passes them through.
-
-    def create(
-        self,
-        name: str,
-        *,
-        archetype: str | None = None,
-        description: str | None = None,
-        labels: dict[str, str] | None = None,
-    ) -> Profile:
-        """Create an empty profile pinned to ``archetype`` (default ``desktop-chromium``)."""
-        return self.service.create(
-            name, archetype=archetype, description=description, labels=labels
-        )
-
-    def update(
-        self,
-        ref: str,
-        *,
-        name: str | Unset = UNSET,
-        description: str | Unset | None = UNSET,
-        labels: dict[str, str] | Unset = UNSET,
-        archetype: str | Unset = UNSET,
-        add_labels: Mapping[str, str] | None = None,
-        remove_labels: Iterable[str] | None = None,
-    ) -> Profile:
-        """Change only what is passed. ``description=None`` clears it. The archetype is
-        sticky: passing a different one raises ``ValidationFailed`` (clone instead).
-
-        ``labels`` replaces every label; ``add_labels`` (add or replace these) and
-        ``remove_labels`` (drop these keys) merge into the labels as they are when the
-        change is written, so concurrent edits of different labels all survive."""
-        return self.service.update(
-            ref,
-            name=name,
-            description=description,
-            labels=labels,
-            archetype=archetype,
-            add_labels=add_labels,
-            remove_labels=remove_labels,
-        )
-
-    def clone(
-        self,
-        ref: str,
-        *,
-        name: str | None = None,
-        with_state: bool = False,
-        archetype: str | None = None,
-    ) -> Profile:
-        """A new profile with the source's archetype, description and labels.
-
-        State is not copied unless ``with_state``. Without a name one is derived:
-        ``<source>-copy``, ``<source>-copy-2``, ... ``-copy-99``, then ``Conflict``. Pass
-        ``archetype`` to repin (state can only come along within the same engine).
-        """
-        return self.service.clone(ref, name=name, with_state=with_state, archetype=archetype)
-
-    def similar_names(self, name: str, *, limit: int = 3) -> builtins.list[str]:
-        """Names of existing profiles that look like ``name`` (a typo of it), closest first."""
-        return self.service.similar_names(name, limit=limit)
-
-    def snapshot(
-        self, ref: str, *, label: str | None = None, description: str | None = None
-    ) -> Snapshot:
-        """Capture the profile's committed state, name and archetype, frozen."""
-        return self.service.snapshot(ref, label=label, description=description)
-
-    def snapshots(
-        self, ref: str | None = None, *, limit: int = 50, cursor: str | None = None
-    ) -> Page[Snapshot]:
-        """One profile's snapshots (or every snapshot), newest first."""
-        return self.service.snapshots(ref, limit=limit, cursor=cursor)
-
-    def get_snapshot(self, snapshot_id: str) -> Snapshot:
-        return self.service.get_snapshot(snapshot_id)
-
-    def delete_snapshot(self, snapshot_id: str) -> None:
-        self.service.delete_snapshot(snapshot_id)
-
-    def restore(self, snapshot_id: str, *, name: str | None = None) -> Profile:
-        """A new profile from a snapshot: its archetype, description and state. The parent
-        is never touched. Without a name: ``<parent_name>-restored``, ``-restored-2``, ..."""
-        return self.service.restore(snapshot_id, name=name)
-
-    def audit(
-        self, *, profile: str | None = None, limit: int = 50, cursor: str | None = None
-    ) -> Page[AuditEvent]:
-        """Audit events, newest first; ``profile`` (id or name) narrows to one profile.
-        A deleted profile's events stay readable by its id."""
-        return self.service.audit(profile=profile, limit=limit, cursor=cursor)
-
-    def record_event(self, type_: AuditType, profile_id: str | None, **payload: Any) -> None:
-        """Append one audit event (used by sessions)."""
-        self.service.record_event(type_, profile_id, **payload)
-
-    def end_session(self, profile_id: str, epoch: int | None, **payload: Any) -> None:
-        """A session ended: release its writer lease ``epoch`` (if any) and record
-        ``session.ended`` (one request over HTTP)."""
-        self.service.end_session(profile_id, epoch, **payload)
-
-    def record_use(self, ref: str, **payload: Any) -> Profile:
-        """Count one session on the profile: ``usage_count`` + 1, ``last_used_at`` = now,
-        and a ``session.created`` event."""
-        return self.service.record_use(ref, **payload)
+    # Record operations are the service's, declared once in its protocol (with their
+    # docstrings); the front door passes them through, typed from the protocol.
+    create = Delegated(ProfileService.create)
+    update = Delegated(ProfileService.update)
+    clone = Delegated(ProfileService.clone)
+    similar_names = Delegated(ProfileService.similar_names)
+    snapshot = Delegated(ProfileService.snapshot)
+    snapshots = Delegated(ProfileService.snapshots)
+    get_snapshot = Delegated(ProfileService.get_snapshot)
+    delete_snapshot = Delegated(ProfileService.delete_snapshot)
+    restore = Delegated(ProfileService.restore)
+    audit = Delegated(ProfileService.audit)
+    record_event = Delegated(ProfileService.record_event)
+    end_session = Delegated(ProfileService.end_session)
+    record_use = Delegated(ProfileService.record_use)
 
     def iter_profiles(self, *, page_size: int = 100) -> Iterator[Profile]:
         """Every profile, newest first, fetched a page at a time."""
@@ -916,13 +864,17 @@ class ProfileStore:
         directory = Path(directory)
         with self._storage_faults("committing a state"):
             size = tighten_tree(directory) if _is_within(directory, self.home) else None
-            if self.chunked and isinstance(self.service, CatalogService):
-                done = self._commit_chunked(
-                    profile, directory, browser_version, size, epoch, event, **payload
+            if self.chunked and self.service.supports_chunks:
+                return self._commit_chunked(
+                    profile,
+                    directory,
+                    browser_version,
+                    size,
+                    epoch,
+                    event,
+                    end_session=end_session,
+                    **payload,
                 )
-                if end_session is not None:
-                    self.service.end_session(profile.id, epoch, **end_session)
-                return done
             with owned_dir(self._tmp, "commit-") as scratch:
                 spool = scratch / "state"
                 flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC
@@ -941,7 +893,7 @@ class ProfileStore:
                     browser_version=version,
                     cookie_domains=domains,
                 )
-                updated = self.service.store_state(
+                updated = self.service.commit_archive(
                     profile,
                     spool,
                     state,
@@ -971,12 +923,12 @@ class ProfileStore:
         epoch: int | None,
         event: AuditType,
         fresh: bool = False,
+        end_session: Mapping[str, Any] | None = None,
         **payload: Any,
     ) -> Profile:
         """Commit as chunks: the previous manifest and this directory's stat cache let
         unchanged files go unread, and only changed chunks are stored (``fresh``: read
         every file and store every chunk in new packs, as :meth:`migrate` does)."""
-        assert isinstance(self.service, CatalogService)
         engine = profile.browser_name
         is_work = directory == self.working_copies.path(profile.id)
         previous: Manifest | None = None
@@ -987,9 +939,12 @@ class ProfileStore:
                 log.warning("the previous state of %s cannot be read (%s)", profile.name, exc)
         stat_cache = self.working_copies.stat_cache(profile.id) if is_work and not fresh else None
         with owned_dir(self._tmp, "commit-") as scratch:
-            version = browser_version or read_browser_version(directory, engine)
-            domains = read_cookie_domains(directory, engine, scratch=scratch)
-            updated, result = self.service.store_directory(
+            if self.service.checks_commits_itself:  # it reads them from the state itself
+                version, domains = browser_version, []
+            else:
+                version = browser_version or read_browser_version(directory, engine)
+                domains = read_cookie_domains(directory, engine, scratch=scratch)
+            updated, result = self.service.commit_directory(
                 profile,
                 directory,
                 previous=previous,
@@ -998,6 +953,7 @@ class ProfileStore:
                 cookie_domains=domains,
                 epoch=epoch,
                 event=event,
+                end_session=end_session,
                 **payload,
             )
         if is_work:
@@ -1025,10 +981,9 @@ class ProfileStore:
                 "Open it with chunked=True to convert them.",
                 field="chunked",
             )
-        if not isinstance(self.service, CatalogService):
+        if not self.service.supports_chunks:
             raise ValidationFailed(
-                "Cannot migrate states over HTTP: run 'profiles migrate' where the server's "
-                "catalog and blobs are reachable (the server commits chunked states itself)."
+                f"Cannot migrate states: {self.service.location} does not keep chunked states."
             )
         profile = self.get(ref)
         if self._outdated_format(profile) is None:
@@ -1109,15 +1064,14 @@ class ProfileStore:
         copy is known to be at an older chunked state, else restore or unpack it whole."""
         manifest = self.service.manifest_of(profile)
         if manifest is None:  # a whole archive (the format before chunking)
-            with self.service.open_state(profile) as src:
+            with self._stored_archive(profile) as src:
                 unpack_archive(src, path, limits=self.limits, replace=True)
             return
-        assert isinstance(self.service, CatalogService)
-        blobs = self.service.blobs
+        blobs = self.service.chunk_source()
         old: Manifest | None = None
         if clean not in (None, EMPTY_STATE) and path.is_dir():
             with contextlib.suppress(ProfileError):
-                old = self.service._manifest_blob(str(clean))
+                old = self.service.manifest(str(clean))
         with self.service.reading_state_of(profile):
             if old is not None and old.engine == manifest.engine:
                 applied = apply_chunked(
@@ -1132,6 +1086,27 @@ class ProfileStore:
                 return
             restored = restore_chunked(manifest, blobs, path, replace=True, limits=self.limits)
         self.working_copies.save_stat_cache(profile.id, restored.stat_cache)
+
+    @contextlib.contextmanager
+    def _stored_archive(self, profile: Profile) -> Iterator[BinaryIO]:
+        """The profile's committed state as the service sends it (a whole archive, the
+        format before chunking, or over HTTP), hashed as it is read: a stored archive must
+        hash to the profile's checksum once read to its end. Those bytes come from the
+        store, so anything wrong with them (they do not unpack or decompress, or do not
+        hash to the checksum) is ``StateCorrupt`` naming the profile, not ``ArchiveInvalid``
+        as for an upload."""
+        # Over HTTP the client checks the body against X-Checksum when it is the stored
+        # archive (a chunked state is rendered into a tar on the fly: no stored hash).
+        service = self.service
+        expected, where = (
+            (profile.checksum, service.blobs.location)
+            if isinstance(service, CatalogService)
+            else (None, service.location)
+        )
+        with self.service.reading_state_of(profile), self.service.open_state(profile) as raw:
+            checked = _CheckedArchive(raw, expected, where)
+            yield cast(BinaryIO, checked)
+            checked.finish()
 
     def private_copy(self, ref: str | Profile, target: Path) -> Profile:
         """A private copy of the committed state in ``target`` (which must not exist), for a
@@ -1168,11 +1143,13 @@ class ProfileStore:
                 target.mkdir(mode=0o700, parents=True)
                 return profile
             manifest = self.service.manifest_of(profile)
-            if manifest is not None and isinstance(self.service, CatalogService):
+            if manifest is not None:
                 with self.service.reading_state_of(profile):
-                    restore_chunked(manifest, self.service.blobs, target, limits=self.limits)
+                    restore_chunked(
+                        manifest, self.service.chunk_source(), target, limits=self.limits
+                    )
                 return profile
-            with self.service.open_state(profile) as src:
+            with self._stored_archive(profile) as src:
                 unpack_archive(src, target, limits=self.limits)
         return profile
 
@@ -1412,26 +1389,24 @@ class ProfileStore:
     ) -> int:
         """The committed state as a compressed tar, into ``out``: a chunked state's tar
         stream is built from its chunks (each verified), a whole archive is copied."""
-        if manifest is None or not isinstance(self.service, CatalogService):
-            with self.service.open_state(profile) as src:
+        if manifest is None:
+            with self._stored_archive(profile) as src:
                 return _copy_as(src, out, codec, progress)
         counted = _CountingWriter(out, progress)
         with self.service.reading_state_of(profile):
             if codec == "gzip":
                 with gzip.GzipFile(fileobj=counted, mode="wb", compresslevel=6, mtime=0) as z:
-                    write_tar(manifest, self.service.blobs, z)
+                    write_tar(manifest, self.service.chunk_source(), z)
             else:
                 cctx = zstandard.ZstdCompressor(level=3)
                 with cctx.stream_writer(counted, closefd=False) as zw:  # type: ignore[arg-type]
-                    write_tar(manifest, self.service.blobs, zw)
+                    write_tar(manifest, self.service.chunk_source(), zw)
         return counted.count
 
     def verify(self, *, full: bool = False) -> builtins.list[tuple[str, str]]:
         """Check every committed state a profile or snapshot references: its bytes exist
         and, for chunked states, every chunk does (``full``: every byte is read and hashed).
         Returns ``(checksum, problem)`` pairs; empty when all is well."""
-        if not isinstance(self.service, CatalogService):
-            raise ProfileError(f"{self.service.location} verifies its own states.")
         with self._storage_faults("verifying states"):
             return self.service.verify(full=full)
 
@@ -1548,6 +1523,36 @@ class _CountingWriter:
         self._raw.flush()
 
 
+class _CheckedArchive(io.RawIOBase):
+    """A stored archive as it is read, hashed: :meth:`finish` reads what is left and
+    raises ``StateCorrupt`` unless the bytes hash to ``checksum`` (the archive's name)."""
+
+    def __init__(self, raw: BinaryIO, checksum: str | None, location: str) -> None:
+        self._raw = raw
+        self._checksum = checksum
+        self._location = location
+        self._hash = hashlib.sha256()
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        data = self._raw.read(len(buffer))
+        self._hash.update(data)
+        buffer[: len(data)] = data
+        return len(data)
+
+    def finish(self) -> None:
+        while block := self._raw.read(1024 * 1024):
+            self._hash.update(block)
+        if self._checksum is not None and self._hash.hexdigest() != self._checksum:
+            raise StateCorrupt(
+                f"The archive {self._checksum} in {self._location} is damaged: it does not "
+                "hash to its name.",
+                checksum=self._checksum,
+            )
+
+
 class _Prefixed(io.RawIOBase):
     """``head`` followed by the rest of ``rest``, as one readable stream."""
 
@@ -1589,10 +1594,29 @@ def _copy_as(
         else zstandard.ZstdDecompressor().stream_reader(src)  # type: ignore[assignment]
     )
     with decompressed:
+        reading = cast(IO[bytes], _Decoding(decompressed))
         if codec == "gzip":
             with gzip.GzipFile(fileobj=out, mode="wb", compresslevel=6, mtime=0) as z:
-                shutil.copyfileobj(decompressed, z, 1024 * 1024)
+                shutil.copyfileobj(reading, z, 1024 * 1024)
         else:
             with zstandard.ZstdCompressor(level=3).stream_writer(out, closefd=False) as zw:  # type: ignore[arg-type]
-                shutil.copyfileobj(decompressed, zw, 1024 * 1024)
+                shutil.copyfileobj(reading, zw, 1024 * 1024)
     return out.count
+
+
+class _Decoding:
+    """Reads of a decompressing stream: damaged compressed data is ``ArchiveInvalid``, not
+    the decoder's own error (``BadGzipFile`` is an ``OSError``, which would read as a fault
+    of the disk written to)."""
+
+    def __init__(self, raw: IO[bytes]) -> None:
+        self._raw = raw
+
+    def read(self, size: int = -1) -> bytes:
+        try:
+            return self._raw.read(size)
+        except (EOFError, zlib.error, gzip.BadGzipFile, zstandard.ZstdError) as exc:
+            raise ArchiveInvalid(
+                f"The archive's compressed data is damaged ({type(exc).__name__}: {exc}).",
+                field="file",
+            ) from exc

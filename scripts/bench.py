@@ -1,9 +1,11 @@
 """Benchmark: what the library costs next to bare Playwright, measured in one run.
 
     python scripts/bench.py [--quick] [--json FILE] [--engines chromium,firefox]
-                            [--repeats N] [--profiles N] [--writers N]
+                            [--repeats N] [--profiles N] [--writers N] [--only SECTIONS]
+                            [--no-shared] [--big]
 
-Sections (each prints a markdown table):
+Sections (each prints a markdown table; ``--json FILE`` also writes every figure printed,
+from which ``scripts/bench_tables.py FILE`` rewrites the tables of docs/benchmark.md):
 
 1. Session overhead: ``with Session(...) as page: page.goto(url)`` against the same work in
    bare Playwright (``launch_persistent_context`` on an unpacked directory), warm (working
@@ -55,6 +57,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_tables import report
 
 from driver import Session
 from driver.browsers import find_browser, probe_version
@@ -130,20 +134,6 @@ def timed(fn: Callable[[], object]) -> float:
     start = time.perf_counter()
     fn()
     return time.perf_counter() - start
-
-
-def ms(seconds: float) -> str:
-    return f"{seconds * 1000:.0f} ms"
-
-
-def size(n: float) -> str:
-    return f"{n / 1024 / 1024:.2f} MB" if n >= 1024 * 1024 else f"{n / 1024:.0f} KB"
-
-
-def table(headers: list[str], rows: list[list[str]]) -> str:
-    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return "\n".join(lines)
 
 
 def du(path: Path) -> int:
@@ -655,23 +645,46 @@ def bench_shared_handoff(rounds: int, home: Path, urls: tuple[str, str]) -> dict
 
 
 def _blob_sizes(store: ProfileStore) -> dict[str, int]:
-    return {b.checksum: b.size for b in store.blobs.list()}
+    blobs = getattr(store, "bench_server_blobs", None) or store.blobs
+    return {b.checksum: b.size for b in blobs.list()}
+
+
+class _Sent:
+    """The request bytes an HTTP store's client sends (its Content-Length headers)."""
+
+    def __init__(self, store: ProfileStore) -> None:
+        self.bytes = 0
+        client = getattr(store.service, "_client", None)
+        if client is not None:
+            client.event_hooks["request"].append(self._count)
+
+    def _count(self, request: Any) -> None:
+        self.bytes += int(request.headers.get("content-length", "0"))
 
 
 def bench_incremental(
-    mb: float, repeats: int, home: Path, urls: tuple[str, str] | None
+    mb: float,
+    repeats: int,
+    home: Path,
+    urls: tuple[str, str] | None,
+    server: Any = None,
 ) -> list[dict[str, Any]]:
     """One size: commit costs of a one-cookie and a 10 % change, per backend and format.
 
     "written" is the bytes of blobs a commit added (new chunks and manifest, or the new
-    archive); the storage ratio keeps all ten states of ten one-cookie commits (as
-    snapshots) and compares the store with what the first state alone took."""
+    archive); "sent" (through HTTP) the bytes the client sent for it; the storage ratio
+    keeps all ten states of ten one-cookie commits (as snapshots) and compares the store
+    with what the first state alone took."""
     from bench_chunked import make_profile, one_cookie, ten_percent
+
+    from profiles.blobs import LocalBlobStore
 
     rows: list[dict[str, Any]] = []
     backends: list[tuple[str, dict[str, Any]]] = [("embedded", {})]
     if urls is not None:
         backends.append(("shared", {"catalog": urls[0], "blobs": urls[1]}))
+    if server is not None:
+        backends.append(("http", {"service": f"{server.url}/v1", "api_key": server.api_key}))
     for backend, where in backends:
         for chunked in (True, False):
             tag = f"{backend}-{'chunked' if chunked else 'archive'}-{mb:g}"
@@ -679,6 +692,11 @@ def bench_incremental(
             if "blobs" in own:  # each arm its own prefix, so its storage is its own
                 own["blobs"] = f"{own['blobs']}/{tag}"
             store = ProfileStore(home / f"inc-{tag}", chunked=chunked, cache_max_bytes=None, **own)
+            if backend == "http":  # what the server's account store holds
+                store.bench_server_blobs = LocalBlobStore(  # type: ignore[attr-defined]
+                    server.home / "accounts" / server.account_id / "blobs"
+                )
+            sent = _Sent(store)
             name = f"inc-{tag}"
             store.create(name)
             lease = store.lock(name)
@@ -690,12 +708,14 @@ def bench_incremental(
             store.snapshot(name)
             one_state = sum(_blob_sizes(store).values())
 
-            def commit_after(change: Callable[[int], object], n: int) -> tuple[float, int]:
+            def commit_after(change: Callable[[int], object], n: int) -> tuple[float, int, int]:
                 before = _blob_sizes(store)  # noqa: B023
                 change(n)
+                sent.bytes = 0  # noqa: B023
                 took = timed(lambda: store.commit_state(name, work, epoch=lease.epoch))  # noqa: B023
+                over_the_wire = sent.bytes  # noqa: B023
                 after = _blob_sizes(store)  # noqa: B023
-                return took, sum(v for k, v in after.items() if k not in before)
+                return took, sum(v for k, v in after.items() if k not in before), over_the_wire
 
             cookie = []
             for i in range(9):  # ten states in all, each kept by a snapshot
@@ -715,6 +735,7 @@ def bench_incremental(
             colds = []
             for i in range(3):
                 at = home / f"inc-{tag}" if backend == "embedded" else home / f"cold-{tag}-{i}"
+                # (a fresh HttpService too: its manifests kept in memory go with it)
                 fresh = ProfileStore(at, chunked=chunked, cache_max_bytes=None, **own)
                 fresh.working_copies.remove(profile_id)
                 colds.append(timed(lambda: _checkout(fresh, name)))  # noqa: B023
@@ -726,10 +747,13 @@ def bench_incremental(
                     "backend": backend,
                     "format": "chunked" if chunked else "archive",
                     "first_commit_s": first_s,
-                    "cookie_commit_s": statistics.median(t for t, _ in cookie),
-                    "cookie_written": statistics.median(w for _, w in cookie),
-                    "ten_commit_s": statistics.median(t for t, _ in ten),
-                    "ten_written": statistics.median(w for _, w in ten),
+                    "cookie_commit_s": statistics.median(t for t, _, _ in cookie),
+                    "cookie_written": statistics.median(w for _, w, _ in cookie),
+                    "cookie_sent": statistics.median(s for _, _, s in cookie)
+                    if backend == "http"
+                    else None,
+                    "ten_commit_s": statistics.median(t for t, _, _ in ten),
+                    "ten_written": statistics.median(w for _, w, _ in ten),
                     "storage_10_vs_1": ten_states / max(1, one_state),
                     "cold_checkout_s": cold,
                 }
@@ -839,329 +863,6 @@ def machine() -> dict[str, Any]:
     }
 
 
-def report(results: dict[str, Any]) -> str:
-    m = results["machine"]
-    out = [
-        "### Machine",
-        f"{m['cpus']} x {m['cpu']}, {m['memory_gib']} GiB, {m['os']}, Python {m['python']}, "
-        f"Playwright {m['playwright']}; " + "; ".join(f"{k} {v}" for k, v in m["browsers"].items()),
-        "",
-    ]
-    if results.get("sessions"):
-        out += ["### 1. Session overhead (median wall time of a full open → goto → close)", ""]
-        rows = []
-        for r in results["sessions"]:
-            med = r["median_s"]
-            rows.append(
-                [
-                    r["engine"],
-                    ms(med["bare"]),
-                    ms(med["warm"]),
-                    f"{r['ratio_warm']:.2f}",
-                    ms(med["cold"]),
-                    f"{r['ratio_cold']:.2f}",
-                    f"{ms(med['cold_no_cache'])} ({r['ratio_cold_no_cache']:.2f})",
-                    f"{ms(med['readonly'])} ({r['ratio_readonly']:.2f})",
-                    ms(r["last_warm_prepare_s"]),
-                    ms(r["last_warm_commit_s"]),
-                    size(r["archive_bytes"]),
-                    str(r["repeats"]),
-                ]
-            )
-        out += [
-            table(
-                [
-                    "engine",
-                    "bare Playwright",
-                    "warm",
-                    "warm ratio (≤ 1.05)",
-                    "cold",
-                    "cold ratio (≤ 1.10)",
-                    "cold, fresh container: no engine cache (ratio)",
-                    "read-only (ratio)",
-                    "warm prepare",
-                    "warm commit",
-                    "state size",
-                    "runs",
-                ],
-                rows,
-            ),
-            "",
-        ]
-    if results.get("sessions"):
-        out += ["Spread of the runs (min to max):", ""]
-        for r in results["sessions"]:
-            spread = ", ".join(
-                f"{k} {ms(lo)} to {ms(hi)}" for k, (lo, hi) in r.get("spread_s", {}).items()
-            )
-            out.append(f"- {r['engine']}: {spread}")
-        out.append("")
-        out += ["Ratios to bare Playwright, 95 % bootstrap interval of the ratio of medians:", ""]
-        for r in results["sessions"]:
-            intervals = ", ".join(
-                f"{k} {lo:.2f} to {hi:.2f}" for k, (lo, hi) in r.get("ratio_ci95", {}).items()
-            )
-            out.append(f"- {r['engine']}: {intervals}")
-        out.append("")
-        out += ["Phases of a warm round trip (medians; bare Playwright next to a session):", ""]
-        rows = []
-        for r in results["sessions"]:
-            bare_p, ours_p = r.get("phases_bare_s", {}), r.get("phases_warm_s", {})
-            for phase in dict.fromkeys([*bare_p, *ours_p]):
-                rows.append(
-                    [
-                        r["engine"],
-                        phase,
-                        ms(bare_p[phase]) if phase in bare_p else "-",
-                        ms(ours_p[phase]) if phase in ours_p else "-",
-                    ]
-                )
-        out += [table(["engine", "phase", "bare", "session"], rows), ""]
-    if results.get("teardown"):
-        out += ["### 2. Teardown: pack and commit a realistic profile", ""]
-        rows = []
-        for r in results["teardown"]:
-            for name, v in r["pack"].items():
-                rows.append(
-                    [
-                        r["engine"],
-                        f"library {name}",
-                        ms(v["seconds"]),
-                        size(v["bytes"]),
-                        size(v["packed_input_bytes"]),
-                    ]
-                )
-            for name, v in r["cli"].items():
-                rows.append(
-                    [
-                        r["engine"],
-                        name,
-                        ms(v["seconds"]) if v else "n/a",
-                        size(v["bytes"]) if v else "n/a",
-                        size(r["dir_bytes"]),
-                    ]
-                )
-            ratio = r["commit_vs_cli_zstd"]
-            rows.append(
-                [
-                    r["engine"],
-                    "**commit** (pack zstd + fsync + catalog)",
-                    ms(r["commit_s"]),
-                    "",
-                    f"{ratio:.2f}x tar\\|zstd (≤ 1.5)" if ratio else "n/a",
-                ]
-            )
-        out += [table(["engine", "what", "time", "archive", "input"], rows), ""]
-    if results.get("locks"):
-        r = results["locks"]
-        out += [
-            "### 3. Lock hand-off",
-            "",
-            table(
-                ["writers", "acquisitions", "hand-off median", "hand-off max", "overlaps"],
-                [
-                    [
-                        str(r["writers"]),
-                        str(r["acquisitions"]),
-                        ms(r["handoff_median_s"]),
-                        ms(r["handoff_max_s"]),
-                        str(r["overlaps"]),
-                    ]
-                ],
-            ),
-            "",
-        ]
-    if results.get("catalog"):
-        r = results["catalog"]
-        at = r["first_page_at"]
-        out += [
-            "### 4. Catalog scale",
-            "",
-            table(
-                [
-                    "profiles",
-                    "create (median / p95)",
-                    "get by name",
-                    "walk all pages",
-                    "first page at " + " / ".join(at),
-                    "page at start / end of walk",
-                ],
-                [
-                    [
-                        str(r["profiles"]),
-                        f"{r['create_median_s'] * 1000:.2f} / {r['create_p95_s'] * 1000:.2f} ms",
-                        f"{r['get_by_name_median_s'] * 1000:.3f} ms",
-                        f"{r['walk_all_pages_s'] * 1000:.0f} ms ({r['pages']} pages)",
-                        " / ".join(f"{v * 1000:.2f} ms" for v in at.values()),
-                        f"{r['page_first_s'] * 1000:.2f} / {r['page_last_s'] * 1000:.2f} ms",
-                    ]
-                ],
-            ),
-            "",
-        ]
-    if results.get("shared_sessions"):
-        out += [
-            "### 5. Shared backend (PostgreSQL + S3 on loopback) next to the embedded store",
-            "",
-        ]
-        rows = []
-        for r in results["shared_sessions"]:
-            med = r["median_s"]
-            rows.append(
-                [
-                    r["engine"],
-                    ms(med["emb_warm"]),
-                    ms(med["sh_warm"]),
-                    f"{r['ratio_warm']:.2f}",
-                    ms(med["emb_cold"]),
-                    ms(med["sh_cold"]),
-                    f"{r['ratio_cold']:.2f}",
-                    f"{ms(med['sh_fresh_fleet'])} ({r['ratio_fresh_fleet']:.2f})",
-                    f"{ms(med['sh_fresh_alone'])} ({r['ratio_fresh_alone']:.2f})",
-                    ms(r["commit_embedded_s"]),
-                    ms(r["commit_shared_s"]),
-                    str(r["repeats"]),
-                ]
-            )
-        out += [
-            table(
-                [
-                    "engine",
-                    "embedded warm",
-                    "shared warm",
-                    "warm ratio (≤ 1.10)",
-                    "embedded cold",
-                    "shared cold",
-                    "cold ratio",
-                    "fresh container, fleet engine cache (vs embedded cold)",
-                    "fresh container, no engine cache",
-                    "commit embedded",
-                    "commit to S3",
-                    "runs",
-                ],
-                rows,
-            ),
-            "",
-        ]
-    if results.get("shared_handoff"):
-        r = results["shared_handoff"]
-        out += [
-            "#### Lease hand-off between two worker processes (PostgreSQL)",
-            "",
-            table(
-                ["acquisitions", "hand-offs", "median (< 50 ms)", "max", "overlaps"],
-                [
-                    [
-                        str(r["acquisitions"]),
-                        str(r["handoffs"]),
-                        ms(r["handoff_median_s"]),
-                        ms(r["handoff_max_s"]),
-                        str(r["overlaps"]),
-                    ]
-                ],
-            ),
-            "",
-        ]
-    if results.get("shared_catalog"):
-        r = results["shared_catalog"]
-        at = r["first_page_at"]
-        out += [
-            "#### Catalog scale on PostgreSQL",
-            "",
-            table(
-                [
-                    "profiles",
-                    "create (median / p95)",
-                    "get by name",
-                    "walk all pages",
-                    "first page at " + " / ".join(at),
-                ],
-                [
-                    [
-                        str(r["profiles"]),
-                        f"{r['create_median_s'] * 1000:.2f} / {r['create_p95_s'] * 1000:.2f} ms",
-                        f"{r['get_by_name_median_s'] * 1000:.3f} ms",
-                        f"{r['walk_all_pages_s'] * 1000:.0f} ms ({r['pages']} pages)",
-                        " / ".join(f"{v * 1000:.2f} ms" for v in at.values()),
-                    ]
-                ],
-            ),
-            "",
-        ]
-    if results.get("incremental"):
-        out += [
-            "### 6. Incremental state: what a commit costs (chunked next to whole archives)",
-            "",
-        ]
-        rows = []
-        for r in results["incremental"]:
-            rows.append(
-                [
-                    f"{r['mb']:g} MB",
-                    r["backend"],
-                    r["format"],
-                    ms(r["first_commit_s"]),
-                    ms(r["cookie_commit_s"]),
-                    size(r["cookie_written"]),
-                    ms(r["ten_commit_s"]),
-                    size(r["ten_written"]),
-                    f"{r['storage_10_vs_1']:.3f}",
-                    ms(r["cold_checkout_s"]),
-                ]
-            )
-        out += [
-            table(
-                [
-                    "profile",
-                    "backend",
-                    "format",
-                    "first commit",
-                    "1-cookie commit",
-                    "written",
-                    "10 % commit",
-                    "written",
-                    "storage: 10 states / 1 (≤ 1.1)",
-                    "cold checkout",
-                ],
-                rows,
-            ),
-            "",
-        ]
-    if results.get("http"):
-        r = results["http"]
-        med = r["session_median_s"]
-        out += [
-            "### 7. The HTTP service on loopback",
-            "",
-            table(
-                [
-                    "session: embedded",
-                    "through HTTP",
-                    "ratio (≤ 1.15)",
-                    "archive",
-                    "upload",
-                    "download",
-                    "server memory growth",
-                    "GET /v1/profiles",
-                ],
-                [
-                    [
-                        ms(med["embedded"]),
-                        ms(med["http"]),
-                        f"{r['session_ratio']:.2f}",
-                        size(r["archive_bytes"]),
-                        f"{r['upload_mb_s']:.0f} MB/s",
-                        f"{r['download_mb_s']:.0f} MB/s",
-                        f"{r['server_hwm_growth_mb']:.1f} MB",
-                        f"{r['list_rps']:.0f} req/s",
-                    ]
-                ],
-            ),
-            "",
-        ]
-    return "\n".join(out)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
@@ -1176,7 +877,7 @@ def main(argv: list[str] | None = None) -> int:
         "--only",
         default="",
         help="comma-separated sections to run: sessions,teardown,locks,"
-        "catalog,shared (default all)",
+        "catalog,shared,incremental,http (default all)",
     )
     args = parser.parse_args(argv)
     logging.getLogger("profiles.state.inspection").setLevel(logging.ERROR)  # synthetic cookie dbs
@@ -1190,6 +891,7 @@ def main(argv: list[str] | None = None) -> int:
     writers = args.writers or (2 if args.quick else 4)
     engines: list[Engine] = [e.strip() for e in args.engines.split(",") if e.strip()]  # type: ignore[misc]
     results: dict[str, Any] = {"machine": machine()}
+    started = time.time()
     with tempfile.TemporaryDirectory(prefix="profiles-bench-") as tmp, local_server() as base:
         home = Path(tmp)
         url = f"{base}/page"
@@ -1207,11 +909,15 @@ def main(argv: list[str] | None = None) -> int:
         with shared_backend() if shared_wanted else contextlib.nullcontext() as urls:
             if wanted("incremental"):
                 sizes = [1.0] if args.quick else [1.0, 10.0, 100.0] + ([400.0] if args.big else [])
-                results["incremental"] = [
-                    row
-                    for mb in sizes
-                    for row in bench_incremental(mb, 1 if args.quick else 3, home, urls)
-                ]
+                sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+                from support.http_service import start_http_server
+
+                with start_http_server(home / "inc-server") as server:
+                    results["incremental"] = [
+                        row
+                        for mb in sizes
+                        for row in bench_incremental(mb, 1 if args.quick else 3, home, urls, server)
+                    ]
             if wanted("http"):
                 results["http"] = bench_http(repeats, url, home, args.quick)
             if wanted("shared") and not args.no_shared and urls is not None:
@@ -1222,6 +928,11 @@ def main(argv: list[str] | None = None) -> int:
                     5 if args.quick else 20, home, urls
                 )
                 results["shared_catalog"] = bench_catalog(count, home, urls)
+    results["run"] = {
+        "argv": sys.argv[1:] if argv is None else argv,
+        "finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "seconds": round(time.time() - started),
+    }
     text = report(results)
     sys.stdout.write(text + "\n")
     if args.json:

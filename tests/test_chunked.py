@@ -967,7 +967,7 @@ def test_format_1_states_are_read_and_packed_by_the_next_commit(
     restore_chunked(old, blobs, tmp_path / "out")
     assert snapshot(tmp_path / "out") == snapshot(profile)
     b"".join(tar_stream(old, blobs))
-    # The next commit moves the stand-alone chunks into a pack (up to FOLD_MAX a commit).
+    # The next commit moves the stand-alone chunks into a pack (up to COMPACTION_MAX a commit).
     update_cookie(profile)
     new = pack(profile, blobs, previous=old)
     assert new.manifest.version == 2
@@ -987,8 +987,8 @@ def test_many_commits_keep_a_state_in_few_packs(profile: Path, blobs: LocalBlobS
         set_mtimes(profile, base=PAST + 10 * (n + 1))
         last = commit_again(profile, blobs, last)
         counts.append(len(last.manifest.packs))
-    # Each commit adds a small pack; packs whose chunks die (the old cookie) are folded at
-    # once, and once more than MAX_SMALL_PACKS small ones live the next commit folds them.
+    # Each commit adds a small pack; packs whose chunks die (the old cookie) are compacted at
+    # once, and once more than MAX_SMALL_PACKS small ones live the next commit compaction them.
     assert max(counts) <= chunked.MAX_SMALL_PACKS + 2
     assert any(c < counts[i - 1] for i, c in enumerate(counts) if i)
     assert sum(1 for _, size in last.manifest.packs if size < chunked.SMALL_PACK) <= (
@@ -999,7 +999,7 @@ def test_many_commits_keep_a_state_in_few_packs(profile: Path, blobs: LocalBlobS
 def test_compaction_never_copies_a_small_profiles_first_pack_again(
     tmp_path: Path, blobs: LocalBlobStore
 ) -> None:
-    """A small profile's whole first state is one small pack; folding the small packs of
+    """A small profile's whole first state is one small pack; compacting the small packs of
     many one-row commits copies the small ones, not that pack (a full rewrite each time)."""
     root = make_profile(tmp_path / "small", mb=0.8)
     last = first = pack(root, blobs)

@@ -1,4 +1,4 @@
-"""The ``profiles`` command: every command, JSON shapes, exit codes, real sessions, the README.
+"""The ``profiles`` command: every command, JSON shapes, exit codes, real sessions.
 
 Most tests call :func:`profiles.cli.main` in-process; a few run the real entry points
 (``python -m profiles.cli``, ``python -m profiles``, the ``profiles`` script) as subprocesses.
@@ -48,7 +48,6 @@ from profiles.cli.main import (
 from conftest import require_engine
 
 ROOT = Path(__file__).resolve().parent.parent
-README = ROOT / "README.md"
 PYTHON = sys.executable  # the project's .venv/bin/python under the test run
 GZIP_MAGIC = b"\x1f\x8b"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
@@ -370,7 +369,7 @@ def test_file_errors_and_a_closed_pipe(
 ) -> None:
     run_json(capsys, "create", "one")
     code, out, err = run(capsys, "import", "one", str(tmp_path / "missing.tar.gz"))
-    assert code == 1 and "no such file" in err and not out  # a file error (README)
+    assert code == 1 and "no such file" in err and not out  # a file error (docs/cli.md)
     garbage = tmp_path / "garbage.tar.gz"
     garbage.write_bytes(b"not an archive at all")
     code, _, err = run(capsys, "import", "one", str(garbage), "--json")
@@ -1205,7 +1204,7 @@ def test_migrate_converts_archive_states_and_skips_profiles_in_use(
 def test_import_of_a_file_that_is_not_there_is_a_file_error(
     capsys: pytest.CaptureFixture[str], store: ProfileStore, tmp_path: Path
 ) -> None:
-    """Exit 1 (the README's "a file error"), naming the path, before --create makes
+    """Exit 1 (docs/cli.md's "a file error"), naming the path, before --create makes
     anything; not 2, which is for a bad archive or bad usage."""
     store.create("there")
     missing = tmp_path / "typo.tar.gz"

@@ -1,15 +1,19 @@
-"""The README's reference of the ``profiles`` command agrees with the real parser
+"""The reference of the ``profiles`` command (docs/cli.md) agrees with the real parser
 (sqlite-utils' tests/test_docs.py style), and ``scripts/setup.sh`` does what the README's
 quick start says.
 
-Every command and every option of :func:`profiles.cli.main.build_parser` must be in the README's
-tables, and every command and option the README names must exist; every command must have
-help text; every exit code must be in the README's table and in ``profiles --help``.
+Every command and every option of :func:`profiles.cli.main.build_parser` must be in the
+hand-written tables of docs/cli.md, and every command and option they name must exist; every
+command must have help text; every exit code must be in the table and in ``profiles --help``.
+The generated part of docs/cli.md (every command's ``--help``) must be what
+``scripts/cli_reference.py`` writes now. The README's quick start test command must be the
+one ``.ci/run`` runs.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import re
 import shutil
@@ -17,6 +21,7 @@ import subprocess
 import sys
 from importlib.metadata import version
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -25,25 +30,35 @@ from profiles.errors import ProfileError
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
+CLI_DOC = ROOT / "docs" / "cli.md"
+CI = ROOT / ".ci" / "run"
 SETUP = ROOT / "scripts" / "setup.sh"
 
 GLOBAL = {"--json", "--home", "--catalog", "--blobs", "--max-profiles", "-v", "--verbose"}
 HELP = {"-h", "--help"}
 
 
-class README_TEXT:
+def _load_cli_reference() -> ModuleType:
+    spec = importlib.util.spec_from_file_location(
+        "cli_reference", ROOT / "scripts" / "cli_reference.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+cli_reference = _load_cli_reference()
+
+
+class CLI_DOC_TEXT:
     value: str | None = None
 
 
-def _section(title: str) -> str:
-    """The README's ``## title`` section, up to the next ``## `` heading."""
-    text = README_TEXT.value or README.read_text("utf-8")
-    start = text.index(f"\n## {title}\n")
-    end = text.find("\n## ", start + 1)
-    return text[start : end if end != -1 else len(text)]
-
-
-CLI_SECTION = "The `profiles` command"
+def _hand_written() -> str:
+    """The hand-written part of docs/cli.md: everything before the generated reference."""
+    text = CLI_DOC_TEXT.value or CLI_DOC.read_text("utf-8")
+    return text.split(cli_reference.BEGIN)[0]
 
 
 def _rows(section: str) -> list[list[str]]:
@@ -62,10 +77,10 @@ def _options(cell: str) -> set[str]:
     return set(re.findall(r"(?<![\w-])(--?[a-z][a-z-]*)", cell))
 
 
-def readme_commands() -> dict[str, set[str]]:
-    """``{"snapshot create": {"--label", ...}, ...}`` from the README's command table."""
+def documented_commands() -> dict[str, set[str]]:
+    """``{"snapshot create": {"--label", ...}, ...}`` from docs/cli.md's command table."""
     found: dict[str, set[str]] = {}
-    for cells in _rows(_section(CLI_SECTION)):
+    for cells in _rows(_hand_written()):
         usage = cells[0].strip("`")
         if not usage.startswith("profiles "):
             continue
@@ -75,14 +90,14 @@ def readme_commands() -> dict[str, set[str]]:
                 break
             words.append(token)
         name = " ".join(words)
-        assert name not in found, f"'profiles {name}' has two rows in the README"
+        assert name not in found, f"'profiles {name}' has two rows in docs/cli.md"
         found[name] = _options(usage)
     return found
 
 
-def readme_global_options() -> set[str]:
+def documented_global_options() -> set[str]:
     options: set[str] = set()
-    for cells in _rows(_section(CLI_SECTION)):
+    for cells in _rows(_hand_written()):
         if cells[0].startswith("`-"):
             options |= _options(cells[0])
     return options
@@ -128,38 +143,36 @@ def test_every_command_has_help() -> None:
                 assert action.help, f"'profiles {name}': {action.dest} has no help"
 
 
-def test_every_command_and_option_is_in_the_readme() -> None:
-    documented = readme_commands()
+def test_every_command_and_option_is_documented() -> None:
+    documented = documented_commands()
     for name, (sub, _) in parser_commands(build_parser()).items():
         if _has_subcommands(sub):
             assert any(d.startswith(f"{name} ") for d in documented), name
             continue
-        assert name in documented, f"'profiles {name}' has no row in the README's table"
+        assert name in documented, f"'profiles {name}' has no row in docs/cli.md's table"
         for strings in _own_options(sub):
             assert set(strings) & documented[name], (
-                f"'profiles {name}' {'/'.join(strings)} is missing from its README row"
+                f"'profiles {name}' {'/'.join(strings)} is missing from its docs/cli.md row"
             )
 
 
-def test_the_readme_names_no_command_or_option_that_does_not_exist() -> None:
+def test_the_docs_name_no_command_or_option_that_does_not_exist() -> None:
     commands = parser_commands(build_parser())
-    for name, options in readme_commands().items():
-        assert name in commands, f"the README documents 'profiles {name}', which does not exist"
+    for name, options in documented_commands().items():
+        assert name in commands, f"docs/cli.md documents 'profiles {name}', which does not exist"
         sub = commands[name][0]
         real = {s for strings in _own_options(sub) for s in strings}
         assert options <= real, f"'profiles {name}': {sorted(options - real)} do not exist"
 
 
-def test_the_global_options_are_in_the_readme() -> None:
+def test_the_global_options_are_documented() -> None:
     parser = build_parser()
     real = {s for a in parser._actions for s in a.option_strings} - HELP
-    assert readme_global_options() == real
+    assert documented_global_options() == real
 
 
 def test_every_exit_code_is_documented() -> None:
-    table = {
-        int(cells[0]): cells[1] for cells in _rows(_section(CLI_SECTION)) if cells[0].isdigit()
-    }
+    table = {int(cells[0]): cells[1] for cells in _rows(_hand_written()) if cells[0].isdigit()}
     epilog = " ".join(EPILOG.split())
     for cls, code in EXIT_CODES:
         name = "other error" if cls is ProfileError else cls.__name__
@@ -177,19 +190,19 @@ def test_every_exit_code_is_documented() -> None:
         pytest.param("| `--version` |", "| version |", id="global-missing"),
     ],
 )
-def test_the_doc_checks_catch_a_wrong_readme(
+def test_the_doc_checks_catch_a_wrong_table(
     monkeypatch: pytest.MonkeyPatch, old: str, new: str
 ) -> None:
-    """The checks above fail on a README with a row too many, too few, or wrong."""
-    text = README.read_text("utf-8")
-    assert old in text
+    """The checks above fail on a docs/cli.md with a row too many, too few, or wrong."""
+    text = CLI_DOC.read_text("utf-8")
+    assert old in _hand_written()
     broken = text.replace(old, new)
-    monkeypatch.setattr(README_TEXT, "value", broken)
+    monkeypatch.setattr(CLI_DOC_TEXT, "value", broken)
     failed = 0
     for check in (
-        test_every_command_and_option_is_in_the_readme,
-        test_the_readme_names_no_command_or_option_that_does_not_exist,
-        test_the_global_options_are_in_the_readme,
+        test_every_command_and_option_is_documented,
+        test_the_docs_name_no_command_or_option_that_does_not_exist,
+        test_the_global_options_are_documented,
     ):
         try:
             check()
@@ -197,7 +210,38 @@ def test_the_doc_checks_catch_a_wrong_readme(
             failed += 1
     assert failed >= 1
     monkeypatch.undo()
-    test_every_command_and_option_is_in_the_readme()  # and the real README passes
+    test_every_command_and_option_is_documented()  # and the real docs/cli.md passes
+
+
+def test_the_generated_reference_is_current() -> None:
+    """docs/cli.md's generated block is every command's --help as the parser gives it now."""
+    text = CLI_DOC.read_text("utf-8")
+    assert cli_reference.BEGIN in text and cli_reference.END in text
+    assert cli_reference.current_block(text) == cli_reference.reference().strip(), (
+        "docs/cli.md's generated --help reference is out of date: run"
+        " .venv/bin/python scripts/cli_reference.py and commit docs/cli.md"
+    )
+
+
+def test_the_generated_reference_covers_every_command() -> None:
+    block = cli_reference.current_block(CLI_DOC.read_text("utf-8"))
+    for name in ["", *parser_commands(build_parser())]:
+        heading = f"### `profiles {name}`" if name else "### `profiles`"
+        assert f"\n{heading}\n" in f"\n{block}\n", f"no --help of 'profiles {name}'"
+
+
+def test_the_quick_start_is_what_ci_runs() -> None:
+    """The README's quick start: two commands, the second the test command .ci/run runs."""
+    readme = README.read_text("utf-8")
+    start = readme.index("\n## Quick start\n")
+    block = readme[readme.index("```sh\n", start) + 6 :]
+    commands = [line.split("#")[0].strip() for line in block[: block.index("```")].splitlines()]
+    assert commands == [
+        "./scripts/setup.sh && .venv/bin/python scripts/quickstart.py",
+        ".venv/bin/python -m pytest",
+    ]
+    ci_commands = [line.strip() for line in CI.read_text("utf-8").splitlines()]
+    assert commands[1] in ci_commands
 
 
 # ---------------------------------------------------------------------------- scripts/setup.sh

@@ -50,7 +50,7 @@ from profiles.http.client import (
     Unauthorized,
     error_from_body,
 )
-from profiles.models import Profile, utcnow
+from profiles.models import Holder, Profile, utcnow
 from profiles.state.archive import unpack_archive
 
 from conftest import require_engine
@@ -317,6 +317,66 @@ def test_lease_errors_and_fencing_over_http(store: ProfileStore, tmp_path: Path)
         store.service.acquire_lease(committed.id, holder, ttl=None, force=True)
 
 
+def test_another_key_cannot_use_a_lease_it_was_not_granted(
+    server: HttpServer, service: HttpService, tmp_path: Path
+) -> None:
+    """HttpService keeps the token of each lease it was granted and sends it with the
+    lease's epoch; another key of the same account, with the epoch alone, can neither
+    commit, renew, release nor end the session under it (``LeaseLost`` naming no current
+    epoch, ``renewed`` False, a release that changes nothing). The holder still can."""
+    from profiles.http.server.accounts import AccountsDB
+
+    with AccountsDB(server.home / "accounts.sqlite3") as db:
+        _, key_b = db.create_key(server.account_id, scopes=("read", "admin"), name="b")
+    profile = service.create("guarded")
+    me = Holder(kind="session", host="host-a", pid=os.getpid(), since=utcnow())
+    grant = service.acquire_lease(profile.id, me, ttl=30.0)
+    assert grant is not None
+    archive = _archive(tmp_path, "guarded")
+    state = StateUpdate(
+        checksum=hashlib.sha256(archive.read_bytes()).hexdigest(),
+        blob_size=archive.stat().st_size,
+        uploaded_at=utcnow(),
+        browser_version=None,
+        cookie_domains=[],
+    )
+    other = HttpService(f"{server.url}/v1", api_key=key_b)
+    try:
+        err = _raised(
+            other.commit_archive,
+            profile,
+            archive,
+            state,
+            epoch=grant.epoch,
+            event="state.uploaded",
+            end_session={"reason": "intruder"},
+        )
+        assert isinstance(err, LeaseLost) and err.status == 409
+        assert "current_epoch" not in err.details
+        assert other.renew_lease(profile.id, grant.epoch, ttl=30.0) is False
+        other.release_lease(profile.id, grant.epoch)
+        err = _raised(other.end_session, profile.id, grant.epoch, reason="intruder")
+        assert isinstance(err, LeaseLost)
+    finally:
+        other.close()
+    held = service.lease_holder(profile.id)
+    assert held is not None and held.host == "host-a"
+    assert service.get(profile.id).status == "empty"
+    assert service.renew_lease(profile.id, grant.epoch, ttl=30.0) is True
+    done = service.commit_archive(
+        profile,
+        archive,
+        state,
+        epoch=grant.epoch,
+        event="session.ended",
+        end_session={"reason": "holder"},
+    )
+    assert done.status == "ready" and service.lease_holder(profile.id) is None
+    # Released with the commit: the token is forgotten, the epoch is worth nothing now.
+    assert service.renew_lease(profile.id, grant.epoch, ttl=30.0) is False
+    assert not service._lease_tokens
+
+
 def test_a_wait_is_said_as_the_caller_set_it(store: ProfileStore, tmp_path: Path) -> None:
     """A lease wait over HTTP runs on what the machine lock left of the timeout: the
     message says the timeout (``1.5 s``), not what was left of it (``1.49873 s``)."""
@@ -427,9 +487,12 @@ def test_state_streams_both_ways_with_progress_and_checks(
         service.open_state(committed.model_copy(update={"checksum": None}))
 
 
-def test_store_state_sends_the_spool_as_a_stream_and_checks_it(
-    store: ProfileStore, service: HttpService, tmp_path: Path
+def test_commit_archive_sends_the_spool_as_a_stream_and_checks_it(
+    store: ProfileStore, tmp_path: Path
 ) -> None:
+    # The service that took the lease (it keeps the lease's token) commits under it.
+    service = store.service
+    assert isinstance(service, HttpService)
     profile = store.create("spooled")
     archive = _archive(tmp_path, "spooled", payload=os.urandom(2_500_000))
     digest = hashlib.sha256(archive.read_bytes()).hexdigest()
@@ -447,7 +510,7 @@ def test_store_state_sends_the_spool_as_a_stream_and_checks_it(
     with store.lock("spooled") as lease:
         # Bytes that do not hash to the announced checksum: refused, nothing kept.
         err = _raised(
-            service.store_state,
+            service.commit_archive,
             profile,
             archive,
             update("f" * 64),
@@ -456,7 +519,7 @@ def test_store_state_sends_the_spool_as_a_stream_and_checks_it(
         )
         assert isinstance(err, ChecksumMismatch) and err.status == 400
         assert store.get("spooled").status == "empty"
-        updated = service.store_state(
+        updated = service.commit_archive(
             profile,
             archive,
             update(digest),

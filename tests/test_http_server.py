@@ -389,6 +389,63 @@ def test_download_link_expires(tmp_path: Path) -> None:
         assert err(r)["code"] == "LinkExpired"
 
 
+def test_a_signed_link_dies_with_the_key_that_made_it(
+    srv: HttpServer, client: httpx.Client, acct: Acct
+) -> None:
+    """A download link or an upload target made by a key stops working when that key is
+    revoked, its account deactivated, or (made by a member through ``X-Account``) the
+    membership removed: as an S3 presigned URL dies with its credentials. What a live
+    key made still works."""
+    member = new_account(srv, name="member")
+    with AccountsDB(srv.home / "accounts.sqlite3") as db:
+        key_b, secret_b = db.create_key(acct.id, scopes=("read", "admin"), name="b")
+        db.add_member(acct.id, member.id, "admin")
+    create(client, acct, "linked")
+    assert upload(client, acct, "linked", chromium_targz("linked")).status_code == 200
+
+    def link(headers: dict[str, str]) -> str:
+        r = client.get("/v1/profiles/linked/download", headers=headers)
+        assert r.status_code == 200, r.text
+        url: str = r.json()["downloadUrl"]
+        return url
+
+    def target(headers: dict[str, str]) -> dict[str, Any]:
+        r = client.post("/v1/profiles/initiate-upload", headers=headers)
+        assert r.status_code == 200, r.text
+        found: dict[str, Any] = r.json()
+        return found
+
+    by_b, by_a = link(acct.h(secret_b)), link(acct.h())
+    by_member = link(member.h(**{"X-Account": acct.id}))
+    target_b, target_a = target(acct.h(secret_b)), target(acct.h())
+    target_member = target(member.h(**{"X-Account": acct.id}))
+    assert httpx.get(by_b, timeout=TIMEOUT).status_code == 200  # while the key is live
+    with AccountsDB(srv.home / "accounts.sqlite3") as db:
+        db.revoke_key(key_b.id)
+        db.remove_member(acct.id, member.id)
+    for dead in (by_b, by_member):
+        r = httpx.get(dead, timeout=TIMEOUT)
+        assert r.status_code == 403, r.text
+        e = err(r)
+        assert e["code"] == "Forbidden" and "revoked" in e["message"], e
+        assert token_of(dead) not in r.text
+    for dead_target in (target_b, target_member):
+        r = _post_to_target(dead_target, chromium_targz("late"))
+        assert r.status_code == 403, r.text
+        assert err(r)["code"] == "Forbidden" and "revoked" in err(r)["message"]
+    # What the live key made still works.
+    assert httpx.get(by_a, timeout=TIMEOUT).status_code == 200
+    assert _post_to_target(target_a, chromium_targz("pre")).status_code == 204
+    # A deactivated account's links die too (and come back with it).
+    with AccountsDB(srv.home / "accounts.sqlite3") as db:
+        db.set_active(acct.id, False)
+    r = httpx.get(by_a, timeout=TIMEOUT)
+    assert r.status_code == 403 and err(r)["code"] == "Forbidden"
+    with AccountsDB(srv.home / "accounts.sqlite3") as db:
+        db.set_active(acct.id, True)
+    assert httpx.get(by_a, timeout=TIMEOUT).status_code == 200
+
+
 # ------------------------------------------------------------------ doc 001
 
 
@@ -558,6 +615,186 @@ def test_profile_routes(client: httpx.Client, acct: Acct) -> None:
     assert client.get(f"/v1/profile-snapshots/{snap['id']}", headers=acct.h()).status_code == 404
 
 
+# ------------------------------------------------------------------ audit payloads
+
+# Keys a client may not use: what the server records itself, and the names of the
+# parameters a payload is passed beside (a clash was a TypeError, a 500).
+_SERVER_KEYS = ("ref", "type_", "profile_id", "tx", "self", "checksum", "epoch", "blob_size")
+# ... and on a commit, the parameters of the commit's own path.
+_COMMIT_KEYS = ("browser_version", "end_session", "directory", "profile", "fresh", "state")
+_BAD_SHAPES: tuple[Any, ...] = (
+    {"nested": {"a": 1}},
+    {"listed": [1, 2]},
+    {f"k{i}": i for i in range(33)},
+    {"k" * 65: 1},
+    {"not-an-identifier": 1},
+    {"": 1},
+    {"1st": 1},
+    {"big": "x" * (300 * 1024)},
+    {"deep": {"deeper": ["x" * (300 * 1024)]}},
+    ["not", "an", "object"],
+)
+
+
+def test_audit_payloads_are_checked_redacted_and_never_a_500(
+    srv: HttpServer, client: httpx.Client, acct: Acct
+) -> None:
+    """Every route that takes an audit payload from a client (an event, a session's start
+    and end, a commit's ``payload`` and ``ended``) checks it with one model: no key of the
+    server's or of a parameter it is passed beside, identifier keys, at most 32, scalar
+    values of bounded length; 400 for the rest, answered at once (a 300 KiB value took
+    the redaction minutes), never a 500 or a traceback in the log. Text is redacted as
+    everywhere else: no userinfo, query string or ``token=`` value is stored."""
+    p = create(client, acct, "audited")
+    grant = _lease(client, acct, "audited").json()
+    lease_headers = {"X-Lease-Token": grant["token"]}
+    logged = len(srv.log_text())
+    data = chromium_targz("payload")
+
+    def sends(payload: Any, *, commit: bool) -> list[httpx.Response]:
+        text = json.dumps(payload)
+        answers = [
+            client.post(
+                "/v1/profiles/audited/events",
+                headers=acct.h(),
+                json={"type": kind, "payload": payload},
+                timeout=20,
+            )
+            for kind in ("session.ended", "session.created", "state.exported")
+        ]
+        answers.append(
+            client.post(
+                "/v1/profiles/audited/sessions",
+                headers=acct.h(),
+                json={"readonly": True, "payload": payload},
+                timeout=20,
+            )
+        )
+        answers.append(
+            client.post(
+                "/v1/profiles/audited/sessions/end",
+                headers=acct.h(),
+                json={"payload": payload},
+                timeout=20,
+            )
+        )
+        if len(text) < 4000:  # the query parameters are capped at 4096 characters
+            if commit:
+                answers.append(_put_state(client, acct, "other", data, payload=text))
+            answers.append(
+                client.put(
+                    "/v1/profiles/audited/state",
+                    headers=acct.h(
+                        **{"X-Checksum": hashlib.sha256(data).hexdigest(), **lease_headers}
+                    ),
+                    params={"epoch": grant["epoch"], "ended": text},
+                    content=data,
+                    timeout=20,
+                )
+            )
+        return answers
+
+    create(client, acct, "other")
+    for key in _SERVER_KEYS:
+        for r in sends({key: 1}, commit=True):
+            assert r.status_code == 400, (key, r.request.url.path, r.text)
+            assert err(r)["code"] == "ValidationFailed" and key in err(r)["message"]
+    for key in _COMMIT_KEYS:
+        r = _put_state(client, acct, "other", data, payload=json.dumps({key: "1"}))
+        assert r.status_code == 400, (key, r.text)
+        assert err(r)["code"] == "ValidationFailed" and key in err(r)["message"]
+    for bad in _BAD_SHAPES:
+        started = time.monotonic()
+        for r in sends(bad, commit=True):
+            assert r.status_code == 400, (json.dumps(bad)[:80], r.request.url.path, r.text)
+            assert err(r)["code"] == "ValidationFailed"
+            assert len(r.text) < 2000  # the error does not quote the value back
+        assert time.monotonic() - started < 10, json.dumps(bad)[:80]
+    # Nothing of that was stored: the lease is still held, the profile has no state.
+    assert client.get("/v1/profiles/audited", headers=acct.h()).json()["status"] == "empty"
+    assert client.get("/v1/profiles/audited/lease", headers=acct.h()).json()["holder"]
+    assert client.get("/v1/profiles/other", headers=acct.h()).json()["status"] == "empty"
+
+    # What is allowed is stored redacted, the same way on every route.
+    secret = {
+        "url": "https://alice:hunter2@example.com/cb?token=abc123&code=xyz#frag",
+        "note": "failed with token=abc123 and password: hunter2",
+        "count": 3,
+        "ratio": 0.5,
+        "ok": True,
+        "nothing": None,
+    }
+    for r in sends(secret, commit=False):
+        assert r.status_code in (200, 204), (r.request.url.path, r.text)
+    r = _put_state(client, acct, "other", data, payload=json.dumps(secret))
+    assert r.status_code == 200, r.text
+    assert client.get("/v1/profiles/audited/lease", headers=acct.h()).json() == {"holder": None}
+    events = [
+        *client.get(f"/v1/audit?profile={p['id']}&limit=50", headers=acct.h()).json()["data"],
+        *client.get("/v1/audit?profile=other&limit=50", headers=acct.h()).json()["data"],
+    ]
+    stored = [e["payload"] for e in events if "url" in e["payload"]]
+    assert len(stored) == 7  # 3 events, a start, an end, a commit's ended and payload
+    for payload in stored:
+        assert payload["url"] == "https://…@example.com/cb?…"
+        assert "hunter2" not in json.dumps(payload) and "abc123" not in json.dumps(payload)
+        assert (payload["count"], payload["ratio"], payload["ok"]) == (3, 0.5, True)
+    log = srv.log_text()[logged:]
+    assert "Traceback" not in log and "internal error" not in log and " 500 " not in log
+
+
+def test_the_audit_payload_model_is_in_the_openapi_document(client: httpx.Client) -> None:
+    schemas = client.get("/openapi.json").json()["components"]["schemas"]
+    payload = schemas["AuditPayload"]
+    assert payload["type"] == "object" and payload["maxProperties"] == 32
+    assert payload["propertyNames"]["pattern"]
+    assert "ref" in payload["propertyNames"]["not"]["enum"]
+    for body in ("EventBody", "SessionStartBody", "SessionEndBody"):
+        assert schemas[body]["properties"]["payload"]["$ref"].endswith("/AuditPayload")
+
+
+def test_no_audit_payload_key_can_name_a_parameter_it_is_passed_beside() -> None:
+    """A client's payload reaches the store as ``**payload``, beside named parameters: a
+    key with a parameter's name was a ``TypeError`` (a 500) or changed what the call did
+    (``fresh``, ``epoch``). Every parameter of those paths is reserved; a parameter added
+    to them fails here until it is."""
+    import inspect
+
+    from profiles.http.schemas import COMMIT_RESERVED_KEYS, RESERVED_KEYS
+    from profiles.service.catalog import CatalogService
+    from profiles.service.protocol import ProfileService
+    from profiles.store import ProfileStore
+
+    def named(fn: Any) -> set[str]:
+        kinds = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+        return {p.name for p in inspect.signature(fn).parameters.values() if p.kind in kinds}
+
+    events = (
+        ProfileStore.record_event,
+        ProfileStore.record_use,
+        ProfileStore.end_session,
+        CatalogService.record_event,
+        CatalogService.record_use,
+        CatalogService.end_session,
+        CatalogService._event,
+        ProfileService.end_session,
+    )
+    commits = (
+        ProfileStore.commit_archive,
+        ProfileStore.commit_state,
+        ProfileStore._commit_chunked,
+        CatalogService.commit_archive,
+        CatalogService.commit_directory,
+        CatalogService.commit_manifest,
+        CatalogService._set_state,
+    )
+    for fn in events:
+        assert named(fn) <= RESERVED_KEYS, (fn.__qualname__, named(fn) - RESERVED_KEYS)
+    for fn in commits + events:
+        missing = named(fn) - COMMIT_RESERVED_KEYS
+        assert not missing, (fn.__qualname__, missing)
+
+
 def test_pagination_cursor_and_page_numbers(client: httpx.Client, acct: Acct) -> None:
     names = [f"p{i}" for i in range(5)]
     for n in names:
@@ -707,15 +944,15 @@ def test_leases(client: httpx.Client, acct: Acct) -> None:
     assert r.status_code == 409
     e = err(r)
     assert e["code"] == "ProfileBusy" and e["holder"]["host"] == "w1"
-    r = client.post(
-        "/v1/profiles/busy/lease/renew", headers=acct.h(), json={"epoch": grant["epoch"]}
-    )
+    held = acct.h(**{"X-Lease-Token": grant["token"]})
+    r = client.post("/v1/profiles/busy/lease/renew", headers=held, json={"epoch": grant["epoch"]})
     assert r.json() == {"renewed": True}
+    # another epoch: its token is not this one
     r = client.post(
-        "/v1/profiles/busy/lease/renew", headers=acct.h(), json={"epoch": grant["epoch"] + 5}
+        "/v1/profiles/busy/lease/renew", headers=held, json={"epoch": grant["epoch"] + 5}
     )
-    assert r.json() == {"renewed": False}
-    r = client.delete(f"/v1/profiles/busy/lease?epoch={grant['epoch']}", headers=acct.h())
+    assert r.status_code == 409 and err(r)["code"] == "LeaseLost"
+    r = client.delete(f"/v1/profiles/busy/lease?epoch={grant['epoch']}", headers=held)
     assert r.status_code == 204
     assert client.get("/v1/profiles/busy/lease", headers=acct.h()).json() == {"holder": None}
     r = _lease(client, acct, "busy", kind="import")
@@ -729,7 +966,11 @@ def test_lease_expires_and_is_taken_over(client: httpx.Client, acct: Acct) -> No
     assert client.get("/v1/profiles/p/lease", headers=acct.h()).json() == {"holder": None}
     second = _lease(client, acct, "p", ttl=30, host="w2").json()
     assert second["epoch"] == first["epoch"] + 1
-    r = client.post("/v1/profiles/p/lease/renew", headers=acct.h(), json={"epoch": first["epoch"]})
+    r = client.post(
+        "/v1/profiles/p/lease/renew",
+        headers=acct.h(**{"X-Lease-Token": first["token"]}),
+        json={"epoch": first["epoch"]},
+    )
     assert r.json() == {"renewed": False}
 
 
@@ -737,9 +978,11 @@ def _put_state(
     client: httpx.Client, acct: Acct, ref: str, data: bytes, **params: Any
 ) -> httpx.Response:
     checksum = params.pop("checksum", hashlib.sha256(data).hexdigest())
+    token = params.pop("token", None)
+    lease = {"X-Lease-Token": token} if token is not None else {}
     return client.put(
         f"/v1/profiles/{ref}/state",
-        headers=acct.h(**{"X-Checksum": checksum}),
+        headers=acct.h(**{"X-Checksum": checksum, **lease}),
         params=params,
         content=data,
     )
@@ -747,8 +990,11 @@ def _put_state(
 
 def test_put_state_and_get_state(client: httpx.Client, acct: Acct, tmp_path: Path) -> None:
     create(client, acct, "p")
-    epoch = _lease(client, acct, "p").json()["epoch"]
-    r = _put_state(client, acct, "p", chromium_targz("s1"), epoch=epoch, browser_version="131.0")
+    grant = _lease(client, acct, "p").json()
+    epoch, token = grant["epoch"], grant["token"]
+    r = _put_state(
+        client, acct, "p", chromium_targz("s1"), epoch=epoch, token=token, browser_version="131.0"
+    )
     assert r.status_code == 200, r.text
     profile = r.json()
     assert profile["status"] == "ready" and profile["browser_version"] == "131.0"
@@ -761,26 +1007,136 @@ def test_put_state_and_get_state(client: httpx.Client, acct: Acct, tmp_path: Pat
     unpack_archive(io.BytesIO(r.content), unpacked)
     assert detect_engine(unpacked) == "chromium"
     # a body that does not hash to its X-Checksum
-    r = _put_state(client, acct, "p", chromium_targz("s2"), epoch=epoch, checksum="0" * 64)
+    r = _put_state(
+        client, acct, "p", chromium_targz("s2"), epoch=epoch, token=token, checksum="0" * 64
+    )
     assert r.status_code == 400 and err(r)["code"] == "ChecksumMismatch"
     # no epoch: the server takes the lease itself, and the session holds it
     r = _put_state(client, acct, "p", chromium_targz("s3"))
     assert r.status_code == 409 and err(r)["code"] == "ProfileBusy"
-    client.delete(f"/v1/profiles/p/lease?epoch={epoch}", headers=acct.h())
+    r = client.delete(
+        f"/v1/profiles/p/lease?epoch={epoch}", headers=acct.h(**{"X-Lease-Token": token})
+    )
+    assert r.status_code == 204
     assert _put_state(client, acct, "p", chromium_targz("s3")).status_code == 200
 
 
 def test_put_state_with_stale_epoch_is_lease_lost(client: httpx.Client, acct: Acct) -> None:
     create(client, acct, "p")
-    old = _lease(client, acct, "p", ttl=0.2).json()["epoch"]
+    first = _lease(client, acct, "p", ttl=0.2).json()
+    old = first["epoch"]
     time.sleep(0.4)
     new = _lease(client, acct, "p", ttl=30).json()["epoch"]
-    r = _put_state(client, acct, "p", chromium_targz("late"), epoch=old)
+    r = _put_state(client, acct, "p", chromium_targz("late"), epoch=old, token=first["token"])
     assert r.status_code == 409
     e = err(r)
-    assert e["code"] == "LeaseLost"
-    assert (e["epoch"], e["current_epoch"]) == (old, new)
+    assert e["code"] == "LeaseLost" and e["epoch"] == old
+    # The answer names the caller's epoch, not the current one (issue 20, hole 5).
+    assert "current_epoch" not in e and f"epoch {new}" not in e["message"]
     assert client.get("/v1/profiles/p", headers=acct.h()).json()["status"] == "empty"
+
+
+def test_a_lease_is_held_by_the_key_it_was_granted_to(
+    srv: HttpServer, client: httpx.Client, acct: Acct
+) -> None:
+    """The epoch orders writers; the lease's token proves holding it. Another key of the
+    account, or an admin member through ``X-Account``, that knows the epoch can neither
+    commit, renew, release nor end the session under the holder's lease: each is a
+    ``LeaseLost`` that names neither the current epoch nor a token. The holder can."""
+    member = new_account(srv, name="member")
+    with AccountsDB(srv.home / "accounts.sqlite3") as db:
+        _, key_b = db.create_key(acct.id, scopes=("read", "admin"), name="b")
+        db.add_member(acct.id, member.id, "admin")
+    p = create(client, acct, "held")
+    grant = _lease(client, acct, "held", ttl=60).json()
+    epoch = grant["epoch"]
+    create(client, acct, "mine")
+    theirs = _lease(client, acct, "mine", ttl=60).json()
+    data = chromium_targz("intruder")
+    checksum = hashlib.sha256(data).hexdigest()
+    intruders = {
+        "another key": acct.h(key_b),
+        "an admin member": member.h(**{"X-Account": acct.id}),
+    }
+    tokens: tuple[str | None, ...] = (None, "A" * 43, theirs.get("token") or "")
+    for who, headers in intruders.items():
+        for token in tokens:
+            h = {**headers, **({"X-Lease-Token": token} if token is not None else {})}
+            answers = {
+                "commit": client.put(
+                    "/v1/profiles/held/state",
+                    headers={**h, "X-Checksum": checksum},
+                    params={"epoch": epoch},
+                    content=data,
+                ),
+                "renew": client.post(
+                    "/v1/profiles/held/lease/renew", headers=h, json={"epoch": epoch}
+                ),
+                "release": client.delete(f"/v1/profiles/held/lease?epoch={epoch}", headers=h),
+                "end": client.post(
+                    "/v1/profiles/held/sessions/end",
+                    headers=h,
+                    json={"epoch": epoch, "payload": {"by": "intruder"}},
+                ),
+            }
+            for what, r in answers.items():
+                assert r.status_code == 409, (who, token, what, r.status_code, r.text)
+                e = err(r)
+                assert e["code"] == "LeaseLost", (who, what, e)
+                assert "current_epoch" not in e and "token" not in e, (who, what, e)
+                if grant.get("token"):
+                    assert grant["token"] not in r.text
+    # Nothing happened: the holder holds, the profile has no state, no session ended.
+    holder = client.get("/v1/profiles/held/lease", headers=acct.h()).json()["holder"]
+    assert holder is not None and holder["host"] == "w1"
+    assert client.get("/v1/profiles/held", headers=acct.h()).json()["status"] == "empty"
+    events = client.get(f"/v1/audit?profile={p['id']}", headers=acct.h()).json()["data"]
+    assert "session.ended" not in [e["type"] for e in events]
+
+    # The holder's key, with the grant's token, can.
+    token = grant["token"]
+    assert isinstance(token, str) and len(token) >= 32 and str(epoch) != token
+    mine = acct.h(**{"X-Lease-Token": token})
+    r = client.post("/v1/profiles/held/lease/renew", headers=mine, json={"epoch": epoch})
+    assert r.json() == {"renewed": True}
+    # ... but not without it, nor with it for another epoch.
+    r = client.post("/v1/profiles/held/lease/renew", headers=acct.h(), json={"epoch": epoch})
+    assert r.status_code == 409 and err(r)["code"] == "LeaseLost"
+    r = client.post("/v1/profiles/held/lease/renew", headers=mine, json={"epoch": epoch + 1})
+    assert r.status_code == 409 and err(r)["code"] == "LeaseLost"
+    r = _put_state(client, acct, "held", data, epoch=epoch)
+    assert r.status_code == 409 and err(r)["code"] == "LeaseLost"
+    r = client.put(
+        "/v1/profiles/held/state",
+        headers={**mine, "X-Checksum": checksum},
+        params={"epoch": epoch},
+        content=data,
+    )
+    assert r.status_code == 200, r.text
+    r = client.post(
+        "/v1/profiles/held/sessions/end",
+        headers=mine,
+        json={"epoch": epoch, "payload": {"by": "holder"}},
+    )
+    assert r.status_code == 204, r.text
+    assert client.get("/v1/profiles/held/lease", headers=acct.h()).json() == {"holder": None}
+    # A new grant has a new token; the old one is worth nothing under it.
+    again = _lease(client, acct, "held", ttl=60).json()
+    assert again["token"] != token
+    r = client.delete(
+        f"/v1/profiles/held/lease?epoch={again['epoch']}",
+        headers=acct.h(**{"X-Lease-Token": token}),
+    )
+    assert r.status_code == 409
+    assert client.get("/v1/profiles/held/lease", headers=acct.h()).json()["holder"]
+    r = client.delete(
+        f"/v1/profiles/held/lease?epoch={again['epoch']}",
+        headers=acct.h(**{"X-Lease-Token": again["token"]}),
+    )
+    assert r.status_code == 204
+    assert client.get("/v1/profiles/held/lease", headers=acct.h()).json() == {"holder": None}
+    # Tokens never reach the log.
+    assert token not in srv.log_text() and again["token"] not in srv.log_text()
 
 
 # ------------------------------------------------------------------ limits
@@ -898,7 +1254,7 @@ def test_rate_limit_per_account_shared_by_its_keys_and_heartbeats_are_free(
             renew = c.post(
                 f"/v1/profiles/{profile['id']}/lease/renew",
                 json={"epoch": lease["epoch"], "ttl": 60},
-                headers=s.headers(),
+                headers=s.headers(**{"X-Lease-Token": lease["token"]}),
             )
             assert renew.status_code == 200 and renew.json() == {"renewed": True}
         # both keys of the account share one budget: 2 spent, 4 left

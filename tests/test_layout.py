@@ -1,7 +1,7 @@
 """The layout shows the design: packages depend on each other in one direction only.
 
 Read from the source (no imports run): every ``from profiles.X`` and ``import profiles.X``
-of every module, folded to its package (``profiles.state``, ``profiles.store``, ...). The
+of every module, compacted to its package (``profiles.state``, ``profiles.store``, ...). The
 graph between packages must have no cycle, and the lower layers must not reach up to the
 workspace, the store, the HTTP service, the CLI or the driver.
 """

@@ -81,7 +81,7 @@ def test_every_route_names_its_models_and_its_errors(tmp_path: Path) -> None:
         ok = [code for code in responses if code.startswith("2")]
         assert ok, where
         for code in ok:
-            if code == "204":
+            if code == "204" or method == "head":  # no body, by definition
                 assert "content" not in responses[code], where
                 continue
             content = responses[code]["content"]

@@ -29,19 +29,7 @@ if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
 
-class CatalogServiceContract(ServiceContract):
-    """The contract as CatalogService (embedded or shared) keeps it today."""
-
-    @pytest.mark.xfail(
-        strict=True,
-        reason="CatalogService.record_event records an event for any profile id, even one "
-        "that does not exist; over HTTP it is NotFound (issue 19: decide, then align)",
-    )
-    def test_events_of_a_missing_profile_are_not_found(self, service: ProfileService) -> None:
-        super().test_events_of_a_missing_profile_are_not_found(service)
-
-
-class TestEmbeddedService(CatalogServiceContract):
+class TestEmbeddedService(ServiceContract):
     @pytest.fixture
     def service(self, tmp_path: Path) -> Iterator[ProfileService]:
         svc = CatalogService(
@@ -67,7 +55,7 @@ def s3_client(s3_endpoint: S3Endpoint) -> Iterator[S3Client]:
         client.close()
 
 
-class TestSharedService(CatalogServiceContract):
+class TestSharedService(ServiceContract):
     @pytest.fixture
     def service(
         self, postgres_url: str, s3_client: S3Client, s3_bucket: str

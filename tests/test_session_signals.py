@@ -455,7 +455,7 @@ def _ended(store: ProfileStore, profile: str) -> dict[str, object]:
 def test_a_session_ended_by_a_signal_is_recorded_as_a_clean_end(
     store: ProfileStore, http_server: str
 ) -> None:
-    """Ctrl-C and SIGTERM end a session cleanly (the README's word): ``outcome="ok"``,
+    """Ctrl-C and SIGTERM end a session cleanly (docs/sessions.md's word): ``outcome="ok"``,
     ``reason="interrupted (SIG...)"``, no error, the state committed, also with
     ``save="on_success"``."""
     require_engine("chromium")

@@ -44,9 +44,28 @@ Every backend MUST keep these rules, and ``profiles.testing.catalog_contract`` c
    (:meth:`CatalogTransaction.register_blob_writer`, refused while a collector holds the
    lock); a process that deletes unreferenced bytes holds the collector lock
    (:meth:`CatalogTransaction.acquire_collector`, granted only when no live writer is
-   registered and no other collector holds it). Both expire, so a process that dies frees
-   them. Deduplicated bytes can thus never be deleted between their upload and the
-   reference that keeps them.
+   registered and no other collector holds it). Deduplicated bytes can thus never be
+   deleted between their upload and the reference that keeps them.
+
+   *Registrations end with their holder* (a crash must not lock upkeep out). A writer's
+   registration and the collector lock are **live** while they are unexpired, and a
+   registration whose process is known to be gone is not live, whatever its expiry:
+
+   - each lives ``ttl`` seconds from its last grant or renewal. Holders renew while they
+     work (:meth:`~CatalogTransaction.renew_blob_writer`,
+     :meth:`~CatalogTransaction.renew_collector`: the service's heartbeat renews every
+     third of the ttl, which is at most the lease expiry, 30 s by default), so a slow live
+     writer stays live and a dead one stops counting within ``ttl``;
+   - a backend that can see that the registering process is gone MUST stop counting its
+     registration at once. The embedded backend does (every registration holds an
+     ``flock`` for its life, which the kernel drops however the process dies);
+     :attr:`Catalog.sees_dead_processes` says so;
+   - granting the collector lock drops the writer registrations that are not live, and
+     registering a writer drops a collector lock that is not live. A renewal then answers
+     ``False``: the registration was dropped, and the holder MUST assume the other side
+     has run meanwhile (a writer must not reference what it uploaded, so it renews in the
+     transaction that references its bytes and gives up when refused; a collector must
+     stop deleting). Renewal never re-creates a dropped registration.
 8. **Migrations.** Each backend has one ordered migration history; opening a catalog runs
    the migrations it lacks and refuses a schema newer than the code (``ProfileError``).
 9. **Faults.** Connection and storage faults raise
@@ -134,11 +153,13 @@ def cap_reached(limit: int, current: int) -> TierLimit:
 
 def lease_lost(profile_id: str, epoch: int, current: int) -> LeaseLost:
     """The ``LeaseLost`` every backend raises when a fenced write comes too late."""
+    # The message names no current epoch: it travels to remote callers (over HTTP), and
+    # ``current_epoch`` is a private detail (LeaseLost.private), kept on this machine.
     return LeaseLost(
-        f"The writer lease on profile {profile_id} was lost (this writer had epoch {epoch}, "
-        f"the profile is now at epoch {current}): another writer took it after it expired. "
-        "This session's state was not written; the newer state stands. Renew leases in "
-        "time (a paused or partitioned worker loses them), or raise the lease expiry.",
+        f"The writer lease on profile {profile_id} was lost (this writer had epoch {epoch}): "
+        "another writer took it after it expired. This session's state was not written; "
+        "the newer state stands. Renew leases in time (a paused or partitioned worker "
+        "loses them), or raise the lease expiry.",
         profile_id=profile_id,
         epoch=epoch,
         current_epoch=current,
@@ -291,16 +312,31 @@ class CatalogTransaction(ABC):
     # ---------------------------------------------------------------- byte writers / collector
     @abstractmethod
     def register_blob_writer(self, writer_id: str, *, ttl: float) -> bool:
-        """Register (or extend) a writer of state bytes; ``False`` while a collector holds
-        its lock (rule 7)."""
+        """Register (or extend) a writer of state bytes, live for ``ttl`` seconds unless
+        renewed or its process is gone; ``False`` while a live collector holds its lock. A
+        collector lock that is not live is dropped (rule 7)."""
+
+    @abstractmethod
+    def renew_blob_writer(self, writer_id: str, *, ttl: float) -> bool:
+        """Extend a writer's registration to ``ttl`` seconds from now; ``False`` (and
+        nothing registered) when it is gone: released, or dropped by a collector after it
+        stopped being live. Then a collector may have run since (rule 7)."""
 
     @abstractmethod
     def unregister_blob_writer(self, writer_id: str) -> None: ...
 
     @abstractmethod
     def acquire_collector(self, collector_id: str, *, ttl: float) -> bool:
-        """Take the exclusive collector lock: only when no live writer is registered and no
-        other live collector holds it (rule 7)."""
+        """Take (or extend, for its holder) the exclusive collector lock, live for ``ttl``
+        seconds unless renewed or its process is gone: only when no live writer is
+        registered and no other live collector holds it. Writer registrations that are not
+        live are dropped (rule 7)."""
+
+    @abstractmethod
+    def renew_collector(self, collector_id: str, *, ttl: float) -> bool:
+        """Extend the collector lock to ``ttl`` seconds from now while ``collector_id``
+        still holds it; ``False`` when it does not (a writer dropped it after it stopped
+        being live, and may have uploaded since: stop deleting)."""
 
     @abstractmethod
     def release_collector(self, collector_id: str) -> None: ...
@@ -324,6 +360,9 @@ class Catalog(ABC):
 
     #: Where it lives, for messages: a path or a URL without its password.
     location: str
+    #: Whether a blob writer's or collector's registration stops counting as soon as its
+    #: process is gone, before it expires (rule 7).
+    sees_dead_processes: bool = False
 
     @abstractmethod
     def transaction(self, *, write: bool = True) -> AbstractContextManager[CatalogTransaction]:

@@ -50,7 +50,13 @@ Leases (rule 5)
 Blob writers and the collector (rule 7)
     ``register_blob_writer`` and ``acquire_collector`` each take one transaction-scoped
     advisory lock (another constant key) before checking the other side, so they are
-    serialised and mutually exclusive under concurrency.
+    serialised and mutually exclusive under concurrency; each deletes the other side's
+    registrations that expired (judged by ``clock_timestamp()``), under that lock.
+    ``renew_blob_writer`` and ``renew_collector`` are one ``UPDATE`` of the row: its row
+    lock orders a renewal with a concurrent ``DELETE`` of expired rows (READ COMMITTED
+    re-checks the expiry on the renewed row), so a renewal either keeps the registration
+    or finds it gone. A dead process's registration counts until it expires: a server
+    cannot tell a client that died from one that is slow to renew.
 
 Engine caches (rule 10)
     Table ``engine_caches`` keyed by ``(engine, build_key)``; ``engine_cache_put`` is one
@@ -622,12 +628,23 @@ class _PostgresTransaction(CatalogTransaction):
         self._cur.execute("SELECT pg_advisory_xact_lock(%s)", (_LOCK_BLOB_WRITERS,))
         if self._row("SELECT 1 FROM blob_collector WHERE expires_at >= clock_timestamp()"):
             return False
+        # A collector lock that lapsed goes: its holder learns it at its next renewal.
+        self._cur.execute("DELETE FROM blob_collector")
         self._cur.execute(
             f"INSERT INTO blob_writers (id, expires_at) VALUES (%(id)s, {_EXPIRES}) "
             "ON CONFLICT (id) DO UPDATE SET expires_at = excluded.expires_at",
             {"id": writer_id, "ttl": ttl},
         )
         return True
+
+    def renew_blob_writer(self, writer_id: str, *, ttl: float) -> bool:
+        # The row lock orders this with a collector's DELETE of lapsed writers: either the
+        # collector finds the row renewed (live), or this finds it gone.
+        self._cur.execute(
+            f"UPDATE blob_writers SET expires_at = {_EXPIRES} WHERE id = %(id)s",
+            {"id": writer_id, "ttl": ttl},
+        )
+        return self._cur.rowcount == 1
 
     def unregister_blob_writer(self, writer_id: str) -> None:
         self._cur.execute("DELETE FROM blob_writers WHERE id = %s", (writer_id,))
@@ -650,6 +667,13 @@ class _PostgresTransaction(CatalogTransaction):
             {"id": collector_id, "ttl": ttl},
         )
         return True
+
+    def renew_collector(self, collector_id: str, *, ttl: float) -> bool:
+        self._cur.execute(
+            f"UPDATE blob_collector SET expires_at = {_EXPIRES} WHERE id = %(id)s",
+            {"id": collector_id, "ttl": ttl},
+        )
+        return self._cur.rowcount == 1
 
     def release_collector(self, collector_id: str) -> None:
         self._cur.execute("DELETE FROM blob_collector WHERE id = %s", (collector_id,))

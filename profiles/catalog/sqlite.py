@@ -9,9 +9,11 @@ transaction, and refuses a file written by a newer release.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import logging
 import os
+import re
 import sqlite3
 import threading
 import time
@@ -121,11 +123,18 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (engine, build_key)
     );
     """,
+    # 5: a blob writer's or collector's registration may hold an flock for its life, which
+    # tells at once that its process is gone (_OwnerLocks)
+    """
+    ALTER TABLE blob_writers ADD COLUMN owner_lock INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE blob_collector ADD COLUMN owner_lock INTEGER NOT NULL DEFAULT 0;
+    """,
 )
 # Columns of the profiles table that are not fields of a Profile record.
 _LEASE_COLUMNS = ("lease_epoch", "lease_holder", "lease_expires_at")
 
 _JSON_FIELDS = {"labels", "cookie_domains", "payload"}
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
 M = TypeVar("M", bound=BaseModel)
 
 
@@ -152,9 +161,130 @@ def _insert_sql(table: str, row: dict[str, Any]) -> str:
     return f"INSERT INTO {table} ({', '.join(row)}) VALUES ({', '.join(':' + k for k in row)})"
 
 
+_REGISTRATION_ID = re.compile(r"[A-Za-z0-9_-]{1,128}")
+
+
+class _OwnerLocks:
+    """Lock files that tell whether the process behind a blob writer's or collector's
+    registration is alive (rule 7 of the catalog contract).
+
+    The registering process creates ``<dir>/<id>.lock`` and holds an exclusive ``flock`` on
+    it for the registration's life; the kernel drops the lock however the process ends
+    (SIGKILL included). Another process that can take that lock knows the owner is gone,
+    and its registration no longer counts, however long it had to live. The registration's
+    row says whether it holds such a lock (``owner_lock``): rows without one (written
+    where lock files cannot be made, or by an older release) are judged by their expiry
+    alone. Lock files are made, probed and removed only inside write transactions, which
+    SQLite runs one at a time across processes, so no probe sees a lock file between its
+    creation and its locking.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self.dir = directory
+        self._held: dict[str, int] = {}
+        self._pid = os.getpid()
+        self._lock = threading.Lock()
+
+    def _mine(self) -> dict[str, int]:
+        if self._pid != os.getpid():  # a forked child holds none of its parent's locks
+            self._held, self._pid = {}, os.getpid()
+        return self._held
+
+    def _path(self, reg_id: str) -> Path | None:
+        return self.dir / f"{reg_id}.lock" if _REGISTRATION_ID.fullmatch(reg_id) else None
+
+    def hold(self, reg_id: str) -> bool | None:
+        """Hold the lock of a registration of this process: ``True`` taken now, ``False``
+        held already, ``None`` when lock files cannot be used here (the registration is
+        then judged by its expiry alone)."""
+        path = self._path(reg_id)
+        if path is None:
+            return None
+        with self._lock:
+            held = self._mine()
+            if reg_id in held:
+                return False
+            try:
+                self.dir.mkdir(mode=0o700, exist_ok=True)
+                fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | _NOFOLLOW, 0o600)
+            except OSError as exc:
+                log.debug("no owner lock for %s (%s): its expiry alone counts", reg_id, exc)
+                return None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as exc:
+                os.close(fd)
+                log.debug("no owner lock for %s (%s): its expiry alone counts", reg_id, exc)
+                return None
+            held[reg_id] = fd
+            return True
+
+    def release(self, reg_id: str) -> None:
+        """Let go of this process's lock of a registration (removing its file first, so
+        that the file is never there unlocked)."""
+        with self._lock:
+            fd = self._mine().pop(reg_id, None)
+        if fd is None:
+            return
+        path = self._path(reg_id)
+        if path is not None:
+            with contextlib.suppress(OSError):
+                path.unlink()
+        os.close(fd)
+
+    def gone(self, reg_id: str) -> bool:
+        """Whether the process that holds this registration's lock is gone: its lock can be
+        taken (and the file is then removed). ``False`` while it is held, for this
+        process's own registrations, and when it cannot be told (no file: expiry decides)."""
+        path = self._path(reg_id)
+        if path is None:
+            return False
+        with self._lock:
+            if reg_id in self._mine():
+                return False
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | _NOFOLLOW)
+        except OSError:
+            return False
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            return False
+        with contextlib.suppress(OSError):
+            path.unlink()
+        os.close(fd)
+        return True
+
+    def sweep(self, registered: set[str]) -> None:
+        """Remove the lock files of registrations that are gone and have no row (their
+        process died between making the file and committing the row, or after the row was
+        dropped)."""
+        try:
+            names = [e.name for e in os.scandir(self.dir) if e.name.endswith(".lock")]
+        except OSError:
+            return
+        for name in names:
+            reg_id = name[: -len(".lock")]
+            if reg_id not in registered:
+                self.gone(reg_id)
+
+    def close(self) -> None:
+        """Let go of every lock of this process, leaving the files: its registrations then
+        read as gone, as after its exit."""
+        with self._lock:
+            fds = list(self._mine().values())
+            self._held.clear()
+        for fd in fds:
+            os.close(fd)
+
+
 class _SQLiteTransaction(CatalogTransaction):
-    def __init__(self, conn: sqlite3.Connection) -> None:
+    def __init__(self, conn: sqlite3.Connection, owners: _OwnerLocks) -> None:
         self._conn = conn
+        self._owners = owners
+        #: What to undo if the transaction rolls back (owner locks taken in it).
+        self.undo: list[Callable[[], None]] = []
 
     def _one(self, model: type[M], sql: str, *args: object) -> M | None:
         row = self._conn.execute(sql, args).fetchone()
@@ -438,42 +568,81 @@ class _SQLiteTransaction(CatalogTransaction):
                 found.append((row[0], Holder.model_validate_json(row[1]), int(row[2])))
         return found
 
+    def _live(self, row: sqlite3.Row, now: float) -> bool:
+        """Whether a writer's registration or the collector lock counts: unexpired, and
+        its process not known to be gone (rule 7)."""
+        if row["expires_at"] < now:
+            return False
+        return not (row["owner_lock"] and self._owners.gone(row["id"]))
+
+    def _hold_owner_lock(self, reg_id: str) -> bool:
+        """This registration's owner lock (``True`` when it has one)."""
+        held = self._owners.hold(reg_id)
+        if held:
+            self.undo.append(lambda: self._owners.release(reg_id))
+        return held is not None
+
     def register_blob_writer(self, writer_id: str, *, ttl: float) -> bool:
         now = time.time()
-        busy = self._conn.execute(
-            "SELECT 1 FROM blob_collector WHERE expires_at >= ?", (now,)
+        collector = self._conn.execute(
+            "SELECT id, expires_at, owner_lock FROM blob_collector"
         ).fetchone()
-        if busy:
-            return False
+        if collector is not None:
+            if self._live(collector, now):
+                return False
+            # Its holder learns at its next renewal that it lost the lock.
+            self._conn.execute("DELETE FROM blob_collector WHERE id = ?", (collector["id"],))
+        owner_lock = self._hold_owner_lock(writer_id)
         self._conn.execute(
-            "INSERT INTO blob_writers (id, expires_at) VALUES (?, ?) "
+            "INSERT INTO blob_writers (id, expires_at, owner_lock) VALUES (?, ?, ?) "
             "ON CONFLICT (id) DO UPDATE SET expires_at = excluded.expires_at",
-            (writer_id, now + ttl),
+            (writer_id, now + ttl, int(owner_lock)),
         )
         return True
+
+    def renew_blob_writer(self, writer_id: str, *, ttl: float) -> bool:
+        cursor = self._conn.execute(
+            "UPDATE blob_writers SET expires_at = ? WHERE id = ?", (time.time() + ttl, writer_id)
+        )
+        return cursor.rowcount == 1
 
     def unregister_blob_writer(self, writer_id: str) -> None:
         self._conn.execute("DELETE FROM blob_writers WHERE id = ?", (writer_id,))
+        self._owners.release(writer_id)
 
     def acquire_collector(self, collector_id: str, *, ttl: float) -> bool:
         now = time.time()
-        self._conn.execute("DELETE FROM blob_writers WHERE expires_at < ?", (now,))
-        writers = self._conn.execute("SELECT count(*) FROM blob_writers").fetchone()[0]
-        other = self._conn.execute(
-            "SELECT 1 FROM blob_collector WHERE expires_at >= ? AND id != ?", (now, collector_id)
-        ).fetchone()
-        if writers or other:
+        writers = self._conn.execute("SELECT id, expires_at, owner_lock FROM blob_writers")
+        for row in writers.fetchall():
+            if not self._live(row, now):
+                self._conn.execute("DELETE FROM blob_writers WHERE id = ?", (row["id"],))
+        if self._conn.execute("SELECT count(*) FROM blob_writers").fetchone()[0]:
             return False
+        other = self._conn.execute(
+            "SELECT id, expires_at, owner_lock FROM blob_collector WHERE id != ?", (collector_id,)
+        ).fetchone()
+        if other is not None and self._live(other, now):
+            return False
+        self._owners.sweep({collector_id})
+        owner_lock = self._hold_owner_lock(collector_id)
         self._conn.execute(
-            "INSERT INTO blob_collector (only_one, id, expires_at) VALUES (1, ?, ?) "
-            "ON CONFLICT (only_one) DO UPDATE SET id = excluded.id, "
-            "expires_at = excluded.expires_at",
-            (collector_id, now + ttl),
+            "INSERT INTO blob_collector (only_one, id, expires_at, owner_lock) "
+            "VALUES (1, ?, ?, ?) ON CONFLICT (only_one) DO UPDATE SET id = excluded.id, "
+            "expires_at = excluded.expires_at, owner_lock = excluded.owner_lock",
+            (collector_id, now + ttl, int(owner_lock)),
         )
         return True
 
+    def renew_collector(self, collector_id: str, *, ttl: float) -> bool:
+        cursor = self._conn.execute(
+            "UPDATE blob_collector SET expires_at = ? WHERE id = ?",
+            (time.time() + ttl, collector_id),
+        )
+        return cursor.rowcount == 1
+
     def release_collector(self, collector_id: str) -> None:
         self._conn.execute("DELETE FROM blob_collector WHERE id = ?", (collector_id,))
+        self._owners.release(collector_id)
 
     # engine caches
     def engine_cache_get(self, engine: str, key: str) -> str | None:
@@ -567,12 +736,16 @@ class SQLiteCatalog(Catalog):
     transactions then fail with ``StorageUnavailable``.
     """
 
+    sees_dead_processes = True  # owner locks (rule 7)
+
     def __init__(
         self, path: Path | str, *, busy_timeout: float = 30.0, read_only: bool = False
     ) -> None:
         self.path = Path(path)
         self.location = str(self.path)
         self.read_only = read_only
+        # Beside the file: the owner locks of blob writers and collectors (rule 7).
+        self._owners = _OwnerLocks(Path(f"{self.path.resolve()}-locks"))
         self._busy_timeout = busy_timeout
         # One connection per thread: a read in one thread never waits behind another
         # thread's write transaction (WAL), and writers are serialised by the database.
@@ -677,11 +850,15 @@ class SQLiteCatalog(Catalog):
             self._rollback()
             raise
 
-    def _rollback(self) -> None:
-        """Roll back if a transaction is open; never mask the error that led here."""
+    def _rollback(self, tx: _SQLiteTransaction | None = None) -> None:
+        """Roll back if a transaction is open, and undo what ``tx`` did outside the
+        database; never mask the error that led here."""
         with contextlib.suppress(sqlite3.Error):
             if self._conn.in_transaction:
                 self._conn.execute("ROLLBACK")
+        for undo in reversed(tx.undo if tx is not None else []):
+            with contextlib.suppress(OSError):
+                undo()
 
     @contextmanager
     def transaction(self, *, write: bool = True) -> Iterator[CatalogTransaction]:
@@ -702,21 +879,22 @@ class SQLiteCatalog(Catalog):
             conn.execute("BEGIN IMMEDIATE" if write else "BEGIN DEFERRED")
         except (sqlite3.Error, OSError) as exc:
             raise _storage_error(self.path, exc, "starting a transaction") from exc
+        tx = _SQLiteTransaction(self._conn, self._owners)
         try:
-            yield _SQLiteTransaction(self._conn)
+            yield tx
         except sqlite3.IntegrityError:
-            self._rollback()
+            self._rollback(tx)
             raise
         except sqlite3.Error as exc:
-            self._rollback()
+            self._rollback(tx)
             raise _storage_error(self.path, exc, "writing" if write else "reading") from exc
         except BaseException:
-            self._rollback()
+            self._rollback(tx)
             raise
         try:
             self._conn.execute("COMMIT")
         except sqlite3.Error as exc:
-            self._rollback()
+            self._rollback(tx)
             raise _storage_error(self.path, exc, "committing a change") from exc
 
     def close(self) -> None:
@@ -725,6 +903,7 @@ class SQLiteCatalog(Catalog):
             self._closed = True
             conns = list(self._open)
             self._open.clear()
+        self._owners.close()  # its registrations stop counting (as at exit)
         for conn in conns:
             with contextlib.suppress(sqlite3.Error):
                 conn.close()

@@ -842,7 +842,7 @@ def cmd_import(store: ProfileStore, args: argparse.Namespace) -> None:
         source, total = sys.stdin.buffer, None
     else:
         source = Path(args.file)
-        # A file that cannot be read is a file error (exit 1, as the README's table says),
+        # A file that cannot be read is a file error (exit 1, as docs/cli.md's table says),
         # found before --create makes anything.
         problem = (
             (errno.EISDIR, "it is a directory")

@@ -1,5 +1,5 @@
 """The engine cache of a fleet: each browser build's cache published once to the shared
-backend, fetched by every fresh machine (issue 12).
+backend, fetched by every fresh machine.
 
 :class:`~profiles.engine_cache.cache.EngineCache` keeps one warm-up cache per browser build on a
 machine (Firefox's ``startupCache``: without it a cold start costs about 1.5x). A fresh
@@ -47,18 +47,16 @@ write access to the catalog and the blob store; fetching only read access.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Literal
 
 from profiles.blobs.base import BlobStore
 from profiles.catalog.base import Catalog
+from profiles.catalog.registration import UPKEEP_TTL, Registration, blob_writer
 from profiles.engine_cache.cache import CACHE_PATHS, UNIDENTIFIED, EngineCache
 from profiles.errors import ProfileError
-from profiles.models import new_id
 from profiles.state.rules import Engine
 
 __all__ = [
@@ -75,8 +73,9 @@ log = logging.getLogger(__name__)
 
 SHARING_ENV = "PROFILES_ENGINE_CACHE_SHARING"
 Sharing = Literal["on", "fetch", "off"]
-#: How long a publisher's blob-writer registration lives if it dies (rule 7).
-PUBLISH_WRITER_TTL = 900.0
+#: How long a publisher's blob-writer registration lives without its heartbeat: a
+#: publisher that dies stops holding the collector off after this (rule 7).
+PUBLISH_WRITER_TTL = UPKEEP_TTL
 
 
 def sharing_mode() -> Sharing:
@@ -178,11 +177,11 @@ def publish_shared(
         if current is not None and current != replacing:
             log.debug("engine cache: %s build %s is already published", engine, key)
             return None
-        with _blob_writer(catalog) as registered:
-            if not registered:
+        with blob_writer(catalog, ttl=PUBLISH_WRITER_TTL) as writer:
+            if writer is None:
                 log.debug("engine cache: a collector is at work; %s not published", key)
                 return None
-            checksum = cache.publish(blobs, engine, key, index)
+            checksum = cache.publish(blobs, engine, key, _FencedIndex(catalog, writer))
     except (OSError, ValueError, ProfileError) as exc:
         log.info("engine cache: could not publish %s build %s: %s", engine, key, exc)
         return None
@@ -197,16 +196,16 @@ def publish_shared(
     return checksum
 
 
-@contextlib.contextmanager
-def _blob_writer(catalog: Catalog) -> Iterator[bool]:
-    """Registered as a writer of blobs for the block (``False``: a collector holds its lock,
-    and nothing may be uploaded now)."""
-    writer_id = new_id("writer")
-    with catalog.transaction() as tx:
-        registered = tx.register_blob_writer(writer_id, ttl=PUBLISH_WRITER_TTL)
-    try:
-        yield registered
-    finally:
-        if registered:
-            with contextlib.suppress(ProfileError), catalog.transaction() as tx:
-                tx.unregister_blob_writer(writer_id)
+class _FencedIndex(CatalogEngineCacheIndex):
+    """The index, recording a publication only while the publisher's blob-writer
+    registration holds (in the same transaction): a collector may have deleted the upload
+    if it lapsed."""
+
+    def __init__(self, catalog: Catalog, writer: Registration) -> None:
+        super().__init__(catalog)
+        self.writer = writer
+
+    def put(self, engine: str, key: str, checksum: str) -> None:
+        with self.catalog.transaction() as tx:
+            self.writer.confirm(tx)
+            tx.engine_cache_put(engine, key, checksum)

@@ -48,6 +48,7 @@ from profiles.errors import (
     ChecksumMismatch,
     Conflict,
     Forbidden,
+    LeaseLost,
     LinkExpired,
     NoStateData,
     NotFound,
@@ -60,11 +61,14 @@ from profiles.errors import (
     error_from_dict,
     rebuild_error,
 )
+from profiles.http.outcome import OUTCOME_HEADER, OUTCOME_VERSION, TRAILER_BYTES, parse_trailer
+from profiles.http.remote_blobs import BlobBatch, RemoteBlobs
 from profiles.http.schemas import (
     AuditPage,
     CloneBody,
     CreateBody,
     EventBody,
+    Health,
     LeaseBody,
     LeaseGrantBody,
     LeaseHolderBody,
@@ -72,6 +76,7 @@ from profiles.http.schemas import (
     LeaseRow,
     PatchBody,
     ProfileList,
+    PushHeader,
     RenewBody,
     RenewResult,
     RestoreBody,
@@ -83,6 +88,10 @@ from profiles.http.schemas import (
 )
 from profiles.models import AuditEvent, AuditType, Holder, Page, Profile, ProfileStatus, Snapshot
 from profiles.service.protocol import UNSET, ProfileService, Unset
+from profiles.state.archive import ArchiveLimits
+from profiles.state.chunked import PackResult, StatCache, pack_chunked
+from profiles.state.manifest import Manifest
+from profiles.state.manifest_reader import ManifestReader
 from profiles.validation import check_labels, check_limit, check_name
 
 __all__ = [
@@ -111,6 +120,9 @@ DEFAULT_BACKOFF: Final = 0.2
 MAX_RETRY_AFTER: Final = 30.0  # never sleep longer than this on one 429
 MAX_BACKOFF: Final = 5.0
 
+#: The most bytes of new blobs a commit sends with itself in one request (``state/push``);
+#: past it, each pack goes up on its own first.
+PUSH_INLINE_BYTES: Final = 16 * 1024 * 1024
 LEASE_POLL_MAX: Final = 25.0  # the longest a lease request waits on the server
 Progress = Callable[[int], None]
 M = TypeVar("M", bound=BaseModel)
@@ -322,7 +334,11 @@ class _StateReader(io.RawIOBase):
     """The body of a ``GET .../state`` response as a readable, non-seekable stream.
 
     With ``expected``, the bytes are hashed as they are read and must hash to it at the
-    end (``ChecksumMismatch`` otherwise). Closing it closes the response."""
+    end (``ChecksumMismatch`` otherwise). With ``outcome``, the body ends with the trailer
+    that says how the server's stream ended (:mod:`profiles.http.outcome`): the last
+    :data:`TRAILER_BYTES` are held back and read at the end; an error there is raised as
+    itself, and a body without one was cut short (``StorageUnavailable``). Closing it
+    closes the response."""
 
     def __init__(
         self,
@@ -333,8 +349,11 @@ class _StateReader(io.RawIOBase):
         location: str,
         name: str,
         progress: Progress | None,
+        outcome: bool = False,
     ) -> None:
         super().__init__()
+        self._outcome = outcome
+        self._held = b""  # the last bytes received, which may be the trailer
         self._response = response
         self._chunks = response.iter_bytes(CHUNK)
         self._pending = b""
@@ -373,6 +392,9 @@ class _StateReader(io.RawIOBase):
             if self._expected is not None:
                 self._hash.update(chunk)
             self._count += len(chunk)
+            if self._outcome:
+                held = self._held + chunk
+                chunk, self._held = held[:-TRAILER_BYTES], held[-TRAILER_BYTES:]
             self._pending = chunk
             if self._progress is not None and chunk:
                 self._progress(self._count)
@@ -383,6 +405,8 @@ class _StateReader(io.RawIOBase):
 
     def _finish(self) -> None:
         self._done = True
+        if self._outcome:
+            self._end_of_stream()
         if self._expected is None:
             return
         got = self._hash.hexdigest()
@@ -397,12 +421,53 @@ class _StateReader(io.RawIOBase):
                 actual=got,
             )
 
+    def _end_of_stream(self) -> None:
+        """Read the trailer: raise the error the server met while streaming, or
+        ``StorageUnavailable`` when the body ended without saying how it ended."""
+        said = parse_trailer(self._held)
+        if said is None:
+            error = StorageUnavailable(
+                f"Reading the state of {self._name!r} from the profile service at "
+                f"{self._location} stopped after {self._count} bytes, before the server said "
+                "the state was complete. Nothing was changed; try again.",
+                home=self._location,
+                cause="stream cut short",
+            )
+            error.transient = True
+            raise error
+        body = said.get("error")
+        if isinstance(body, dict):
+            status = body.get("status")
+            code = status if isinstance(status, int) else 500
+            raise error_from_body(code, {"error": body}, location=self._location)
+
     def close(self) -> None:
         if not self.closed:
             try:
                 self._response.close()
             finally:
                 super().close()
+
+
+def _json_content(json_body: Any, headers: dict[str, str]) -> bytes | None:
+    """``json_body`` as the bytes of a JSON request (its Content-Type added to
+    ``headers``), or ``None`` without one."""
+    if json_body is None:
+        return None
+    try:
+        content = json.dumps(json_body, allow_nan=False).encode()
+    except (TypeError, ValueError) as exc:
+        raise ValidationFailed(f"The request cannot be sent as JSON: {exc}.") from None
+    headers["Content-Type"] = "application/json"
+    return content
+
+
+def _body_of(response: httpx.Response) -> Any:
+    """A read response's body: its JSON, else its text, else ``None``."""
+    try:
+        return response.json() if response.content else None
+    except ValueError:
+        return response.text if response.content else None
 
 
 def _describe(exc: BaseException) -> str:
@@ -463,6 +528,13 @@ class HttpService(ProfileService):
             headers["X-Account"] = account.strip()
         self.account = account
         self.read_timeout = float(timeout)
+        self._chunks: bool | None = None  # whether the server speaks chunks, once asked
+        self._blobs = RemoteBlobs(self)
+        self._manifests = ManifestReader(self._blobs, ArchiveLimits())
+        # The token of each writer lease this service was granted, by (profile id, epoch):
+        # the proof of holding it, sent as X-Lease-Token with the epoch (renew, release,
+        # a commit under it, the session's end). Another key's epoch alone proves nothing.
+        self._lease_tokens: dict[tuple[str, int], str] = {}
         self._client = httpx.Client(
             base_url=self.url + "/",
             headers=headers,
@@ -514,18 +586,10 @@ class HttpService(ProfileService):
             deadline = ambient if deadline is None else min(deadline, ambient)
         query = {k: v for k, v in (params or {}).items() if v is not None}
         extra = dict(headers or {})
-        content: bytes | None = None
-        if json_body is not None:
-            try:
-                content = json.dumps(json_body, allow_nan=False).encode()
-            except (TypeError, ValueError) as exc:
-                raise ValidationFailed(f"The request cannot be sent as JSON: {exc}.") from None
-            extra["Content-Type"] = "application/json"
+        content = _json_content(json_body, extra)
         delay = self.backoff
-        attempt = 0
-        while True:
-            attempt += 1
-            last = attempt >= self.attempts
+        for attempt in range(1, self.attempts + 1):
+            retry = idempotent and attempt < self.attempts
             request = self._client.build_request(
                 method,
                 path,
@@ -538,37 +602,48 @@ class HttpService(ProfileService):
             try:
                 response = self._client.send(request, stream=stream)
             except httpx.TransportError as exc:
-                if idempotent and not last:
-                    log.debug("%s %s: %s; retrying in %.1f s", method, path, _describe(exc), delay)
-                    time.sleep(delay)
-                    delay = min(delay * 2, MAX_BACKOFF)
-                    continue
-                raise self._unreachable(exc) from exc
-            if response.is_success:
-                return response
-            if response.status_code in RETRY_STATUSES and idempotent and not last:
-                response.close()
-                log.debug(
-                    "%s %s: HTTP %d; retrying in %.1f s",
-                    method,
-                    path,
-                    response.status_code,
-                    delay,
-                )
-                time.sleep(delay)
-                delay = min(delay * 2, MAX_BACKOFF)
-                continue
-            header_wait = _retry_after(response)
-            error = self._error(response)
-            if isinstance(error, RateLimited):
-                wait = _rate_limited(error, header_wait, delay)
-                fits = deadline is None or time.monotonic() + wait <= deadline
-                if idempotent and not last and wait <= self.max_retry_after and fits:
-                    log.info("rate limited by %s; retrying in %.1f s", self.location, wait)
-                    time.sleep(wait)
-                    delay = min(delay * 2, MAX_BACKOFF)
-                    continue
-            raise error
+                if not retry:
+                    raise self._unreachable(exc) from exc
+                log.debug("%s %s: %s; retrying in %.1f s", method, path, _describe(exc), delay)
+            else:
+                if response.is_success:
+                    return response
+                wait = self._wait_to_retry(response, delay, deadline) if retry else None
+                if wait is None:
+                    raise self._error(response)
+                delay = wait
+            time.sleep(delay)
+            delay = min(delay * 2, MAX_BACKOFF)
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+    def _wait_to_retry(
+        self, response: httpx.Response, delay: float, deadline: float | None
+    ) -> float | None:
+        """How long to wait before sending again after the failed ``response`` (closed
+        here), or ``None`` when it is not worth retrying; then the caller raises its error.
+        A 5xx (``RETRY_STATUSES``) waits ``delay``; a 429 what it asks, within
+        ``max_retry_after`` and the ``deadline``."""
+        if response.status_code in RETRY_STATUSES:
+            response.close()
+            log.debug("%s: HTTP %d; retrying in %.1f s", self.location, response.status_code, delay)
+            return delay
+        if response.status_code != 429:
+            return None
+        try:
+            response.read()
+        except httpx.HTTPError:
+            return None
+        header_wait = _retry_after(response)
+        error = error_from_body(response.status_code, _body_of(response), location=self.location)
+        if not isinstance(error, RateLimited):
+            return None
+        wait = _rate_limited(error, header_wait, delay)
+        fits = deadline is None or time.monotonic() + wait <= deadline
+        if wait > self.max_retry_after or not fits:
+            return None
+        response.close()
+        log.info("rate limited by %s; retrying in %.1f s", self.location, wait)
+        return wait
 
     def _error(self, response: httpx.Response) -> ProfileError:
         try:
@@ -819,7 +894,9 @@ class HttpService(ProfileService):
         request (without ``epoch``, a read-only session's end: a read key may)."""
         path = self._profile_path(profile_id, "/sessions/end")
         body = _body(SessionEndBody, epoch=epoch, payload=_payload(payload))
-        self._send("POST", path, json_body=body, idempotent=False).close()
+        headers = self._lease_header(profile_id, epoch)
+        self._send("POST", path, json_body=body, headers=headers, idempotent=False).close()
+        self._forget_lease(profile_id, epoch)
 
     # ------------------------------------------------------------------ state bytes
 
@@ -841,7 +918,7 @@ class HttpService(ProfileService):
             "GET",
             self._profile_path(profile.id, "/state"),
             params={"checksum": profile.checksum},
-            headers={"Accept": "application/octet-stream"},
+            headers={"Accept": "application/octet-stream", OUTCOME_HEADER: OUTCOME_VERSION},
             idempotent=True,
             stream=True,
         )
@@ -866,10 +943,11 @@ class HttpService(ProfileService):
             location=self.location,
             name=profile.name,
             progress=progress,
+            outcome=response.headers.get(OUTCOME_HEADER) == OUTCOME_VERSION,
         )
         return cast(BinaryIO, io.BufferedReader(reader, CHUNK))
 
-    def store_state(
+    def commit_archive(
         self,
         profile: Profile,
         spool: Path,
@@ -916,12 +994,110 @@ class HttpService(ProfileService):
                 "Content-Type": "application/octet-stream",
                 "Content-Length": str(size),
                 "X-Checksum": state.checksum,
+                **self._lease_header(profile.id, epoch),
             },
             idempotent=True,
         )
+        if end_session is not None:
+            self._forget_lease(profile.id, epoch)  # released with the commit
         return self._profile(body)
 
-    def upload(
+    # ------------------------------------------------------------------ state as chunks
+
+    @property
+    def supports_chunks(self) -> bool:
+        """Whether the server speaks chunks (``GET /v1/health`` lists ``"chunks"``): asked
+        once. A server without them gets whole archives, as before."""
+        if self._chunks is None:
+            try:
+                health = Health.model_validate(self._json("GET", "health", idempotent=True))
+            except (ProfileError, ValueError) as exc:
+                log.debug("the profile service's features are unknown (%s): archives", exc)
+                return False
+            self._chunks = "chunks" in health.features
+        return self._chunks
+
+    def chunk_source(self) -> RemoteBlobs:
+        return self._blobs
+
+    def manifest(self, checksum: str) -> Manifest | None:
+        if not self.supports_chunks:
+            return None
+        return self._manifests.read(checksum)
+
+    def manifest_of(self, profile: Profile) -> Manifest | None:
+        if profile.checksum is None or not self.supports_chunks:
+            return None
+        with self.reading_state_of(profile):
+            return self._manifests.read(profile.checksum, missing_ok=False)
+
+    def commit_directory(
+        self,
+        profile: Profile,
+        directory: Path,
+        *,
+        previous: Manifest | None,
+        previous_stat: StatCache | None,
+        browser_version: str | None,
+        cookie_domains: builtins.list[str],
+        epoch: int | None,
+        event: AuditType,
+        end_session: Mapping[str, Any] | None = None,
+        **payload: Any,
+    ) -> tuple[Profile, PackResult]:
+        """Chunk ``directory`` here (unchanged files unread, with ``previous_stat``), upload
+        the packs the server lacks and then the manifest, and commit the manifest fenced by
+        ``epoch``: a commit sends what the session changed. The server reads the browser
+        version and cookie domains from the state itself (the ones given are not sent)."""
+        if end_session is not None and epoch is None:
+            raise ValidationFailed("Ending a session with its commit needs the epoch.")
+        batch = BlobBatch(self._blobs, limit=PUSH_INLINE_BYTES)
+        result = pack_chunked(
+            directory,
+            profile.browser_name,
+            batch,
+            previous=previous,
+            previous_stat=previous_stat,
+        )
+        self._manifests.remember(result.manifest)
+        fields: dict[str, Any] = {
+            "checksum": result.checksum,
+            "epoch": epoch,
+            "event": event,
+            "payload": _payload(payload),
+        }
+        if end_session is not None:
+            fields["ended"] = _payload(end_session)
+        kept = batch.kept
+        header = _body(
+            PushHeader,
+            commit=fields,
+            blobs=[{"checksum": name, "size": len(data)} for name, data in kept],
+        )
+        head = json.dumps(header, separators=(",", ":")).encode() + b"\n"
+        size = len(head) + sum(len(data) for _, data in kept)
+
+        def body() -> Iterator[bytes]:
+            yield head
+            for _, data in kept:
+                yield data
+
+        answer = self._json(
+            "POST",
+            self._profile_path(profile.id, "/state/push"),
+            body=body,
+            headers={
+                "Content-Type": "application/octet-stream",
+                "Content-Length": str(size),
+                **self._lease_header(profile.id, epoch),
+            },
+            idempotent=True,
+        )
+        if end_session is not None:
+            self._forget_lease(profile.id, epoch)  # released with the commit
+        return self._profile(answer), result
+
+    def _upload(
         self,
         ref: str,
         source: IO[bytes] | BinaryIO,
@@ -974,7 +1150,7 @@ class HttpService(ProfileService):
         browser_version: str | None = None,
     ) -> Profile | None:
         """The server imports archives itself: see :meth:`upload`."""
-        return self.upload(ref, source, browser_version=browser_version)
+        return self._upload(ref, source, browser_version=browser_version)
 
     def set_status(self, profile_id: str, status: ProfileStatus) -> Profile:
         raise ProfileError(
@@ -1044,6 +1220,7 @@ class HttpService(ProfileService):
             location=self.location,
         )
         expires = read.expires_at
+        self._lease_tokens[(read.profile_id or profile_id, read.epoch)] = read.token
         return LeaseGrant(
             profile_id=read.profile_id or profile_id,
             epoch=read.epoch,
@@ -1054,19 +1231,43 @@ class HttpService(ProfileService):
         )
 
     def renew_lease(self, profile_id: str, epoch: int, *, ttl: float | None) -> bool:
-        body = self._json(
-            "POST",
-            self._profile_path(profile_id, "/lease/renew"),
-            json_body=_body(RenewBody, epoch=epoch)
-            if ttl is None
-            else _body(RenewBody, epoch=epoch, ttl=ttl),
-            idempotent=True,
-        )
+        """False when the lease is no longer held, also when this service was not
+        granted it (no token of it: the server answers ``LeaseLost``)."""
+        try:
+            body = self._json(
+                "POST",
+                self._profile_path(profile_id, "/lease/renew"),
+                json_body=_body(RenewBody, epoch=epoch)
+                if ttl is None
+                else _body(RenewBody, epoch=epoch, ttl=ttl),
+                headers=self._lease_header(profile_id, epoch),
+                idempotent=True,
+            )
+        except LeaseLost:
+            return False
         return _model(RenewResult, body, location=self.location).renewed
 
     def release_lease(self, profile_id: str, epoch: int) -> None:
+        """Releasing a lease that is not held (or was not granted to this service) changes
+        nothing and is not an error, as with a local service."""
         path = self._profile_path(profile_id, "/lease")
-        self._send("DELETE", path, params={"epoch": epoch}, idempotent=True).close()
+        headers = self._lease_header(profile_id, epoch)
+        try:
+            self._send(
+                "DELETE", path, params={"epoch": epoch}, headers=headers, idempotent=True
+            ).close()
+        except LeaseLost:
+            log.debug("the lease %s on %s was not this service's to release", epoch, profile_id)
+        self._forget_lease(profile_id, epoch)
+
+    def _lease_header(self, profile_id: str, epoch: int | None) -> dict[str, str]:
+        """``X-Lease-Token`` of the lease ``epoch``, if this service was granted it."""
+        token = None if epoch is None else self._lease_tokens.get((profile_id, epoch))
+        return {"X-Lease-Token": token} if token is not None else {}
+
+    def _forget_lease(self, profile_id: str, epoch: int | None) -> None:
+        if epoch is not None:
+            self._lease_tokens.pop((profile_id, epoch), None)
 
     def lease_holder(self, profile_id: str) -> Holder | None:
         try:

@@ -18,7 +18,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from profiles.errors import Conflict, ProfileError
-from profiles.service.catalog import CatalogService
 from profiles.store import ProfileStore
 
 __all__ = ["TransferReport", "transfer"]
@@ -62,7 +61,7 @@ def transfer(
     checksums: list[str] = []
     service = source.service
     for checksum in states:
-        manifest = service._manifest_blob(checksum) if isinstance(service, CatalogService) else None
+        manifest = service.manifest(checksum)
         if manifest is not None:
             checksums += sorted(manifest.blob_checksums())
         checksums.append(checksum)

@@ -16,9 +16,8 @@ import contextlib
 import difflib
 import hashlib
 import logging
-import threading
+import os
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, BinaryIO, TypeVar
@@ -26,6 +25,7 @@ from typing import Any, BinaryIO, TypeVar
 from profiles.archetypes import DEFAULT_ARCHETYPE, get_archetype
 from profiles.blobs.base import BlobStore
 from profiles.catalog.base import Catalog, CatalogTransaction, LeaseGrant, StateUpdate
+from profiles.catalog.registration import UPKEEP_TTL, Registration, blob_writer, collector
 from profiles.errors import (
     ArchiveInvalid,
     Conflict,
@@ -50,15 +50,18 @@ from profiles.models import (
 )
 from profiles.service.protocol import UNSET, ProfileService, Unset
 from profiles.state.archive import ArchiveLimits
-from profiles.state.chunked import PackResult, StatCache, missing_blobs, pack_chunked, write_tar
-from profiles.state.manifest import (
-    MANIFEST_MAGIC,
-    MAX_MANIFEST_BLOB,
-    Manifest,
-    is_manifest,
-    parse_manifest,
-    read_capped,
+from profiles.state.chunked import (
+    PackResult,
+    StatCache,
+    check_chunks_in,
+    missing_blobs,
+    pack_chunked,
+    restore_chunked,
+    write_tar,
 )
+from profiles.state.inspection import inspected_paths, read_browser_version, read_cookie_domains
+from profiles.state.manifest import Manifest, sub_manifest
+from profiles.state.manifest_reader import ManifestReader
 from profiles.validation import (
     MAX_LABELS,
     MAX_NAME_LENGTH,
@@ -74,10 +77,7 @@ log = logging.getLogger(__name__)
 
 MAX_DERIVED_NAMES = 99
 MAX_LABEL_LENGTH = 128
-BLOB_WRITER_TTL = 3600.0  # a writer that died stops holding collectors off after this
 BLOB_WRITER_WAIT = 120.0
-COLLECTOR_TTL = 600.0
-MANIFESTS_KEPT = 16
 
 R = TypeVar("R", Profile, Snapshot, AuditEvent)
 
@@ -102,8 +102,8 @@ def derive_name(base: str, suffix: str, taken: Callable[[str], bool]) -> str:
 def _close_names(name: str, names: Iterable[str], *, limit: int = 3) -> list[str]:
     candidates = [n for n in names if n != name]
     close = difflib.get_close_matches(name, candidates, n=limit, cutoff=0.75)
-    folded = [n for n in candidates if n.casefold() == name.casefold() and n not in close]
-    return (folded + close)[:limit]
+    same = [n for n in candidates if n.casefold() == name.casefold() and n not in close]
+    return (same + close)[:limit]
 
 
 def _check_ttl(ttl: float | None) -> None:
@@ -125,6 +125,48 @@ class _NullSink:
         return len(data)
 
 
+def _checked_changes(
+    name: str | Unset, description: str | Unset | None, labels: dict[str, str] | Unset
+) -> dict[str, Any]:
+    """The fields an update passes (``UNSET``: not passed), each checked."""
+    changes: dict[str, Any] = {}
+    if not isinstance(name, Unset):
+        changes["name"] = check_name(name)
+    if not isinstance(description, Unset):
+        changes["description"] = check_description(description)
+    if not isinstance(labels, Unset):
+        changes["labels"] = check_labels(labels)
+    return changes
+
+
+def _checked_label_edits(
+    add_labels: Mapping[str, str] | None, remove_labels: Iterable[str] | None
+) -> tuple[dict[str, str], set[str]]:
+    """The labels an update adds and the keys it removes, checked."""
+    adding = dict(check_labels(dict(add_labels))) if add_labels else {}
+    if isinstance(remove_labels, str):
+        raise ValidationFailed(
+            "remove_labels must be a list of label keys, not one string.",
+            field="remove_labels",
+        )
+    removing = set(remove_labels or ())
+    if not all(isinstance(k, str) for k in removing):
+        raise ValidationFailed("remove_labels must hold label keys.", field="remove_labels")
+    return adding, removing
+
+
+def _keep_archetype(current: Profile, archetype: str | Unset) -> None:
+    """``ValidationFailed`` when an update would change the (sticky) archetype."""
+    if not isinstance(archetype, Unset) and archetype != current.archetype:
+        raise ValidationFailed(
+            f"The archetype of profile {current.name!r} is {current.archetype!r} and "
+            "cannot be changed. To repin, clone it with the new archetype "
+            f"(profiles clone {current.name} --archetype {archetype}) and delete "
+            "the old profile after migrating.",
+            field="archetype",
+        )
+
+
 class CatalogService(ProfileService):
     """The service over a catalog and a blob store (embedded or shared)."""
 
@@ -135,10 +177,23 @@ class CatalogService(ProfileService):
         *,
         max_profiles: int | None = None,
         limits: ArchiveLimits | None = None,
+        upkeep_ttl: float = UPKEEP_TTL,
     ) -> None:
         from profiles.catalog.sqlite import SQLiteCatalog
 
+        if (
+            isinstance(upkeep_ttl, bool)
+            or not isinstance(upkeep_ttl, int | float)
+            or not upkeep_ttl > 0
+        ):
+            raise ValidationFailed(
+                "upkeep_ttl must be a number of seconds above 0.", field="upkeep_ttl"
+            )
         self.catalog = catalog
+        #: How long a writer's registration or the collector lock of this service lives
+        #: without its heartbeat: a process that dies stops holding the other side off
+        #: after this (at once on the embedded catalog, which sees dead processes).
+        self.upkeep_ttl = float(upkeep_ttl)
         self.blobs = blobs
         self.max_profiles = max_profiles
         self.limits = limits or ArchiveLimits()
@@ -146,8 +201,7 @@ class CatalogService(ProfileService):
         self.location = f"{catalog.location} + {blobs.location}"
         # Manifests are immutable (named by their hash): the last few read or written are
         # kept, so a commit after a checkout does not fetch the previous one again.
-        self._manifests: OrderedDict[str, Manifest] = OrderedDict()
-        self._manifests_lock = threading.Lock()
+        self.manifests = ManifestReader(blobs, self.limits)
 
     def close(self) -> None:
         try:
@@ -177,100 +231,30 @@ class CatalogService(ProfileService):
         self._free_blobs(profile.checksum)
         return profile
 
-    supports_chunks = True
+    @property
+    def supports_chunks(self) -> bool:
+        return True
 
     def manifest_of(self, profile: Profile) -> Manifest | None:
         if profile.checksum is None:
             return None
         with self.reading_state_of(profile):
-            return self._manifest_blob(profile.checksum, missing_ok=False)
+            return self.manifests.read(profile.checksum, missing_ok=False)
 
-    @contextlib.contextmanager
-    def reading_state_of(self, profile: Profile) -> Iterator[None]:
-        """Name the profile in a :class:`StateCorrupt` raised while reading its state (a
-        missing manifest, pack or chunk), with what to do about it."""
-        try:
-            yield
-        except StateCorrupt as exc:
-            if "profile_id" in exc.details:
-                raise
-            raise StateCorrupt(
-                f"The committed state of profile {profile.name!r} ({profile.id}) cannot be "
-                f"read: {exc.message} Restore it from a snapshot or an export; "
-                "'profiles verify' lists every state affected.",
-                profile_id=profile.id,
-                **exc.details,
-            ) from exc
+    def manifest(self, checksum: str) -> Manifest | None:
+        """The manifest stored under ``checksum`` (``None``: a whole archive, or nothing)."""
+        return self.manifests.read(checksum)
 
-    def _remember(self, manifest: Manifest) -> None:
-        with self._manifests_lock:
-            self._manifests[manifest.checksum] = manifest
-            self._manifests.move_to_end(manifest.checksum)
-            while len(self._manifests) > MANIFESTS_KEPT:
-                self._manifests.popitem(last=False)
+    def chunk_source(self) -> BlobStore:
+        return self.blobs
 
-    def _manifest_blob(
-        self, checksum: str, *, missing_ok: bool = True, full: bool = False
-    ) -> Manifest | None:
-        """The manifest stored under ``checksum``, or ``None`` for a whole archive. A
-        delta is read with its base (``full``: the base of a delta is being read, and must
-        be a full manifest)."""
-        with self._manifests_lock:
-            kept = self._manifests.get(checksum)
-        if kept is not None and not (full and kept.base is not None):
-            return kept
-        try:
-            with self.blobs.open(checksum) as stream:
-                head = stream.read(len(MANIFEST_MAGIC))
-                if not is_manifest(head):
-                    return None
-                rest = read_capped(stream, MAX_MANIFEST_BLOB)
-        except NotFound:
-            if missing_ok:
-                return None
-            raise StateCorrupt(
-                f"The committed state {checksum} is missing from {self.blobs.location}.",
-                checksum=checksum,
-            ) from None
-        if rest is None:
-            raise ArchiveInvalid(
-                f"The state manifest {checksum} is larger than {MAX_MANIFEST_BLOB} bytes.",
-                field="manifest",
-            )
-        blob = head + rest
-        manifest = parse_manifest(blob, limits=self.limits, bases=None if full else self._base_of)
-        if hashlib.sha256(blob).hexdigest() == checksum:
-            manifest._checksum = checksum
-            self._remember(manifest)
-        return manifest
+    def storage(self) -> tuple[Catalog, BlobStore] | None:
+        return self.catalog, self.blobs
 
-    def _base_of(self, checksum: str) -> Manifest:
-        """The full manifest a delta names as its base, checked against its name."""
-        try:
-            base = self._manifest_blob(checksum, missing_ok=False, full=True)
-        except StateCorrupt as exc:
-            raise StateCorrupt(
-                f"The base manifest {checksum} of a delta state cannot be read: {exc.message}",
-                chunk=checksum,
-            ) from exc
-        except ArchiveInvalid as exc:
-            raise ArchiveInvalid(
-                f"The base manifest {checksum} of a delta state is refused: {exc.message}",
-                field="manifest",
-            ) from exc
-        if base is None:
-            raise ArchiveInvalid(
-                f"The state manifest names {checksum} as its base, which is not a manifest.",
-                field="manifest",
-            )
-        if base.checksum != checksum:
-            raise StateCorrupt(
-                f"The base manifest {checksum} in {self.blobs.location} does not hash to its name.",
-                chunk=checksum,
-            )
-        return base
+    def sweep_scratch(self) -> builtins.list[str]:
+        return self.blobs.sweep_scratch()
 
-    def store_directory(
+    def commit_directory(
         self,
         profile: Profile,
         directory: Path,
@@ -281,13 +265,14 @@ class CatalogService(ProfileService):
         cookie_domains: builtins.list[str],
         epoch: int | None,
         event: AuditType,
+        end_session: Mapping[str, Any] | None = None,
         **payload: Any,
     ) -> tuple[Profile, PackResult]:
         """Commit ``directory`` as chunks: only the chunks that changed are stored, then the
         manifest, then the catalog (data first, metadata last). Runs as a registered
         writer, so no collector removes a chunk this commit reuses before it is referenced."""
         started = time.perf_counter()
-        with self._blob_writer():
+        with self._blob_writer() as writer:
             result = pack_chunked(
                 directory,
                 profile.browser_name,
@@ -310,11 +295,122 @@ class CatalogService(ProfileService):
                 "bytes_written": result.stats.bytes_written,
                 "seconds": round(time.perf_counter() - started, 3),
             }
-            updated, replaced = self._set_state(profile, state, epoch, event, **details)
-        self._remember(result.manifest)
+            updated, replaced = self._set_state(
+                profile, state, epoch, event, writer=writer, **details
+            )
+        self.manifests.remember(result.manifest)
         if replaced != result.checksum:
             self._free_blobs(replaced)  # the manifest (or old archive); chunks go to gc
+        if end_session is not None:
+            self.end_session(profile.id, epoch, **end_session)
         return updated, result
+
+    def store_blob(self, checksum: str, path: Path) -> bool:
+        """Store the file at ``path``, which the caller hashed to ``checksum``, as that blob
+        (moved into place where the blob store can); whether it was not there before.
+
+        No writer registration: it would end with the request, while what keeps a blob no
+        state names yet (a pack a client uploads before its commit) is the collector's
+        ``min_age``. The commit that names it registers, and confirms the registration in
+        the transaction that references it."""
+        if self.blobs.exists(checksum):
+            return False
+        with path.open("rb") as spooled:
+            os.fsync(spooled.fileno())  # data first: durable before anything names it
+        self.blobs.put_file(checksum, path)
+        return True
+
+    def commit_manifest(
+        self,
+        profile: Profile,
+        checksum: str,
+        *,
+        epoch: int | None,
+        event: AuditType,
+        scratch: Path,
+        **payload: Any,
+    ) -> Profile:
+        """Make the manifest stored under ``checksum`` the profile's state: a client that
+        chunked the state itself uploaded its new packs and then the manifest. All of it is
+        hostile input: the manifest is read under this service's limits (a delta with its
+        base), must be of the profile's engine, and may name only blobs this store holds;
+        every chunk in a blob the profile's current state does not use is read and checked
+        against the manifest (content digests too, since the next commit reuses chunks by
+        them); the cookie domains and browser version are read from the state's own files,
+        restored alone into ``scratch``. ``ArchiveInvalid`` for a manifest refused,
+        ``LeaseLost`` when ``epoch`` is not current."""
+        started = time.perf_counter()
+        with self._blob_writer() as writer:
+            if not self.blobs.exists(checksum):
+                raise ValidationFailed(
+                    f"No manifest {checksum} was uploaded: upload the state's packs and its "
+                    "manifest, then commit.",
+                    field="checksum",
+                )
+            try:
+                manifest = self.manifests.read(checksum, missing_ok=False)
+            except StateCorrupt as exc:  # what the client uploaded: a bad file, not damage
+                raise ArchiveInvalid(
+                    f"The uploaded manifest is refused: {exc.message}", field="manifest"
+                ) from None
+            if manifest is None:
+                raise ArchiveInvalid(
+                    f"The blob {checksum} is not a state manifest.", field="manifest"
+                )
+            if manifest.engine != profile.browser_name:
+                raise ArchiveInvalid(
+                    f"The manifest is a {manifest.engine} state; profile {profile.name!r} is "
+                    f"{profile.browser_name}.",
+                    field="manifest",
+                )
+            try:
+                current = self.manifest_of(profile)
+            except (StateCorrupt, ArchiveInvalid):
+                current = None
+            # What the current state names is there; only the rest is looked up.
+            known = current.blob_checksums() if current is not None else set()
+            unknown = manifest.blob_checksums() - known
+            missing = sorted(c for c in unknown if not self.blobs.exists(c))
+            if missing:
+                raise ValidationFailed(
+                    f"The manifest names {len(missing)} blobs this store does not hold "
+                    f"(first {missing[0]}): upload them, then commit again.",
+                    field="manifest",
+                    missing=missing[:20],
+                )
+            try:
+                checked = check_chunks_in(manifest, self.blobs, unknown)
+                inspect = scratch / "inspect"
+                restore_chunked(
+                    sub_manifest(manifest, inspected_paths(manifest.engine)),
+                    self.blobs,
+                    inspect,
+                    limits=self.limits,
+                )
+            except StateCorrupt as exc:
+                raise ArchiveInvalid(
+                    f"The uploaded state does not match its manifest: {exc.message}",
+                    field="manifest",
+                ) from None
+            state = StateUpdate(
+                checksum=checksum,
+                blob_size=manifest.total_bytes,
+                uploaded_at=utcnow(),
+                browser_version=read_browser_version(inspect, manifest.engine),
+                cookie_domains=read_cookie_domains(inspect, manifest.engine, scratch=scratch),
+            )
+            details = {
+                **payload,
+                "files": sum(1 for _ in manifest.files()),
+                "bytes_checked": checked,
+                "seconds": round(time.perf_counter() - started, 3),
+            }
+            updated, replaced = self._set_state(
+                profile, state, epoch, event, writer=writer, **details
+            )
+        if replaced != checksum:
+            self._free_blobs(replaced)
+        return updated
 
     def verify(self, *, full: bool = False) -> builtins.list[tuple[str, str]]:
         """Check every state a profile or snapshot references: ``(checksum, problem)`` for
@@ -328,7 +424,7 @@ class CatalogService(ProfileService):
                 if not self.blobs.exists(checksum):
                     problems.append((checksum, "missing"))
                     continue
-                manifest = self._manifest_blob(checksum)
+                manifest = self.manifests.read(checksum)
                 if manifest is None:
                     if full:
                         digest = hashlib.sha256()
@@ -355,7 +451,7 @@ class CatalogService(ProfileService):
             )
         return self.blobs.open(profile.checksum)
 
-    def store_state(
+    def commit_archive(
         self,
         profile: Profile,
         spool: Path,
@@ -366,10 +462,12 @@ class CatalogService(ProfileService):
         end_session: Mapping[str, Any] | None = None,
         **payload: Any,
     ) -> Profile:
-        with self._blob_writer():
+        with self._blob_writer() as writer:
             # Data first: the bytes are stored before the catalog points at them.
             self.blobs.put_file(state.checksum, spool)
-            updated, replaced = self._set_state(profile, state, epoch, event, **payload)
+            updated, replaced = self._set_state(
+                profile, state, epoch, event, writer=writer, **payload
+            )
         if replaced != state.checksum:
             self._free_blobs(replaced)
         if end_session is not None:
@@ -380,7 +478,7 @@ class CatalogService(ProfileService):
         now = time.time()
         freed: builtins.list[str] = []
         with self._collector(wait=wait) as granted:
-            if not granted:
+            if granted is None:
                 raise StorageUnavailable(
                     f"Writers kept the store at {self.location} busy for {seconds_text(wait)}; "
                     "collect garbage again later.",
@@ -391,12 +489,29 @@ class CatalogService(ProfileService):
                 # States, and the engine caches a fleet shares (catalog rule 10).
                 in_use = tx.checksums_in_use() | tx.engine_cache_checksums()
             live = set(in_use)
+            unreadable: builtins.list[str] = []
             for checksum in in_use:  # a manifest keeps its packs and chunks alive
-                manifest = self._manifest_blob(checksum)
+                try:
+                    manifest = self.manifests.read(checksum)
+                except StateCorrupt:
+                    unreadable.append(checksum)
+                    continue
                 if manifest is not None:
                     live |= manifest.blob_checksums()
+            if unreadable:
+                # Which packs a damaged manifest needs is unknown: deleting any could make
+                # a repair (the manifest put back from a backup) impossible.
+                raise StateCorrupt(
+                    f"Nothing was collected: {len(unreadable)} stored states in "
+                    f"{self.location} are damaged ({', '.join(sorted(unreadable)[:3])}"
+                    f"{', ...' if len(unreadable) > 3 else ''}), so the packs they use "
+                    "are unknown. Run 'profiles verify' to see which profiles and snapshots "
+                    "they are; restore or delete those, then collect garbage again.",
+                    checksums=sorted(unreadable),
+                )
             for blob in self.blobs.list():
                 if blob.checksum not in live and now - blob.modified >= min_age:
+                    granted.check()  # still the collector: no writer came in meanwhile
                     self.blobs.delete(blob.checksum)
                     freed.append(blob.checksum)
         return freed
@@ -509,7 +624,7 @@ class CatalogService(ProfileService):
             return
         try:
             with self._collector(wait=0) as granted:
-                if not granted:
+                if granted is None:
                     log.debug("writers are active; %d blobs left for collect_garbage", len(wanted))
                     return
                 with self.catalog.transaction(write=False) as tx:
@@ -517,6 +632,7 @@ class CatalogService(ProfileService):
                 for checksum in unused:
                     if self._may_be_a_base(checksum):
                         continue  # deltas of kept states may name it: the collector decides
+                    granted.check()
                     self.blobs.delete(checksum)
         except (ProfileError, OSError) as exc:
             log.warning("could not free state bytes (collect_garbage will): %s", exc)
@@ -525,29 +641,15 @@ class CatalogService(ProfileService):
         """Whether the state blob ``checksum`` is a full manifest (or cannot be read as a
         whole archive or a delta), which a delta state elsewhere may name as its base."""
         try:
-            manifest = self._manifest_blob(checksum)
+            manifest = self.manifests.read(checksum)
         except (ProfileError, OSError):
             return True
         return manifest is not None and manifest.base is None
 
-    @contextlib.contextmanager
-    def _collector(self, *, wait: float) -> Iterator[bool]:
-        """Hold the exclusive collector lock for the block (``False``: not granted)."""
-        collector_id = new_id("collector")
-        deadline = time.monotonic() + wait
-        granted = False
-        while True:
-            with self.catalog.transaction() as tx:
-                granted = tx.acquire_collector(collector_id, ttl=COLLECTOR_TTL)
-            if granted or time.monotonic() >= deadline:
-                break
-            time.sleep(0.05)
-        try:
-            yield granted
-        finally:
-            if granted:
-                with contextlib.suppress(ProfileError), self.catalog.transaction() as tx:
-                    tx.release_collector(collector_id)
+    def _collector(self, *, wait: float) -> contextlib.AbstractContextManager[Registration | None]:
+        """The exclusive collector lock for the block, renewed while it runs (``None``: not
+        granted within ``wait``). Check it before each deletion (:meth:`Registration.check`)."""
+        return collector(self.catalog, ttl=self.upkeep_ttl, wait=wait)
 
     def create(
         self,
@@ -596,57 +698,50 @@ class CatalogService(ProfileService):
         ``remove_labels`` (drop these keys) merge into the labels as they are when the
         change is written, inside one transaction, so concurrent edits of different labels
         all survive."""
-        changes: dict[str, Any] = {}
-        if not isinstance(name, Unset):
-            changes["name"] = check_name(name)
-        if not isinstance(description, Unset):
-            changes["description"] = check_description(description)
-        if not isinstance(labels, Unset):
-            changes["labels"] = check_labels(labels)
-        adding = dict(check_labels(dict(add_labels))) if add_labels else {}
-        if isinstance(remove_labels, str):
-            raise ValidationFailed(
-                "remove_labels must be a list of label keys, not one string.",
-                field="remove_labels",
-            )
-        removing = set(remove_labels or ())
-        if not all(isinstance(k, str) for k in removing):
-            raise ValidationFailed("remove_labels must hold label keys.", field="remove_labels")
+        changes = _checked_changes(name, description, labels)
+        adding, removing = _checked_label_edits(add_labels, remove_labels)
         with self.catalog.transaction() as tx:
             current = self._find(tx, ref)
-            if not isinstance(archetype, Unset) and archetype != current.archetype:
-                raise ValidationFailed(
-                    f"The archetype of profile {current.name!r} is {current.archetype!r} and "
-                    "cannot be changed. To repin, clone it with the new archetype "
-                    f"(profiles clone {current.name} --archetype {archetype}) and delete "
-                    "the old profile after migrating.",
-                    field="archetype",
-                )
+            _keep_archetype(current, archetype)
             changed = sorted(k for k, v in changes.items() if getattr(current, k) != v)
             if adding or removing:
                 changed = sorted({*changed, "labels"})
             if not changed:
                 return current
-            now = utcnow()
-            fields = {k: v for k, v in changes.items() if k != "labels" and k in changed}
-            updated = tx.update_fields(current.id, {**fields, "updated_at": now})
-            if "labels" in changed:
-                updated = tx.merge_labels(
-                    current.id,
-                    add=adding,
-                    remove=frozenset(removing),
-                    replace=changes.get("labels"),
-                    updated_at=now,
-                )
-                assert updated is not None
-                if len(updated.labels) > MAX_LABELS:
-                    raise ValidationFailed(
-                        f"A profile can have at most {MAX_LABELS} labels; this change would "
-                        f"give {current.name!r} {len(updated.labels)}. Remove some first.",
-                        field="labels",
-                    )
-            assert updated is not None
+            updated = self._write_changes(tx, current, changes, changed, adding, removing)
             self._event(tx, "profile.updated", current.id, changed=changed)
+        return updated
+
+    @staticmethod
+    def _write_changes(
+        tx: CatalogTransaction,
+        current: Profile,
+        changes: Mapping[str, Any],
+        changed: builtins.list[str],
+        adding: dict[str, str],
+        removing: set[str],
+    ) -> Profile:
+        """Write the fields that change, then merge the labels (as they are now, in this
+        transaction) and check their count."""
+        now = utcnow()
+        fields = {k: v for k, v in changes.items() if k != "labels" and k in changed}
+        updated = tx.update_fields(current.id, {**fields, "updated_at": now})
+        if "labels" in changed:
+            updated = tx.merge_labels(
+                current.id,
+                add=adding,
+                remove=frozenset(removing),
+                replace=changes.get("labels"),
+                updated_at=now,
+            )
+            assert updated is not None
+            if len(updated.labels) > MAX_LABELS:
+                raise ValidationFailed(
+                    f"A profile can have at most {MAX_LABELS} labels; this change would "
+                    f"give {current.name!r} {len(updated.labels)}. Remove some first.",
+                    field="labels",
+                )
+        assert updated is not None
         return updated
 
     def clone(
@@ -826,8 +921,16 @@ class CatalogService(ProfileService):
             return _page(rows, limit)
 
     def record_event(self, type_: AuditType, profile_id: str | None, **payload: Any) -> None:
-        """Append one audit event (used by sessions)."""
+        """Append one audit event (used by sessions). An event names a profile that exists
+        (``NotFound`` otherwise, as over HTTP): the audit keeps a deleted profile's events
+        from while it existed, never events of a profile that never did."""
         with self.catalog.transaction() as tx:
+            if profile_id is not None and tx.get_profile(profile_id) is None:
+                raise NotFound(
+                    f"Profile {profile_id!r} not found: no event recorded.",
+                    resource="profile",
+                    ref=profile_id,
+                )
             self._event(tx, type_, profile_id, **payload)
 
     def record_use(self, ref: str, **payload: Any) -> Profile:
@@ -847,11 +950,15 @@ class CatalogService(ProfileService):
         state: StateUpdate,
         epoch: int | None,
         event: AuditType,
+        *,
+        writer: Registration,
         **payload: Any,
     ) -> tuple[Profile, str | None]:
-        """Point the profile at stored bytes (metadata last), with its audit event."""
+        """Point the profile at stored bytes (metadata last), with its audit event, while
+        ``writer`` (the registration under which they were stored) still holds."""
         try:
             with self.catalog.transaction() as tx:
+                writer.confirm(tx)
                 updated, replaced = tx.set_state(profile.id, state, epoch=epoch)
                 self._event(
                     tx,
@@ -873,16 +980,14 @@ class CatalogService(ProfileService):
         return updated, replaced
 
     @contextlib.contextmanager
-    def _blob_writer(self) -> Iterator[None]:
+    def _blob_writer(self) -> Iterator[Registration]:
         """Register this process as a writer of state bytes for the block, so no collector
-        deletes bytes it uploads before its reference lands (catalog contract, rule 7)."""
-        writer_id = new_id("writer")
-        deadline = time.monotonic() + BLOB_WRITER_WAIT
-        while True:
-            with self.catalog.transaction() as tx:
-                if tx.register_blob_writer(writer_id, ttl=BLOB_WRITER_TTL):
-                    break
-            if time.monotonic() >= deadline:
+        deletes bytes it uploads before its reference lands (catalog contract, rule 7). A
+        heartbeat renews the registration while the block runs (a long commit stays
+        registered); the transaction that references the bytes confirms it
+        (:meth:`Registration.confirm`)."""
+        with blob_writer(self.catalog, ttl=self.upkeep_ttl, wait=BLOB_WRITER_WAIT) as writer:
+            if writer is None:
                 busy = StorageUnavailable(
                     f"The store at {self.location} is collecting garbage and did not let "
                     f"writers in for {seconds_text(BLOB_WRITER_WAIT)}; try again.",
@@ -891,12 +996,7 @@ class CatalogService(ProfileService):
                 )
                 busy.transient = True
                 raise busy
-            time.sleep(0.05)
-        try:
-            yield
-        finally:
-            with contextlib.suppress(ProfileError), self.catalog.transaction() as tx:
-                tx.unregister_blob_writer(writer_id)
+            yield writer
 
     def set_status(self, profile_id: str, status: ProfileStatus) -> Profile:
         with self.catalog.transaction() as tx:

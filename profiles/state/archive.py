@@ -1,4 +1,4 @@
-"""State archives: engine-aware packing, safe unpacking of hostile input, and inspection.
+"""State archives: engine-aware packing and safe unpacking of hostile input.
 
 An archive is a tar stream of a browser's user-data-dir, compressed with gzip (``.tar.gz``,
 the documented interchange format) or zstd (``.tar.zst``). Readers tell the codec from the
@@ -8,11 +8,16 @@ Unpacking assumes the archive came from anyone. The tar stream is read by
 :mod:`profiles.state.tar_guard`, not by ``tarfile``'s reader: headers are capped in size before
 they are read, every byte must belong to a member or to the end-of-archive marker and its
 zero padding, and the compressed stream must end exactly where its codec says. Only regular
-files and directories with plain relative names are accepted (our own allow-list, then
-Python's ``data`` filter); every size is capped (compressed, decompressed stream, total, per
-member, member count, expansion ratio, header size) so a bomb stops early; every refusal is
-``ArchiveInvalid`` naming the member by its archive name, never by a path of this machine;
-and the tree is built in a temporary sibling that is renamed into place only when complete.
+files and directories with plain relative names are accepted, by our own allow-list
+(``tarfile``'s ``data`` filter is not run on top: :func:`_check_member` says why); every size
+is capped (compressed, decompressed stream, total, per member, member count, expansion
+ratio, header size) so a bomb stops early; every refusal is ``ArchiveInvalid`` naming the
+member by its archive name, never by a path of this machine; and the tree is built in a
+temporary sibling that is renamed into place only when complete.
+
+Also here: :func:`remove_engine_locks` (the lock files a dead browser left) and
+:func:`tree_digest` (a digest of a tree's kept files). Reading what a state says about itself
+(engine, browser version, cookie domains) is :mod:`profiles.state.inspection`.
 """
 
 from __future__ import annotations
@@ -604,7 +609,7 @@ def _swap_into_place(staging: Path, target: Path) -> None:
         fsync_dir(target.parent)
 
 
-# ---------------------------------------------------------------------------- inspection
+# ---------------------------------------------------------------------------- directories on disk
 
 
 def remove_engine_locks(root: Path, engine: Engine) -> list[str]:

@@ -1,135 +1,15 @@
-"""Incremental, deduplicated states: a manifest of files, each cut into fixed-size chunks.
+"""Chunked states: write a directory as chunks in packs plus a manifest, and read it back.
 
-A committed state used to be one compressed tar of the whole user-data-dir, so a session
-that changed one cookie re-packed and re-stored the whole profile. Here a state is
-
-* **chunks**: the content of every file, cut at fixed offsets from the file's start
-  (:data:`CHUNK_SIZE`, 256 KiB), each compressed with zstd (level 3) and named by the
-  SHA-256 of its compressed bytes;
-* **packs**: the chunks a commit adds, their zstd frames back to back in walk order, in
-  blobs of about :data:`PACK_TARGET` (4 MiB) named by their own SHA-256 (so
-  :meth:`BlobStore.put` verifies them); and
-* a **manifest** (:mod:`profiles.state.manifest`): per file its chunk list, the packs it uses
-  and where each chunk lies in them. The manifest is a blob too; its checksum is the
-  state's identity.
-
-Format 1 (the first chunked format) stored every chunk as a blob of its own; its manifests
-have no pack table (location ``(-1, 0, 0)`` means the same in format 2) and are still read.
-
-Why packs: an object store bills and waits per request. One blob per chunk made a cold
-restore of 100 MB from S3 (moto) take 1.8 s against 0.3 s for one archive, and a first
-commit 4.3 s; packs make both a few requests, while a commit still writes only what
-changed. A restore reads chunks that lie back to back in a pack with one ranged read of up
-to :data:`READ_SPAN` bytes (4 MiB: 223 ms for 100 MB from moto, against 272 ms at 2 MiB and
-377 ms at 1 MiB).
-
-Packs are shared by lineage: a commit reuses the chunks of the state it follows (and
-clones, snapshots and imports over a profile reuse theirs), not chunks of unrelated
-profiles; that needs no store-wide chunk index to keep consistent across backends, and the
-repetition in browser profiles is within a profile's history. The collector keeps every
-blob a live manifest names and deletes the rest, as before. Dead chunks in a live pack are
-reclaimed by *compaction at commit* (:func:`_plan_folds`) rather than by a separate repack
-that would have to rewrite manifests under readers: chunks the new state still uses from a
-pack it uses less than half of, from the small packs holding the fewest live bytes once
-it uses more than :data:`MAX_SMALL_PACKS` small packs, or stored on their own (format 1)
-are copied into the commit's new pack, so the old pack drops out of the state and goes
-once no kept state names it.
-
-Why fixed-size chunks per file, not content-defined chunking of the tar stream
------------------------------------------------------------------------------
-
-casync/restic cut a *stream* at content-defined boundaries so that an insertion does not
-shift every later boundary. A browser profile is not a stream of edited text; it is:
-
-* **SQLite databases** (Cookies, History, Web Data, Favicons, Login Data, ...): fixed-size
-  pages updated *in place*. A one-row update changes page 1 (the change counter) and the
-  row's page; with per-file fixed chunks that is one or two chunks, at the same offsets.
-* **LevelDB** (Local Storage, IndexedDB, Session Storage): append-only ``.log`` files and
-  new immutable ``.ldb`` tables. An append changes only the file's last chunk; a new table
-  adds only its own chunks; a deleted table removes only its own.
-* **Write-once blob files** (IndexedDB blobs, CacheStorage bodies): never change.
-
-Nothing in there inserts bytes in the middle of a file, so boundaries that never move is
-exactly what dedupes it, and per *file* boundaries never shift when another file grows
-(in a tar stream every later member moves). A rolling hash would also cost a pass of pure
-Python (or a C extension) over every byte; fixed chunks cost a ``read`` and a SHA-256
-(~1.9 GB/s here), and only for files whose stat changed.
-
-Chunk size, measured on an 82 MB SQLite database (text rows, a one-row update plus a
-one-row insert: 3 pages change): 64 KiB chunks write 56 KB, 256 KiB 208 KB, 1 MiB 635 KB
-compressed; the compression ratio barely moves (0.27, 0.24, 0.24). 256 KiB keeps a
-one-row update well under 1 MB while giving a 400 MB profile ~1,600 large chunks
-(plus one chunk per small file: ``scripts/bench_chunked.py`` prints the counts), a
-manifest of ~100-200 KB compressed. Small files are one chunk each (packs, not chunks,
-group them for storage), so each one is reused on its own; identical small files
-(``CURRENT``, empty ``LOG``) are stored once.
-
-SQLite databases (recognised by their 16-byte header) are cut finer: at the smallest
-power of two of at least their page size and :data:`MIN_PAGE_CHUNK` (4 KiB) that cuts the
-file into at most :data:`SQLITE_CHUNKS` (32) chunks, capped at :data:`CHUNK_SIZE`. A
-one-cookie update of a 70 KB ``Cookies`` then stores two 4 KiB pages (about 2 KB) instead
-of the whole file (about 20 KB), while a 100 MB ``History`` keeps 256 KiB chunks. Page
-chunks compress a little worse: a 1 MB profile's first state takes 5% more, a 10 MB
-one's 2%. A database that grows past a power-of-two boundary is re-cut once.
-
-Manifests as deltas
--------------------
-
-With small chunks, the manifest dominates what a small commit writes (4 KB a state for a
-1 MB profile, 100-200 KB for 400 MB). A commit therefore writes its manifest as a *delta*
-(format 3, :class:`profiles.state.manifest.Delta`) against the last *full* manifest of its
-lineage: the entries that differ from it, the paths it lacks, and where their chunks are,
-about 2 KB for a one-cookie change. Deltas never chain: the next commit's delta is against
-the same full manifest, until the delta would exceed :data:`MAX_DELTA_SHARE` of it; then
-the commit writes a full manifest, the next base. Reading a delta reads its base (kept in
-memory by the service), so a state is at most two manifests away. A delta's base is among
-the blobs it needs (:meth:`Manifest.blob_checksums`), so the collector and transfers keep
-it; since any kept delta may name a full manifest, a replaced full manifest waits for the
-collector instead of being deleted at once (a replaced delta still is).
-
-Making a commit cost what the session changed
----------------------------------------------
-
-:func:`pack_chunked` walks the tree with the same engine excludes as
-:func:`profiles.state.archive.pack_dir`, and for each file:
-
-1. **Skips unchanged files without reading them**: the caller passes the previous
-   manifest and a :class:`StatCache` (size, mtime_ns, inode, ctime_ns, device per path,
-   kept *locally* next to the working copy, never in the shared manifest). A file whose
-   stat is unchanged reuses its previous entry. As in git, a file whose mtime is within
-   :data:`RACY_NS` of the walk is not trusted next time ("racily clean"), and the cache
-   only applies to the manifest it was made for.
-2. **Hashes, but does not compress, unchanged chunks** of files it reads: a chunk whose
-   uncompressed SHA-256 is in the previous manifest reuses that blob. So a lost stat
-   cache costs a hash pass, not a re-pack; and a zstd upgrade that changes compressed
-   bytes re-uploads nothing that did not change.
-3. **Compresses only new chunks**, in a thread pool (zstd and hashlib release the GIL;
-   chunks under :data:`INLINE_BYTES` are done inline), and appends them to new packs in
-   walk order, uploading each full pack in the background: data first, the manifest last.
-
-``verify=True`` distrusts all of that: it reads and compresses every file and stores every
-chunk afresh (the same tree packs to the same packs, so what was intact is not stored
-twice, and what went missing is stored again).
-
-Restoring
----------
-
-:func:`restore_chunked` builds the tree in a private temporary sibling and renames it
-into place (all or nothing, like ``unpack_archive``). Directories and empty files are made
-in manifest order; then a thread pool fetches (one ranged read per span of a pack), checks
-and decompresses batches of at least 1 MiB of chunks and writes them at their offsets
-(``pwrite``), so S3 latency, file creation, zstd and hashing overlap. Handing chunks back
-to one writing thread in order was measured slower than ``unpack_archive``: the writer
-queues for the GIL behind the pool at every chunk. Each chunk's stored bytes must hash to
-its name (which the manifest pins; zstd decompression is a function, so that pins the
-content too) and decompress to its length; ``verify_content=True`` hashes the
-decompressed bytes against the manifest's digests instead, for a manifest this library
-did not write (format 1, 400 MB: 1.30 s checking names, 1.73 s checking content, 1.56 s
-``unpack_archive``, medians on a busy 2-CPU box).
-Mtimes are set last. A missing pack or a damaged chunk is :class:`StateCorrupt` and
-leaves nothing behind. :func:`apply_chunked` moves a working copy known to be at one state to
-another by writing only what changed (changed chunks in place). :func:`tar_stream`
-exports a state as the very tar stream :func:`pack_dir` writes (in order: a stream).
+:func:`pack_chunked` stores a user-data-dir as zstd chunks (fixed :data:`CHUNK_SIZE`
+offsets per file, finer for SQLite databases) appended to packs of about
+:data:`PACK_TARGET`, reusing the previous state's chunks and skipping files its
+:class:`StatCache` shows unchanged, compacting chunks out of barely used packs,
+and writing the manifest last (a delta while small). :func:`restore_chunked` builds a state's
+tree all or nothing, :func:`apply_chunked` moves a working copy from one state to another
+writing only what changed, and :func:`tar_stream` / :func:`write_tar` export a state as the
+tar stream :func:`~profiles.state.archive.pack_dir` writes. A missing or damaged chunk is
+:class:`StateCorrupt`. The manifest format is :mod:`profiles.state.manifest`; why the format
+is built this way (and the measurements behind its constants): docs/state-format.md.
 """
 
 from __future__ import annotations
@@ -149,7 +29,7 @@ import time
 from collections import deque
 from collections.abc import Generator, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor, as_completed
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, TypeAlias
 
@@ -227,11 +107,11 @@ FETCH_AHEAD_BYTES = 16 * MiB  # decompressed chunks an export fetches ahead of i
 # Compaction when committing: a pack the new state uses less than half of, a chunk stored
 # on its own (format 1), or (more than MAX_SMALL_PACKS packs under SMALL_PACK) the small
 # packs with the fewest live bytes have their live chunks copied into the new pack, at
-# most FOLD_MAX bytes per commit.
+# most COMPACTION_MAX bytes per commit.
 MIN_PACK_USE = 0.5
 SMALL_PACK = 1 * MiB
 MAX_SMALL_PACKS = 8
-FOLD_MAX = 64 * MiB
+COMPACTION_MAX = 64 * MiB
 # A file whose mtime is this close to the walk is not trusted to be unchanged next time:
 # it may be written again within the same timestamp tick (git's "racily clean" entries).
 # One second covers file systems with coarse timestamps (ext3, HFS+).
@@ -531,7 +411,7 @@ def pack_chunked(
     its chunks are reused by content, and with ``previous_stat`` (the :class:`StatCache`
     of the last commit or restore of this directory, for that manifest) files whose
     stat is unchanged are not even read. New chunks go into new packs, in walk order;
-    chunks of packs the new state barely uses are copied along (:func:`_plan_folds`).
+    chunks of packs the new state barely uses are copied along (:func:`_plan_compaction`).
     The caller must keep a garbage collector away while this runs (the blob-writer
     registration), since it reuses stored blobs. ``verify`` reads and compresses every
     chunk and stores them all afresh, repairing whatever went missing from the store.
@@ -544,6 +424,101 @@ def pack_chunked(
     started = time.perf_counter()
     walk_ns = time.time_ns()
     trusted_before = walk_ns - RACY_NS
+    by_path, reuse, cache = _previous_index(previous, previous_stat, verify)
+    counts = _Counts()
+    new_cache: dict[str, StatKey] = {}
+    # Entries in walk order; a file being chunked holds its pending futures until the end.
+    slots: list[_Slot] = []
+    packs = _PackWriter(blobs, target=PACK_TARGET)
+    store = _ChunkStore(packs, reuse=reuse, verify=verify, workers=workers or _pack_workers())
+    skipped: str | None = None  # a directory left out, with all below it
+    try:
+        for relpath, dirent in walk_state(directory, engine, apply_excludes=apply_excludes):
+            if dirent is None:
+                counts.excluded += 1
+                continue
+            if skipped is not None and relpath.startswith(skipped):
+                continue
+            try:
+                st = dirent.stat(follow_symlinks=False)
+            except OSError:
+                continue
+            old = by_path.get(relpath)
+            if stat.S_ISDIR(st.st_mode):
+                if old is None and not _representable(relpath):
+                    skipped = relpath + "/"
+                    continue
+                counts.dirs += 1
+                slots.append(_dir_entry(relpath, st.st_mtime_ns))
+                continue
+            key = _stat_key(st)
+            if _unchanged(old, cache.get(relpath), key, st):
+                assert old is not None
+                slots.append(old)
+                new_cache[relpath] = key
+                counts.files += 1
+                counts.files_reused += 1
+                counts.total += old.size
+                continue
+            if old is None and not _representable(relpath):
+                continue
+            slot = _chunk_file(relpath, dirent.path, store, chunk_size, trusted_before, counts)
+            if slot is not None:
+                slots.append(slot[0])
+                if slot[1] is not None:
+                    new_cache[relpath] = slot[1]
+        entries = _settle(slots)
+        store.close()
+        compacted = _compact(blobs, packs, previous, entries, verify)
+        packs.finish()
+    finally:
+        store.close()
+        packs.close()
+    manifest, blob, manifest_written = _seal(blobs, engine, entries, packs, previous, verify)
+    stats = ChunkedPackStats(
+        files=counts.files,
+        directories=counts.dirs,
+        excluded=counts.excluded,
+        uncompressed_bytes=counts.total,
+        files_read=counts.files_read,
+        files_reused=counts.files_reused,
+        bytes_read=counts.bytes_read,
+        chunks=sum(len(entry.chunks) for entry in entries),
+        chunks_reused=store.reused,
+        chunks_written=len(packs.stored - compacted),
+        chunks_moved=len(compacted),
+        packs_written=packs.written,
+        bytes_written=packs.bytes_written + manifest_written,
+        manifest_bytes=len(blob),
+        seconds=round(time.perf_counter() - started, 6),
+    )
+    log.debug("packed %s as %s: %s", directory, manifest.checksum, stats)
+    return PackResult(manifest, manifest.checksum, stats, StatCache(manifest.checksum, new_cache))
+
+
+# A file in walk order: its entry, or (path, mtime, the chunks being stored) until settled.
+_Slot: TypeAlias = "Entry | tuple[str, int, list[Future[Chunk]]]"
+
+
+@dataclass
+class _Counts:
+    """What a pack walked, for its stats."""
+
+    files: int = 0
+    dirs: int = 0
+    excluded: int = 0
+    total: int = 0
+    files_read: int = 0
+    files_reused: int = 0
+    bytes_read: int = 0
+
+
+def _previous_index(
+    previous: Manifest | None, previous_stat: StatCache | None, verify: bool
+) -> tuple[dict[str, Entry], dict[str, Chunk], dict[str, StatKey]]:
+    """From the state a directory was last committed as: its entries by path, its chunks by
+    content digest (reused by content), and the stat cache that lets unchanged files go
+    unread (empty when it is for another state, or with ``verify``)."""
     by_path: dict[str, Entry] = {}
     reuse: dict[str, Chunk] = {}
     if previous is not None:
@@ -561,100 +536,94 @@ def pack_chunked(
                 previous_stat.manifest,
                 previous.checksum,
             )
-    new_cache: dict[str, StatKey] = {}
-    # Entries in walk order; a file being chunked holds its pending futures until the end.
-    slots: list[Entry | tuple[str, int, list[Future[Chunk]]]] = []
-    files = dirs = excluded = total = files_read = files_reused = bytes_read = 0
-    packs = _PackWriter(blobs, target=PACK_TARGET)
-    store = _ChunkStore(packs, reuse=reuse, verify=verify, workers=workers or _pack_workers())
-    skipped: str | None = None  # a directory left out, with all below it
+    return by_path, reuse, cache
+
+
+def _unchanged(old: Entry | None, cached: StatKey | None, key: StatKey, st: os.stat_result) -> bool:
+    """Whether the file is the previous state's, unread: same stat as when last packed."""
+    return (
+        old is not None
+        and old.kind == "file"
+        and cached == key
+        and old.size == st.st_size
+        and old.mtime_ns == st.st_mtime_ns
+    )
+
+
+def _chunk_file(
+    relpath: str,
+    path: str,
+    store: _ChunkStore,
+    chunk_size: int,
+    trusted_before: int,
+    counts: _Counts,
+) -> tuple[_Slot, StatKey | None] | None:
+    """Read the file and hand its chunks to ``store``: its slot, and its stat key when the
+    stat cache may trust it next time (not changed while read, not too recent); ``None``
+    for a file that is gone, unreadable or not a regular file."""
     try:
-        for relpath, dirent in walk_state(directory, engine, apply_excludes=apply_excludes):
-            if dirent is None:
-                excluded += 1
-                continue
-            if skipped is not None and relpath.startswith(skipped):
-                continue
-            try:
-                st = dirent.stat(follow_symlinks=False)
-            except OSError:
-                continue
-            old = by_path.get(relpath)
-            if stat.S_ISDIR(st.st_mode):
-                if old is None and not _representable(relpath):
-                    skipped = relpath + "/"
-                    continue
-                dirs += 1
-                slots.append(_dir_entry(relpath, st.st_mtime_ns))
-                continue
-            key = _stat_key(st)
-            if (
-                old is not None
-                and old.kind == "file"
-                and cache.get(relpath) == key
-                and old.size == st.st_size
-                and old.mtime_ns == st.st_mtime_ns
-            ):
-                slots.append(old)
-                new_cache[relpath] = key
-                files += 1
-                files_reused += 1
-                total += old.size
-                continue
-            if old is None and not _representable(relpath):
-                continue
-            try:
-                with _open_for_read(dirent.path) as f:
-                    before = os.fstat(f.fileno())
-                    if not stat.S_ISREG(before.st_mode):
-                        continue
-                    pending: list[Future[Chunk]] = []
-                    size = 0
-                    step = _chunk_size_of(f, before.st_size, chunk_size)
-                    while data := read_up_to(f, step):
-                        size += len(data)
-                        pending.append(store.submit(data))
-                    after = os.fstat(f.fileno())
-            except (FileNotFoundError, PermissionError) as exc:
-                log.warning("skipping %s: %s", relpath, exc)
-                continue
-            files += 1
-            files_read += 1
-            bytes_read += size
-            total += size
-            slots.append((relpath, _mtime(before.st_mtime_ns), pending))
-            moved = (before.st_size, before.st_mtime_ns, before.st_ctime_ns) != (
-                after.st_size,
-                after.st_mtime_ns,
-                after.st_ctime_ns,
+        with _open_for_read(path) as f:
+            before = os.fstat(f.fileno())
+            if not stat.S_ISREG(before.st_mode):
+                return None
+            pending: list[Future[Chunk]] = []
+            size = 0
+            step = _chunk_size_of(f, before.st_size, chunk_size)
+            while data := read_up_to(f, step):
+                size += len(data)
+                pending.append(store.submit(data))
+            after = os.fstat(f.fileno())
+    except (FileNotFoundError, PermissionError) as exc:
+        log.warning("skipping %s: %s", relpath, exc)
+        return None
+    counts.files += 1
+    counts.files_read += 1
+    counts.bytes_read += size
+    counts.total += size
+    slot: _Slot = (relpath, _mtime(before.st_mtime_ns), pending)
+    moved = (before.st_size, before.st_mtime_ns, before.st_ctime_ns) != (
+        after.st_size,
+        after.st_mtime_ns,
+        after.st_ctime_ns,
+    )
+    if moved or before.st_size != size:
+        log.warning("%s changed while it was packed (is the browser closed?)", relpath)
+        return slot, None
+    return slot, (_stat_key(before) if before.st_mtime_ns < trusted_before else None)
+
+
+def _settle(slots: list[_Slot]) -> list[Entry]:
+    """The entries in walk order, each file's chunks once they are stored."""
+    entries: list[Entry] = []
+    for slot in slots:
+        if isinstance(slot, Entry):
+            entries.append(slot)
+            continue
+        relpath, mtime_ns, pending = slot
+        chunks = tuple(future.result() for future in pending)
+        entries.append(
+            Entry.model_construct(
+                path=relpath,
+                kind="file",
+                mtime_ns=mtime_ns,
+                size=sum(chunk[1] for chunk in chunks),
+                mode=FILE_MODE,
+                chunks=chunks,
             )
-            if moved or before.st_size != size:
-                log.warning("%s changed while it was packed (is the browser closed?)", relpath)
-            elif before.st_mtime_ns < trusted_before:
-                new_cache[relpath] = _stat_key(before)
-        entries: list[Entry] = []
-        for slot in slots:
-            if isinstance(slot, Entry):
-                entries.append(slot)
-                continue
-            relpath, mtime_ns, pending = slot
-            chunks = tuple(future.result() for future in pending)
-            entries.append(
-                Entry.model_construct(
-                    path=relpath,
-                    kind="file",
-                    mtime_ns=mtime_ns,
-                    size=sum(chunk[1] for chunk in chunks),
-                    mode=FILE_MODE,
-                    chunks=chunks,
-                )
-            )
-        store.close()
-        folded = _fold(blobs, packs, previous, entries, verify)
-        packs.finish()
-    finally:
-        store.close()
-        packs.close()
+        )
+    return entries
+
+
+def _seal(
+    blobs: BlobStore,
+    engine: Engine,
+    entries: list[Entry],
+    packs: _PackWriter,
+    previous: Manifest | None,
+    verify: bool,
+) -> tuple[Manifest, bytes, int]:
+    """Store the manifest of ``entries`` (last: the packs are stored): the manifest, its
+    blob, and the bytes written for it (0: the store held it already)."""
     manifest = _with_locations(
         Manifest.model_construct(version=FORMAT_VERSION, engine=engine, entries=tuple(entries)),
         packs,
@@ -665,36 +634,20 @@ def pack_chunked(
     manifest._checksum = checksum
     manifest._blob_size = len(blob)
     # put is conditional and says whether it stored: no separate existence check.
-    manifest_written = len(blob) if blobs.put(checksum, io.BytesIO(blob), size=len(blob)) else 0
-    stats = ChunkedPackStats(
-        files=files,
-        directories=dirs,
-        excluded=excluded,
-        uncompressed_bytes=total,
-        files_read=files_read,
-        files_reused=files_reused,
-        bytes_read=bytes_read,
-        chunks=sum(len(entry.chunks) for entry in entries),
-        chunks_reused=store.reused,
-        chunks_written=len(packs.stored - folded),
-        chunks_moved=len(folded),
-        packs_written=packs.written,
-        bytes_written=packs.bytes_written + manifest_written,
-        manifest_bytes=len(blob),
-        seconds=round(time.perf_counter() - started, 6),
-    )
-    log.debug("packed %s as %s: %s", directory, checksum, stats)
-    return PackResult(manifest, checksum, stats, StatCache(checksum, new_cache))
+    written = len(blob) if blobs.put(checksum, io.BytesIO(blob), size=len(blob)) else 0
+    return manifest, blob, written
 
 
-def _plan_folds(previous: Manifest | None, refs: dict[str, Chunk], packs: _PackWriter) -> list[str]:
+def _plan_compaction(
+    previous: Manifest | None, refs: dict[str, Chunk], packs: _PackWriter
+) -> list[str]:
     """Which reused chunks to copy into this commit's packs, so that a state never spreads
     over many barely used packs (each one a request to restore it, and bytes no collector
     can free while one chunk in them lives): the chunks of packs the new state uses less
     than :data:`MIN_PACK_USE` of, of the small packs holding the fewest live bytes once there
     are more than :data:`MAX_SMALL_PACKS` (down to half that: the biggest small packs, such
     as a small profile's first pack, are not copied again), and chunks stored on their own
-    (format 1), least used first, up to :data:`FOLD_MAX` compressed bytes. Their old copies
+    (format 1), least used first, up to :data:`COMPACTION_MAX` compressed bytes. Their old copies
     go when no state uses them."""
     if previous is None:
         return []
@@ -711,7 +664,7 @@ def _plan_folds(previous: Manifest | None, refs: dict[str, Chunk], packs: _PackW
         else:
             by_pack.setdefault(location[0], []).append(checksum)
     live = {pack: sum(where[c][2] for c in chunks) for pack, chunks in by_pack.items()}
-    # Too many small packs: the ones with the fewest live bytes are folded until half the
+    # Too many small packs: the ones with the fewest live bytes are compacted until half the
     # allowance is left, so the biggest (a small profile's first pack) stays where it is.
     small = sorted((p for p in by_pack if sizes[p] < SMALL_PACK), key=lambda p: (live[p], p))
     excess = (
@@ -719,29 +672,29 @@ def _plan_folds(previous: Manifest | None, refs: dict[str, Chunk], packs: _PackW
     )
     chosen = [pack for pack in by_pack if live[pack] < MIN_PACK_USE * sizes[pack] or pack in excess]
     chosen.sort(key=lambda pack: (live[pack] / sizes[pack], pack))
-    folds: list[str] = []
-    budget = FOLD_MAX
+    compaction: list[str] = []
+    budget = COMPACTION_MAX
     for checksum in alone:
         budget -= _stored_cap(refs[checksum][1])
         if budget < 0:
-            return folds
-        folds.append(checksum)
+            return compaction
+        compaction.append(checksum)
     for pack in chosen:
         budget -= live[pack]
         if budget < 0:
             break
-        folds.extend(sorted(by_pack[pack], key=lambda c: where[c][1]))
-    return folds
+        compaction.extend(sorted(by_pack[pack], key=lambda c: where[c][1]))
+    return compaction
 
 
-def _fold(
+def _compact(
     blobs: BlobStore,
     packs: _PackWriter,
     previous: Manifest | None,
     entries: list[Entry],
     verify: bool,
 ) -> set[str]:
-    """Copy the chunks :func:`_plan_folds` picks into the open pack, byte for byte (each
+    """Copy the chunks :func:`_plan_compaction` picks into the open pack, byte for byte (each
     checked against its name); returns those moved. A chunk that cannot be read stays
     where it is (it is no worse for not moving)."""
     if previous is None or verify:
@@ -750,9 +703,9 @@ def _fold(
     for entry in entries:
         for chunk in entry.chunks:
             refs.setdefault(chunk[0], chunk)
-    folds = _plan_folds(previous, refs, packs)
+    compaction = _plan_compaction(previous, refs, packs)
     moved: set[str] = set()
-    for read in _plan_reads([("", 0, refs[c]) for c in folds], previous.where()):
+    for read in _plan_reads([("", 0, refs[c]) for c in compaction], previous.where()):
         try:
             raws = list(_read_raw(blobs, read))
         except StateCorrupt as exc:
@@ -764,8 +717,8 @@ def _fold(
                 moved.add(chunk[0])
             else:
                 log.warning("chunk %s is damaged; left in place while compacting", chunk[0])
-    if folds:
-        log.debug("compacting: moved %d of %d chunks", len(moved), len(folds))
+    if compaction:
+        log.debug("compacting: moved %d of %d chunks", len(moved), len(compaction))
     return moved
 
 
@@ -977,6 +930,33 @@ def _fetch_in_order(
             yield from window.popleft()[0].result()
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
+
+
+def check_chunks_in(
+    manifest: Manifest,
+    blobs: BlobStore,
+    blobs_to_check: set[str],
+    *,
+    workers: int = DEFAULT_WORKERS,
+) -> int:
+    """Read every chunk ``manifest`` keeps in ``blobs_to_check`` (packs, or chunks stored on
+    their own) and check it against the manifest, content digests included: how a service
+    takes a manifest a client made, whose new packs it has not read. ``StateCorrupt`` for
+    the first chunk that is not what the manifest says. Returns the bytes checked."""
+    where = manifest.where()
+    writes: list[_Write] = []
+    seen: set[str] = set()
+    for entry in manifest.files():
+        for offset, chunk in _offsets(entry.chunks):
+            if chunk[0] in seen:
+                continue
+            if where.get(chunk[0], (chunk[0], 0, 0))[0] in blobs_to_check:
+                seen.add(chunk[0])
+                writes.append((entry.path, offset, chunk))
+    checked = 0
+    for data in _fetch_in_order(blobs, _pack_order(writes, where), where, workers, True):
+        checked += len(data)
+    return checked
 
 
 def missing_blobs(manifest: Manifest, blobs: BlobStore) -> list[str]:
@@ -1204,6 +1184,94 @@ def _offsets(chunks: tuple[Chunk, ...]) -> Iterator[tuple[int, Chunk]]:
         offset += chunk[1]
 
 
+@dataclass
+class _ApplyPlan:
+    """What applying a state writes: chunks at offsets, the entries whose size and mtime
+    are set afterwards, and the counts for the stats."""
+
+    writes: list[_Write] = field(default_factory=list)
+    changed: list[Entry] = field(default_factory=list)
+    created: int = 0
+    patched: int = 0
+    touched: int = 0
+
+
+def _remove_what_went(old: Manifest, new: Manifest, root: str) -> int:
+    """Remove what ``new`` does not have (or has as the other kind), deepest first; how
+    many entries went."""
+    new_by_path = {entry.path: entry for entry in new.entries}
+    removed = 0
+    for entry in reversed(old.entries):
+        now = new_by_path.get(entry.path)
+        if now is not None and now.kind == entry.kind:
+            continue
+        path = os.path.join(root, entry.path)
+        if entry.kind == "dir":
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(path)
+        removed += 1
+    return removed
+
+
+def _plan_apply(old: Manifest, new: Manifest, root: str) -> _ApplyPlan:
+    """Make the new directories and (empty) new files, in order, and plan which chunks go
+    where: every chunk of a new file, the chunks of a changed file that differ."""
+    old_by_path = {entry.path: entry for entry in old.entries}
+    plan = _ApplyPlan()
+    for entry in new.entries:
+        path = os.path.join(root, entry.path)
+        was = old_by_path.get(entry.path)
+        if entry.kind == "dir":
+            if was is None or was.kind != "dir":
+                os.makedirs(path, 0o700, exist_ok=True)
+            continue
+        if was is not None and was.kind == "file":
+            if was.chunks == entry.chunks:
+                if was.mtime_ns != entry.mtime_ns:
+                    plan.touched += 1
+                    plan.changed.append(entry)
+                continue
+            have = {(off, c[1], c[2]) for off, c in _offsets(was.chunks)}
+            plan.writes.extend(
+                (entry.path, off, c)
+                for off, c in _offsets(entry.chunks)
+                if (off, c[1], c[2]) not in have
+            )
+            plan.patched += 1
+        else:
+            flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | _NOFOLLOW
+            os.close(os.open(path, flags, 0o600))
+            plan.writes.extend((entry.path, off, c) for off, c in _offsets(entry.chunks))
+            plan.created += 1
+        plan.changed.append(entry)
+    return plan
+
+
+def _applied_stat_cache(
+    old: Manifest,
+    new: Manifest,
+    root: str,
+    changed: list[Entry],
+    stat_cache: StatCache | None,
+) -> dict[str, StatKey]:
+    """The stat cache of the applied directory: files written now (once not too recent),
+    and what the old cache vouched for among the files left alone."""
+    walk_ns = time.time_ns()
+    carried = stat_cache.entries if stat_cache and stat_cache.manifest == old.checksum else {}
+    written = {entry.path for entry in changed}
+    cache: dict[str, StatKey] = {}
+    for entry in new.files():
+        if entry.path in written:
+            if entry.mtime_ns < walk_ns - RACY_NS:
+                cache[entry.path] = _stat_key(os.stat(os.path.join(root, entry.path)))
+        elif entry.path in carried:
+            cache[entry.path] = carried[entry.path]
+    return cache
+
+
 def apply_chunked(
     old: Manifest,
     new: Manifest,
@@ -1229,78 +1297,23 @@ def apply_chunked(
     directory = Path(directory)
     check_manifest(new, limits, root=directory)
     root = os.fspath(directory)
-    old_by_path = {entry.path: entry for entry in old.entries}
-    new_by_path = {entry.path: entry for entry in new.entries}
-    removed = 0
-    # 1. What ``new`` does not have (or has as the other kind), deepest first.
-    for entry in reversed(old.entries):
-        now = new_by_path.get(entry.path)
-        if now is not None and now.kind == entry.kind:
-            continue
-        path = os.path.join(root, entry.path)
-        if entry.kind == "dir":
-            if os.path.isdir(path) and not os.path.islink(path):
-                shutil.rmtree(path)
-        else:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(path)
-        removed += 1
-    # 2. New directories and files, in order; which chunks go where.
-    created = patched = touched = 0
-    changed: list[Entry] = []
-    writes: list[_Write] = []
-    for entry in new.entries:
-        path = os.path.join(root, entry.path)
-        was = old_by_path.get(entry.path)
-        if entry.kind == "dir":
-            if was is None or was.kind != "dir":
-                os.makedirs(path, 0o700, exist_ok=True)
-            continue
-        if was is not None and was.kind == "file":
-            if was.chunks == entry.chunks:
-                if was.mtime_ns != entry.mtime_ns:
-                    touched += 1
-                    changed.append(entry)
-                continue
-            have = {(off, c[1], c[2]) for off, c in _offsets(was.chunks)}
-            writes.extend(
-                (entry.path, off, c)
-                for off, c in _offsets(entry.chunks)
-                if (off, c[1], c[2]) not in have
-            )
-            patched += 1
-        else:
-            flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | _NOFOLLOW
-            os.close(os.open(path, flags, 0o600))
-            writes.extend((entry.path, off, c) for off, c in _offsets(entry.chunks))
-            created += 1
-        changed.append(entry)
-    # 3. Write the chunks in parallel, then sizes and mtimes.
-    fetched_bytes = _write_chunks(blobs, root, writes, new.where(), workers, verify_content)
-    for entry in changed:
+    removed = _remove_what_went(old, new, root)
+    plan = _plan_apply(old, new, root)
+    fetched_bytes = _write_chunks(blobs, root, plan.writes, new.where(), workers, verify_content)
+    for entry in plan.changed:
         path = os.path.join(root, entry.path)
         os.truncate(path, entry.size)
         os.utime(path, ns=(entry.mtime_ns, entry.mtime_ns))
     for entry in new.entries:
         if entry.kind == "dir":
             os.utime(os.path.join(root, entry.path), ns=(entry.mtime_ns, entry.mtime_ns))
-    # 4. The stat cache of the result.
-    walk_ns = time.time_ns()
-    carried = stat_cache.entries if stat_cache and stat_cache.manifest == old.checksum else {}
-    written = {entry.path for entry in changed}
-    cache: dict[str, StatKey] = {}
-    for entry in new.files():
-        if entry.path in written:
-            if entry.mtime_ns < walk_ns - RACY_NS:
-                cache[entry.path] = _stat_key(os.stat(os.path.join(root, entry.path)))
-        elif entry.path in carried:
-            cache[entry.path] = carried[entry.path]
+    cache = _applied_stat_cache(old, new, root, plan.changed, stat_cache)
     stats = ApplyStats(
-        files_created=created,
-        files_patched=patched,
-        files_touched=touched,
+        files_created=plan.created,
+        files_patched=plan.patched,
+        files_touched=plan.touched,
         removed=removed,
-        chunks_fetched=len(writes),
+        chunks_fetched=len(plan.writes),
         bytes_fetched=fetched_bytes,
         seconds=round(time.perf_counter() - started, 6),
     )

@@ -63,16 +63,27 @@ def detect_engine(root: Path) -> Engine | None:
     return None
 
 
+# Where each engine keeps its cookies: (file, table, host column), the first found wins.
+_COOKIE_DBS: dict[Engine, list[tuple[str, str, str]]] = {
+    "chromium": [
+        ("Default/Network/Cookies", "cookies", "host_key"),
+        ("Default/Cookies", "cookies", "host_key"),
+    ],
+    "firefox": [("cookies.sqlite", "moz_cookies", "host")],
+    "webkit": [],
+}
+
+
 def _cookie_db(root: Path, engine: Engine) -> tuple[str, str, str] | None:
-    candidates: list[tuple[str, str, str]] = {
-        "chromium": [
-            ("Default/Network/Cookies", "cookies", "host_key"),
-            ("Default/Cookies", "cookies", "host_key"),
-        ],
-        "firefox": [("cookies.sqlite", "moz_cookies", "host")],
-        "webkit": [],
-    }[engine]
-    return next((c for c in candidates if os.path.lexists(root / c[0])), None)
+    return next((c for c in _COOKIE_DBS[engine] if os.path.lexists(root / c[0])), None)
+
+
+def inspected_paths(engine: Engine) -> list[str]:
+    """The files :func:`read_cookie_domains` and :func:`read_browser_version` read: what a
+    service that holds a state as chunks restores to inspect it, rather than the whole
+    state. (SQLite sidecars are never read, see :mod:`profiles.state.untrusted_sqlite`.)"""
+    versions = {"chromium": ["Last Version"], "firefox": ["compatibility.ini"], "webkit": []}
+    return [c[0] for c in _COOKIE_DBS[engine]] + versions[engine]
 
 
 def read_cookie_domains(root: Path, engine: Engine, *, scratch: Path | None = None) -> list[str]:

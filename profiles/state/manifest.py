@@ -449,6 +449,22 @@ def locate(
     return tuple(table), tuple(locations)
 
 
+def sub_manifest(manifest: Manifest, paths: Iterable[str]) -> Manifest:
+    """The part of ``manifest`` that holds ``paths`` (those it has) and their parent
+    directories: a state of just those files, read from the same packs."""
+    wanted: set[str] = set()
+    for path in paths:
+        parts = path.split("/")
+        wanted.update("/".join(parts[: i + 1]) for i in range(len(parts)))
+    entries = tuple(entry for entry in manifest.entries if entry.path in wanted)
+    if manifest.version == 1:
+        return Manifest(version=1, engine=manifest.engine, entries=entries)
+    packs, locations = locate(entries, manifest.where(), dict(manifest.packs))
+    return Manifest(
+        version=2, engine=manifest.engine, entries=entries, packs=packs, locations=locations
+    )
+
+
 def _walk_key(entry: Entry) -> list[str]:
     return entry.path.split("/")
 

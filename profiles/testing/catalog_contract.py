@@ -161,6 +161,21 @@ def _process_main(args: tuple[CatalogFactory, str, int, int]) -> str:
     return _in_process(*args)
 
 
+def _register_and_wait(
+    factory: CatalogFactory, kind: str, reg_id: str, ttl: float, conn: Any
+) -> None:
+    """A process that registers a blob writer (or takes the collector lock), says so, and
+    waits to be killed (see ``test_a_dead_process_stops_holding_the_other_side_off``)."""
+    catalog = factory()
+    with catalog.transaction() as tx:
+        if kind == "writer":
+            granted = tx.register_blob_writer(reg_id, ttl=ttl)
+        else:
+            granted = tx.acquire_collector(reg_id, ttl=ttl)
+    conn.send(granted)
+    time.sleep(3600)
+
+
 class CatalogContract:
     """The contract of :mod:`profiles.catalog.base`, as tests. See the module docstring."""
 
@@ -992,6 +1007,95 @@ class CatalogContract:
                 for i in range(8):
                     tx.unregister_blob_writer(f"w{i}")
                     tx.release_collector(f"c{i}")
+
+    def test_renewal_keeps_a_registration_and_fails_once_it_was_dropped(
+        self, catalog: Catalog, make_catalog: CatalogFactory
+    ) -> None:
+        """A renewed registration stays live past its first ttl; once it lapsed and the
+        other side dropped it, renewing answers False (the holder must assume the other
+        side ran) and never registers it again."""
+        other = make_catalog()
+        ttl = 1.0
+        with catalog.transaction() as tx:
+            assert tx.register_blob_writer("w", ttl=ttl)
+        for _ in range(4):  # 1.6 s: live only because renewed
+            time.sleep(0.4)
+            with catalog.transaction() as tx:
+                assert tx.renew_blob_writer("w", ttl=ttl)
+            with other.transaction() as tx:
+                assert not tx.acquire_collector("c", ttl=ttl)
+        time.sleep(ttl + 0.3)
+        with other.transaction() as tx:
+            assert tx.acquire_collector("c", ttl=ttl)  # drops the lapsed writer
+        with catalog.transaction() as tx:
+            assert not tx.renew_blob_writer("w", ttl=60)
+            assert not tx.renew_blob_writer("never-registered", ttl=60)
+        with other.transaction() as tx:
+            assert not tx.acquire_collector("c2", ttl=60)  # "w" did not come back
+        for _ in range(4):
+            time.sleep(0.4)
+            with other.transaction() as tx:
+                assert tx.renew_collector("c", ttl=ttl)
+            with catalog.transaction() as tx:
+                assert not tx.register_blob_writer("w2", ttl=60)
+        time.sleep(ttl + 0.3)
+        with catalog.transaction() as tx:
+            assert tx.register_blob_writer("w2", ttl=60)  # drops the lapsed collector lock
+        with other.transaction() as tx:
+            assert not tx.renew_collector("c", ttl=60)
+            assert not tx.renew_collector("nobody", ttl=60)
+            tx.release_collector("c")
+        with catalog.transaction() as tx:
+            tx.unregister_blob_writer("w2")
+            assert not tx.renew_blob_writer("w2", ttl=60)
+        with other.transaction() as tx:
+            assert tx.acquire_collector("c3", ttl=60)
+            tx.release_collector("c3")
+
+    @pytest.mark.parametrize("kind", ["writer", "collector"])
+    def test_a_dead_process_stops_holding_the_other_side_off(
+        self, catalog: Catalog, catalog_factory: CatalogFactory, kind: str
+    ) -> None:
+        """Another process registers a blob writer (or takes the collector lock) and is
+        killed with SIGKILL: while it lives the other side is refused; once it is dead, at
+        once where the catalog sees dead processes, else within the registration's ttl."""
+        ttl = 4.0
+        context = multiprocessing.get_context("spawn")
+        ours, theirs = context.Pipe()
+        reg_id = f"{kind}-{uuid.uuid4().hex[:8]}"
+        child = context.Process(
+            target=_register_and_wait, args=(catalog_factory, kind, reg_id, ttl, theirs)
+        )
+        child.start()
+        try:
+            assert ours.poll(TIMEOUT), "the child did not register"
+            assert ours.recv() is True
+            registered = time.monotonic()
+
+            def other_side() -> bool:
+                with catalog.transaction() as tx:
+                    if kind == "writer":
+                        granted = tx.acquire_collector("contract-collector", ttl=60)
+                        if granted:
+                            tx.release_collector("contract-collector")
+                        return granted
+                    granted = tx.register_blob_writer("contract-writer", ttl=60)
+                    if granted:
+                        tx.unregister_blob_writer("contract-writer")
+                    return granted
+
+            assert not other_side(), f"a live {kind} must hold the other side off"
+        finally:
+            child.kill()
+            child.join(TIMEOUT)
+        if catalog.sees_dead_processes:
+            assert other_side(), f"a dead {kind} must stop counting at once"
+            return
+        if time.monotonic() - registered < ttl - 1:
+            assert not other_side()  # not yet expired: a dead process looks slow from here
+        while not other_side():
+            assert time.monotonic() - registered < ttl + 5, f"a dead {kind} held on past its ttl"
+            time.sleep(0.1)
 
     # ================================================================== rule 10: engine caches
     def test_engine_cache_round_trip(self, catalog: Catalog, make_catalog: CatalogFactory) -> None:

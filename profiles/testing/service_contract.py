@@ -12,7 +12,7 @@ it a ``service`` fixture that yields a fresh, empty service (closed afterwards):
             svc.close()
 
 The suite speaks only the protocol: records, snapshots, the audit log, state committed with
-:meth:`~ProfileService.store_state` (a spooled archive and a :class:`StateUpdate`) and read
+:meth:`~ProfileService.commit_archive` (a spooled archive and a :class:`StateUpdate`) and read
 back with :meth:`~ProfileService.open_state`, and writer leases with epoch fencing. Errors
 must be the same classes on every backend (``NotFound``, ``Conflict``, ``ValidationFailed``,
 ``LeaseLost``, ``NoStateData``), with the same ``field``/``resource`` details.
@@ -64,7 +64,7 @@ BROWSER_VERSION = "131.0.6778.85"
 
 @dataclass(frozen=True)
 class CommittedState:
-    """An archive for :meth:`ProfileService.store_state`, and what it holds."""
+    """An archive for :meth:`ProfileService.commit_archive`, and what it holds."""
 
     data: bytes
     update: StateUpdate
@@ -172,7 +172,7 @@ class ServiceContract:
             assert own is not None, "the profile's lease is free"
             epoch = own.epoch
         try:
-            return service.store_state(
+            return service.commit_archive(
                 profile, state.spool, state.update, epoch=epoch, event="state.uploaded", **payload
             )
         finally:
@@ -334,7 +334,7 @@ class ServiceContract:
             service.create(name)
         assert service.similar_names("productoin") == ["production"]
         assert "production" not in service.similar_names("production")
-        assert service.similar_names("PRODUCTION")[0] == "production"  # case folded first
+        assert service.similar_names("PRODUCTION")[0] == "production"  # case compacted first
         assert service.similar_names("zzzzzz") == []
         assert len(service.similar_names("production", limit=1)) <= 1
 
@@ -546,14 +546,14 @@ class ServiceContract:
         err = _raised(NoStateData, self.read_state, service, profile, tmp_path)
         assert err.details.get("field") == "profile"
 
-    def test_store_state_then_open_it_back(
+    def test_commit_archive_then_open_it_back(
         self, service: ProfileService, states: Path, tmp_path: Path
     ) -> None:
         profile = service.create("stored")
         state = make_state(states, payload=os.urandom(200_000))
         lease = service.acquire_lease(profile.id, holder(), ttl=30.0)
         assert lease is not None
-        updated = service.store_state(
+        updated = service.commit_archive(
             profile, state.spool, state.update, epoch=lease.epoch, event="state.uploaded"
         )
         service.release_lease(profile.id, lease.epoch)
@@ -597,7 +597,7 @@ class ServiceContract:
         state = make_state(states)
         _raised(
             NotFound,
-            service.store_state,
+            service.commit_archive,
             profile,
             state.spool,
             state.update,
@@ -610,7 +610,7 @@ class ServiceContract:
         lease = service.acquire_lease(profile.id, holder(), ttl=30.0)
         assert lease is not None
         state = make_state(states)
-        updated = service.store_state(
+        updated = service.commit_archive(
             profile,
             state.spool,
             state.update,
@@ -693,7 +693,7 @@ class ServiceContract:
         late = make_state(states, "late")
         err = _raised(
             LeaseLost,
-            service.store_state,
+            service.commit_archive,
             kept,
             late.spool,
             late.update,

@@ -1,7 +1,7 @@
 """Accounts, API keys and memberships of the profile server: one SQLite file, ``0600``.
 
-- **accounts** ``acct_<uuid>``: a name, a tier (doc 001's tier table gives the default
-  profile cap), an optional cap of its own, and ``active`` (a deactivated account's keys get
+- **accounts** ``acct_<uuid>``: a name, a tier (which gives the default profile cap,
+  :data:`TIER_CAPS`), an optional cap of its own, and ``active`` (a deactivated account's keys get
   ``403 Account is deactivated``).
 - **API keys** ``pk_<key id>_<secret>``: the secret is 32 random bytes (URL-safe base64),
   shown once when the key is created; only its SHA-256 is stored, looked up by the key id and
@@ -49,7 +49,8 @@ Role = Literal["member", "admin"]
 SCOPES: Final[tuple[Scope, ...]] = ("read", "admin")
 ROLES: Final[tuple[Role, ...]] = ("member", "admin")
 
-#: Profiles per account by tier (doc 001); ``None``: no cap (enterprise, negotiated).
+#: Profiles per account by tier, as the hosted API we follow caps them (docs/http-api.md);
+#: ``None``: no cap (enterprise, negotiated).
 TIER_CAPS: Final[dict[str, int | None]] = {
     "trial": 1,
     "solo": 5,
@@ -358,6 +359,14 @@ class AccountsDB:
                     (account_id,),
                 ).fetchall()
         return [self._key(r) for r in rows]
+
+    def get_key(self, key_id: str) -> ApiKey:
+        """The key ``key_id`` names, revoked or not (``NotFound`` if there is none)."""
+        with self._lock:
+            row = self._conn.execute("SELECT * FROM api_keys WHERE id = ?", (key_id,)).fetchone()
+        if row is None:
+            raise NotFound(f"API key {key_id!r} not found.", resource="api_key")
+        return self._key(row)
 
     def revoke_key(self, key_id: str) -> ApiKey:
         key_id = key_id.removeprefix(KEY_PREFIX).split("_", 1)[0]

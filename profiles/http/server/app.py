@@ -5,7 +5,8 @@ construction: a profile of another account is simply not in the caller's store, 
 ``404``, never ``403``). API keys, accounts and memberships live in ``<home>/accounts.sqlite3``
 (:mod:`.accounts`); download links and upload targets are HMAC-signed with the
 secret in ``<home>/server-secret`` (:mod:`.signing`); request bodies are streamed
-to disk under a cap (:mod:`.streams`); sliding-window rate limits per
+to disk under a cap (:mod:`.streams`), every other body is capped as it is read and read
+only once the API key was accepted (:mod:`.bodies`); sliding-window rate limits per
 account (by tier, for live keys) and per client address (everything else) sit in front of
 everything (:mod:`.ratelimit`).
 
@@ -31,21 +32,56 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from profiles.errors import NotFound, ProfileError, TierLimit, ValidationFailed
+from profiles.errors import NotFound, ProfileError, RateLimited, TierLimit, ValidationFailed
 from profiles.http.schemas import Health
 from profiles.http.server.access_log import AccessLogMiddleware
 from profiles.http.server.accounts import Account, AccountsDB
+from profiles.http.server.bodies import BodyGuardMiddleware, BodyRefused
 from profiles.http.server.config import MAX_JSON_BODY, AccountStores, ServerConfig
-from profiles.http.server.deps import Services, error_response
+from profiles.http.server.deps import Services, authenticate, caller, error_response, reader
+from profiles.http.server.fairness import StateSlots
 from profiles.http.server.openapi import error_responses, typed_openapi
 from profiles.http.server.ratelimit import RateLimitMiddleware
-from profiles.http.server.routes import leases, profiles, sessions, snapshots, state, uploads
+from profiles.http.server.routes import (
+    chunks,
+    leases,
+    profiles,
+    sessions,
+    snapshots,
+    state,
+    uploads,
+)
 from profiles.http.server.signing import Signer, load_secret
 
 __all__ = ["ServerConfig", "create_app"]
 
 log = logging.getLogger(__name__)
+
+#: What this server speaks beyond the API's first version (GET /v1/health).
+FEATURES = ("chunks",)
+
+
+class NoStoreMiddleware:
+    """``Cache-Control: no-store`` on every answer of the app (pure ASGI)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def sending(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = [(k, v) for k, v in message.get("headers") or () if k != b"cache-control"]
+                headers.append((b"cache-control", b"no-store"))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await self.app(scope, receive, sending)
 
 
 def create_app(config: ServerConfig) -> FastAPI:
@@ -73,7 +109,13 @@ def create_app(config: ServerConfig) -> FastAPI:
         generate_unique_id_function=lambda route: route.name,
     )
     app.openapi = typed_openapi(app)  # type: ignore[method-assign]
-    app.state.services = Services(config=config, accounts=accounts, signer=signer, stores=stores)
+    app.state.services = Services(
+        config=config,
+        accounts=accounts,
+        signer=signer,
+        stores=stores,
+        state_slots=StateSlots(config.max_state_operations),
+    )
     app.state.accounts = accounts
     app.state.stores = stores
     app.state.config = config
@@ -91,7 +133,8 @@ def create_app(config: ServerConfig) -> FastAPI:
                 current=exc.current,
                 tier=account.tier,
             )
-        return error_response(exc)
+        wait = exc.details.get("retry_after") if isinstance(exc, RateLimited) else None
+        return error_response(exc, headers={"Retry-After": str(wait)} if wait else None)
 
     async def on_validation_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestValidationError)
@@ -143,25 +186,11 @@ def create_app(config: ServerConfig) -> FastAPI:
     app.add_exception_handler(StarletteHTTPException, on_http_error)
     app.add_exception_handler(Exception, on_unexpected)
 
-    @app.middleware("http")
-    async def json_body_cap(request: Request, call_next: Any) -> Response:
-        streamed = request.url.path.endswith(("/upload", "/state")) or request.url.path.startswith(
-            "/v1/uploads/"
-        )
-        declared = request.headers.get("content-length")
-        if not streamed and declared is not None:
-            if not declared.isdigit():
-                return error_response(ValidationFailed("Invalid Content-Length."))
-            if int(declared) > MAX_JSON_BODY:
-                err = ValidationFailed(
-                    f"The request body is larger than {MAX_JSON_BODY} bytes.",
-                    limit=MAX_JSON_BODY,
-                )
-                err.status = 413
-                return error_response(err)
-        response: Response = await call_next(request)
-        response.headers["Cache-Control"] = "no-store"
-        return response
+    async def on_body_refused(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, BodyRefused)
+        return error_response(exc.error, headers=dict(exc.headers or {}))
+
+    app.add_exception_handler(BodyRefused, on_body_refused)
 
     def identify(token: str) -> tuple[str, str, Any] | None:
         found = accounts.identify(token)
@@ -169,6 +198,14 @@ def create_app(config: ServerConfig) -> FastAPI:
             return None
         return found[1].id, found[1].tier, found
 
+    # Innermost first: the body guard sees the key the rate limiter identified.
+    app.add_middleware(NoStoreMiddleware)
+    app.add_middleware(
+        BodyGuardMiddleware,
+        limit=MAX_JSON_BODY,
+        authenticators=(caller, reader),
+        authenticate=lambda header, identified: authenticate(accounts, header, identified),
+    )
     app.add_middleware(
         RateLimitMiddleware,
         rate=config.rate_limit,
@@ -181,7 +218,7 @@ def create_app(config: ServerConfig) -> FastAPI:
 
     @app.get("/v1/health", tags=["service"], responses=error_responses(429))
     def health() -> Health:
-        return Health(ok=True)
+        return Health(ok=True, features=list(FEATURES))
 
     # -------------------------------------------------------------- profiles
 
@@ -191,6 +228,7 @@ def create_app(config: ServerConfig) -> FastAPI:
         sessions.router,
         snapshots.router,
         state.router,
+        chunks.router,
         leases.router,
     ):
         app.include_router(router)

@@ -23,7 +23,18 @@ from typing import Any
 from profiles.errors import ProfileError, ValidationFailed
 from profiles.http.server.access_log import LogFormat, configure_server_logging
 from profiles.http.server.accounts import SCOPES, TIER_CAPS, TIER_RATE_LIMITS, AccountsDB
+from profiles.http.server.config import MAX_STATE_OPERATIONS
 from profiles.http.server.ratelimit import RateLimit, parse_rate_limit, parse_tier_rate_limit
+from profiles.http.server.transport import (
+    DEFAULT_HEADER_TIMEOUT,
+    DEFAULT_KEEP_ALIVE,
+    DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
+    DEFAULT_READ_TIMEOUT,
+    Transport,
+    parse_forwarded_allow_ips,
+    serve_app,
+)
 
 __all__ = ["add_server_commands", "main", "serve"]
 
@@ -68,6 +79,37 @@ def _tier_rate_limit(value: str) -> tuple[str, RateLimit | None]:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _forwarded_allow_ips(value: str) -> tuple[str, ...]:
+    try:
+        return parse_forwarded_allow_ips(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _positive(kind: type[float] | type[int]) -> Callable[[str], Any]:
+    def parse(value: str) -> Any:
+        try:
+            number = kind(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{value!r} is not a number") from None
+        if not number > 0:
+            raise argparse.ArgumentTypeError(f"{value!r}: give a number above 0")
+        return number
+
+    return parse
+
+
+def _transport(args: argparse.Namespace) -> Transport:
+    return Transport(
+        forwarded_allow_ips=args.forwarded_allow_ips,
+        header_timeout=args.header_timeout,
+        keep_alive=args.keep_alive,
+        read_timeout=args.read_timeout,
+        max_connections=args.max_connections,
+        max_connections_per_address=args.max_connections_per_address,
+    )
+
+
 def cmd_serve(_store: object, args: argparse.Namespace) -> None:
     serve(
         home=_server_home(args),
@@ -82,6 +124,8 @@ def cmd_serve(_store: object, args: argparse.Namespace) -> None:
         max_upload_mb=args.max_upload_mb,
         public_url=args.public_url,
         log_format=args.log_format,
+        max_state_operations=args.max_state_operations,
+        transport=_transport(args),
     )
 
 
@@ -99,15 +143,18 @@ def serve(
     max_upload_mb: int = 500,
     public_url: str | None = None,
     log_format: LogFormat = "text",
+    max_state_operations: int = MAX_STATE_OPERATIONS,
+    transport: Transport | None = None,
 ) -> None:
     """Run the server until SIGINT/SIGTERM. Uvicorn's own access log is off (download and
     upload tokens are in URL paths); ours (:mod:`profiles.http.server.access_log`) logs each
     request's route template, status, duration and account on stderr, as text or JSON.
     ``rate_limit`` is the budget per client address of requests without a live key;
     ``tier_rate_limits`` overrides the budgets per account of some tiers (the others keep
-    :data:`~profiles.http.server.accounts.TIER_RATE_LIMITS`)."""
-    import uvicorn
-
+    :data:`~profiles.http.server.accounts.TIER_RATE_LIMITS`). ``max_state_operations``: the
+    uploads, commits and downloads of states one account runs at once (more are answered
+    429, :mod:`profiles.http.server.fairness`). ``transport`` holds what the
+    connections are held to (:mod:`profiles.http.server.transport`)."""
     from profiles.http.server import ServerConfig, create_app
 
     rate = parse_rate_limit(rate_limit) if isinstance(rate_limit, str) else rate_limit
@@ -119,6 +166,10 @@ def serve(
             raise ValidationFailed(f"The {name} must be above 0 seconds.")
     if max_upload_mb < 1:
         raise ValidationFailed("--max-upload-mb must be at least 1.", field="max_upload_mb")
+    if max_state_operations < 1:
+        raise ValidationFailed(
+            "--max-state-operations must be at least 1.", field="max_state_operations"
+        )
     try:
         config = ServerConfig(
             home=home,
@@ -133,6 +184,7 @@ def serve(
             upload_expires_in=upload_expires_in,
             max_upload_bytes=max_upload_mb * 1024 * 1024,
             public_url=public_url,
+            max_state_operations=max_state_operations,
         )
     except ValueError as exc:
         raise ValidationFailed(str(exc), field="catalog") from None
@@ -147,7 +199,27 @@ def serve(
         rate or "off",
         ", ".join(f"{t} {r or 'off'}" for t, r in config.tier_rate_limits.items()),
     )
-    uvicorn.run(app, host=host, port=port, access_log=False, log_level="info", log_config=None)
+    limits = transport or Transport()
+    log.info(
+        "connections: at most %d at once (and half the open-file limit), %d per client "
+        "address; header timeout %g s, keep-alive %d s, read timeout %g s; forwarded "
+        "headers believed from %s",
+        limits.max_connections,
+        limits.max_connections_per_address,
+        limits.header_timeout,
+        limits.keep_alive,
+        limits.read_timeout,
+        ", ".join(limits.forwarded_allow_ips) or "no proxy",
+    )
+    serve_app(
+        app,
+        host=host,
+        port=port,
+        transport=limits,
+        access_log=False,
+        log_level="info",
+        log_config=None,
+    )
 
 
 def cmd_keys_create(_store: object, args: argparse.Namespace) -> None:
@@ -273,10 +345,71 @@ def add_server_commands(sub: Any, command: Command) -> None:
         "--max-upload-mb", type=int, default=500, metavar="MB", help="upload cap (default 500)"
     )
     p.add_argument(
+        "--max-state-operations",
+        type=int,
+        default=MAX_STATE_OPERATIONS,
+        metavar="N",
+        help="uploads, commits and downloads of states one account runs at once (default "
+        f"{MAX_STATE_OPERATIONS}); more are answered 429 with Retry-After, so one account's "
+        "load leaves the others' alone",
+    )
+    p.add_argument(
         "--public-url",
         default=None,
         metavar="URL",
         help="base URL for the links the server hands out (default: as requested)",
+    )
+    p.add_argument(
+        "--max-connections",
+        type=_positive(int),
+        default=DEFAULT_MAX_CONNECTIONS,
+        metavar="N",
+        help=f"connections open at once, from all clients (default {DEFAULT_MAX_CONNECTIONS}, "
+        "and at most half the open-file limit); past it a new connection is answered 503 "
+        "and closed at once",
+    )
+    p.add_argument(
+        "--max-connections-per-address",
+        type=_positive(int),
+        default=DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
+        metavar="N",
+        help="connections open at once from one client address (default "
+        f"{DEFAULT_MAX_CONNECTIONS_PER_ADDRESS}; the proxies of --forwarded-allow-ips are "
+        "held only to --max-connections); past it a new one is answered 429 and closed",
+    )
+    p.add_argument(
+        "--header-timeout",
+        type=_positive(float),
+        default=DEFAULT_HEADER_TIMEOUT,
+        metavar="SECONDS",
+        help="time a client has to send a request's line and headers, from the "
+        "connection's opening or the request's first byte (default "
+        f"{DEFAULT_HEADER_TIMEOUT:g}); then the connection is closed",
+    )
+    p.add_argument(
+        "--keep-alive",
+        type=_positive(int),
+        default=DEFAULT_KEEP_ALIVE,
+        metavar="SECONDS",
+        help=f"silence allowed between two requests on a connection (default {DEFAULT_KEEP_ALIVE})",
+    )
+    p.add_argument(
+        "--read-timeout",
+        type=_positive(float),
+        default=DEFAULT_READ_TIMEOUT,
+        metavar="SECONDS",
+        help="longest silence of a client in the middle of a request body (default "
+        f"{DEFAULT_READ_TIMEOUT:g}); then the connection is closed",
+    )
+    p.add_argument(
+        "--forwarded-allow-ips",
+        type=_forwarded_allow_ips,
+        default=(),
+        metavar="ADDRS",
+        help="reverse proxies whose X-Forwarded-For and X-Forwarded-Proto are believed, "
+        "as addresses or networks separated by commas (default: none, and the headers are "
+        "ignored: the rate limit counts the connection's own address; '*' believes every "
+        "peer, only behind a proxy that always overwrites them)",
     )
     p.add_argument(
         "--log-format",

@@ -23,6 +23,7 @@ MAX_JSON_BODY: Final = 1024 * 1024
 MAX_LEASE_WAIT: Final = 60.0
 SERVER_LEASE_TTL: Final = 600.0
 UPLOAD_LOCK_WAIT: Final = 10.0
+MAX_STATE_OPERATIONS: Final = 8
 MAX_PAGE_NUMBER: Final = 10_000
 SCRATCH_PREFIX: Final = "http-"
 ARCHETYPE_OF: Final = {
@@ -58,9 +59,12 @@ class ServerConfig:
     max_upload_bytes: int = MAX_UPLOAD_BYTES
     public_url: str | None = None
     max_lease_wait: float = MAX_LEASE_WAIT
+    max_state_operations: int = MAX_STATE_OPERATIONS  # per account at once
 
     def __post_init__(self) -> None:
         self.home = Path(self.home).expanduser()
+        if self.max_state_operations < 1:
+            raise ValueError("an account needs at least one state operation at a time")
         if (self.catalog is None) != (self.blobs is None):
             raise ValueError("--catalog and --blobs go together (or neither)")
         for url in (self.catalog, self.blobs):

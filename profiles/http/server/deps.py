@@ -12,19 +12,29 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, Literal, TypeVar
 
 import anyio.to_thread
-from fastapi import Depends, Request
+from fastapi import Depends, Header, Request
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPBearer
 
-from profiles.errors import Forbidden, NotFound, ProfileBusy, ProfileError, Unauthorized
+from profiles.errors import (
+    Forbidden,
+    LeaseLost,
+    NotFound,
+    ProfileBusy,
+    ProfileError,
+    Unauthorized,
+)
 from profiles.http.server.accounts import Account, AccountsDB, ApiKey
 from profiles.http.server.config import SCRATCH_PREFIX, AccountStores, ServerConfig
-from profiles.http.server.signing import Signer
+from profiles.http.server.signing import SignedClaim, Signer
 from profiles.models import Holder, Page, Profile
 from profiles.store import ProfileStore
+
+if TYPE_CHECKING:
+    from profiles.http.server.fairness import StateSlots
 
 T = TypeVar("T")
 P = TypeVar("P", bound=Page[Any])
@@ -38,6 +48,7 @@ class Services:
     accounts: AccountsDB
     signer: Signer
     stores: AccountStores
+    state_slots: StateSlots
 
 
 def services(request: Request) -> Services:
@@ -49,7 +60,8 @@ Svc = Annotated[Services, Depends(services)]
 
 
 def error_response(err: ProfileError, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"error": err.to_dict()}, status_code=err.status, headers=headers)
+    """The error's body, without its private details (a ``LeaseLost``'s current epoch)."""
+    return JSONResponse({"error": err.public_dict()}, status_code=err.status, headers=headers)
 
 
 def base_url(request: Request) -> str:
@@ -114,14 +126,33 @@ class Caller:
             )
 
 
-def _bearer(request: Request) -> str:
-    header = request.headers.get("authorization")
+def _bearer(header: str | None) -> str:
     if not header:
         raise Unauthorized("API key required")
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
         raise Unauthorized("Invalid or revoked API key")
     return token.strip()
+
+
+def authenticate(
+    accounts: AccountsDB, authorization: str | None, identified: Any = None
+) -> tuple[ApiKey, Account]:
+    """The live key of an ``Authorization`` header and the account that owns it, or the
+    error the request is answered with (``401`` without a live key, ``403`` for a
+    deactivated account). ``identified``: what the rate limiter already found, if it did.
+    Scopes and ``X-Account`` are the route's to check (:func:`caller`)."""
+    token = _bearer(authorization)
+    if identified is not None:
+        key, own = identified
+    else:
+        key = accounts.authenticate(token)
+        if key is None:
+            raise Unauthorized("Invalid or revoked API key")
+        own = accounts.get_account(key.account_id)
+    if not own.active:
+        raise Forbidden("Account is deactivated")
+    return key, own
 
 
 _bearer_doc = HTTPBearer(auto_error=False, description="An API key: pk_<key id>_<secret>")
@@ -143,17 +174,12 @@ async def reader(request: Request, _doc: Annotated[Any, Depends(_bearer_doc)] = 
 async def _authorize(request: Request, *, write: bool) -> Caller:
     accounts = services(request).accounts
     stores = services(request).stores
-    token = _bearer(request)
-    found = getattr(request.state, "identified_key", None)  # the rate limiter's look-up
-    if found is not None:
-        key, own = found
-    else:
-        key = accounts.authenticate(token)
-        if key is None:
-            raise Unauthorized("Invalid or revoked API key")
-        own = accounts.get_account(key.account_id)
-    if not own.active:
-        raise Forbidden("Account is deactivated")
+    key, own = authenticate(
+        accounts,
+        request.headers.get("authorization"),
+        # the rate limiter's look-up (or the body guard's)
+        getattr(request.state, "identified_key", None),
+    )
     role: str | None = None
     target = own
     acting = request.headers.get("x-account")
@@ -182,3 +208,85 @@ async def _authorize(request: Request, *, write: bool) -> Caller:
 
 Auth = Annotated[Caller, Depends(caller)]
 ReadAuth = Annotated[Caller, Depends(reader)]
+
+
+# ------------------------------------------------------------------ signed links
+
+
+def link_account(s: Services, claim: SignedClaim, *, write: bool) -> Account:
+    """The account a signed link (a download link, an upload target) acts on, once the
+    API key that made it may still do what the link does: the key is not revoked, its
+    account is active, and (made through ``X-Account``) its account is still a member,
+    an admin one for a ``write``. A link dies with its key's right, as an S3 presigned
+    URL dies with its credentials: ``Forbidden`` otherwise. ``NotFound`` (as for the
+    profile: nothing is said of other accounts) when the account is gone."""
+    try:
+        account = s.accounts.get_account(claim.account_id)
+    except NotFound:
+        raise NotFound("Profile not found", resource="profile") from None
+    if not account.active:
+        raise Forbidden("Account is deactivated")
+    try:
+        key = s.accounts.get_key(claim.key_id)
+    except NotFound:
+        key = None
+    if key is None or key.revoked_at is not None:
+        raise Forbidden(
+            "The API key that made this link was revoked, and its links with it; ask for "
+            "a new link with a live key.",
+            field="token",
+        )
+    if write and "admin" not in key.scopes:
+        raise Forbidden("API key missing required permission: admin", permission="admin")
+    if key.account_id != account.id:
+        own = s.accounts.get_account(key.account_id)
+        role = s.accounts.role(account.id, own.id)
+        if not own.active or role is None or (write and role != "admin"):
+            raise Forbidden(
+                "The API key that made this link can no longer act on this account (its "
+                "account was deactivated or its membership revoked), and its links died "
+                "with that; ask for a new link with a live key.",
+                field="token",
+            )
+    return account
+
+
+# ------------------------------------------------------------------ writer leases
+
+LEASE_TOKEN_HEADER = "X-Lease-Token"
+
+LeaseToken = Annotated[
+    str | None,
+    Header(
+        alias=LEASE_TOKEN_HEADER,
+        description="The token of the writer lease (the grant's `token`): with `epoch`, the "
+        "proof of holding the lease; only the API key it was granted to has it.",
+        max_length=256,
+    ),
+]
+
+
+def lease_token(s: Services, c: Caller, profile_id: str, epoch: int) -> str:
+    """The token of the lease ``epoch`` on the profile, granted to the caller's key."""
+    return s.signer.lease_token(
+        account_id=c.account.id, profile_id=profile_id, epoch=epoch, key_id=c.key.id
+    )
+
+
+def require_lease(s: Services, c: Caller, profile: Profile, epoch: int, token: str | None) -> None:
+    """``LeaseLost`` unless ``token`` proves the caller's key was granted the lease ``epoch``
+    on the profile. Checked before the lease is looked at: the answer says nothing of the
+    lease's state (who holds it, its current epoch), and it never names a token."""
+    if s.signer.lease_token_matches(
+        token, account_id=c.account.id, profile_id=profile.id, epoch=epoch, key_id=c.key.id
+    ):
+        return
+    why = "without its token" if not token else "with a token that is not its own"
+    raise LeaseLost(
+        f"The writer lease on profile {profile.name!r} (epoch {epoch}) is not held by this "
+        f"caller: the request came {why}. A lease is held by the API key it was granted "
+        f"to, which sends the grant's token as {LEASE_TOKEN_HEADER} with the epoch; acquire "
+        "the lease to write.",
+        profile_id=profile.id,
+        epoch=epoch,
+    )

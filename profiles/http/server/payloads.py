@@ -1,44 +1,38 @@
 """The audit details a client sends along (a session's start and end, a commit, an
-event): checked and redacted before anything stores them."""
+event): checked and redacted by one model, :class:`~profiles.http.schemas.AuditPayload`
+(:class:`~profiles.http.schemas.CommitPayload` on a commit), before anything stores them.
+
+The JSON bodies (``EventBody``, ``SessionStartBody``, ``SessionEndBody``) are read with it
+by FastAPI; the commit's JSON query parameters ``payload`` and ``ended`` by
+:func:`audit_payload`. Either way a refusal is ``400 ValidationFailed`` naming the key.
+"""
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
+from pydantic import ValidationError
+
 from profiles.errors import ValidationFailed
-from profiles.redact import redact_text
-
-# What the server records itself, and the names of the parameters the payload is passed
-# beside (``record_event(type_, profile_id, **payload)``, ``record_use(ref, **payload)``).
-_RESERVED_PAYLOAD = frozenset(
-    {"checksum", "blob_size", "epoch", "event", "type_", "profile_id", "ref", "self"}
-)
+from profiles.http.schemas import AuditPayload, CommitPayload
 
 
-def audit_payload(raw: str | None, *, field: str = "payload") -> dict[str, Any]:
-    """The audit details a remote session sends along with its state (a small JSON
-    object of scalars); anything else is refused, and nothing may override what the server
-    records itself."""
+def audit_payload(
+    raw: str | None, *, field: str = "payload", model: type[AuditPayload] = AuditPayload
+) -> dict[str, Any]:
+    """The audit details a remote session sends along with its state, as a JSON query
+    parameter: checked and redacted by ``model``."""
     if not raw:
         return {}
     try:
-        value = json.loads(raw)
-    except ValueError:
-        raise ValidationFailed(f"{field} must be a JSON object.", field=field) from None
-    return clean_payload(value, field=field)
+        return model.model_validate_json(raw).root
+    except ValidationError as exc:
+        first = exc.errors(include_input=False, include_url=False)[0]
+        why = "not valid JSON" if first["type"] == "json_invalid" else str(first["msg"])
+        raise ValidationFailed(f"Invalid request: {field}: {why}.", field=field) from None
 
 
-def clean_payload(value: Any, *, field: str = "payload") -> dict[str, Any]:
-    """An audit payload from a client: at most 32 identifier keys, none the server's own,
-    scalar values (text redacted)."""
-    if not isinstance(value, dict) or len(value) > 32:
-        raise ValidationFailed(f"{field} must be a JSON object of at most 32 keys.", field=field)
-    clean: dict[str, Any] = {}
-    for key, item in value.items():
-        if not isinstance(key, str) or not key.isidentifier() or key in _RESERVED_PAYLOAD:
-            raise ValidationFailed(f"{field} key {key!r} is not allowed.", field=field)
-        if not isinstance(item, str | int | float | bool) and item is not None:
-            raise ValidationFailed(f"{field} values must be scalars.", field=field)
-        clean[key] = redact_text(item) if isinstance(item, str) else item
-    return clean
+def commit_payload(raw: str | None) -> dict[str, Any]:
+    """A commit's ``payload``: an :class:`~profiles.http.schemas.AuditPayload` that also
+    leaves the commit's own parameters alone."""
+    return audit_payload(raw, field="payload", model=CommitPayload)

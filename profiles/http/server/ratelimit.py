@@ -6,8 +6,9 @@ Two budgets, each a sliding window (at most ``limit`` requests per ``window`` se
   tier (:data:`profiles.http.server.accounts.TIER_RATE_LIMITS`, ``profiles serve --tier-rate-limit``
   overrides it). Every key and every worker of an account share it, wherever they run.
 - **per client address**, for everything else: no key, an unknown, revoked or malformed key,
-  a deactivated account, and the token routes (signed downloads and uploads). Doc 000's
-  100 requests per 15 minutes protects the service from strangers.
+  a deactivated account, and the token routes (signed downloads and uploads). 100 requests
+  per 15 minutes per address (the hosted API's limit we follow) protects the service from
+  strangers.
 
 Identifying the key is cheap on purpose: a header that does not have a key's shape is never
 looked up, and one that has costs one primary-key read of the accounts database and one
@@ -64,7 +65,8 @@ class RateLimit:
         return f"{self.limit}/{self.window:g}"
 
 
-#: Doc 000: "100 requests per 15 minutes per IP", for traffic without a live key.
+#: 100 requests per 15 minutes per client address, for traffic without a live key (the
+#: limit of the hosted profile API we follow: docs/http-api.md).
 DEFAULT_ADDRESS_LIMIT: Final = RateLimit(100, 900.0)
 
 

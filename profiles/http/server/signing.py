@@ -1,12 +1,18 @@
 """Signed, expiring tokens for download links and upload targets.
 
 A token is ``<payload>.<signature>``: the payload is URL-safe base64 of compact JSON
-(``{"k": purpose, "a": account id, "p": profile id, "c": checksum, "x": expiry (unix s),
-"n": nonce}``), the signature URL-safe base64 of its HMAC-SHA256 under the server's secret
-(``<home>/server-secret``, 32 random bytes, ``0600``, made on first start). Anything that
-does not verify is ``SignatureInvalid`` (403); a token past its expiry is ``LinkExpired``
-(410). The account is inside the signed payload, so a link only ever reaches the account it
-was made for.
+(``{"k": purpose, "a": account id, "p": profile id, "c": checksum, "i": id of the API key
+that made it, "x": expiry (unix s), "n": nonce}``), the signature URL-safe base64 of its
+HMAC-SHA256 under the server's secret (``<home>/server-secret``, 32 random bytes, ``0600``,
+made on first start). Anything that does not verify is ``SignatureInvalid`` (403); a token
+past its expiry is ``LinkExpired`` (410). The account is inside the signed payload, so a
+link only ever reaches the account it was made for; the key is too, so a link lives no
+longer than the key's right to do what it does (the routes check that it is still live).
+
+A writer lease's token (:meth:`Signer.lease_token`) is the proof of holding the lease: an
+HMAC-SHA256, under a key derived from the same secret, of the account, the profile, the
+lease's epoch and the id of the API key it was granted to. It is stateless (every replica
+sharing the secret checks it) and unguessable; the epoch alone proves nothing.
 """
 
 from __future__ import annotations
@@ -63,6 +69,7 @@ class SignedClaim:
     checksum: str | None
     expires_at: float
     nonce: str
+    key_id: str
 
 
 class Signer:
@@ -70,6 +77,8 @@ class Signer:
 
     def __init__(self, secret: bytes) -> None:
         self._secret = secret
+        # A key of its own for lease tokens: a lease token is never a valid link's MAC.
+        self._lease_key = hmac.new(secret, b"profiles lease token v1", hashlib.sha256).digest()
 
     def _mac(self, payload: str) -> str:
         return _b64(hmac.new(self._secret, payload.encode("ascii"), hashlib.sha256).digest())
@@ -82,7 +91,10 @@ class Signer:
         profile_id: str,
         checksum: str | None,
         expires_in: float,
+        key_id: str,
     ) -> tuple[str, SignedClaim]:
+        """A token for ``purpose`` on the account's profile, made by the API key
+        ``key_id``."""
         claim = SignedClaim(
             purpose=purpose,
             account_id=account_id,
@@ -90,17 +102,37 @@ class Signer:
             checksum=checksum,
             expires_at=time.time() + expires_in,
             nonce=secrets.token_hex(12),
+            key_id=key_id,
         )
         body: dict[str, Any] = {
             "k": purpose,
             "a": account_id,
             "p": profile_id,
             "c": checksum,
+            "i": key_id,
             "x": round(claim.expires_at, 3),
             "n": claim.nonce,
         }
         payload = _b64(json.dumps(body, separators=(",", ":")).encode())
         return f"{payload}.{self._mac(payload)}", claim
+
+    def lease_token(self, *, account_id: str, profile_id: str, epoch: int, key_id: str) -> str:
+        """The token of the writer lease ``epoch`` on the profile, granted to the API key
+        ``key_id`` of (or acting on) the account."""
+        message = "\0".join((account_id, profile_id, str(int(epoch)), key_id)).encode()
+        return _b64(hmac.new(self._lease_key, message, hashlib.sha256).digest())
+
+    def lease_token_matches(
+        self, token: str | None, *, account_id: str, profile_id: str, epoch: int, key_id: str
+    ) -> bool:
+        """Whether ``token`` is the token of that lease, granted to that key (compared in
+        constant time)."""
+        if not isinstance(token, str) or not token or len(token) > MAX_TOKEN_LENGTH:
+            return False
+        expected = self.lease_token(
+            account_id=account_id, profile_id=profile_id, epoch=epoch, key_id=key_id
+        )
+        return hmac.compare_digest(expected.encode(), token.encode("utf-8", "replace"))
 
     def verify(self, token: str, purpose: str) -> SignedClaim:
         """The claim of a valid, unexpired token for ``purpose``."""
@@ -123,6 +155,7 @@ class Signer:
                 checksum=None if body["c"] is None else str(body["c"]),
                 expires_at=float(body["x"]),
                 nonce=str(body["n"]),
+                key_id=str(body["i"]),  # a token made before links named their key: invalid
             )
         except (ValueError, KeyError, TypeError, binascii.Error):
             raise invalid from None

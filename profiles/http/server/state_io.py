@@ -13,6 +13,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from profiles.errors import ProfileError
+from profiles.http.outcome import trailer
 from profiles.state.archive import Codec
 from profiles.store import ProfileStore
 
@@ -55,9 +57,13 @@ class QueueWriter:
             self._buf.clear()
 
 
-def export_stream(store: ProfileStore, profile_id: str, codec: Codec = "gzip") -> Iterator[bytes]:
+def export_stream(
+    store: ProfileStore, profile_id: str, codec: Codec = "gzip", *, outcome: bool = False
+) -> Iterator[bytes]:
     """The profile's committed state as ``.tar.gz`` (or ``.tar.zst``), produced by a thread
-    as it is read."""
+    as it is read. ``outcome``: end with the trailer that says how it ended
+    (:mod:`profiles.http.outcome`), so that an error found after the headers went (a pack
+    found damaged half-way) still reaches the client as itself."""
     q: queue.Queue[bytes | BaseException | None] = queue.Queue(maxsize=8)
     stop = threading.Event()
     sink = QueueWriter(q, stop)
@@ -82,9 +88,14 @@ def export_stream(store: ProfileStore, profile_id: str, codec: Codec = "gzip") -
         while True:
             item = q.get()
             if item is None:
+                if outcome:
+                    yield trailer()
                 return
             if isinstance(item, BaseException):
                 log.warning("a download of profile %s failed: %s", profile_id, type(item).__name__)
+                if outcome and isinstance(item, ProfileError):
+                    yield trailer(item)
+                    return
                 raise item
             yield item
     finally:

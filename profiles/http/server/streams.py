@@ -6,7 +6,10 @@ push parser, fed from ``request.stream()``) and writes the ``file`` part to a fi
 fields before it are kept (capped), the file's bytes go straight to disk. Both stop at the
 cap (``ArchiveInvalid`` with status 413), then read and discard what the client still sends, up to
 :data:`DRAIN_LIMIT`, so that it receives the answer instead of a reset connection. A body
-whose ``Content-Length`` already passes the cap is refused before any of it is read.
+whose ``Content-Length`` already passes the cap is refused before any of it is read. The
+routes that read their body this way are marked with
+:func:`~profiles.http.server.bodies.streams_body`: every other body is capped at 1 MiB as it
+is read (:mod:`profiles.http.server.bodies`).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ __all__ = [
     "DRAIN_LIMIT",
     "GZIP_MAGIC",
     "ZSTD_MAGIC",
+    "FramedBody",
     "MultipartUpload",
     "SpooledBody",
     "drain",
@@ -255,3 +259,85 @@ async def spool_multipart(request: Request, spool: Path, *, limit: int) -> Multi
     if result.file_path is None or (not result.filename and result.size == 0):
         raise ValidationFailed(NO_FILE, field="file")
     return result
+
+
+class FramedBody:
+    """A body made of a header line and then raw parts of sizes the header declares (the
+    framing of ``POST .../state/push``), read from the stream as it arrives: the header
+    under its own cap, each part to a file, hashed as it lands."""
+
+    def __init__(self, request: Request) -> None:
+        self._chunks = request.stream()
+        self._buffer = b""
+        self._ended = False
+
+    async def _more(self) -> bool:
+        """Read on until some bytes come (Starlette's stream ends with an empty chunk);
+        ``False`` once the body has ended."""
+        while not self._ended:
+            try:
+                chunk = await self._chunks.__anext__()
+            except StopAsyncIteration:
+                self._ended = True
+                return False
+            except ClientDisconnect:
+                raise ValidationFailed("The client closed the connection mid-upload.") from None
+            if chunk:
+                self._buffer += chunk
+                return True
+        return False
+
+    async def header(self, limit: int) -> bytes:
+        """The first line (without its newline), at most ``limit`` bytes."""
+        while b"\n" not in self._buffer:
+            if len(self._buffer) > limit:
+                raise _header_too_large(limit)
+            if not await self._more():
+                raise ValidationFailed(
+                    "The body must start with a JSON header line ending in a newline.",
+                    field="body",
+                )
+        line, _, self._buffer = self._buffer.partition(b"\n")
+        if len(line) > limit:
+            raise _header_too_large(limit)
+        return line
+
+    async def part(self, path: Path, size: int) -> str:
+        """The next ``size`` bytes into a new file at ``path`` (``0600``); their SHA-256.
+        ``ValidationFailed`` when the body ends first."""
+        digest = hashlib.sha256()
+        left = size
+        fd = _open_spool(path)
+        with os.fdopen(fd, "wb") as out:
+            while left:
+                if not self._buffer and not await self._more():
+                    raise ValidationFailed(
+                        f"The body ended {left} bytes short of the parts its header declares.",
+                        field="body",
+                    )
+                piece, self._buffer = self._buffer[:left], self._buffer[left:]
+                digest.update(piece)
+                out.write(piece)
+                left -= len(piece)
+        return digest.hexdigest()
+
+    async def drain(self) -> None:
+        """Read and discard the rest (after a refusal), up to :data:`DRAIN_LIMIT`."""
+        self._buffer = b""
+        if not self._ended:
+            with contextlib.suppress(ClientDisconnect):
+                await drain(self._chunks)
+            self._ended = True
+
+    async def end(self) -> None:
+        """``ValidationFailed`` if anything follows the declared parts."""
+        if self._buffer or await self._more():
+            raise ValidationFailed(
+                "The body holds more bytes than its header declares.", field="body"
+            )
+
+
+def _header_too_large(limit: int) -> ValidationFailed:
+    err = ValidationFailed(f"The header line is larger than {limit} bytes.", limit=limit)
+    err.status = 413
+    return err

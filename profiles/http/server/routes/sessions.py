@@ -6,9 +6,8 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse, Response
 
 from profiles.http.schemas import EventBody, SessionEndBody, SessionStartBody
-from profiles.http.server.deps import Auth, ReadAuth
+from profiles.http.server.deps import Auth, LeaseToken, ReadAuth, Svc, require_lease
 from profiles.http.server.openapi import WRITE, error_responses
-from profiles.http.server.payloads import clean_payload
 from profiles.models import Profile
 
 router = APIRouter()
@@ -22,7 +21,7 @@ def session_started(c: ReadAuth, ref: str, body: SessionStartBody) -> Profile:
     ``session.created`` event. A read key may record a read-only session's use."""
     if not body.readonly:
         c.require_admin("a writer session")
-    payload = {**clean_payload(body.payload), "readonly": body.readonly}
+    payload = {**body.payload.root, "readonly": body.readonly}
     return c.store.record_use(ref, **payload)
 
 
@@ -32,13 +31,18 @@ def session_started(c: ReadAuth, ref: str, body: SessionStartBody) -> Profile:
     tags=["sessions"],
     responses=error_responses(*WRITE, 404, 409),
 )
-def session_ended(c: ReadAuth, ref: str, body: SessionEndBody) -> Response:
-    """A session ended: its writer lease (``epoch``) is released and ``session.ended``
-    recorded, in one request. Without ``epoch`` (a read-only session) a read key may."""
+def session_ended(
+    s: Svc, c: ReadAuth, ref: str, body: SessionEndBody, x_lease_token: LeaseToken = None
+) -> Response:
+    """A session ended: its writer lease (``epoch``, with its token as ``X-Lease-Token``)
+    is released and ``session.ended`` recorded, in one request. Without ``epoch`` (a
+    read-only session) a read key may."""
     if body.epoch is not None:
         c.require_admin("releasing a writer lease")
-    payload = clean_payload(body.payload)
+    payload = body.payload.root
     profile = c.store.get(ref)
+    if body.epoch is not None:
+        require_lease(s, c, profile, body.epoch, x_lease_token)
     try:
         if body.epoch is not None:
             c.store.service.release_lease(profile.id, body.epoch)
@@ -58,7 +62,7 @@ def session_ended(c: ReadAuth, ref: str, body: SessionEndBody) -> Response:
     },
 )
 def post_event(c: Auth, ref: str, body: EventBody) -> Response:
-    payload = clean_payload(body.payload)
+    payload = body.payload.root  # checked and redacted by its model (AuditPayload)
     if body.type == "session.created":
         profile = c.store.record_use(ref, **payload)
         return JSONResponse(profile.model_dump(mode="json"))

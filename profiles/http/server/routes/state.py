@@ -16,27 +16,31 @@ from starlette.background import BackgroundTask
 from profiles.errors import (
     ArchiveInvalid,
     ChecksumMismatch,
-    Forbidden,
     LinkExpired,
     NoStateData,
-    NotFound,
     ProfileError,
     ValidationFailed,
 )
+from profiles.http.outcome import OUTCOME_HEADER, OUTCOME_VERSION
 from profiles.http.schemas import DownloadLink
+from profiles.http.server.bodies import streams_body
 from profiles.http.server.config import SCRATCH_PREFIX, SERVER_LEASE_TTL, UPLOAD_LOCK_WAIT
 from profiles.http.server.deps import (
     Auth,
+    LeaseToken,
     Svc,
     base_url,
     busy,
     iso,
+    link_account,
+    require_lease,
     run_sync,
     scratch_dir,
     server_holder,
 )
+from profiles.http.server.fairness import DownloadSlot, StateSlot, import_when_free
 from profiles.http.server.openapi import READ, WRITE, binary_body, error_responses, multipart_body
-from profiles.http.server.payloads import audit_payload
+from profiles.http.server.payloads import audit_payload, commit_payload
 from profiles.http.server.state_io import HashingWriter, blob_stream, export_stream, file_stream
 from profiles.http.server.streams import NOT_GZIP, archive_codec, drain, spool_body, spool_multipart
 from profiles.models import AuditType, Profile
@@ -58,7 +62,8 @@ router = APIRouter()
         "The archive (.tar.gz or .tar.zst) as the part `file`; streamed to disk.",
     ),
 )
-async def upload(s: Svc, c: Auth, ref: str, request: Request) -> Profile:
+@streams_body
+async def upload(s: Svc, c: Auth, _slot: StateSlot, ref: str, request: Request) -> Profile:
     try:
         profile = await run_sync(lambda: c.store.get(ref))
     except ProfileError:
@@ -74,13 +79,14 @@ async def upload(s: Svc, c: Auth, ref: str, request: Request) -> Profile:
         if version is not None:
             version = check_browser_version(version)
 
-        def run() -> Profile:
+        def attempt(lock_timeout: float) -> Profile:
             with path.open("rb") as src:
                 return c.store.import_state(
-                    profile.id, src, browser_version=version, lock_timeout=UPLOAD_LOCK_WAIT
+                    profile.id, src, browser_version=version, lock_timeout=lock_timeout
                 )
 
-        updated = await run_sync(run)
+        # A session holding the profile: wait for it on the event loop, not on a thread.
+        updated = await import_when_free(c.store, profile, attempt, wait=UPLOAD_LOCK_WAIT)
     return updated
 
 
@@ -98,6 +104,7 @@ def download_link(s: Svc, c: Auth, ref: str, request: Request) -> DownloadLink:
         profile_id=profile.id,
         checksum=profile.checksum,
         expires_in=s.config.download_expires_in,
+        key_id=c.key.id,
     )
     c.store.record_event(
         "state.download_link_created",
@@ -122,15 +129,10 @@ def download_link(s: Svc, c: Auth, ref: str, request: Request) -> DownloadLink:
         **error_responses(400, 403, 404, 410, 429),
     },
 )
-def download(s: Svc, token: str, request: Request) -> Response:
+def download(s: Svc, _slot: DownloadSlot, token: str, request: Request) -> Response:
     claim = s.signer.verify(token, "download")
-    try:
-        account = s.accounts.get_account(claim.account_id)
-    except NotFound:
-        raise NotFound("Profile not found", resource="profile") from None
+    account = link_account(s, claim, write=False)
     request.state.account = account  # for the access log
-    if not account.active:
-        raise Forbidden("Account is deactivated")
     store = s.stores.get(account)
     profile = store.get(claim.profile_id)
     if profile.checksum != claim.checksum:
@@ -187,15 +189,20 @@ def download(s: Svc, token: str, request: Request) -> Response:
         **error_responses(*READ, 404),
     },
 )
-def get_state(c: Auth, ref: str) -> Response:
+def get_state(c: Auth, _slot: StateSlot, ref: str, request: Request) -> Response:
     profile = c.store.get(ref)
     if profile.checksum is not None and c.store.service.manifest_of(profile) is not None:
         # A chunked state: its tar stream is built from the (verified) chunks. The body
-        # is not the stored bytes, so only the state's identity is sent along.
+        # is not the stored bytes, so only the state's identity is sent along; a client
+        # that asks learns at the end how the stream ended.
+        outcome = request.headers.get(OUTCOME_HEADER) == OUTCOME_VERSION
+        headers = {"X-State-Checksum": profile.checksum}
+        if outcome:
+            headers[OUTCOME_HEADER] = OUTCOME_VERSION
         return StreamingResponse(
-            export_stream(c.store, profile.id, "zstd"),
+            export_stream(c.store, profile.id, "zstd", outcome=outcome),
             media_type="application/zstd",
-            headers={"X-State-Checksum": profile.checksum},
+            headers=headers,
         )
     source = c.store.service.open_state(profile)
     try:
@@ -226,9 +233,11 @@ def get_state(c: Auth, ref: str) -> Response:
         }
     },
 )
+@streams_body
 async def put_state(
     s: Svc,
     c: Auth,
+    _slot: StateSlot,
     ref: str,
     request: Request,
     x_checksum: Annotated[
@@ -238,16 +247,33 @@ async def put_state(
     epoch: Annotated[int | None, Query(ge=0, le=2**62)] = None,
     browser_version: Annotated[str | None, Query(max_length=64)] = None,
     event: Literal["state.uploaded", "session.ended"] = "state.uploaded",
-    payload: Annotated[str | None, Query(max_length=4096)] = None,
-    ended: Annotated[str | None, Query(max_length=4096)] = None,
+    payload: Annotated[
+        str | None,
+        Query(
+            max_length=4096,
+            description="The commit's audit details: a JSON AuditPayload, none of whose keys "
+            "is a parameter of the commit (browser_version, ...).",
+        ),
+    ] = None,
+    ended: Annotated[
+        str | None,
+        Query(
+            max_length=4096,
+            description="With epoch, ends the writer session: the JSON AuditPayload of its "
+            "session.ended event.",
+        ),
+    ] = None,
+    x_lease_token: LeaseToken = None,
 ) -> Profile:
-    """Commit a state. With ``epoch`` and ``ended`` (a JSON object, the payload of the
-    session's ``session.ended`` event) the commit also ends the writer session: once
-    the state is stored, the lease is released and the event recorded, so a session's
-    end costs one request. A commit that fails ends nothing."""
+    """Commit a state, under the writer lease ``epoch`` (with its token as
+    ``X-Lease-Token``) or, without one, under a lease the server takes for the commit
+    (``ProfileBusy`` while another writer holds it). With ``epoch`` and ``ended`` (a JSON
+    object, the payload of the session's ``session.ended`` event) the commit also ends
+    the writer session: once the state is stored, the lease is released and the event
+    recorded, so a session's end costs one request. A commit that fails ends nothing."""
     announced = (x_checksum or "").strip().lower()
     try:
-        extras = audit_payload(payload)
+        extras = commit_payload(payload)
         end_payload = None if ended is None else audit_payload(ended, field="ended")
         if end_payload is not None and epoch is None:
             raise ValidationFailed(
@@ -261,6 +287,8 @@ async def put_state(
         if browser_version is not None:
             check_browser_version(browser_version)
         profile = await run_sync(lambda: c.store.get(ref))
+        if epoch is not None:
+            require_lease(s, c, profile, epoch, x_lease_token)
     except ProfileError:
         await drain(request.stream())
         raise

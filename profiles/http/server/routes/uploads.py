@@ -15,7 +15,6 @@ from profiles.errors import (
     ArchiveInvalid,
     ChecksumMismatch,
     Conflict,
-    Forbidden,
     NotFound,
     ProfileError,
     SignatureInvalid,
@@ -23,8 +22,10 @@ from profiles.errors import (
     ValidationFailed,
 )
 from profiles.http.schemas import CompleteUploadBody, UploadTarget
+from profiles.http.server.bodies import streams_body
 from profiles.http.server.config import ARCHETYPE_OF, UPLOAD_LOCK_WAIT, sweep_old
-from profiles.http.server.deps import Auth, Svc, base_url, run_sync, scratch_dir
+from profiles.http.server.deps import Auth, Svc, base_url, link_account, run_sync, scratch_dir
+from profiles.http.server.fairness import StateSlot, UploadSlot
 from profiles.http.server.openapi import AUTH, error_responses, multipart_body
 from profiles.http.server.state_io import hash_file
 from profiles.http.server.streams import NOT_GZIP, archive_codec, drain, spool_multipart
@@ -58,6 +59,7 @@ def initiate_upload(s: Svc, c: Auth, request: Request) -> UploadTarget:
         profile_id=profile_id,
         checksum=None,
         expires_in=s.config.upload_expires_in,
+        key_id=c.key.id,
     )
     return UploadTarget(
         profile_id=profile_id,
@@ -83,12 +85,11 @@ def initiate_upload(s: Svc, c: Auth, request: Request) -> UploadTarget:
         required=("key", "x-signature", "file"),
     ),
 )
-async def presigned_upload(s: Svc, token: str, request: Request) -> Response:
+@streams_body
+async def presigned_upload(s: Svc, _slot: UploadSlot, token: str, request: Request) -> Response:
     try:
         claim = s.signer.verify(token, "upload")
-        account = s.accounts.get_account(claim.account_id)
-        if not account.active:
-            raise Forbidden("Account is deactivated")
+        account = link_account(s, claim, write=True)
         if not s.accounts.claim_token(claim.nonce, claim.expires_at):
             raise Conflict(
                 "This upload target was already used; call initiate-upload again.",
@@ -135,7 +136,9 @@ async def presigned_upload(s: Svc, token: str, request: Request) -> Response:
     tags=["uploads"],
     responses=error_responses(*AUTH, 404, 409, 413, 422),
 )
-def complete_upload(c: Auth, profile_id: str, body: CompleteUploadBody) -> Profile:
+def complete_upload(
+    c: Auth, _slot: StateSlot, profile_id: str, body: CompleteUploadBody
+) -> Profile:
     try:
         name = check_name(body.name)
         if body.browser_name not in ENGINES:
