@@ -390,14 +390,14 @@ def test_download_link_expires(tmp_path: Path) -> None:
 
 
 def test_a_signed_link_dies_with_the_key_that_made_it(
-    srv: HttpServer, client: httpx.Client, acct: Acct
+    session_profile_server: HttpServer, client: httpx.Client, acct: Acct
 ) -> None:
     """A download link or an upload target made by a key stops working when that key is
     revoked, its account deactivated, or (made by a member through ``X-Account``) the
     membership removed: as an S3 presigned URL dies with its credentials. What a live
     key made still works."""
-    member = new_account(srv, name="member")
-    with AccountsDB(srv.home / "accounts.sqlite3") as db:
+    member = new_account(session_profile_server, name="member")
+    with AccountsDB(session_profile_server.home / "accounts.sqlite3") as db:
         key_b, secret_b = db.create_key(acct.id, scopes=("read", "admin"), name="b")
         db.add_member(acct.id, member.id, "admin")
     create(client, acct, "linked")
@@ -420,7 +420,7 @@ def test_a_signed_link_dies_with_the_key_that_made_it(
     target_b, target_a = target(acct.h(secret_b)), target(acct.h())
     target_member = target(member.h(**{"X-Account": acct.id}))
     assert httpx.get(by_b, timeout=TIMEOUT).status_code == 200  # while the key is live
-    with AccountsDB(srv.home / "accounts.sqlite3") as db:
+    with AccountsDB(session_profile_server.home / "accounts.sqlite3") as db:
         db.revoke_key(key_b.id)
         db.remove_member(acct.id, member.id)
     for dead in (by_b, by_member):
@@ -437,11 +437,11 @@ def test_a_signed_link_dies_with_the_key_that_made_it(
     assert httpx.get(by_a, timeout=TIMEOUT).status_code == 200
     assert _post_to_target(target_a, chromium_targz("pre")).status_code == 204
     # A deactivated account's links die too (and come back with it).
-    with AccountsDB(srv.home / "accounts.sqlite3") as db:
+    with AccountsDB(session_profile_server.home / "accounts.sqlite3") as db:
         db.set_active(acct.id, False)
     r = httpx.get(by_a, timeout=TIMEOUT)
     assert r.status_code == 403 and err(r)["code"] == "Forbidden"
-    with AccountsDB(srv.home / "accounts.sqlite3") as db:
+    with AccountsDB(session_profile_server.home / "accounts.sqlite3") as db:
         db.set_active(acct.id, True)
     assert httpx.get(by_a, timeout=TIMEOUT).status_code == 200
 
@@ -637,7 +637,7 @@ _BAD_SHAPES: tuple[Any, ...] = (
 
 
 def test_audit_payloads_are_checked_redacted_and_never_a_500(
-    srv: HttpServer, client: httpx.Client, acct: Acct
+    session_profile_server: HttpServer, client: httpx.Client, acct: Acct
 ) -> None:
     """Every route that takes an audit payload from a client (an event, a session's start
     and end, a commit's ``payload`` and ``ended``) checks it with one model: no key of the
@@ -648,7 +648,7 @@ def test_audit_payloads_are_checked_redacted_and_never_a_500(
     p = create(client, acct, "audited")
     grant = _lease(client, acct, "audited").json()
     lease_headers = {"X-Lease-Token": grant["token"]}
-    logged = len(srv.log_text())
+    logged = len(session_profile_server.log_text())
     data = chromium_targz("payload")
 
     def sends(payload: Any, *, commit: bool) -> list[httpx.Response]:
@@ -739,7 +739,7 @@ def test_audit_payloads_are_checked_redacted_and_never_a_500(
         assert payload["url"] == "https://…@example.com/cb?…"
         assert "hunter2" not in json.dumps(payload) and "abc123" not in json.dumps(payload)
         assert (payload["count"], payload["ratio"], payload["ok"]) == (3, 0.5, True)
-    log = srv.log_text()[logged:]
+    log = session_profile_server.log_text()[logged:]
     assert "Traceback" not in log and "internal error" not in log and " 500 " not in log
 
 
@@ -1037,14 +1037,14 @@ def test_put_state_with_stale_epoch_is_lease_lost(client: httpx.Client, acct: Ac
 
 
 def test_a_lease_is_held_by_the_key_it_was_granted_to(
-    srv: HttpServer, client: httpx.Client, acct: Acct
+    session_profile_server: HttpServer, client: httpx.Client, acct: Acct
 ) -> None:
     """The epoch orders writers; the lease's token proves holding it. Another key of the
     account, or an admin member through ``X-Account``, that knows the epoch can neither
     commit, renew, release nor end the session under the holder's lease: each is a
     ``LeaseLost`` that names neither the current epoch nor a token. The holder can."""
-    member = new_account(srv, name="member")
-    with AccountsDB(srv.home / "accounts.sqlite3") as db:
+    member = new_account(session_profile_server, name="member")
+    with AccountsDB(session_profile_server.home / "accounts.sqlite3") as db:
         _, key_b = db.create_key(acct.id, scopes=("read", "admin"), name="b")
         db.add_member(acct.id, member.id, "admin")
     p = create(client, acct, "held")
@@ -1136,7 +1136,10 @@ def test_a_lease_is_held_by_the_key_it_was_granted_to(
     assert r.status_code == 204
     assert client.get("/v1/profiles/held/lease", headers=acct.h()).json() == {"holder": None}
     # Tokens never reach the log.
-    assert token not in srv.log_text() and again["token"] not in srv.log_text()
+    assert (
+        token not in session_profile_server.log_text()
+        and again["token"] not in session_profile_server.log_text()
+    )
 
 
 # ------------------------------------------------------------------ limits
