@@ -765,8 +765,8 @@ def bench_http(repeats: int, url: str, home: Path, quick: bool) -> dict[str, Any
     """Sessions through the HTTP client against the embedded store, bulk transfer, rps."""
     import httpx
 
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-    from http_service import start_http_server
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # for support/
+    from support.http_service import start_http_server
 
     def hwm_kb(pid: int) -> int:
         for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -910,7 +910,7 @@ def main(argv: list[str] | None = None) -> int:
             if wanted("incremental"):
                 sizes = [1.0] if args.quick else [1.0, 10.0, 100.0] + ([400.0] if args.big else [])
                 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-                from http_service import start_http_server
+                from support.http_service import start_http_server
 
                 with start_http_server(home / "inc-server") as server:
                     results["incremental"] = [

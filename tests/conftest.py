@@ -1,4 +1,14 @@
-"""Shared fixtures: an isolated store home per test, a local HTTP server, browser checks.
+"""Shared fixtures (an isolated store home per test, stores on every backend, profile
+servers, a local page server) and the browser lane.
+
+The fast lane, every test that needs no browser (no browser starts in it):
+
+    .venv/bin/python -m pytest -m "not browser"
+
+and ``-m browser`` the rest. Tests that use a browser get the ``browser`` marker by
+themselves (the rule is in support/browser_lane.py: they go through :func:`require_engine`,
+directly or through a fixture or helper); the others run as if no browser were installed,
+so one that launches a browser anyway fails instead of slowing the fast lane.
 
 Browser tests never skip for Chromium or Firefox: a missing browser is a failure (CI must
 have them). WebKit tests skip with the reason when Playwright's WebKit is not installed.
@@ -15,11 +25,16 @@ from pathlib import Path
 
 import pytest
 from hypothesis import settings
+from support.archives import make_target_area
+from support.backends import BACKENDS, LOCAL_BACKENDS, fresh_shared_urls, store_on
+from support.browser_lane import NO_BROWSER, uses_a_browser
+from support.http_service import HttpServer, start_http_server
 
 # The shared backend's servers (real PostgreSQL, moto's S3 server), for every test module.
-from pg_service import postgres_database, postgres_service, postgres_url  # noqa: F401
-from s3_service import s3_bucket, s3_endpoint, s3_env  # noqa: F401
+from support.pg_service import postgres_database, postgres_service, postgres_url  # noqa: F401
+from support.s3_service import s3_bucket, s3_endpoint, s3_env  # noqa: F401
 
+from driver.browsers import ENV_OVERRIDE
 from profiles import BrowserNotFound, ProfileStore
 from profiles.state.rules import Engine
 
@@ -28,6 +43,32 @@ PAGES = Path(__file__).parent / "pages"
 # No timing in tests: a loaded CI machine must not fail a property for being slow.
 settings.register_profile("no-deadline", deadline=None)
 settings.load_profile("no-deadline")
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m deselects by the marker
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The ``browser`` marker on every test that uses a browser (support/browser_lane.py)."""
+    for item in items:
+        if item.get_closest_marker("browser") is not None:
+            continue
+        info = getattr(item, "_fixtureinfo", None)
+        fixtures = [
+            fixturedef.func
+            for name in item.fixturenames
+            for fixturedef in (info.name2fixturedefs.get(name, ()) if info else ())
+        ]
+        if uses_a_browser(getattr(item, "function", None), fixtures):
+            item.add_marker(pytest.mark.browser)
+
+
+@pytest.fixture(autouse=True)
+def _no_browser_outside_the_browser_lane(
+    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A test without the ``browser`` marker finds no browser (here or in its children)."""
+    if request.node.get_closest_marker("browser") is None:
+        for variable in ENV_OVERRIDE.values():
+            monkeypatch.setenv(variable, NO_BROWSER)
 
 
 @pytest.fixture(autouse=True)
@@ -44,9 +85,69 @@ def home(_isolated_home: Path) -> Path:
 
 
 @pytest.fixture
-def store(home: Path) -> Iterator[ProfileStore]:
-    with ProfileStore(home) as s:
-        yield s
+def store(request: pytest.FixtureRequest, home: Path) -> Iterator[ProfileStore]:
+    """A store in the test's home: embedded, or in a module (or test) marked
+    ``@pytest.mark.backends``, on each backend in turn (see :func:`pytest_generate_tests`)."""
+    yield from store_on(request, home, getattr(request, "param", "embedded"))
+
+
+@pytest.fixture(params=LOCAL_BACKENDS)
+def local_store(request: pytest.FixtureRequest, home: Path) -> Iterator[ProfileStore]:
+    """For what only a store holding its own catalog and blobs can show (reaching into
+    them, or watching an import from the same process): embedded and PostgreSQL + S3."""
+    yield from store_on(request, home)
+
+
+@pytest.fixture
+def shared_urls(request: pytest.FixtureRequest) -> Iterator[tuple[str, str]]:
+    """A fresh shared backend for the test: ``(catalog_url, blobs_url)``, a new PostgreSQL
+    database and a new S3 prefix (the test's machines make their stores on it)."""
+    yield from fresh_shared_urls(request)
+
+
+@pytest.fixture
+def shared_store(shared_urls: tuple[str, str], home: Path) -> Iterator[ProfileStore]:
+    """A store in the test's home on :func:`shared_urls`."""
+    with ProfileStore(home, catalog=shared_urls[0], blobs=shared_urls[1]) as store:
+        yield store
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """``@pytest.mark.backends(*kinds)`` runs the ``store`` fixture on those backends (all
+    of :data:`support.backends.BACKENDS` without arguments): the behaviour suites."""
+    marker = metafunc.definition.get_closest_marker("backends")
+    if marker is not None and "store" in metafunc.fixturenames:
+        metafunc.parametrize("store", marker.args or BACKENDS, indirect=True)
+
+
+@pytest.fixture(scope="session")
+def session_profile_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HttpServer]:
+    """One ``profiles serve`` for the whole run, which no test may stop. Each test works on it
+    through an account of its own (:meth:`HttpServer.with_new_account`, or
+    ``profile_server``), so it sees only its own profiles."""
+    with start_http_server(tmp_path_factory.mktemp("shared-server") / "home") as server:
+        yield server
+
+
+@pytest.fixture
+def profile_server(session_profile_server: HttpServer) -> HttpServer:
+    """The session's ``profiles serve`` through a new account of this test's own."""
+    return session_profile_server.with_new_account()
+
+
+@pytest.fixture
+def own_profile_server(tmp_path: Path) -> Iterator[HttpServer]:
+    """A ``profiles serve`` for this test alone (its home under ``tmp_path``): one the test
+    may stop and start again, or whose whole log is the test's."""
+    with start_http_server(tmp_path / "server-home") as server:
+        yield server
+
+
+@pytest.fixture
+def target_area(tmp_path: Path) -> tuple[Path, Path]:
+    """``(area, target)``: a profile directory an unpack replaces, next to a sentinel
+    (support/archives.py; ``assert_untouched`` checks both are as they were)."""
+    return make_target_area(tmp_path)
 
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):
@@ -91,6 +192,11 @@ def require_engine(engine: Engine) -> None:
     """Fail (Chromium, Firefox) or skip (WebKit) when the engine has no browser here."""
     from driver.browsers import find_browser
 
+    if os.environ.get(ENV_OVERRIDE[engine]) == NO_BROWSER:
+        pytest.fail(
+            "this test uses a browser and has no 'browser' marker: the rule of "
+            "support/browser_lane.py does not see it; mark it @pytest.mark.browser"
+        )
     try:
         find_browser(engine)
     except BrowserNotFound as exc:

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 import zstandard
+from support.archives import Unsized, assert_untouched
 
 from profiles import ArchiveInvalid
 from profiles.state.archive import ArchiveLimits, pack_dir, unpack_archive
@@ -368,25 +369,6 @@ HOSTILE: dict[str, tuple[Callable[[], bytes], str]] = {
 }
 
 
-@pytest.fixture
-def target_area(tmp_path: Path) -> tuple[Path, Path]:
-    """An existing profile directory to replace, next to a sentinel that must stay as it is."""
-    area = tmp_path / "area"
-    target = area / "profile"
-    (target / "Default").mkdir(parents=True)
-    (target / "Local State").write_text('{"before": true}')
-    (area / "sentinel.txt").write_text("untouched")
-    return area, target
-
-
-def _assert_untouched(area: Path, target: Path) -> None:
-    assert sorted(p.name for p in area.iterdir()) == ["profile", "sentinel.txt"]
-    assert (area / "sentinel.txt").read_text() == "untouched"
-    assert (target / "Local State").read_text() == '{"before": true}'
-    assert sorted(p.name for p in target.iterdir()) == ["Default", "Local State"]
-    assert list((target / "Default").iterdir()) == []
-
-
 def _assert_no_paths(message: str, tmp_path: Path) -> None:
     for secret in {str(tmp_path), str(tmp_path.resolve()), ".unpack-", str(Path.home())}:
         assert secret not in message, message
@@ -406,24 +388,11 @@ def test_hostile_archive_is_refused(
     assert err.value.field == "file" and err.value.status == 400
     _assert_no_paths(err.value.message, tmp_path)
     assert len(err.value.message) < 600
-    _assert_untouched(area, target)
+    assert_untouched(area, target)
     # The same bytes from a stream of unknown size are refused the same way.
     with pytest.raises(ArchiveInvalid, match=message):
-        unpack_archive(io.BufferedReader(_Unsized(upload.read_bytes())), target, replace=True)
-    _assert_untouched(area, target)
-
-
-class _Unsized(io.RawIOBase):
-    def __init__(self, data: bytes) -> None:
-        self._data = io.BytesIO(data)
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, b: memoryview) -> int:  # type: ignore[override]
-        chunk = self._data.read(len(b))
-        b[: len(chunk)] = chunk
-        return len(chunk)
+        unpack_archive(io.BufferedReader(Unsized(upload.read_bytes())), target, replace=True)
+    assert_untouched(area, target)
 
 
 def test_a_long_member_name_is_shown_short_in_the_message(tmp_path: Path) -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 import zstandard
+from support.archives import Unsized, assert_untouched
 
 from driver import Session
 from profiles import ArchiveInvalid, ProfileStore
@@ -127,22 +128,8 @@ def _bomb(size: int) -> bytes:
     return out.getvalue()
 
 
-@pytest.fixture
-def target_area(tmp_path: Path) -> tuple[Path, Path]:
-    """An existing profile directory to replace, next to a sentinel that must stay as it is."""
-    area = tmp_path / "area"
-    target = area / "profile"
-    (target / "Default").mkdir(parents=True)
-    (target / "Local State").write_text('{"before": true}')
-    (area / "sentinel.txt").write_text("untouched")
-    return area, target
-
-
 def _assert_untouched(area: Path, target: Path, tmp_path: Path) -> None:
-    assert sorted(p.name for p in area.iterdir()) == ["profile", "sentinel.txt"]
-    assert (area / "sentinel.txt").read_text() == "untouched"
-    assert (target / "Local State").read_text() == '{"before": true}'
-    assert sorted(p.name for p in target.iterdir()) == ["Default", "Local State"]
+    assert_untouched(area, target)
     assert not (tmp_path / "escaped.txt").exists()
     assert not Path("/tmp/escaped-absolute.txt").exists()
 
@@ -173,18 +160,6 @@ def test_a_one_gigabyte_bomb_stops_before_writing(
 
 
 def test_a_bomb_from_a_stream_of_unknown_size_stops_early(tmp_path: Path) -> None:
-    class Unsized(io.RawIOBase):
-        def __init__(self, data: bytes) -> None:
-            self._data = io.BytesIO(data)
-
-        def readable(self) -> bool:
-            return True
-
-        def readinto(self, b: memoryview) -> int:  # type: ignore[override]
-            chunk = self._data.read(len(b))
-            b[: len(chunk)] = chunk
-            return len(chunk)
-
     limits = ArchiveLimits(ratio_floor=8 * MiB)
     with pytest.raises(ArchiveInvalid, match="bomb"):
         unpack_archive(Unsized(_bomb(256 * MiB)), tmp_path / "t", limits=limits)
@@ -310,7 +285,6 @@ def real_profiles(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return found
 
 
-@pytest.mark.browser
 @pytest.mark.parametrize("engine", ["chromium", "firefox"])
 @pytest.mark.parametrize("codec", ["gzip", "zstd"])
 def test_real_profiles_round_trip(
@@ -333,7 +307,6 @@ def test_real_profiles_round_trip(
     assert left_out and all(RULES[engine].excludes(p) for p in left_out)
 
 
-@pytest.mark.browser
 def test_stale_engine_locks_are_removed(real_profiles: dict[str, Path], tmp_path: Path) -> None:
     chromium = tmp_path / "c"
     (chromium / "Default").mkdir(parents=True)

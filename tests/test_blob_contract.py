@@ -9,16 +9,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import s3_service
-from s3_service import S3Endpoint
+from support.s3_service import S3Endpoint
 
 from profiles.blobs.base import BlobStore
 from profiles.blobs.local import PART_PREFIX, LocalBlobStore
 from profiles.blobs.s3 import S3BlobStore
 from profiles.testing.blob_contract import BlobContract, MiB
-
-s3_endpoint = s3_service.s3_endpoint
-s3_bucket = s3_service.s3_bucket
 
 
 class TestLocalBlobStore(BlobContract):

@@ -1,7 +1,7 @@
 """S3BlobStore beyond the shared contract: configuration from the standard AWS variables,
 clear errors for the three usual misconfigurations (without leaking the secret), the
 multipart path, and the sweep of unfinished uploads. Against a real S3-compatible server
-over HTTP (moto's standalone server, see s3_service.py)."""
+over HTTP (moto's standalone server, see support/s3_service.py)."""
 
 from __future__ import annotations
 
@@ -14,16 +14,12 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
-import s3_service
-from s3_service import S3Endpoint
+from support import s3_service
+from support.s3_service import S3Endpoint
 
 from profiles.blobs.s3 import S3BlobStore
 from profiles.errors import ChecksumMismatch, StorageUnavailable, ValidationFailed
 from profiles.testing.blob_contract import MiB, Stream, blob_bytes
-
-s3_endpoint = s3_service.s3_endpoint
-s3_bucket = s3_service.s3_bucket
-s3_env = s3_service.s3_env
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from pg_service import fresh_database, postgres_service, postgres_url  # noqa: F401
+from support.pg_service import fresh_database
 
 from profiles.catalog import Catalog, SQLiteCatalog
 from profiles.catalog.postgres import MIGRATIONS as PG_MIGRATIONS
@@ -46,7 +46,7 @@ class TestSQLiteCatalog(CatalogContract):
 
 class TestPostgresCatalog(CatalogContract):
     @pytest.fixture
-    def database_url(self, postgres_url: str) -> Iterator[str]:  # noqa: F811
+    def database_url(self, postgres_url: str) -> Iterator[str]:
         with fresh_database(postgres_url) as url:
             yield url
 

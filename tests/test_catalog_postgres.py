@@ -11,18 +11,12 @@ import socket
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
-from pg_service import (  # noqa: F401
-    PostgresService,
-    fresh_database,
-    postgres_database,
-    postgres_service,
-    postgres_url,
-    with_database,
-)
 from psycopg import sql
+from support.pg_service import PostgresService, fresh_database, with_database
 
 from profiles.catalog import SQLiteCatalog
 from profiles.catalog.postgres import MIGRATIONS, PostgresCatalog, redact_location
@@ -33,7 +27,7 @@ SECRET = "s3cr3t-Pa55word"
 
 
 @pytest.fixture
-def catalog(postgres_database: str) -> Iterator[PostgresCatalog]:  # noqa: F811
+def catalog(postgres_database: str) -> Iterator[PostgresCatalog]:
     c = PostgresCatalog(postgres_database, max_size=4)
     try:
         yield c
@@ -71,7 +65,7 @@ def test_location_hides_the_password(url: str, location: str) -> None:
 
 
 def test_location_of_an_open_catalog(
-    postgres_database: str,  # noqa: F811
+    postgres_database: str,
 ) -> None:
     catalog = PostgresCatalog(postgres_database)
     try:
@@ -101,7 +95,7 @@ def test_unreachable_server_is_storage_unavailable_quickly(
 
 
 @pytest.fixture
-def password_role(postgres_url: str) -> Iterator[str]:  # noqa: F811
+def password_role(postgres_url: str) -> Iterator[str]:
     """A role that logs in with SECRET (dropped afterwards); its name. A server whose URL
     may not create roles (services.sh's least-privilege role) lends the URL's own role:
     it has a password too, and a wrong one is refused the same way."""
@@ -138,7 +132,7 @@ def _as_role(url: str, role: str, password: str, dbname: str = "postgres") -> st
 
 
 def test_wrong_password_is_storage_unavailable_quickly(
-    postgres_url: str,  # noqa: F811
+    postgres_url: str,
     password_role: str,
 ) -> None:
     wrong = _as_role(postgres_url, password_role, "not-the-password")
@@ -159,7 +153,7 @@ def test_wrong_password_is_storage_unavailable_quickly(
     assert not info.value.transient  # a refusal, not an outage: nothing waits for it
 
 
-def test_missing_database_is_storage_unavailable(postgres_url: str) -> None:  # noqa: F811
+def test_missing_database_is_storage_unavailable(postgres_url: str) -> None:
     url = with_database(postgres_url, f"missing_{secrets.token_hex(4)}")
     with pytest.raises(StorageUnavailable) as info:
         PostgresCatalog(url, connect_timeout=5)
@@ -167,9 +161,10 @@ def test_missing_database_is_storage_unavailable(postgres_url: str) -> None:  # 
     assert not info.value.transient
 
 
-def _open_at(url: str, start_at: float) -> int:
-    """Open (and so migrate) the catalog at a given moment; its schema version."""
-    time.sleep(max(0.0, start_at - time.time()))
+def _open_at(url: str, start: Any) -> int:
+    """Open (and so migrate) the catalog once every process is at the ``start`` barrier;
+    its schema version."""
+    start.wait(timeout=60)
     catalog = PostgresCatalog(url, connect_timeout=10)
     catalog.close()
     with psycopg.connect(url) as conn:
@@ -177,13 +172,12 @@ def _open_at(url: str, start_at: float) -> int:
     return int(row[0]) if row else -1
 
 
-def test_processes_migrating_a_fresh_database_at_once(postgres_url: str) -> None:  # noqa: F811
+def test_processes_migrating_a_fresh_database_at_once(postgres_url: str) -> None:
     context = multiprocessing.get_context("spawn")
     with fresh_database(postgres_url) as first, fresh_database(postgres_url) as second:
-        with context.Pool(4) as pool:
-            pool.apply(time.sleep, (0,))  # the workers are up before the clock starts
-            start_at = time.time() + 1.0
-            jobs = [pool.apply_async(_open_at, (url, start_at)) for url in (first, second) * 2]
+        with context.Manager() as manager, context.Pool(4) as pool:
+            start = manager.Barrier(4)  # the four jobs run at once, each in its own worker
+            jobs = [pool.apply_async(_open_at, (url, start)) for url in (first, second) * 2]
             versions = [job.get(60) for job in jobs]
         assert versions == [len(MIGRATIONS)] * 4
         catalog = PostgresCatalog(first)
@@ -227,7 +221,7 @@ def test_records_are_the_same_as_sqlite(catalog: PostgresCatalog, tmp_path: Path
 
 
 def test_server_restart_mid_transaction(
-    postgres_service: PostgresService,  # noqa: F811
+    postgres_service: PostgresService,
     catalog: PostgresCatalog,
 ) -> None:
     if postgres_service.server is None:

@@ -46,6 +46,7 @@ from profiles.cli.state import byte_size
 
 from conftest import require_engine
 
+ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable  # the project's .venv/bin/python under the test run
 GZIP_MAGIC = b"\x1f\x8b"
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
@@ -464,7 +465,6 @@ def test_open_refuses_before_launching(
 # ---------------------------------------------------------------------------- real browser
 
 
-@pytest.mark.browser
 def test_open_with_url_and_exit_commits(
     capsys: pytest.CaptureFixture[str], store: ProfileStore, http_server: str
 ) -> None:
@@ -486,7 +486,6 @@ def test_open_with_url_and_exit_commits(
     assert run(capsys, "open", "web", "--exit", "--no-create", "--archetype", "pixel-7")[0] == 2
 
 
-@pytest.mark.browser
 @pytest.mark.parametrize(
     ("sig", "to_group"),
     [
@@ -539,7 +538,6 @@ class _BrowserQuits(Session):
         return page
 
 
-@pytest.mark.browser
 def test_open_says_so_when_the_browser_closes_on_its_own(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, store: ProfileStore
 ) -> None:
@@ -553,7 +551,6 @@ def test_open_says_so_when_the_browser_closes_on_its_own(
     assert store.get("quits").status == "empty"
 
 
-@pytest.mark.browser
 def test_import_export_round_trip(
     capsys: pytest.CaptureFixture[str], store: ProfileStore, state_archive: Path, tmp_path: Path
 ) -> None:
@@ -598,7 +595,6 @@ def test_import_export_round_trip(
     assert code == 4 and "newer than" in err
 
 
-@pytest.mark.browser
 def test_open_waits_for_the_writer_lock(
     capsys: pytest.CaptureFixture[str], store: ProfileStore
 ) -> None:
@@ -609,7 +605,6 @@ def test_open_waits_for_the_writer_lock(
     assert code == 4 and "in use" in err
 
 
-@pytest.mark.browser
 def test_import_and_export_through_pipes(state_archive: Path, home: Path) -> None:
     assert cli("create", "piped").returncode == 0
     result = cli("import", "piped", "-", "--json", input=state_archive.read_bytes())
@@ -645,8 +640,14 @@ def test_the_entry_points_run(tmp_path: Path) -> None:
 
     script = Path(PYTHON).parent / "profiles"
     assert script.is_file(), "the 'profiles' console script is not installed in the venv"
+    # The script imports the package the venv was installed from; this checkout's, please
+    # (a venv shared by several checkouts of the project points at one of them).
     listed = subprocess.run(
-        [str(script), "list", "--home", str(env_home)], capture_output=True, text=True, check=False
+        [str(script), "list", "--home", str(env_home)],
+        capture_output=True,
+        text=True,
+        check=False,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
     )
     assert listed.returncode == 0 and "via-cli" in listed.stdout
 
@@ -958,7 +959,7 @@ IMPORT_CREATE = ("import", "prod", "-", "--create", "--archetype", "pixel-7", "-
 
 
 def test_import_create_through_a_pipe_into_a_fresh_home(
-    store: ProfileStore, tmp_path: Path
+    store: ProfileStore, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     store.create("prod", archetype="pixel-7")
     store.import_state("prod", fake_state(tmp_path, domains=("example.test",)))
@@ -985,10 +986,10 @@ def test_import_create_through_a_pipe_into_a_fresh_home(
 
     # into an existing profile --create just imports; without --create a missing one is 3
     archive = tmp_path / "chromium-state.tar.gz"
-    again = cli("--home", str(fresh), "import", "prod", str(archive), "--create")
-    assert again.returncode == 0 and again.stdout.startswith(b"imported "), again.stderr
-    missing = cli("--home", str(fresh), "import", "other", str(archive))
-    assert missing.returncode == 3 and b"not found" in missing.stderr
+    code, out, err = run(capsys, "--home", str(fresh), "import", "prod", str(archive), "--create")
+    assert code == 0 and out.startswith("imported "), err
+    code, out, err = run(capsys, "--home", str(fresh), "import", "other", str(archive))
+    assert code == 3 and "not found" in err
     with ProfileStore(fresh) as other:
         assert [p.name for p in other.iter_profiles()] == ["prod"]
 
@@ -1168,7 +1169,7 @@ def test_open_help_says_closing_the_window_saves(capsys: pytest.CaptureFixture[s
 def test_migrate_converts_archive_states_and_skips_profiles_in_use(
     capsys: pytest.CaptureFixture[str], home: Path, tmp_path: Path
 ) -> None:
-    from storefaults import chromium_archive
+    from support.storefaults import chromium_archive
 
     with ProfileStore(home, chunked=False) as old:  # states as written before chunking
         for name in ("a", "b", "lost"):

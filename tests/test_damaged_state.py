@@ -23,8 +23,8 @@ from pathlib import Path
 import httpx
 import pytest
 import zstandard
-from http_service import HttpServer, start_http_server
-from storefaults import chromium_dir
+from support.http_service import HttpServer, start_http_server
+from support.storefaults import chromium_dir
 
 from profiles import ProfileStore, StateCorrupt, StorageUnavailable
 from profiles.blobs.local import LocalBlobStore

@@ -619,7 +619,6 @@ def _uuids(data: bytes) -> set[bytes]:
     return set(re.findall(rb"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}", data))
 
 
-@pytest.mark.browser
 def test_real_firefox_cache_holds_no_identity_and_seeds_a_working_browser(
     firefox_profile_dir: tuple[Path, dict[str, Any], str, set[bytes]], tmp_path: Path
 ) -> None:
@@ -653,7 +652,6 @@ def test_real_firefox_cache_holds_no_identity_and_seeds_a_working_browser(
     assert _session(target, options, f"{server}/index.html", fill=False) == STORAGE_VALUE
 
 
-@pytest.mark.browser
 def test_real_firefox_starts_on_a_garbage_seed(
     firefox_profile_dir: tuple[Path, dict[str, Any], str, set[bytes]],
     tmp_path: Path,

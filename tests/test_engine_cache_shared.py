@@ -23,9 +23,9 @@ from pathlib import Path
 
 import pytest
 import zstandard
-from backends import shared_urls, store_on
-from pg_service import fresh_database
-from s3_service import S3Endpoint
+from support.backends import fresh_shared_urls, store_on
+from support.pg_service import fresh_database
+from support.s3_service import S3Endpoint
 from test_engine_cache import CACHE_FILES, SECRET, fake_firefox, firefox_profile
 
 from driver import Session
@@ -134,7 +134,6 @@ def _first(messages: list[str], fragment: str) -> int:
     return found[0]
 
 
-@pytest.mark.browser
 def test_a_fresh_container_fetches_and_seeds_before_its_first_launch(
     fleet: Fleet, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -160,7 +159,6 @@ def test_a_fresh_container_fetches_and_seeds_before_its_first_launch(
     assert _builds(home) == [fleet.key]
 
 
-@pytest.mark.browser
 def test_the_published_blob_holds_only_allowed_cache_files(fleet: Fleet, tmp_path: Path) -> None:
     with (
         _machine(fleet.catalog_url, fleet.blobs_url, tmp_path / "inspector") as store,
@@ -191,14 +189,13 @@ def test_the_published_blob_holds_only_allowed_cache_files(fleet: Fleet, tmp_pat
     assert str(fleet.donor_home).encode() not in blob  # nor where machine A keeps profiles
 
 
-@pytest.mark.browser
 def test_a_corrupt_published_cache_only_costs_speed(
     fleet: Fleet, request: pytest.FixtureRequest, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """The index names a blob whose bytes were replaced with garbage: the fresh container
     refuses it, installs nothing, starts cold and works; then its own clean cache replaces
     the bad entry."""
-    for catalog_url, blobs_url in shared_urls(request):  # a fleet of its own
+    for catalog_url, blobs_url in fresh_shared_urls(request):  # a fleet of its own
         home = tmp_path / "container-c"
         build = home / "engine-cache" / "firefox" / fleet.key
         with _machine(catalog_url, blobs_url, home) as store:
@@ -229,11 +226,6 @@ def test_a_corrupt_published_cache_only_costs_speed(
 # ------------------------------------------------------------------------- without a browser
 
 
-@pytest.fixture
-def shared(request: pytest.FixtureRequest, home: Path) -> Iterator[ProfileStore]:
-    yield from store_on(request, home, "shared")
-
-
 def _fabricated(tmp_path: Path) -> tuple[EngineCache, str, Path]:
     """A machine's engine cache holding a fabricated Firefox build (key), and its browser."""
     exe = fake_firefox(tmp_path / "ff")
@@ -243,32 +235,33 @@ def _fabricated(tmp_path: Path) -> tuple[EngineCache, str, Path]:
     return cache, key, exe
 
 
-def test_a_hostile_published_blob_is_refused(shared: ProfileStore, tmp_path: Path) -> None:
+def test_a_hostile_published_blob_is_refused(shared_store: ProfileStore, tmp_path: Path) -> None:
     cache, key, _exe = _fabricated(tmp_path)
     build = cache.root / "firefox" / key
     (build / "startupCache" / "cookies.sqlite").write_bytes(SECRET)  # not in the manifest
     buf = io.BytesIO()
     pack_dir(build, buf, engine="firefox", apply_excludes=False)
     checksum = hashlib.sha256(buf.getvalue()).hexdigest()
-    shared.blobs.put(checksum, io.BytesIO(buf.getvalue()), size=len(buf.getvalue()))
-    _index(shared).put("firefox", key, checksum)
+    shared_store.blobs.put(checksum, io.BytesIO(buf.getvalue()), size=len(buf.getvalue()))
+    _index(shared_store).put("firefox", key, checksum)
     fresh = EngineCache(tmp_path / "fresh" / "engine-cache")
-    outcome = fetch_shared(fresh, shared.catalog, shared.blobs, "firefox", key)
+    outcome = fetch_shared(fresh, shared_store.catalog, shared_store.blobs, "firefox", key)
     assert outcome.fetched is False and outcome.refused == checksum
     assert not fresh.has("firefox", key)
     assert SECRET not in b"".join(p.read_bytes() for p in fresh.root.rglob("*") if p.is_file())
 
 
 def test_fetch_and_publish_never_raise_on_a_broken_backend(
-    shared: ProfileStore, tmp_path: Path
+    shared_store: ProfileStore, tmp_path: Path
 ) -> None:
     cache, key, _exe = _fabricated(tmp_path)
     fresh = EngineCache(tmp_path / "fresh" / "engine-cache")
-    _index(shared).put("firefox", key, "0" * 64)  # names a blob that is not there
-    assert fetch_shared(fresh, shared.catalog, shared.blobs, "firefox", key).refused == "0" * 64
-    shared.catalog.close()  # every catalog call now fails
-    assert fetch_shared(fresh, shared.catalog, shared.blobs, "firefox", key).fetched is False
-    assert publish_shared(cache, shared.catalog, shared.blobs, "firefox", key) is None
+    catalog, blobs = shared_store.catalog, shared_store.blobs
+    _index(shared_store).put("firefox", key, "0" * 64)  # names a blob that is not there
+    assert fetch_shared(fresh, catalog, blobs, "firefox", key).refused == "0" * 64
+    catalog.close()  # every catalog call now fails
+    assert fetch_shared(fresh, catalog, blobs, "firefox", key).fetched is False
+    assert publish_shared(cache, catalog, blobs, "firefox", key) is None
     assert not fresh.has("firefox", key)
 
 
@@ -284,7 +277,7 @@ def _lifecycle(store: ProfileStore, tmp_path: Path, exe: Path, name: str) -> Ses
     [("on", True, True), ("fetch", True, False), ("off", False, False), ("bogus", True, False)],
 )
 def test_sessions_fetch_and_publish_as_the_machine_chose(
-    shared: ProfileStore,
+    shared_store: ProfileStore,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     sharing: str,
@@ -293,34 +286,34 @@ def test_sessions_fetch_and_publish_as_the_machine_chose(
 ) -> None:
     monkeypatch.setenv(SHARING_ENV, sharing)
     donor, key, exe = _fabricated(tmp_path)
-    published = donor.publish(shared.blobs, "firefox", key, _index(shared))
+    published = donor.publish(shared_store.blobs, "firefox", key, _index(shared_store))
     assert published is not None
-    profile = shared.create("p", archetype=ARCHETYPE)
+    profile = shared_store.create("p", archetype=ARCHETYPE)
 
     # before launch: a cold working copy on a machine without the build
-    life = _lifecycle(shared, tmp_path, exe, "p")
+    life = _lifecycle(shared_store, tmp_path, exe, "p")
     work = tmp_path / "work-1"
     work.mkdir()
     life.user_data_dir = work
     life._seed_engine_cache(profile, "153.7.0")
-    assert shared.home.joinpath("engine-cache", "firefox", key).is_dir() is fetches
+    assert shared_store.home.joinpath("engine-cache", "firefox", key).is_dir() is fetches
     assert (work / "startupCache" / "scriptCache.bin").is_file() is fetches
 
     # after a clean session on a machine that stored a build the fleet lacks
     other_key = EngineCache(tmp_path / "x").build_key(
         "firefox", "153.7.0", fake_firefox(tmp_path / "ff-2", build_id="2")
     )
-    life = _lifecycle(shared, tmp_path, tmp_path / "ff-2" / "firefox", "p")
+    life = _lifecycle(shared_store, tmp_path, tmp_path / "ff-2" / "firefox", "p")
     life.profile = profile
     life.user_data_dir = firefox_profile(tmp_path / "work-2", build_id="2")
     life._seed_engine_cache(profile, "153.7.0")  # nothing to fetch: the fleet lacks it
     assert life._engine_key == other_key
     life._refresh_engine_cache()
-    assert shared.home.joinpath("engine-cache", "firefox", other_key).is_dir()
-    recorded = _index(shared).get("firefox", other_key)
+    assert shared_store.home.joinpath("engine-cache", "firefox", other_key).is_dir()
+    recorded = _index(shared_store).get("firefox", other_key)
     assert (recorded is not None) is publishes
     if recorded is not None:
-        assert shared.blobs.exists(recorded)
+        assert shared_store.blobs.exists(recorded)
 
 
 def test_no_fetch_or_publish_from_a_store_that_is_not_shared_or_read_only(
@@ -338,7 +331,7 @@ def test_no_fetch_or_publish_from_a_store_that_is_not_shared_or_read_only(
         life._refresh_engine_cache()
         assert store.home.joinpath("engine-cache", "firefox", key).is_dir()  # local only
         assert _index(store).get("firefox", key) == "0" * 64
-    for catalog_url, blobs_url in shared_urls(request):
+    for catalog_url, blobs_url in fresh_shared_urls(request):
         with _machine(catalog_url, blobs_url, tmp_path / "ro-home") as store:
             profile = store.create("p", archetype=ARCHETYPE)
             store.read_only = True  # as a store whose home cannot be written
@@ -354,27 +347,22 @@ def test_no_fetch_or_publish_from_a_store_that_is_not_shared_or_read_only(
 # ------------------------------------------------------------------------- garbage collection
 
 
-@pytest.fixture(params=["embedded", "shared"])
-def any_store(request: pytest.FixtureRequest, home: Path) -> Iterator[ProfileStore]:
-    yield from store_on(request, home)
-
-
 def test_garbage_collection_keeps_published_engine_caches(
-    any_store: ProfileStore, tmp_path: Path
+    local_store: ProfileStore, tmp_path: Path
 ) -> None:
     cache, key, _exe = _fabricated(tmp_path)
-    checksum = publish_shared(cache, any_store.catalog, any_store.blobs, "firefox", key)
+    checksum = publish_shared(cache, local_store.catalog, local_store.blobs, "firefox", key)
     assert checksum is not None
-    with any_store.catalog.transaction(write=False) as tx:
+    with local_store.catalog.transaction(write=False) as tx:
         assert tx.engine_cache_checksums() == {checksum}
     orphan = b"bytes nothing references"
     orphan_checksum = hashlib.sha256(orphan).hexdigest()
-    any_store.blobs.put(orphan_checksum, io.BytesIO(orphan), size=len(orphan))
-    freed = any_store.collect_garbage(min_age=0)
+    local_store.blobs.put(orphan_checksum, io.BytesIO(orphan), size=len(orphan))
+    freed = local_store.collect_garbage(min_age=0)
     assert orphan_checksum in freed  # the collector did run
-    assert checksum not in freed and any_store.blobs.exists(checksum)
+    assert checksum not in freed and local_store.blobs.exists(checksum)
     fresh = EngineCache(tmp_path / "fresh" / "engine-cache")
-    assert fetch_shared(fresh, any_store.catalog, any_store.blobs, "firefox", key).fetched
+    assert fetch_shared(fresh, local_store.catalog, local_store.blobs, "firefox", key).fetched
     assert (fresh.root / "firefox" / key / "startupCache" / "scriptCache.bin").read_bytes() == (
         CACHE_FILES["scriptCache.bin"]
     )

@@ -12,54 +12,22 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
-import textwrap
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from backends import shared_urls
+from support.fleet import read_counter, start_worker, wait_for_line
 
-from driver import Session
 from profiles import ProfileStore
 
 from conftest import require_engine
 
-pytestmark = pytest.mark.browser
-
-ROOT = Path(__file__).resolve().parent.parent
-
-WORKER = """
-import sys, time
-from driver import Session
-from profiles import LeaseLost, ProfileStore
-
-home, catalog, blobs, url, rounds, ttl, pause = sys.argv[1:8]
-store = ProfileStore(home, catalog=catalog, blobs=blobs, lease_ttl=float(ttl))
-try:
-    for _ in range(int(rounds)):
-        with Session(profile="counter", store=store, lock_timeout=120) as page:
-            page.goto(url)
-            value = page.evaluate(
-                "() => { const n = Number(localStorage.getItem('n') || 0) + 1;"
-                " localStorage.setItem('n', String(n)); return n; }"
-            )
-            print(f"set {value}", flush=True)
-            time.sleep(float(pause))
-except LeaseLost as exc:
-    print(f"LeaseLost: {exc.message}", flush=True)
-    sys.exit(3)
-finally:
-    store.close()
-print("done", flush=True)
-"""
-
 
 @pytest.fixture
-def urls(request: pytest.FixtureRequest) -> Iterator[tuple[str, str]]:
+def urls(shared_urls: tuple[str, str]) -> tuple[str, str]:
+    """The shared backend the machines work on (the workers drive Chromium)."""
     require_engine("chromium")
-    yield from shared_urls(request)
+    return shared_urls
 
 
 def _worker(
@@ -71,47 +39,13 @@ def _worker(
     ttl: float = 30.0,
     pause: float = 0.0,
 ) -> subprocess.Popen[str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(ROOT)
-    return subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            textwrap.dedent(WORKER),
-            str(home),
-            urls[0],
-            urls[1],
-            url,
-            str(rounds),
-            str(ttl),
-            str(pause),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
+    options = {"catalog": urls[0], "blobs": urls[1]}
+    return start_worker(home, options, url, rounds=rounds, ttl=ttl, pause=pause)
 
 
 def _counter(tmp_path: Path, urls: tuple[str, str], url: str) -> int:
-    with (
-        ProfileStore(tmp_path / "reader", catalog=urls[0], blobs=urls[1]) as store,
-        Session(profile="counter", store=store, readonly=True) as page,
-    ):
-        page.goto(url)
-        return int(page.evaluate("() => Number(localStorage.getItem('n') || 0)"))
-
-
-def _wait_for_line(proc: subprocess.Popen[str], prefix: str, timeout: float = 120) -> str:
-    assert proc.stdout is not None
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if line.startswith(prefix):
-            return line
-        if not line and proc.poll() is not None:
-            break
-    raise AssertionError(f"no {prefix!r} from the worker; stderr: {proc.stderr.read()[-2000:]}")  # type: ignore[union-attr]
+    with ProfileStore(tmp_path / "reader", catalog=urls[0], blobs=urls[1]) as store:
+        return read_counter(store, url)
 
 
 def test_two_machines_count_every_session(
@@ -139,7 +73,7 @@ def test_a_paused_worker_past_its_lease_cannot_roll_the_state_back(
         store.create("counter")
     # Worker A sets the counter to 1, then sits in its session; we freeze it there.
     a = _worker(tmp_path / "machine-a", urls, url, rounds=1, ttl=2.0, pause=4.0)
-    assert _wait_for_line(a, "set ").strip() == "set 1"
+    assert wait_for_line(a, "set ").strip() == "set 1"
     os.kill(a.pid, signal.SIGSTOP)
     try:
         # Past A's lease, worker B takes the profile (it never saw A's 1) and commits.
@@ -165,7 +99,7 @@ def test_a_killed_worker_frees_the_profile_within_the_lease_expiry(
     with ProfileStore(tmp_path / "setup", catalog=urls[0], blobs=urls[1]) as store:
         store.create("counter")
     a = _worker(tmp_path / "machine-a", urls, url, rounds=1, ttl=2.0, pause=60.0)
-    _wait_for_line(a, "set ")
+    wait_for_line(a, "set ")
     os.kill(a.pid, signal.SIGKILL)
     a.communicate(timeout=30)
     started = time.monotonic()

@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 import zstandard
-from http_service import HttpServer, start_http_server
+from support.http_service import HttpServer, start_http_server
 
 from profiles import ProfileStore
 from profiles.errors import ArchiveInvalid, ChecksumMismatch, ProfileError, ValidationFailed

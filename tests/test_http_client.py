@@ -1,5 +1,5 @@
 """The profile service over HTTP (profiles.http.client.HttpService) against a real server
-(``profiles serve`` on loopback, tests/http_service.py): errors come back as the classes the
+(``profiles serve`` on loopback, tests/support/http_service.py): errors come back as the classes the
 local store raises, state streams both ways, leases fence commits, sessions and fleets of
 worker processes run through it, a server that is gone is StorageUnavailable, and the API
 key never reaches a log or a message."""
@@ -12,7 +12,6 @@ import logging
 import os
 import subprocess
 import sys
-import textwrap
 import threading
 import time
 from collections.abc import Iterator
@@ -20,7 +19,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from http_service import HttpServer, free_port, http_server_url, start_http_server
+from support.fleet import read_counter, start_worker
+from support.http_service import HttpServer, free_port, start_http_server
+from support.waiting import wait_until
 
 from driver import Session
 from profiles import (
@@ -54,10 +55,6 @@ from profiles.state.archive import unpack_archive
 
 from conftest import require_engine
 
-__all__ = ["http_server_url"]  # the fixture, imported for this module
-
-ROOT = Path(__file__).resolve().parent.parent
-
 
 def _chromium_dir(root: Path, marker: str = "1", payload: bytes = b"") -> Path:
     """A directory laid out as a Chromium user-data-dir (its files, written as data)."""
@@ -71,8 +68,9 @@ def _chromium_dir(root: Path, marker: str = "1", payload: bytes = b"") -> Path:
 
 
 @pytest.fixture
-def server(http_server_url: HttpServer) -> HttpServer:
-    return http_server_url
+def server(profile_server: HttpServer) -> HttpServer:
+    """The session's profile server, through an account of this test's own."""
+    return profile_server
 
 
 @pytest.fixture
@@ -424,8 +422,7 @@ def test_a_lease_is_renewed_by_the_heartbeat_and_expires_without_it(
                     other.lock("beating", timeout=0.3).acquire()
                 # A holder that stops renewing (a dead machine) loses it within its ttl.
                 lease.pause_heartbeat()
-                time.sleep(1.0)
-                taken = other.lock("beating", timeout=5)
+                taken = other.lock("beating", timeout=5)  # waits for it to expire
                 taken.acquire()
                 taken.release()
             assert lease.epoch is not None
@@ -574,52 +571,23 @@ def test_a_refused_connection_is_storage_unavailable_naming_the_url_not_the_key(
 
 
 def test_a_server_back_within_the_retries_serves_the_request(
-    server: HttpServer, home: Path
+    own_profile_server: HttpServer, home: Path
 ) -> None:
+    server = own_profile_server  # stopped and started again
     url = f"{server.url}/v1"
     with ProfileStore(home, service=url, api_key=server.api_key) as store:
         store.create("survivor")
-    assert server.process is not None
-    server.process.terminate()
-    server.process.wait(timeout=10)
+    server.stop()
     # Down now; the same server comes back on the same port while the client retries
     # (8 attempts: about 12 s of backoff).
-    port = url.split(":")[-1].split("/")[0]
     svc = HttpService(url, api_key=server.api_key, attempts=8)
-    revived: list[subprocess.Popen[bytes]] = []
-
-    def revive() -> None:
-        time.sleep(0.5)
-        revived.append(
-            subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "profiles.http.server.cli",
-                    "serve",
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    port,
-                    "--home",
-                    str(server.home),
-                ],
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-                env={**os.environ, "PYTHONPATH": str(ROOT)},
-            )
-        )
-
-    thread = threading.Thread(target=revive)
-    thread.start()
+    reviver = threading.Timer(0.5, server.start)  # the same command: same port, same home
+    reviver.start()
     try:
         assert svc.get("survivor").name == "survivor"
     finally:
-        thread.join()
+        reviver.join()
         svc.close()
-        for proc in revived:
-            proc.terminate()
-            proc.wait(timeout=10)
 
 
 def test_rate_limits_are_waited_out_for_reads_and_raised_for_writes(
@@ -684,7 +652,6 @@ def test_no_key_in_logs_at_debug(
 # ---------------------------------------------------------------------------- browsers
 
 
-@pytest.mark.browser
 def test_a_session_commits_and_reopens_through_http(
     server: HttpServer, http_server: str, home: Path
 ) -> None:
@@ -707,57 +674,16 @@ def test_a_session_commits_and_reopens_through_http(
         assert types.count("session.created") == 2 and types.count("session.ended") == 2
 
 
-WORKER = """
-import sys, time
-from driver import Session
-from profiles import LeaseLost, ProfileStore
-
-home, service, key, url, rounds, ttl, pause = sys.argv[1:8]
-store = ProfileStore(home, service=service, api_key=key, lease_ttl=float(ttl))
-try:
-    for _ in range(int(rounds)):
-        with Session(profile="counter", store=store, lock_timeout=120) as page:
-            page.goto(url)
-            value = page.evaluate(
-                "() => { const n = Number(localStorage.getItem('n') || 0) + 1;"
-                " localStorage.setItem('n', String(n)); return n; }"
-            )
-            print(f"set {value}", flush=True)
-            time.sleep(float(pause))
-except LeaseLost as exc:
-    print(f"LeaseLost: {exc.message}", flush=True)
-    sys.exit(3)
-finally:
-    store.close()
-print("done", flush=True)
-"""
-
-
-def _worker(
-    home: Path, server: HttpServer, url: str, *, rounds: int, ttl: float = 30.0, pause: float = 0
-) -> subprocess.Popen[str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(ROOT)
-    args = [home, f"{server.url}/v1", server.api_key, url, rounds, ttl, pause]
-    return subprocess.Popen(
-        [sys.executable, "-c", textwrap.dedent(WORKER), *map(str, args)],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
-    )
+def _worker(home: Path, server: HttpServer, url: str, *, rounds: int) -> subprocess.Popen[str]:
+    options = {"service": f"{server.url}/v1", "api_key": server.api_key}
+    return start_worker(home, options, url, rounds=rounds)
 
 
 def _counter(server: HttpServer, home: Path, url: str) -> int:
-    with (
-        ProfileStore(home, service=f"{server.url}/v1", api_key=server.api_key) as store,
-        Session(profile="counter", store=store, readonly=True) as page,
-    ):
-        page.goto(url)
-        return int(page.evaluate("() => Number(localStorage.getItem('n') || 0)"))
+    with ProfileStore(home, service=f"{server.url}/v1", api_key=server.api_key) as store:
+        return read_counter(store, url)
 
 
-@pytest.mark.browser
 def test_two_machines_count_every_session_through_http(
     server: HttpServer, http_server: str, tmp_path: Path
 ) -> None:
@@ -893,12 +819,18 @@ def test_bodies_are_the_servers_models_and_refused_as_the_server_refuses(
 
 
 def _logged(server: HttpServer, line: str, *, at_least: int) -> int:
-    """How many access-log lines of the server hold ``line``, once there are ``at_least``
-    (they are written after the response goes out)."""
-    deadline = time.monotonic() + 10
-    while True:
-        count = server.log_text().count(line)
-        if count >= at_least or time.monotonic() > deadline:
-            assert count >= at_least, server.log_text()[-2000:]
-            return count
-        time.sleep(0.05)
+    """How many access-log lines of the server's account hold ``line``, once there are
+    ``at_least`` (they are written after the response goes out)."""
+    counts: list[int] = []
+
+    def enough() -> bool:
+        ours = [x for x in server.log_text().splitlines() if f"account={server.account_id}" in x]
+        counts.append(sum(line in x for x in ours))
+        return counts[-1] >= at_least
+
+    wait_until(
+        enough,
+        what=f"{at_least} access-log lines holding {line!r}",
+        detail=lambda: server.log_text()[-2000:],
+    )
+    return counts[-1]

@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import socket
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import uvicorn
+from support.waiting import wait_until
 
 import profiles
 import profiles.errors
@@ -88,10 +88,8 @@ def raising_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     )
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert time.monotonic() < deadline and thread.is_alive(), "the server did not start"
-        time.sleep(0.05)
+    wait_until(lambda: server.started or not thread.is_alive(), timeout=30)
+    assert server.started, "the server did not start"
     try:
         yield f"http://127.0.0.1:{port}/v1"
     finally:

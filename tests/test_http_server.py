@@ -24,10 +24,12 @@ from typing import Any
 import httpx
 import pytest
 import schemathesis
-from http_service import HttpServer, start_http_server
 from hypothesis import HealthCheck, given, settings
 from schemathesis.core.result import Ok
+from support.http_service import HttpServer, start_http_server
+from support.waiting import wait_until
 
+from profiles.http.server import cli as server_cli
 from profiles.http.server.accounts import AccountsDB
 from profiles.state.archive import unpack_archive
 from profiles.state.inspection import detect_engine
@@ -94,20 +96,14 @@ def err(r: httpx.Response) -> dict[str, Any]:
     return error
 
 
-@pytest.fixture(scope="module")
-def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HttpServer]:
-    with start_http_server(tmp_path_factory.mktemp("srv") / "home") as server:
-        yield server
+@pytest.fixture
+def acct(session_profile_server: HttpServer) -> Acct:
+    return new_account(session_profile_server)
 
 
 @pytest.fixture
-def acct(srv: HttpServer) -> Acct:
-    return new_account(srv)
-
-
-@pytest.fixture
-def client(srv: HttpServer) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=srv.url, timeout=TIMEOUT) as c:
+def client(session_profile_server: HttpServer) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=session_profile_server.url, timeout=TIMEOUT) as c:
         yield c
 
 
@@ -137,7 +133,9 @@ def test_401_api_key_required(client: httpx.Client) -> None:
     assert err(r)["message"] == "API key required"
 
 
-def test_401_invalid_or_revoked_key(srv: HttpServer, client: httpx.Client, acct: Acct) -> None:
+def test_401_invalid_or_revoked_key(
+    session_profile_server: HttpServer, client: httpx.Client, acct: Acct
+) -> None:
     r = client.get("/v1/profiles", headers={"Authorization": "Bearer pk_0123456789abcdef_nope"})
     assert r.status_code == 401
     assert err(r)["message"] == "Invalid or revoked API key"
@@ -146,15 +144,17 @@ def test_401_invalid_or_revoked_key(srv: HttpServer, client: httpx.Client, acct:
     r = client.get("/v1/profiles", headers=acct.h(forged))
     assert err(r)["message"] == "Invalid or revoked API key"
     assert client.get("/v1/profiles", headers=acct.h()).status_code == 200
-    with AccountsDB(srv.home / "accounts.sqlite3") as db:
+    with AccountsDB(session_profile_server.home / "accounts.sqlite3") as db:
         db.revoke_key(acct.admin)
     r = client.get("/v1/profiles", headers=acct.h())
     assert r.status_code == 401
     assert err(r)["message"] == "Invalid or revoked API key"
 
 
-def test_403_account_deactivated(srv: HttpServer, client: httpx.Client, acct: Acct) -> None:
-    with AccountsDB(srv.home / "accounts.sqlite3") as db:
+def test_403_account_deactivated(
+    session_profile_server: HttpServer, client: httpx.Client, acct: Acct
+) -> None:
+    with AccountsDB(session_profile_server.home / "accounts.sqlite3") as db:
         db.set_active(acct.id, False)
     r = client.get("/v1/profiles", headers=acct.h())
     assert r.status_code == 403
@@ -280,7 +280,9 @@ def test_400_no_data_to_download(client: httpx.Client, acct: Acct) -> None:
     assert r.status_code == 400 and err(r)["code"] == "NoStateData"
 
 
-def test_upload_then_signed_download(srv: HttpServer, client: httpx.Client, acct: Acct) -> None:
+def test_upload_then_signed_download(
+    session_profile_server: HttpServer, client: httpx.Client, acct: Acct
+) -> None:
     create(client, acct, "p")
     r = upload(client, acct, "p", chromium_targz("up"))
     assert r.status_code == 200, r.text
@@ -290,7 +292,7 @@ def test_upload_then_signed_download(srv: HttpServer, client: httpx.Client, acct
     assert r.status_code == 200
     link = r.json()
     assert link["expiresIn"] == 3600 and link["expiresAt"].endswith("Z")
-    assert link["downloadUrl"].startswith(f"{srv.url}/v1/downloads/")
+    assert link["downloadUrl"].startswith(f"{session_profile_server.url}/v1/downloads/")
     got = httpx.get(link["downloadUrl"], timeout=TIMEOUT)  # no Authorization needed
     assert got.status_code == 200
     assert got.headers["content-type"] == "application/gzip"
@@ -319,7 +321,7 @@ def test_upload_then_signed_download(srv: HttpServer, client: httpx.Client, acct
     r = httpx.get(link2, timeout=TIMEOUT)
     assert r.status_code == 404 and err(r)["code"] == "NotFound"
     # tokens and keys never reach the log
-    log_text = srv.log_text()
+    log_text = session_profile_server.log_text()
     assert token not in log_text and payload not in log_text
     assert acct.admin not in log_text
     assert "/v1/downloads/" not in log_text.replace("/v1/downloads/{token}", "")
@@ -388,14 +390,14 @@ def test_download_link_expires(tmp_path: Path) -> None:
 
 
 def test_a_signed_link_dies_with_the_key_that_made_it(
-    srv: HttpServer, client: httpx.Client, acct: Acct
+    session_profile_server: HttpServer, client: httpx.Client, acct: Acct
 ) -> None:
     """A download link or an upload target made by a key stops working when that key is
     revoked, its account deactivated, or (made by a member through ``X-Account``) the
     membership removed: as an S3 presigned URL dies with its credentials. What a live
     key made still works."""
-    member = new_account(srv, name="member")
-    with AccountsDB(srv.home / "accounts.sqlite3") as db:
+    member = new_account(session_profile_server, name="member")
+    with AccountsDB(session_profile_server.home / "accounts.sqlite3") as db:
         key_b, secret_b = db.create_key(acct.id, scopes=("read", "admin"), name="b")
         db.add_member(acct.id, member.id, "admin")
     create(client, acct, "linked")
@@ -418,7 +420,7 @@ def test_a_signed_link_dies_with_the_key_that_made_it(
     target_b, target_a = target(acct.h(secret_b)), target(acct.h())
     target_member = target(member.h(**{"X-Account": acct.id}))
     assert httpx.get(by_b, timeout=TIMEOUT).status_code == 200  # while the key is live
-    with AccountsDB(srv.home / "accounts.sqlite3") as db:
+    with AccountsDB(session_profile_server.home / "accounts.sqlite3") as db:
         db.revoke_key(key_b.id)
         db.remove_member(acct.id, member.id)
     for dead in (by_b, by_member):
@@ -435,11 +437,11 @@ def test_a_signed_link_dies_with_the_key_that_made_it(
     assert httpx.get(by_a, timeout=TIMEOUT).status_code == 200
     assert _post_to_target(target_a, chromium_targz("pre")).status_code == 204
     # A deactivated account's links die too (and come back with it).
-    with AccountsDB(srv.home / "accounts.sqlite3") as db:
+    with AccountsDB(session_profile_server.home / "accounts.sqlite3") as db:
         db.set_active(acct.id, False)
     r = httpx.get(by_a, timeout=TIMEOUT)
     assert r.status_code == 403 and err(r)["code"] == "Forbidden"
-    with AccountsDB(srv.home / "accounts.sqlite3") as db:
+    with AccountsDB(session_profile_server.home / "accounts.sqlite3") as db:
         db.set_active(acct.id, True)
     assert httpx.get(by_a, timeout=TIMEOUT).status_code == 200
 
@@ -479,8 +481,8 @@ def test_409_name_taken(client: httpx.Client, acct: Acct) -> None:
     assert r.status_code == 409
 
 
-def test_429_tier_limit_body(srv: HttpServer, client: httpx.Client) -> None:
-    trial = new_account(srv, tier="trial")
+def test_429_tier_limit_body(session_profile_server: HttpServer, client: httpx.Client) -> None:
+    trial = new_account(session_profile_server, tier="trial")
     create(client, trial, "only")
     for method, path, body in [
         ("POST", "/v1/profiles", {"name": "second"}),
@@ -497,16 +499,16 @@ def test_429_tier_limit_body(srv: HttpServer, client: httpx.Client) -> None:
     r = client.post(f"/v1/profile-snapshots/{snap['id']}/restore", headers=trial.h(), json={})
     assert r.status_code == 429
     # a cap of the account's own overrides the tier's
-    custom = new_account(srv, tier="trial", cap=2)
+    custom = new_account(session_profile_server, tier="trial", cap=2)
     create(client, custom, "one")
     create(client, custom, "two")
     r = client.post("/v1/profiles", headers=custom.h(), json={"name": "three"})
     assert r.status_code == 429 and err(r)["limit"] == 2
 
 
-def test_404_cross_account(srv: HttpServer, client: httpx.Client) -> None:
-    a = new_account(srv, name="a")
-    b = new_account(srv, name="b")
+def test_404_cross_account(session_profile_server: HttpServer, client: httpx.Client) -> None:
+    a = new_account(session_profile_server, name="a")
+    b = new_account(session_profile_server, name="b")
     p = create(client, a, "secret")
     snap = client.post("/v1/profiles/secret/snapshots", headers=a.h(), json={}).json()
     for ref in (p["id"], "secret"):
@@ -544,11 +546,13 @@ def test_204_delete_then_404(client: httpx.Client, acct: Acct) -> None:
     assert client.get("/v1/profiles/gone", headers=acct.h()).status_code == 404
 
 
-def test_x_account_member_read_only_admin_writes(srv: HttpServer, client: httpx.Client) -> None:
-    owner = new_account(srv, name="owner")
-    reader = new_account(srv, name="reader")
-    writer = new_account(srv, name="writer")
-    with AccountsDB(srv.home / "accounts.sqlite3") as db:
+def test_x_account_member_read_only_admin_writes(
+    session_profile_server: HttpServer, client: httpx.Client
+) -> None:
+    owner = new_account(session_profile_server, name="owner")
+    reader = new_account(session_profile_server, name="reader")
+    writer = new_account(session_profile_server, name="writer")
+    with AccountsDB(session_profile_server.home / "accounts.sqlite3") as db:
         db.add_member(owner.id, reader.id, "member")
         db.add_member(owner.id, writer.id, "admin")
     create(client, owner, "shared")
@@ -633,7 +637,7 @@ _BAD_SHAPES: tuple[Any, ...] = (
 
 
 def test_audit_payloads_are_checked_redacted_and_never_a_500(
-    srv: HttpServer, client: httpx.Client, acct: Acct
+    session_profile_server: HttpServer, client: httpx.Client, acct: Acct
 ) -> None:
     """Every route that takes an audit payload from a client (an event, a session's start
     and end, a commit's ``payload`` and ``ended``) checks it with one model: no key of the
@@ -644,7 +648,7 @@ def test_audit_payloads_are_checked_redacted_and_never_a_500(
     p = create(client, acct, "audited")
     grant = _lease(client, acct, "audited").json()
     lease_headers = {"X-Lease-Token": grant["token"]}
-    logged = len(srv.log_text())
+    logged = len(session_profile_server.log_text())
     data = chromium_targz("payload")
 
     def sends(payload: Any, *, commit: bool) -> list[httpx.Response]:
@@ -735,7 +739,7 @@ def test_audit_payloads_are_checked_redacted_and_never_a_500(
         assert payload["url"] == "https://…@example.com/cb?…"
         assert "hunter2" not in json.dumps(payload) and "abc123" not in json.dumps(payload)
         assert (payload["count"], payload["ratio"], payload["ok"]) == (3, 0.5, True)
-    log = srv.log_text()[logged:]
+    log = session_profile_server.log_text()[logged:]
     assert "Traceback" not in log and "internal error" not in log and " 500 " not in log
 
 
@@ -890,15 +894,17 @@ def test_003_422_archive_of_another_engine(client: httpx.Client, acct: Acct) -> 
     assert client.get("/v1/profiles/ff", headers=acct.h()).status_code == 404
 
 
-def test_upload_target_fields_are_signed(srv: HttpServer, client: httpx.Client) -> None:
-    a = new_account(srv)
+def test_upload_target_fields_are_signed(
+    session_profile_server: HttpServer, client: httpx.Client
+) -> None:
+    a = new_account(session_profile_server)
     target = client.post("/v1/profiles/initiate-upload", headers=a.h()).json()
     forged = {**target, "upload_fields": {**target["upload_fields"], "key": "pending/x/y"}}
     r = _post_to_target(forged, chromium_targz())
     assert r.status_code == 403 and err(r)["code"] == "SignatureInvalid"
     token = target["upload_url"].rsplit("/", 1)[1]
     r = httpx.post(
-        f"{srv.url}/v1/uploads/{token[:-3]}abc",
+        f"{session_profile_server.url}/v1/uploads/{token[:-3]}abc",
         files={"file": ("p.tar.gz", chromium_targz())},
         timeout=TIMEOUT,
     )
@@ -1031,14 +1037,14 @@ def test_put_state_with_stale_epoch_is_lease_lost(client: httpx.Client, acct: Ac
 
 
 def test_a_lease_is_held_by_the_key_it_was_granted_to(
-    srv: HttpServer, client: httpx.Client, acct: Acct
+    session_profile_server: HttpServer, client: httpx.Client, acct: Acct
 ) -> None:
     """The epoch orders writers; the lease's token proves holding it. Another key of the
     account, or an admin member through ``X-Account``, that knows the epoch can neither
     commit, renew, release nor end the session under the holder's lease: each is a
     ``LeaseLost`` that names neither the current epoch nor a token. The holder can."""
-    member = new_account(srv, name="member")
-    with AccountsDB(srv.home / "accounts.sqlite3") as db:
+    member = new_account(session_profile_server, name="member")
+    with AccountsDB(session_profile_server.home / "accounts.sqlite3") as db:
         _, key_b = db.create_key(acct.id, scopes=("read", "admin"), name="b")
         db.add_member(acct.id, member.id, "admin")
     p = create(client, acct, "held")
@@ -1130,7 +1136,10 @@ def test_a_lease_is_held_by_the_key_it_was_granted_to(
     assert r.status_code == 204
     assert client.get("/v1/profiles/held/lease", headers=acct.h()).json() == {"holder": None}
     # Tokens never reach the log.
-    assert token not in srv.log_text() and again["token"] not in srv.log_text()
+    assert (
+        token not in session_profile_server.log_text()
+        and again["token"] not in session_profile_server.log_text()
+    )
 
 
 # ------------------------------------------------------------------ limits
@@ -1267,19 +1276,23 @@ def test_rate_limit_per_account_shared_by_its_keys_and_heartbeats_are_free(
 # ------------------------------------------------------------------ the CLI
 
 
-def test_cli_accounts_and_keys(tmp_path: Path) -> None:
+def test_cli_accounts_and_keys(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     home = tmp_path / "cli"
 
     def run(*args: str) -> str:
-        done = subprocess.run(
-            [sys.executable, "-m", "profiles.http.server.cli", *args, "--home", str(home)],
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        return done.stdout
+        """A command in this process: an interpreter's start costs more than the command
+        (the entry point runs in a process of its own once, for the first command)."""
+        assert server_cli.main([*args, "--home", str(home)]) == 0
+        return capsys.readouterr().out
 
-    account = json.loads(run("accounts", "create", "acme", "--tier", "solo", "--json"))
+    create = ["accounts", "create", "acme", "--tier", "solo", "--json", "--home", str(home)]
+    done = subprocess.run(
+        [sys.executable, "-m", "profiles.http.server.cli", *create],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    account = json.loads(done.stdout)
     assert account["profile_cap"] == 5 and account["active"]
     key = json.loads(run("keys", "create", "--account", account["id"], "--scope", "read", "--json"))
     assert key["key"].startswith(f"pk_{key['id']}_") and key["scopes"] == ["read"]
@@ -1295,14 +1308,14 @@ def test_cli_accounts_and_keys(tmp_path: Path) -> None:
 # ------------------------------------------------------------------ schemathesis
 
 
-def test_openapi_no_server_errors(srv: HttpServer) -> None:
+def test_openapi_no_server_errors(session_profile_server: HttpServer) -> None:
     """Every operation of /openapi.json, with generated requests and the admin key: the
     server never answers 5xx. (schemathesis' lazy pytest fixture loader does not run under
     pytest 9, so the operations' strategies are driven by hypothesis here.)"""
-    acct = new_account(srv, name="fuzz")
-    with httpx.Client(base_url=srv.url, timeout=TIMEOUT) as c:
+    acct = new_account(session_profile_server, name="fuzz")
+    with httpx.Client(base_url=session_profile_server.url, timeout=TIMEOUT) as c:
         create(c, acct, "fuzzed")
-    api = schemathesis.openapi.from_url(f"{srv.url}/openapi.json")
+    api = schemathesis.openapi.from_url(f"{session_profile_server.url}/openapi.json")
     results = list(api.get_all_operations())
     operations = [r.ok() for r in results if isinstance(r, Ok)]
     assert len(operations) == len(results)  # every operation's schema is valid
@@ -1320,7 +1333,7 @@ def test_openapi_no_server_errors(srv: HttpServer) -> None:
         )
         @given(case=operation.as_strategy())
         def run(case: Any) -> None:
-            response = case.call(base_url=srv.url, headers=headers, timeout=30)
+            response = case.call(base_url=session_profile_server.url, headers=headers, timeout=30)
             assert response.status_code < 500, (case.method, case.path, response.text)
             seen.append(f"{case.method} {response.status_code}")
 
@@ -1349,15 +1362,15 @@ def test_the_access_log_names_routes_statuses_and_accounts_never_secrets(
         assert c.get("/v1/profiles", headers={"Authorization": "Bearer pk_bad"}).status_code == 401
         statuses = [c.get("/v1/profiles", headers=h).status_code for _ in range(5)]
         assert statuses[-1] == 429
-        deadline = time.monotonic() + 30
-        while True:
+
+        def all_logged() -> list[dict[str, Any]]:
             lines = [json.loads(line) for line in s.log_text().splitlines() if line.startswith("{")]
             access = [x for x in lines if x["logger"] == "profiles.http.access"]
             # The server's own health probe is a line too: wait for the last request's.
-            last = any(x["status"] == 429 for x in access)
-            if (len(access) >= 10 and last) or time.monotonic() > deadline:
-                break
-            time.sleep(0.1)
+            done = len(access) >= 10 and any(x["status"] == 429 for x in access)
+            return access if done else []
+
+        access = wait_until(all_logged, timeout=30, detail=s.log_text)
     seen = {(x["method"], x["route"], x["status"]) for x in access}
     assert ("POST", "/v1/profiles", 200) in seen
     assert ("GET", "/v1/profiles/{ref}", 200) in seen
@@ -1375,7 +1388,7 @@ def test_the_access_log_names_routes_statuses_and_accounts_never_secrets(
 
 
 def test_the_access_log_is_text_by_default(
-    srv: HttpServer, client: httpx.Client, acct: Acct
+    session_profile_server: HttpServer, client: httpx.Client, acct: Acct
 ) -> None:
     create(client, acct, "text-log")
     assert client.get("/v1/profiles/text-log", headers=acct.h()).status_code == 200
@@ -1383,11 +1396,10 @@ def test_the_access_log_is_text_by_default(
     # The line is written once the response has gone out: poll for it.
     def ours() -> list[str]:
         return [
-            x for x in srv.log_text().splitlines() if f"account={acct.id}" in x and "{ref} 200" in x
+            x
+            for x in session_profile_server.log_text().splitlines()
+            if f"account={acct.id}" in x and "{ref} 200" in x
         ]
 
-    deadline = time.monotonic() + 30
-    while not ours() and time.monotonic() < deadline:
-        time.sleep(0.1)
-    [line] = ours()
+    [line] = wait_until(ours, timeout=30, detail=session_profile_server.log_text)
     assert "profiles.http.access" in line and " ms " in line

@@ -14,15 +14,13 @@ from pathlib import Path
 
 import httpx
 import pytest
-from http_service import HttpServer, start_http_server
+from support.http_service import HttpServer, start_http_server
 
 from driver import Session
 from profiles import ProfileStore
 from profiles.http.client import Forbidden
 
 from conftest import require_engine
-
-pytestmark = pytest.mark.browser
 
 
 @pytest.fixture

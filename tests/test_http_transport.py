@@ -25,7 +25,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from http_service import HttpServer, start_http_server
+from support.http_service import HttpServer, start_http_server
 
 from profiles.http.server.accounts import AccountsDB
 

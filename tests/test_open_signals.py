@@ -29,14 +29,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from support.waiting import wait_until
 
 from driver import Session
 from profiles import ProfileStore
 from profiles.state.rules import Engine
 
 from conftest import open_command
-
-pytestmark = pytest.mark.browser
 
 PROFILE = "by-hand"
 BANNER = b"Browser open on profile"
@@ -146,12 +145,19 @@ def _run_in_a_terminal(command: list[str], env: dict[str, str], pause: float) ->
         os.write(fd, b"\x03")  # the terminal sends SIGINT to its foreground process group
         deadline = time.monotonic() + END_WITHIN
         _read_until(fd, b"\x00never", seen, deadline)  # to EOF: the child closed the pty
-        while time.monotonic() < deadline:
+
+        def exited() -> tuple[int, int] | None:
             done, status = os.waitpid(pid, os.WNOHANG)
-            if done:
-                return os.waitstatus_to_exitcode(status), seen.decode(errors="replace")
-            time.sleep(0.1)
-        raise AssertionError(f"no exit {END_WITHIN} s after Ctrl-C: {bytes(seen)!r}")
+            return (done, status) if done else None
+
+        _, status = wait_until(
+            exited,
+            timeout=max(0.1, deadline - time.monotonic()),
+            interval=0.1,
+            what=f"an exit {END_WITHIN} s after Ctrl-C",
+            detail=lambda: repr(bytes(seen)),
+        )
+        return os.waitstatus_to_exitcode(status), seen.decode(errors="replace")
     finally:
         with contextlib.suppress(ChildProcessError):
             if os.waitpid(pid, os.WNOHANG) == (0, 0):

@@ -23,7 +23,7 @@ from typing import Any
 
 import httpx
 import pytest
-from http_service import HttpServer, start_http_server
+from support.http_service import HttpServer
 
 from profiles.http.server import ServerConfig, create_app
 
@@ -129,9 +129,9 @@ def test_every_route_names_its_models_and_its_errors(tmp_path: Path) -> None:
 
 
 @pytest.fixture(scope="module")
-def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HttpServer]:
-    with start_http_server(tmp_path_factory.mktemp("srv") / "home") as server:
-        yield server
+def srv(session_profile_server: HttpServer) -> HttpServer:
+    """The session's profile server, through an account of this module's own."""
+    return session_profile_server.with_new_account()
 
 
 @pytest.fixture(scope="module")

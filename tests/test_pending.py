@@ -1,6 +1,7 @@
 """A session whose service goes away before its commit keeps its work as a pending commit
-(profiles.workspace.pending): a real ``profiles serve`` stopped mid-session (tests/http_service.py),
-a real PostgreSQL stopped mid-session (tests/pg_service.py), real Chromium.
+(profiles.workspace.pending): a real ``profiles serve`` stopped mid-session
+(tests/support/http_service.py), a real PostgreSQL stopped mid-session
+(tests/support/pg_service.py), real Chromium.
 
 The pending commit lands with ``profiles sync`` or at the next session on the profile when
 the profile is still at the state the session started from; otherwise it is a conflict that
@@ -16,8 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from http_service import HttpServer, start_http_server
-from pg_service import PostgresService, PrivateServer, fresh_database
+from support.http_service import HttpServer
+from support.pg_service import PostgresService, PrivateServer, fresh_database
 
 from driver import Session
 from profiles import PendingConflict, ProfileStore, StateCommitFailed
@@ -26,13 +27,11 @@ from profiles.cli.main import main
 
 from conftest import require_engine
 
-pytestmark = pytest.mark.browser
-
 
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[HttpServer]:
-    with start_http_server(tmp_path / "server-home") as running:
-        yield running
+def server(own_profile_server: HttpServer) -> HttpServer:
+    """A profile server for this test alone: the tests stop it mid-session."""
+    return own_profile_server
 
 
 def _http_store(server: HttpServer, home: Path) -> ProfileStore:

@@ -15,8 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from backends import BACKENDS, LOCAL_BACKENDS, store_on
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import driver
@@ -34,17 +33,8 @@ from profiles.models import Profile, new_id, utcnow
 from profiles.state.archive import pack_dir
 from profiles.validation import check_name
 
-
-@pytest.fixture(params=BACKENDS)
-def store(request: pytest.FixtureRequest, home: Path) -> Iterator[ProfileStore]:
-    """The behaviour suite runs on every backend: embedded, PostgreSQL + S3, and HTTP."""
-    yield from store_on(request, home)
-
-
-@pytest.fixture(params=LOCAL_BACKENDS)
-def local_store(request: pytest.FixtureRequest, home: Path) -> Iterator[ProfileStore]:
-    """For what only a store holding its own catalog can show: embedded, PostgreSQL."""
-    yield from store_on(request, home)
+# The behaviour suite runs on every backend: embedded, PostgreSQL + S3, and HTTP.
+pytestmark = pytest.mark.backends()
 
 
 def _chromium_dir(root: Path, marker: str = "1") -> Path:
@@ -192,7 +182,14 @@ NAME_CHARS = st.characters(
 )
 
 
-@settings(max_examples=200, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@pytest.fixture(scope="module")
+def names_store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProfileStore]:
+    """One embedded store for the examples of a property: each leaves it as it found it."""
+    with ProfileStore(tmp_path_factory.mktemp("names")) as store:
+        yield store
+
+
+@settings(max_examples=200)
 @given(
     name=st.text(NAME_CHARS, min_size=1, max_size=64).filter(
         lambda s: (
@@ -201,13 +198,14 @@ NAME_CHARS = st.characters(
         )
     )
 )
-def test_any_printable_name_round_trips(
-    tmp_path_factory: pytest.TempPathFactory, name: str
-) -> None:
-    with ProfileStore(tmp_path_factory.mktemp("h")) as store:
-        created = store.create(name)
-        assert store.get(name) == created
-        assert store.get(created.id).name == name
+def test_any_printable_name_round_trips(names_store: ProfileStore, name: str) -> None:
+    assert names_store.list().data == []  # the store holds no other profile
+    created = names_store.create(name)
+    try:
+        assert names_store.get(name) == created
+        assert names_store.get(created.id).name == name
+    finally:
+        names_store.delete(created.id)
 
 
 @given(

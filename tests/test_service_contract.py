@@ -1,27 +1,32 @@
 """The service contract (profiles.testing.service_contract) run against every service:
 CatalogService on SQLite + local blobs, CatalogService on PostgreSQL + S3 (real servers, see
-pg_service.py and s3_service.py), and HttpService through a real ``profiles serve``
-(http_service.py: one server for the module, a fresh account, so a fresh store, per test)."""
+support/pg_service.py and support/s3_service.py), and HttpService through a real ``profiles
+serve`` (support/http_service.py: the session's server, a fresh account, so a fresh store,
+per test)."""
 
 from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
-from http_service import HttpServer, start_http_server
-from s3_service import S3Endpoint
+from support.http_service import HttpServer
+from support.pg_service import fresh_database
+from support.s3_service import S3Endpoint
 
 from profiles.blobs.local import LocalBlobStore
 from profiles.blobs.s3 import S3BlobStore
 from profiles.catalog.postgres import PostgresCatalog
 from profiles.catalog.sqlite import SQLiteCatalog
 from profiles.http.client import HttpService
-from profiles.http.server.accounts import AccountsDB
 from profiles.service.catalog import CatalogService
 from profiles.service.protocol import ProfileService
 from profiles.testing.service_contract import ServiceContract
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
 
 
 class TestEmbeddedService(ServiceContract):
@@ -39,35 +44,34 @@ class TestEmbeddedService(ServiceContract):
         assert service.shared is False
 
 
+@pytest.fixture(scope="module")
+def s3_client(s3_endpoint: S3Endpoint) -> Iterator[S3Client]:
+    """One S3 client for the module's services (a client is thread-safe, and building one
+    costs more than most of these tests)."""
+    client = s3_endpoint.client()
+    try:
+        yield client
+    finally:
+        client.close()
+
+
 class TestSharedService(ServiceContract):
     @pytest.fixture
     def service(
-        self, postgres_url: str, s3_endpoint: S3Endpoint, s3_bucket: str
+        self, postgres_url: str, s3_client: S3Client, s3_bucket: str
     ) -> Iterator[ProfileService]:
-        from pg_service import fresh_database
-
         with fresh_database(postgres_url) as url:
-            client = s3_endpoint.client()
+            svc = CatalogService(
+                PostgresCatalog(url, min_size=1, max_size=4),
+                S3BlobStore(f"s3://{s3_bucket}/svc-{uuid.uuid4().hex[:12]}", client=s3_client),
+            )
             try:
-                svc = CatalogService(
-                    PostgresCatalog(url, min_size=1, max_size=4),
-                    S3BlobStore(f"s3://{s3_bucket}/svc-{uuid.uuid4().hex[:12]}", client=client),
-                )
-                try:
-                    yield svc
-                finally:
-                    svc.close()
+                yield svc
             finally:
-                client.close()
+                svc.close()
 
     def test_it_is_shared(self, service: ProfileService) -> None:
         assert service.shared is True
-
-
-@pytest.fixture(scope="module")
-def profile_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HttpServer]:
-    with start_http_server(tmp_path_factory.mktemp("service-contract") / "server-home") as server:
-        yield server
 
 
 class TestHttpService(ServiceContract):
@@ -76,10 +80,7 @@ class TestHttpService(ServiceContract):
 
     @pytest.fixture
     def service(self, profile_server: HttpServer) -> Iterator[ProfileService]:
-        with AccountsDB(profile_server.home / "accounts.sqlite3") as db:
-            account = db.create_account(f"contract-{uuid.uuid4().hex[:8]}", tier="enterprise")
-            _, key = db.create_key(account.id, scopes=("read", "admin"), name="admin")
-        svc = HttpService(f"{profile_server.url}/v1", api_key=key)
+        svc = HttpService(f"{profile_server.url}/v1", api_key=profile_server.api_key)
         try:
             yield svc
         finally:

@@ -20,7 +20,7 @@ from urllib.parse import urlsplit
 
 import psycopg
 import pytest
-from pg_service import PostgresService, fresh_database
+from support.pg_service import PostgresService, fresh_database
 
 SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "services.sh"
 
@@ -89,8 +89,8 @@ def test_services_sh_makes_a_least_privilege_role_and_stop_removes_it(
         assert re.fullmatch(r"[0-9a-f]{48}", password)
         assert password not in started.stdout + started.stderr
         passwords.append(password)
-        # Least privilege, and enough for the tests (pg_service.py): databases of its own,
-        # terminating sessions.
+        # Least privilege, and enough for the tests (tests/support/pg_service.py): databases of
+        # its own, terminating sessions.
         assert _role(url, role) == (False, True, False, True)
         with fresh_database(url) as db, psycopg.connect(db, autocommit=True) as conn:
             conn.execute("CREATE TABLE t (x int)")

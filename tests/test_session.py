@@ -10,14 +10,15 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
 from playwright.sync_api import Error as PlaywrightError
+from playwright.sync_api import Page
+from support.waiting import wait_until
 
 from driver import AsyncSession, Session
-from driver.browsers import find_browser
+from driver.browsers import ENV_OVERRIDE, find_browser
 from driver.lifecycle import SESSION_COOKIES_FILE
 from profiles import (
     BrowserDowngrade,
@@ -32,13 +33,9 @@ from profiles.state.rules import Engine
 
 from conftest import ARCHETYPE_OF, require_engine
 
-pytestmark = pytest.mark.browser
-
 
 def _fill_state(page: object, base: str, *, worker: bool = True) -> None:
     """Visit the test page and leave every kind of state a profile should keep."""
-    from playwright.sync_api import Page
-
     assert isinstance(page, Page)
     page.goto(f"{base}/set-cookie")
     page.wait_for_function("document.getElementById('status').textContent === 'ready'")
@@ -49,8 +46,6 @@ def _fill_state(page: object, base: str, *, worker: bool = True) -> None:
 
 
 def _read_state(page: object, base: str) -> dict[str, object]:
-    from playwright.sync_api import Page
-
     assert isinstance(page, Page)
     page.goto(f"{base}/")
     page.wait_for_function("document.getElementById('status').textContent === 'ready'")
@@ -307,9 +302,7 @@ def test_crashed_browser_keeps_the_previous_state(store: ProfileStore, http_serv
         page.evaluate("localStorage.setItem('counter', '6')")
         pid = _browser_pid(store, "crash")
         os.kill(pid, signal.SIGKILL)
-        deadline = time.monotonic() + 20
-        while page.context.pages and time.monotonic() < deadline:
-            time.sleep(0.1)
+        _until_playwright_sees_the_browser_gone(page)
     assert store.get("crash").checksum == committed
     ended = store.audit(profile="crash", limit=1).data[0]
     assert ended.type == "session.ended"
@@ -318,6 +311,20 @@ def test_crashed_browser_keeps_the_previous_state(store: ProfileStore, http_serv
     with Session(profile="crash", store=store) as page:
         page.goto(f"{http_server}/")
         assert page.evaluate("window.readCounter()") == 5
+
+
+def _until_playwright_sees_the_browser_gone(page: Page) -> None:
+    """Until the browser's pages are closed as Playwright sees them. Its sync API reads the
+    browser's events only while one of its calls runs (a sleep would wait for nothing), so
+    each look waits briefly for the context's close."""
+
+    def gone() -> bool:
+        if page.context.pages:
+            with contextlib.suppress(PlaywrightError):  # a timeout, or a context gone
+                page.context.wait_for_event("close", timeout=200)
+        return not page.context.pages
+
+    wait_until(gone, timeout=20, interval=0, what="Playwright to see the browser gone")
 
 
 def _browser_pid(store: ProfileStore, name: str) -> int:
@@ -374,6 +381,8 @@ def test_missing_engine_says_what_to_install(
 ) -> None:
     monkeypatch.setenv("PATH", str(tmp_path))
     monkeypatch.setenv("PLAYWRIGHT_BROWSERS_PATH", str(tmp_path / "none"))
+    for variable in ENV_OVERRIDE.values():  # nor one named by the environment
+        monkeypatch.delenv(variable, raising=False)
     for engine, hint in [("chromium", "apt-get install chromium"), ("firefox", "firefox-esr")]:
         with pytest.raises(BrowserNotFound, match=hint):
             find_browser(engine)  # type: ignore[arg-type]
@@ -516,15 +525,11 @@ def test_session_archetype_mistakes_are_reported(store: ProfileStore) -> None:
 
 def _close_browser_from_inside(page: object) -> None:
     """Make Chromium shut itself down gracefully, as when a person closes its last window."""
-    from playwright.sync_api import Page
-
     assert isinstance(page, Page)
     cdp = page.context.new_cdp_session(page)
     with contextlib.suppress(PlaywrightError):
         cdp.send("Browser.close")
-    deadline = time.monotonic() + 20
-    while page.context.pages and time.monotonic() < deadline:
-        time.sleep(0.1)
+    _until_playwright_sees_the_browser_gone(page)
 
 
 @pytest.mark.parametrize("commit", [True, False])
@@ -653,9 +658,7 @@ def test_a_killed_firefox_keeps_the_previous_state(store: ProfileStore, http_ser
         page.goto(f"{http_server}/")
         page.evaluate("localStorage.setItem('counter', '6')")
         os.kill(_browser_pid(store, "fxcrash"), signal.SIGKILL)
-        deadline = time.monotonic() + 20
-        while page.context.pages and time.monotonic() < deadline:
-            time.sleep(0.1)
+        _until_playwright_sees_the_browser_gone(page)
     assert store.get("fxcrash").checksum == committed
     ended = store.audit(profile="fxcrash", limit=1).data[0]
     assert ended.payload["outcome"] == "crashed" and ended.payload["committed"] is False

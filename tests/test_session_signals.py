@@ -23,14 +23,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from support.waiting import wait_until
 
 from driver import AsyncSession, Session
 from profiles import ProfileStore
 from profiles.state.rules import Engine
 
 from conftest import ARCHETYPE_OF, open_command, require_engine
-
-pytestmark = pytest.mark.browser
 
 PROFILE = "sig"
 VALUE = 42
@@ -331,12 +330,15 @@ def test_sigkill_of_the_group_leaves_no_driver_or_browser_behind(
         os.killpg(child.pid, signal.SIGKILL)
         assert child.wait(timeout=60) == -signal.SIGKILL
     # Its stdin closed with our process: the driver closes the browser and exits.
-    deadline = time.monotonic() + 60
-    left = [pid for pid in drivers + browsers if _alive(pid)]
-    while left and time.monotonic() < deadline:
-        time.sleep(0.2)
-        left = [pid for pid in left if _alive(pid)]
-    assert not left, {pid: _processes().get(pid) for pid in left}
+    wait_until(
+        lambda: not any(_alive(pid) for pid in drivers + browsers),
+        timeout=60,
+        interval=0.2,
+        what="the driver and the browser to exit",
+        detail=lambda: repr(
+            {pid: _processes().get(pid) for pid in drivers + browsers if _alive(pid)}
+        ),
+    )
     with ProfileStore(home) as store:  # nothing was committed; the lock is free
         assert store.get(PROFILE).status != "ready"
         with Session(profile=PROFILE, store=store, lock_timeout=0) as page:
@@ -415,7 +417,7 @@ async def test_async_session_leaves_a_python_sigterm_handler_alone(store: Profil
         async with AsyncSession(profile="app-py", store=store):
             assert signal.getsignal(signal.SIGTERM) is handler
             os.kill(os.getpid(), signal.SIGTERM)
-            await asyncio.sleep(0.1)
+            wait_until(lambda: calls, what="the application's handler to run")
         assert signal.getsignal(signal.SIGTERM) is handler
         assert calls == [signal.SIGTERM]
 

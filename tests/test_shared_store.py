@@ -6,32 +6,21 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from backends import shared_urls, store_on
-from storefaults import chromium_dir
+from support.backends import store_on
+from support.storefaults import chromium_dir
 
 from profiles import Conflict, LeaseLost, NotFound, ProfileBusy, ProfileStore, TierLimit
 from profiles.maintenance.transfer import transfer
 from profiles.state.archive import tree_digest, unpack_archive
 
 
-@pytest.fixture
-def urls(request: pytest.FixtureRequest) -> Iterator[tuple[str, str]]:
-    yield from shared_urls(request)
-
-
-@pytest.fixture
-def shared(urls: tuple[str, str], tmp_path: Path) -> Iterator[ProfileStore]:
-    with ProfileStore(tmp_path / "machine-a", catalog=urls[0], blobs=urls[1]) as store:
-        yield store
-
-
-def _machine(urls: tuple[str, str], home: Path, **options: object) -> ProfileStore:
+def _machine(shared_urls: tuple[str, str], home: Path, **options: object) -> ProfileStore:
     """Another machine on the same backend: its own home (workspace), the same catalog."""
-    return ProfileStore(home, catalog=urls[0], blobs=urls[1], **options)  # type: ignore[arg-type]
+    return ProfileStore(home, catalog=shared_urls[0], blobs=shared_urls[1], **options)  # type: ignore[arg-type]
 
 
 def _race(n: int, work: Callable[[int], object]) -> tuple[list[object], list[BaseException]]:
@@ -55,12 +44,12 @@ def _race(n: int, work: Callable[[int], object]) -> tuple[list[object], list[Bas
 
 
 def test_twenty_creates_at_the_cap_leave_exactly_the_cap(
-    urls: tuple[str, str], tmp_path: Path
+    shared_urls: tuple[str, str], tmp_path: Path
 ) -> None:
-    with _machine(urls, tmp_path / "m", max_profiles=10) as store:
+    with _machine(shared_urls, tmp_path / "m", max_profiles=10) as store:
         for i in range(9):
             store.create(f"p{i}")
-        stores = [_machine(urls, tmp_path / f"m{i}", max_profiles=10) for i in range(20)]
+        stores = [_machine(shared_urls, tmp_path / f"m{i}", max_profiles=10) for i in range(20)]
         try:
             created, errors = _race(20, lambda i: stores[i].create(f"racer-{i}"))
         finally:
@@ -71,66 +60,70 @@ def test_twenty_creates_at_the_cap_leave_exactly_the_cap(
         assert store.list(limit=100).data.__len__() == 10
 
 
-def test_twenty_concurrent_label_edits_all_survive(shared: ProfileStore, tmp_path: Path) -> None:
-    shared.create("labelled")
-    _, errors = _race(20, lambda i: shared.update("labelled", add_labels={f"k{i}": str(i)}))
+def test_twenty_concurrent_label_edits_all_survive(
+    shared_store: ProfileStore, tmp_path: Path
+) -> None:
+    shared_store.create("labelled")
+    _, errors = _race(20, lambda i: shared_store.update("labelled", add_labels={f"k{i}": str(i)}))
     assert errors == []
-    assert shared.get("labelled").labels == {f"k{i}": str(i) for i in range(20)}
+    assert shared_store.get("labelled").labels == {f"k{i}": str(i) for i in range(20)}
 
 
-def test_clone_racing_delete_leaves_no_dangling_state(shared: ProfileStore, tmp_path: Path) -> None:
+def test_clone_racing_delete_leaves_no_dangling_state(
+    shared_store: ProfileStore, tmp_path: Path
+) -> None:
     for round_ in range(10):
         name = f"source-{round_}"
-        shared.create(name)
-        shared.commit_state(name, chromium_dir(tmp_path / f"s{round_}", seed=round_))
+        shared_store.create(name)
+        shared_store.commit_state(name, chromium_dir(tmp_path / f"s{round_}", seed=round_))
         _, errors = _race(
             2,
             lambda i, name=name: (  # type: ignore[misc]
-                shared.clone(name, name=f"{name}-clone", with_state=True)
+                shared_store.clone(name, name=f"{name}-clone", with_state=True)
                 if i == 0
-                else shared.delete(name)
+                else shared_store.delete(name)
             ),
         )
         assert all(isinstance(e, NotFound) for e in errors), errors
-        for profile in shared.iter_profiles():
+        for profile in shared_store.iter_profiles():
             if profile.checksum:  # every state referenced is really there
-                assert shared.blobs.exists(profile.checksum), profile.name
-    for snap in shared.snapshots(limit=100).data:
-        assert snap.checksum is None or shared.blobs.exists(snap.checksum)
+                assert shared_store.blobs.exists(profile.checksum), profile.name
+    for snap in shared_store.snapshots(limit=100).data:
+        assert snap.checksum is None or shared_store.blobs.exists(snap.checksum)
 
 
 def test_snapshot_during_commits_always_points_at_stored_bytes(
-    shared: ProfileStore, tmp_path: Path
+    shared_store: ProfileStore, tmp_path: Path
 ) -> None:
-    shared.create("busy")
-    shared.commit_state("busy", chromium_dir(tmp_path / "first", seed=0))
+    shared_store.create("busy")
+    shared_store.commit_state("busy", chromium_dir(tmp_path / "first", seed=0))
     stop = threading.Event()
     snapshots: list[str] = []
 
     def snap() -> None:
         while not stop.is_set():
-            snapshots.append(shared.snapshot("busy").id)
+            snapshots.append(shared_store.snapshot("busy").id)
 
     thread = threading.Thread(target=snap)
     thread.start()
     try:
         for i in range(6):
-            shared.commit_state("busy", chromium_dir(tmp_path / f"c{i}", seed=i + 1))
+            shared_store.commit_state("busy", chromium_dir(tmp_path / f"c{i}", seed=i + 1))
     finally:
         stop.set()
         thread.join(60)
     assert snapshots
     for snap_id in snapshots:
-        checksum = shared.get_snapshot(snap_id).checksum
-        assert checksum is not None and shared.blobs.exists(checksum)
-    restored = shared.restore(snapshots[-1])
-    assert restored.checksum and shared.blobs.exists(restored.checksum)
+        checksum = shared_store.get_snapshot(snap_id).checksum
+        assert checksum is not None and shared_store.blobs.exists(checksum)
+    restored = shared_store.restore(snapshots[-1])
+    assert restored.checksum and shared_store.blobs.exists(restored.checksum)
 
 
-def test_a_lease_fences_a_late_writer(urls: tuple[str, str], tmp_path: Path) -> None:
+def test_a_lease_fences_a_late_writer(shared_urls: tuple[str, str], tmp_path: Path) -> None:
     with (
-        _machine(urls, tmp_path / "a", lease_ttl=0.6) as a,
-        _machine(urls, tmp_path / "b", lease_ttl=0.6) as b,
+        _machine(shared_urls, tmp_path / "a", lease_ttl=0.6) as a,
+        _machine(shared_urls, tmp_path / "b", lease_ttl=0.6) as b,
     ):
         a.create("fenced")
         late = a.lock("fenced")
@@ -138,9 +131,8 @@ def test_a_lease_fences_a_late_writer(urls: tuple[str, str], tmp_path: Path) -> 
         late.pause_heartbeat()  # this worker is paused: its heartbeat stops renewing the lease
         with pytest.raises(ProfileBusy):
             b.lock("fenced").acquire(timeout=0.2)  # still held: not yet expired
-        time.sleep(1.0)
         winner = b.lock("fenced")
-        winner.acquire(timeout=5)
+        winner.acquire(timeout=5)  # waits for the late writer's lease to expire
         assert winner.epoch is not None and late.epoch is not None
         assert winner.epoch > late.epoch
         _, work = b.checkout("fenced", lock=winner)
@@ -153,15 +145,15 @@ def test_a_lease_fences_a_late_writer(urls: tuple[str, str], tmp_path: Path) -> 
         assert a.get("fenced").checksum == newer.checksum
 
 
-def test_a_dead_workers_lease_expires(urls: tuple[str, str], tmp_path: Path) -> None:
-    with _machine(urls, tmp_path / "a", lease_ttl=0.5) as a:
+def test_a_dead_workers_lease_expires(shared_urls: tuple[str, str], tmp_path: Path) -> None:
+    with _machine(shared_urls, tmp_path / "a", lease_ttl=0.5) as a:
         a.create("abandoned")
         lease = a.lock("abandoned")
         lease.acquire()
         lease.pause_heartbeat()  # as if the process died: no more heartbeats, nothing released
         holder = a.holder("abandoned")
         assert holder is not None and holder.kind == "session"
-        with _machine(urls, tmp_path / "b", lease_ttl=0.5) as b:
+        with _machine(shared_urls, tmp_path / "b", lease_ttl=0.5) as b:
             started = time.monotonic()
             other = b.lock("abandoned")
             other.acquire(timeout=10)
@@ -169,10 +161,12 @@ def test_a_dead_workers_lease_expires(urls: tuple[str, str], tmp_path: Path) -> 
             other.release()
 
 
-def test_a_heartbeat_keeps_a_lease_past_its_ttl(urls: tuple[str, str], tmp_path: Path) -> None:
+def test_a_heartbeat_keeps_a_lease_past_its_ttl(
+    shared_urls: tuple[str, str], tmp_path: Path
+) -> None:
     with (
-        _machine(urls, tmp_path / "a", lease_ttl=0.5) as a,
-        _machine(urls, tmp_path / "b", lease_ttl=0.5) as b,
+        _machine(shared_urls, tmp_path / "a", lease_ttl=0.5) as a,
+        _machine(shared_urls, tmp_path / "b", lease_ttl=0.5) as b,
     ):
         a.create("kept")
         lease = a.lock("kept")
@@ -186,8 +180,8 @@ def test_a_heartbeat_keeps_a_lease_past_its_ttl(urls: tuple[str, str], tmp_path:
             pass
 
 
-def test_names_stay_unique_across_machines(urls: tuple[str, str], tmp_path: Path) -> None:
-    stores = [_machine(urls, tmp_path / f"m{i}") for i in range(8)]
+def test_names_stay_unique_across_machines(shared_urls: tuple[str, str], tmp_path: Path) -> None:
+    stores = [_machine(shared_urls, tmp_path / f"m{i}") for i in range(8)]
     try:
         created, errors = _race(8, lambda i: stores[i].create("only-one"))
     finally:
@@ -200,7 +194,7 @@ def test_names_stay_unique_across_machines(urls: tuple[str, str], tmp_path: Path
 
 
 def test_transfer_to_the_shared_backend_and_back(
-    request: pytest.FixtureRequest, tmp_path: Path, urls: tuple[str, str]
+    request: pytest.FixtureRequest, tmp_path: Path, shared_urls: tuple[str, str]
 ) -> None:
     source_dir = chromium_dir(tmp_path / "state", seed=3)
     embedded_gen = store_on(request, tmp_path / "embedded", "embedded")
@@ -216,7 +210,7 @@ def test_transfer_to_the_shared_backend_and_back(
     delta = embedded.service.manifest_of(embedded.get("travels"))  # type: ignore[attr-defined]
     assert delta is not None and delta.base is not None
     embedded.create("empty-one")
-    with _machine(urls, tmp_path / "fleet") as shared:
+    with _machine(shared_urls, tmp_path / "fleet") as shared:
         first = transfer(embedded, shared)
         assert first.profiles_copied == 2 and first.snapshots_copied == 1
         assert first.blobs_copied >= 2 and first.events_copied >= 4  # chunks + manifest

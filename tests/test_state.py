@@ -8,11 +8,10 @@ import io
 import tarfile
 import time
 import zipfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from backends import BACKENDS, LOCAL_BACKENDS, store_on
+from support.backends import store_on
 
 from driver import Session
 from profiles import (
@@ -29,42 +28,22 @@ from profiles.state.archive import detect_codec, tree_digest, unpack_archive
 
 from conftest import require_engine
 
-
-@pytest.fixture(params=BACKENDS)
-def store(request: pytest.FixtureRequest, home: Path) -> Iterator[ProfileStore]:
-    """The behaviour suite runs on every backend: embedded, PostgreSQL + S3, and HTTP."""
-    yield from store_on(request, home)
-
-
-@pytest.fixture(params=LOCAL_BACKENDS)
-def local_store(request: pytest.FixtureRequest, home: Path) -> Iterator[ProfileStore]:
-    """For what only a store holding its own catalog and blobs can show (reaching into
-    them, or watching an import from the same process): embedded and PostgreSQL + S3."""
-    yield from store_on(request, home)
+# The behaviour suite runs on every backend: embedded, PostgreSQL + S3, and HTTP.
+pytestmark = pytest.mark.backends()
 
 
 @pytest.fixture(scope="module")
-def chromium_state(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+def chromium_state(tmp_path_factory: pytest.TempPathFactory, http_server: str) -> Path:
     """A .tar.gz exported from a real Chromium session that logged in to a local page."""
     require_engine("chromium")
-    import http.server
-    import threading
-
-    from conftest import _QuietHandler
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _QuietHandler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    base = f"http://127.0.0.1:{server.server_address[1]}"
     home = tmp_path_factory.mktemp("source-home")
     archive = home / "state.tar.gz"
     with ProfileStore(home) as store:
         with Session(profile="source", store=store) as page:
-            page.goto(f"{base}/set-cookie")
+            page.goto(f"{http_server}/set-cookie")
             page.evaluate("window.bumpCounter()")
         store.export_state("source", archive)
-    server.shutdown()
-    server.server_close()
-    yield archive
+    return archive
 
 
 def test_import_then_export_round_trip(

@@ -16,9 +16,11 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
-from storefaults import chromium_archive, chromium_dir, lock_held_elsewhere, python
+from support.storefaults import chromium_archive, chromium_dir, lock_held_elsewhere, python
+from support.waiting import wait_until
 
 from profiles import (
     ArchiveInvalid,
@@ -84,17 +86,25 @@ def test_a_failed_import_settles_the_status_from_what_is_read_under_the_lock(
     lock = store.lock("busy")
     lock.acquire()
     errors: list[BaseException] = []
+    asked = threading.Event()
 
     def importer() -> None:
         try:
             with ProfileStore(store.home) as other:
+                take_lock = other.lock
+
+                def lock(*args: Any, **kwargs: Any) -> Any:
+                    asked.set()  # the import has read the profile ('empty'): now it waits
+                    return take_lock(*args, **kwargs)
+
+                other.lock = lock  # type: ignore[method-assign]
                 other.import_state("busy", bad, lock_timeout=30)
         except BaseException as exc:
             errors.append(exc)
 
     thread = threading.Thread(target=importer)
     thread.start()
-    time.sleep(0.3)  # the import is now waiting for the lock, having read 'empty'
+    wait_until(asked.is_set, timeout=30, what="the import to ask for the writer lock")
     committed = store.commit_state("busy", chromium_dir(tmp_path / "session"))
     lock.release()
     thread.join(30)
@@ -159,7 +169,7 @@ def test_sweeping_leaves_the_scratch_of_a_live_import_alone(
     store.create("slow")
     archive = chromium_archive(tmp_path / "a.tar.gz", tmp_path / "a", payload_bytes=8 << 20)
     code = """
-    import sys, time
+    import sys
     from profiles import ProfileStore
     store = ProfileStore(sys.argv[1])
     said = []
@@ -167,17 +177,17 @@ def test_sweeping_leaves_the_scratch_of_a_live_import_alone(
         if not said:
             said.append(1)
             print("importing", flush=True)
-            time.sleep(2)
+            sys.stdin.readline()  # until the test has looked
     store.import_state("slow", sys.argv[2], progress=progress)
     print("done", flush=True)
     """
-    child = python(code, str(store.home), str(archive))
+    child = python(code, str(store.home), str(archive), stdin=subprocess.PIPE)
     assert child.stdout is not None
     assert child.stdout.readline().strip() == "importing"
     assert store.get("slow").status == "uploading"  # a live import is visible
     assert store.holder("slow") is not None and store.holder("slow").kind == "import"  # type: ignore[union-attr]
     assert store.sweep_scratch() == []
-    out, err = child.communicate(timeout=60)
+    out, err = child.communicate("go on\n", timeout=60)
     assert "done" in out, err
     assert store.get("slow").status == "ready"
 

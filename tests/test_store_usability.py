@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from storefaults import chromium_dir, lock_held_elsewhere
+from support.storefaults import chromium_dir, lock_held_elsewhere
 
 from profiles import NotFound, ProfileBusy, ProfileStore
 from profiles.state.archive import tree_digest

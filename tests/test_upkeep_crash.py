@@ -26,8 +26,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pg_service import fresh_database
-from storefaults import ROOT, chromium_dir
+from support.pg_service import fresh_database
+from support.storefaults import ROOT, chromium_dir
 
 from profiles import ProfileStore, StorageUnavailable
 from profiles.blobs.local import LocalBlobStore

@@ -1,7 +1,6 @@
 """A real S3-compatible server on loopback for the S3 blob-store tests (no in-process mocks).
 
-Fixtures (make them visible with ``pytest_plugins = ["s3_service"]`` in ``tests/conftest.py``,
-or by assigning them in a test module):
+Fixtures (``tests/conftest.py`` imports them, so every test module sees them):
 
 ``s3_endpoint`` (session)
     An :class:`S3Endpoint`: endpoint URL, keys and region of the server. When

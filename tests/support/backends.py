@@ -1,12 +1,11 @@
 """Stores on every backend for the behaviour suites: ``embedded`` (SQLite + local files) and
 ``shared`` (PostgreSQL + S3 on real servers: see pg_service.py and s3_service.py) and ``http``
-(a real profile server on loopback, through :class:`profiles.http.client.HttpService`: see
-http_service.py).
+(a real profile server on loopback, shared by the session, through an account of the test's
+own and :class:`profiles.http.client.HttpService`: see http_service.py).
 
-A test module opts in by defining ``store`` through :func:`store_on`::
-
-    @pytest.fixture(params=BACKENDS)
-    def store(request, home): yield from store_on(request, home)
+conftest.py's ``store`` fixture runs on each of them in a module (or test) marked
+``@pytest.mark.backends``; ``local_store`` on :data:`LOCAL_BACKENDS`. A test that needs
+another store of its own calls :func:`store_on` with the kind it wants.
 """
 
 from __future__ import annotations
@@ -24,9 +23,9 @@ BACKENDS = ("embedded", "shared", "http")
 LOCAL_BACKENDS = ("embedded", "shared")
 
 
-def shared_urls(request: pytest.FixtureRequest) -> Iterator[tuple[str, str]]:
+def fresh_shared_urls(request: pytest.FixtureRequest) -> Iterator[tuple[str, str]]:
     """A fresh PostgreSQL database and a fresh S3 prefix: ``(catalog_url, blobs_url)``."""
-    from pg_service import fresh_database
+    from support.pg_service import fresh_database
 
     postgres_url: str = request.getfixturevalue("postgres_url")
     bucket: str = request.getfixturevalue("s3_bucket")
@@ -45,20 +44,17 @@ def store_on(
             yield store
         return
     if kind == "http":
-        # A real profile server on loopback (tests/http_service.py); its cap stands for
-        # max_profiles, which the server keeps.
-        from http_service import start_http_server
+        # The session's profile server (conftest.py), through an account of the test's own;
+        # the account's cap stands for max_profiles, which the server keeps.
+        from support.http_service import HttpServer
 
-        tmp: Path = request.getfixturevalue("tmp_path")
-        cap = options.pop("max_profiles", None)
-        with (
-            start_http_server(tmp / "server-home", profile_cap=cap) as server,  # type: ignore[arg-type]
-            ProfileStore(
-                home, service=f"{server.url}/v1", api_key=server.api_key, **options
-            ) as store,  # type: ignore[arg-type]
-        ):
+        shared: HttpServer = request.getfixturevalue("session_profile_server")
+        server = shared.with_new_account(profile_cap=options.pop("max_profiles", None))  # type: ignore[arg-type]
+        with ProfileStore(
+            home, service=f"{server.url}/v1", api_key=server.api_key, **options
+        ) as store:  # type: ignore[arg-type]
             yield store
         return
-    for catalog_url, blobs_url in shared_urls(request):
+    for catalog_url, blobs_url in fresh_shared_urls(request):
         with ProfileStore(home, catalog=catalog_url, blobs=blobs_url, **options) as store:  # type: ignore[arg-type]
             yield store

@@ -3,14 +3,15 @@
 :func:`start_http_server` runs the server in a subprocess (``python -m
 profiles.http.server.cli serve``) on 127.0.0.1 with a free port, its own home, an account
 (tier ``enterprise``: no profile cap unless ``profile_cap`` is given) with an admin key
-(scopes read + admin) and a read-only key, and waits until ``GET /v1/health`` answers. The
-fixture :func:`http_server_url` gives one such server per test as an :class:`HttpServer`::
+(scopes read + admin) and a read-only key, and waits until ``GET /v1/health`` answers.
+conftest.py's fixtures give one to a test as an :class:`HttpServer`: ``profile_server``, the
+session's shared server through an account of the test's own
+(:meth:`HttpServer.with_new_account`), and ``own_profile_server``, a server for the test
+alone, which it may stop and start again::
 
-    def test_something(http_server_url: HttpServer) -> None:
-        r = httpx.get(f"{http_server_url.url}/v1/profiles",
-                      headers={"Authorization": f"Bearer {http_server_url.api_key}"})
+    def test_something(profile_server: HttpServer) -> None:
+        r = httpx.get(f"{profile_server.url}/v1/profiles", headers=profile_server.headers())
 
-Import it into a test module (or conftest.py): ``from http_service import http_server_url``.
 The rate limits are raised (100000 requests per minute per address, and for the account's
 tier) so tests are not throttled unless they ask for it with ``extra_args=["--rate-limit",
 "5/60"]`` (per address) or ``["--tier-rate-limit", "enterprise=5/60"]`` (per account), or
@@ -20,19 +21,20 @@ run with the server's defaults (``default_limits=True``).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import socket
 import subprocess
 import sys
-import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
-import pytest
 
-__all__ = ["HttpServer", "free_port", "http_server_url", "start_http_server"]
+from support.waiting import wait_until
+
+__all__ = ["HttpServer", "free_port", "start_http_server"]
 
 STARTUP_TIMEOUT = 30.0
 
@@ -52,6 +54,23 @@ class HttpServer:
     log_path: Path | None = None
     command: list[str] = field(default_factory=list, repr=False)
     env: dict[str, str] | None = field(default=None, repr=False)
+
+    def with_new_account(
+        self, *, tier: str = "enterprise", profile_cap: int | None = None, name: str = "tests"
+    ) -> HttpServer:
+        """The same server seen through a new account (its own profiles, an admin key and a
+        read key): a test of its own on a server that other tests share. It cannot stop or
+        restart the server."""
+        account_id, api_key, read_key = _create_account(self.home, tier, profile_cap, name)
+        return dataclasses.replace(
+            self,
+            api_key=api_key,
+            read_key=read_key,
+            account_id=account_id,
+            process=None,
+            command=[],
+            env=None,
+        )
 
     def headers(self, key: str | None = None, **extra: str) -> dict[str, str]:
         """``Authorization: Bearer <key>`` (the admin key by default) plus ``extra``."""
@@ -75,7 +94,7 @@ class HttpServer:
 
     def start(self) -> None:
         """Start the server again on the same port and home, with the same keys."""
-        assert self.command, "only a server started by start_http_server can be restarted"
+        assert self.command, "only the handle start_http_server gave can restart the server"
         self.stop()
         assert self.log_path is not None
         with self.log_path.open("ab") as log_file:
@@ -84,6 +103,20 @@ class HttpServer:
             )
         self.pid = self.process.pid
         _wait_healthy(self)
+
+
+def _create_account(
+    home: Path, tier: str, profile_cap: int | None, name: str
+) -> tuple[str, str, str]:
+    """A new account in the server home's accounts database: its id, an admin key (scopes
+    read + admin) and a read key. A running server sees it at its next request."""
+    from profiles.http.server.accounts import AccountsDB
+
+    with AccountsDB(home / "accounts.sqlite3") as db:
+        account = db.create_account(name, tier=tier, profile_cap=profile_cap)
+        _, admin_key = db.create_key(account.id, scopes=("read", "admin"), name="admin")
+        _, read_key = db.create_key(account.id, scopes=("read",), name="read")
+    return account.id, admin_key, read_key
 
 
 def free_port() -> int:
@@ -104,13 +137,8 @@ def start_http_server(
 ) -> Iterator[HttpServer]:
     """Run ``profiles serve`` on loopback with ``home``; stop it (SIGTERM, then SIGKILL)
     at the end of the block."""
-    from profiles.http.server.accounts import AccountsDB
-
     home.mkdir(mode=0o700, parents=True, exist_ok=True)
-    with AccountsDB(home / "accounts.sqlite3") as db:
-        account = db.create_account("tests", tier=tier, profile_cap=profile_cap)
-        _, admin_key = db.create_key(account.id, scopes=("read", "admin"), name="admin")
-        _, read_key = db.create_key(account.id, scopes=("read",), name="read")
+    account_id, admin_key, read_key = _create_account(home, tier, profile_cap, "tests")
     port = free_port()
     log_path = home / "server.log"
     cmd = [
@@ -139,7 +167,7 @@ def start_http_server(
         api_key=admin_key,
         read_key=read_key,
         home=home,
-        account_id=account.id,
+        account_id=account_id,
         pid=proc.pid,
         process=proc,
         log_path=log_path,
@@ -156,24 +184,20 @@ def start_http_server(
 def _wait_healthy(server: HttpServer) -> None:
     proc = server.process
     assert proc is not None
-    deadline = time.monotonic() + STARTUP_TIMEOUT
-    while True:
+
+    def healthy() -> bool:
         if proc.poll() is not None:
             raise RuntimeError(
                 f"profiles serve exited with {proc.returncode}:\n{server.log_text()}"
             )
         try:
-            if httpx.get(f"{server.url}/v1/health", timeout=1.0).status_code == 200:
-                return
+            return httpx.get(f"{server.url}/v1/health", timeout=1.0).status_code == 200
         except httpx.TransportError:
-            pass
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"profiles serve did not start:\n{server.log_text()}")
-        time.sleep(0.05)
+            return False
 
-
-@pytest.fixture
-def http_server_url(tmp_path: Path) -> Iterator[HttpServer]:
-    """A fresh server per test (its own home under ``tmp_path``)."""
-    with start_http_server(tmp_path / "server-home") as server:
-        yield server
+    wait_until(
+        healthy,
+        timeout=STARTUP_TIMEOUT,
+        what=f"profiles serve to answer on {server.url}",
+        detail=server.log_text,
+    )

@@ -8,13 +8,12 @@ import os
 import subprocess
 import sys
 import textwrap
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 from profiles.state.archive import pack_dir
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def chromium_dir(path: Path, *, payload_bytes: int = 64 * 1024, seed: int = 0) -> Path:
@@ -75,12 +74,3 @@ def lock_held_elsewhere(home: Path, ref: str, *, kind: str = "session") -> Itera
         if child.poll() is None:
             child.kill()
         child.communicate(timeout=10)
-
-
-def wait_for(predicate: object, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():  # type: ignore[operator]
-            return
-        time.sleep(0.02)
-    raise AssertionError("condition not met in time")
