@@ -31,7 +31,13 @@ from support.browser_lane import NO_BROWSER, uses_a_browser
 from support.http_service import HttpServer, start_http_server
 
 # The shared backend's servers (real PostgreSQL, moto's S3 server), for every test module.
-from support.pg_service import postgres_database, postgres_service, postgres_url  # noqa: F401
+from support.pg_service import (  # noqa: F401
+    PostgresService,
+    PrivateServer,
+    postgres_database,
+    postgres_service,
+    postgres_url,
+)
 from support.s3_service import s3_bucket, s3_endpoint, s3_env  # noqa: F401
 
 from driver.browsers import ENV_OVERRIDE
@@ -228,3 +234,17 @@ def open_command(home: Path, profile: str, engine: Engine, url: str, *extra: str
         *("-m", "profiles", "--home", str(home), "open", profile),
         *("--archetype", ARCHETYPE_OF[engine], "--url", url, *extra),
     ]
+
+
+@pytest.fixture
+def stoppable_postgres(postgres_service: PostgresService) -> Iterator[PrivateServer]:  # noqa: F811
+    """A PostgreSQL server this test may stop: the session's private one, or, when the
+    tests run against an external server (CI's, which no test may stop), one of its own."""
+    if postgres_service.server is not None:
+        yield postgres_service.server
+        return
+    own = PrivateServer.launch()
+    try:
+        yield own
+    finally:
+        own.stop()

@@ -16,7 +16,7 @@ from typing import Any
 import psycopg
 import pytest
 from psycopg import sql
-from support.pg_service import PostgresService, fresh_database, with_database
+from support.pg_service import PrivateServer, fresh_database, with_database
 
 from profiles.catalog import SQLiteCatalog
 from profiles.catalog.postgres import MIGRATIONS, PostgresCatalog, redact_location
@@ -220,19 +220,23 @@ def test_records_are_the_same_as_sqlite(catalog: PostgresCatalog, tmp_path: Path
         lite.close()
 
 
-def test_server_restart_mid_transaction(
-    postgres_service: PostgresService,
-    catalog: PostgresCatalog,
-) -> None:
-    if postgres_service.server is None:
-        pytest.skip("needs the session's private server (PROFILES_TEST_POSTGRES_URL is set)")
+def test_server_restart_mid_transaction(stoppable_postgres: PrivateServer) -> None:
+    with fresh_database(stoppable_postgres.url) as url:
+        catalog = PostgresCatalog(url, max_size=4)
+        try:
+            _restart_mid_transaction(catalog, stoppable_postgres)
+        finally:
+            catalog.close()
+
+
+def _restart_mid_transaction(catalog: PostgresCatalog, server: PrivateServer) -> None:
     kept = make_profile()
     with catalog.transaction() as tx:
         tx.insert_profile(kept)
     lost = make_profile()
     with pytest.raises(StorageUnavailable) as info, catalog.transaction() as tx:
         tx.insert_profile(lost)
-        postgres_service.server.restart()
+        server.restart()
         tx.bump_usage(kept.id, lost.created_at)
     assert catalog.location in info.value.message
     assert info.value.transient  # the server went away: it may come back

@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from support.http_service import HttpServer
-from support.pg_service import PostgresService, PrivateServer, fresh_database
+from support.pg_service import PrivateServer, fresh_database
 
 from driver import Session
 from profiles import PendingConflict, ProfileStore, StateCommitFailed
@@ -175,20 +174,6 @@ def test_a_conflict_is_listed_refused_and_resolved_by_discard_and_by_force(
             assert a.pending_commits() == []
             assert _read(b, url) == (expected, expected)
         assert not (home_a / "pending" / a.get("work").id).exists()
-
-
-@pytest.fixture
-def stoppable_postgres(postgres_service: PostgresService) -> Iterator[PrivateServer]:
-    """A PostgreSQL server this test may stop: the session's private one, or, when the
-    tests run against an external server (CI's, which no test may stop), one of its own."""
-    if postgres_service.server is not None:
-        yield postgres_service.server
-        return
-    own = PrivateServer.launch()
-    try:
-        yield own
-    finally:
-        own.stop()
 
 
 def test_the_shared_backend_keeps_the_work_while_postgresql_is_down(
