@@ -34,6 +34,19 @@ def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
     return {s: {"model": ErrorBody, "description": ERROR_DESCRIPTIONS[s]} for s in statuses}
 
 
+def octet_stream_request(description: str) -> dict[str, Any]:
+    """The ``openapi_extra`` of a route that reads a raw ``application/octet-stream`` body
+    itself (streamed to disk)."""
+    schema = {"type": "string", "format": "binary"}
+    return {
+        "requestBody": {
+            "required": True,
+            "description": description,
+            "content": {"application/octet-stream": {"schema": schema}},
+        }
+    }
+
+
 def binary_body(description: str, *media_types: str) -> dict[str, Any]:
     schema = {"type": "string", "format": "binary"}
     return {"description": description, "content": {m: {"schema": schema} for m in media_types}}

@@ -35,7 +35,13 @@ from profiles.http.server.deps import (
     server_holder,
 )
 from profiles.http.server.fairness import StateSlot
-from profiles.http.server.openapi import READ, WRITE, binary_body, error_responses
+from profiles.http.server.openapi import (
+    READ,
+    WRITE,
+    binary_body,
+    error_responses,
+    octet_stream_request,
+)
 from profiles.http.server.state_io import blob_stream
 from profiles.http.server.streams import FramedBody, drain, spool_body
 from profiles.models import Profile
@@ -127,15 +133,9 @@ def read_blob(
     "/v1/state/blobs/{checksum}",
     tags=["chunks"],
     responses=error_responses(*WRITE),
-    openapi_extra={
-        "requestBody": {
-            "required": True,
-            "description": "The blob's bytes (at most 64 MiB), which must hash to its name.",
-            "content": {
-                "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}
-            },
-        }
-    },
+    openapi_extra=octet_stream_request(
+        "The blob's bytes (at most 64 MiB), which must hash to its name."
+    ),
 )
 @streams_body
 async def put_blob(c: Auth, _slot: StateSlot, checksum: str, request: Request) -> BlobStored:
@@ -184,16 +184,10 @@ def commit_manifest(
     "/v1/profiles/{ref}/state/push",
     tags=["chunks"],
     responses=error_responses(*WRITE, 404, 409),
-    openapi_extra={
-        "requestBody": {
-            "required": True,
-            "description": "A PushHeader as one line of JSON and a newline, then the bytes "
-            "of the blobs it lists, back to back in its order (at most 64 MiB in all).",
-            "content": {
-                "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}
-            },
-        }
-    },
+    openapi_extra=octet_stream_request(
+        "A PushHeader as one line of JSON and a newline, then the bytes "
+        "of the blobs it lists, back to back in its order (at most 64 MiB in all)."
+    ),
 )
 @streams_body
 async def push_state(

@@ -39,7 +39,14 @@ from profiles.http.server.deps import (
     server_holder,
 )
 from profiles.http.server.fairness import DownloadSlot, StateSlot, import_when_free
-from profiles.http.server.openapi import READ, WRITE, binary_body, error_responses, multipart_body
+from profiles.http.server.openapi import (
+    READ,
+    WRITE,
+    binary_body,
+    error_responses,
+    multipart_body,
+    octet_stream_request,
+)
 from profiles.http.server.payloads import audit_payload, commit_payload
 from profiles.http.server.state_io import HashingWriter, blob_stream, export_stream, file_stream
 from profiles.http.server.streams import NOT_GZIP, archive_codec, drain, spool_body, spool_multipart
@@ -223,15 +230,9 @@ def get_state(c: Auth, _slot: StateSlot, ref: str, request: Request) -> Response
     "/v1/profiles/{ref}/state",
     tags=["state"],
     responses=error_responses(*WRITE, 404, 409),
-    openapi_extra={
-        "requestBody": {
-            "required": True,
-            "description": "The state archive (.tar.zst or .tar.gz); streamed to disk.",
-            "content": {
-                "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}
-            },
-        }
-    },
+    openapi_extra=octet_stream_request(
+        "The state archive (.tar.zst or .tar.gz); streamed to disk."
+    ),
 )
 @streams_body
 async def put_state(
