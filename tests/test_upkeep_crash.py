@@ -209,7 +209,7 @@ def test_a_writer_killed_mid_commit_frees_the_collector_and_keeps_the_last_state
 class _SlowBlobs(LocalBlobStore):
     """A blob store whose uploads take a while: a commit that outlives many ttls."""
 
-    delay = 1.2
+    delay = 2.4  # more than twice the test's ttl
 
     def put(self, checksum: str, source: Any, *, size: int) -> bool:
         time.sleep(self.delay)
@@ -219,8 +219,9 @@ class _SlowBlobs(LocalBlobStore):
 def test_a_slow_live_writer_is_never_taken_for_a_dead_one(backend: Backend, tmp_path: Path) -> None:
     """A commit whose uploads take many times the registration's ttl stays registered (its
     heartbeat renews it): every collection tried meanwhile, from another catalog, is
-    refused; the commit lands whole and gc then runs."""
-    ttl = 0.5
+    refused; the commit lands whole and gc then runs. (A ttl of 0.5 s lapsed once under a
+    loaded CI: a heartbeat every ttl/3 needs a thread scheduled that often.)"""
+    ttl = 1.0
     backend.home.mkdir(parents=True)
     writer = CatalogService(backend.catalog(), _SlowBlobs(backend.blobs), upkeep_ttl=ttl)
     collector = CatalogService(backend.catalog(), LocalBlobStore(backend.blobs), upkeep_ttl=ttl)
