@@ -803,6 +803,7 @@ def bench_http(repeats: int, url: str, home: Path, quick: bool) -> dict[str, Any
         result["session_ratio"] = result["session_median_s"]["http"] / max(
             1e-9, result["session_median_s"]["embedded"]
         )
+        result["session_ratio_ci95"] = ratio_interval(runs["http"], runs["embedded"])
         # 100 MB archive: upload (multipart) and download (signed link), streamed
         size_mb = 10 if quick else 100
         src = home / "http-big"
@@ -894,6 +895,7 @@ def main(argv: list[str] | None = None) -> int:
         return not only or section in only
 
     repeats = args.repeats or (2 if args.quick else 7)
+    session_repeats = args.repeats or (2 if args.quick else 15)
     count = args.profiles or (500 if args.quick else 10_000)
     writers = args.writers or (2 if args.quick else 4)
     engines: list[Engine] = [e.strip() for e in args.engines.split(",") if e.strip()]  # type: ignore[misc]
@@ -904,7 +906,6 @@ def main(argv: list[str] | None = None) -> int:
         url = f"{base}/page"
         if wanted("sessions"):
             # Sessions vary by +-10 % run to run here: more runs, to tell 5 % apart.
-            session_repeats = args.repeats or (2 if args.quick else 15)
             results["sessions"] = [bench_sessions(e, session_repeats, url, home) for e in engines]
         if wanted("teardown"):
             results["teardown"] = [bench_teardown(e, repeats, url, home) for e in engines]
@@ -926,7 +927,8 @@ def main(argv: list[str] | None = None) -> int:
                         for row in bench_incremental(mb, 1 if args.quick else 3, home, urls, server)
                     ]
             if wanted("http"):
-                results["http"] = bench_http(repeats, url, home, args.quick)
+                # sessions vary by 10 % from one to the next here: as many as section 1 runs
+                results["http"] = bench_http(session_repeats, url, home, args.quick)
             if wanted("shared") and not args.no_shared and urls is not None:
                 results["shared_sessions"] = [
                     bench_shared_sessions(e, repeats, url, home, urls) for e in engines

@@ -346,7 +346,7 @@ def report(results: dict[str, Any]) -> str:
                 [
                     "session: embedded",
                     "through HTTP",
-                    "ratio (≤ 1.15)",
+                    "ratio (≤ 1.05; 95 % interval)",
                     "archive",
                     "upload",
                     "download",
@@ -357,7 +357,12 @@ def report(results: dict[str, Any]) -> str:
                     [
                         ms(med["embedded"]),
                         ms(med["http"]),
-                        f"{r['session_ratio']:.2f}",
+                        f"{r['session_ratio']:.2f}"
+                        + (
+                            " ({:.2f} to {:.2f})".format(*r["session_ratio_ci95"])
+                            if r.get("session_ratio_ci95")
+                            else ""
+                        ),
                         size(r["archive_bytes"]),
                         f"{r['upload_mb_s']:.0f} MB/s",
                         f"{r['download_mb_s']:.0f} MB/s",
