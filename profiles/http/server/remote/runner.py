@@ -176,11 +176,13 @@ class SessionRun:
             log.error("remote session %s: %s", self.spec.session_id, describe_error(exc))
             self._fail(exc)
         finally:
-            if not self.ready.done():
-                self.ready.set_exception(ProfileError("The session ended before it started."))
-            if not self.done.done():
-                self.done.set_result(None)
-            self.on_event("ended", self)
+            try:
+                self.on_event("ended", self)  # the record first: done's waiters read it
+            finally:
+                if not self.ready.done():
+                    self.ready.set_exception(ProfileError("The session ended before it started."))
+                if not self.done.done():
+                    self.done.set_result(None)
 
     def _fail(self, exc: BaseException) -> None:
         if self.error is None:

@@ -285,3 +285,16 @@ async def session_cdp(websocket: WebSocket, session_id: str) -> None:
                 "account": account,
             },
         )
+
+
+@router.websocket("/{path:path}")
+async def no_websocket_route(websocket: WebSocket, path: str) -> None:
+    """A WebSocket to any other path: 404 as an HTTP request would get (Starlette's own
+    answer is a bare 403)."""
+    await websocket.send_denial_response(
+        error_response(NotFound("Not found: no such route.", resource="route"))
+    )
+    access_log.info(
+        "GET (no route) 404 0.0 ms account=-",
+        extra={"method": "GET", "route": "(no route)", "status": 404, "duration_ms": 0.0},
+    )
