@@ -8,6 +8,8 @@ runs a server of its own. The page the sessions log in to is conftest's ``http_s
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import time
 from collections.abc import Iterator
@@ -20,7 +22,7 @@ from playwright.sync_api import Browser, sync_playwright
 from support.browser_lane import NO_BROWSER
 from support.http_service import HttpServer, start_http_server
 from support.waiting import wait_until
-from websockets.exceptions import InvalidStatus
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect as ws_connect
 
 from driver import Session
@@ -256,6 +258,33 @@ def test_a_second_writer_is_busy_and_readers_run_beside_it(server: HttpServer) -
     assert len(everything["data"]) == 2
     assert _stop(server, reader["id"]).json()["outcome"]["reason"] == "readonly"
     assert _stop(server, writer["id"]).json()["outcome"]["committed"] is True
+
+
+def test_a_crashed_browser_fails_the_session_and_keeps_the_previous_state(
+    server: HttpServer, http_server: str
+) -> None:
+    require_engine("chromium")
+    record = _start(server, profile_id=_profile(server, "fragile"))
+    with sync_playwright() as p:
+        browser = _connect(p, server, record)
+        _log_in(browser, http_server)
+        browser.close()
+    # A raw CDP client (Playwright's CDPSession.send would wait for ever for its answer).
+    with ws_connect(record["connect_url"], additional_headers=server.headers(), proxy=None) as ws:
+        ws.send(json.dumps({"id": 1, "method": "Browser.crash"}))
+        with contextlib.suppress(ConnectionClosed, TimeoutError):
+            ws.recv(timeout=30)
+    final = wait_until(
+        lambda: (r := _get(server, record["id"]))["status"] in ("stopped", "failed") and r,
+        timeout=60,
+        what="the crash to end the session",
+    )
+    assert final["status"] == "failed", final
+    assert final["outcome"]["outcome"] == "crashed" and final["outcome"]["committed"] is False
+    assert "previous committed state is kept" in final["outcome"]["reason"]
+    assert final["ended_because"] == "the browser exited"
+    profile = httpx.get(f"{server.url}/v1/profiles/fragile", headers=server.headers()).json()
+    assert profile["status"] == "empty" and profile["cookie_domains"] == []
 
 
 def test_sessions_past_the_tier_cap_are_429(module_server: HttpServer) -> None:
