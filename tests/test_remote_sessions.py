@@ -362,6 +362,11 @@ def test_hostile_inputs_on_the_session_routes(server: HttpServer) -> None:
         {"browserScreenWidth": 10},
         {"startUrl": "javascript:alert(1)"},
         {"customProxy": "not a url"},
+        {"proxy": {"server": "invalid"}},
+        {"proxy": {"server": "ftp://proxy:21"}},
+        {"startUrl": "http://"},
+        {"startUrl": "http://host:99999/"},
+        {"startUrl": "https://example.com/\x00"},
         {"unknown": True},
         {"profile_id": "x" * 201},
     ):
@@ -377,3 +382,11 @@ def test_hostile_inputs_on_the_session_routes(server: HttpServer) -> None:
     for params in ({"limit": 0}, {"limit": 101}, {"cursor": "nope"}, {"status": "gone"}):
         r = httpx.get(base, params=params, headers=headers)
         assert r.status_code == 400, (params, r.text)
+
+
+def test_websocket_handshakes_count_against_the_rate_limit(tmp_path: Path) -> None:
+    with start_http_server(tmp_path / "server-home", extra_args=["--rate-limit", "2/60"]) as server:
+        url = server.url.replace("http://", "ws://") + "/v1/sessions/sess_x/cdp"
+        assert [_handshake_status(url)[0] for _ in range(2)] == [401, 401]
+        status, body = _handshake_status(url)
+        assert status == 429 and b"RateLimited" in body

@@ -44,8 +44,12 @@ class SessionScreen(BaseModel):
     height: int = Field(ge=1, le=10_000)
 
 
+PROXY_SCHEMES: Final = ("http", "https", "socks4", "socks5")
+
+
 class SessionProxy(BaseModel):
-    """A proxy for the session's browser (Playwright's ``proxy`` option)."""
+    """A proxy for the session's browser (Playwright's ``proxy`` option): ``server`` is
+    ``scheme://host:port`` (http, https, socks4, socks5)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -54,17 +58,35 @@ class SessionProxy(BaseModel):
     username: str | None = Field(default=None, max_length=1024)
     password: str | None = Field(default=None, max_length=1024)
 
+    @model_validator(mode="after")
+    def _server_url(self) -> SessionProxy:
+        _check_url(self.server, PROXY_SCHEMES, "a proxy server")
+        return self
+
+
+def _check_url(url: str, schemes: tuple[str, ...], what: str) -> None:
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port out of range
+    except ValueError:
+        raise ValueError(f"{what} must be a URL") from None
+    if parts.scheme not in schemes:
+        raise ValueError(f"{what} must be a {', '.join(schemes)} URL")
+    if parts.scheme in ("http", "https", "socks4", "socks5") and not parts.hostname:
+        raise ValueError(f"{what} must name a host")
+    if any(ord(ch) < 0x20 or ch == "\x7f" for ch in url):
+        raise ValueError(f"{what} must not hold control characters")
+
 
 def _proxy_of(url: str) -> dict[str, Any]:
     """Doc 004's ``customProxy`` URL as a proxy: credentials in it move to their fields."""
+    _check_url(url, PROXY_SCHEMES, "customProxy (scheme://host:port, e.g. http://proxy:3128)")
     parts = urlsplit(url)
-    if not parts.scheme or not parts.hostname:
-        raise ValueError("a proxy URL is scheme://host:port (e.g. http://proxy:3128)")
     proxy: dict[str, Any] = {}
     if parts.username is not None or parts.password is not None:
         proxy["username"] = unquote(parts.username or "")
         proxy["password"] = unquote(parts.password or "")
-        host = parts.hostname + (f":{parts.port}" if parts.port else "")
+        host = (parts.hostname or "") + (f":{parts.port}" if parts.port else "")
         url = urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
     proxy["server"] = url
     return proxy
@@ -133,13 +155,8 @@ class SessionCreateBody(BaseModel):
             self.screen = SessionScreen(width=sized[0] or 0, height=sized[1] or 0)
         if isinstance(self.proxy, str):
             self.proxy = SessionProxy(**_proxy_of(self.proxy))
-        if self.start_url is not None and urlsplit(self.start_url).scheme not in (
-            "http",
-            "https",
-            "about",
-            "data",
-        ):
-            raise ValueError("start_url must be an http(s), about: or data: URL")
+        if self.start_url is not None:
+            _check_url(self.start_url, ("http", "https", "about", "data"), "start_url")
         return self
 
 
