@@ -195,10 +195,22 @@ class LaunchPlan:
 class SessionLifecycle:
     """The state machine of one session, minus the browser calls."""
 
-    def __init__(self, profile: str, store: ProfileStore, options: SessionOptions) -> None:
+    def __init__(
+        self,
+        profile: str,
+        store: ProfileStore,
+        options: SessionOptions,
+        *,
+        audit: Mapping[str, Any] | None = None,
+    ) -> None:
         if not isinstance(profile, str) or not profile:
             raise ValidationFailed("profile must be a profile id or name.", field="profile")
         self.ref = profile
+        #: Added to the payloads of ``session.created`` and ``session.ended`` (a service's
+        #: remote sessions say ``remote: True`` and the account).
+        self.audit: dict[str, Any] = dict(audit or {})
+        #: How the session ended (``session.ended``'s payload), once :meth:`finish` ran.
+        self.ended: dict[str, Any] | None = None
         self.store = store
         self.options = options
         self.profile: Profile | None = None
@@ -459,6 +471,7 @@ class SessionLifecycle:
             readonly=self.options.readonly,
             browser_version=browser_version,
             engine=self.profile.browser_name,
+            **self.audit,
         )
 
     # ---------------------------------------------------------------- end
@@ -570,9 +583,10 @@ class SessionLifecycle:
             if not crashed and not start_failed:
                 self._refresh_engine_cache()  # still holding the lease or the private copy
         finally:
+            self.ended = self._ended_payload(outcome, committed, reason, error)
             try:
                 if not ended and self.profile is not None:
-                    self._end(self._ended_payload(outcome, committed, reason, error))
+                    self._end(self.ended)
             finally:
                 self._release()
 
@@ -586,6 +600,7 @@ class SessionLifecycle:
             "error": error,
             "readonly": self.options.readonly,
             "seconds": round(time.monotonic() - self._started_at, 3),
+            **self.audit,
         }
 
     def _end(self, payload: dict[str, Any]) -> None:

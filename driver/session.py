@@ -126,6 +126,7 @@ class _SessionBase:
         commit_on_browser_close: bool = False,
         launch_options: Mapping[str, Any] | None = None,
         playwright: Playwright | AsyncPlaywright | None = None,
+        audit: Mapping[str, Any] | None = None,
     ) -> None:
         """Open ``profile`` (an id or a name) when entered.
 
@@ -141,6 +142,8 @@ class _SessionBase:
         lists (``args``) are added to, mappings merged key by key, the rest replaced.
         ``playwright``: a Playwright instance you already run (sync for ``Session``, async
         for ``AsyncSession``); the session uses it and neither starts nor stops it.
+        ``audit``: details added to the session's ``session.created`` and ``session.ended``
+        events (``profiles serve`` marks its remote sessions ``remote: True``).
         Bad values raise :class:`~profiles.errors.ValidationFailed` naming the option.
         """
         self.options = SessionOptions.build(
@@ -166,7 +169,7 @@ class _SessionBase:
         self._given = playwright
         self._owns_store = store is None
         self.store = store if store is not None else ProfileStore()
-        self._life = SessionLifecycle(profile, self.store, self.options)
+        self._life = SessionLifecycle(profile, self.store, self.options, audit=audit)
         self._state = "new"  # new -> starting -> open -> closed
         self._closing = False
         self._crashed = False
@@ -195,6 +198,13 @@ class _SessionBase:
         if self._life.profile is None:
             raise RuntimeError("The session has not started yet: enter it first.")
         return self._life.profile
+
+    @property
+    def ended(self) -> dict[str, Any] | None:
+        """How the session ended once it has (``session.ended``'s payload: ``outcome``
+        ``"ok"``, ``"error"`` or ``"crashed"``, ``committed``, ``reason``, ``error``,
+        ``seconds``); None before."""
+        return self._life.ended
 
     @property
     def user_data_dir(self) -> Path:

@@ -198,17 +198,29 @@ class BrowserDowngrade(Conflict):
 
 
 class TierLimit(ProfileError):
-    """The store is at its profile cap (``max_profiles``)."""
+    """The store is at its profile cap (``max_profiles``), or (``resource="session"``) a
+    service runs as many sessions as the account's tier, or the service, allows."""
 
     code = "TierLimit"
     status = 429
     attributes = ("limit", "current", "resource", "tier")
 
-    def __init__(self, message: str, *, limit: int, current: int, tier: str = "local") -> None:
-        super().__init__(message, limit=limit, current=current, resource="profile", tier=tier)
+    def __init__(
+        self,
+        message: str,
+        *,
+        limit: int,
+        current: int,
+        tier: str = "local",
+        resource: str = "profile",
+        **details: Any,
+    ) -> None:
+        super().__init__(
+            message, limit=limit, current=current, resource=resource, tier=tier, **details
+        )
         self.limit = limit
         self.current = current
-        self.resource = "profile"
+        self.resource = resource
         self.tier = tier
 
 

@@ -1319,6 +1319,9 @@ def test_openapi_no_server_errors(session_profile_server: HttpServer) -> None:
     results = list(api.get_all_operations())
     operations = [r.ok() for r in results if isinstance(r, Ok)]
     assert len(operations) == len(results)  # every operation's schema is valid
+    # POST /v1/sessions starts a browser for every valid body: its hostile bodies are
+    # tested in test_remote_sessions.py, without a dozen Chromiums left running here.
+    operations = [o for o in operations if (o.method.upper(), o.path) != ("POST", "/v1/sessions")]
     assert len(operations) >= 25
     headers = acct.h()
     seen: list[str] = []

@@ -110,7 +110,9 @@ RULES: dict[Engine, StateRules] = {
             "screen_ai",
             "Variations",
         ),
-        engine_locks=("Singleton*", "lockfile"),
+        # DevToolsActivePort: the debugging port of a run (a service's remote session),
+        # machine-local and stale once the browser exits, like the locks.
+        engine_locks=("Singleton*", "lockfile", "DevToolsActivePort"),
     ),
     "firefox": StateRules(
         engine="firefox",

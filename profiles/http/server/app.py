@@ -44,10 +44,12 @@ from profiles.http.server.deps import Services, authenticate, caller, error_resp
 from profiles.http.server.fairness import StateSlots
 from profiles.http.server.openapi import error_responses, typed_openapi
 from profiles.http.server.ratelimit import RateLimitMiddleware
+from profiles.http.server.remote.manager import RemoteSessions
 from profiles.http.server.routes import (
     chunks,
     leases,
     profiles,
+    remote_sessions,
     sessions,
     snapshots,
     state,
@@ -90,14 +92,18 @@ def create_app(config: ServerConfig) -> FastAPI:
     accounts = AccountsDB(config.home / "accounts.sqlite3")
     signer = Signer(load_secret(config.home / "server-secret"))
     stores = AccountStores(config)
+    remote = RemoteSessions(max_sessions=config.max_sessions, tier_caps=config.tier_session_caps)
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> Any:
         try:
             yield
         finally:
-            stores.close()
-            accounts.close()
+            try:
+                await remote.shutdown()  # every remote session stops and commits first
+            finally:
+                stores.close()
+                accounts.close()
 
     app = FastAPI(
         title="playwright-profiles",
@@ -119,13 +125,14 @@ def create_app(config: ServerConfig) -> FastAPI:
     app.state.accounts = accounts
     app.state.stores = stores
     app.state.config = config
+    app.state.remote_sessions = remote
 
     # -------------------------------------------------------------- error handlers
 
     async def on_profile_error(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, ProfileError)
         account: Account | None = getattr(request.state, "account", None)
-        if isinstance(exc, TierLimit) and account is not None:
+        if isinstance(exc, TierLimit) and exc.resource == "profile" and account is not None:
             exc = TierLimit(
                 f"Tier limit: the {account.tier} tier allows {exc.limit} profiles and this "
                 f"account has {exc.current}. Delete a profile or move to a larger tier.",
@@ -230,6 +237,7 @@ def create_app(config: ServerConfig) -> FastAPI:
         state.router,
         chunks.router,
         leases.router,
+        remote_sessions.router,
     ):
         app.include_router(router)
     return app

@@ -25,6 +25,7 @@ from profiles.http.server.access_log import LogFormat, configure_server_logging
 from profiles.http.server.accounts import SCOPES, TIER_CAPS, TIER_RATE_LIMITS, AccountsDB
 from profiles.http.server.config import MAX_STATE_OPERATIONS
 from profiles.http.server.ratelimit import RateLimit, parse_rate_limit, parse_tier_rate_limit
+from profiles.http.server.remote.limits import TIER_SESSION_CAPS, parse_tier_session_cap
 from profiles.http.server.transport import (
     DEFAULT_HEADER_TIMEOUT,
     DEFAULT_KEEP_ALIVE,
@@ -79,6 +80,13 @@ def _tier_rate_limit(value: str) -> tuple[str, RateLimit | None]:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _tier_session_cap(value: str) -> tuple[str, int | None]:
+    try:
+        return parse_tier_session_cap(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _forwarded_allow_ips(value: str) -> tuple[str, ...]:
     try:
         return parse_forwarded_allow_ips(value)
@@ -126,6 +134,8 @@ def cmd_serve(_store: object, args: argparse.Namespace) -> None:
         log_format=args.log_format,
         max_state_operations=args.max_state_operations,
         transport=_transport(args),
+        max_sessions=args.max_sessions,
+        tier_session_caps=dict(args.tier_session_cap or ()),
     )
 
 
@@ -145,10 +155,16 @@ def serve(
     log_format: LogFormat = "text",
     max_state_operations: int = MAX_STATE_OPERATIONS,
     transport: Transport | None = None,
+    max_sessions: int | None = None,
+    tier_session_caps: dict[str, int | None] | None = None,
 ) -> None:
-    """Run the server until SIGINT/SIGTERM. Uvicorn's own access log is off (download and
-    upload tokens are in URL paths); ours (:mod:`profiles.http.server.access_log`) logs each
-    request's route template, status, duration and account on stderr, as text or JSON.
+    """Run the server until SIGINT/SIGTERM (which stop and commit every remote session
+    before the server exits). ``max_sessions``: remote sessions running at once (default
+    from the machine's memory); ``tier_session_caps``: per account by tier, over
+    :data:`~profiles.http.server.remote.limits.TIER_SESSION_CAPS`. Uvicorn's own access
+    log is off (download and upload tokens are in URL paths); ours
+    (:mod:`profiles.http.server.access_log`) logs each request's route template, status,
+    duration and account on stderr, as text or JSON.
     ``rate_limit`` is the budget per client address of requests without a live key;
     ``tier_rate_limits`` overrides the budgets per account of some tiers (the others keep
     :data:`~profiles.http.server.accounts.TIER_RATE_LIMITS`). ``max_state_operations``: the
@@ -170,6 +186,8 @@ def serve(
         raise ValidationFailed(
             "--max-state-operations must be at least 1.", field="max_state_operations"
         )
+    if max_sessions is not None and max_sessions < 1:
+        raise ValidationFailed("--max-sessions must be at least 1.", field="max_sessions")
     try:
         config = ServerConfig(
             home=home,
@@ -185,6 +203,8 @@ def serve(
             max_upload_bytes=max_upload_mb * 1024 * 1024,
             public_url=public_url,
             max_state_operations=max_state_operations,
+            max_sessions=max_sessions,
+            tier_session_caps=dict(tier_session_caps or {}),
         )
     except ValueError as exc:
         raise ValidationFailed(str(exc), field="catalog") from None
@@ -352,6 +372,24 @@ def add_server_commands(sub: Any, command: Command) -> None:
         help="uploads, commits and downloads of states one account runs at once (default "
         f"{MAX_STATE_OPERATIONS}); more are answered 429 with Retry-After, so one account's "
         "load leaves the others' alone",
+    )
+    p.add_argument(
+        "--max-sessions",
+        type=_positive(int),
+        default=None,
+        metavar="N",
+        help="remote sessions (browsers run for clients, POST /v1/sessions) running at once "
+        "on this service (default: one per 512 MiB of memory beyond the first GiB); past "
+        "it 429 TierLimit",
+    )
+    p.add_argument(
+        "--tier-session-cap",
+        type=_tier_session_cap,
+        action="append",
+        metavar="TIER=N",
+        help="remote sessions one account runs at once, for one tier, repeatable (defaults: "
+        + ", ".join(f"{t}={n or 'off'}" for t, n in TIER_SESSION_CAPS.items())
+        + "; 'off' for none but the service's)",
     )
     p.add_argument(
         "--public-url",

@@ -60,6 +60,10 @@ class ServerConfig:
     public_url: str | None = None
     max_lease_wait: float = MAX_LEASE_WAIT
     max_state_operations: int = MAX_STATE_OPERATIONS  # per account at once
+    #: Remote sessions running at once on this service (None: from the machine's memory),
+    #: and per account by tier over the defaults (profiles.http.server.remote.limits).
+    max_sessions: int | None = None
+    tier_session_caps: dict[str, int | None] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.home = Path(self.home).expanduser()

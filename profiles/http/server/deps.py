@@ -18,6 +18,7 @@ import anyio.to_thread
 from fastapi import Depends, Header, Request
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPBearer
+from starlette.requests import HTTPConnection
 
 from profiles.errors import (
     Forbidden,
@@ -171,9 +172,16 @@ async def reader(request: Request, _doc: Annotated[Any, Depends(_bearer_doc)] = 
     return await _authorize(request, write=False)
 
 
-async def _authorize(request: Request, *, write: bool) -> Caller:
-    accounts = services(request).accounts
-    stores = services(request).stores
+async def connection_caller(connection: HTTPConnection) -> Caller:
+    """The caller of a WebSocket (a remote session's CDP connection), as :func:`reader`
+    finds it; the route asks :meth:`Caller.require_admin` for what needs more."""
+    return await _authorize(connection, write=False)
+
+
+async def _authorize(request: HTTPConnection, *, write: bool) -> Caller:
+    found: Services = request.app.state.services
+    accounts = found.accounts
+    stores = found.stores
     key, own = authenticate(
         accounts,
         request.headers.get("authorization"),

@@ -167,14 +167,16 @@ class RateLimitMiddleware:
         return self.identify(token)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in EXEMPT:
+        if scope["type"] not in ("http", "websocket") or scope["path"] in EXEMPT:
             await self.app(scope, receive, send)
             return
+        # A WebSocket handshake (a remote session's CDP connection) counts as one request.
+        prefix = "websocket.http" if scope["type"] == "websocket" else "http"
         who = self._who(scope)
         if who is not None:
             account_id, tier, key = who
             scope.setdefault("state", {})["identified_key"] = key
-            if scope["method"] == "POST" and _RENEW.fullmatch(scope["path"]):
+            if scope.get("method") == "POST" and _RENEW.fullmatch(scope["path"]):
                 await self.app(scope, receive, send)  # a heartbeat: not counted
                 return
             rate = self.tiers.get(tier)
@@ -194,7 +196,7 @@ class RateLimitMiddleware:
         if wait is None:
             await self.app(scope, receive, _with_headers(send, rate, remaining))
             return
-        await _refuse(send, rate, wait, what)
+        await _refuse(send, rate, wait, what, prefix=prefix)
 
 
 def _with_headers(send: Send, rate: RateLimit, remaining: int) -> Send:
@@ -211,7 +213,9 @@ def _with_headers(send: Send, rate: RateLimit, remaining: int) -> Send:
     return sending
 
 
-async def _refuse(send: Send, rate: RateLimit, wait: int, what: str) -> None:
+async def _refuse(
+    send: Send, rate: RateLimit, wait: int, what: str, *, prefix: str = "http"
+) -> None:
     whose = "this account" if what == "account" else "this address"
     body = json.dumps(
         {
@@ -231,7 +235,7 @@ async def _refuse(send: Send, rate: RateLimit, wait: int, what: str) -> None:
     ).encode()
     await send(
         {
-            "type": "http.response.start",
+            "type": f"{prefix}.response.start",
             "status": 429,
             "headers": [
                 (b"content-type", b"application/json"),
@@ -242,4 +246,4 @@ async def _refuse(send: Send, rate: RateLimit, wait: int, what: str) -> None:
             ],
         }
     )
-    await send({"type": "http.response.body", "body": body})
+    await send({"type": f"{prefix}.response.body", "body": body})

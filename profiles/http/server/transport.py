@@ -37,8 +37,11 @@ the reverse proxies the operator names (``--forwarded-allow-ips``); by default f
 so a client cannot pick the address its rate limit is counted against (uvicorn's default
 trusts loopback, and a client on the same machine, an SSH tunnel or a sidecar is loopback).
 
-WebSocket upgrades are off (the API has none): an upgraded connection would leave the
-protocol that counts it.
+WebSocket upgrades (a remote session's CDP connection, ``/v1/sessions/{id}/cdp``) go to
+:class:`GuardedWebSocketProtocol`, uvicorn's ``websockets`` sans-I/O protocol, which takes
+over the count the upgraded connection held and gives it back when the WebSocket closes; a
+client's message is at most :data:`MAX_WS_MESSAGE`, without compression (CDP's screenshots
+would cost the server's CPU twice).
 """
 
 from __future__ import annotations
@@ -61,6 +64,7 @@ import h11
 import uvicorn
 from uvicorn.config import STARTUP_FAILURE
 from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 __all__ = [
     "DEFAULT_HEADER_TIMEOUT",
@@ -71,6 +75,7 @@ __all__ = [
     "ConnectionGuard",
     "GuardedH11Protocol",
     "GuardedServer",
+    "GuardedWebSocketProtocol",
     "Transport",
     "address_key",
     "parse_forwarded_allow_ips",
@@ -90,6 +95,9 @@ DEFAULT_MAX_CONNECTIONS_PER_ADDRESS: Final = 128
 FILE_SHARE: Final = 0.5
 KERNEL_BACKLOG: Final = 2048  # connections the kernel queues until they are accepted
 REFUSAL_LOG_EVERY: Final = 10.0  # seconds between two log lines about refused connections
+MAX_WS_MESSAGE: Final = 64 * 1024 * 1024  # a client's CDP message (a file it uploads)
+_WS_LOG = logging.getLogger(__name__ + ".websocket")
+_WS_LOG.setLevel(logging.WARNING)
 
 
 def parse_forwarded_allow_ips(spec: str) -> tuple[str, ...]:
@@ -315,6 +323,16 @@ class GuardedH11Protocol(H11Protocol):
     def _host(self) -> str | None:
         return self.client[0] if self.client else None
 
+    def handle_websocket_upgrade(self, event: h11.Request) -> None:
+        # The WebSocket protocol takes the connection, and its count, from here on: this
+        # protocol's connection_lost is not called again.
+        self._cancel_header_timer()
+        if self._read_timer is not None:
+            self._read_timer.cancel()
+            self._read_timer = None
+        self._admitted = False
+        super().handle_websocket_upgrade(event)
+
     def _arm_header_timer(self) -> None:
         self._header_timer = self.loop.call_later(
             self.guard.transport.header_timeout, self._header_timed_out
@@ -354,14 +372,41 @@ class GuardedH11Protocol(H11Protocol):
         self.transport.close()
 
 
+class GuardedWebSocketProtocol(WebSocketsSansIOProtocol):
+    """uvicorn's WebSocket protocol on a connection :class:`GuardedH11Protocol` upgraded:
+    the connection stays counted by :attr:`guard` until it closes."""
+
+    guard: ClassVar[ConnectionGuard]
+    _counted = False
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # uvicorn logs every handshake with the path as sent, at INFO: the access log
+        # (the route template) says it instead.
+        self.logger = _WS_LOG
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self._counted = True  # the upgraded HTTP connection's count, handed over
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._counted:
+            self._counted = False
+            self.guard.leave(self.client[0] if self.client else None)
+        super().connection_lost(exc)
+
+
 def uvicorn_options(transport: Transport) -> dict[str, Any]:
     """The keyword arguments of :class:`uvicorn.Config` that carry ``transport``."""
     guard = ConnectionGuard(transport)
     protocol = type("Protocol", (GuardedH11Protocol,), {"guard": guard})
+    websocket = type("WebSocketProtocol", (GuardedWebSocketProtocol,), {"guard": guard})
     trusted = list(transport.forwarded_allow_ips)
     return {
         "http": protocol,
-        "ws": "none",
+        "ws": websocket,
+        "ws_max_size": MAX_WS_MESSAGE,
+        "ws_per_message_deflate": False,
         "backlog": accept_batch(),  # the kernel's queue: GuardedServer
         "timeout_keep_alive": transport.keep_alive,
         # Off unless a proxy is named: uvicorn would otherwise trust 127.0.0.1 (or

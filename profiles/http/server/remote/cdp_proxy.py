@@ -1,0 +1,129 @@
+"""The CDP relay between a client's WebSocket (``connect_url``) and the session's browser.
+
+The client's connection is authenticated and matched to its account's running session by
+the route before anything here runs; the browser's DevTools endpoint (loopback only) is
+connected first and the client's handshake accepted only then, so a client is either
+relayed in full or refused with an error body. Messages pass unchanged both ways, except
+``Browser.close`` sent by the client (puppeteer's ``browser.close()``, a raw CDP client's):
+that is the client ending the session, so it is answered at once and the session stops and
+commits, as ``PATCH /v1/sessions/{id} {"action": "stop"}`` would, instead of the browser
+vanishing under the service (which would count as a crash and keep the previous state).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from typing import Final
+
+from starlette.websockets import WebSocket, WebSocketDisconnect
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed, WebSocketException
+
+from profiles.errors import ProfileError
+from profiles.http.server.deps import error_response
+from profiles.http.server.remote.runner import SessionRun
+
+__all__ = ["MAX_BROWSER_MESSAGE", "relay"]
+
+log = logging.getLogger(__name__)
+
+#: The largest message taken from the browser (a full-page screenshot, a big DOM).
+MAX_BROWSER_MESSAGE: Final = 256 * 1024 * 1024
+CONNECT_TIMEOUT: Final = 10.0
+
+
+def _browser_close_id(text: str) -> int | None:
+    """The id of a ``Browser.close`` command to the browser itself (not to a target
+    session), or None."""
+    if "Browser.close" not in text:
+        return None
+    try:
+        message = json.loads(text)
+    except ValueError:
+        return None
+    if (
+        isinstance(message, dict)
+        and message.get("method") == "Browser.close"
+        and "sessionId" not in message
+        and isinstance(message.get("id"), int)
+    ):
+        return int(message["id"])
+    return None
+
+
+async def relay(websocket: WebSocket, run: SessionRun) -> int:
+    """Relay ``websocket`` to the session's browser until either side closes; the status
+    the handshake was answered with (101, or the refusal's)."""
+    devtools = run.devtools
+    if devtools is None:
+        err = ProfileError("The session's browser is not reachable.")
+        err.status = 502
+        await websocket.send_denial_response(error_response(err))
+        return err.status
+    try:
+        upstream = await connect(
+            devtools.url,
+            max_size=MAX_BROWSER_MESSAGE,
+            compression=None,
+            ping_interval=None,
+            open_timeout=CONNECT_TIMEOUT,
+            proxy=None,
+        )
+    except (OSError, TimeoutError, WebSocketException) as exc:
+        log.warning("cannot reach the browser of a remote session: %s", type(exc).__name__)
+        err = ProfileError("The session's browser is not reachable (it may be stopping).")
+        err.status = 502
+        await websocket.send_denial_response(error_response(err))
+        return err.status
+    await websocket.accept()
+    run.client_joined()
+    try:
+        to_browser = asyncio.ensure_future(_client_to_browser(websocket, upstream, run))
+        to_client = asyncio.ensure_future(_browser_to_client(upstream, websocket))
+        try:
+            await asyncio.wait((to_browser, to_client), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (to_browser, to_client):
+                task.cancel()
+            await asyncio.gather(to_browser, to_client, return_exceptions=True)
+    finally:
+        run.client_left()
+        with contextlib.suppress(Exception):
+            await upstream.close()
+        with contextlib.suppress(Exception):
+            await websocket.close()
+    return 101
+
+
+async def _client_to_browser(
+    websocket: WebSocket, upstream: ClientConnection, run: SessionRun
+) -> None:
+    with contextlib.suppress(WebSocketDisconnect, ConnectionClosed):
+        while True:
+            message = await websocket.receive()
+            if message["type"] == "websocket.disconnect":
+                return
+            text = message.get("text")
+            if text is not None:
+                closing = _browser_close_id(text)
+                if closing is not None:
+                    await websocket.send_text(json.dumps({"id": closing, "result": {}}))
+                    run.request_stop("the client closed the browser (Browser.close)")
+                    return
+                await upstream.send(text)
+                continue
+            data = message.get("bytes")
+            if data is not None:
+                await upstream.send(data)
+
+
+async def _browser_to_client(upstream: ClientConnection, websocket: WebSocket) -> None:
+    with contextlib.suppress(WebSocketDisconnect, ConnectionClosed, RuntimeError):
+        async for message in upstream:
+            if isinstance(message, str):
+                await websocket.send_text(message)
+            else:
+                await websocket.send_bytes(message)
