@@ -6,16 +6,19 @@
 """
 
 from driver.browsers import BrowserInstall, find_browser
+from driver.remote import AsyncRemoteSession, RemoteSession
 from driver.session import AsyncSession, Session
 from profiles.errors import BrowserDowngrade, BrowserNotFound, ProfileBusy, ProfileError
 
 __all__ = [
+    "AsyncRemoteSession",
     "AsyncSession",
     "BrowserDowngrade",
     "BrowserInstall",
     "BrowserNotFound",
     "ProfileBusy",
     "ProfileError",
+    "RemoteSession",
     "Session",
     "find_browser",
 ]

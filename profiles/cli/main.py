@@ -44,7 +44,7 @@ import os
 import sys
 from collections.abc import Iterator, Sequence
 
-from profiles.cli import info, records, snapshots, state, upkeep
+from profiles.cli import info, records, sessions, snapshots, state, upkeep
 from profiles.cli.common import (
     EXISTING,
     NO_STORE,
@@ -160,6 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_server_commands(sub, command)
     state.add_commands(sub)  # cache prune, import, export, open
+    sessions.add_commands(sub)  # sessions start|list|show|stop (on a profile service)
     return parser
 
 

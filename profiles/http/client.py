@@ -577,10 +577,12 @@ class HttpService(ProfileService):
         idempotent: bool,
         stream: bool = False,
         deadline: float | None = None,
+        timeout: float | None = None,
     ) -> httpx.Response:
         """One request, retried when that is safe; a non-2xx answer raises its error.
         ``deadline`` (``time.monotonic()``; also :meth:`deadline`): no wait for a retry
-        goes past it."""
+        goes past it. ``timeout``: how long this request may wait for its answer, when the
+        server takes longer than the client's read timeout on purpose (starting a browser)."""
         ambient = _DEADLINE.get()
         if ambient is not None:
             deadline = ambient if deadline is None else min(deadline, ambient)
@@ -598,6 +600,9 @@ class HttpService(ProfileService):
                 files=files() if files is not None else None,
                 data=data,
                 headers=extra,
+                timeout=self._client.timeout
+                if timeout is None
+                else httpx.Timeout(timeout, connect=self._client.timeout.connect),
             )
             try:
                 response = self._client.send(request, stream=stream)
