@@ -97,8 +97,14 @@ def cmd_sessions_list(store: ProfileStore, args: argparse.Namespace) -> None:
         )
         records.extend(page.data)
     if args.json:
-        more = page.next_cursor if page.has_more else None
-        _json({"data": [r.model_dump(mode="json") for r in records], "next_cursor": more})
+        more = page.has_more and not args.all
+        _json(
+            {
+                "data": [r.model_dump(mode="json") for r in records],
+                "has_more": more,
+                "next_cursor": page.next_cursor if more else None,
+            }
+        )
         return
     _table(SESSION_HEADERS, _session_rows(records), "(no sessions)")
     if page.has_more and not args.all:
