@@ -28,6 +28,7 @@ import asyncio
 import contextlib
 import logging
 import signal
+from concurrent.futures import ThreadPoolExecutor
 from types import TracebackType
 from typing import Any
 
@@ -37,7 +38,7 @@ from playwright.async_api import Playwright as AsyncPlaywright
 from playwright.async_api import async_playwright
 from playwright.sync_api import Browser, Page, Playwright
 
-from driver._signals import EXIT_SIGNALS, _own_process_group, _sync_signals
+from driver._signals import EXIT_SIGNALS, _own_process_group, _settled, _sync_signals
 from driver.session import _thread_playwright
 from profiles.errors import ProfileError, StateCommitFailed
 from profiles.http.session_client import RemoteSessionsClient
@@ -47,6 +48,10 @@ from profiles.store import ProfileStore
 __all__ = ["AsyncRemoteSession", "RemoteSession"]
 
 log = logging.getLogger(__name__)
+
+#: Where a sync remote session asks the service for its browser while the caller's thread
+#: starts Playwright (which must start in the caller's thread).
+_STARTER = ThreadPoolExecutor(max_workers=4, thread_name_prefix="remote-session-start")
 
 
 class _RemoteBase:
@@ -168,9 +173,16 @@ class RemoteSession(_RemoteBase):
     def __enter__(self) -> Page:
         self._signals = _sync_signals.acquire()
         try:
-            record = self._start()
+            # The service starts its browser while this process starts its Playwright.
+            starting = _STARTER.submit(self._start)
+            try:
+                self._playwright = self._given or _thread_playwright.acquire()
+            finally:
+                _, interrupted = _settled(starting)  # a session started is a session to stop
+            if interrupted is not None:
+                raise interrupted
+            record = starting.result()
             assert record.connect_url is not None
-            self._playwright = self._given or _thread_playwright.acquire()
             self.browser = self._playwright.chromium.connect_over_cdp(
                 record.connect_url, headers=self.client.connect_headers()
             )
@@ -199,11 +211,18 @@ class RemoteSession(_RemoteBase):
                         self.browser.close()  # a CDP connection: disconnects, closes nothing
                     self.browser = None
                 self._page = None
-                if self._playwright is not None and self._given is None:
-                    with contextlib.suppress(Exception):
-                        _thread_playwright.release()
-                self._playwright = None
-                self._stop(exc)
+                # The service stops its browser and commits while this process stops its
+                # Playwright (which must stop in this thread).
+                stopping = _STARTER.submit(self._stop, exc)
+                try:
+                    if self._playwright is not None and self._given is None:
+                        with contextlib.suppress(Exception):
+                            _thread_playwright.release()
+                    self._playwright = None
+                finally:
+                    error, _ = _settled(stopping)
+                if error is not None:
+                    raise error
         finally:
             if self._signals:
                 self._signals = False
@@ -241,13 +260,19 @@ class AsyncRemoteSession(_RemoteBase):
     async def __aenter__(self) -> AsyncPage:
         self._install_signals()
         try:
-            record = await asyncio.to_thread(self._start)
+            # The service starts its browser while this process starts its Playwright.
+            starting = asyncio.ensure_future(asyncio.to_thread(self._start))
+            try:
+                if self._given is None:
+                    with _own_process_group():
+                        self._playwright = await async_playwright().start()
+                else:
+                    self._playwright = self._given
+            finally:
+                # A session started is a session to stop, whatever interrupted the wait.
+                await asyncio.wait([starting])
+            record = starting.result()
             assert record.connect_url is not None
-            if self._given is None:
-                with _own_process_group():
-                    self._playwright = await async_playwright().start()
-            else:
-                self._playwright = self._given
             self.browser = await self._playwright.chromium.connect_over_cdp(
                 record.connect_url, headers=self.client.connect_headers()
             )

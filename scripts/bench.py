@@ -833,6 +833,56 @@ def bench_http(repeats: int, url: str, home: Path, quick: bool) -> dict[str, Any
     return result
 
 
+def bench_remote(repeats: int, url: str, home: Path) -> dict[str, Any]:
+    """Sessions as a service next to local sessions, interleaved: from asking for a
+    session to a page a script can drive (a local ``Session`` opening; ``RemoteSession``:
+    ``POST /v1/sessions`` starting the service's browser, then ``connect_over_cdp``), and
+    from the end of the block to the state committed (a local session's close and
+    commit; the remote one's disconnect and ``PATCH .../stop``, the service closing its
+    browser and committing). Client and service on this one machine."""
+    from driver import RemoteSession
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # for support/
+    from support.http_service import start_http_server
+
+    runs: dict[str, list[float]] = {k: [] for k in ("local_open", "remote_open")}
+    runs.update({k: [] for k in ("local_end", "remote_end")})
+    with start_http_server(home / "remote-server") as server:
+        remote = ProfileStore(
+            home / "remote-client", service=f"{server.url}/v1", api_key=server.api_key
+        )
+        local = ProfileStore(home / "remote-local")
+        remote.create("bench-remote")
+        kinds: list[tuple[str, Callable[[], Any]]] = [
+            ("local", lambda: Session(profile="bench-remote", store=local)),
+            ("remote", lambda: RemoteSession(profile="bench-remote", store=remote)),
+        ]
+        for i in range(repeats + 1):  # the first round warms both up and is not counted
+            for kind, make in kinds:
+                session = make()
+                started = time.perf_counter()
+                page = session.__enter__()
+                opened = time.perf_counter()
+                visit(page, url)
+                ending = time.perf_counter()
+                session.__exit__(None, None, None)
+                ended = time.perf_counter()
+                if i:
+                    runs[f"{kind}_open"].append(opened - started)
+                    runs[f"{kind}_end"].append(ended - ending)
+        remote.close()
+        local.close()
+    medians = {k: statistics.median(v) for k, v in runs.items()}
+    return {
+        "median_s": medians,
+        "open_ratio": medians["remote_open"] / max(1e-9, medians["local_open"]),
+        "open_ratio_ci95": ratio_interval(runs["remote_open"], runs["local_open"]),
+        "end_ratio": medians["remote_end"] / max(1e-9, medians["local_end"]),
+        "end_ratio_ci95": ratio_interval(runs["remote_end"], runs["local_end"]),
+        "repeats": repeats,
+    }
+
+
 def _checkout(store: ProfileStore, name: str) -> None:
     with store.lock(name) as lease:
         store.checkout(name, lock=lease)
@@ -885,7 +935,7 @@ def main(argv: list[str] | None = None) -> int:
         "--only",
         default="",
         help="comma-separated sections to run: sessions,teardown,locks,"
-        "catalog,shared,incremental,http (default all)",
+        "catalog,shared,incremental,http,remote (default all)",
     )
     args = parser.parse_args(argv)
     logging.getLogger("profiles.state.inspection").setLevel(logging.ERROR)  # synthetic cookie dbs
@@ -929,6 +979,8 @@ def main(argv: list[str] | None = None) -> int:
             if wanted("http"):
                 # sessions vary by 10 % from one to the next here: as many as section 1 runs
                 results["http"] = bench_http(session_repeats, url, home, args.quick)
+            if wanted("remote") and "chromium" in engines:
+                results["remote"] = bench_remote(session_repeats, url, home)
             if wanted("shared") and not args.no_shared and urls is not None:
                 results["shared_sessions"] = [
                     bench_shared_sessions(e, repeats, url, home, urls) for e in engines

@@ -373,6 +373,39 @@ def report(results: dict[str, Any]) -> str:
             ),
             "",
         ]
+    if results.get("remote"):
+        r = results["remote"]
+        med = r["median_s"]
+        out += [
+            "### 8. Sessions as a service: a browser on the service next to a local one",
+            "",
+            f"Medians of {r['repeats']} interleaved sessions on one profile (the service on this "
+            "machine, on loopback). Open: from asking for a session to a page to drive "
+            "(local: `Session` opening; remote: `POST /v1/sessions` and `connect_over_cdp`). "
+            "End: from the end of the block to the state committed.",
+            "",
+            table(
+                [
+                    "open: local",
+                    "open: remote",
+                    "ratio (95 % interval)",
+                    "end: local",
+                    "end: remote",
+                    "ratio (95 % interval)",
+                ],
+                [
+                    [
+                        ms(med["local_open"]),
+                        ms(med["remote_open"]),
+                        "{:.2f} ({:.2f} to {:.2f})".format(r["open_ratio"], *r["open_ratio_ci95"]),
+                        ms(med["local_end"]),
+                        ms(med["remote_end"]),
+                        "{:.2f} ({:.2f} to {:.2f})".format(r["end_ratio"], *r["end_ratio_ci95"]),
+                    ]
+                ],
+            ),
+            "",
+        ]
     return "\n".join(out)
 
 
