@@ -26,6 +26,7 @@ from support.http_service import HttpServer, start_http_server
 from support.waiting import wait_until
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect as ws_connect
+from websockets.typing import Subprotocol
 
 from driver import Session
 from driver.browsers import ENV_OVERRIDE, find_browser
@@ -388,7 +389,7 @@ def test_a_session_started_driven_in_the_live_view_and_stopped_from_the_page(
 
     # What was typed in the live view was committed with the profile.
     store = ProfileStore(tmp_path / "local", service=f"{server.url}/v1", api_key=server.api_key)
-    with store, Session(profile="shop", store=store, readonly=True) as local:
+    with store, Session(profile="shop", store=store, readonly=True, playwright=playwright) as local:
         local.goto(f"{http_server}/typing.html")
         assert local.evaluate("localStorage.getItem('typed')") == "hello web!"
 
@@ -431,7 +432,7 @@ def _handshake(url: str, protocols: list[str]) -> tuple[int, str | None]:
     try:
         with ws_connect(
             url,
-            subprotocols=protocols,  # type: ignore[arg-type]
+            subprotocols=[Subprotocol(p) for p in protocols],
             open_timeout=30,
             proxy=None,
         ) as ws:

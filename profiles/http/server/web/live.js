@@ -252,8 +252,8 @@ export class LiveView {
     const canvas = this.canvas;
     canvas.addEventListener("mousedown", (e) => {
       e.preventDefault();
-      canvas.focus();
-      this.mouse("mousePressed", e);
+      this.mouse("mousePressed", e); // before focusing, which could scroll the canvas
+      canvas.focus({ preventScroll: true });
     });
     canvas.addEventListener("mouseup", (e) => this.mouse("mouseReleased", e));
     canvas.addEventListener("mousemove", (e) => {
