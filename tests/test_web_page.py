@@ -193,6 +193,22 @@ def test_the_page_is_served_with_strict_headers_and_no_key(tmp_path: Path) -> No
         assert r.status_code == 404 and r.json()["error"]["code"] == "NotFound"
 
 
+def test_every_file_of_the_page_is_listed_and_shipped() -> None:
+    """What web.py serves is what the directory holds, and pyproject ships the directory."""
+    from profiles.http.server.routes.web import WEB_FILES
+
+    folder = Path(__file__).resolve().parent.parent / "profiles" / "http" / "server" / "web"
+    assert sorted(WEB_FILES) == sorted(p.name for p in folder.iterdir())
+    pyproject = (folder.parents[3] / "pyproject.toml").read_text()
+    assert '"http/server/web/*"' in pyproject
+    # Every module the page imports, and every file index.html names, is served.
+    for path in folder.glob("*.js"):
+        for name in re.findall(r'from "\./([a-z]+\.js)"', path.read_text()):
+            assert name in WEB_FILES, (path.name, name)
+    for name in re.findall(r'"/web/([a-z.]+)"', (folder / "index.html").read_text()):
+        assert name in WEB_FILES, name
+
+
 # ------------------------------------------------------------------ signing in
 
 

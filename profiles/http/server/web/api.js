@@ -41,6 +41,10 @@ export async function api(path, { method = "GET", body, key, query } = {}) {
   if (!token) {
     throw new ApiError(401, "Unauthorized", "API key required");
   }
+  if (/[^\x21-\x7e]/.test(token)) {
+    // Not a header's value (a pasted space or line break inside): no key looks like that.
+    throw new ApiError(401, "Unauthorized", "Invalid or revoked API key");
+  }
   const headers = { Accept: "application/json", Authorization: `Bearer ${token}` };
   const init = { method, headers, credentials: "omit", cache: "no-store", redirect: "error" };
   if (body !== undefined) {
