@@ -117,6 +117,7 @@ def test_a_remote_login_is_committed_and_read_back_locally(
     assert record["profile_name"] == "shop" and not record["readonly"]
     assert record["connect_url"].startswith(server.url.replace("http://", "ws://"))
     assert server.api_key not in record["connect_url"]
+    assert record["live_url"] == f"{server.url}/#/sessions/{record['id']}"  # the web page's view
     with sync_playwright() as p:
         browser = _connect(p, server, record)
         assert [pg.url for pg in browser.contexts[0].pages] == [f"{http_server}/index.html"]
@@ -128,6 +129,7 @@ def test_a_remote_login_is_committed_and_read_back_locally(
     assert stopped.status_code == 200, stopped.text
     final = stopped.json()
     assert final["status"] == "stopped" and final["finished_at"] and final["connect_url"] is None
+    assert final["live_url"] is None
     assert final["outcome"]["committed"] is True and final["outcome"]["outcome"] == "ok"
     assert final["ended_because"] == "stopped by the client"
     # Stopping again (PATCH or DELETE) answers the stopped record.

@@ -194,9 +194,10 @@ class SessionError(BaseModel):
 class SessionRecord(BaseModel):
     """A session: ``connect_url`` is the WebSocket for
     ``chromium.connect_over_cdp(connect_url, headers={"Authorization": "Bearer <key>"})``
-    (the profile's persistent context is ``browser.contexts[0]``). ``live_url`` is not
-    served yet (null). ``ended_because`` says what stopped it; ``outcome`` how it ended,
-    ``error`` why it failed."""
+    (the profile's persistent context is ``browser.contexts[0]``). ``live_url`` (while
+    running) is the service's web page on the session: its live view, after signing in
+    there. ``ended_because`` says what stopped it; ``outcome`` how it ended, ``error`` why
+    it failed."""
 
     id: str
     profile_id: str | None

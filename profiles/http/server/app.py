@@ -48,12 +48,14 @@ from profiles.http.server.remote.manager import RemoteSessions
 from profiles.http.server.routes import (
     chunks,
     leases,
+    live,
     profiles,
     remote_sessions,
     sessions,
     snapshots,
     state,
     uploads,
+    web,
 )
 from profiles.http.server.signing import Signer, load_secret
 
@@ -126,6 +128,7 @@ def create_app(config: ServerConfig) -> FastAPI:
     app.state.stores = stores
     app.state.config = config
     app.state.remote_sessions = remote
+    app.state.live_tickets = live.LiveTickets()
 
     # -------------------------------------------------------------- error handlers
 
@@ -237,7 +240,9 @@ def create_app(config: ServerConfig) -> FastAPI:
         state.router,
         chunks.router,
         leases.router,
+        live.router,  # before remote_sessions': its catch-all WebSocket route comes last
         remote_sessions.router,
+        web.router,  # the web page (/ and /web/...), not in the OpenAPI document
     ):
         app.include_router(router)
     return app

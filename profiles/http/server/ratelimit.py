@@ -16,8 +16,9 @@ SHA-256 (:meth:`~profiles.http.server.accounts.AccountsDB.identify`); nothing el
 budget is checked. The key identified is handed to the route (``scope["state"]``) so it is
 not looked up twice.
 
-Not counted: ``/v1/health``, and lease renewals (``POST .../lease/renew``) made with a live
-key: a heartbeat keeps a running session's lease and is not the traffic the budget is for. A
+Not counted: ``/v1/health``, the web page (``/`` and its files under ``/web/``: no data,
+nothing to guess), and lease renewals (``POST .../lease/renew``) made with a live key: a
+heartbeat keeps a running session's lease and is not the traffic the budget is for. A
 renewal without a live key counts against the address like any other request.
 
 A refused request is ``429`` (code ``RateLimited``) with ``Retry-After`` and ``retry_after``
@@ -49,7 +50,9 @@ __all__ = [
     "parse_tier_rate_limit",
 ]
 
-EXEMPT: Final = frozenset({"/v1/health"})
+EXEMPT: Final = frozenset({"/v1/health", "/"})
+#: The web page's files (routes/web.py): they hold no data and cost nothing to serve.
+EXEMPT_PREFIXES: Final = ("/web/",)
 _RENEW: Final = re.compile(r"/v1/profiles/[^/]{1,300}/lease/renew", re.ASCII)
 _SPEC = re.compile(r"([0-9]{1,9})/([0-9]{1,9})", re.ASCII)
 MAX_TRACKED_KEYS: Final = 100_000
@@ -129,6 +132,10 @@ class SlidingWindow:
 Identify = Callable[[str], tuple[str, str, Any] | None]
 
 
+def _exempt(path: str) -> bool:
+    return path in EXEMPT or path.startswith(EXEMPT_PREFIXES)
+
+
 def _bearer(scope: Scope) -> str | None:
     for name, value in scope.get("headers") or ():
         if name == b"authorization":
@@ -167,7 +174,7 @@ class RateLimitMiddleware:
         return self.identify(token)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] not in ("http", "websocket") or scope["path"] in EXEMPT:
+        if scope["type"] not in ("http", "websocket") or _exempt(scope["path"]):
             await self.app(scope, receive, send)
             return
         # A WebSocket handshake (a remote session's CDP connection) counts as one request.

@@ -75,6 +75,15 @@ class SessionEntry:
     def connect_url(self) -> str:
         return f"{self.connect_base}/v1/sessions/{self.id}/cdp"
 
+    @property
+    def live_url(self) -> str:
+        """The web page's view of the session (its live view), on the service's own host:
+        it asks for the API key in the page, never in the URL."""
+        page = "https://" + self.connect_base.removeprefix("wss://")
+        if self.connect_base.startswith("ws://"):
+            page = "http://" + self.connect_base.removeprefix("ws://")
+        return f"{page}/#/sessions/{self.id}"
+
     def record(self) -> SessionRecord:
         run, spec = self.run, self.run.spec
         ended = run.ended
@@ -95,7 +104,7 @@ class SessionEntry:
             started_at=iso(self.started_at) if self.started_at is not None else None,
             finished_at=iso(self.finished_at) if self.finished_at is not None else None,
             connect_url=self.connect_url if self.status == "running" else None,
-            live_url=None,
+            live_url=self.live_url if self.status == "running" else None,
             clients=run.clients,
             ended_because=run.stop_reason if not self.live else None,
             outcome=SessionOutcome(**_outcome_fields(ended)) if ended is not None else None,
