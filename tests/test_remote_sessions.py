@@ -392,3 +392,79 @@ def test_websocket_handshakes_count_against_the_rate_limit(tmp_path: Path) -> No
         assert [_handshake_status(url)[0] for _ in range(2)] == [401, 401]
         status, body = _handshake_status(url)
         assert status == 429 and b"RateLimited" in body
+
+
+def test_cdp_reaches_nothing_past_the_profile(
+    server: HttpServer, http_server: str, tmp_path: Path
+) -> None:
+    """The browser runs on the service's machine as the service's user: a client's CDP may
+    not read its files (file: navigations, file inputs), write where it likes (download
+    paths), open ports or hand CDP to the page's script. Refused commands get a CDP error
+    and the connection goes on; a message that is not CDP closes it."""
+    require_engine("chromium")
+    assert _post(server, "/profiles", name="guarded").status_code == 200
+    record = _start(server, profile_id="guarded", start_url=f"{http_server}/index.html")
+    evil = tmp_path / "evil-downloads"
+    try:
+        with ws_connect(
+            record["connect_url"], additional_headers=server.headers(), proxy=None
+        ) as ws:
+            ident = iter(range(1, 1000))
+
+            def call(method: str, session: str | None = None, **params: Any) -> dict[str, Any]:
+                n = next(ident)
+                message: dict[str, Any] = {"id": n, "method": method, "params": params}
+                if session is not None:
+                    message["sessionId"] = session
+                ws.send(json.dumps(message))
+                while True:  # events may come first
+                    answer: dict[str, Any] = json.loads(ws.recv(timeout=30))
+                    if answer.get("id") == n:
+                        return answer
+
+            def refused(answer: dict[str, Any]) -> bool:
+                return "Refused by the profile service" in answer.get("error", {}).get(
+                    "message", ""
+                )
+
+            targets = call("Target.getTargets")["result"]["targetInfos"]
+            page = next(t for t in targets if t["type"] == "page")
+            for url in ("file:///etc/passwd", "FILE:///etc/", "chrome://version", " view-source:x"):
+                assert refused(call("Target.createTarget", url=url)), url
+            session = call("Target.attachToTarget", targetId=page["targetId"], flatten=True)
+            sid = session["result"]["sessionId"]
+            answer = call("Page.navigate", sid, url="file:///etc/passwd")
+            assert refused(answer) and answer["sessionId"] == sid
+            assert refused(call("DOM.setFileInputFiles", sid, files=["/etc/passwd"], nodeId=1))
+            assert refused(call("Target.exposeDevToolsProtocol", targetId=page["targetId"]))
+            assert refused(call("Tethering.bind", port=9))
+            assert refused(call("SystemInfo.getProcessInfo"))
+            # Still connected, and what is allowed works.
+            assert "result" in call("Page.navigate", sid, url=f"{http_server}/index.html")
+
+            # Downloads land in the session's own directory on the service, whatever the
+            # client names.
+            allowed = call("Browser.setDownloadBehavior", behavior="allow", downloadPath=str(evil))
+            assert "result" in allowed, allowed
+            call(
+                "Runtime.evaluate",
+                sid,
+                expression="""(() => { const a = document.createElement('a');
+                    a.href = 'data:text/plain,hello'; a.download = 'guarded.txt';
+                    document.body.append(a); a.click(); })()""",
+            )
+            found = wait_until(
+                lambda: list(server.home.rglob("guarded.txt")), timeout=30, what="the download"
+            )
+            assert "http-downloads-" in str(found[0]) and not evil.exists()
+
+            ws.send(b"\x00binary")  # not CDP: the connection is closed
+            with pytest.raises(ConnectionClosed) as closed:
+                while True:
+                    ws.recv(timeout=30)
+            assert closed.value.rcvd is not None and closed.value.rcvd.code == 1008
+        assert _get(server, record["id"])["status"] == "running"
+    finally:
+        final = _stop(server, record["id"]).json()
+    assert final["outcome"]["committed"] is True
+    assert not list(server.home.rglob("guarded.txt"))  # the downloads went with the session

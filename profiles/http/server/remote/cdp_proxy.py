@@ -3,8 +3,9 @@
 The client's connection is authenticated and matched to its account's running session by
 the route before anything here runs; the browser's DevTools endpoint (loopback only) is
 connected first and the client's handshake accepted only then, so a client is either
-relayed in full or refused with an error body. Messages pass unchanged both ways, except
-``Browser.close`` sent by the client (puppeteer's ``browser.close()``, a raw CDP client's):
+relayed in full or refused with an error body. The browser's messages pass unchanged; the
+client's go through :mod:`.cdp_guard` (what may reach a browser on the service's machine),
+and ``Browser.close`` sent by the client (puppeteer's ``browser.close()``, a raw CDP client's):
 that is the client ending the session, so it is answered at once and the session stops and
 commits, as ``PATCH /v1/sessions/{id} {"action": "stop"}`` would, instead of the browser
 vanishing under the service (which would count as a crash and keep the previous state).
@@ -24,6 +25,7 @@ from websockets.exceptions import ConnectionClosed, WebSocketException
 
 from profiles.errors import ProfileError
 from profiles.http.server.deps import error_response
+from profiles.http.server.remote.cdp_guard import Refused, check_client_message
 from profiles.http.server.remote.runner import SessionRun
 
 __all__ = ["MAX_BROWSER_MESSAGE", "relay"]
@@ -107,17 +109,24 @@ async def _client_to_browser(
             if message["type"] == "websocket.disconnect":
                 return
             text = message.get("text")
-            if text is not None:
-                closing = _browser_close_id(text)
-                if closing is not None:
-                    await websocket.send_text(json.dumps({"id": closing, "result": {}}))
-                    run.request_stop("the client closed the browser (Browser.close)")
-                    return
-                await upstream.send(text)
-                continue
-            data = message.get("bytes")
-            if data is not None:
-                await upstream.send(data)
+            if text is None:  # CDP is text: a binary message is not CDP
+                await websocket.close(code=1008, reason="CDP messages are text")
+                return
+            closing = _browser_close_id(text)
+            if closing is not None:
+                await websocket.send_text(json.dumps({"id": closing, "result": {}}))
+                run.request_stop("the client closed the browser (Browser.close)")
+                return
+            try:
+                verdict = check_client_message(text, run.downloads_dir)
+            except Refused as exc:
+                log.info("closed a CDP connection to a remote session: %s", exc)
+                await websocket.close(code=1008, reason=f"not a CDP message: {exc}")
+                return
+            if verdict.answer is not None:
+                await websocket.send_text(verdict.answer)
+            elif verdict.forward is not None:
+                await upstream.send(verdict.forward)
 
 
 async def _browser_to_client(upstream: ClientConnection, websocket: WebSocket) -> None:

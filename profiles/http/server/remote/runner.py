@@ -134,6 +134,7 @@ class SessionRun:
         self.stop_reason: str | None = None
         self.ended: dict[str, Any] | None = None  # session.ended's payload
         self.error: ProfileError | None = None  # the start's or the end's failure
+        self._downloads: Path | None = None  # where the browser's downloads go (cdp_guard)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
         self._stop_lock = threading.Lock()
@@ -156,6 +157,17 @@ class SessionRun:
             with contextlib.suppress(RuntimeError):  # the loop has ended meanwhile
                 loop.call_soon_threadsafe(stop.set)
 
+    def downloads_dir(self) -> Path:
+        """The session's own private directory for the browser's downloads (made on first
+        use, removed when the session ends): the only place a client may have the browser
+        write (:mod:`.cdp_guard`)."""
+        with self._stop_lock:
+            if self._downloads is None:
+                self._downloads = Path(
+                    tempfile.mkdtemp(prefix="http-downloads-", dir=self.spec.store.tmp_dir)
+                )
+            return self._downloads
+
     def client_joined(self) -> None:
         self.clients += 1
         self.had_client = True
@@ -176,6 +188,8 @@ class SessionRun:
             log.error("remote session %s: %s", self.spec.session_id, describe_error(exc))
             self._fail(exc)
         finally:
+            if self._downloads is not None:
+                shutil.rmtree(self._downloads, ignore_errors=True)
             try:
                 self.on_event("ended", self)  # the record first: done's waiters read it
             finally:
