@@ -56,9 +56,10 @@ def _browser_close_id(text: str) -> int | None:
     return None
 
 
-async def relay(websocket: WebSocket, run: SessionRun) -> int:
+async def relay(websocket: WebSocket, run: SessionRun, *, subprotocol: str | None = None) -> int:
     """Relay ``websocket`` to the session's browser until either side closes; the status
-    the handshake was answered with (101, or the refusal's)."""
+    the handshake was answered with (101, or the refusal's). ``subprotocol``: the one the
+    handshake's answer selects (the web page's live view offers its own)."""
     devtools = run.devtools
     if devtools is None:
         err = ProfileError("The session's browser is not reachable.")
@@ -80,7 +81,7 @@ async def relay(websocket: WebSocket, run: SessionRun) -> int:
         err.status = 502
         await websocket.send_denial_response(error_response(err))
         return err.status
-    await websocket.accept()
+    await websocket.accept(subprotocol=subprotocol)
     run.client_joined()
     try:
         to_browser = asyncio.ensure_future(_client_to_browser(websocket, upstream, run))

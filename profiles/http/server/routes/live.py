@@ -31,14 +31,11 @@ import re
 import secrets
 import threading
 import time
-from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Annotated, Final
 
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel
-from starlette.routing import WebSocketRoute
-from starlette.types import Receive, Scope, Send
 from starlette.websockets import WebSocket
 
 from profiles.errors import Conflict, Forbidden, NotFound, ProfileError, Unauthorized
@@ -230,18 +227,7 @@ def _grant_writes(accounts: AccountsDB, grant: _Ticket) -> bool:
     return "admin" in key.scopes and role != "member"
 
 
-class _LiveSocket(WebSocket):
-    """The page's socket: accepted with the live view's subprotocol (a browser closes a
-    socket whose answer selects none of those it offered)."""
-
-    async def accept(
-        self,
-        subprotocol: str | None = None,
-        headers: Iterable[tuple[bytes, bytes]] | None = None,
-    ) -> None:
-        await super().accept(subprotocol=subprotocol or LIVE_PROTOCOL, headers=headers)
-
-
+@router.websocket(LIVE_ROUTE, name="session_live")
 async def _live_socket(websocket: WebSocket) -> None:
     session_id = str(websocket.path_params.get("session_id", ""))
     started = time.perf_counter()
@@ -279,7 +265,9 @@ async def _live_socket(websocket: WebSocket) -> None:
             status = err.status
             await websocket.send_denial_response(error_response(err))
             return
-        status = await cdp_proxy.relay(websocket, entry.run)
+        # Accepted with the live view's subprotocol: a browser closes a socket whose answer
+        # selects none of those it offered.
+        status = await cdp_proxy.relay(websocket, entry.run, subprotocol=LIVE_PROTOCOL)
     finally:
         duration_ms = round((time.perf_counter() - started) * 1000, 1)
         access_log.info(
@@ -297,13 +285,3 @@ async def _live_socket(websocket: WebSocket) -> None:
                 "account": account,
             },
         )
-
-
-class _LiveEndpoint:
-    """The socket's ASGI app: it builds the :class:`_LiveSocket` itself."""
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await _live_socket(_LiveSocket(scope, receive, send))
-
-
-router.routes.append(WebSocketRoute(LIVE_ROUTE, _LiveEndpoint(), name="session_live"))
