@@ -30,7 +30,7 @@ from support.http_service import HttpServer, start_http_server
 from support.waiting import wait_until
 
 from profiles.http.server import cli as server_cli
-from profiles.http.server.accounts import AccountsDB
+from profiles.http.server.accounts import SQLiteAccountsDB
 from profiles.state.archive import unpack_archive
 from profiles.state.inspection import detect_engine
 
@@ -80,7 +80,7 @@ class Acct:
 def new_account(
     server: HttpServer, *, tier: str = "enterprise", cap: int | None = None, name: str = "a"
 ) -> Acct:
-    with AccountsDB(server.home / "accounts.sqlite3") as db:
+    with SQLiteAccountsDB(server.home / "accounts.sqlite3") as db:
         account = db.create_account(name, tier=tier, profile_cap=cap)
         _, admin = db.create_key(account.id, scopes=("read", "admin"))
         _, read = db.create_key(account.id, scopes=("read",))
@@ -144,7 +144,7 @@ def test_401_invalid_or_revoked_key(
     r = client.get("/v1/profiles", headers=acct.h(forged))
     assert err(r)["message"] == "Invalid or revoked API key"
     assert client.get("/v1/profiles", headers=acct.h()).status_code == 200
-    with AccountsDB(session_profile_server.home / "accounts.sqlite3") as db:
+    with SQLiteAccountsDB(session_profile_server.home / "accounts.sqlite3") as db:
         db.revoke_key(acct.admin)
     r = client.get("/v1/profiles", headers=acct.h())
     assert r.status_code == 401
@@ -154,7 +154,7 @@ def test_401_invalid_or_revoked_key(
 def test_403_account_deactivated(
     session_profile_server: HttpServer, client: httpx.Client, acct: Acct
 ) -> None:
-    with AccountsDB(session_profile_server.home / "accounts.sqlite3") as db:
+    with SQLiteAccountsDB(session_profile_server.home / "accounts.sqlite3") as db:
         db.set_active(acct.id, False)
     r = client.get("/v1/profiles", headers=acct.h())
     assert r.status_code == 403
@@ -397,7 +397,7 @@ def test_a_signed_link_dies_with_the_key_that_made_it(
     membership removed: as an S3 presigned URL dies with its credentials. What a live
     key made still works."""
     member = new_account(session_profile_server, name="member")
-    with AccountsDB(session_profile_server.home / "accounts.sqlite3") as db:
+    with SQLiteAccountsDB(session_profile_server.home / "accounts.sqlite3") as db:
         key_b, secret_b = db.create_key(acct.id, scopes=("read", "admin"), name="b")
         db.add_member(acct.id, member.id, "admin")
     create(client, acct, "linked")
@@ -420,7 +420,7 @@ def test_a_signed_link_dies_with_the_key_that_made_it(
     target_b, target_a = target(acct.h(secret_b)), target(acct.h())
     target_member = target(member.h(**{"X-Account": acct.id}))
     assert httpx.get(by_b, timeout=TIMEOUT).status_code == 200  # while the key is live
-    with AccountsDB(session_profile_server.home / "accounts.sqlite3") as db:
+    with SQLiteAccountsDB(session_profile_server.home / "accounts.sqlite3") as db:
         db.revoke_key(key_b.id)
         db.remove_member(acct.id, member.id)
     for dead in (by_b, by_member):
@@ -437,11 +437,11 @@ def test_a_signed_link_dies_with_the_key_that_made_it(
     assert httpx.get(by_a, timeout=TIMEOUT).status_code == 200
     assert _post_to_target(target_a, chromium_targz("pre")).status_code == 204
     # A deactivated account's links die too (and come back with it).
-    with AccountsDB(session_profile_server.home / "accounts.sqlite3") as db:
+    with SQLiteAccountsDB(session_profile_server.home / "accounts.sqlite3") as db:
         db.set_active(acct.id, False)
     r = httpx.get(by_a, timeout=TIMEOUT)
     assert r.status_code == 403 and err(r)["code"] == "Forbidden"
-    with AccountsDB(session_profile_server.home / "accounts.sqlite3") as db:
+    with SQLiteAccountsDB(session_profile_server.home / "accounts.sqlite3") as db:
         db.set_active(acct.id, True)
     assert httpx.get(by_a, timeout=TIMEOUT).status_code == 200
 
@@ -552,7 +552,7 @@ def test_x_account_member_read_only_admin_writes(
     owner = new_account(session_profile_server, name="owner")
     reader = new_account(session_profile_server, name="reader")
     writer = new_account(session_profile_server, name="writer")
-    with AccountsDB(session_profile_server.home / "accounts.sqlite3") as db:
+    with SQLiteAccountsDB(session_profile_server.home / "accounts.sqlite3") as db:
         db.add_member(owner.id, reader.id, "member")
         db.add_member(owner.id, writer.id, "admin")
     create(client, owner, "shared")
@@ -1044,7 +1044,7 @@ def test_a_lease_is_held_by_the_key_it_was_granted_to(
     commit, renew, release nor end the session under the holder's lease: each is a
     ``LeaseLost`` that names neither the current epoch nor a token. The holder can."""
     member = new_account(session_profile_server, name="member")
-    with AccountsDB(session_profile_server.home / "accounts.sqlite3") as db:
+    with SQLiteAccountsDB(session_profile_server.home / "accounts.sqlite3") as db:
         _, key_b = db.create_key(acct.id, scopes=("read", "admin"), name="b")
         db.add_member(acct.id, member.id, "admin")
     p = create(client, acct, "held")

@@ -110,9 +110,9 @@ def _create_account(
 ) -> tuple[str, str, str]:
     """A new account in the server home's accounts database: its id, an admin key (scopes
     read + admin) and a read key. A running server sees it at its next request."""
-    from profiles.http.server.accounts import AccountsDB
+    from profiles.http.server.accounts import SQLiteAccountsDB
 
-    with AccountsDB(home / "accounts.sqlite3") as db:
+    with SQLiteAccountsDB(home / "accounts.sqlite3") as db:
         account = db.create_account(name, tier=tier, profile_cap=profile_cap)
         _, admin_key = db.create_key(account.id, scopes=("read", "admin"), name="admin")
         _, read_key = db.create_key(account.id, scopes=("read",), name="read")

@@ -37,7 +37,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from profiles.errors import NotFound, ProfileError, RateLimited, TierLimit, ValidationFailed
 from profiles.http.schemas import Health
 from profiles.http.server.access_log import AccessLogMiddleware
-from profiles.http.server.accounts import Account, AccountsDB
+from profiles.http.server.accounts import Account, open_accounts
 from profiles.http.server.bodies import BodyGuardMiddleware, BodyRefused
 from profiles.http.server.config import MAX_JSON_BODY, AccountStores, ServerConfig
 from profiles.http.server.deps import Services, authenticate, caller, error_response, reader
@@ -89,8 +89,12 @@ class NoStoreMiddleware:
 def create_app(config: ServerConfig) -> FastAPI:
     """The FastAPI application of ``profiles serve`` over ``config.home``."""
     config.home.mkdir(mode=0o700, parents=True, exist_ok=True)
-    accounts = AccountsDB(config.home / "accounts.sqlite3")
-    signer = Signer(load_secret(config.home / "server-secret"))
+    accounts = open_accounts(config.accounts or config.home / "accounts.sqlite3")
+    signer = Signer(
+        load_secret(config.secret_file, create=False)
+        if config.secret_file is not None
+        else load_secret(config.home / "server-secret")
+    )
     stores = AccountStores(config)
     remote = RemoteSessions(max_sessions=config.max_sessions, tier_caps=config.tier_session_caps)
 
