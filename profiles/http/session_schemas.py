@@ -196,7 +196,9 @@ class SessionRecord(BaseModel):
     ``chromium.connect_over_cdp(connect_url, headers={"Authorization": "Bearer <key>"})``
     (the profile's persistent context is ``browser.contexts[0]``). ``live_url`` is not
     served yet (null). ``ended_because`` says what stopped it; ``outcome`` how it ended,
-    ``error`` why it failed."""
+    ``error`` why it failed. ``replica``: the id of the service's replica that runs it
+    (any replica answers its routes, forwarding them to that one); a replica that is gone
+    leaves its live sessions ``failed`` with the error ``ReplicaGone``."""
 
     id: str
     profile_id: str | None
@@ -218,6 +220,7 @@ class SessionRecord(BaseModel):
     ended_because: str | None = None
     outcome: SessionOutcome | None = None
     error: SessionError | None = None
+    replica: str | None = None
 
 
 class SessionPage(BaseModel):

@@ -606,12 +606,20 @@ class AccountsDB(ABC):
         rows = self._read(f"{_SESSION_SELECT} WHERE s.id = ?", (session_id,))
         return _session_row(rows[0]) if rows else None
 
-    def sessions(self, account_id: str) -> list[SessionRow]:
-        """The account's sessions on every replica, oldest first."""
-        rows = self._read(
-            f"{_SESSION_SELECT} WHERE s.account_id = ? ORDER BY s.created_at, s.id",
-            (account_id,),
-        )
+    def sessions(
+        self, account_id: str | None = None, *, replica_id: str | None = None
+    ) -> list[SessionRow]:
+        """The account's sessions (or every account's) on every replica (or on one),
+        oldest first."""
+        clauses, params = [], []
+        if account_id is not None:
+            clauses.append("s.account_id = ?")
+            params.append(account_id)
+        if replica_id is not None:
+            clauses.append("s.replica_id = ?")
+            params.append(replica_id)
+        where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
+        rows = self._read(f"{_SESSION_SELECT}{where} ORDER BY s.created_at, s.id", params)
         return [_session_row(r) for r in rows]
 
     def forget_sessions(self, *, ended_before: float, live: Sequence[str] = LIVE_STATUSES) -> int:

@@ -8,6 +8,10 @@ relayed in full or refused with an error body. Messages pass unchanged both ways
 that is the client ending the session, so it is answered at once and the session stops and
 commits, as ``PATCH /v1/sessions/{id} {"action": "stop"}`` would, instead of the browser
 vanishing under the service (which would count as a crash and keep the previous state).
+
+A replica that does not run the session relays the client to the replica that does
+(:func:`relay_to`): that one authenticates the forwarded handshake and relays it to the
+browser, so ``Browser.close`` and the count of clients are handled where the browser runs.
 """
 
 from __future__ import annotations
@@ -18,15 +22,16 @@ import json
 import logging
 from typing import Final
 
+from starlette.responses import Response
 from starlette.websockets import WebSocket, WebSocketDisconnect
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, WebSocketException
+from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
 
 from profiles.errors import ProfileError
 from profiles.http.server.deps import error_response
 from profiles.http.server.remote.runner import SessionRun
 
-__all__ = ["MAX_BROWSER_MESSAGE", "relay"]
+__all__ = ["MAX_BROWSER_MESSAGE", "relay", "relay_to"]
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +86,51 @@ async def relay(websocket: WebSocket, run: SessionRun) -> int:
     await websocket.accept()
     run.client_joined()
     try:
+        await _pump(websocket, upstream, run)
+    finally:
+        run.client_left()
+    return 101
+
+
+async def relay_to(websocket: WebSocket, url: str, headers: dict[str, str]) -> int:
+    """Relay ``websocket`` to another replica's CDP WebSocket (``url``, the session's
+    ``/cdp`` route there, with the client's credentials in ``headers``), which runs the
+    session and does what :func:`relay` does; a refusal there (its status and error body)
+    is the refusal here. The status the handshake was answered with."""
+    try:
+        upstream = await connect(
+            url,
+            additional_headers=headers,
+            max_size=MAX_BROWSER_MESSAGE,
+            compression=None,
+            ping_interval=None,
+            open_timeout=CONNECT_TIMEOUT,
+            proxy=None,
+        )
+    except InvalidStatus as exc:
+        answer = exc.response
+        await websocket.send_denial_response(
+            Response(
+                answer.body or b"",
+                status_code=answer.status_code,
+                media_type=answer.headers.get("Content-Type", "application/json"),
+            )
+        )
+        return int(answer.status_code)
+    except (OSError, TimeoutError, WebSocketException) as exc:
+        log.warning("cannot reach the replica running a session: %s", type(exc).__name__)
+        err = ProfileError("The replica running the session is not reachable; try again.")
+        err.status = 502
+        await websocket.send_denial_response(error_response(err))
+        return err.status
+    await websocket.accept()
+    await _pump(websocket, upstream, None)
+    return 101
+
+
+async def _pump(websocket: WebSocket, upstream: ClientConnection, run: SessionRun | None) -> None:
+    """Pass messages both ways until either side closes, then close both."""
+    try:
         to_browser = asyncio.ensure_future(_client_to_browser(websocket, upstream, run))
         to_client = asyncio.ensure_future(_browser_to_client(upstream, websocket))
         try:
@@ -90,16 +140,14 @@ async def relay(websocket: WebSocket, run: SessionRun) -> int:
                 task.cancel()
             await asyncio.gather(to_browser, to_client, return_exceptions=True)
     finally:
-        run.client_left()
         with contextlib.suppress(Exception):
             await upstream.close()
         with contextlib.suppress(Exception):
             await websocket.close()
-    return 101
 
 
 async def _client_to_browser(
-    websocket: WebSocket, upstream: ClientConnection, run: SessionRun
+    websocket: WebSocket, upstream: ClientConnection, run: SessionRun | None
 ) -> None:
     with contextlib.suppress(WebSocketDisconnect, ConnectionClosed):
         while True:
@@ -108,8 +156,8 @@ async def _client_to_browser(
                 return
             text = message.get("text")
             if text is not None:
-                closing = _browser_close_id(text)
-                if closing is not None:
+                closing = _browser_close_id(text) if run is not None else None
+                if closing is not None and run is not None:
                     await websocket.send_text(json.dumps({"id": closing, "result": {}}))
                     run.request_stop("the client closed the browser (Browser.close)")
                     return
