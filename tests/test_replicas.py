@@ -255,3 +255,64 @@ def test_a_replica_refuses_a_secret_file_it_cannot_read(tmp_path: Path) -> None:
     short.write_bytes(b"too short")
     with pytest.raises(ValidationFailed, match="too short"):
         create_app(ServerConfig(home=tmp_path / "home", secret_file=short))
+
+
+def test_the_registry_counts_live_sessions_of_live_replicas_and_fails_the_gone(
+    tmp_path: Path,
+) -> None:
+    from profiles.http.server.accounts import SQLiteAccountsDB
+    from profiles.http.server.remote.registry import Registry
+    from profiles.http.session_schemas import SessionRecord
+
+    def record(sid: str, status: str) -> str:
+        return SessionRecord(
+            id=sid,
+            profile_id=None,
+            status=status,  # type: ignore[arg-type]
+            readonly=False,
+            ephemeral=True,
+            keep_alive=True,
+            idle_timeout=300,
+            max_duration=None,
+            engine="chromium",
+            created_at="2026-01-01T00:00:00.000000Z",
+            connect_url=f"ws://x/v1/sessions/{sid}/cdp" if status == "running" else None,
+        ).model_dump_json()
+
+    with SQLiteAccountsDB(tmp_path / "accounts.sqlite3") as db:
+        me = Registry(db, replica_id="me", replica_url="http://me", timeout=REPLICA_TIMEOUT)
+        me.start()
+        db.replica_heartbeat("alive", "http://alive")
+        db.replica_heartbeat("dead", "http://dead", now=time.time() - 10 * REPLICA_TIMEOUT)
+        rows = [
+            ("sess_1", "me", "running"),
+            ("sess_2", "alive", "running"),
+            ("sess_3", "alive", "stopped"),
+            ("sess_4", "dead", "running"),
+        ]
+        for sid, replica, status in rows:
+            db.put_session(
+                sid,
+                account_id="acct",
+                replica_id=replica,
+                replica_url=f"http://{replica}",
+                status=status,
+                record=record(sid, status),
+                created_at=time.time(),
+            )
+        assert me.running_elsewhere("acct") == 1  # sess_2: not mine, not ended, not dead
+        assert me.running_elsewhere("another") == 0
+        seen = {r.id: r for r in me.records("acct")}
+        assert [seen[s].status for s in ("sess_1", "sess_2", "sess_3")] == [
+            "running",
+            "running",
+            "stopped",
+        ]
+        gone = seen["sess_4"]
+        assert gone.status == "failed" and gone.connect_url is None
+        assert gone.error is not None and gone.error.code == "ReplicaGone"
+        # A replica that starts again under its id fails what its earlier life left live.
+        Registry(db, replica_id="me", replica_url="http://me", timeout=1).start()
+        again = db.get_session("sess_1")
+        assert again is not None and again.status == "failed"
+        assert "restarted" in SessionRecord.model_validate_json(again.record).ended_because

@@ -113,6 +113,7 @@ def create_app(config: ServerConfig) -> FastAPI:
         on_change=lambda entry: registry.publish(
             entry.record(), account_id=entry.account_id, created_at=entry.created_at
         ),
+        count_elsewhere=registry.running_elsewhere,
     )
 
     @contextlib.asynccontextmanager

@@ -126,11 +126,15 @@ class RemoteSessions:
         tier_caps: dict[str, int | None] | None = None,
         replica: str | None = None,
         on_change: Callable[[SessionEntry], None] | None = None,
+        count_elsewhere: Callable[[str], int] | None = None,
     ) -> None:
         """``replica``: this replica's id (in the records); ``on_change``: called with a
-        session whose record changed once it started (from any thread; it may block)."""
+        session whose record changed once it started (from any thread; it may block);
+        ``count_elsewhere``: the account's sessions running on the other replicas, which
+        count against the account's cap too (it blocks)."""
         self.replica = replica
         self.on_change = on_change
+        self.count_elsewhere = count_elsewhere
         self.max_sessions = max_sessions if max_sessions is not None else default_max_sessions()
         self.tier_caps = {**TIER_SESSION_CAPS, **(tier_caps or {})}
         self._lock = threading.Lock()
@@ -153,13 +157,14 @@ class RemoteSessions:
             if e.live and (account_id is None or e.account_id == account_id)
         )
 
-    def _admit(self, account: Account) -> None:
-        """Under the lock: refuse a new session past the account's or the service's cap."""
+    def _admit(self, account: Account, elsewhere: int = 0) -> None:
+        """Under the lock: refuse a new session past the account's or the service's cap
+        (``elsewhere``: the account's sessions running on the other replicas)."""
         if self._closing:
             err = ProfileError("The service is shutting down; start the session elsewhere.")
             err.status = 503
             raise err
-        mine = self._count(account.id)
+        mine = self._count(account.id) + elsewhere
         cap = self.session_cap(account)
         if cap is not None and mine >= cap:
             raise TierLimit(
@@ -248,8 +253,12 @@ class RemoteSessions:
             profile_name=profile_name,
             replica=self.replica,
         )
+        elsewhere = 0
+        if self.count_elsewhere is not None:
+            count = self.count_elsewhere
+            elsewhere = await run_sync(lambda: count(account.id))
         with self._lock:
-            self._admit(account)
+            self._admit(account, elsewhere)
             self._entries[session_id] = entry
         run.start()
         try:

@@ -167,3 +167,12 @@ class Registry:
     def records(self, account_id: str) -> list[SessionRecord]:
         """The account's sessions on every replica, oldest first."""
         return [self.record_of(row) for row in self.accounts.sessions(account_id)]
+
+    def running_elsewhere(self, account_id: str) -> int:
+        """The account's live sessions on the other replicas that are alive (they count
+        against the account's session cap here too)."""
+        return sum(
+            1
+            for row in self.accounts.sessions(account_id)
+            if row.replica_id != self.replica_id and row.status in LIVE_STATUSES and self.alive(row)
+        )

@@ -338,11 +338,12 @@ def _count_profiles(store: ProfileStore, cap: int | None) -> int:
 
 
 @router.get("/v1/account/me", tags=["account"], responses=error_responses(*READ))
-async def account_me(c: Auth, m: Remote) -> AccountMe:
+async def account_me(c: Auth, m: Remote, reg: Reg) -> AccountMe:
     """Doc 001's account: its tier, ``profile_cap`` (null for enterprise), its
     ``session_cap`` (null: only the service's, ``service_session_cap``), and what it
     uses now."""
     profiles = await run_sync(lambda: _count_profiles(c.store, c.account.cap))
+    elsewhere = await run_sync(lambda: reg.running_elsewhere(c.account.id))
     return AccountMe(
         id=c.account.id,
         name=c.account.name,
@@ -351,7 +352,7 @@ async def account_me(c: Auth, m: Remote) -> AccountMe:
         session_cap=m.session_cap(c.account),
         service_session_cap=m.max_sessions,
         profiles=profiles,
-        running_sessions=m.running(c.account.id),
+        running_sessions=m.running(c.account.id) + elsewhere,
     )
 
 
