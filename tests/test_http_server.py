@@ -7,6 +7,7 @@ Nothing is mocked: every test talks to a real uvicorn process on 127.0.0.1.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import io
@@ -1276,16 +1277,41 @@ def test_rate_limit_per_account_shared_by_its_keys_and_heartbeats_are_free(
 # ------------------------------------------------------------------ the CLI
 
 
-def test_cli_accounts_and_keys(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize("database", ["sqlite", "postgres"])
+def test_cli_accounts_and_keys(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    request: pytest.FixtureRequest,
+    database: str,
+) -> None:
+    """The same commands on the home's SQLite file and, with ``--accounts URL``, on the
+    PostgreSQL database replicas share."""
     home = tmp_path / "cli"
+    where: list[str] = []
+    with contextlib.ExitStack() as stack:
+        if database == "postgres":
+            from support.pg_service import fresh_database
 
+            url = stack.enter_context(fresh_database(request.getfixturevalue("postgres_url")))
+            where = ["--accounts", url]
+        _cli_accounts_and_keys(home, capsys, where)
+        if database == "sqlite":
+            assert (home / "accounts.sqlite3").stat().st_mode & 0o777 == 0o600
+        else:
+            assert not (home / "accounts.sqlite3").exists()
+
+
+def _cli_accounts_and_keys(
+    home: Path, capsys: pytest.CaptureFixture[str], where: list[str]
+) -> None:
     def run(*args: str) -> str:
         """A command in this process: an interpreter's start costs more than the command
         (the entry point runs in a process of its own once, for the first command)."""
-        assert server_cli.main([*args, "--home", str(home)]) == 0
+        assert server_cli.main([*args, "--home", str(home), *where]) == 0
         return capsys.readouterr().out
 
     create = ["accounts", "create", "acme", "--tier", "solo", "--json", "--home", str(home)]
+    create += where
     done = subprocess.run(
         [sys.executable, "-m", "profiles.http.server.cli", *create],
         capture_output=True,
@@ -1302,7 +1328,6 @@ def test_cli_accounts_and_keys(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert "revoked" in run("keys", "list")
     run("accounts", "deactivate", account["id"])
     assert "deactivated" in run("accounts", "list")
-    assert (home / "accounts.sqlite3").stat().st_mode & 0o777 == 0o600
 
 
 # ------------------------------------------------------------------ schemathesis

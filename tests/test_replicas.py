@@ -245,6 +245,49 @@ def test_a_killed_replica_fails_its_sessions_and_frees_its_profiles_after_the_le
         assert final["outcome"]["committed"] is True, final
 
 
+def test_replicas_share_accounts_keys_and_the_secret_of_lease_tokens(
+    tmp_path: Path, backend: tuple[str, str]
+) -> None:
+    with _replicas(tmp_path, *backend) as (a, b, db_url):
+        _schema_for(db_url, a.account_id)
+        b_as_a = _as(b, a)
+        me = _ok(_call(b_as_a, "GET", "/account/me"))  # an account A's database made
+        assert me["id"] == a.account_id and me["running_sessions"] == 0
+        _ok(_call(a, "POST", "/profiles", {"name": "leased"}))
+        grant = _ok(_call(a, "POST", "/profiles/leased/lease", {"ttl": 30}))
+        renew = {"epoch": grant["epoch"], "ttl": 30}
+        # A lease token A signed is checked by B (the same --secret-file).
+        r = _call(
+            b_as_a,
+            "POST",
+            "/profiles/leased/lease/renew",
+            renew,
+            **{"X-Lease-Token": grant["token"]},
+        )
+        assert _ok(r) == {"renewed": True}
+        r = _call(
+            b_as_a,
+            "POST",
+            "/profiles/leased/lease/renew",
+            renew,
+            **{"X-Lease-Token": "x" + grant["token"][1:]},
+        )
+        assert r.status_code == 409 and r.json()["error"]["code"] == "LeaseLost", r.text
+        # A key revoked in the shared database is refused by every replica.
+        from profiles.http.server.accounts import open_accounts
+
+        with open_accounts(db_url) as db:
+            db.revoke_key(a.api_key)
+        for server in (a, b_as_a):
+            r = _call(server, "GET", "/profiles")
+            assert r.status_code == 401, (server.url, r.text)
+        # No session anywhere: 404 through both, forwarded or not.
+        sid = f"sess_{uuid.uuid4()}"
+        for server in (a, b):
+            r = _call(_as(server, a), "GET", f"/sessions/{sid}", key=a.read_key)
+            assert r.status_code == 404, r.text
+
+
 def test_a_replica_refuses_a_secret_file_it_cannot_read(tmp_path: Path) -> None:
     from profiles.errors import ValidationFailed
     from profiles.http.server import ServerConfig, create_app
