@@ -82,6 +82,9 @@ _PASSED_HEADERS: Final = ("authorization", "x-account")
 def _forward_headers(request: HTTPConnection, reg: Registry) -> dict[str, str]:
     headers = {k: v for k in _PASSED_HEADERS if (v := request.headers.get(k)) is not None}
     headers[FORWARDED_HEADER] = reg.replica_id
+    if request.client is not None:
+        # Believed by the owner only if it lists this replica in --forwarded-allow-ips.
+        headers["x-forwarded-for"] = request.client.host
     return headers
 
 
