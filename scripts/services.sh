@@ -155,7 +155,17 @@ stop() {
   fi
   if [ -f "$STATE/postgres" ]; then
     read -r version name <"$STATE/postgres"
-    as_root pg_ctlcluster "$version" "$name" stop 2>/dev/null || true
+    # Another run's role still there (a CI run, a second checkout) means the cluster is
+    # still in use, even though this run started it: leave it running for that run.
+    local others port
+    port=$(pg_lsclusters --no-header 2>/dev/null | awk -v v="$version" -v n="$name" '$1 == v && $2 == n {print $3}')
+    others=$(pg_admin "" "${port:-5432}" -tAc \
+      "SELECT count(*) FROM pg_roles WHERE rolname LIKE 'profiles\\_%'" 2>/dev/null || echo 0)
+    if [ "${others:-0}" -gt 0 ]; then
+      echo "services: PostgreSQL $version/$name left running: another run's role is still there"
+    else
+      as_root pg_ctlcluster "$version" "$name" stop 2>/dev/null || true
+    fi
     rm -f "$STATE/postgres"
   fi
   rm -f "$ENV_FILE"

@@ -22,7 +22,7 @@ from support.http_service import HttpServer, start_http_server
 from profiles import ProfileStore
 from profiles.errors import ArchiveInvalid, ChecksumMismatch, ProfileError, ValidationFailed
 from profiles.http.client import HttpService
-from profiles.http.server.accounts import AccountsDB
+from profiles.http.server.accounts import SQLiteAccountsDB
 from profiles.state.chunked import pack_chunked
 from profiles.state.manifest import MANIFEST_MAGIC, encode_manifest
 
@@ -38,7 +38,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[HttpServer]:
 
 def _second_key(server: HttpServer, name: str) -> str:
     """An admin key of a new account on ``server``."""
-    with AccountsDB(server.home / "accounts.sqlite3") as db:
+    with SQLiteAccountsDB(server.home / "accounts.sqlite3") as db:
         account = db.create_account(name, tier="enterprise")
         _, key = db.create_key(account.id, scopes=("read", "admin"), name=name)
     return key

@@ -324,9 +324,9 @@ def test_another_key_cannot_use_a_lease_it_was_not_granted(
     lease's epoch; another key of the same account, with the epoch alone, can neither
     commit, renew, release nor end the session under it (``LeaseLost`` naming no current
     epoch, ``renewed`` False, a release that changes nothing). The holder still can."""
-    from profiles.http.server.accounts import AccountsDB
+    from profiles.http.server.accounts import SQLiteAccountsDB
 
-    with AccountsDB(server.home / "accounts.sqlite3") as db:
+    with SQLiteAccountsDB(server.home / "accounts.sqlite3") as db:
         _, key_b = db.create_key(server.account_id, scopes=("read", "admin"), name="b")
     profile = service.create("guarded")
     me = Holder(kind="session", host="host-a", pid=os.getpid(), since=utcnow())

@@ -7,6 +7,7 @@ Nothing is mocked: every test talks to a real uvicorn process on 127.0.0.1.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import io
@@ -30,7 +31,7 @@ from support.http_service import HttpServer, start_http_server
 from support.waiting import wait_until
 
 from profiles.http.server import cli as server_cli
-from profiles.http.server.accounts import AccountsDB
+from profiles.http.server.accounts import SQLiteAccountsDB
 from profiles.state.archive import unpack_archive
 from profiles.state.inspection import detect_engine
 
@@ -80,7 +81,7 @@ class Acct:
 def new_account(
     server: HttpServer, *, tier: str = "enterprise", cap: int | None = None, name: str = "a"
 ) -> Acct:
-    with AccountsDB(server.home / "accounts.sqlite3") as db:
+    with SQLiteAccountsDB(server.home / "accounts.sqlite3") as db:
         account = db.create_account(name, tier=tier, profile_cap=cap)
         _, admin = db.create_key(account.id, scopes=("read", "admin"))
         _, read = db.create_key(account.id, scopes=("read",))
@@ -144,7 +145,7 @@ def test_401_invalid_or_revoked_key(
     r = client.get("/v1/profiles", headers=acct.h(forged))
     assert err(r)["message"] == "Invalid or revoked API key"
     assert client.get("/v1/profiles", headers=acct.h()).status_code == 200
-    with AccountsDB(session_profile_server.home / "accounts.sqlite3") as db:
+    with SQLiteAccountsDB(session_profile_server.home / "accounts.sqlite3") as db:
         db.revoke_key(acct.admin)
     r = client.get("/v1/profiles", headers=acct.h())
     assert r.status_code == 401
@@ -154,7 +155,7 @@ def test_401_invalid_or_revoked_key(
 def test_403_account_deactivated(
     session_profile_server: HttpServer, client: httpx.Client, acct: Acct
 ) -> None:
-    with AccountsDB(session_profile_server.home / "accounts.sqlite3") as db:
+    with SQLiteAccountsDB(session_profile_server.home / "accounts.sqlite3") as db:
         db.set_active(acct.id, False)
     r = client.get("/v1/profiles", headers=acct.h())
     assert r.status_code == 403
@@ -397,7 +398,7 @@ def test_a_signed_link_dies_with_the_key_that_made_it(
     membership removed: as an S3 presigned URL dies with its credentials. What a live
     key made still works."""
     member = new_account(session_profile_server, name="member")
-    with AccountsDB(session_profile_server.home / "accounts.sqlite3") as db:
+    with SQLiteAccountsDB(session_profile_server.home / "accounts.sqlite3") as db:
         key_b, secret_b = db.create_key(acct.id, scopes=("read", "admin"), name="b")
         db.add_member(acct.id, member.id, "admin")
     create(client, acct, "linked")
@@ -420,7 +421,7 @@ def test_a_signed_link_dies_with_the_key_that_made_it(
     target_b, target_a = target(acct.h(secret_b)), target(acct.h())
     target_member = target(member.h(**{"X-Account": acct.id}))
     assert httpx.get(by_b, timeout=TIMEOUT).status_code == 200  # while the key is live
-    with AccountsDB(session_profile_server.home / "accounts.sqlite3") as db:
+    with SQLiteAccountsDB(session_profile_server.home / "accounts.sqlite3") as db:
         db.revoke_key(key_b.id)
         db.remove_member(acct.id, member.id)
     for dead in (by_b, by_member):
@@ -437,11 +438,11 @@ def test_a_signed_link_dies_with_the_key_that_made_it(
     assert httpx.get(by_a, timeout=TIMEOUT).status_code == 200
     assert _post_to_target(target_a, chromium_targz("pre")).status_code == 204
     # A deactivated account's links die too (and come back with it).
-    with AccountsDB(session_profile_server.home / "accounts.sqlite3") as db:
+    with SQLiteAccountsDB(session_profile_server.home / "accounts.sqlite3") as db:
         db.set_active(acct.id, False)
     r = httpx.get(by_a, timeout=TIMEOUT)
     assert r.status_code == 403 and err(r)["code"] == "Forbidden"
-    with AccountsDB(session_profile_server.home / "accounts.sqlite3") as db:
+    with SQLiteAccountsDB(session_profile_server.home / "accounts.sqlite3") as db:
         db.set_active(acct.id, True)
     assert httpx.get(by_a, timeout=TIMEOUT).status_code == 200
 
@@ -552,7 +553,7 @@ def test_x_account_member_read_only_admin_writes(
     owner = new_account(session_profile_server, name="owner")
     reader = new_account(session_profile_server, name="reader")
     writer = new_account(session_profile_server, name="writer")
-    with AccountsDB(session_profile_server.home / "accounts.sqlite3") as db:
+    with SQLiteAccountsDB(session_profile_server.home / "accounts.sqlite3") as db:
         db.add_member(owner.id, reader.id, "member")
         db.add_member(owner.id, writer.id, "admin")
     create(client, owner, "shared")
@@ -1044,7 +1045,7 @@ def test_a_lease_is_held_by_the_key_it_was_granted_to(
     commit, renew, release nor end the session under the holder's lease: each is a
     ``LeaseLost`` that names neither the current epoch nor a token. The holder can."""
     member = new_account(session_profile_server, name="member")
-    with AccountsDB(session_profile_server.home / "accounts.sqlite3") as db:
+    with SQLiteAccountsDB(session_profile_server.home / "accounts.sqlite3") as db:
         _, key_b = db.create_key(acct.id, scopes=("read", "admin"), name="b")
         db.add_member(acct.id, member.id, "admin")
     p = create(client, acct, "held")
@@ -1276,16 +1277,41 @@ def test_rate_limit_per_account_shared_by_its_keys_and_heartbeats_are_free(
 # ------------------------------------------------------------------ the CLI
 
 
-def test_cli_accounts_and_keys(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+@pytest.mark.parametrize("database", ["sqlite", "postgres"])
+def test_cli_accounts_and_keys(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    request: pytest.FixtureRequest,
+    database: str,
+) -> None:
+    """The same commands on the home's SQLite file and, with ``--accounts URL``, on the
+    PostgreSQL database replicas share."""
     home = tmp_path / "cli"
+    where: list[str] = []
+    with contextlib.ExitStack() as stack:
+        if database == "postgres":
+            from support.pg_service import fresh_database
 
+            url = stack.enter_context(fresh_database(request.getfixturevalue("postgres_url")))
+            where = ["--accounts", url]
+        _cli_accounts_and_keys(home, capsys, where)
+        if database == "sqlite":
+            assert (home / "accounts.sqlite3").stat().st_mode & 0o777 == 0o600
+        else:
+            assert not (home / "accounts.sqlite3").exists()
+
+
+def _cli_accounts_and_keys(
+    home: Path, capsys: pytest.CaptureFixture[str], where: list[str]
+) -> None:
     def run(*args: str) -> str:
         """A command in this process: an interpreter's start costs more than the command
         (the entry point runs in a process of its own once, for the first command)."""
-        assert server_cli.main([*args, "--home", str(home)]) == 0
+        assert server_cli.main([*args, "--home", str(home), *where]) == 0
         return capsys.readouterr().out
 
     create = ["accounts", "create", "acme", "--tier", "solo", "--json", "--home", str(home)]
+    create += where
     done = subprocess.run(
         [sys.executable, "-m", "profiles.http.server.cli", *create],
         capture_output=True,
@@ -1302,7 +1328,6 @@ def test_cli_accounts_and_keys(tmp_path: Path, capsys: pytest.CaptureFixture[str
     assert "revoked" in run("keys", "list")
     run("accounts", "deactivate", account["id"])
     assert "deactivated" in run("accounts", "list")
-    assert (home / "accounts.sqlite3").stat().st_mode & 0o777 == 0o600
 
 
 # ------------------------------------------------------------------ schemathesis

@@ -27,7 +27,7 @@ import httpx
 import pytest
 from support.http_service import HttpServer, start_http_server
 
-from profiles.http.server.accounts import AccountsDB
+from profiles.http.server.accounts import SQLiteAccountsDB
 
 MIB = 1024 * 1024
 TIMEOUT = httpx.Timeout(60.0)
@@ -307,7 +307,7 @@ def test_one_account_waiting_on_a_held_profile_does_not_stall_another(
             base_url=s.url, timeout=TIMEOUT, limits=httpx.Limits(max_connections=100)
         ) as c,
     ):
-        with AccountsDB(s.home / "accounts.sqlite3") as db:
+        with SQLiteAccountsDB(s.home / "accounts.sqlite3") as db:
             other = db.create_account("other", tier="enterprise")
             _, other_key = db.create_key(other.id, scopes=("read", "admin"))
         profile = c.post("/v1/profiles", json={"name": "p"}, headers=s.headers()).json()

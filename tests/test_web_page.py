@@ -31,7 +31,7 @@ from websockets.typing import Subprotocol
 from driver import Session
 from driver.browsers import ENV_OVERRIDE, find_browser
 from profiles import ProfileStore
-from profiles.http.server.accounts import AccountsDB
+from profiles.http.server.accounts import SQLiteAccountsDB
 
 from conftest import require_engine
 
@@ -500,7 +500,7 @@ def test_a_live_ticket_serves_once_its_own_session_and_dies_with_its_key(
     assert r.status_code == 404
     # A key revoked after taking its ticket: the socket is refused.
     t = ticket(first, server.read_key)
-    with AccountsDB(server.home / "accounts.sqlite3") as db:
+    with SQLiteAccountsDB(server.home / "accounts.sqlite3") as db:
         db.revoke_key(server.read_key)
     assert _handshake(url, ["profiles.live.v1", f"ticket.{t}"])[0] == 401
     for session_id in (first, second):

@@ -197,7 +197,9 @@ class SessionRecord(BaseModel):
     (the profile's persistent context is ``browser.contexts[0]``). ``live_url`` (while
     running) is the service's web page on the session: its live view, after signing in
     there. ``ended_because`` says what stopped it; ``outcome`` how it ended, ``error`` why
-    it failed."""
+    it failed. ``replica``: the id of the service's replica that runs it (any replica
+    answers its routes, forwarding them to that one); a replica that is gone leaves its
+    live sessions ``failed`` with the error ``ReplicaGone``."""
 
     id: str
     profile_id: str | None
@@ -219,6 +221,7 @@ class SessionRecord(BaseModel):
     ended_because: str | None = None
     outcome: SessionOutcome | None = None
     error: SessionError | None = None
+    replica: str | None = None
 
 
 class SessionPage(BaseModel):

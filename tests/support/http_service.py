@@ -54,6 +54,7 @@ class HttpServer:
     log_path: Path | None = None
     command: list[str] = field(default_factory=list, repr=False)
     env: dict[str, str] | None = field(default=None, repr=False)
+    accounts: str | None = None  # the accounts database's URL (None: the home's SQLite)
 
     def with_new_account(
         self, *, tier: str = "enterprise", profile_cap: int | None = None, name: str = "tests"
@@ -61,7 +62,9 @@ class HttpServer:
         """The same server seen through a new account (its own profiles, an admin key and a
         read key): a test of its own on a server that other tests share. It cannot stop or
         restart the server."""
-        account_id, api_key, read_key = _create_account(self.home, tier, profile_cap, name)
+        account_id, api_key, read_key = _create_account(
+            self.home, tier, profile_cap, name, self.accounts
+        )
         return dataclasses.replace(
             self,
             api_key=api_key,
@@ -106,13 +109,14 @@ class HttpServer:
 
 
 def _create_account(
-    home: Path, tier: str, profile_cap: int | None, name: str
+    home: Path, tier: str, profile_cap: int | None, name: str, accounts: str | None = None
 ) -> tuple[str, str, str]:
-    """A new account in the server home's accounts database: its id, an admin key (scopes
-    read + admin) and a read key. A running server sees it at its next request."""
-    from profiles.http.server.accounts import AccountsDB
+    """A new account in the server's accounts database (``accounts``, else the home's): its
+    id, an admin key (scopes read + admin) and a read key. A running server sees it at its
+    next request."""
+    from profiles.http.server.accounts import open_accounts
 
-    with AccountsDB(home / "accounts.sqlite3") as db:
+    with open_accounts(accounts or home / "accounts.sqlite3") as db:
         account = db.create_account(name, tier=tier, profile_cap=profile_cap)
         _, admin_key = db.create_key(account.id, scopes=("read", "admin"), name="admin")
         _, read_key = db.create_key(account.id, scopes=("read",), name="read")
@@ -134,11 +138,12 @@ def start_http_server(
     profile_cap: int | None = None,
     env: dict[str, str] | None = None,
     default_limits: bool = False,
+    accounts: str | None = None,
 ) -> Iterator[HttpServer]:
-    """Run ``profiles serve`` on loopback with ``home``; stop it (SIGTERM, then SIGKILL)
-    at the end of the block."""
+    """Run ``profiles serve`` on loopback with ``home`` (and ``--accounts accounts`` when
+    given); stop it (SIGTERM, then SIGKILL) at the end of the block."""
     home.mkdir(mode=0o700, parents=True, exist_ok=True)
-    account_id, admin_key, read_key = _create_account(home, tier, profile_cap, "tests")
+    account_id, admin_key, read_key = _create_account(home, tier, profile_cap, "tests", accounts)
     port = free_port()
     log_path = home / "server.log"
     cmd = [
@@ -154,6 +159,7 @@ def start_http_server(
         str(home),
         *(() if default_limits else ("--rate-limit", "100000/60")),
         *(() if default_limits else ("--tier-rate-limit", f"{tier}=100000/60")),
+        *(("--accounts", accounts) if accounts else ()),
         *extra_args,
     ]
     child_env = {**os.environ, **(env or {})}
@@ -173,6 +179,7 @@ def start_http_server(
         log_path=log_path,
         command=cmd,
         env=child_env,
+        accounts=accounts,
     )
     try:
         _wait_healthy(server)

@@ -3,10 +3,12 @@
 Every account owns a :class:`~profiles.store.ProfileStore` of its own (isolation by
 construction: a profile of another account is simply not in the caller's store, so it is
 ``404``, never ``403``). API keys, accounts and memberships live in ``<home>/accounts.sqlite3``
-(:mod:`.accounts`); download links and upload targets are HMAC-signed with the
-secret in ``<home>/server-secret`` (:mod:`.signing`); request bodies are streamed
-to disk under a cap (:mod:`.streams`), every other body is capped as it is read and read
-only once the API key was accepted (:mod:`.bodies`); sliding-window rate limits per
+or in the PostgreSQL database replicas share (:mod:`.accounts`), with the registry of
+remote sessions that routes a session's requests to the replica running it
+(:mod:`.remote.registry`); download links and upload targets are HMAC-signed with the
+secret in ``<home>/server-secret`` or ``--secret-file`` (:mod:`.signing`); request bodies
+are streamed to disk under a cap (:mod:`.streams`), every other body is capped as it is read
+and read only once the API key was accepted (:mod:`.bodies`); sliding-window rate limits per
 account (by tier, for live keys) and per client address (everything else) sit in front of
 everything (:mod:`.ratelimit`).
 
@@ -24,6 +26,7 @@ paths): uvicorn's access log is off.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from typing import Any
@@ -37,7 +40,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from profiles.errors import NotFound, ProfileError, RateLimited, TierLimit, ValidationFailed
 from profiles.http.schemas import Health
 from profiles.http.server.access_log import AccessLogMiddleware
-from profiles.http.server.accounts import Account, AccountsDB
+from profiles.http.server.accounts import Account, open_accounts
 from profiles.http.server.bodies import BodyGuardMiddleware, BodyRefused
 from profiles.http.server.config import MAX_JSON_BODY, AccountStores, ServerConfig
 from profiles.http.server.deps import Services, authenticate, caller, error_response, reader
@@ -45,6 +48,7 @@ from profiles.http.server.fairness import StateSlots
 from profiles.http.server.openapi import error_responses, typed_openapi
 from profiles.http.server.ratelimit import RateLimitMiddleware
 from profiles.http.server.remote.manager import RemoteSessions
+from profiles.http.server.remote.registry import Registry, new_replica_id
 from profiles.http.server.routes import (
     chunks,
     leases,
@@ -91,19 +95,47 @@ class NoStoreMiddleware:
 def create_app(config: ServerConfig) -> FastAPI:
     """The FastAPI application of ``profiles serve`` over ``config.home``."""
     config.home.mkdir(mode=0o700, parents=True, exist_ok=True)
-    accounts = AccountsDB(config.home / "accounts.sqlite3")
-    signer = Signer(load_secret(config.home / "server-secret"))
+    accounts = open_accounts(config.accounts or config.home / "accounts.sqlite3")
+    signer = Signer(
+        load_secret(config.secret_file, create=False)
+        if config.secret_file is not None
+        else load_secret(config.home / "server-secret")
+    )
     stores = AccountStores(config)
-    remote = RemoteSessions(max_sessions=config.max_sessions, tier_caps=config.tier_session_caps)
+    registry = Registry(
+        accounts,
+        replica_id=config.replica_id or new_replica_id(),
+        replica_url=config.replica_url or "http://127.0.0.1:8787",
+        timeout=config.replica_timeout,
+    )
+    remote = RemoteSessions(
+        max_sessions=config.max_sessions,
+        tier_caps=config.tier_session_caps,
+        replica=registry.replica_id,
+        on_change=lambda entry: registry.publish(
+            entry.record(), account_id=entry.account_id, created_at=entry.created_at
+        ),
+        count_elsewhere=registry.running_elsewhere,
+    )
 
     @contextlib.asynccontextmanager
     async def lifespan(_: FastAPI) -> Any:
+        await asyncio.to_thread(registry.start)
+        log.info(
+            "replica %s, reached by the other replicas at %s (heartbeat every %g s)",
+            registry.replica_id,
+            registry.replica_url,
+            registry.interval,
+        )
+        beating = asyncio.create_task(registry.heartbeat())
         try:
             yield
         finally:
+            beating.cancel()
             try:
                 await remote.shutdown()  # every remote session stops and commits first
             finally:
+                registry.stop()
                 stores.close()
                 accounts.close()
 
@@ -129,6 +161,7 @@ def create_app(config: ServerConfig) -> FastAPI:
     app.state.config = config
     app.state.remote_sessions = remote
     app.state.live_tickets = live.LiveTickets()
+    app.state.registry = registry
 
     # -------------------------------------------------------------- error handlers
 

@@ -5,9 +5,11 @@ calls it with its sub-parser group and its ``command`` helper). ``python -m
 profiles.http.server.cli`` runs the same commands on their own (the tests start the server
 that way).
 
-The server's home holds ``accounts.sqlite3`` (accounts, hashed API keys, memberships),
-``server-secret`` (the signing key of download links and upload targets) and
-``accounts/<account id>/`` (each account's profile store). Keys are shown once, when made.
+The server's home holds ``accounts.sqlite3`` (accounts, hashed API keys, memberships;
+``--accounts postgresql://...`` puts them in PostgreSQL instead, which replicas share),
+``server-secret`` (the signing key of download links and upload targets; ``--secret-file``
+names one every replica shares) and ``accounts/<account id>/`` (each account's profile
+store). Keys are shown once, when made.
 """
 
 from __future__ import annotations
@@ -22,8 +24,14 @@ from typing import Any
 
 from profiles.errors import ProfileError, ValidationFailed
 from profiles.http.server.access_log import LogFormat, configure_server_logging
-from profiles.http.server.accounts import SCOPES, TIER_CAPS, TIER_RATE_LIMITS, AccountsDB
-from profiles.http.server.config import MAX_STATE_OPERATIONS
+from profiles.http.server.accounts import (
+    SCOPES,
+    TIER_CAPS,
+    TIER_RATE_LIMITS,
+    AccountsDB,
+    open_accounts,
+)
+from profiles.http.server.config import MAX_STATE_OPERATIONS, REPLICA_TIMEOUT, SECRET_FILE_ENV
 from profiles.http.server.ratelimit import RateLimit, parse_rate_limit, parse_tier_rate_limit
 from profiles.http.server.remote.limits import TIER_SESSION_CAPS, parse_tier_session_cap
 from profiles.http.server.transport import (
@@ -36,6 +44,7 @@ from profiles.http.server.transport import (
     parse_forwarded_allow_ips,
     serve_app,
 )
+from profiles.workspace.leases import DEFAULT_LEASE_TTL
 
 __all__ = ["add_server_commands", "main", "serve"]
 
@@ -57,9 +66,23 @@ def _server_home(args: argparse.Namespace) -> Path:
 
 
 def _db(args: argparse.Namespace) -> AccountsDB:
+    url = getattr(args, "accounts", None)
+    if url:
+        return open_accounts(url)
     home = _server_home(args)
     home.mkdir(mode=0o700, parents=True, exist_ok=True)
-    return AccountsDB(home / "accounts.sqlite3")
+    return open_accounts(home / "accounts.sqlite3")
+
+
+ACCOUNTS_HELP = (
+    "the accounts database (accounts, keys, memberships, the replicas' session registry): "
+    "a postgresql:// URL that every replica of the service shares, or a SQLite file "
+    "(default: accounts.sqlite3 in the server's home)"
+)
+
+
+def _accounts_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--accounts", default=None, metavar="URL", help=ACCOUNTS_HELP)
 
 
 def _as_json(args: argparse.Namespace) -> bool:
@@ -136,6 +159,12 @@ def cmd_serve(_store: object, args: argparse.Namespace) -> None:
         transport=_transport(args),
         max_sessions=args.max_sessions,
         tier_session_caps=dict(args.tier_session_cap or ()),
+        accounts=args.accounts,
+        secret_file=args.secret_file,
+        replica_id=args.replica_id,
+        replica_url=args.replica_url,
+        replica_timeout=args.replica_timeout,
+        session_lease_ttl=args.session_lease_ttl,
     )
 
 
@@ -157,6 +186,12 @@ def serve(
     transport: Transport | None = None,
     max_sessions: int | None = None,
     tier_session_caps: dict[str, int | None] | None = None,
+    accounts: str | None = None,
+    secret_file: Path | None = None,
+    replica_id: str | None = None,
+    replica_url: str | None = None,
+    replica_timeout: float = REPLICA_TIMEOUT,
+    session_lease_ttl: float = DEFAULT_LEASE_TTL,
 ) -> None:
     """Run the server until SIGINT/SIGTERM (which stop and commit every remote session
     before the server exits). ``max_sessions``: remote sessions running at once (default
@@ -170,7 +205,11 @@ def serve(
     :data:`~profiles.http.server.accounts.TIER_RATE_LIMITS`). ``max_state_operations``: the
     uploads, commits and downloads of states one account runs at once (more are answered
     429, :mod:`profiles.http.server.fairness`). ``transport`` holds what the
-    connections are held to (:mod:`profiles.http.server.transport`)."""
+    connections are held to (:mod:`profiles.http.server.transport`). ``accounts``: the
+    accounts database's URL (replicas share one in PostgreSQL); ``secret_file``: the
+    signing secret every replica shares; ``replica_url``: how the other replicas reach this
+    one (default ``http://HOST:PORT``); ``replica_timeout``: the heartbeat age past which a
+    replica is gone; ``session_lease_ttl``: remote sessions' writer lease time to live."""
     from profiles.http.server import ServerConfig, create_app
 
     rate = parse_rate_limit(rate_limit) if isinstance(rate_limit, str) else rate_limit
@@ -205,6 +244,12 @@ def serve(
             max_state_operations=max_state_operations,
             max_sessions=max_sessions,
             tier_session_caps=dict(tier_session_caps or {}),
+            accounts=accounts,
+            secret_file=secret_file,
+            replica_id=replica_id,
+            replica_url=(replica_url or f"http://{_url_host(host)}:{port}").rstrip("/"),
+            replica_timeout=replica_timeout,
+            session_lease_ttl=session_lease_ttl,
         )
     except ValueError as exc:
         raise ValidationFailed(str(exc), field="catalog") from None
@@ -240,6 +285,14 @@ def serve(
         log_level="info",
         log_config=None,
     )
+
+
+def _url_host(host: str) -> str:
+    if host in ("0.0.0.0", "::", ""):
+        import socket
+
+        return socket.gethostname()
+    return f"[{host}]" if ":" in host else host
 
 
 def cmd_keys_create(_store: object, args: argparse.Namespace) -> None:
@@ -449,6 +502,48 @@ def add_server_commands(sub: Any, command: Command) -> None:
         "ignored: the rate limit counts the connection's own address; '*' believes every "
         "peer, only behind a proxy that always overwrites them)",
     )
+    _accounts_option(p)
+    p.add_argument(
+        "--secret-file",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="the signing secret of download links, upload targets and lease tokens (at "
+        "least 32 bytes; default $" + SECRET_FILE_ENV + ", else server-secret in the "
+        "home, made on first start); every replica of a service needs the same one, since "
+        "whichever replica gets a request checks it",
+    )
+    p.add_argument(
+        "--replica-url",
+        default=None,
+        metavar="URL",
+        help="how the other replicas of the service reach this one, to forward the requests "
+        "of the sessions it runs (default http://HOST:PORT)",
+    )
+    p.add_argument(
+        "--replica-id",
+        default=None,
+        metavar="ID",
+        help="this replica's name in the shared session registry (default: a new one at "
+        "every start)",
+    )
+    p.add_argument(
+        "--replica-timeout",
+        type=_positive(float),
+        default=REPLICA_TIMEOUT,
+        metavar="SECONDS",
+        help="a replica whose heartbeat (every third of this) is older is gone: its "
+        f"sessions are shown failed (default {REPLICA_TIMEOUT:g})",
+    )
+    p.add_argument(
+        "--session-lease-ttl",
+        type=_positive(float),
+        default=DEFAULT_LEASE_TTL,
+        metavar="SECONDS",
+        help="the writer lease's time to live of a remote session, renewed every third of "
+        "it: how long its profile stays busy after the replica running it died (default "
+        f"{DEFAULT_LEASE_TTL:g})",
+    )
     p.add_argument(
         "--log-format",
         choices=("text", "json"),
@@ -470,10 +565,13 @@ def add_server_commands(sub: Any, command: Command) -> None:
         help="read and/or admin (repeatable; default both)",
     )
     k.add_argument("--name", default=None, help="a label for the key")
+    _accounts_option(k)
     k = command(keys, "list", cmd_keys_list, "List API keys (never their secrets).", store=NO_STORE)
     k.add_argument("--account", default=None, metavar="ACCOUNT_ID", help="only this account's")
+    _accounts_option(k)
     k = command(keys, "revoke", cmd_keys_revoke, "Revoke an API key.", store=NO_STORE)
     k.add_argument("key", metavar="KEY_ID", help="the key id (or the key's pk_<id>_ prefix)")
+    _accounts_option(k)
 
     p = command(sub, "accounts", None, "Create, list and deactivate accounts of the server.")
     accts = p.add_subparsers(dest="accounts_command", metavar="ACTION", required=True)
@@ -483,15 +581,19 @@ def add_server_commands(sub: Any, command: Command) -> None:
         "--tier", default="team", choices=list(TIER_CAPS), help="its profile cap (team: 50)"
     )
     a.add_argument("--cap", type=int, default=None, help="a profile cap of its own")
+    _accounts_option(a)
     a = command(accts, "list", cmd_accounts_list, "List accounts.", store=NO_STORE)
+    _accounts_option(a)
     a = command(
         accts, "deactivate", cmd_accounts_deactivate, "Deactivate an account.", store=NO_STORE
     )
     a.add_argument("account", metavar="ACCOUNT_ID", help="the account")
     a.set_defaults(activate=False)
+    _accounts_option(a)
     a = command(accts, "activate", cmd_accounts_deactivate, "Activate it again.", store=NO_STORE)
     a.add_argument("account", metavar="ACCOUNT_ID", help="the account")
     a.set_defaults(activate=True)
+    _accounts_option(a)
     a = command(
         accts,
         "member",
@@ -508,6 +610,7 @@ def add_server_commands(sub: Any, command: Command) -> None:
         help="member reads, admin reads and writes (member)",
     )
     a.add_argument("--remove", action="store_true", help="end the membership")
+    _accounts_option(a)
 
 
 def _standalone_parser() -> argparse.ArgumentParser:

@@ -4,6 +4,7 @@ each account (:class:`AccountStores`)."""
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import threading
 import time
@@ -17,6 +18,7 @@ from profiles.http.server.accounts import TIER_RATE_LIMITS, Account
 from profiles.http.server.ratelimit import DEFAULT_ADDRESS_LIMIT, RateLimit
 from profiles.service.catalog import CatalogService
 from profiles.store import ProfileStore
+from profiles.workspace.leases import DEFAULT_LEASE_TTL
 
 MAX_UPLOAD_BYTES: Final = 500 * 1024 * 1024
 MAX_JSON_BODY: Final = 1024 * 1024
@@ -25,6 +27,8 @@ SERVER_LEASE_TTL: Final = 600.0
 UPLOAD_LOCK_WAIT: Final = 10.0
 MAX_STATE_OPERATIONS: Final = 8
 MAX_PAGE_NUMBER: Final = 10_000
+REPLICA_TIMEOUT: Final = 30.0
+SECRET_FILE_ENV: Final = "PROFILES_SERVER_SECRET_FILE"
 SCRATCH_PREFIX: Final = "http-"
 ARCHETYPE_OF: Final = {
     "chromium": "desktop-chromium",
@@ -64,9 +68,30 @@ class ServerConfig:
     #: and per account by tier over the defaults (profiles.http.server.remote.limits).
     max_sessions: int | None = None
     tier_session_caps: dict[str, int | None] = field(default_factory=dict)
+    #: The accounts database: a ``postgresql://`` URL that replicas share, or a SQLite file
+    #: (None: ``<home>/accounts.sqlite3``).
+    accounts: str | None = None
+    #: The signing secret's file (None: ``$PROFILES_SERVER_SECRET_FILE``, else
+    #: ``<home>/server-secret``, made on first start). Replicas need the same secret.
+    secret_file: Path | None = None
+    #: This replica: its id in the registry (None: a new one at every start) and the URL
+    #: other replicas reach it at (None: http://HOST:PORT, filled in by ``serve``).
+    replica_id: str | None = None
+    replica_url: str | None = None
+    #: A replica whose heartbeat is older than this is gone: its sessions are failed.
+    replica_timeout: float = REPLICA_TIMEOUT
+    #: The writer lease's time to live of a remote session (renewed at a third of it): how
+    #: long a profile stays busy after the replica running its session died.
+    session_lease_ttl: float = DEFAULT_LEASE_TTL
 
     def __post_init__(self) -> None:
         self.home = Path(self.home).expanduser()
+        if self.secret_file is None and os.environ.get(SECRET_FILE_ENV):
+            self.secret_file = Path(os.environ[SECRET_FILE_ENV])
+        if self.secret_file is not None:
+            self.secret_file = Path(self.secret_file).expanduser()
+        if self.replica_timeout <= 0 or self.session_lease_ttl <= 0:
+            raise ValueError("the replica timeout and the session lease ttl must be above 0")
         if self.max_state_operations < 1:
             raise ValueError("an account needs at least one state operation at a time")
         if (self.catalog is None) != (self.blobs is None):
@@ -107,6 +132,7 @@ class AccountStores:
                 home,
                 catalog=self.config.catalog.replace("{account}", slot),
                 blobs=self.config.blobs.replace("{account}", slot),
+                lease_ttl=self.config.session_lease_ttl,
             )
         else:
             home.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -114,6 +140,7 @@ class AccountStores:
                 home,
                 catalog=SQLiteCatalog(home / "catalog.sqlite3"),
                 blobs=LocalBlobStore(home / "blobs"),
+                lease_ttl=self.config.session_lease_ttl,
             )
         # Remote writers hold leases with expiry: the catalog decides who writes, as on a
         # shared backend, whatever this store's catalog is.

@@ -4,7 +4,9 @@ A token is ``<payload>.<signature>``: the payload is URL-safe base64 of compact 
 (``{"k": purpose, "a": account id, "p": profile id, "c": checksum, "i": id of the API key
 that made it, "x": expiry (unix s), "n": nonce}``), the signature URL-safe base64 of its
 HMAC-SHA256 under the server's secret (``<home>/server-secret``, 32 random bytes, ``0600``,
-made on first start). Anything that does not verify is ``SignatureInvalid`` (403); a token
+made on first start; or the file ``--secret-file`` / ``$PROFILES_SERVER_SECRET_FILE`` names,
+which every replica of a service must share, since any replica checks what another signed).
+Anything that does not verify is ``SignatureInvalid`` (403); a token
 past its expiry is ``LinkExpired`` (410). The account is inside the signed payload, so a
 link only ever reaches the account it was made for; the key is too, so a link lives no
 longer than the key's right to do what it does (the routes check that it is still live).
@@ -29,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
-from profiles.errors import LinkExpired, SignatureInvalid
+from profiles.errors import LinkExpired, SignatureInvalid, ValidationFailed
 
 __all__ = ["LinkExpired", "SignatureInvalid", "SignedClaim", "Signer", "load_secret"]
 
@@ -37,8 +39,28 @@ SECRET_BYTES: Final = 32
 MAX_TOKEN_LENGTH: Final = 2048
 
 
-def load_secret(path: Path) -> bytes:
-    """The server's signing secret, made (``0600``) on first use."""
+def load_secret(path: Path, *, create: bool = True) -> bytes:
+    """The server's signing secret, made (``0600``) on first use; with ``create=False``
+    (a secret given with ``--secret-file``, which every replica of a service shares) it
+    must exist: a replica that made its own would refuse the others' links and lease
+    tokens."""
+    if not create:
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise ValidationFailed(
+                f"The signing secret {path} cannot be read ({exc.strerror or exc}). Make it "
+                "once (head -c 32 /dev/urandom > FILE; chmod 600 FILE) and give every "
+                "replica the same file.",
+                field="secret_file",
+            ) from None
+        if len(data) < SECRET_BYTES:
+            raise ValidationFailed(
+                f"The signing secret {path} is too short: it needs {SECRET_BYTES} bytes at "
+                "least (head -c 32 /dev/urandom > FILE).",
+                field="secret_file",
+            )
+        return data
     try:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
     except FileExistsError:

@@ -9,6 +9,10 @@ and ``Browser.close`` sent by the client (puppeteer's ``browser.close()``, a raw
 that is the client ending the session, so it is answered at once and the session stops and
 commits, as ``PATCH /v1/sessions/{id} {"action": "stop"}`` would, instead of the browser
 vanishing under the service (which would count as a crash and keep the previous state).
+
+A replica that does not run the session relays the client to the replica that does
+(:func:`relay_to`): that one authenticates the forwarded handshake and relays it to the
+browser, so ``Browser.close`` and the count of clients are handled where the browser runs.
 """
 
 from __future__ import annotations
@@ -17,18 +21,21 @@ import asyncio
 import contextlib
 import json
 import logging
+from collections.abc import Sequence
 from typing import Final
 
+from starlette.responses import Response
 from starlette.websockets import WebSocket, WebSocketDisconnect
 from websockets.asyncio.client import ClientConnection, connect
-from websockets.exceptions import ConnectionClosed, WebSocketException
+from websockets.exceptions import ConnectionClosed, InvalidStatus, WebSocketException
+from websockets.typing import Subprotocol
 
 from profiles.errors import ProfileError
 from profiles.http.server.deps import error_response
 from profiles.http.server.remote.cdp_guard import Refused, check_client_message
 from profiles.http.server.remote.runner import SessionRun
 
-__all__ = ["MAX_BROWSER_MESSAGE", "relay"]
+__all__ = ["MAX_BROWSER_MESSAGE", "relay", "relay_to"]
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +91,60 @@ async def relay(websocket: WebSocket, run: SessionRun, *, subprotocol: str | Non
     await websocket.accept(subprotocol=subprotocol)
     run.client_joined()
     try:
+        await _pump(websocket, upstream, run)
+    finally:
+        run.client_left()
+    return 101
+
+
+async def relay_to(
+    websocket: WebSocket,
+    url: str,
+    headers: dict[str, str],
+    *,
+    subprotocols: Sequence[str] = (),
+) -> int:
+    """Relay ``websocket`` to another replica's CDP WebSocket (``url``, the session's
+    ``/cdp`` or ``/live`` route there, with the client's credentials in ``headers`` and
+    the ``subprotocols`` it offered), which runs the session and does what :func:`relay`
+    does; a refusal there (its status and error body) is the refusal here, and the
+    subprotocol it selects is the one selected here. The status the handshake was
+    answered with."""
+    try:
+        upstream = await connect(
+            url,
+            additional_headers=headers,
+            subprotocols=[Subprotocol(p) for p in subprotocols] or None,
+            max_size=MAX_BROWSER_MESSAGE,
+            compression=None,
+            ping_interval=None,
+            open_timeout=CONNECT_TIMEOUT,
+            proxy=None,
+        )
+    except InvalidStatus as exc:
+        answer = exc.response
+        await websocket.send_denial_response(
+            Response(
+                bytes(answer.body or b""),
+                status_code=answer.status_code,
+                media_type=answer.headers.get("Content-Type", "application/json"),
+            )
+        )
+        return int(answer.status_code)
+    except (OSError, TimeoutError, WebSocketException) as exc:
+        log.warning("cannot reach the replica running a session: %s", type(exc).__name__)
+        err = ProfileError("The replica running the session is not reachable; try again.")
+        err.status = 502
+        await websocket.send_denial_response(error_response(err))
+        return err.status
+    await websocket.accept(subprotocol=upstream.subprotocol)
+    await _pump(websocket, upstream, None)
+    return 101
+
+
+async def _pump(websocket: WebSocket, upstream: ClientConnection, run: SessionRun | None) -> None:
+    """Pass messages both ways until either side closes, then close both."""
+    try:
         to_browser = asyncio.ensure_future(_client_to_browser(websocket, upstream, run))
         to_client = asyncio.ensure_future(_browser_to_client(upstream, websocket))
         try:
@@ -93,16 +154,14 @@ async def relay(websocket: WebSocket, run: SessionRun, *, subprotocol: str | Non
                 task.cancel()
             await asyncio.gather(to_browser, to_client, return_exceptions=True)
     finally:
-        run.client_left()
         with contextlib.suppress(Exception):
             await upstream.close()
         with contextlib.suppress(Exception):
             await websocket.close()
-    return 101
 
 
 async def _client_to_browser(
-    websocket: WebSocket, upstream: ClientConnection, run: SessionRun
+    websocket: WebSocket, upstream: ClientConnection, run: SessionRun | None
 ) -> None:
     with contextlib.suppress(WebSocketDisconnect, ConnectionClosed):
         while True:
@@ -110,6 +169,12 @@ async def _client_to_browser(
             if message["type"] == "websocket.disconnect":
                 return
             text = message.get("text")
+            if run is None:  # to another replica, which guards what reaches its browser
+                if text is not None:
+                    await upstream.send(text)
+                elif message.get("bytes") is not None:
+                    await upstream.send(message["bytes"])
+                continue
             if text is None:  # CDP is text: a binary message is not CDP
                 await websocket.close(code=1008, reason="CDP messages are text")
                 return

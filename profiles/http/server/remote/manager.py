@@ -1,10 +1,12 @@
 """The registry of a service's remote sessions: who runs what, the caps, stopping.
 
 Each session belongs to the account that created it; another account's session is not
-found (404), whatever the route. Sessions live in this process's memory: a session is
-served by the replica that runs it, and its record survives only as long as that process
-(what it committed is in the profile; its ``session.created`` and ``session.ended`` are in
-the profile's audit log). Ended sessions stay listed (the newest :data:`HISTORY` of them).
+found (404), whatever the route. A session runs in this process (its browser, its relay);
+each change of its record is also written to the registry the replicas share
+(``on_change``, :mod:`.registry`), from which the other replicas list it and route its
+requests here (what it committed is in the profile; its ``session.created`` and
+``session.ended`` are in the profile's audit log). Ended sessions stay listed (the newest
+:data:`HISTORY` of them here, the registry's for a week).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import contextlib
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -63,6 +66,7 @@ class SessionEntry:
     engine: str
     profile_id: str | None
     profile_name: str | None
+    replica: str | None = None
     status: SessionStatus = "starting"
     started_at: float | None = None
     finished_at: float | None = None
@@ -111,6 +115,7 @@ class SessionEntry:
             error=(
                 SessionError(code=error.code, message=error.message) if error is not None else None
             ),
+            replica=self.replica,
         )
 
 
@@ -128,7 +133,17 @@ class RemoteSessions:
         *,
         max_sessions: int | None = None,
         tier_caps: dict[str, int | None] | None = None,
+        replica: str | None = None,
+        on_change: Callable[[SessionEntry], None] | None = None,
+        count_elsewhere: Callable[[str], int] | None = None,
     ) -> None:
+        """``replica``: this replica's id (in the records); ``on_change``: called with a
+        session whose record changed once it started (from any thread; it may block);
+        ``count_elsewhere``: the account's sessions running on the other replicas, which
+        count against the account's cap too (it blocks)."""
+        self.replica = replica
+        self.on_change = on_change
+        self.count_elsewhere = count_elsewhere
         self.max_sessions = max_sessions if max_sessions is not None else default_max_sessions()
         self.tier_caps = {**TIER_SESSION_CAPS, **(tier_caps or {})}
         self._lock = threading.Lock()
@@ -151,13 +166,14 @@ class RemoteSessions:
             if e.live and (account_id is None or e.account_id == account_id)
         )
 
-    def _admit(self, account: Account) -> None:
-        """Under the lock: refuse a new session past the account's or the service's cap."""
+    def _admit(self, account: Account, elsewhere: int = 0) -> None:
+        """Under the lock: refuse a new session past the account's or the service's cap
+        (``elsewhere``: the account's sessions running on the other replicas)."""
         if self._closing:
             err = ProfileError("The service is shutting down; start the session elsewhere.")
             err.status = 503
             raise err
-        mine = self._count(account.id)
+        mine = self._count(account.id) + elsewhere
         cap = self.session_cap(account)
         if cap is not None and mine >= cap:
             raise TierLimit(
@@ -244,9 +260,14 @@ class RemoteSessions:
             engine=engine,
             profile_id=profile_ref,
             profile_name=profile_name,
+            replica=self.replica,
         )
+        elsewhere = 0
+        if self.count_elsewhere is not None:
+            count = self.count_elsewhere
+            elsewhere = await run_sync(lambda: count(account.id))
         with self._lock:
-            self._admit(account)
+            self._admit(account, elsewhere)
             self._entries[session_id] = entry
         run.start()
         try:
@@ -281,6 +302,8 @@ class RemoteSessions:
                 failed = run.error is not None or ended.get("outcome") not in (None, "ok")
                 entry.status = "failed" if failed else "stopped"
                 self._prune()
+        if self.on_change is not None and entry.started_at is not None:
+            self.on_change(entry)  # a start that failed was never listed: nothing to write
         if event == "ended":
             log.info(
                 "remote session %s ended (%s): %s",
@@ -296,10 +319,22 @@ class RemoteSessions:
 
     def get(self, account_id: str, session_id: str) -> SessionEntry:
         """The account's session, or ``NotFound`` (another account's too)."""
+        entry = self.find(account_id, session_id)
+        if entry is None:
+            raise NotFound(f"Session {session_id!r} not found", resource="session")
+        return entry
+
+    def runs(self, session_id: str) -> bool:
+        """Whether this replica runs (or ran) the session, whoever's it is."""
+        with self._lock:
+            return session_id in self._entries
+
+    def find(self, account_id: str, session_id: str) -> SessionEntry | None:
+        """The account's session if this replica runs (or ran) it, else None."""
         with self._lock:
             entry = self._entries.get(session_id)
         if entry is None or entry.account_id != account_id:
-            raise NotFound(f"Session {session_id!r} not found", resource="session")
+            return None
         return entry
 
     def list(

@@ -34,17 +34,26 @@ import time
 from dataclasses import dataclass
 from typing import Annotated, Final
 
+import httpx
 from fastapi import APIRouter, Depends, Request
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel
 from starlette.websockets import WebSocket
 
 from profiles.errors import Conflict, Forbidden, NotFound, ProfileError, Unauthorized
 from profiles.http.server.access_log import access_log
 from profiles.http.server.accounts import AccountsDB
-from profiles.http.server.deps import ReadAuth, base_url, error_response
+from profiles.http.server.deps import Caller, ReadAuth, base_url, error_response, run_sync
 from profiles.http.server.openapi import AUTH, error_responses
 from profiles.http.server.remote import cdp_proxy
 from profiles.http.server.remote.manager import RemoteSessions, SessionEntry
+from profiles.http.server.remote.registry import FORWARDED_HEADER
+from profiles.http.server.routes.remote_sessions import (
+    elsewhere,
+    forward_headers,
+    registry,
+    ws_base,
+)
 
 __all__ = [
     "LIVE_PROTOCOL",
@@ -163,11 +172,12 @@ def _socket_url(request: Request, session_id: str) -> str:
 @router.post(
     "/v1/sessions/{session_id}/live-ticket",
     tags=["remote sessions"],
+    response_model=LiveTicket,
     responses=error_responses(*AUTH, 404, 409),
 )
 async def live_ticket(
     request: Request, c: ReadAuth, tickets: Tickets, session_id: str
-) -> LiveTicket:
+) -> LiveTicket | Response:
     """A single-use ticket (good for 30 s) for the session's live view: a WebSocket at
     ``url`` that relays CDP as ``connect_url`` does, for a browser page, which cannot set
     ``Authorization`` on a WebSocket. Offer the subprotocols ``protocol`` and
@@ -176,7 +186,10 @@ async def live_ticket(
     if not _SESSION_ID.fullmatch(session_id):
         raise _not_found(session_id)
     m: RemoteSessions = request.app.state.remote_sessions
-    entry = m.get(c.account.id, session_id)
+    found = m.find(c.account.id, session_id)
+    if found is None:  # another replica's session (or none): its owner issues the ticket
+        return await _ticket_elsewhere(request, c, session_id)
+    entry: SessionEntry = found
     if not (entry.readonly or entry.ephemeral):
         c.require_admin("driving a writer session")
     _running(entry)
@@ -187,6 +200,44 @@ async def live_ticket(
         expires_in=TICKET_SECONDS,
         url=_socket_url(request, entry.id),
     )
+
+
+async def _ticket_elsewhere(request: Request, c: Caller, session_id: str) -> Response:
+    """The ticket for a session another replica runs, from that replica (tickets live in
+    the memory of the replica whose browser they reach); its ``url`` names this replica,
+    which relays the socket there."""
+    reg = registry(request)
+    row = await elsewhere(request, c, reg, session_id)
+    record = reg.record_of(row)
+    if record.status != "running" or not reg.alive(row) or row.replica_id == reg.replica_id:
+        raise Conflict(
+            f"Session {session_id} is {record.status}: only a running session has a live view.",
+            session_id=session_id,
+            status=record.status,
+        )
+    try:
+        async with httpx.AsyncClient(timeout=30.0, trust_env=False) as client:
+            answer = await client.post(
+                f"{row.replica_url}/v1/sessions/{session_id}/live-ticket",
+                headers=forward_headers(request, reg),
+            )
+    except httpx.HTTPError as exc:
+        log.warning("cannot reach replica %s: %s", row.replica_id, type(exc).__name__)
+        err = ProfileError(
+            f"The replica running session {session_id} ({row.replica_id}) did not answer; "
+            "try again."
+        )
+        err.status = 502
+        return error_response(err)
+    if not answer.is_success:
+        return Response(
+            answer.content,
+            status_code=answer.status_code,
+            media_type=answer.headers.get("content-type", "application/json"),
+        )
+    body = answer.json()
+    body["url"] = _socket_url(request, session_id)
+    return JSONResponse(body)
 
 
 # ------------------------------------------------------------------ the WebSocket
@@ -227,6 +278,27 @@ def _grant_writes(accounts: AccountsDB, grant: _Ticket) -> bool:
     return "admin" in key.scopes and role != "member"
 
 
+async def _relay_elsewhere(websocket: WebSocket, session_id: str) -> int | None:
+    """When another live replica runs the session: the socket relayed there with the
+    subprotocols offered (the ticket among them; that replica, which issued it, checks it),
+    and the handshake's status. None when the session is this replica's, or no live
+    replica's (then the ticket is checked here, and refused)."""
+    m: RemoteSessions = websocket.app.state.remote_sessions
+    if m.runs(session_id) or websocket.headers.get(FORWARDED_HEADER):
+        return None  # never relayed twice
+    reg = registry(websocket)
+    row = await run_sync(lambda: reg.accounts.get_session(session_id))
+    if row is None or row.replica_id == reg.replica_id or not reg.alive(row):
+        return None
+    if reg.record_of(row).status != "running":
+        return None
+    url = ws_base(row.replica_url) + LIVE_ROUTE.replace("{session_id}", session_id)
+    offered = [str(p) for p in websocket.scope.get("subprotocols") or []]
+    return await cdp_proxy.relay_to(
+        websocket, url, forward_headers(websocket, reg), subprotocols=offered
+    )
+
+
 @router.websocket(LIVE_ROUTE, name="session_live")
 async def _live_socket(websocket: WebSocket) -> None:
     session_id = str(websocket.path_params.get("session_id", ""))
@@ -234,6 +306,10 @@ async def _live_socket(websocket: WebSocket) -> None:
     status = 500
     account: str | None = None
     try:
+        relayed = await _relay_elsewhere(websocket, session_id)
+        if relayed is not None:
+            status = relayed
+            return
         try:
             ticket = _offered_ticket(websocket)
             if ticket is None:

@@ -14,15 +14,19 @@ import re
 import time
 from typing import Annotated, Any, Final
 
+import httpx
 from fastapi import APIRouter, Depends, Query, Request, WebSocket
 from fastapi.responses import JSONResponse, Response
+from starlette.requests import HTTPConnection
 
 from profiles.errors import Conflict, NotFound, ProfileError, ValidationFailed
 from profiles.http.schemas import ErrorBody
 from profiles.http.server.access_log import access_log
+from profiles.http.server.accounts import SessionRow
 from profiles.http.server.config import MAX_PAGE_NUMBER
 from profiles.http.server.deps import (
     Auth,
+    Caller,
     ReadAuth,
     base_url,
     connection_caller,
@@ -31,7 +35,13 @@ from profiles.http.server.deps import (
 )
 from profiles.http.server.openapi import AUTH, READ, WRITE, error_responses
 from profiles.http.server.remote import cdp_proxy
-from profiles.http.server.remote.manager import RemoteSessions, SessionEntry
+from profiles.http.server.remote.manager import (
+    LIVE,
+    SHUTDOWN_WAIT,
+    RemoteSessions,
+    SessionEntry,
+)
+from profiles.http.server.remote.registry import FORWARDED_HEADER, Registry
 from profiles.http.session_schemas import (
     AccountMe,
     SessionAction,
@@ -57,6 +67,82 @@ def remote_sessions(request: Request) -> RemoteSessions:
 
 Remote = Annotated[RemoteSessions, Depends(remote_sessions)]
 
+
+def registry(request: HTTPConnection) -> Registry:
+    found: Registry = request.app.state.registry
+    return found
+
+
+Reg = Annotated[Registry, Depends(registry)]
+
+#: What a forwarded request carries of the client's (the owner authenticates it again).
+_PASSED_HEADERS: Final = ("authorization", "x-account")
+
+
+def forward_headers(request: HTTPConnection, reg: Registry) -> dict[str, str]:
+    headers = {k: v for k in _PASSED_HEADERS if (v := request.headers.get(k)) is not None}
+    headers[FORWARDED_HEADER] = reg.replica_id
+    if request.client is not None:
+        # Believed by the owner only if it lists this replica in --forwarded-allow-ips.
+        headers["x-forwarded-for"] = request.client.host
+    return headers
+
+
+async def elsewhere(
+    request: HTTPConnection, c: Caller, reg: Registry, session_id: str
+) -> SessionRow:
+    """The registry's row of a session this replica does not run: ``NotFound`` for a
+    request another replica forwarded here (never forwarded twice), for an unknown session
+    and for another account's."""
+    if request.headers.get(FORWARDED_HEADER):
+        raise NotFound(f"Session {session_id!r} not found", resource="session")
+    return await run_sync(lambda: reg.find(c.account.id, session_id))
+
+
+async def _answer_elsewhere(
+    request: Request,
+    c: Caller,
+    reg: Registry,
+    session_id: str,
+    *,
+    json: Any = None,
+    timeout: float = 30.0,
+) -> Response:
+    """The answer for a session another replica runs: that replica's own (the request
+    forwarded there), or, when it is gone or the session's record says it ended, the
+    registry's record."""
+    row = await elsewhere(request, c, reg, session_id)
+    record = reg.record_of(row)
+    if record.status not in LIVE or not reg.alive(row) or row.replica_id == reg.replica_id:
+        return JSONResponse(record.model_dump(mode="json"))
+    url = f"{row.replica_url}/v1/sessions/{session_id}"
+    try:
+        async with httpx.AsyncClient(timeout=timeout, trust_env=False) as client:
+            answer = await client.request(
+                request.method, url, json=json, headers=forward_headers(request, reg)
+            )
+    except httpx.HTTPError as exc:
+        log.warning(
+            "cannot reach replica %s for session %s: %s",
+            row.replica_id,
+            session_id,
+            type(exc).__name__,
+        )
+        err = ProfileError(
+            f"The replica running session {session_id} ({row.replica_id}) did not answer; "
+            "try again."
+        )
+        err.status = 502
+        return error_response(err)
+    passed = {k: v for k in ("retry-after",) if (v := answer.headers.get(k)) is not None}
+    return Response(
+        answer.content,
+        status_code=answer.status_code,
+        media_type=answer.headers.get("content-type", "application/json"),
+        headers=passed,
+    )
+
+
 _SESSION_ERRORS: Final[dict[int | str, dict[str, Any]]] = {
     429: {
         "model": ErrorBody,
@@ -80,7 +166,10 @@ def _session_id(session_id: str) -> str:
 
 
 def _connect_base(request: Request) -> str:
-    base = base_url(request)
+    return ws_base(base_url(request))
+
+
+def ws_base(base: str) -> str:
     if base.startswith("https://"):
         return "wss://" + base.removeprefix("https://")
     return "ws://" + base.removeprefix("http://")
@@ -112,9 +201,10 @@ async def create_session(
     response_model=SessionPage,
     responses=error_responses(*READ),
 )
-def list_sessions(
+async def list_sessions(
     c: Auth,
     m: Remote,
+    reg: Reg,
     limit: int | None = None,
     cursor: Annotated[str | None, Query(max_length=200)] = None,
     status: SessionStatus | None = None,
@@ -122,10 +212,25 @@ def list_sessions(
     pageSize: int | None = None,
     pageNumber: int | None = None,
 ) -> Response:
-    """The account's sessions on this service, newest first (running and recently ended),
-    by cursor (``limit``, ``cursor``) or by page (doc 004's ``pageSize``,
-    ``pageNumber``); ``status`` and ``profile_id`` (id or name) filter."""
-    entries = m.list(c.account.id, status=status, profile=profile_id)
+    """The account's sessions on every replica of the service, newest first (running and
+    recently ended), by cursor (``limit``, ``cursor``) or by page (doc 004's
+    ``pageSize``, ``pageNumber``); ``status`` and ``profile_id`` (id or name) filter."""
+    mine = {e.id: (e.created_at, e.record()) for e in m.list(c.account.id)}
+    rows = await run_sync(lambda: reg.accounts.sessions(c.account.id))
+    found = dict(mine)
+    for row in rows:
+        if row.id not in found:
+            found[row.id] = (row.created_at, reg.record_of(row))
+    ordered = sorted(found.items(), key=lambda item: (item[1][0], item[0]), reverse=True)
+    entries = [record for _, (_, record) in ordered]
+    if status is not None:
+        entries = [e for e in entries if e.status == status]
+    if profile_id is not None:
+        entries = [
+            e
+            for e in entries
+            if e.profile_id is not None and profile_id in (e.profile_id, e.profile_name)
+        ]
     if pageSize is None and pageNumber is None:
         size = 50 if limit is None else limit
         if not 1 <= size <= 100:
@@ -141,7 +246,7 @@ def list_sessions(
         chunk = entries[start : start + size]
         more = start + size < len(entries)
         page = SessionPage(
-            data=[e.record() for e in chunk],
+            data=chunk,
             has_more=more,
             next_cursor=chunk[-1].id if more and chunk else None,
         )
@@ -158,7 +263,7 @@ def list_sessions(
     chunk = entries[start : start + size]
     more = start + size < len(entries)
     numbered = SessionPage(
-        data=[e.record() for e in chunk],
+        data=chunk,
         has_more=more,
         next_cursor=chunk[-1].id if more and chunk else None,
         pageNumber=number,
@@ -170,42 +275,58 @@ def list_sessions(
 @router.get(
     "/v1/sessions/{session_id}",
     tags=["remote sessions"],
+    response_model=SessionRecord,
     responses=error_responses(*READ, 404),
 )
-def get_session(c: Auth, m: Remote, session_id: str) -> SessionRecord:
-    return m.get(c.account.id, _session_id(session_id)).record()
+async def get_session(request: Request, c: Auth, m: Remote, reg: Reg, session_id: str) -> Response:
+    """The session, from whichever replica runs it."""
+    sid = _session_id(session_id)
+    entry = m.find(c.account.id, sid)
+    if entry is None:
+        return await _answer_elsewhere(request, c, reg, sid)
+    return JSONResponse(entry.record().model_dump(mode="json"))
 
 
-async def _stop(c: Any, m: RemoteSessions, session_id: str) -> SessionRecord:
-    entry = m.get(c.account.id, _session_id(session_id))
+async def _stop(
+    request: Request, c: Caller, m: RemoteSessions, reg: Registry, session_id: str
+) -> Response:
+    sid = _session_id(session_id)
+    entry = m.find(c.account.id, sid)
+    if entry is None:
+        body = {"action": "stop"} if request.method == "PATCH" else None
+        return await _answer_elsewhere(request, c, reg, sid, json=body, timeout=SHUTDOWN_WAIT)
     if not (entry.readonly or entry.ephemeral):
         c.require_admin("stopping a writer session")
     await m.stop(entry, "stopped by the client")
-    return entry.record()
+    return JSONResponse(entry.record().model_dump(mode="json"))
 
 
 @router.patch(
     "/v1/sessions/{session_id}",
     tags=["remote sessions"],
+    response_model=SessionRecord,
     responses=error_responses(*WRITE, 404, 409),
 )
 async def stop_session(
-    c: ReadAuth, m: Remote, session_id: str, body: SessionAction
-) -> SessionRecord:
+    request: Request, c: ReadAuth, m: Remote, reg: Reg, session_id: str, body: SessionAction
+) -> Response:
     """Doc 004's ``{"action": "stop"}``: close the browser so the engine flushes, commit
     the state as a local session does (fenced by the lease's epoch), release the lease,
     and answer the final record (its ``outcome``). A stopped session answers as it is."""
-    return await _stop(c, m, session_id)
+    return await _stop(request, c, m, reg, session_id)
 
 
 @router.delete(
     "/v1/sessions/{session_id}",
     tags=["remote sessions"],
+    response_model=SessionRecord,
     responses=error_responses(*AUTH, 404, 409),
 )
-async def delete_session(c: ReadAuth, m: Remote, session_id: str) -> SessionRecord:
+async def delete_session(
+    request: Request, c: ReadAuth, m: Remote, reg: Reg, session_id: str
+) -> Response:
     """The same as ``PATCH {"action": "stop"}``."""
-    return await _stop(c, m, session_id)
+    return await _stop(request, c, m, reg, session_id)
 
 
 def _count_profiles(store: ProfileStore, cap: int | None) -> int:
@@ -220,11 +341,12 @@ def _count_profiles(store: ProfileStore, cap: int | None) -> int:
 
 
 @router.get("/v1/account/me", tags=["account"], responses=error_responses(*READ))
-async def account_me(c: Auth, m: Remote) -> AccountMe:
+async def account_me(c: Auth, m: Remote, reg: Reg) -> AccountMe:
     """Doc 001's account: its tier, ``profile_cap`` (null for enterprise), its
     ``session_cap`` (null: only the service's, ``service_session_cap``), and what it
     uses now."""
     profiles = await run_sync(lambda: _count_profiles(c.store, c.account.cap))
+    elsewhere = await run_sync(lambda: reg.running_elsewhere(c.account.id))
     return AccountMe(
         id=c.account.id,
         name=c.account.name,
@@ -233,7 +355,7 @@ async def account_me(c: Auth, m: Remote) -> AccountMe:
         session_cap=m.session_cap(c.account),
         service_session_cap=m.max_sessions,
         profiles=profiles,
-        running_sessions=m.running(c.account.id),
+        running_sessions=m.running(c.account.id) + elsewhere,
     )
 
 
@@ -253,7 +375,25 @@ async def session_cdp(websocket: WebSocket, session_id: str) -> None:
             c = await connection_caller(websocket)
             account = c.account.id
             m: RemoteSessions = websocket.app.state.remote_sessions
-            entry: SessionEntry = m.get(c.account.id, _session_id(session_id))
+            sid = _session_id(session_id)
+            found = m.find(c.account.id, sid)
+            if found is None:
+                reg = registry(websocket)
+                row = await elsewhere(websocket, c, reg, sid)
+                record = reg.record_of(row)
+                if record.status != "running" or row.replica_id == reg.replica_id:
+                    raise Conflict(
+                        f"Session {sid} is {record.status}: only a running session takes "
+                        "connections.",
+                        session_id=sid,
+                        status=record.status,
+                    )
+                owner = ws_base(row.replica_url)
+                status = await cdp_proxy.relay_to(
+                    websocket, f"{owner}/v1/sessions/{sid}/cdp", forward_headers(websocket, reg)
+                )
+                return
+            entry: SessionEntry = found
             if not (entry.readonly or entry.ephemeral):
                 c.require_admin("driving a writer session")
             if entry.status != "running":
