@@ -42,7 +42,7 @@ from profiles.errors import (
     StorageUnavailable,
     ValidationFailed,
 )
-from profiles.models import Profile
+from profiles.models import HolderKind, Profile
 from profiles.state.archive import remove_engine_locks
 from profiles.store import ProfileStore
 from profiles.workspace.locks import ReaderMark
@@ -202,6 +202,7 @@ class SessionLifecycle:
         options: SessionOptions,
         *,
         audit: Mapping[str, Any] | None = None,
+        holder: HolderKind = "session",
     ) -> None:
         if not isinstance(profile, str) or not profile:
             raise ValidationFailed("profile must be a profile id or name.", field="profile")
@@ -209,6 +210,8 @@ class SessionLifecycle:
         #: Added to the payloads of ``session.created`` and ``session.ended`` (a service's
         #: remote sessions say ``remote: True`` and the account).
         self.audit: dict[str, Any] = dict(audit or {})
+        #: What the writer lease says holds the profile (``profiles ps``).
+        self.holder: HolderKind = holder
         #: How the session ended (``session.ended``'s payload), once :meth:`finish` ran.
         self.ended: dict[str, Any] | None = None
         self.store = store
@@ -291,7 +294,7 @@ class SessionLifecycle:
             self.profile = self.store.private_copy(profile, parent / "state")
             self.user_data_dir = parent / "state"
         else:
-            lock = self.store.lock(profile, timeout=self.options.lock_timeout)
+            lock = self.store.lock(profile, timeout=self.options.lock_timeout, kind=self.holder)
             lock.acquire()
             self.lock = lock
             # Work a session left on this machine while the service was unreachable lands

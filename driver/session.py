@@ -49,7 +49,7 @@ from driver._signals import (
 )
 from driver.lifecycle import LaunchPlan, SaveMode, SessionLifecycle, SessionOptions
 from profiles.errors import ValidationFailed
-from profiles.models import Profile
+from profiles.models import HolderKind, Profile
 from profiles.redact import describe_error, redact_url
 from profiles.store import ProfileStore
 
@@ -127,6 +127,7 @@ class _SessionBase:
         launch_options: Mapping[str, Any] | None = None,
         playwright: Playwright | AsyncPlaywright | None = None,
         audit: Mapping[str, Any] | None = None,
+        holder: HolderKind = "session",
     ) -> None:
         """Open ``profile`` (an id or a name) when entered.
 
@@ -143,7 +144,8 @@ class _SessionBase:
         ``playwright``: a Playwright instance you already run (sync for ``Session``, async
         for ``AsyncSession``); the session uses it and neither starts nor stops it.
         ``audit``: details added to the session's ``session.created`` and ``session.ended``
-        events (``profiles serve`` marks its remote sessions ``remote: True``).
+        events (``profiles serve`` marks its remote sessions ``remote: True``); ``holder``:
+        what its writer lease says holds the profile (``"remote-session"`` for those).
         Bad values raise :class:`~profiles.errors.ValidationFailed` naming the option.
         """
         self.options = SessionOptions.build(
@@ -169,7 +171,7 @@ class _SessionBase:
         self._given = playwright
         self._owns_store = store is None
         self.store = store if store is not None else ProfileStore()
-        self._life = SessionLifecycle(profile, self.store, self.options, audit=audit)
+        self._life = SessionLifecycle(profile, self.store, self.options, audit=audit, holder=holder)
         self._state = "new"  # new -> starting -> open -> closed
         self._closing = False
         self._crashed = False

@@ -63,7 +63,9 @@ def new_id(prefix: str) -> str:
 Timestamp = Annotated[datetime, PlainSerializer(format_timestamp, return_type=str)]
 
 
-HolderKind = Literal["session", "import", "readonly", "maintenance"]
+#: What holds a profile: a session (``remote-session``: one that ``profiles serve`` runs for
+#: a client), an import, a read-only session, upkeep.
+HolderKind = Literal["session", "remote-session", "import", "readonly", "maintenance"]
 
 
 class Holder(BaseModel):
@@ -78,9 +80,12 @@ class Holder(BaseModel):
 
     def describe(self) -> str:
         age = max(0.0, (datetime.now(UTC) - self.since).total_seconds())
+        what = {"import": "an import", "remote-session": "a remote session"}.get(
+            self.kind, f"a {self.kind}"
+        )
         return (
-            f"{'an import' if self.kind == 'import' else 'a ' + self.kind} by pid {self.pid} "
-            f"on {self.host}, since {self.since:%Y-%m-%d %H:%M:%S} UTC ({seconds_text(age)})"
+            f"{what} by pid {self.pid} on {self.host}, since "
+            f"{self.since:%Y-%m-%d %H:%M:%S} UTC ({seconds_text(age)})"
         )
 
 

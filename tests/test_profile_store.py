@@ -568,12 +568,14 @@ def test_exported_members() -> None:
     )
     assert sorted(driver.__all__) == sorted(
         [
+            "AsyncRemoteSession",
             "AsyncSession",
             "BrowserDowngrade",
             "BrowserInstall",
             "BrowserNotFound",
             "ProfileBusy",
             "ProfileError",
+            "RemoteSession",
             "Session",
             "find_browser",
         ]

@@ -6,6 +6,7 @@ SIGTERM to the client, and the client's death (SIGKILL) without a stop."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from playwright.sync_api import sync_playwright
 from support.browser_lane import NO_BROWSER
 from support.http_service import HttpServer, start_http_server
 from support.waiting import wait_until
@@ -84,6 +86,9 @@ def test_a_remote_session_commits_what_its_block_did(store: ProfileStore, http_s
         _log_in(page, http_server, "alice")
         running = RemoteSessionsClient.of(store).get(_session_id(store))
         assert running.status == "running" and running.clients == 1
+        # profiles ps / store.activity() through the service show it as a remote session.
+        held = [(a.profile_name, a.kind) for a in store.activity()]
+        assert held == [("shop", "remote-session")], held
     cookies, token = _read_back(store, "shop", http_server)
     assert "login=alice" in cookies and token == "token-alice"
 
@@ -223,3 +228,78 @@ def test_profiles_sessions_start_list_show_stop(
     unknown = "sess_00000000-0000-0000-0000-000000000000"
     missing = _cli(server, tmp_path, "sessions", "show", unknown)
     assert missing.returncode != 0 and "not found" in missing.stderr.lower()
+
+
+def test_two_clients_on_one_profile_lose_no_update(
+    store: ProfileStore, server: HttpServer, http_server: str, tmp_path: Path
+) -> None:
+    """Two clients, each in a process of its own, run N remote sessions on one profile,
+    each adding one to a counter in localStorage: the service serialises their writer
+    sessions (the second waits for the profile's lease), and the counter ends at 2N."""
+    require_engine("chromium")
+    store.create("counter")
+    rounds = 4
+    script = textwrap.dedent(
+        """
+        import sys
+        from driver import RemoteSession
+        from profiles import ProfileStore
+        url, key, home, page_url, rounds = sys.argv[1:6]
+        store = ProfileStore(home, service=url, api_key=key)
+        for _ in range(int(rounds)):
+            with RemoteSession(profile="counter", store=store, lock_timeout=60) as page:
+                page.goto(page_url + "/index.html")
+                page.evaluate("() => localStorage.setItem('n', +(localStorage.n || 0) + 1)")
+        store.close()
+        """
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    children = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                script,
+                f"{server.url}/v1",
+                server.api_key,
+                str(tmp_path / f"client-{i}"),
+                http_server,
+                str(rounds),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
+        for i in range(2)
+    ]
+    for child in children:
+        _, err = child.communicate(timeout=600)
+        assert child.returncode == 0, err
+    with Session(profile="counter", store=store, readonly=True) as page:
+        page.goto(f"{http_server}/index.html")
+        assert page.evaluate("() => localStorage.getItem('n')") == str(2 * rounds)
+
+
+def test_max_duration_stops_and_commits(store: ProfileStore, http_server: str) -> None:
+    require_engine("chromium")
+    store.create("timed")
+    client = RemoteSessionsClient.of(store)
+    record = client.start("timed", max_duration=3, keep_alive=True)
+    with sync_playwright() as p:
+        browser = p.chromium.connect_over_cdp(
+            record.connect_url or "", headers=client.connect_headers()
+        )
+        page = browser.contexts[0].pages[0]
+        page.goto(f"{http_server}/index.html")
+        page.evaluate("() => localStorage.setItem('token', 'within-the-limit')")
+        final = wait_until(
+            lambda: (r := client.get(record.id)).status == "stopped" and r,
+            timeout=60,
+            what="the session stopping at its max_duration",
+        )
+        with contextlib.suppress(Exception):
+            browser.close()
+    assert final.ended_because is not None and "max_duration" in final.ended_because
+    assert final.outcome is not None and final.outcome.committed
+    assert _read_back(store, "timed", http_server)[1] == "within-the-limit"

@@ -229,6 +229,7 @@ class SessionRun:
             args=DEVTOOLS_ARGS,
             create=False,
             audit=spec.audit,
+            holder="remote-session",
         )
         try:
             async with session:
