@@ -245,7 +245,7 @@ def test_a_second_writer_is_busy_and_readers_run_beside_it(server: HttpServer) -
     r = _post(server, "/sessions", profile_id="busy", lock_timeout=1)
     assert r.status_code == 409, r.text
     error = r.json()["error"]
-    assert error["code"] == "ProfileBusy" and error["holder"]["kind"] == "session"
+    assert error["code"] == "ProfileBusy" and error["holder"]["kind"] == "remote-session"
     assert time.monotonic() - started >= 1
     reader = _start(server, profile_id=profile_id, readonly=True)
     assert reader["readonly"]
